@@ -1,0 +1,1 @@
+"""Parsl applications: pure logic (``logic``), Parsl wrappers (``app``), configs (``config``)."""

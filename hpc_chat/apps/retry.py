@@ -1,0 +1,40 @@
+"""Which failed chat tasks Parsl should retry, and at what cost.
+
+Parsl gives a config one retry budget (``Config.retries``) and asks a ``retry_handler`` what each
+failure costs. The workflow sets the budget to the largest ``retry_attempts`` of its agents and
+passes each task's own ``retry_attempts`` in its kwargs; a failure then costs
+``budget / retry_attempts``, so every agent gets exactly the retries its YAML asks for.
+
+Errors that cannot succeed on a second try (bad config, missing model, a prompt longer than the
+context window, an empty message, a per-request timeout) cost the whole budget at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpc_chat.errors import ConfigError
+from hpc_chat.llm.engine import PromptTooLongError
+
+NOT_RETRYABLE = (ConfigError, PromptTooLongError, ValueError, TypeError)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    from parsl.app.errors import AppTimeout
+
+    inner = getattr(exc, "e_value", None) or exc  # Parsl may wrap the worker's exception
+    return not isinstance(inner, NOT_RETRYABLE + (AppTimeout,))
+
+
+def make_retry_handler(budget: int):
+    """A Parsl ``retry_handler`` for a config whose ``retries`` is ``budget``."""
+
+    def retry_handler(exc: BaseException, task_record: Any) -> float:
+        if not is_retryable(exc):
+            return float(budget + 1)
+        attempts = (task_record.get("kwargs") or {}).get("retry_attempts", budget)
+        if attempts <= 0:
+            return float(budget + 1)
+        return budget / attempts
+
+    return retry_handler

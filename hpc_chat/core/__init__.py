@@ -1,0 +1,1 @@
+"""Core building blocks: agent configs, the executor, data units, logging and statistics."""

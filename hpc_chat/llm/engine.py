@@ -1,0 +1,177 @@
+"""llama.cpp chat completion through llama-cpp-python, with models that stay loaded.
+
+A worker process answers many requests; loading a model costs far more than a short answer, so
+:func:`get_engine` keeps one :class:`ChatEngine` per :class:`ModelSpec` for the life of the
+process and counts hits and misses. A ``Llama`` object is not thread-safe, so every call into one
+engine holds that engine's lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpc_chat.errors import HpcChatError
+from hpc_chat.llm.models import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class PromptTooLongError(HpcChatError):
+    """The prompt plus ``max_tokens`` does not fit the model's context window.
+
+    Retrying cannot help, so the workflow's retry handler gives up on it at once.
+    """
+
+
+class GenerationError(HpcChatError):
+    """llama.cpp failed while generating (not a user mistake; may succeed on retry)."""
+
+
+@dataclass
+class Completion:
+    """One chat completion: the text, token usage and where the time went."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    model_load_s: float
+    model_loaded_now: bool
+    generation_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.generation_s if self.generation_s > 0 else 0.0
+
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+    def timings(self) -> dict[str, Any]:
+        return {"model_load_s": self.model_load_s, "model_loaded_now": self.model_loaded_now,
+                "generation_s": self.generation_s, "tokens_per_s": self.tokens_per_s}
+
+
+def default_threads() -> int:
+    """This worker's share of the CPUs it may run on.
+
+    Parsl's process worker pool exports ``PARSL_WORKER_COUNT``; dividing the CPUs in this
+    process's affinity mask by it keeps several workers on one node from oversubscribing cores.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    workers = int(os.environ.get("PARSL_WORKER_COUNT", "1") or 1)
+    return max(1, cpus // max(1, workers))
+
+
+def debug_enabled() -> bool:
+    return logging.getLogger("hpc_chat").isEnabledFor(logging.DEBUG) or \
+        os.environ.get("HPC_CHAT_DEBUG") == "1"
+
+
+class ChatEngine:
+    """One loaded GGUF model and a lock around it."""
+
+    def __init__(self, spec: ModelSpec):
+        import llama_cpp  # imported here: the driver never needs the native library
+
+        self.spec = spec
+        self.n_threads = spec.n_threads or default_threads()
+        self._lock = threading.Lock()
+        start = time.perf_counter()
+        self.llama = llama_cpp.Llama(
+            model_path=spec.path,
+            n_ctx=spec.n_ctx,
+            n_threads=self.n_threads,
+            n_threads_batch=self.n_threads,
+            n_gpu_layers=spec.n_gpu_layers,
+            n_batch=spec.n_batch,
+            verbose=debug_enabled(),  # False keeps llama.cpp's native log quiet
+        )
+        self.load_s = time.perf_counter() - start
+        self.calls = 0
+        log.debug("loaded %s in %.2fs with %d threads", spec.path, self.load_s, self.n_threads)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def chat(self, messages: list[dict[str, str]], *, temperature: float = 0.7,
+             max_tokens: int = 256, seed: int | None = None, stop: list[str] | None = None,
+             top_p: float = 0.95, top_k: int = 40, repeat_penalty: float = 1.1,
+             loaded_now: bool = False) -> Completion:
+        """Answer a list of ``{"role", "content"}`` messages with the model's chat template."""
+        with self._lock:
+            start = time.perf_counter()
+            # Evaluate every prompt from scratch. llama-cpp-python otherwise reuses the KV of
+            # the previous prompt's common prefix, which changes the floating-point path, so a
+            # fixed seed would give different answers depending on what the worker answered
+            # before. Reproducibility wins; the cost is re-reading the shared system prompt.
+            self.llama.reset()
+            try:
+                out = self.llama.create_chat_completion(
+                    messages=messages, temperature=temperature, max_tokens=max_tokens,
+                    seed=seed, stop=stop or [], top_p=top_p, top_k=top_k,
+                    repeat_penalty=repeat_penalty)
+            except ValueError as exc:
+                if "exceed context window" in str(exc):
+                    raise PromptTooLongError(
+                        f"the prompt does not fit the model's context window of "
+                        f"{self.spec.n_ctx} tokens: {exc}. Shorten the prompt or the history, "
+                        f"lower max_tokens, or raise n_ctx") from None
+                raise GenerationError(f"llama.cpp failed: {exc}") from exc
+            elapsed = time.perf_counter() - start
+            self.calls += 1
+        choice = out["choices"][0]
+        usage = out.get("usage", {})
+        return Completion(
+            text=(choice["message"].get("content") or "").strip(),
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            model_load_s=self.load_s,
+            model_loaded_now=loaded_now,
+            generation_s=elapsed,
+        )
+
+
+_engines: dict[ModelSpec, ChatEngine] = {}
+_engines_lock = threading.Lock()
+_stats = {"hits": 0, "misses": 0}
+
+
+def get_engine(spec: ModelSpec) -> tuple[ChatEngine, bool]:
+    """The process-wide engine for ``spec``; the bool says whether it was loaded by this call."""
+    with _engines_lock:
+        engine = _engines.get(spec)
+        if engine is not None:
+            _stats["hits"] += 1
+            return engine, False
+        _stats["misses"] += 1
+        engine = ChatEngine(spec)
+        _engines[spec] = engine
+        return engine, True
+
+
+def cache_info() -> dict[str, Any]:
+    """Hits, misses and the specs loaded in this process (what a worker reports back)."""
+    with _engines_lock:
+        return {"hits": _stats["hits"], "misses": _stats["misses"], "pid": os.getpid(),
+                "loaded": [s.model_dump() for s in _engines]}
+
+
+def clear_cache() -> None:
+    """Drop every loaded model in this process (tests and memory pressure)."""
+    with _engines_lock:
+        _engines.clear()
+        _stats.update(hits=0, misses=0)
+
+
+__all__ = ["ChatEngine", "Completion", "GenerationError", "PromptTooLongError",
+           "cache_info", "clear_cache", "default_threads", "get_engine"]

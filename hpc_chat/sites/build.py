@@ -1,0 +1,123 @@
+"""Site profile -> Parsl objects, with Parsl's own providers and launchers.
+
+Parsl writes the pilot-job scripts; we only choose its classes and arguments. The profile's
+``worker_init`` is kept as written; when ``executor.use_driver_python`` is on (the default), a
+line that puts the driver's ``bin/`` on PATH goes before it, so workers run the same
+installation as the driver (on a cluster, the venv lives on a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hpc_chat.apps.config import default_run_dir, with_driver_path
+from hpc_chat.sites import schema
+
+PROVIDER_FIELDS_NOT_FOR_PARSL = {"type", "launcher"}
+
+
+def build_launcher(spec: schema.Launcher):
+    import parsl.launchers as launchers
+
+    cls = getattr(launchers, spec.type)
+    return cls(**spec.model_dump(exclude={"type"}))
+
+
+def build_provider(profile: schema.SiteProfile, *, allocation: bool = False):
+    """The Parsl provider for a profile.
+
+    ``allocation=True`` is the in-allocation mode of the driver job: the driver already runs
+    inside a batch job, so workers are started on its nodes by the profile's launcher through a
+    ``LocalProvider`` instead of submitting more jobs.
+    """
+    import parsl.providers as providers
+
+    spec = profile.provider
+    worker_init = spec.worker_init
+    if profile.executor.use_driver_python:
+        worker_init = with_driver_path(worker_init)
+    launcher = build_launcher(spec.launcher)
+    if allocation:
+        return providers.LocalProvider(nodes_per_block=allocation_nodes(profile),
+                                       launcher=launcher, init_blocks=1, min_blocks=1,
+                                       max_blocks=1, worker_init=worker_init)
+    kwargs = spec.model_dump(exclude=PROVIDER_FIELDS_NOT_FOR_PARSL)
+    kwargs["worker_init"] = worker_init
+    cls = getattr(providers, spec.type)
+    return cls(launcher=launcher, **kwargs)
+
+
+def allocation_nodes(profile: schema.SiteProfile) -> int:
+    """Nodes of the current batch job (Slurm or PBS), or the profile's nodes_per_block."""
+    if os.environ.get("SLURM_JOB_NUM_NODES"):
+        return int(os.environ["SLURM_JOB_NUM_NODES"])
+    nodefile = os.environ.get("PBS_NODEFILE")
+    if nodefile and os.path.exists(nodefile):
+        with open(nodefile) as fh:
+            return max(1, len({line.strip() for line in fh if line.strip()}))
+    return profile.provider.nodes_per_block
+
+
+def executor_kwargs(profile: schema.SiteProfile) -> dict[str, Any]:
+    """HighThroughputExecutor arguments from the profile's executor section."""
+    ex = profile.executor
+    kwargs: dict[str, Any] = {
+        "cores_per_worker": ex.cores_per_worker,
+        "mem_per_worker": ex.mem_per_worker,
+        "available_accelerators": ex.available_accelerators,
+        "cpu_affinity": ex.cpu_affinity,
+        "heartbeat_period": ex.heartbeat_period,
+        "heartbeat_threshold": ex.heartbeat_threshold,
+        "drain_period": ex.drain_period,
+        "prefetch_capacity": ex.prefetch_capacity,
+    }
+    if ex.max_workers_per_node:
+        kwargs["max_workers_per_node"] = ex.max_workers_per_node
+    return kwargs
+
+
+def build_executor(profile: schema.SiteProfile, *, allocation: bool = False,
+                   max_workers: int | None = None, heartbeat: tuple[int, int] | None = None):
+    from parsl.addresses import address_by_interface
+    from parsl.executors import HighThroughputExecutor
+
+    kwargs = executor_kwargs(profile)
+    if max_workers and "max_workers_per_node" not in kwargs:
+        kwargs["max_workers_per_node"] = max_workers
+    if heartbeat:
+        kwargs["heartbeat_period"], kwargs["heartbeat_threshold"] = heartbeat
+    ex = profile.executor
+    if ex.interface:
+        address = address_by_interface(ex.interface)
+    else:
+        address = ex.address or ("127.0.0.1" if profile.scheduler == "local" else None)
+    if address:
+        kwargs["address"] = address
+    return HighThroughputExecutor(label=f"{profile.name}_htex",
+                                  provider=build_provider(profile, allocation=allocation),
+                                  **kwargs)
+
+
+def build_config(profile: schema.SiteProfile, *, allocation: bool = False,
+                 max_workers: int | None = None, retries: int = 0, retry_handler=None,
+                 memoizer=None, monitoring=None, heartbeat: tuple[int, int] | None = None,
+                 run_dir: str | None = None):
+    """The Parsl ``Config`` for a profile (one HighThroughputExecutor)."""
+    from parsl.config import Config
+
+    return Config(
+        executors=[build_executor(profile, allocation=allocation, max_workers=max_workers,
+                                  heartbeat=heartbeat)],
+        run_dir=run_dir or default_run_dir(),
+        retries=retries,
+        retry_handler=retry_handler,
+        memoizer=memoizer,
+        monitoring=monitoring,
+        usage_tracking=0,
+    )
+
+
+def site_model(profile: schema.SiteProfile) -> dict[str, Any]:
+    """The model defaults sent to workers in each task's context."""
+    return profile.model.model_dump()

@@ -1,0 +1,70 @@
+"""Finding and loading site profiles.
+
+A name resolves, first match wins, in: every directory of ``$HPC_CHAT_SITE_PATH`` (colon
+separated; admins point this at a site-wide directory), ``~/.hpc_chat/sites/`` (well,
+``$HPC_CHAT_HOME/sites``), then the profiles shipped with hpc_chat. ``NAME`` matches
+``NAME.yaml`` or ``NAME.yml``; a path to a file works too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from hpc_chat.configfile import PACKAGE_DIR, load_yaml, validate
+from hpc_chat.errors import ProfileError
+from hpc_chat.paths import hpc_chat_home
+from hpc_chat.sites.schema import SiteProfile
+
+SUFFIXES = (".yaml", ".yml")
+
+
+def shipped_dir() -> Path:
+    """``site_configs/`` of a source checkout, or its installed copy under ``share/``."""
+    checkout = PACKAGE_DIR.parent / "site_configs"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "hpc_chat" / "site_configs"
+
+
+def search_path() -> list[Path]:
+    dirs = [Path(p).expanduser() for p in os.environ.get("HPC_CHAT_SITE_PATH", "").split(":")
+            if p]
+    return dirs + [hpc_chat_home() / "sites", shipped_dir()]
+
+
+def find_profile(name_or_path: str) -> Path:
+    candidate = Path(name_or_path).expanduser()
+    if candidate.suffix in SUFFIXES or os.sep in name_or_path:
+        if candidate.is_file():
+            return candidate
+        raise ProfileError(f"{name_or_path}: site profile file not found")
+    for directory in search_path():
+        for suffix in SUFFIXES:
+            path = directory / f"{name_or_path}{suffix}"
+            if path.is_file():
+                return path
+    known = ", ".join(sorted(all_profiles())) or "(none)"
+    raise ProfileError(f"site {name_or_path!r} not found in "
+                       f"{', '.join(str(d) for d in search_path())}; known sites: {known}")
+
+
+def all_profiles() -> dict[str, Path]:
+    """Every profile name on the search path (earlier directories shadow later ones)."""
+    found: dict[str, Path] = {}
+    for directory in search_path():
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.iterdir()):
+            if path.suffix in SUFFIXES and path.is_file():
+                found.setdefault(path.stem, path)
+    return found
+
+
+def load_profile(name_or_path: str | os.PathLike) -> SiteProfile:
+    """Load and validate a profile; errors name the file and the key path."""
+    path = find_profile(str(name_or_path))
+    profile = validate(SiteProfile, load_yaml(path, error=ProfileError), path, error=ProfileError)
+    profile._source = str(path)
+    return profile

@@ -1,0 +1,63 @@
+"""Dry runs: the exact scripts a site profile produces, without submitting anything.
+
+The pilot-job script is written by Parsl's own provider: we build the real provider and
+launcher, swap only its ``execute_wait`` (the single seam through which Parsl runs ``sbatch`` or
+``qsub``) for one that records the command and answers like the scheduler, and read back the
+script Parsl wrote. The worker launch command is the HighThroughputExecutor's own template, with
+the values only known at run time (driver address, port, run directory) shown as ``<...>``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hpc_chat.sites.build import build_executor
+from hpc_chat.sites.schema import SiteProfile
+
+FAKE_SUBMIT_OUTPUT = {"slurm": "Submitted batch job 0", "pbspro": "0.pbs", "local": "PID:0"}
+
+
+def launch_command(executor) -> str:
+    """The worker pool command HTEX would hand to the provider for block 0."""
+    executor.all_addresses = ["<driver-address>"]
+    executor.worker_port = "<port>"
+    executor.cert_dir = "<run_dir>/certificates" if executor.encrypted else None
+    executor.run_dir = "<run_dir>"
+    executor.logconf_path = None
+    executor.initialize_scaling()
+    return executor._get_launch_command("0")
+
+
+def render_pilot_script(profile: SiteProfile) -> tuple[str, str]:
+    """(submit command, script) for one pilot job of this profile, as Parsl would submit it."""
+    executor = build_executor(profile)
+    provider = executor.provider
+    command = launch_command(executor)
+    submitted: list[str] = []
+
+    def execute_wait(cmd, timeout=None):
+        submitted.append(cmd)
+        return 0, FAKE_SUBMIT_OUTPUT[profile.scheduler], ""
+
+    with tempfile.TemporaryDirectory(prefix="hpc_chat_render_") as tmp:
+        provider.script_dir = tmp
+        provider.execute_wait = execute_wait
+        provider.submit(command, 1, "parsl.htex.block-0")
+        scripts = [p for p in Path(tmp).iterdir() if p.suffix not in (".stdout", ".stderr")]
+        text = scripts[0].read_text() if scripts else ""
+        # Stable output: the temporary directory and Parsl's timestamped job name vary by run.
+        text = text.replace(tmp, "<run_dir>/submit_scripts")
+        cmd = submitted[0].replace(tmp, "<run_dir>/submit_scripts") if submitted else ""
+    return _stable(cmd), _stable(text)
+
+
+def _stable(text: str) -> str:
+    import re
+
+    return re.sub(r"parsl\.htex\.block-0\.\d+(\.\d+)?", "parsl.htex.block-0.<time>", text)
+
+
+def render_parsl_config(profile: SiteProfile) -> str:
+    """Parsl's own ``repr`` of the executor (Parsl objects print their constructor arguments)."""
+    return repr(build_executor(profile))

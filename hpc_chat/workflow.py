@@ -1,0 +1,353 @@
+"""``ParslChatWorkflow``: route, answer in parallel on Parsl workers, aggregate, remember.
+
+The seed's API, under ``hpc_chat``::
+
+    workflow = ParslChatWorkflow()
+    await workflow.initialize("config/ParslChatWorkflow.yml")
+    print(await workflow.process_user_input("Hello, explain quantum computing"))
+    print(await workflow.get_performance_stats())
+    await workflow.shutdown()
+
+One request becomes one Parsl task per chosen agent (agents answer in parallel, on any worker);
+the driver aggregates the answers, so aggregation costs no extra round trip to a worker.
+Only the driver touches the history database; workers get recent turns by value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from hpc_chat.agents.cache import ResponseCache, cache_key
+from hpc_chat.agents.collaborative import EnhancedCollaborativeAgent
+from hpc_chat.agents.routing import Route, route
+from hpc_chat.apps.app import chat_task
+from hpc_chat.apps.logic import aggregate_responses, build_messages
+from hpc_chat.apps.retry import make_retry_handler
+from hpc_chat.core.data_unit import DataUnitMemory, create_data_unit
+from hpc_chat.core.executor import ExecutorConfig, LocalExecutor, ParslExecutor
+from hpc_chat.core.stats import PerformanceStats, RequestRecord
+from hpc_chat.errors import ConfigError, ExecutorError, HpcChatError
+from hpc_chat.llm.models import resolve_model
+from hpc_chat.workflow_config import LoadedWorkflow, load_workflow
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line reason for a failed agent task, fit for an output file."""
+    name = type(exc).__name__
+    if name == "AppTimeout":
+        return "timed out (performance.timeout_seconds)"
+    text = str(exc).strip() or name
+    return text if isinstance(exc, HpcChatError) else f"{name}: {text}"
+
+
+class ParslChatWorkflow:
+    """The chat workflow on a Parsl executor (local workers or pilot jobs from a site profile).
+
+    Parameters
+    ----------
+    site : str, optional
+        A site profile name or path; overrides the config's ``parsl`` section.
+    executor : ParslExecutor or LocalExecutor, optional
+        An executor to use instead of building one (it is started if needed, and shut down with
+        the workflow).
+    history_path : str, optional
+        Overrides where the SQLite history lives.
+    allocation : bool
+        Run inside the current batch job: workers start on its nodes with the profile's
+        launcher instead of being submitted as pilot jobs.
+    """
+
+    def __init__(self, *, site: str | None = None, executor=None,
+                 history_path: str | None = None, allocation: bool = False):
+        self.site = site
+        self.allocation = allocation
+        self.profile = None
+        self.executor: ParslExecutor | LocalExecutor | None = executor
+        self.history_path = history_path
+        self.loaded: LoadedWorkflow | None = None
+        self.history: DataUnitMemory | None = None
+        self.agents: dict[str, EnhancedCollaborativeAgent] = {}
+        self.site_model: dict[str, Any] = {}
+        self.stats = PerformanceStats()
+        self.cache = ResponseCache()
+        self._pending: set[asyncio.Task] = set()
+
+    # ----------------------------------------------------------------- lifecycle
+    async def initialize(self, config_path: str | os.PathLike | None = None) -> None:
+        """Load the config and agents, open the history, and start the executor once."""
+        if self.loaded is not None:
+            return
+        loaded = load_workflow(config_path)
+        settings = loaded.settings
+        if self.executor is None or self.site:
+            self._load_site(loaded)
+        for agent in loaded.agents:
+            name = agent.config.model
+            if name == "default":
+                name = self.site_model.get("model", "default")
+            try:
+                resolve_model(name, self.site_model.get("aliases"))
+            except ConfigError as exc:
+                raise ConfigError(f"{agent.source}: config.model: {exc}") from None
+        history_cfg = loaded.history
+        if self.history_path:
+            history_cfg = history_cfg.model_copy(update={"data_type": "sqlite",
+                                                         "path": self.history_path})
+        history = create_data_unit(history_cfg)
+        await history.initialize()
+        if self.executor is None:
+            self.executor = self._build_executor(loaded)
+        try:
+            await asyncio.wait_for(self.executor.initialize(), settings.executor.timeout)
+        except asyncio.TimeoutError:
+            await history.close()
+            raise ExecutorError(f"the executor did not start within executor.timeout="
+                                f"{settings.executor.timeout}s") from None
+        except BaseException:
+            await history.close()
+            raise
+        self.loaded, self.history = loaded, history
+        self.agents = {a.name: EnhancedCollaborativeAgent(a) for a in loaded.agents}
+
+    def _load_site(self, loaded: LoadedWorkflow) -> None:
+        """The site profile this workflow runs on (``local`` unless one is named)."""
+        from hpc_chat.errors import ProfileError
+        from hpc_chat.sites.build import site_model
+        from hpc_chat.sites.registry import load_profile
+
+        name = self.site or loaded.settings.parsl.site or "local"
+        profile = load_profile(name)
+        problems = profile.placeholders()
+        if problems:
+            raise ProfileError(f"{profile.source}: edit these placeholder values before "
+                               f"running on this site:\n  " + "\n  ".join(problems))
+        self.profile = profile
+        self.site_model = site_model(profile)
+
+    def _build_executor(self, loaded: LoadedWorkflow):
+        settings = loaded.settings
+        config = ExecutorConfig(executor_type=settings.executor.type,
+                                max_workers=settings.executor.max_workers,
+                                timeout=settings.executor.timeout)
+        if config.executor_type == "local":
+            return LocalExecutor(config)
+        budget = max((a.config.performance.retry_attempts for a in loaded.agents), default=0)
+        config.parsl_config = build_parsl_config(
+            self.profile, settings, allocation=self.allocation, retries=budget,
+            retry_handler=make_retry_handler(budget) if budget else None)
+        return ParslExecutor(config)
+
+    async def shutdown(self) -> None:
+        """Cancel what is still pending, stop Parsl and its workers, close the history."""
+        for task in list(self._pending):
+            task.cancel()
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self.executor is not None:
+            await self.executor.shutdown()
+        if self.history is not None:
+            await self.history.close()
+        self.loaded = None
+
+    async def __aenter__(self):
+        await self.initialize()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.shutdown()
+
+    # ----------------------------------------------------------------- requests
+    def _require(self) -> LoadedWorkflow:
+        if self.loaded is None:
+            raise HpcChatError("the workflow is not initialized; call 'await initialize()'")
+        return self.loaded
+
+    def choose_agents(self, text: str, agents: list[str] | None = None) -> list[Route]:
+        """The routes for ``text``: the named agents, or the keyword router's choice."""
+        loaded = self._require()
+        if agents:
+            unknown = [a for a in agents if a not in self.agents]
+            if unknown:
+                raise ConfigError(f"unknown agent(s) {', '.join(unknown)}; this workflow has "
+                                  f"{', '.join(self.agents)}")
+            return [Route(a, 1.0, ()) for a in agents]
+        routes = route(text, loaded.agents, loaded.default_agent)
+        cap = loaded.settings.routing.max_agents
+        return routes[:cap] if cap else routes
+
+    def submit_request(self, text: str, *, conversation_id: str | None = None,
+                       agents: list[str] | None = None,
+                       options: dict[str, Any] | None = None) -> asyncio.Task:
+        """Start one request; the task resolves to a result dict (never raises for a failed
+        answer: ``ok`` is false and ``error`` says why). Call it from a coroutine; outside
+        one, use ``loop.run_until_complete(workflow.process_request(...))``."""
+        self._require()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise HpcChatError("submit_request/submit_message must be called from a coroutine "
+                               "(inside the event loop); outside one, run "
+                               "process_request(...) in your loop") from None
+        task = loop.create_task(self._run_request(text, conversation_id, agents, options))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    def submit_message(self, text: str, **kwargs) -> asyncio.Future:
+        """The seed's API: an awaitable that resolves to the reply string."""
+        task = self.submit_request(text, **kwargs)
+
+        async def reply() -> str:
+            result = await task
+            if not result["ok"]:
+                raise HpcChatError(f"the request failed: {result['error']}")
+            return result["response"]
+
+        return asyncio.ensure_future(reply())
+
+    async def process_request(self, text: str, **kwargs) -> dict[str, Any]:
+        """Answer one request and return the full result dict (see :meth:`submit_request`)."""
+        return await self.submit_request(text, **kwargs)
+
+    async def process_user_input(self, text: str, conversation_id: str | None = None,
+                                 **kwargs) -> str:
+        return await self.submit_message(text, conversation_id=conversation_id, **kwargs)
+
+    async def _run_request(self, text, conversation_id, agent_names, options) -> dict[str, Any]:
+        loaded = self._require()
+        settings = loaded.settings
+        start = time.time()
+        options = {**settings.generation.model_dump(exclude_none=True), **(options or {})}
+        if not isinstance(text, str) or not text.strip():
+            return self._finish(start, text, None, error="the prompt is empty")
+        try:
+            routes = self.choose_agents(text, agent_names)
+        except HpcChatError as exc:
+            return self._finish(start, text, None, error=str(exc))
+        history = await self.history.recent(conversation_id) if conversation_id else []
+        context = {"history": history, "options": options, "model": self.site_model}
+
+        async def ask(r: Route) -> dict[str, Any]:
+            agent = self.agents[r.agent].config
+            perf = agent.config.performance
+            key = None
+            if perf.enable_caching:
+                key = cache_key(agent.to_dict(), build_messages(agent.config.system_prompt, text,
+                                                                history),
+                                options.get("seed"), {"site": self.site_model,
+                                                      "options": options})
+                hit = self.cache.get(key, perf.cache_ttl)
+                if hit is not None:
+                    return {**hit, "cached": True, "routing_score": r.score}
+            try:
+                result = await self.executor.submit(
+                    chat_task, agent.to_dict(), text, context,
+                    walltime=settings.performance.timeout_seconds,
+                    retry_attempts=perf.retry_attempts)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                return {"agent": r.agent, "error": describe_error(exc)}
+            if key is not None:
+                self.cache.put(key, result)
+            return {**result, "routing_score": r.score, "matched": list(r.matched)}
+
+        responses = await asyncio.gather(*(ask(r) for r in routes))
+        combined = aggregate_responses(list(responses))
+        if combined["ok"] and conversation_id:
+            await self.history.append(conversation_id, "user", text)
+            await self.history.append(conversation_id, "assistant", combined["content"],
+                                      agent=",".join(combined["agents"]),
+                                      prompt_tokens=combined["usage"]["prompt_tokens"],
+                                      completion_tokens=combined["usage"]["completion_tokens"])
+        error = "; ".join(f"{e['agent']}: {e['error']}" for e in combined["errors"]) or None
+        return self._finish(start, text, combined, error=None if combined["ok"] else error,
+                            routes=routes)
+
+    def _finish(self, start: float, text: Any, combined: dict | None, *, error: str | None,
+                routes: list[Route] | None = None) -> dict[str, Any]:
+        end = time.time()
+        ok = combined is not None and combined["ok"]
+        responses = combined["responses"] if combined else []
+        loads = sum(1 for r in responses
+                    if not r.get("error") and r.get("timings", {}).get("model_loaded_now"))
+        record = RequestRecord(
+            ok=ok, start=start, end=end,
+            completion_tokens=combined["usage"]["completion_tokens"] if combined else 0,
+            prompt_tokens=combined["usage"]["prompt_tokens"] if combined else 0,
+            agents=tuple(combined["agents"]) if combined else (),
+            cached=bool(combined and combined["cached"]), model_loads=loads)
+        self.stats.add(record)
+        return {
+            "prompt": text,
+            "ok": ok,
+            "response": combined["content"] if ok else None,
+            "agents": combined["agents"] if combined else [],
+            "latency_s": round(end - start, 4),
+            "completion_tokens": record.completion_tokens,
+            "error": error,
+            "cached": record.cached,
+            "routes": [{"agent": r.agent, "score": round(r.score, 4), "matched": list(r.matched),
+                        "fallback": r.fallback} for r in routes or []],
+            "responses": responses,
+        }
+
+    # ----------------------------------------------------------------- statistics
+    async def get_performance_stats(self) -> dict[str, Any]:
+        """Request counts, response times, throughput, tokens/s, cache hits and model loads."""
+        return self.stats.summary()
+
+    async def get_parsl_stats(self) -> dict[str, Any]:
+        """Workers, blocks and task counts from the executor."""
+        if self.executor is None:
+            return {"active_workers": 0, "pending_tasks": 0, "completed_tasks": 0}
+        return await asyncio.to_thread(self.executor.stats)
+
+
+async def create_parsl_chat_workflow(config_path: str | os.PathLike | None = None,
+                                     **kwargs) -> ParslChatWorkflow:
+    """Create and initialize a workflow (the seed's helper)."""
+    workflow = ParslChatWorkflow(**kwargs)
+    await workflow.initialize(config_path)
+    return workflow
+
+
+def build_parsl_config(profile, settings, *, allocation: bool = False, retries: int = 0,
+                       retry_handler=None):
+    """The Parsl ``Config`` for a site profile and the workflow's ``parsl`` section.
+
+    The workflow's ``executor.max_workers`` applies when the profile leaves
+    ``max_workers_per_node`` unset; its ``parsl.heartbeat_*`` override the profile's when set.
+    """
+    from hpc_chat.sites.build import build_config
+
+    memoizer = None
+    if settings.parsl.checkpoint_mode:
+        from parsl.dataflow.memoization import BasicMemoizer
+
+        memoizer = BasicMemoizer(checkpoint_mode=settings.parsl.checkpoint_mode)
+    monitoring = None
+    if settings.parsl.monitoring:
+        try:
+            from parsl.monitoring import MonitoringHub
+
+            monitoring = MonitoringHub(hub_address="127.0.0.1")
+        except ImportError as exc:
+            raise ConfigError(f"parsl.monitoring: true needs Parsl's monitoring extra "
+                              f"(pip install 'parsl[monitoring]'): {exc}") from None
+    hb = settings.parsl
+    heartbeat = None
+    if hb.heartbeat_period or hb.heartbeat_threshold:
+        heartbeat = (hb.heartbeat_period or profile.executor.heartbeat_period,
+                     hb.heartbeat_threshold or profile.executor.heartbeat_threshold)
+    try:
+        return build_config(profile, allocation=allocation,
+                            max_workers=settings.executor.max_workers, retries=retries,
+                            retry_handler=retry_handler, memoizer=memoizer,
+                            monitoring=monitoring, heartbeat=heartbeat)
+    except Exception as exc:  # e.g. address_by_interface for a missing interface
+        raise ConfigError(f"{profile.source}: cannot build the Parsl configuration: "
+                          f"{type(exc).__name__}: {exc}") from None

@@ -1,0 +1,120 @@
+"""The hpc-chat CLI: CliRunner for the commands, a real subprocess for kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from click.testing import CliRunner
+
+from hpc_chat.cli import cli
+
+pytestmark = [pytest.mark.model, pytest.mark.parsl]
+
+
+@pytest.fixture(scope="module")
+def fast(fixtures) -> str:
+    return str(fixtures / "workflows" / "fast.yml")
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_help_and_version():
+    assert "batch" in invoke("--help").output
+    assert invoke("--version").output.strip() == "hpc-chat, version 0.1.0"
+    out = subprocess.run([sys.executable, "-m", "hpc_chat", "--help"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and "Multi-agent chat" in out.stdout
+
+
+def test_ask_json_and_conversation_history(fast):
+    result = invoke("ask", "Explain why ice floats.", "--config", fast, "--json",
+                    "--conversation", "cli-test")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["ok"] and data["agents"] == ["analytical_agent"] and data["response"]
+    listing = invoke("history", "--json")
+    assert any(c["name"] == "cli-test" and c["messages"] == 2
+               for c in json.loads(listing.output))
+    shown = invoke("history", "cli-test")
+    assert "Explain why ice floats." in shown.output
+    assert invoke("history", "no-such-conversation").exit_code == 2
+
+
+def test_bad_config_is_exit_2_without_traceback(fixtures, tmp_path):
+    bad = tmp_path / "wf.yml"
+    bad.write_text("config:\n  agents: []\n  executor: {max_workers: 0}\n")
+    result = CliRunner().invoke(cli, ["ask", "hi", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert f"{bad}: config.executor.max_workers: Input should be greater than or equal to 1" \
+        in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_site_is_exit_2(fast):
+    result = CliRunner().invoke(cli, ["ask", "hi", "--config", fast, "--site", "nowhere"])
+    assert result.exit_code == 2 and "site 'nowhere' not found" in result.output
+
+
+def test_batch_writes_one_line_per_input_line_and_stats(fast, fixtures, tmp_path):
+    out = tmp_path / "out.jsonl"
+    result = invoke("batch", str(fixtures / "batch" / "mixed.jsonl"), "-o", str(out),
+                    "--config", fast)
+    assert result.exit_code == 1  # some lines were bad
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 10
+    by_id = {x["id"]: x for x in lines if x["ok"]}
+    assert set(by_id) == {"a", "g"}
+    assert all(set(x) >= {"id", "prompt", "ok", "response", "agents", "latency_s",
+                          "completion_tokens", "error"} for x in lines)
+    assert sum(not x["ok"] for x in lines) == 8
+    again = invoke("batch", str(fixtures / "batch" / "mixed.jsonl"), "-o", str(out),
+                   "--config", fast)
+    assert again.exit_code == 2 and "--resume" in again.output
+    stats = invoke("stats", str(out), "--json")
+    data = json.loads(stats.output)
+    assert data["successful_requests"] == 2 and data["total_requests"] == 9  # a is duplicated
+
+
+def test_batch_refuses_unwritable_output_before_any_work(fixtures, tmp_path, fast):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["batch", str(fixtures / "batch" / "mixed.jsonl"), "-o",
+                                      str(blocker / "out.jsonl"), "--config", fast])
+    assert result.exit_code == 2 and "cannot write the output" in result.output
+    assert time.monotonic() - started < 5  # failed before starting Parsl
+
+
+def test_killed_batch_resumes_and_answers_each_prompt_once(fast, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"Give me fact number {i} about the moon.\n" for i in range(16)))
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "hpc_chat", "batch", str(prompts), "-o", str(out),
+           "--config", fast]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if out.exists() and len(out.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, no chance to clean up
+    proc.wait()
+    first = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    assert 3 <= len(first) < 16, "the kill should land mid-batch"
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"resume: {len(first)} of 16 prompts already answered" in done.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    answered = Counter(x["id"] for x in lines if x["ok"])
+    assert sorted(answered) == list(range(1, 17))
+    assert set(answered.values()) == {1}

@@ -1,0 +1,110 @@
+"""Batch input parsing and the resumable output file (no model needed)."""
+
+import json
+
+import pytest
+
+from hpc_chat.batch import (
+    OutputWriter,
+    answered_ids,
+    id_key,
+    read_batch,
+    read_output,
+    stats_from_output,
+)
+from hpc_chat.errors import InputError
+
+
+def test_jsonl_with_and_without_ids(tmp_path):
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"id": "a", "prompt": "one"}\n{"prompt": "two"}\n')
+    items = read_batch(f)
+    assert [(i.id, i.prompt, i.error) for i in items] == [("a", "one", None), (2, "two", None)]
+
+
+def test_plain_text_one_prompt_per_line(tmp_path):
+    f = tmp_path / "in.txt"
+    f.write_text("first question\nsecond question\n")
+    assert [(i.id, i.prompt) for i in read_batch(f)] == [(1, "first question"),
+                                                         (2, "second question")]
+
+
+def test_bad_lines_become_errors_and_the_rest_survive(fixtures):
+    items = read_batch(fixtures / "batch" / "mixed.jsonl")
+    errors = {i.line: i.error for i in items if i.error}
+    assert set(errors) == {2, 3, 4, 5, 6, 7, 8, 9}
+    assert "invalid JSON" in errors[2]
+    assert "missing \"prompt\"" in errors[3]
+    assert "must be a string, not int" in errors[4]
+    assert "empty line" in errors[5]
+    assert "duplicate id 'a' (first used on line 1)" in errors[6]
+    assert "expected a JSON object" in errors[7]
+    assert "not UTF-8" in errors[8]
+    assert "empty prompt" in errors[9]
+    assert [i.prompt for i in items if not i.error] == ["fine", "also fine"]
+
+
+def test_empty_file_is_an_error(tmp_path):
+    f = tmp_path / "empty.jsonl"
+    f.write_text("")
+    with pytest.raises(InputError, match="empty"):
+        read_batch(f)
+
+
+def test_missing_input(tmp_path):
+    with pytest.raises(InputError, match="cannot read"):
+        read_batch(tmp_path / "nope.jsonl")
+
+
+def test_output_refuses_to_clobber_and_unwritable_paths(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": 1, "ok": true}\n')
+    with pytest.raises(InputError, match="--resume"):
+        OutputWriter(out, resume=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="cannot write"):
+        OutputWriter(blocker / "sub" / "out.jsonl", resume=False)
+
+
+def test_resume_reads_last_line_per_id_and_skips_partial_lines(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": 1, "ok": false, "error": "x"}\n{"id": 2, "ok": true}\n'
+                   '{"id": 1, "ok": true}\n{"id": "3", "ok": tr')
+    assert answered_ids(out) == {id_key(1), id_key(2)}
+    writer = OutputWriter(out, resume=True)  # starts a new line after the cut one
+    item = read_batch_item(4, "q")
+    writer.write(item, None, finished_at=1.0)
+    writer.close()
+    last = read_output(out)
+    assert last[id_key(4)]["error"] == "bad"
+    assert json.loads(out.read_text().splitlines()[-1])["id"] == 4
+
+
+def read_batch_item(ident, prompt):
+    from hpc_chat.batch import BatchItem
+    return BatchItem(ident, prompt, 1, "bad")
+
+
+def test_stats_from_output(tmp_path):
+    out = tmp_path / "out.jsonl"
+    lines = [{"id": 1, "ok": True, "latency_s": 2.0, "finished_at": 12.0, "completion_tokens": 10,
+              "agents": ["a"]},
+             {"id": 2, "ok": True, "latency_s": 1.0, "finished_at": 14.0, "completion_tokens": 20,
+              "agents": ["a", "b"]},
+             {"id": 3, "ok": False, "latency_s": 0.0, "finished_at": 14.0}]
+    out.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    s = stats_from_output(out)
+    assert (s["total_requests"], s["successful_requests"], s["failed_requests"]) == (3, 2, 1)
+    assert s["wall_time"] == pytest.approx(4.0)  # from 10.0 to 14.0
+    assert s["throughput"] == pytest.approx(0.5)
+    assert s["tokens_per_s"] == pytest.approx(7.5)
+    assert s["agent_answers"] == {"a": 2, "b": 1}
+    assert s["max_response_time"] == 2.0
+
+
+def test_stats_of_non_output_file(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text("hello\n")
+    with pytest.raises(InputError, match="no result lines"):
+        stats_from_output(f)

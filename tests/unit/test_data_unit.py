@@ -1,0 +1,81 @@
+"""History units: bounded context, SQLite persistence, permissions, corrupt and locked files."""
+
+import sqlite3
+import stat
+
+import pytest
+
+from hpc_chat.core.data_unit import DataUnitConfig, DataUnitMemory, DataUnitSQLite, bound_turns
+from hpc_chat.errors import HistoryError
+
+
+def test_bound_turns_keeps_recent_pairs_and_token_budget():
+    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"}
+            for i in range(10)]
+    assert [m["content"] for m in bound_turns(msgs, 2, 1000)] == ["m6", "m7", "m8", "m9"]
+    assert bound_turns(msgs, 0, 1000) == []
+    long = [{"role": "user", "content": "x" * 400}, {"role": "assistant", "content": "y" * 40}]
+    assert [m["content"][0] for m in bound_turns(long, 4, 50)] == ["y"]  # 100 tokens > 50
+
+
+def test_memory_unit_round_trip(run):
+    unit = DataUnitMemory(DataUnitConfig(max_turns=1))
+    run(unit.append("c", "user", "hello"))
+    run(unit.append("c", "assistant", "hi", agent="a"))
+    run(unit.append("c", "user", "again"))
+    assert [m["content"] for m in run(unit.recent("c"))] == ["hi", "again"]
+    assert run(unit.conversations())[0]["messages"] == 3
+
+
+def test_sqlite_persists_across_instances_with_private_permissions(tmp_path, run):
+    path = tmp_path / "private" / "history.db"
+    cfg = DataUnitConfig(data_type="sqlite", path=str(path))
+    unit = DataUnitSQLite(cfg)
+    run(unit.initialize())
+    run(unit.append("proj", "user", "q1"))
+    run(unit.append("proj", "assistant", "a1", agent="balanced_agent", completion_tokens=3))
+    run(unit.close())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    again = DataUnitSQLite(cfg)
+    run(again.initialize())
+    msgs = run(again.messages("proj"))
+    assert [(m["role"], m["content"], m["agent"]) for m in msgs] == [
+        ("user", "q1", None), ("assistant", "a1", "balanced_agent")]
+    assert msgs[1]["completion_tokens"] == 3
+    assert [c["name"] for c in run(again.conversations())] == ["proj"]
+    assert run(again.messages("unknown")) == []
+    run(again.close())
+
+
+def test_default_location_is_hpc_chat_home(hpc_home, run):
+    unit = DataUnitSQLite()
+    assert unit.path == hpc_home / "history.db"
+
+
+def test_corrupt_database_is_a_clear_error_and_untouched(tmp_path, run):
+    path = tmp_path / "history.db"
+    garbage = b"this is not sqlite" * 100
+    path.write_bytes(garbage)
+    unit = DataUnitSQLite(DataUnitConfig(data_type="sqlite", path=str(path)))
+    with pytest.raises(HistoryError, match="corrupt.*move it aside"):
+        run(unit.initialize())
+    assert path.read_bytes() == garbage
+
+
+def test_locked_database_is_a_clear_error(tmp_path, run):
+    path = tmp_path / "history.db"
+    unit = DataUnitSQLite(DataUnitConfig(data_type="sqlite", path=str(path)))
+    run(unit.initialize())
+    unit._db.execute("PRAGMA busy_timeout = 100")
+    other = sqlite3.connect(path)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(HistoryError, match="locked by another process"):
+            run(unit.append("c", "user", "hi"))
+    finally:
+        other.rollback()
+        other.close()
+    run(unit.append("c", "user", "hi"))  # works once the lock is gone
+    assert len(run(unit.messages("c"))) == 1
+    run(unit.close())
