@@ -1,0 +1,38 @@
+# sbatch <run_dir>/submit_scripts/parsl.htex.block-0.<time>
+#!/bin/bash
+
+#SBATCH --job-name=parsl.htex.block-0.<time>
+#SBATCH --output=<run_dir>/submit_scripts/parsl.htex.block-0.<time>.stdout
+#SBATCH --error=<run_dir>/submit_scripts/parsl.htex.block-0.<time>.stderr
+#SBATCH --nodes=1
+#SBATCH --time=15
+#SBATCH --ntasks-per-node=1
+
+#SBATCH --partition=debug
+#SBATCH --cpus-per-task=2
+
+export PATH="<venv>/bin:$PATH"
+export PARSL_CORES=2
+
+
+export JOBNAME="parsl.htex.block-0.<time>"
+
+set -e
+export CORES=$SLURM_CPUS_ON_NODE
+export NODES=$SLURM_JOB_NUM_NODES
+
+[[ "1" == "1" ]] && echo "Found cores : $CORES"
+[[ "1" == "1" ]] && echo "Found nodes : $NODES"
+WORKERCOUNT=1
+SCRIPT_DIR="<run_dir>/submit_scripts"
+[[ -d $SCRIPT_DIR ]] || SCRIPT_DIR=""
+
+cat << SLURM_EOF > ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh
+process_worker_pool.py  --max_workers_per_node=2 -a <driver-address> -p 0 -c 1.0 -m None --poll 10 --port=<port> --cert_dir <run_dir>/certificates --logdir=<run_dir>/local-slurm_htex --logconf=None --block_id=0 --hb_period=5  --hb_threshold=20 --drain_period=None --cpu-affinity none  --mpi-launcher=mpiexec --available-accelerators 
+SLURM_EOF
+chmod a+x ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh
+
+srun --ntasks 1 -l  bash ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh
+
+[[ "1" == "1" ]] && echo "Done"
+
