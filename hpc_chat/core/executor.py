@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -21,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from hpc_chat.errors import ExecutorError
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 20.0
 
 
 class ExecutorConfig(BaseModel):
@@ -57,7 +62,8 @@ class ParslExecutor:
         ensure_driver_path()
         config = self.parsl_config or get_local_config(self.config.max_workers)
         try:
-            self.dfk = await asyncio.to_thread(_start_dfk, config)
+            with sigint_ignored_in_children():
+                self.dfk = await asyncio.to_thread(_start_dfk, config)
         except Exception as exc:  # Parsl raises many kinds; the user needs the reason
             raise ExecutorError(f"Parsl failed to start: {type(exc).__name__}: {exc}") from exc
         self.parsl_config = config
@@ -115,12 +121,36 @@ class ParslExecutor:
             out["job_ids"] = list(ex.blocks_to_job_id.values())
         return out
 
-    async def shutdown(self) -> None:
-        """Stop the kernel, the interchange and every worker this executor started."""
+    async def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Stop the kernel, the interchange and every worker this executor started.
+
+        Parsl's ``cleanup`` asks the interchange which managers to scale in and waits without a
+        time limit, so it hangs when the interchange is already gone. It runs in a daemon thread
+        here; past ``timeout`` the interchange is killed and the blocks are cancelled through
+        the provider directly, so shutdown always ends and leaves nothing behind.
+        """
         dfk, self.dfk = self.dfk, None
         self._apps.clear()
-        if dfk is not None:
-            await asyncio.to_thread(dfk.cleanup)
+        if dfk is None:
+            return
+        done = asyncio.get_running_loop().create_future()
+
+        def cleanup() -> None:
+            try:
+                dfk.cleanup()
+            except Exception as exc:  # report, then make sure below
+                log.warning("Parsl cleanup failed: %s", exc)
+            finally:
+                done.get_loop().call_soon_threadsafe(
+                    lambda: done.done() or done.set_result(None))
+
+        threading.Thread(target=cleanup, name="hpc_chat-parsl-cleanup", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout)
+        except asyncio.TimeoutError:
+            log.warning("Parsl cleanup did not finish in %.0f s; stopping its processes "
+                        "directly", timeout)
+            await asyncio.to_thread(_force_stop, dfk)
 
 
 class LocalExecutor:
@@ -168,6 +198,40 @@ def create_executor(config: ExecutorConfig) -> ParslExecutor | LocalExecutor:
     if config.executor_type == "local":
         return LocalExecutor(config)
     return ParslExecutor(config)
+
+
+@contextlib.contextmanager
+def sigint_ignored_in_children():
+    """Start Parsl's helper processes with SIGINT ignored.
+
+    Ctrl-C at a terminal signals the whole foreground process group. The interchange is a
+    child of the driver in that group; if it died there, Parsl could not shut down cleanly.
+    Processes started while SIGINT is ignored inherit that, and the driver (which restores
+    its handler at once) stays the one that reacts to Ctrl-C and stops everything in order.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _force_stop(dfk) -> None:
+    """Kill the interchange and cancel every block when Parsl's own cleanup hangs."""
+    for ex in list(dfk.executors.values()):
+        proc = getattr(ex, "interchange_proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        provider = getattr(ex, "provider", None)
+        job_ids = list(getattr(ex, "blocks_to_job_id", {}).values())
+        if provider is not None and job_ids:
+            try:
+                provider.cancel(job_ids)
+            except Exception as exc:
+                log.warning("could not cancel blocks %s: %s", job_ids, exc)
 
 
 def _start_dfk(config):
