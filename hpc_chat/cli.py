@@ -7,6 +7,7 @@ the file and key); 130/143 interrupted (SIGINT/SIGTERM; everything finished is a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -63,10 +64,10 @@ class Session:
     """
 
     def __init__(self, config: str | None, site: str | None, *, quiet: bool = False,
-                 allocation: bool = False):
+                 allocation: bool = False, wait_for_workers: bool = False):
         from hpc_chat.workflow import ParslChatWorkflow
 
-        self.config, self.quiet = config, quiet
+        self.config, self.quiet, self.wait = config, quiet, wait_for_workers
         self.loop = asyncio.new_event_loop()
         self.workflow = ParslChatWorkflow(site=site, allocation=allocation)
 
@@ -75,11 +76,11 @@ class Session:
 
     def __enter__(self) -> Session:
         try:
-            if self.quiet:
+            with contextlib.nullcontext() if self.quiet else \
+                    err_console.status("Starting Parsl workers..."):
                 self.run(self.workflow.initialize(self.config))
-            else:
-                with err_console.status("Starting Parsl workers..."):
-                    self.run(self.workflow.initialize(self.config))
+                if self.wait:  # interactive commands: the spinner covers worker start-up
+                    self.run(self.workflow.wait_for_workers())
         except BaseException:
             self.close()
             raise
@@ -151,7 +152,8 @@ def cli(debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 def ask(question, config, site, allocation, agents, seed, max_tokens, conversation, as_json):
     """Ask one question; the routed agents answer in parallel."""
-    with Session(config, site, quiet=as_json, allocation=allocation) as s:
+    with Session(config, site, quiet=as_json, allocation=allocation,
+                 wait_for_workers=True) as s:
         result = s.run(s.workflow.process_request(question, conversation_id=conversation,
                                                  agents=_agents_option(agents),
                                                  options=_options(seed, max_tokens)))
@@ -198,7 +200,7 @@ def chat(config, site, allocation, agents, seed, max_tokens, conversation):
     except ImportError:
         pass
     name = conversation or time.strftime("chat-%Y%m%d-%H%M%S")
-    with Session(config, site, allocation=allocation) as s:
+    with Session(config, site, allocation=allocation, wait_for_workers=True) as s:
         console.print(f"[bold]hpc-chat[/] conversation [cyan]{name}[/] with "
                       f"{', '.join(s.workflow.agents)}. /quit to end.")
         while True:

@@ -300,6 +300,12 @@ class ParslChatWorkflow:
         """Request counts, response times, throughput, tokens/s, cache hits and model loads."""
         return self.stats.summary()
 
+    async def wait_for_workers(self, minimum: int = 1, timeout: float | None = None) -> int:
+        """Wait until workers are connected (default limit: ``executor.timeout``)."""
+        loaded = self._require()
+        return await self.executor.wait_for_workers(
+            minimum, timeout if timeout is not None else loaded.settings.executor.timeout)
+
     async def get_parsl_stats(self) -> dict[str, Any]:
         """Workers, blocks and task counts from the executor."""
         if self.executor is None:

@@ -88,6 +88,20 @@ class ParslExecutor:
                 return ex
         return None
 
+    async def wait_for_workers(self, minimum: int = 1, timeout: float = 120.0) -> int:
+        """Wait until ``minimum`` workers are connected (or ``timeout``); returns how many are.
+
+        Workers start in the background after ``initialize``: a local pool in a few seconds,
+        pilot jobs whenever the scheduler runs them.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            workers = (await asyncio.to_thread(self.stats))["active_workers"]
+            if workers >= minimum or loop.time() >= deadline:
+                return workers
+            await asyncio.sleep(0.2)
+
     def stats(self) -> dict[str, Any]:
         """Workers, blocks and task counts as Parsl sees them now."""
         from parsl.dataflow.states import States
@@ -168,6 +182,9 @@ class LocalExecutor:
     async def initialize(self) -> None:
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(self.config.max_workers)
+
+    async def wait_for_workers(self, minimum: int = 1, timeout: float = 0.0) -> int:
+        return self.config.max_workers if self._pool else 0
 
     def submit(self, fn: Callable, *args, **kwargs) -> asyncio.Future:
         if self._pool is None:

@@ -33,6 +33,10 @@ def workflow(loop, fast_config):
     loop.run_until_complete(wf.shutdown())
 
 
+def test_wait_for_workers_reports_the_connected_pool(loop, workflow):
+    assert loop.run_until_complete(workflow.wait_for_workers(2, timeout=60)) == 2
+
+
 def test_basic_usage(loop, workflow):
     """The seed's Basic Usage example."""
     response = loop.run_until_complete(
