@@ -26,15 +26,26 @@ def is_retryable(exc: BaseException) -> bool:
     return not isinstance(inner, NOT_RETRYABLE + (AppTimeout,))
 
 
-def make_retry_handler(budget: int):
-    """A Parsl ``retry_handler`` for a config whose ``retries`` is ``budget``."""
+class RetryHandler:
+    """A Parsl ``retry_handler`` for a config whose ``retries`` is ``budget``.
 
-    def retry_handler(exc: BaseException, task_record: Any) -> float:
-        if not is_retryable(exc):
-            return float(budget + 1)
-        attempts = (task_record.get("kwargs") or {}).get("retry_attempts", budget)
-        if attempts <= 0:
-            return float(budget + 1)
-        return budget / attempts
+    It also counts what it decided (Parsl drops finished task records, so the workflow's
+    statistics read these counters): ``failures`` seen, of which ``hopeless`` were not retried.
+    """
 
-    return retry_handler
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.failures = 0
+        self.hopeless = 0
+
+    def __call__(self, exc: BaseException, task_record: Any) -> float:
+        self.failures += 1
+        attempts = (task_record.get("kwargs") or {}).get("retry_attempts", self.budget)
+        if not is_retryable(exc) or attempts <= 0:
+            self.hopeless += 1
+            return float(self.budget + 1)
+        return self.budget / attempts
+
+
+def make_retry_handler(budget: int) -> RetryHandler:
+    return RetryHandler(budget)

@@ -116,7 +116,7 @@ class ParslExecutor:
             "pending_tasks": pending,
             "completed_tasks": counts.get(States.exec_done, 0),
             "failed_tasks": counts.get(States.failed, 0) + counts.get(States.dep_fail, 0),
-            "retried_tasks": sum(rec.get("fail_count", 0) for rec in self.dfk.tasks.values()),
+            "retried_tasks": self._retries(),
             "submitted_tasks": self.dfk.task_count,
             "active_workers": 0, "managers": 0, "blocks": 0, "connected_blocks": 0,
             "outstanding": 0,
@@ -134,6 +134,14 @@ class ParslExecutor:
             out["blocks"] = len(ex.blocks_to_job_id)
             out["job_ids"] = list(ex.blocks_to_job_id.values())
         return out
+
+    def _retries(self) -> int:
+        """Retries so far: counted by our retry handler (Parsl forgets finished tasks), or
+        the failures of tasks Parsl still holds when another handler is configured."""
+        handler = self.dfk.config.retry_handler
+        if hasattr(handler, "hopeless"):
+            return handler.failures - handler.hopeless
+        return sum(rec.get("fail_count", 0) for rec in self.dfk.tasks.values())
 
     async def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
         """Stop the kernel, the interchange and every worker this executor started.

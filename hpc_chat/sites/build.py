@@ -14,7 +14,7 @@ from typing import Any
 from hpc_chat.apps.config import default_run_dir, with_driver_path
 from hpc_chat.sites import schema
 
-PROVIDER_FIELDS_NOT_FOR_PARSL = {"type", "launcher"}
+PROVIDER_FIELDS_NOT_FOR_PARSL = {"type", "launcher", "status_polling_interval"}
 
 
 def build_launcher(spec: schema.Launcher):
@@ -44,8 +44,13 @@ def build_provider(profile: schema.SiteProfile, *, allocation: bool = False):
                                        max_blocks=1, worker_init=worker_init)
     kwargs = spec.model_dump(exclude=PROVIDER_FIELDS_NOT_FOR_PARSL)
     kwargs["worker_init"] = worker_init
-    cls = getattr(providers, spec.type)
-    return cls(launcher=launcher, **kwargs)
+    from hpc_chat.sites.guard import GUARDED
+
+    cls = GUARDED.get(spec.type) or getattr(providers, spec.type)
+    provider = cls(launcher=launcher, **kwargs)
+    if getattr(spec, "status_polling_interval", None):
+        provider.polling_interval_s = spec.status_polling_interval
+    return provider
 
 
 def allocation_nodes(profile: schema.SiteProfile) -> int:
@@ -59,7 +64,25 @@ def allocation_nodes(profile: schema.SiteProfile) -> int:
     return profile.provider.nodes_per_block
 
 
-def executor_kwargs(profile: schema.SiteProfile) -> dict[str, Any]:
+def drain_period(profile: schema.SiteProfile, allocation: bool = False) -> int | None:
+    """When workers of a pilot job stop taking new tasks.
+
+    A task running when the walltime kills its job is lost and must be redone, so by default
+    workers drain ``walltime_margin`` seconds before the walltime (never earlier than half way)
+    and Parsl starts a fresh block for what remains. In allocation mode the driver's own job
+    ends everything, so there is nothing to drain.
+    """
+    ex = profile.executor
+    if ex.drain_period or allocation:
+        return None if allocation else ex.drain_period
+    walltime = getattr(profile.provider, "walltime", None)
+    if not walltime:
+        return None
+    total = schema.walltime_seconds(walltime)
+    return max(total - ex.walltime_margin, total // 2)
+
+
+def executor_kwargs(profile: schema.SiteProfile, allocation: bool = False) -> dict[str, Any]:
     """HighThroughputExecutor arguments from the profile's executor section."""
     ex = profile.executor
     kwargs: dict[str, Any] = {
@@ -69,7 +92,7 @@ def executor_kwargs(profile: schema.SiteProfile) -> dict[str, Any]:
         "cpu_affinity": ex.cpu_affinity,
         "heartbeat_period": ex.heartbeat_period,
         "heartbeat_threshold": ex.heartbeat_threshold,
-        "drain_period": ex.drain_period,
+        "drain_period": drain_period(profile, allocation),
         "prefetch_capacity": ex.prefetch_capacity,
     }
     if ex.max_workers_per_node:
@@ -82,7 +105,7 @@ def build_executor(profile: schema.SiteProfile, *, allocation: bool = False,
     from parsl.addresses import address_by_interface
     from parsl.executors import HighThroughputExecutor
 
-    kwargs = executor_kwargs(profile)
+    kwargs = executor_kwargs(profile, allocation)
     if max_workers and "max_workers_per_node" not in kwargs:
         kwargs["max_workers_per_node"] = max_workers
     if heartbeat:

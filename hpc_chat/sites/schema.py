@@ -45,6 +45,11 @@ def _directive_value(value: str) -> str:
     return value
 
 
+def walltime_seconds(value: str) -> int:
+    h, m, s = (int(x) for x in _WALLTIME.match(value).groups())
+    return h * 3600 + m * 60 + s
+
+
 def _walltime(value: str) -> str:
     if not _WALLTIME.match(value):
         raise ValueError(f"{value!r} is not a walltime: write HH:MM:SS, e.g. 01:30:00")
@@ -169,6 +174,8 @@ class SlurmProvider(_Provider):
     scheduler_options: Annotated[str | list[str], AfterValidator(
         _directive_lines("#SBATCH"))] = ""
     cmd_timeout: int = Field(10, ge=1)
+    status_polling_interval: int | None = Field(None, ge=1, description="seconds between "
+                                                "squeue calls; Parsl's default is 60")
 
     @property
     def scheduler(self) -> str:
@@ -185,6 +192,8 @@ class PBSProProvider(_Provider):
     scheduler_options: Annotated[str | list[str], AfterValidator(
         _directive_lines("#PBS"))] = ""
     cmd_timeout: int = Field(120, ge=1)
+    status_polling_interval: int | None = Field(None, ge=1, description="seconds between "
+                                                "qstat calls; Parsl's default is 60")
 
     @property
     def scheduler(self) -> str:
@@ -217,7 +226,11 @@ class ExecutorSettings(StrictModel):
     interface: DirectiveValue | None = None
     heartbeat_period: int = Field(30, ge=1)
     heartbeat_threshold: int = Field(120, ge=1)
-    drain_period: int | None = Field(None, ge=1)
+    drain_period: int | None = Field(None, ge=1, description="seconds after a pilot job "
+                                     "starts when its workers stop taking new tasks; default: "
+                                     "the provider walltime minus walltime_margin")
+    walltime_margin: int = Field(120, ge=0, description="seconds before a pilot job's "
+                                                        "walltime when its workers drain")
     prefetch_capacity: int = Field(0, ge=0)
     use_driver_python: bool = Field(True, description="put the driver's bin/ on the workers' "
                                                       "PATH before worker_init runs")

@@ -32,7 +32,7 @@ else
 fi
 
 cat << MPIEXEC_EOF > ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh
-process_worker_pool.py  --max_workers_per_node=12 -a <driver-address> -p 0 -c 1.0 -m None --poll 10 --port=<port> --cert_dir <run_dir>/certificates --logdir=<run_dir>/aurora_htex --logconf=None --block_id=0 --hb_period=30  --hb_threshold=120 --drain_period=None --cpu-affinity list:1-8,105-112:9-16,113-120:17-24,121-128:25-32,129-136:33-40,137-144:41-48,145-152:53-60,157-164:61-68,165-172:69-76,173-180:77-84,181-188:85-92,189-196:93-100,197-204  --mpi-launcher=mpiexec --available-accelerators 0.0 0.1 1.0 1.1 2.0 2.1 3.0 3.1 4.0 4.1 5.0 5.1
+process_worker_pool.py  --max_workers_per_node=12 -a <driver-address> -p 0 -c 1.0 -m None --poll 10 --port=<port> --cert_dir <run_dir>/certificates --logdir=<run_dir>/aurora_htex --logconf=None --block_id=0 --hb_period=30  --hb_threshold=120 --drain_period=3480 --cpu-affinity list:1-8,105-112:9-16,113-120:17-24,121-128:25-32,129-136:33-40,137-144:41-48,145-152:53-60,157-164:61-68,165-172:69-76,173-180:77-84,181-188:85-92,189-196:93-100,197-204  --mpi-launcher=mpiexec --available-accelerators 0.0 0.1 1.0 1.1 2.0 2.1 3.0 3.1 4.0 4.1 5.0 5.1
 MPIEXEC_EOF
 chmod u+x ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh
 

@@ -34,7 +34,7 @@ SCRIPT_DIR="<run_dir>/submit_scripts"
 [[ -d $SCRIPT_DIR ]] || SCRIPT_DIR=""
 
 cat << SLURM_EOF > ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh
-process_worker_pool.py  --max_workers_per_node=4 -a <driver-address> -p 0 -c 16.0 -m None --poll 10 --port=<port> --cert_dir <run_dir>/certificates --logdir=<run_dir>/delta_htex --logconf=None --block_id=0 --hb_period=30  --hb_threshold=120 --drain_period=None --cpu-affinity none  --mpi-launcher=mpiexec --available-accelerators 0 1 2 3
+process_worker_pool.py  --max_workers_per_node=4 -a <driver-address> -p 0 -c 16.0 -m None --poll 10 --port=<port> --cert_dir <run_dir>/certificates --logdir=<run_dir>/delta_htex --logconf=None --block_id=0 --hb_period=30  --hb_threshold=120 --drain_period=3480 --cpu-affinity none  --mpi-launcher=mpiexec --available-accelerators 0 1 2 3
 SLURM_EOF
 chmod a+x ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh
 

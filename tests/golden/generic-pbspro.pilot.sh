@@ -31,7 +31,7 @@ else
 fi
 
 cat << MPIEXEC_EOF > ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh
-process_worker_pool.py  --max_workers_per_node=8 -a <driver-address> -p 0 -c 4.0 -m None --poll 10 --port=<port> --cert_dir <run_dir>/certificates --logdir=<run_dir>/generic-pbspro_htex --logconf=None --block_id=0 --hb_period=30  --hb_threshold=120 --drain_period=None --cpu-affinity none  --mpi-launcher=mpiexec --available-accelerators 
+process_worker_pool.py  --max_workers_per_node=8 -a <driver-address> -p 0 -c 4.0 -m None --poll 10 --port=<port> --cert_dir <run_dir>/certificates --logdir=<run_dir>/generic-pbspro_htex --logconf=None --block_id=0 --hb_period=30  --hb_threshold=120 --drain_period=3480 --cpu-affinity none  --mpi-launcher=mpiexec --available-accelerators 
 MPIEXEC_EOF
 chmod u+x ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh
 

@@ -33,7 +33,7 @@ else
 fi
 
 cat << MPIEXEC_EOF > ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh
-process_worker_pool.py  --max_workers_per_node=4 -a <driver-address> -p 0 -c 1.0 -m None --poll 10 --port=<port> --cert_dir <run_dir>/certificates --logdir=<run_dir>/polaris_htex --logconf=None --block_id=0 --hb_period=30  --hb_threshold=120 --drain_period=None --cpu-affinity block-reverse  --mpi-launcher=mpiexec --available-accelerators 0 1 2 3
+process_worker_pool.py  --max_workers_per_node=4 -a <driver-address> -p 0 -c 1.0 -m None --poll 10 --port=<port> --cert_dir <run_dir>/certificates --logdir=<run_dir>/polaris_htex --logconf=None --block_id=0 --hb_period=30  --hb_threshold=120 --drain_period=3480 --cpu-affinity block-reverse  --mpi-launcher=mpiexec --available-accelerators 0 1 2 3
 MPIEXEC_EOF
 chmod u+x ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh
 

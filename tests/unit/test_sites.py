@@ -30,7 +30,8 @@ def test_every_shipped_profile_validates_and_builds_parsl_objects(name):
     profile = load_profile(name)
     config = build_config(profile)
     executor = config.executors[0]
-    assert type(executor.provider).__name__ == profile.provider.type
+    import parsl.providers
+    assert isinstance(executor.provider, getattr(parsl.providers, profile.provider.type))
     assert type(executor.provider.launcher).__name__ == profile.provider.launcher.type
     if profile.provider.worker_init.strip():  # the admin's worker_init is kept, after ours
         assert executor.provider.worker_init.rstrip("\n").endswith(
