@@ -114,7 +114,12 @@ def load_workflow(config_path: str | os.PathLike | None = None) -> LoadedWorkflo
     settings = config.config
     agents = []
     for i, ref in enumerate(settings.agents):
-        agent = AgentConfig.from_yaml(ref.config_file, base=path.parent)
+        try:
+            agent = AgentConfig.from_yaml(ref.config_file, base=path.parent)
+        except ConfigError as exc:
+            if "config file not found" not in str(exc):
+                raise  # the message already names the agent file and key
+            raise ConfigError(f"{path}: config.agents.{i}.config_file: {exc}") from None
         if agent.name != ref.name:
             raise ConfigError(f"{path}: config.agents.{i}.name: {ref.name!r} does not match the "
                               f"name {agent.name!r} in {agent.source}")

@@ -37,8 +37,12 @@ def fast(fixtures) -> str:
 def test_commands_a_question_and_ctrl_d(fast):
     before = parsl_processes()
     proc = chat(fast)
-    out, err = proc.communicate("/agents\nExplain why the sea is salty.\n/history\n/stats\n",
-                                timeout=180)  # then end of input, as Ctrl-D
+    try:
+        out, err = proc.communicate(
+            "/agents\nExplain why the sea is salty.\n/history\n/stats\n",
+            timeout=180)  # then end of input, as Ctrl-D
+    finally:
+        proc.kill()
     assert proc.returncode == 0, err
     assert "creative_agent" in out and "analytical_agent" in out  # /agents table
     assert out.count("Explain why the sea is salty.") == 1  # echoed once by /history
@@ -56,7 +60,10 @@ def test_ctrl_c_at_the_prompt_ends_cleanly(fast):
         time.sleep(0.2)
     time.sleep(2)  # Parsl up; the prompt is waiting for input
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "bye" in out

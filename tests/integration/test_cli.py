@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -118,3 +119,19 @@ def test_killed_batch_resumes_and_answers_each_prompt_once(fast, tmp_path):
     answered = Counter(x["id"] for x in lines if x["ok"])
     assert sorted(answered) == list(range(1, 17))
     assert set(answered.values()) == {1}
+
+
+def test_prompt_longer_than_the_context_fails_its_line_only(fast, tmp_path):
+    prompts = tmp_path / "in.jsonl"
+    prompts.write_text(json.dumps({"id": "huge", "prompt": "word " * 3000}) + "\n"
+                       + json.dumps({"id": "fine", "prompt": "Say hi."}) + "\n")
+    out = tmp_path / "out.jsonl"
+    result = invoke("batch", str(prompts), "-o", str(out), "--config", fast)
+    assert result.exit_code == 1
+    lines = {x["id"]: x for x in map(json.loads, out.read_text().splitlines())}
+    assert lines["fine"]["ok"]
+    assert not lines["huge"]["ok"]
+    assert "context window of 2048 tokens" in lines["huge"]["error"]
+    # hopeless, so never retried: 1 task done, 1 failed, 0 retries in the summary table
+    assert re.search(r"tasks done / failed / retried\s*│\s*1 / 1 / 0", result.output), \
+        result.output

@@ -1,0 +1,81 @@
+"""Faults with real processes on the local site: a worker killed mid-batch, a dead interchange."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from hpc_chat.workflow import ParslChatWorkflow
+
+from .procs import parsl_processes, wait_gone
+
+pytestmark = [pytest.mark.model, pytest.mark.parsl]
+
+
+def test_worker_killed_mid_batch_every_request_answered_once(fixtures, tmp_path):
+    """SIGKILL the worker process that just answered, in the middle of a 60-request batch:
+    its in-flight task is lost, retried, and every prompt appears exactly once, answered."""
+    from hpc_chat.batch import OutputWriter, read_batch
+    from hpc_chat.cli import _run_batch
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"Say something short about the number {i}.\n"
+                               for i in range(60)))
+    out = tmp_path / "out.jsonl"
+    killed = []
+
+    class KillingWriter(OutputWriter):
+        def write(self, item, result, *, finished_at):
+            line = super().write(item, result, finished_at=finished_at)
+            if self.written == 5:
+                pid = result["responses"][0]["worker"]["pid"]
+                time.sleep(0.2)  # the queue is full: by now this worker runs its next task
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            return line
+
+    async def go():
+        wf = ParslChatWorkflow(history_path=str(tmp_path / "h.db"))
+        await wf.initialize(str(fixtures / "workflows" / "fast.yml"))
+        writer = KillingWriter(out, resume=False)
+        try:
+            failed = await _run_batch(wf, read_batch(prompts), writer, agents=None,
+                                      options={"max_tokens": 16}, already_failed=0)
+            return failed, await wf.get_parsl_stats()
+        finally:
+            writer.close()
+            await wf.shutdown()
+
+    failed, stats = asyncio.run(asyncio.wait_for(go(), 300))
+    assert killed, "no worker was killed"
+    assert failed == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 60
+    answered = Counter(x["id"] for x in lines if x["ok"])
+    assert sorted(answered) == list(range(1, 61)) and set(answered.values()) == {1}
+    assert stats["retried_tasks"] >= 1
+
+
+def test_shutdown_ends_even_when_the_interchange_died(fixtures, tmp_path):
+    before = parsl_processes()
+
+    async def go():
+        wf = ParslChatWorkflow(history_path=str(tmp_path / "h.db"))
+        await wf.initialize(str(fixtures / "workflows" / "fast.yml"))
+        await wf.process_user_input("Hello")
+        htex = wf.executor.htex()
+        htex.interchange_proc.kill()  # as if it crashed
+        htex.interchange_proc.wait()
+        started = time.monotonic()
+        await wf.executor.shutdown(timeout=5)
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(go())
+    assert elapsed < 30
+    assert wait_gone(parsl_processes() - before, timeout=30) == set()
