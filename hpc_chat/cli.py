@@ -64,12 +64,14 @@ class Session:
     """
 
     def __init__(self, config: str | None, site: str | None, *, quiet: bool = False,
-                 allocation: bool = False, wait_for_workers: bool = False):
+                 allocation: bool = False, wait_for_workers: bool = False,
+                 endpoint: str | None = None, globus_state: str | None = None):
         from hpc_chat.workflow import ParslChatWorkflow
 
         self.config, self.quiet, self.wait = config, quiet, wait_for_workers
         self.loop = asyncio.new_event_loop()
-        self.workflow = ParslChatWorkflow(site=site, allocation=allocation)
+        self.workflow = ParslChatWorkflow(site=site, allocation=allocation, endpoint=endpoint,
+                                          globus_state=globus_state)
 
     def run(self, coro):
         return self.loop.run_until_complete(coro)
@@ -107,6 +109,8 @@ common_options = [
                  help="Workflow YAML (default: the packaged ParslChatWorkflow.yml)."),
     click.option("--site", default=None, metavar="NAME",
                  help="Site profile to run on (default: the workflow's, i.e. local)."),
+    click.option("--endpoint", default=None, metavar="UUID",
+                 help="Run on this Globus Compute endpoint instead of Parsl workers."),
     click.option("--in-allocation", "allocation", is_flag=True,
                  help="Inside a batch job: start workers on this job's nodes with the site's "
                       "launcher instead of submitting pilot jobs."),
@@ -150,9 +154,10 @@ def cli(debug: bool) -> None:
 @click.option("--conversation", default=None, metavar="NAME",
               help="Store the exchange in this conversation; later turns see it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
-def ask(question, config, site, allocation, agents, seed, max_tokens, conversation, as_json):
+def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, conversation,
+        as_json):
     """Ask one question; the routed agents answer in parallel."""
-    with Session(config, site, quiet=as_json, allocation=allocation,
+    with Session(config, site, quiet=as_json, allocation=allocation, endpoint=endpoint,
                  wait_for_workers=True) as s:
         result = s.run(s.workflow.process_request(question, conversation_id=conversation,
                                                  agents=_agents_option(agents),
@@ -193,14 +198,15 @@ def _print_result(result: dict[str, Any]) -> None:
 @with_common
 @click.option("--conversation", default=None, metavar="NAME",
               help="Conversation to continue (default: a new one named by the time).")
-def chat(config, site, allocation, agents, seed, max_tokens, conversation):
+def chat(config, site, endpoint, allocation, agents, seed, max_tokens, conversation):
     """Interactive chat. Commands: /stats /agents /history /quit (Ctrl-D or Ctrl-C to end)."""
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
         pass
     name = conversation or time.strftime("chat-%Y%m%d-%H%M%S")
-    with Session(config, site, allocation=allocation, wait_for_workers=True) as s:
+    with Session(config, site, allocation=allocation, endpoint=endpoint,
+                 wait_for_workers=True) as s:
         console.print(f"[bold]hpc-chat[/] conversation [cyan]{name}[/] with "
                       f"{', '.join(s.workflow.agents)}. /quit to end.")
         while True:
@@ -331,8 +337,8 @@ def history(name, as_json):
 @click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "text"]), default="auto",
               help="Input format (auto: .jsonl or a first line starting with '{' means JSONL).")
 @with_common
-def batch(input_path, output, resume, show, fmt, config, site, allocation, agents, seed,
-          max_tokens):
+def batch(input_path, output, resume, show, fmt, config, site, endpoint, allocation, agents,
+          seed, max_tokens):
     """Answer every prompt in INPUT (JSONL or one prompt per line) into OUTPUT."""
     from hpc_chat.batch import OutputWriter, answered_ids, id_key, read_batch
 
@@ -353,7 +359,12 @@ def batch(input_path, output, resume, show, fmt, config, site, allocation, agent
         runnable = [it for it in todo if not it.error]
         failed = len(bad)
         if runnable:
-            with Session(config, site, allocation=allocation) as s:
+            # With an endpoint, the task group is kept beside the output for --resume.
+            globus_state = f"{output}.globus.json" if endpoint else None
+            if endpoint and not resume and Path(globus_state).exists():
+                Path(globus_state).unlink()  # a new batch into a new output: a new group
+            with Session(config, site, allocation=allocation, endpoint=endpoint,
+                         globus_state=globus_state) as s:
                 try:
                     failed += s.run(_run_batch(s.workflow, runnable, writer,
                                                agents=_agents_option(agents),
@@ -380,10 +391,12 @@ def batch(input_path, output, resume, show, fmt, config, site, allocation, agent
 async def _run_batch(workflow, items, writer, *, agents, options, already_failed: int,
                      show: bool = False) -> int:
     """Submit everything, write each result as it completes; returns the number failed."""
+    from hpc_chat.batch import id_key
     from hpc_chat.progress import BatchProgress
 
     async def answer(item):
-        return item, await workflow.submit_request(item.prompt, agents=agents, options=options)
+        return item, await workflow.submit_request(item.prompt, agents=agents, options=options,
+                                                   request_key=id_key(item.id))
 
     failed = 0
     with BatchProgress(len(items) + already_failed, done=already_failed,
@@ -497,6 +510,39 @@ def sites_render(name, input_path, output_path):
         click.echo(render_driver_script(profile, input_path, output_path).script)
     for problem in profile.placeholders():
         err_console.print(f"[yellow]to edit before submitting:[/] {problem}", highlight=False)
+
+
+# --------------------------------------------------------------------------- endpoint
+@cli.group()
+def endpoint():
+    """Globus Compute: endpoint configs for admins, login for users."""
+
+
+@endpoint.command("config")
+@click.option("--site", required=True, metavar="NAME", help="Site profile to convert.")
+@click.option("-o", "--output-dir", default=None, type=click.Path(file_okay=False),
+              help="Directory for config.yaml and README.md (default: ./endpoint-SITE).")
+def endpoint_config_cmd(site, output_dir):
+    """Write a globus-compute-endpoint config.yaml (and a README) from a site profile."""
+    from hpc_chat.globus.endpoint_config import write_endpoint_files
+    from hpc_chat.sites.registry import load_profile
+
+    profile = load_profile(site)
+    out = Path(output_dir or f"endpoint-{profile.name}")
+    for path in write_endpoint_files(profile, out):
+        console.print(f"wrote {path}", highlight=False)
+    for problem in profile.placeholders():
+        err_console.print(f"[yellow]to edit before starting the endpoint:[/] {problem}",
+                          highlight=False)
+
+
+@endpoint.command("login")
+def endpoint_login():
+    """Log in to Globus Compute (opens the SDK's browser login flow)."""
+    from hpc_chat.globus.client import login
+
+    login()
+    console.print("logged in to Globus Compute")
 
 
 # --------------------------------------------------------------------------- jobs

@@ -58,11 +58,18 @@ class ParslChatWorkflow:
     allocation : bool
         Run inside the current batch job: workers start on its nodes with the profile's
         launcher instead of being submitted as pilot jobs.
+    endpoint : str, optional
+        A Globus Compute endpoint id: tasks run there instead of in Parsl workers.
+    globus_state : str, optional
+        Where a batch keeps its Globus Compute task group, for ``--resume``.
     """
 
     def __init__(self, *, site: str | None = None, executor=None,
-                 history_path: str | None = None, allocation: bool = False):
+                 history_path: str | None = None, allocation: bool = False,
+                 endpoint: str | None = None, globus_state: str | None = None):
         self.site = site
+        self.endpoint = endpoint
+        self.globus_state = globus_state
         self.allocation = allocation
         self.profile = None
         self.executor: ParslExecutor | LocalExecutor | None = executor
@@ -82,9 +89,16 @@ class ParslChatWorkflow:
             return
         loaded = load_workflow(config_path)
         settings = loaded.settings
-        if self.executor is None or self.site:
+        remote = bool(self.endpoint) or settings.executor.is_globus
+        if remote and self.site:
+            raise ConfigError("--endpoint and --site exclude each other: with an endpoint the "
+                              "site is wherever the endpoint runs")
+        if remote and not (self.endpoint or settings.executor.endpoint_id):
+            raise ConfigError(f"{loaded.path}: config.executor.endpoint_id: needed with type "
+                              f"{settings.executor.type} (or pass --endpoint)")
+        if not remote and (self.executor is None or self.site):
             self._load_site(loaded)
-        for agent in loaded.agents:
+        for agent in ([] if remote else loaded.agents):  # remote models resolve remotely
             name = agent.config.model
             if name == "default":
                 name = self.site_model.get("model", "default")
@@ -129,6 +143,11 @@ class ParslChatWorkflow:
 
     def _build_executor(self, loaded: LoadedWorkflow):
         settings = loaded.settings
+        if self.endpoint or settings.executor.is_globus:
+            from hpc_chat.globus.executor import GlobusComputeExecutor
+
+            return GlobusComputeExecutor(self.endpoint or settings.executor.endpoint_id,
+                                         state_path=self.globus_state)
         config = ExecutorConfig(executor_type=settings.executor.type,
                                 max_workers=settings.executor.max_workers,
                                 timeout=settings.executor.timeout)
@@ -179,8 +198,8 @@ class ParslChatWorkflow:
         return routes[:cap] if cap else routes
 
     def submit_request(self, text: str, *, conversation_id: str | None = None,
-                       agents: list[str] | None = None,
-                       options: dict[str, Any] | None = None) -> asyncio.Task:
+                       agents: list[str] | None = None, options: dict[str, Any] | None = None,
+                       request_key: str | None = None) -> asyncio.Task:
         """Start one request; the task resolves to a result dict (never raises for a failed
         answer: ``ok`` is false and ``error`` says why). Call it from a coroutine; outside
         one, use ``loop.run_until_complete(workflow.process_request(...))``."""
@@ -191,7 +210,8 @@ class ParslChatWorkflow:
             raise HpcChatError("submit_request/submit_message must be called from a coroutine "
                                "(inside the event loop); outside one, run "
                                "process_request(...) in your loop") from None
-        task = loop.create_task(self._run_request(text, conversation_id, agents, options))
+        task = loop.create_task(self._run_request(text, conversation_id, agents, options,
+                                                  request_key))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return task
@@ -216,7 +236,8 @@ class ParslChatWorkflow:
                                  **kwargs) -> str:
         return await self.submit_message(text, conversation_id=conversation_id, **kwargs)
 
-    async def _run_request(self, text, conversation_id, agent_names, options) -> dict[str, Any]:
+    async def _run_request(self, text, conversation_id, agent_names, options,
+                           request_key=None) -> dict[str, Any]:
         loaded = self._require()
         settings = loaded.settings
         start = time.time()
@@ -242,11 +263,15 @@ class ParslChatWorkflow:
                 hit = self.cache.get(key, perf.cache_ttl)
                 if hit is not None:
                     return {**hit, "cached": True, "routing_score": r.score}
+            # A tag names this agent's task of this request, so a Globus Compute batch can
+            # be reattached on --resume; Parsl executors ignore it.
+            tag = f"{request_key}\t{r.agent}" if request_key is not None else None
+            fn = getattr(self.executor, "chat_function", chat_task)
             try:
                 result = await self.executor.submit(
-                    chat_task, agent.to_dict(), text, context,
+                    fn, agent.to_dict(), text, context,
                     walltime=settings.performance.timeout_seconds,
-                    retry_attempts=perf.retry_attempts)
+                    retry_attempts=perf.retry_attempts, tag=tag)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:

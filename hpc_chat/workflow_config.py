@@ -21,9 +21,17 @@ DEFAULT_WORKFLOW = "config/ParslChatWorkflow.yml"
 
 
 class ExecutorSection(StrictModel):
-    type: Literal["parsl", "local"] = "parsl"
+    """``type``: parsl (default), local (threads, debugging), or globus_compute (alias
+    GlobusComputeExecutor) with ``endpoint_id``: tasks run on that Globus Compute endpoint."""
+
+    type: Literal["parsl", "local", "globus_compute", "GlobusComputeExecutor"] = "parsl"
     max_workers: int = Field(4, ge=1)
     timeout: float = Field(300, gt=0)
+    endpoint_id: str | None = None
+
+    @property
+    def is_globus(self) -> bool:
+        return self.type in ("globus_compute", "GlobusComputeExecutor")
 
 
 class AgentRef(StrictModel):

@@ -68,8 +68,10 @@ class ParslExecutor:
             raise ExecutorError(f"Parsl failed to start: {type(exc).__name__}: {exc}") from exc
         self.parsl_config = config
 
-    def submit(self, fn: Callable, *args, **kwargs) -> asyncio.Future:
-        """Run ``fn(*args, **kwargs)`` on a worker; the result is awaitable without blocking."""
+    def submit(self, fn: Callable, *args, tag: str | None = None,
+               **kwargs) -> asyncio.Future:
+        """Run ``fn(*args, **kwargs)`` on a worker; the result is awaitable without blocking.
+        (``tag`` names the task for executors that can reattach to tasks; unused here.)"""
         if self.dfk is None:
             raise ExecutorError("the executor is not initialized; call 'await initialize()'")
         from parsl.app.python import PythonApp
@@ -194,7 +196,8 @@ class LocalExecutor:
     async def wait_for_workers(self, minimum: int = 1, timeout: float = 0.0) -> int:
         return self.config.max_workers if self._pool else 0
 
-    def submit(self, fn: Callable, *args, **kwargs) -> asyncio.Future:
+    def submit(self, fn: Callable, *args, tag: str | None = None,
+               **kwargs) -> asyncio.Future:
         if self._pool is None:
             raise ExecutorError("the executor is not initialized; call 'await initialize()'")
         fut = self._pool.submit(fn, *args, **kwargs)

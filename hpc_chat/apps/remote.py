@@ -1,0 +1,15 @@
+"""The function sent to Globus Compute endpoints.
+
+Its body imports what it needs, so it works whichever code serialization the endpoint allows
+(by reference or by source); its arguments and result are plain JSON data, so it also works on
+endpoints that accept only JSON argument serialization. The worker's model cache applies exactly
+as in a Parsl worker: an endpoint worker loads each model once.
+"""
+
+
+def remote_chat(agent_config, message, context, walltime=None, retry_attempts=0):
+    """``process_chat_message`` on an endpoint worker (``walltime``/``retry_attempts`` are
+    accepted for the same call shape as Parsl tasks; the endpoint's own limits apply)."""
+    from hpc_chat.apps.logic import process_chat_message
+
+    return process_chat_message(agent_config, message, context)

@@ -1,0 +1,1 @@
+"""Globus Compute: run the chat function on a site's endpoint, and write that endpoint's config."""
