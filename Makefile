@@ -58,6 +58,12 @@ slurm-down:
 test-fast: install
 	$(PY) -m pytest -m "not slurm"
 
+# The benchmark suite: results JSON, docs/performance.md, docs/performance.png, README headline.
+bench: install
+	$(PY) -m pip install -q -e '.[bench]'
+	@scripts/local-slurm.sh up >/dev/null 2>&1 || echo "no local Slurm: the Slurm case is skipped"
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(HPC_CHAT) bench
+
 lint: install
 	$(PY) -m ruff check hpc_chat tests
 

@@ -512,6 +512,32 @@ def sites_render(name, input_path, output_path):
         err_console.print(f"[yellow]to edit before submitting:[/] {problem}", highlight=False)
 
 
+# --------------------------------------------------------------------------- bench
+@cli.command()
+@click.option("--repeats", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Runs per figure (the median is reported).")
+@click.option("--requests", "n_requests", type=click.IntRange(8, 1000), default=32,
+              show_default=True, help="Requests in the throughput batch.")
+@click.option("--results-dir", default="bench-results", show_default=True,
+              type=click.Path(file_okay=False))
+@click.option("--docs-dir", default="docs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--no-slurm", is_flag=True, help="Skip the local-Slurm case.")
+def bench(repeats, n_requests, results_dir, docs_dir, no_slurm):
+    """Run the benchmark suite; write results JSON, docs/performance.md and its plot."""
+    from hpc_chat.bench.report import verdicts, write_report
+    from hpc_chat.bench.suite import run_suite
+
+    res = run_suite(repeats=repeats, requests=n_requests, slurm=not no_slurm,
+                    log=lambda text: err_console.print(text, highlight=False))
+    readme = Path("README.md")
+    for path in write_report(res, Path(results_dir), Path(docs_dir),
+                             readme if readme.exists() else None):
+        console.print(f"wrote {path}", highlight=False)
+    for desc, value, bound, ok in verdicts(res):
+        console.print(f"{'[green]met[/]' if ok else '[red]missed[/]'} {desc}: {value:.3g} "
+                      f"(target {bound})", highlight=False)
+
+
 # --------------------------------------------------------------------------- endpoint
 @cli.group()
 def endpoint():

@@ -81,6 +81,7 @@ class ParslChatWorkflow:
         self.stats = PerformanceStats()
         self.cache = ResponseCache()
         self._pending: set[asyncio.Task] = set()
+        self.batcher = None
 
     # ----------------------------------------------------------------- lifecycle
     async def initialize(self, config_path: str | os.PathLike | None = None) -> None:
@@ -125,6 +126,11 @@ class ParslChatWorkflow:
             raise
         self.loaded, self.history = loaded, history
         self.agents = {a.name: EnhancedCollaborativeAgent(a) for a in loaded.agents}
+        perf = settings.performance
+        if perf.batch_size > 1 and not hasattr(self.executor, "chat_function"):
+            from hpc_chat.batcher import RequestBatcher
+
+            self.batcher = RequestBatcher(self.executor, perf.batch_size, perf.timeout_seconds)
 
     def _load_site(self, loaded: LoadedWorkflow) -> None:
         """The site profile this workflow runs on (``local`` unless one is named)."""
@@ -161,6 +167,8 @@ class ParslChatWorkflow:
 
     async def shutdown(self) -> None:
         """Cancel what is still pending, stop Parsl and its workers, close the history."""
+        if self.batcher is not None:
+            self.batcher.cancel_all()
         for task in list(self._pending):
             task.cancel()
         if self._pending:
@@ -268,14 +276,20 @@ class ParslChatWorkflow:
             tag = f"{request_key}\t{r.agent}" if request_key is not None else None
             fn = getattr(self.executor, "chat_function", chat_task)
             try:
-                result = await self.executor.submit(
-                    fn, agent.to_dict(), text, context,
-                    walltime=settings.performance.timeout_seconds,
-                    retry_attempts=perf.retry_attempts, tag=tag)
+                if self.batcher is not None:
+                    result = await self.batcher.submit(agent.to_dict(), text, context,
+                                                       perf.retry_attempts)
+                else:
+                    result = await self.executor.submit(
+                        fn, agent.to_dict(), text, context,
+                        walltime=settings.performance.timeout_seconds,
+                        retry_attempts=perf.retry_attempts, tag=tag)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:
                 return {"agent": r.agent, "error": describe_error(exc)}
+            if result.get("error"):  # this item of a batch failed on its own
+                return {"agent": r.agent, "error": result["error"]}
             if key is not None:
                 self.cache.put(key, result)
             return {**result, "routing_score": r.score, "matched": list(r.matched)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from parsl import python_app
 
-from hpc_chat.apps.logic import aggregate_responses, process_chat_message
+from hpc_chat.apps.logic import aggregate_responses, process_chat_batch, process_chat_message
 
 
 def chat_task(agent_config: dict, message: str, context: dict, *, walltime: float | None = None,
@@ -18,6 +18,12 @@ def chat_task(agent_config: dict, message: str, context: dict, *, walltime: floa
     """What a worker runs for one agent. ``walltime`` is applied by Parsl (AppTimeout);
     ``retry_attempts`` is read by the retry handler from the task record."""
     return process_chat_message(agent_config, message, context)
+
+
+def chat_batch_task(agent_config: dict, items: list[dict], *, n_seq: int | None = None,
+                    walltime: float | None = None, retry_attempts: int = 0) -> list[dict]:
+    """What a worker runs for several requests to one agent, decoded together."""
+    return process_chat_batch(agent_config, items, n_seq)
 
 
 @python_app

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from hpc_chat.agents.cache import cache_key, process_cache
 from hpc_chat.configfile import format_validation_error
 from hpc_chat.core.agent import AgentConfig
-from hpc_chat.errors import ConfigError
+from hpc_chat.errors import ConfigError, ModelNotFoundError
 from hpc_chat.llm.engine import PromptTooLongError, get_engine
 from hpc_chat.llm.models import ModelSpec, resolve_model
 
@@ -72,14 +72,8 @@ def model_spec(settings: dict[str, Any], site_model: dict[str, Any]) -> ModelSpe
                      n_gpu_layers=pick("n_gpu_layers", 0), n_batch=site_model.get("n_batch", 512))
 
 
-def process_chat_message(agent_config: dict, message: str, context: dict) -> dict:
-    """Answer ``message`` as the agent described by ``agent_config`` (the agent YAML as a dict).
-
-    ``context`` carries ``history`` (recent turns, oldest first), ``options`` (``seed``,
-    ``max_tokens``, ``temperature`` overrides) and ``model`` (the site's model defaults:
-    ``model``, ``n_ctx``, ``n_threads``, ``n_gpu_layers``, ``aliases``).
-    Returns ``{"content", "agent", "model", "usage", "timings", "cached", ...}``.
-    """
+def _prepare(agent_config: dict, message: str, context: dict) -> dict[str, Any]:
+    """Validate one request and work out everything that decides its answer."""
     try:
         agent = AgentConfig.model_validate(agent_config)
     except ValidationError as exc:
@@ -90,49 +84,131 @@ def process_chat_message(agent_config: dict, message: str, context: dict) -> dic
     settings = agent.config
     options = context.get("options") or {}
     site_model = context.get("model") or {}
-    seed = options.get("seed", settings.seed)
-    max_tokens = options.get("max_tokens") or settings.max_tokens
-    temperature = options.get("temperature", settings.temperature)
-    if temperature is None:
-        temperature = settings.temperature
+    temperature = options.get("temperature")
+    prep = {
+        "agent": agent, "settings": settings, "started": time.time(),
+        "seed": options.get("seed", settings.seed),
+        "max_tokens": options.get("max_tokens") or settings.max_tokens,
+        "temperature": settings.temperature if temperature is None else temperature,
+        "messages": build_messages(settings.system_prompt, message, context.get("history")),
+        "spec": model_spec(settings.model_dump(), site_model),
+    }
+    prep["key"] = cache_key(agent.to_dict(), prep["messages"], prep["seed"],
+                            {**prep["spec"].model_dump(), "max_tokens": prep["max_tokens"],
+                             "temperature": prep["temperature"]})
+    return prep
 
-    started = time.time()
-    messages = build_messages(settings.system_prompt, message, context.get("history"))
-    spec = model_spec(settings.model_dump(), site_model)
-    caching = settings.performance.enable_caching
-    key = cache_key(agent.to_dict(), messages, seed,
-                    {**spec.model_dump(), "max_tokens": max_tokens, "temperature": temperature})
-    if caching:
-        hit = process_cache.get(key, settings.performance.cache_ttl)
-        if hit is not None:
-            now = time.time()
-            hit.update(cached=True, timings={**hit["timings"], "start": started, "end": now,
-                                             "generation_s": 0.0, "model_loaded_now": False})
-            hit["worker"] = worker_identity()
-            return hit
 
+def _cached(prep: dict[str, Any]) -> dict | None:
+    perf = prep["settings"].performance
+    if not perf.enable_caching:
+        return None
+    hit = process_cache.get(prep["key"], perf.cache_ttl)
+    if hit is None:
+        return None
+    hit.update(cached=True, timings={**hit["timings"], "start": prep["started"],
+                                     "end": time.time(), "generation_s": 0.0,
+                                     "model_loaded_now": False})
+    hit["worker"] = worker_identity()
+    return hit
+
+
+def _result(prep: dict[str, Any], completion, n_threads: int, history_turns: int) -> dict:
+    result = {
+        "content": completion.text,
+        "agent": prep["agent"].name,
+        "model": prep["settings"].model,
+        "model_path": prep["spec"].path,
+        "finish_reason": completion.finish_reason,
+        "usage": completion.usage(),
+        "timings": {**completion.timings(), "start": prep["started"], "end": time.time()},
+        "history_turns_used": history_turns,
+        "cached": False,
+        "worker": worker_identity(),
+        "n_threads": n_threads,
+        "batched": bool(completion.extra.get("batched")),
+    }
+    if prep["settings"].performance.enable_caching:
+        process_cache.put(prep["key"], result)
+    return result
+
+
+def process_chat_message(agent_config: dict, message: str, context: dict) -> dict:
+    """Answer ``message`` as the agent described by ``agent_config`` (the agent YAML as a dict).
+
+    ``context`` carries ``history`` (recent turns, oldest first), ``options`` (``seed``,
+    ``max_tokens``, ``temperature`` overrides) and ``model`` (the site's model defaults:
+    ``model``, ``n_ctx``, ``n_threads``, ``n_gpu_layers``, ``aliases``).
+    Returns ``{"content", "agent", "model", "usage", "timings", "cached", ...}``.
+    """
+    prep = _prepare(agent_config, message, context)
+    hit = _cached(prep)
+    if hit is not None:
+        return hit
+    settings, spec = prep["settings"], prep["spec"]
     engine, loaded_now = get_engine(spec)
-    messages = fit_to_context(messages, engine.count_tokens, spec.n_ctx, max_tokens)
-    completion = engine.chat(messages, temperature=temperature, max_tokens=max_tokens, seed=seed,
+    messages = fit_to_context(prep["messages"], engine.count_tokens, spec.n_ctx,
+                              prep["max_tokens"])
+    completion = engine.chat(messages, temperature=prep["temperature"],
+                             max_tokens=prep["max_tokens"], seed=prep["seed"],
                              stop=settings.stop or None, top_p=settings.top_p,
                              top_k=settings.top_k, repeat_penalty=settings.repeat_penalty,
                              loaded_now=loaded_now)
-    result = {
-        "content": completion.text,
-        "agent": agent.name,
-        "model": settings.model,
-        "model_path": spec.path,
-        "finish_reason": completion.finish_reason,
-        "usage": completion.usage(),
-        "timings": {**completion.timings(), "start": started, "end": time.time()},
-        "history_turns_used": len(messages) - 2,
-        "cached": False,
-        "worker": worker_identity(),
-        "n_threads": engine.n_threads,
-    }
-    if caching:
-        process_cache.put(key, result)
-    return result
+    return _result(prep, completion, engine.n_threads, len(messages) - 2)
+
+
+def process_chat_batch(agent_config: dict, items: list[dict],
+                       n_seq: int | None = None) -> list[dict]:
+    """Answer several messages for one agent together, with batched decoding.
+
+    ``items`` are ``{"message", "context"}``. The answers are decoded in one llama.cpp context
+    (:mod:`hpc_chat.llm.batched`). Each slot of the returned list is that item's result, or
+    ``{"error": ...}`` when that item alone failed (e.g. its prompt does not fit).
+    ``n_seq`` is the batched context's number of sequences (the workflow's batch size).
+    """
+    from hpc_chat.llm.batched import GenRequest, get_batched_engine
+
+    out: list[dict | None] = [None] * len(items)
+    todo = []
+    for i, item in enumerate(items):
+        try:
+            prep = _prepare(agent_config, item["message"], item.get("context") or {})
+        except (ConfigError, ValueError) as exc:
+            if isinstance(exc, ModelNotFoundError):
+                raise  # the whole batch shares the model: retrying cannot help any of it
+            out[i] = {"error": str(exc), "agent": agent_config.get("name")}
+            continue
+        hit = _cached(prep)
+        if hit is not None:
+            out[i] = hit
+        else:
+            todo.append((i, prep))
+    if todo:
+        spec = todo[0][1]["spec"]
+        engine, loaded_now = get_engine(spec)
+        batched = get_batched_engine(engine, n_seq or len(items))
+        requests, fitted = [], []
+        for i, prep in todo:
+            try:
+                msgs = fit_to_context(prep["messages"], engine.count_tokens, spec.n_ctx,
+                                      prep["max_tokens"])
+            except PromptTooLongError as exc:
+                out[i] = {"error": str(exc), "agent": prep["agent"].name}
+                continue
+            s = prep["settings"]
+            fitted.append((i, prep, len(msgs) - 2))
+            requests.append(GenRequest(messages=msgs, temperature=prep["temperature"],
+                                       max_tokens=prep["max_tokens"], seed=prep["seed"],
+                                       stop=list(s.stop), top_p=s.top_p, top_k=s.top_k,
+                                       repeat_penalty=s.repeat_penalty))
+        for (i, prep, turns), completion in zip(fitted, batched.generate(requests)):
+            if isinstance(completion, Exception):
+                out[i] = {"error": str(completion), "agent": prep["agent"].name}
+                continue
+            completion.model_loaded_now = loaded_now
+            loaded_now = False  # count the load once, on the first answer
+            out[i] = _result(prep, completion, engine.n_threads, turns)
+    return out  # type: ignore[return-value]
 
 
 def worker_identity() -> dict[str, Any]:

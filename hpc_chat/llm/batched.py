@@ -16,6 +16,7 @@ stop rules (end-of-generation tokens, stop strings, ``max_tokens``).
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -67,13 +68,15 @@ class BatchedEngine:
         self.model = llama._model.model
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_ctx_seq = engine.spec.n_ctx
-        params = llama_cpp.llama_context_default_params()
+        # Start from the unbatched context's own parameters (flash attention, KV types, RoPE,
+        # ...), so both paths compute the same numbers; change only what batching needs.
+        params = llama_cpp.llama_context_params.from_buffer_copy(llama.context_params)
         params.n_ctx = self.n_ctx_seq * n_seq
         params.n_batch = max(engine.spec.n_batch, self.n_ctx_seq)
         params.n_ubatch = min(512, params.n_batch)
         params.n_seq_max = n_seq
         params.n_threads = params.n_threads_batch = engine.n_threads
-        params.kv_unified = True
+        params.kv_unified = False  # each sequence its own n_ctx, as in the unbatched engine
         self.n_batch = params.n_batch
         self.ctx = llama_cpp.llama_init_from_model(self.model, params)
         if not self.ctx:
@@ -86,6 +89,7 @@ class BatchedEngine:
         bos = llama._model.token_get_text(llama.token_bos())
         self.formatter = llama_chat_format.Jinja2ChatFormatter(
             template=template, eos_token=eos, bos_token=bos, stop_token_ids=[llama.token_eos()])
+        self.lock = threading.Lock()
 
     def close(self) -> None:
         if self.ctx:
@@ -109,8 +113,9 @@ class BatchedEngine:
     def _sampler(self, req: GenRequest, seed: int):
         lc = self.lc
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_penalties(
-            PENALTY_LAST_N, req.repeat_penalty, 0.0, 0.0))
+            n_vocab, PENALTY_LAST_N, req.repeat_penalty, 0.0, 0.0))
         if req.temperature == 0.0:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
         else:
@@ -130,6 +135,10 @@ class BatchedEngine:
     # ----------------------------------------------------------------- the loop
     def generate(self, requests: list[GenRequest]) -> list[Completion | Exception]:
         """Answer every request; a request that cannot run gets its exception in its slot."""
+        with self.lock:
+            return self._generate(requests)
+
+    def _generate(self, requests: list[GenRequest]) -> list[Completion | Exception]:
         import random
 
         lc = self.lc
@@ -222,3 +231,17 @@ class BatchedEngine:
             completion_tokens=len(s.out), model_load_s=self.engine.load_s,
             model_loaded_now=False, generation_s=time.perf_counter() - s.admitted,
             extra={"batched": True, "batch_wall_s": time.perf_counter() - started})
+
+
+_batched: dict[tuple, BatchedEngine] = {}
+_batched_lock = threading.Lock()
+
+
+def get_batched_engine(engine: ChatEngine, n_seq: int) -> BatchedEngine:
+    """The process-wide batched context for this loaded model and batch size (kept, like the
+    model itself, for the life of the worker)."""
+    key = (engine.spec, n_seq)
+    with _batched_lock:
+        if key not in _batched:
+            _batched[key] = BatchedEngine(engine, n_seq)
+        return _batched[key]

@@ -1,0 +1,78 @@
+"""Grouping requests to the same agent into one worker task (batched decoding).
+
+Requests that arrive together (a batch, parallel ``submit_message`` calls) for the same agent
+wait at most ``linger_s`` (10 ms) for company, then go to a worker as one task of up to
+``batch_size`` items, which the worker decodes together (:mod:`hpc_chat.llm.batched`). A single
+interactive question pays the 10 ms and nothing else. Each request still gets its own result,
+or its own error when only that item failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hpc_chat.apps.app import chat_batch_task
+
+
+class RequestBatcher:
+    def __init__(self, executor, batch_size: int, walltime: float, linger_s: float = 0.01):
+        self.executor, self.batch_size, self.walltime = executor, batch_size, walltime
+        self.linger_s = linger_s
+        self._pending: dict[str, list[tuple[dict, asyncio.Future]]] = {}
+        self._agent: dict[str, tuple[dict, int]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.tasks_sent = 0
+
+    def submit(self, agent_config: dict, message: str, context: dict,
+               retry_attempts: int) -> asyncio.Future:
+        """A future for this one request's result dict."""
+        loop = asyncio.get_running_loop()
+        name = agent_config["name"]
+        fut = loop.create_future()
+        self._agent[name] = (agent_config, retry_attempts)
+        group = self._pending.setdefault(name, [])
+        group.append(({"message": message, "context": context}, fut))
+        if len(group) >= self.batch_size:
+            self._flush(name)
+        elif name not in self._timers:
+            self._timers[name] = loop.call_later(self.linger_s, self._flush, name)
+        return fut
+
+    def _flush(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        group = self._pending.pop(name, [])
+        if not group:
+            return
+        agent_config, retry_attempts = self._agent[name]
+        self.tasks_sent += 1
+        task = self.executor.submit(chat_batch_task, agent_config, [item for item, _ in group],
+                                    n_seq=self.batch_size, walltime=self.walltime,
+                                    retry_attempts=retry_attempts)
+        task.add_done_callback(lambda t: self._deliver(t, group))
+
+    @staticmethod
+    def _deliver(task: asyncio.Future, group: list[tuple[dict, asyncio.Future]]) -> None:
+        if task.cancelled():
+            for _, fut in group:
+                fut.cancel()
+            return
+        exc = task.exception()
+        results: list[Any] = [None] * len(group) if exc else task.result()
+        for (_, fut), result in zip(group, results):
+            if fut.done():
+                continue
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+    def cancel_all(self) -> None:
+        for name in list(self._timers):
+            self._timers.pop(name).cancel()
+        for group in self._pending.values():
+            for _, fut in group:
+                fut.cancel()
+        self._pending.clear()

@@ -1,0 +1,1 @@
+"""The benchmark suite (``make bench``, ``hpc-chat bench``): see docs/performance.md."""

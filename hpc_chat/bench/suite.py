@@ -1,0 +1,325 @@
+"""The benchmark cases. Every figure is the median of ``repeats`` runs, and every comparison is a
+ratio of two figures measured in the same run, on the embedded model with fixed seeds and the
+shipped prompt set (``prompts.txt``).
+
+1. orchestration overhead: the workflow (local site, 1 worker, unbatched) against a plain
+   llama-cpp-python loop with the same settings; and Parsl with inference stubbed out.
+2. throughput: generated tokens/s and requests/s for workers x threads splits of this machine,
+   unbatched and batched, against the direct loop (and llama-server when one is given).
+3. warm start: first-request latency against the steady state, and model loads per worker.
+4. scaling on Slurm: the same batch through pilot jobs on the local Slurm (when it is up).
+5. the physical limit: copy bandwidth / bytes of weights read per token = the single-stream
+   ceiling, against measured single-stream generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+MAX_TOKENS = 64
+SYSTEM_AGENT = "config/EnhancedCollaborativeAgent_3.yml"
+
+
+def prompts(n: int) -> list[str]:
+    lines = resources.files("hpc_chat.bench").joinpath("prompts.txt").read_text().splitlines()
+    return [lines[i % len(lines)] for i in range(n)]
+
+
+def median_of(repeats: int, fn: Callable[[], dict[str, float]]) -> dict[str, Any]:
+    """Run ``fn`` ``repeats`` times; the median of each number, and every run kept."""
+    runs = [fn() for _ in range(repeats)]
+    return {**{k: statistics.median(r[k] for r in runs) for k in runs[0]}, "runs": runs}
+
+
+def noop(x):
+    """The stubbed task: Parsl's cost with no inference at all."""
+    return x
+
+
+# ----------------------------------------------------------------------------- baselines
+def direct_loop(n: int, threads: int) -> dict[str, float]:
+    """A plain llama-cpp-python loop: what a user would write without hpc_chat."""
+    import llama_cpp
+
+    from hpc_chat.core.agent import AgentConfig
+    from hpc_chat.llm.models import resolve_model
+
+    agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
+    llama = llama_cpp.Llama(model_path=str(resolve_model("default")), n_ctx=2048,
+                            n_threads=threads, n_threads_batch=threads, verbose=False)
+    start = time.perf_counter()
+    tokens = 0
+    for i, prompt in enumerate(prompts(n)):
+        out = llama.create_chat_completion(
+            messages=[{"role": "system", "content": agent.system_prompt},
+                      {"role": "user", "content": prompt}],
+            temperature=agent.temperature, max_tokens=MAX_TOKENS, seed=i,
+            top_p=agent.top_p, top_k=agent.top_k, repeat_penalty=agent.repeat_penalty)
+        tokens += out["usage"]["completion_tokens"]
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall, "req_s": n / wall}
+
+
+def single_stream_generation(threads: int) -> dict[str, float]:
+    """Pure decode speed of one sequence (llama.cpp's own eval counters, prompt excluded)."""
+    import llama_cpp
+
+    from hpc_chat.llm.models import resolve_model
+
+    llama = llama_cpp.Llama(model_path=str(resolve_model("default")), n_ctx=2048,
+                            n_threads=threads, n_threads_batch=threads, verbose=False)
+    llama.create_completion("Once upon a time", max_tokens=128, temperature=0.0)
+    perf = llama_cpp.llama_perf_context(llama.ctx)
+    return {"tok_s": perf.n_eval / (perf.t_eval_ms / 1000.0), "n_eval": perf.n_eval}
+
+
+def copy_bandwidth(size_mb: int = 256) -> dict[str, float]:
+    """Bytes copied per second by numpy (each byte read once and written once)."""
+    import numpy as np
+
+    src = np.ones(size_mb * 1024 * 1024 // 8)
+    dst = np.empty_like(src)
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - t)
+    return {"gb_s": src.nbytes / min(times) / 1e9}
+
+
+# ----------------------------------------------------------------------------- workflow runs
+def write_configs(tmp: Path, workers: int, threads: int, batch: int,
+                  site: str = "local") -> tuple[str, str]:
+    """A workflow YAML and a site profile for one configuration."""
+    profile = tmp / f"bench-{site}-{workers}x{threads}.yaml"
+    cores = len(os.sched_getaffinity(0))
+    if site == "local":
+        profile.write_text(f"""name: bench-local
+provider: {{type: LocalProvider, init_blocks: 1, min_blocks: 1, max_blocks: 1}}
+executor:
+  address: 127.0.0.1
+  max_workers_per_node: {workers}
+  cores_per_worker: {cores / workers}
+model: {{n_threads: {threads}}}
+""")
+    else:
+        from hpc_chat.sites.registry import load_profile
+
+        base = load_profile(site)
+        data = base.model_dump(exclude_none=True)
+        data["name"] = "bench-slurm"
+        data["executor"]["max_workers_per_node"] = workers
+        data["model"]["n_threads"] = threads
+        import yaml
+        profile.write_text(yaml.safe_dump(data))
+    workflow = tmp / f"bench-{workers}x{threads}-b{batch}.yml"
+    workflow.write_text(f"""name: bench
+config:
+  executor: {{type: parsl, max_workers: {workers}, timeout: 300}}
+  agents:
+    - {{name: balanced_agent, config_file: "{SYSTEM_AGENT}"}}
+  data_units: {{conversation_history: {{type: memory}}}}
+  performance: {{batch_size: {batch}, timeout_seconds: 600}}
+  generation: {{max_tokens: {MAX_TOKENS}}}
+""")
+    return str(workflow), str(profile)
+
+
+async def _workflow_run(workflow: str, profile: str, n: int, workers: int) -> dict[str, Any]:
+    from hpc_chat.workflow import ParslChatWorkflow
+
+    wf = ParslChatWorkflow(site=profile, history_path=None)
+    await wf.initialize(workflow)
+    try:
+        await wf.wait_for_workers(workers, timeout=300)
+        # warm-up: the first request per worker loads the model (case 3 measures that)
+        cold = await asyncio.gather(*(wf.process_request(
+            f"Warm up {i}.", agents=["balanced_agent"], options={"seed": 10_000 + i,
+                                                                 "max_tokens": 4})
+            for i in range(workers)))
+        steady = []
+        for i in range(3):
+            r = await wf.process_request(f"Warm up {i}.", agents=["balanced_agent"],
+                                         options={"seed": 20_000 + i, "max_tokens": 4})
+            steady.append(r["latency_s"])
+        start = time.perf_counter()
+        results = await asyncio.gather(*(wf.process_request(
+            p, agents=["balanced_agent"], options={"seed": i})
+            for i, p in enumerate(prompts(n))))
+        wall = time.perf_counter() - start
+        stats = await wf.get_performance_stats()
+        parsl_stats = await wf.get_parsl_stats()
+    finally:
+        await wf.shutdown()
+    failed = [r["error"] for r in results if not r["ok"]]
+    if failed:
+        raise RuntimeError(f"benchmark requests failed: {failed[:3]}")
+    tokens = sum(r["completion_tokens"] for r in results)
+    pids = {resp["worker"]["pid"] for r in results + cold for resp in r["responses"]}
+    return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall, "req_s": n / wall,
+            "first_latency_s": max(r["latency_s"] for r in cold),
+            "steady_latency_s": statistics.median(steady),
+            "model_loads": stats["model_loads"], "workers_seen": len(pids),
+            "blocks": len(parsl_stats.get("job_ids") or [0])}
+
+
+def workflow_run(n: int, workers: int, threads: int, batch: int,
+                 site: str = "local") -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="hpc_chat_bench_") as tmp:
+        wf, profile = write_configs(Path(tmp), workers, threads, batch, site)
+        return asyncio.run(_workflow_run(wf, profile, n, workers))
+
+
+def stubbed_tasks(sequential: int = 300, concurrent: int = 2000) -> dict[str, float]:
+    """Parsl round trips with a no-op task: per-task latency and tasks/s."""
+    from hpc_chat.apps.config import get_local_config
+    from hpc_chat.core.executor import ExecutorConfig, ParslExecutor
+
+    async def go():
+        ex = ParslExecutor(ExecutorConfig(max_workers=1),
+                           parsl_config=get_local_config(1, label="bench_htex"))
+        await ex.initialize()
+        try:
+            await ex.wait_for_workers(1, timeout=120)
+            for i in range(20):
+                await ex.submit(noop, i)
+            lat = []
+            for i in range(sequential):
+                t = time.perf_counter()
+                await ex.submit(noop, i)
+                lat.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            await asyncio.gather(*(ex.submit(noop, i) for i in range(concurrent)))
+            rate = concurrent / (time.perf_counter() - t)
+        finally:
+            await ex.shutdown()
+        lat.sort()
+        return {"p50_ms": 1000 * lat[len(lat) // 2], "p95_ms": 1000 * lat[int(len(lat) * 0.95)],
+                "tasks_s": rate}
+
+    return asyncio.run(go())
+
+
+# ----------------------------------------------------------------------------- llama-server
+def llama_server_run(binary: str, n: int, threads: int, slots: int = 8) -> dict[str, float]:
+    """llama.cpp's own server with parallel slots and continuous batching, as a peer."""
+    from hpc_chat.core.agent import AgentConfig
+    from hpc_chat.llm.models import resolve_model
+
+    agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
+    port = 18181
+    proc = subprocess.Popen([binary, "-m", str(resolve_model("default")), "-c",
+                             str(2048 * slots), "-np", str(slots), "-t", str(threads),
+                             "--port", str(port), "--host", "127.0.0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+
+        def ask(i_prompt):
+            i, prompt = i_prompt
+            body = json.dumps({"messages": [{"role": "system", "content": agent.system_prompt},
+                                            {"role": "user", "content": prompt}],
+                               "max_tokens": MAX_TOKENS, "temperature": agent.temperature,
+                               "seed": i}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                         data=body, headers={"Content-Type":
+                                                             "application/json"})
+            with urllib.request.urlopen(req, timeout=600) as resp:
+                return json.load(resp)["usage"]["completion_tokens"]
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(slots) as pool:
+            tokens = sum(pool.map(ask, enumerate(prompts(n))))
+        wall = time.perf_counter() - start
+        return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall, "req_s": n / wall}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def slurm_up() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True)
+    return out.returncode == 0 and any(s.startswith(("idle", "mixed", "allocated"))
+                                       for s in out.stdout.split())
+
+
+# ----------------------------------------------------------------------------- the suite
+THROUGHPUT_CONFIGS = [  # (workers, threads per worker, batch size)
+    (1, 2, 1), (2, 1, 1), (1, 2, 8), (1, 2, 16), (2, 1, 8),
+]
+
+
+def run_suite(repeats: int = 3, requests: int = 32, overhead_requests: int = 16,
+              slurm: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from hpc_chat.llm.models import resolve_model
+
+    cores = len(os.sched_getaffinity(0))
+    results: dict[str, Any] = {"meta": {
+        "date": time.strftime("%Y-%m-%d %H:%M"), "cores": cores, "repeats": repeats,
+        "requests": requests, "overhead_requests": overhead_requests,
+        "max_tokens": MAX_TOKENS,
+        "model_bytes": resolve_model("default").stat().st_size}}
+    log("1. orchestration overhead")
+    direct16 = median_of(repeats, lambda: direct_loop(overhead_requests, 2))
+    wf16 = median_of(repeats, lambda: workflow_run(overhead_requests, 1, 2, 1))
+    results["overhead"] = {
+        "direct": direct16, "workflow": wf16,
+        "ratio": wf16["wall_s"] / direct16["wall_s"],
+        "per_request_ms": 1000 * (wf16["wall_s"] - direct16["wall_s"]) / overhead_requests,
+        "stubbed": median_of(repeats, stubbed_tasks)}
+    log("2. throughput")
+    direct = median_of(repeats, lambda: direct_loop(requests, 2))
+    configs = []
+    for workers, threads, batch in THROUGHPUT_CONFIGS:
+        log(f"   {workers} worker(s) x {threads} thread(s), batch {batch}")
+        r = median_of(repeats, lambda: workflow_run(requests, workers, threads, batch))
+        configs.append({"workers": workers, "threads": threads, "batch": batch, **r,
+                        "vs_direct": r["tok_s"] / direct["tok_s"]})
+    server_bin = os.environ.get("HPC_CHAT_LLAMA_SERVER")
+    server = None
+    if server_bin and Path(server_bin).is_file():
+        log("   llama-server peer")
+        server = median_of(repeats, lambda: llama_server_run(server_bin, requests, 2))
+    results["throughput"] = {"direct": direct, "configs": configs, "llama_server": server,
+                             "llama_server_note": None if server else
+                             "not measured: set HPC_CHAT_LLAMA_SERVER to a llama-server binary"}
+    best = max(configs, key=lambda c: c["tok_s"])
+    results["warm_start"] = {
+        "first_latency_s": best["first_latency_s"], "steady_latency_s":
+            best["steady_latency_s"], "model_loads_per_worker":
+            max(c["model_loads"] / c["workers_seen"] for c in configs)}
+    if slurm and slurm_up():
+        log("4. scaling on the local Slurm")
+        w, t, b = best["workers"], best["threads"], best["batch"]
+        on_slurm = median_of(repeats, lambda: workflow_run(requests, w, t, b, "local-slurm"))
+        results["slurm"] = {"config": [w, t, b], **on_slurm,
+                            "vs_local": on_slurm["tok_s"] / best["tok_s"]}
+    else:
+        results["slurm"] = None
+    log("5. the physical limit")
+    bw = median_of(repeats, copy_bandwidth)
+    single = median_of(repeats, lambda: single_stream_generation(2))
+    ceiling = bw["gb_s"] * 1e9 / results["meta"]["model_bytes"]
+    results["limit"] = {"copy_gb_s": bw["gb_s"], "ceiling_tok_s": ceiling,
+                        "single_stream_tok_s": single["tok_s"],
+                        "fraction": single["tok_s"] / ceiling}
+    return results
