@@ -44,6 +44,9 @@ class HpcChatGroup(click.Group):
             return super().invoke(ctx)
         except HpcChatError as exc:
             raise CliError(str(exc)) from None
+        except KeyboardInterrupt:  # e.g. Ctrl-C while workers start; Parsl is already down
+            err_console.print("interrupted")
+            sys.exit(130)
 
 
 class Interrupted(Exception):
