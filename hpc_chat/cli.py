@@ -525,13 +525,21 @@ def sites_render(name, input_path, output_path):
               type=click.Path(file_okay=False))
 @click.option("--docs-dir", default="docs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--no-slurm", is_flag=True, help="Skip the local-Slurm case.")
-def bench(repeats, n_requests, results_dir, docs_dir, no_slurm):
+@click.option("--report-only", is_flag=True,
+              help="Rewrite the report from RESULTS_DIR/results.json without measuring.")
+def bench(repeats, n_requests, results_dir, docs_dir, no_slurm, report_only):
     """Run the benchmark suite; write results JSON, docs/performance.md and its plot."""
     from hpc_chat.bench.report import verdicts, write_report
     from hpc_chat.bench.suite import run_suite
 
-    res = run_suite(repeats=repeats, requests=n_requests, slurm=not no_slurm,
-                    log=lambda text: err_console.print(text, highlight=False))
+    if report_only:
+        saved = Path(results_dir) / "results.json"
+        if not saved.is_file():
+            raise CliError(f"{saved}: no results to report; run 'hpc-chat bench' first")
+        res = json.loads(saved.read_text())
+    else:
+        res = run_suite(repeats=repeats, requests=n_requests, slurm=not no_slurm,
+                        log=lambda text: err_console.print(text, highlight=False))
     readme = Path("README.md")
     for path in write_report(res, Path(results_dir), Path(docs_dir),
                              readme if readme.exists() else None):

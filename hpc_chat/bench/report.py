@@ -194,6 +194,7 @@ def readme_block(res: dict[str, Any]) -> str:
 def write_report(res: dict[str, Any], results_dir: Path, docs_dir: Path,
                  readme: Path | None) -> list[Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
+    docs_dir.mkdir(parents=True, exist_ok=True)
     out_json = results_dir / "results.json"
     out_json.write_text(json.dumps(res, indent=2))
     png = docs_dir / "performance.png"

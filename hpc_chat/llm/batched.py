@@ -76,7 +76,7 @@ class BatchedEngine:
         params.n_ubatch = min(512, params.n_batch)
         params.n_seq_max = n_seq
         params.n_threads = params.n_threads_batch = engine.n_threads
-        params.kv_unified = False  # each sequence its own n_ctx, as in the unbatched engine
+        params.kv_unified = True  # one shared KV buffer: measured faster than per-sequence
         self.n_batch = params.n_batch
         self.ctx = llama_cpp.llama_init_from_model(self.model, params)
         if not self.ctx:
