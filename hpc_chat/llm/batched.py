@@ -76,7 +76,9 @@ class BatchedEngine:
         params.n_ubatch = min(512, params.n_batch)
         params.n_seq_max = n_seq
         params.n_threads = params.n_threads_batch = engine.n_threads
-        params.kv_unified = True  # one shared KV buffer: measured faster than per-sequence
+        # Per-sequence KV streams. A unified buffer measured faster (47.6 against 39.4 tokens/s,
+        # 8 sequences) but changed more greedy answers (5/8 identical to unbatched, not 7/8).
+        params.kv_unified = False
         self.n_batch = params.n_batch
         self.ctx = llama_cpp.llama_init_from_model(self.model, params)
         if not self.ctx:
