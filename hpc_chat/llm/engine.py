@@ -97,7 +97,55 @@ class ChatEngine:
         )
         self.load_s = time.perf_counter() - start
         self.calls = 0
+        self._formatter = None
+        self._prefix: list[int] = []  # the tokens the KV cache holds, evaluated as one chunk
         log.debug("loaded %s in %.2fs with %d threads", spec.path, self.load_s, self.n_threads)
+
+    def _prompt_tokens(self, messages: list[dict[str, str]]) -> tuple[list[int], int]:
+        """The prompt's tokens, and how many come before the final message's content."""
+        if self._formatter is None:
+            from llama_cpp import llama_chat_format
+
+            llama = self.llama
+            self._formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=llama.metadata["tokenizer.chat_template"],
+                eos_token=llama._model.token_get_text(llama.token_eos()),
+                bos_token=llama._model.token_get_text(llama.token_bos()))
+
+        def tokens(msgs):
+            prompt = self._formatter(messages=msgs).prompt
+            return self.llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+
+        full = tokens(messages)
+        probe = tokens(messages[:-1] + [{**messages[-1], "content": "\u00a7\u00a7"}])
+        k = 0
+        while k < min(len(full), len(probe)) and full[k] == probe[k]:
+            k += 1
+        return full, k
+
+    def _prepare_cache(self, messages: list[dict[str, str]]) -> None:
+        """Make every prompt's numbers independent of what this engine answered before.
+
+        llama-cpp-python reuses the KV of whatever prefix the new prompt shares with the
+        previous one; how much that is depends on history, and evaluating a prompt in other
+        chunks changes the floating-point path, so a fixed seed would not give a fixed answer.
+        Here a prompt is always evaluated in the same two chunks: everything before the final
+        message's content (system prompt and history), then the rest. The first chunk stays
+        cached, so a run of requests with the same system prompt reads it only once.
+        """
+        if "tokenizer.chat_template" not in self.llama.metadata:
+            self.llama.reset()  # no template to split by: evaluate from scratch
+            return
+        full, k = self._prompt_tokens(messages)
+        prefix = full[:k]
+        if prefix and prefix == self._prefix and self.llama.n_tokens >= k:
+            self.llama.n_tokens = k  # drop everything after the shared chunk
+            self.llama._ctx.kv_cache_seq_rm(-1, k, -1)
+        else:
+            self.llama.reset()
+            if prefix:
+                self.llama.eval(prefix)
+            self._prefix = prefix
 
     def count_tokens(self, text: str) -> int:
         return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
@@ -109,11 +157,7 @@ class ChatEngine:
         """Answer a list of ``{"role", "content"}`` messages with the model's chat template."""
         with self._lock:
             start = time.perf_counter()
-            # Evaluate every prompt from scratch. llama-cpp-python otherwise reuses the KV of
-            # the previous prompt's common prefix, which changes the floating-point path, so a
-            # fixed seed would give different answers depending on what the worker answered
-            # before. Reproducibility wins; the cost is re-reading the shared system prompt.
-            self.llama.reset()
+            self._prepare_cache(messages)
             try:
                 out = self.llama.create_chat_completion(
                     messages=messages, temperature=temperature, max_tokens=max_tokens,

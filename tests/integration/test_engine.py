@@ -123,3 +123,22 @@ def test_missing_model_is_a_config_error():
 
     with pytest.raises(ModelNotFoundError, match="gpt-4"):
         process_chat_message(agent_dict(i=1, model="gpt-4"), "hi", {})
+
+
+def test_shared_system_prompt_is_reused_without_changing_answers(spec):
+    """The system-prompt chunk stays cached between requests; answers stay reproducible."""
+    from hpc_chat.llm.engine import ChatEngine
+
+    engine, _ = get_engine(spec)
+
+    def msgs(q):
+        return [{"role": "system", "content": "You are terse."}, {"role": "user", "content": q}]
+
+    first = engine.chat(msgs("Name a fruit."), temperature=0.9, max_tokens=24, seed=8).text
+    engine.chat(msgs("Name a tree."), temperature=0.9, max_tokens=24, seed=1)
+    cached_prefix = list(engine._prefix)
+    again = engine.chat(msgs("Name a fruit."), temperature=0.9, max_tokens=24, seed=8).text
+    fresh = ChatEngine(spec).chat(msgs("Name a fruit."), temperature=0.9, max_tokens=24,
+                                  seed=8).text
+    assert cached_prefix and engine._prefix == cached_prefix  # reused, not re-read
+    assert first == again == fresh
