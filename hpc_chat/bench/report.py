@@ -97,8 +97,9 @@ def markdown(res: dict[str, Any], plot_name: str) -> str:
         "",
         f"The same {m['overhead_requests']} requests through the workflow (local site, one "
         "worker with 2 threads, unbatched) and through a plain llama-cpp-python loop "
-        "with the same model, settings and seeds (the loop keeps llama-cpp-python's prompt-prefix "
-        "reuse; the workflow evaluates every prompt afresh for reproducible answers).",
+        "with the same model, settings and seeds (the loop uses llama-cpp-python's own "
+        "prompt-prefix reuse; the workflow reuses only the system-prompt chunk, evaluated the "
+        "same way every time, so its answers are reproducible).",
         "",
         "| | wall s | tokens/s | requests/s |",
         "|---|---|---|---|",
