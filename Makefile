@@ -18,7 +18,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 DEMO_DIR ?= .demo
 
-.PHONY: install demo test test-fast lint bench slurm-up slurm-down clean
+.PHONY: install demo test test-fast lint bench llama-tools slurm-up slurm-down clean
 
 install: $(STAMP)
 
@@ -59,10 +59,20 @@ test-fast: install
 	$(PY) -m pytest -m "not slurm"
 
 # The benchmark suite: results JSON, docs/performance.md, docs/performance.png, README headline.
+# llama.cpp's own llama-server and llama-batched-bench join the benchmark as peers when
+# `make llama-tools` has built them (or HPC_CHAT_LLAMA_SERVER / HPC_CHAT_LLAMA_BATCHED_BENCH
+# name other binaries).
+LLAMA_TOOLS := $(CURDIR)/.llama-tools/bin
 bench: install
 	$(PY) -m pip install -q -e '.[bench]'
 	@scripts/local-slurm.sh up >/dev/null 2>&1 || echo "no local Slurm: the Slurm case is skipped"
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(HPC_CHAT) bench
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+	  HPC_CHAT_LLAMA_SERVER=$${HPC_CHAT_LLAMA_SERVER:-$(wildcard $(LLAMA_TOOLS)/llama-server)} \
+	  HPC_CHAT_LLAMA_BATCHED_BENCH=$${HPC_CHAT_LLAMA_BATCHED_BENCH:-$(wildcard $(LLAMA_TOOLS)/llama-batched-bench)} \
+	  $(HPC_CHAT) bench
+
+llama-tools: install
+	PY=$(PY) scripts/build-llama-tools.sh .llama-tools
 
 lint: install
 	$(PY) -m ruff check hpc_chat tests

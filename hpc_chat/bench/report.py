@@ -39,6 +39,12 @@ def verdicts(res: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
         value = head[key]
         ok = value >= bound if higher else value <= bound
         out.append((desc, value, f"{'≥' if higher else '≤'} {bound:g}", ok))
+    peer = res["throughput"].get("llama_server")
+    if peer:
+        best = max(res["throughput"]["configs"], key=lambda c: c["tok_s"])
+        ratio = best["tok_s"] / peer["tok_s"]
+        out.append(("best aggregate tokens/s / llama-server with 8 slots", ratio, "≥ 1",
+                    ratio >= 1))
     return out
 
 
@@ -131,6 +137,7 @@ def markdown(res: dict[str, Any], plot_name: str) -> str:
                      f"{s['req_s']:.2f} | {s['tok_s'] / t['direct']['tok_s']:.2f} |")
     else:
         lines.append(f"| llama-server | | | | {t['llama_server_note']} |")
+    lines += profile_section(res)
     w = res["warm_start"]
     lines += [
         "",
@@ -165,30 +172,136 @@ def markdown(res: dict[str, Any], plot_name: str) -> str:
         "",
         "## Notes",
         "",
-        "- Batched answers use the same chat template, sampler chain and stop rules as unbatched "
-        "ones; with one sequence the greedy output is identical token for token. With several "
-        "sequences in one decode, llama.cpp's CPU kernels may add in a different order, so a "
-        "near-tie can flip late in a greedy answer (tests/integration/test_batched.py).",
-        "- The machine and the build: llama.cpp is built for portable x86-64-v3 (AVX2) rather "
-        "than -march=native (see the Makefile); a native build with AVX-512 may be faster.",
+        "- Batched answers are the unbatched answers: the same chat template, prompt chunks, "
+        "sampler chain and stop rules, and the same numbers, because each decode step is one "
+        "micro-batch ordered by sequence id and flash attention sums each sequence's own cache "
+        "cells in the same order alone or batched. tests/integration/test_batched.py checks "
+        "greedy answers token for token with 1 and 8 sequences and with more agents than "
+        "prompt holders. A final message of 64 tokens or more takes another flash-attention "
+        "path when batched, so there a near-tie may flip.",
+        "- Shared prompt chunks: requests to one agent copy the system prompt's KV cache from "
+        "a holder sequence instead of evaluating it (`shared prompt chunks` above); without "
+        "that, every request re-evaluates about three quarters of its prompt.",
+        "- Peers: `make llama-tools` builds llama.cpp's own `llama-server` and "
+        "`llama-batched-bench` from the llama.cpp that llama-cpp-python vendors, with the same "
+        "build flags; `make bench` includes them when they are there (or when "
+        "`HPC_CHAT_LLAMA_SERVER` / `HPC_CHAT_LLAMA_BATCHED_BENCH` name binaries).",
+        "- The build: llama.cpp is built for portable x86-64-v3 (AVX2) rather than "
+        "-march=native (see the Makefile). An AVX-512 build measured within run-to-run noise "
+        "of it here; AMX, which this CPU advertises, stops with SIGILL (`tileloadd`) in this "
+        "virtual machine.",
     ]
     missed = [v for v in verdicts(res) if not v[3]]
     if missed:
         lines += ["", "## Targets missed", ""]
         for desc, value, bound, _ in missed:
-            lines.append(f"- {desc}: {value:.3g}, target {bound}.")
+            target = float(bound.split()[-1])
+            lines.append(f"- {desc}: {value:.3g}, target {bound}: off by "
+                         f"{100 * abs(value - target) / target:.0f}% of the target.")
+        if any(desc.startswith("best aggregate tokens/s / direct") for desc, *_ in missed):
+            native = res["throughput"].get("llama_batched_bench")
+            why = "- Why the throughput target is missed: see *Where the time goes* under " \
+                  "section 2."
+            if native and "1" in native["widths"]:
+                w = native["widths"]
+                gain = max(v["tok_s"] for v in w.values()) / w["1"]["tok_s"]
+                why += (f" llama.cpp's own batched decoding gains {gain:.2f}x over one sequence "
+                        "on this machine; reaching 2.5x needs faster matrix kernels for the "
+                        "model (a GPU, or a weight format with a tiled GEMM path on this CPU), "
+                        "not less orchestration.")
+            lines.append(why)
     return "\n".join(lines) + "\n"
+
+
+def profile_section(res: dict[str, Any]) -> list[str]:
+    """Where batched decoding spends its time, from the engine's own counters."""
+    prof = res.get("profile")
+    if not prof:
+        return []
+    b, one = prof["batched"], prof["single"]
+    wall = b["wall_s"]
+    alone = one["ms_per_token_by_batch"].get("1", one["ms_per_token_by_batch"].get(1))
+    widths = b["ms_per_token_by_batch"]
+    full = widths.get(str(b["n_seq"]), widths.get(b["n_seq"]))
+    lines = [
+        "",
+        "### Where the time goes",
+        "",
+        f"The batched engine alone (no Parsl), {b['n_seq']} sequences, the same requests: "
+        f"{b['tok_s']:.1f} generated tokens/s. Its own counters:",
+        "",
+        "| part | seconds | share of wall |",
+        "|---|---|---|",
+        f"| decode steps ({b['generated_tokens']} generated, {b['prompt_tokens']} prompt "
+        f"tokens) | {b['decode_s']:.2f} | {100 * b['decode_s'] / wall:.0f}% |",
+        f"| shared prompt chunks ({b['prefix_tokens']} tokens, evaluated once) | "
+        f"{b['prefix_s']:.2f} | {100 * b['prefix_s'] / wall:.0f}% |",
+        f"| sampling (per-sequence sampler chains) | {b['sample_s']:.2f} | "
+        f"{100 * b['sample_s'] / wall:.0f}% |",
+        f"| everything else (Python, tokenizing, stop strings) | "
+        f"{wall - b['decode_s'] - b['prefix_s'] - b['sample_s']:.2f} | "
+        f"{100 * (wall - b['decode_s'] - b['prefix_s'] - b['sample_s']) / wall:.0f}% |",
+        "",
+        "Cost of one generated token by the number of sequences in a decode step "
+        "(steps that carried generated tokens only):",
+        "",
+        "| sequences per step | ms per token | tokens/s while decoding |",
+        "|---|---|---|",
+    ]
+    rows = {**{int(k): v for k, v in widths.items()}, 1: alone}  # 1: a request alone
+    for k in sorted(rows):
+        if rows[k]:
+            lines.append(f"| {k} | {rows[k]:.2f} | {1000 / rows[k]:.0f} |")
+    native = res["throughput"].get("llama_batched_bench")
+    if native:
+        w = native["widths"]
+        lines += [
+            "",
+            f"llama.cpp's own batched decoding, with no Python at all (`llama-batched-bench`, "
+            f"flash attention, {native['prompt_tokens']}-token prompts, {res['meta']['max_tokens']}"
+            " generated tokens per sequence, 2 threads):",
+            "",
+            "| sequences | generation tokens/s | prompt tokens/s | generated tokens/s end to end |",
+            "|---|---|---|---|",
+        ]
+        for k in sorted(w, key=int):
+            lines.append(f"| {k} | {w[k]['tg_tok_s']:.0f} | {w[k]['pp_tok_s']:.0f} | "
+                         f"{w[k]['tok_s']:.0f} |")
+        if "1" in w and len(w) > 1:
+            top = max(w, key=lambda k: w[k]["tok_s"])
+            gain = w[top]["tok_s"] / w["1"]["tok_s"]
+            lines += ["", f"So on this machine llama.cpp itself gains {gain:.2f}x from "
+                      f"batching {top} sequences over one: about the most that batching can "
+                      "add to a sequential loop here, whatever runs on top of llama.cpp."]
+    if alone and full:
+        lines += [
+            "",
+            f"Decoding {b['n_seq']} sequences together divides the cost of a token by "
+            f"{alone / full:.2f} (from {alone:.2f} to {full:.2f} ms). Decode steps take "
+            f"{100 * (b['decode_s'] + b['prefix_s']) / wall:.0f}% of the batched engine's wall "
+            "time, so Python, sampling and orchestration are not what limits throughput: "
+            "the matrix products are. On this CPU llama.cpp multiplies the embedded model's "
+            "Q4_1 weights with a dot product per row and column (its tiled GEMM paths, "
+            "llamafile's sgemm and the repacked kernels, cover Q4_0, Q8_0 and K-quants, not "
+            f"Q4_1), so a step of {b['n_seq']} tokens still costs {100 * full / alone:.0f}% as "
+            "much per token as a step of one; `py-spy record --native` on this case puts most "
+            "samples in `ggml_vec_dot_q4_1_q8_1`.",
+        ]
+    return lines
 
 
 def readme_block(res: dict[str, Any]) -> str:
     head = headline(res)
     best = max(res["throughput"]["configs"], key=lambda c: c["tok_s"])
+    peer = res["throughput"].get("llama_server")
+    server = (f" and {best['tok_s'] / peer['tok_s']:.2f}x llama.cpp's llama-server with 8 "
+              "parallel slots" if peer else "")
     return (f"{README_START}\n"
             f"Measured by `make bench` on {res['meta']['cores']} cores with the embedded model "
             f"([docs/performance.md](docs/performance.md)): the workflow takes "
             f"{head['overhead_ratio']:.2f}x the wall time of a plain llama-cpp-python loop; the "
             f"best configuration ({_cfg(best)}) generates {best['tok_s']:.0f} tokens/s, "
-            f"{head['throughput_vs_direct']:.2f}x the plain loop; a Parsl round trip with "
+            f"{head['throughput_vs_direct']:.2f}x the plain loop{server}; a Parsl round trip with "
             f"inference stubbed out costs {head['stub_p50_ms']:.1f} ms (p50).\n{README_END}")
 
 

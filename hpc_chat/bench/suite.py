@@ -10,6 +10,9 @@ shipped prompt set (``prompts.txt``).
 4. scaling on Slurm: the same batch through pilot jobs on the local Slurm (when it is up).
 5. the physical limit: copy bandwidth / bytes of weights read per token = the single-stream
    ceiling, against measured single-stream generation.
+
+A profile of batched decoding (where the time goes, and what a generated token costs at each
+batch size) explains the throughput figures; the report shows it.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ def direct_loop(n: int, threads: int) -> dict[str, float]:
 
     agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
     llama = llama_cpp.Llama(model_path=str(resolve_model("default")), n_ctx=2048,
-                            n_threads=threads, n_threads_batch=threads, verbose=False)
+                            n_threads=threads, n_threads_batch=threads, flash_attn=True,
+                            verbose=False)
     start = time.perf_counter()
     tokens = 0
     for i, prompt in enumerate(prompts(n)):
@@ -72,6 +76,35 @@ def direct_loop(n: int, threads: int) -> dict[str, float]:
     return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall, "req_s": n / wall}
 
 
+def batched_profile(n: int, threads: int, n_seq: int = 8) -> dict[str, Any]:
+    """The batched engine alone (no Parsl) on the same requests, with its decode profile; and
+    the same engine with one sequence, for the cost of a token decoded alone."""
+    from hpc_chat.core.agent import AgentConfig
+    from hpc_chat.llm.batched import BatchedEngine, GenRequest
+    from hpc_chat.llm.engine import ChatEngine
+    from hpc_chat.llm.models import ModelSpec, resolve_model
+
+    agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
+    engine = ChatEngine(ModelSpec(path=str(resolve_model("default")), n_threads=threads))
+    reqs = [GenRequest(messages=[{"role": "system", "content": agent.system_prompt},
+                                 {"role": "user", "content": p}],
+                       temperature=agent.temperature, max_tokens=MAX_TOKENS, seed=i,
+                       top_p=agent.top_p, top_k=agent.top_k,
+                       repeat_penalty=agent.repeat_penalty) for i, p in enumerate(prompts(n))]
+    out = {}
+    for label, width, batch in (("batched", n_seq, reqs), ("single", 1, reqs[:8])):
+        engine_b = BatchedEngine(engine, width)
+        try:
+            done = engine_b.generate(batch)
+            prof = engine_b.profile.as_dict()
+            prof["n_seq"] = width
+            prof["tok_s"] = sum(c.completion_tokens for c in done) / prof["wall_s"]
+            out[label] = prof
+        finally:
+            engine_b.close()
+    return out
+
+
 def single_stream_generation(threads: int) -> dict[str, float]:
     """Pure decode speed of one sequence (llama.cpp's own eval counters, prompt excluded)."""
     import llama_cpp
@@ -79,7 +112,8 @@ def single_stream_generation(threads: int) -> dict[str, float]:
     from hpc_chat.llm.models import resolve_model
 
     llama = llama_cpp.Llama(model_path=str(resolve_model("default")), n_ctx=2048,
-                            n_threads=threads, n_threads_batch=threads, verbose=False)
+                            n_threads=threads, n_threads_batch=threads, flash_attn=True,
+                            verbose=False)
     llama.create_completion("Once upon a time", max_tokens=128, temperature=0.0)
     perf = llama_cpp.llama_perf_context(llama.ctx)
     return {"tok_s": perf.n_eval / (perf.t_eval_ms / 1000.0), "n_eval": perf.n_eval}
@@ -237,7 +271,8 @@ def llama_server_run(binary: str, n: int, threads: int, slots: int = 8) -> dict[
             body = json.dumps({"messages": [{"role": "system", "content": agent.system_prompt},
                                             {"role": "user", "content": prompt}],
                                "max_tokens": MAX_TOKENS, "temperature": agent.temperature,
-                               "seed": i}).encode()
+                               "top_p": agent.top_p, "top_k": agent.top_k,
+                               "repeat_penalty": agent.repeat_penalty, "seed": i}).encode()
             req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions",
                                          data=body, headers={"Content-Type":
                                                              "application/json"})
@@ -252,6 +287,24 @@ def llama_server_run(binary: str, n: int, threads: int, slots: int = 8) -> dict[
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def llama_batched_bench_run(binary: str, prompt_tokens: int, threads: int,
+                            widths: tuple[int, ...] = (1, 8, 16)) -> dict[str, Any]:
+    """llama.cpp's own batched decoding with no Python at all (``llama-batched-bench``): each
+    of B sequences evaluates a prompt of ``prompt_tokens`` and generates 64 tokens."""
+    from hpc_chat.llm.models import resolve_model
+
+    out = subprocess.run(
+        [binary, "-m", str(resolve_model("default")), "-c", str(2048 * max(widths)),
+         "-b", "2048", "-ub", "512", "-npp", str(prompt_tokens), "-ntg", str(MAX_TOKENS),
+         "-npl", ",".join(map(str, widths)), "-t", str(threads), "-fa", "on",
+         "--output-format", "jsonl"], capture_output=True, text=True, timeout=900)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not rows:
+        raise RuntimeError(f"{binary} failed: {out.stderr[-400:]}")
+    return {str(r["pl"]): {"tg_tok_s": r["speed_tg"], "pp_tok_s": r["speed_pp"],
+                           "tok_s": r["pl"] * r["tg"] / r["t"]} for r in rows}
 
 
 def slurm_up() -> bool:
@@ -300,9 +353,19 @@ def run_suite(repeats: int = 3, requests: int = 32, overhead_requests: int = 16,
         log("   llama-server peer")
         server = median_of(repeats, lambda: llama_server_run(server_bin, requests, 2))
     results["throughput"] = {"direct": direct, "configs": configs, "llama_server": server,
+                             "llama_batched_bench": None,
                              "llama_server_note": None if server else
                              "not measured: set HPC_CHAT_LLAMA_SERVER to a llama-server binary"}
     best = max(configs, key=lambda c: c["tok_s"])
+    log("   profile of batched decoding")
+    results["profile"] = batched_profile(requests, 2)
+    batched_bin = os.environ.get("HPC_CHAT_LLAMA_BATCHED_BENCH")
+    if batched_bin and Path(batched_bin).is_file():
+        log("   llama-batched-bench peer")
+        # the prompt tokens each request evaluates itself (after the shared system prompt)
+        own = max(1, round(results["profile"]["batched"]["prompt_tokens"] / requests))
+        results["throughput"]["llama_batched_bench"] = {
+            "prompt_tokens": own, "widths": llama_batched_bench_run(batched_bin, own, 2)}
     results["warm_start"] = {
         "first_latency_s": best["first_latency_s"], "steady_latency_s":
             best["steady_latency_s"], "model_loads_per_worker":

@@ -1,30 +1,43 @@
 """Batched decoding: several chat requests decoded together in one llama.cpp context.
 
-llama-cpp-python's high-level ``Llama`` decodes one sequence at a time, so a worker's cores wait
-on memory bandwidth for every token of every request. Here each ``llama_decode`` call carries the
-next token of every active request (and the prompts of newly admitted ones), each in its own
-sequence of the KV cache, and each request samples from its own row of logits with its own
-sampler chain. Requests join as soon as a sequence is free and leave when they finish
-(continuous batching), so the batch stays full until the queue runs dry.
+llama-cpp-python's high-level ``Llama`` decodes one sequence at a time, so a worker's cores
+spend every step on a single token. Here each ``llama_decode`` call carries the next token of
+every active request (and the prompts of newly admitted ones), each in its own sequence of the
+KV cache, and each request samples from its own row of logits with its own sampler chain.
+Requests join as soon as a sequence is free and leave when they finish (continuous batching),
+so the batch stays full until the queue runs dry.
 
-The answers are the same kind as unbatched ones: the model's own chat template (the same
-``Jinja2ChatFormatter`` llama-cpp-python uses), the same sampler chain (repeat penalties, then
-greedy at temperature 0, or top-k, typical, top-p, min-p, temperature and a seeded draw), the same
-stop rules (end-of-generation tokens, stop strings, ``max_tokens``).
+Requests to one agent share their first prompt chunk (the system prompt, and the history when
+there is one): it is evaluated once, in a *holder* sequence, and its KV cache is copied into
+each new request's sequence (``llama_memory_seq_cp``), so only the final message is evaluated
+per request. For the packaged agents that removes about three quarters of each request's
+prompt work (docs/performance.md).
+
+The answers are the unbatched answers, token for token (tests/integration/test_batched.py):
+the model's own chat template (the same ``Jinja2ChatFormatter`` llama-cpp-python uses), the
+same two prompt chunks as :class:`~hpc_chat.llm.engine.ChatEngine`, the same sampler chain
+(repeat penalties, then greedy at temperature 0, or top-k, typical, top-p, min-p, temperature
+and a seeded draw), the same stop rules (end-of-generation tokens, stop strings,
+``max_tokens``), and the same numbers: each step is one micro-batch in sequence order, and flash
+attention adds up each sequence's own cache cells in the same order alone or batched. (A final
+message of 64 tokens or more takes another flash-attention path when batched, so there a
+near-tie may flip.)
 """
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from hpc_chat.llm.engine import ChatEngine, Completion, PromptTooLongError
 
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size default
 MIN_P = 0.05  # create_chat_completion's default
+PREFIX_HOLDERS = 3  # shared prompt chunks kept at once (e.g. one per agent)
 
 
 @dataclass
@@ -48,22 +61,57 @@ class _Seq:
     sampler: object
     admitted: float
     pos: int = 0
+    shared: int = 0  # prompt tokens copied from a holder instead of evaluated
     out: list[int] = field(default_factory=list)
     text: bytes = b""
     logit_row: int = -1
     next_token: int | None = None
 
 
-class BatchedEngine:
-    """A second llama.cpp context on a loaded model, with ``n_seq`` sequences."""
+@dataclass
+class DecodeProfile:
+    """Where a batched engine's time goes: what the benchmark report shows to explain its
+    figures. ``generation`` maps a number of sequences to (decode calls, seconds) for steps
+    that carried only generated tokens, which gives the cost of a token at each batch size."""
 
-    def __init__(self, engine: ChatEngine, n_seq: int = 8):
+    wall_s: float = 0.0
+    decode_s: float = 0.0
+    sample_s: float = 0.0
+    prefix_s: float = 0.0
+    prefix_tokens: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    generation: dict[int, list[float]] = field(default_factory=dict)
+
+    def decoded(self, generating: int, prompt: int, seconds: float) -> None:
+        self.decode_s += seconds
+        self.prompt_tokens += prompt
+        self.generated_tokens += generating
+        if generating and not prompt:
+            calls = self.generation.setdefault(generating, [0, 0.0])
+            calls[0] += 1
+            calls[1] += seconds
+
+    def as_dict(self) -> dict:
+        return {"wall_s": self.wall_s, "decode_s": self.decode_s, "sample_s": self.sample_s,
+                "prefix_s": self.prefix_s, "prefix_tokens": self.prefix_tokens,
+                "prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens,
+                "ms_per_token_by_batch": {b: 1000 * s / (c * b) for b, (c, s)
+                                          in sorted(self.generation.items())}}
+
+
+class BatchedEngine:
+    """A second llama.cpp context on a loaded model, with ``n_seq`` sequences for requests and
+    ``holders`` more for shared prompt chunks."""
+
+    def __init__(self, engine: ChatEngine, n_seq: int = 8, holders: int = PREFIX_HOLDERS):
         import llama_cpp
         from llama_cpp import llama_chat_format
 
         self.lc = llama_cpp
         self.engine = engine
         self.n_seq = n_seq
+        self.n_holders = holders
         llama = engine.llama
         self.model = llama._model.model
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
@@ -71,13 +119,16 @@ class BatchedEngine:
         # Start from the unbatched context's own parameters (flash attention, KV types, RoPE,
         # ...), so both paths compute the same numbers; change only what batching needs.
         params = llama_cpp.llama_context_params.from_buffer_copy(llama.context_params)
-        params.n_ctx = self.n_ctx_seq * n_seq
+        params.n_ctx = self.n_ctx_seq * (n_seq + holders)
         params.n_batch = max(engine.spec.n_batch, self.n_ctx_seq)
         params.n_ubatch = min(512, params.n_batch)
-        params.n_seq_max = n_seq
+        params.n_seq_max = n_seq + holders
         params.n_threads = params.n_threads_batch = engine.n_threads
-        # Per-sequence KV streams. A unified buffer measured faster (47.6 against 39.4 tokens/s,
-        # 8 sequences) but changed more greedy answers (5/8 identical to unbatched, not 7/8).
+        # One KV stream per sequence: a request's cells sit at the same places as in the
+        # unbatched context, so attention sums in the same order (with a unified buffer, and
+        # without flash attention, 3 of 8 greedy answers changed). Copying a holder's prefix
+        # into a stream copies the whole stream (about 47 MB for 2048 cells): a few
+        # milliseconds, against hundreds for evaluating a system prompt.
         params.kv_unified = False
         self.n_batch = params.n_batch
         self.ctx = llama_cpp.llama_init_from_model(self.model, params)
@@ -89,9 +140,14 @@ class BatchedEngine:
             raise RuntimeError("the model has no chat template; batched mode needs one")
         eos = llama._model.token_get_text(llama.token_eos())
         bos = llama._model.token_get_text(llama.token_bos())
-        self.formatter = llama_chat_format.Jinja2ChatFormatter(
+        formatter = llama_chat_format.Jinja2ChatFormatter(
             template=template, eos_token=eos, bos_token=bos, stop_token_ids=[llama.token_eos()])
+        stop = formatter(messages=[{"role": "user", "content": "x"}]).stop
+        self.template_stops = [stop] if isinstance(stop, str) else list(stop or [])
+        self.holders: OrderedDict[tuple[int, ...], int] = OrderedDict()  # prefix -> seq id
         self.lock = threading.Lock()
+        self.prefix_evals = 0  # holder fills: how often a shared chunk was evaluated
+        self.profile = DecodeProfile()
 
     def close(self) -> None:
         if self.ctx:
@@ -99,18 +155,48 @@ class BatchedEngine:
             self.ctx = None
 
     # ----------------------------------------------------------------- pieces
-    def _prompt(self, req: GenRequest) -> tuple[list[int], list[str]]:
-        formatted = self.formatter(messages=req.messages)
-        tokens = self.engine.llama.tokenize(formatted.prompt.encode("utf-8"), add_bos=False,
-                                            special=True)
-        stops = list(req.stop)
-        if formatted.stop:
-            stops += [formatted.stop] if isinstance(formatted.stop, str) else formatted.stop
+    def _prompt(self, req: GenRequest) -> tuple[list[int], int, list[str]]:
+        """The prompt's tokens, the length of its shareable first chunk, and the stop strings."""
+        tokens, k = self.engine.prompt_tokens(req.messages)
         if len(tokens) + req.max_tokens > self.n_ctx_seq:
             raise PromptTooLongError(
                 f"the prompt ({len(tokens)} tokens) plus max_tokens={req.max_tokens} does not "
                 f"fit the model's context window of {self.n_ctx_seq} tokens")
-        return tokens, stops
+        shared = k if self.n_holders and 0 < k < len(tokens) else 0
+        return tokens, shared, list(req.stop) + self.template_stops
+
+    def _holder(self, prefix: list[int], batch) -> int:
+        """The holder sequence whose KV cache holds ``prefix``, evaluating it when needed.
+
+        The chunk is decoded on its own, as the unbatched engine decodes it, so its cache has
+        the same numbers; the least recently used holder makes room for a new one.
+        """
+        key = tuple(prefix)
+        if key in self.holders:
+            self.holders.move_to_end(key)
+            return self.holders[key]
+        if len(self.holders) < self.n_holders:
+            seq_id = self.n_seq + len(self.holders)
+        else:
+            _, seq_id = self.holders.popitem(last=False)
+        lc = self.lc
+        lc.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+        for i, tok in enumerate(prefix):
+            batch.token[i] = tok
+            batch.pos[i] = i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq_id
+            batch.logits[i] = i == len(prefix) - 1
+        batch.n_tokens = len(prefix)
+        start = time.perf_counter()
+        rc = lc.llama_decode(self.ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc} (shared prompt chunk)")
+        self.profile.prefix_s += time.perf_counter() - start
+        self.profile.prefix_tokens += len(prefix)
+        self.holders[key] = seq_id
+        self.prefix_evals += 1
+        return seq_id
 
     def _sampler(self, req: GenRequest, seed: int):
         lc = self.lc
@@ -149,50 +235,61 @@ class BatchedEngine:
         free = list(range(self.n_seq))
         active: dict[int, _Seq] = {}
         batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        prefix_batch = lc.llama_batch_init(self.n_batch, 0, 1)
         started = time.perf_counter()
         try:
             while queue or active:
-                n = 0
-
-                def add(token: int, pos: int, seq_id: int, logits: bool) -> int:
-                    nonlocal n
-                    batch.token[n] = token
-                    batch.pos[n] = pos
-                    batch.n_seq_id[n] = 1
-                    batch.seq_id[n][0] = seq_id
-                    batch.logits[n] = logits
-                    n += 1
-                    return n - 1
-
+                # What each sequence decodes this step: (token, position, wants logits).
+                step_tokens: dict[int, list[tuple[int, int, bool]]] = {}
                 for seq_id, s in active.items():  # one new token for each running request
-                    s.logit_row = add(s.next_token, s.pos, seq_id, True)
+                    step_tokens[seq_id] = [(s.next_token, s.pos, True)]
                     s.pos += 1
+                generating = n = len(step_tokens)
                 while queue and free:  # admit new requests while their prompts fit
                     index, req = queue[0]
                     try:
-                        tokens, stops = self._prompt(req)
+                        tokens, k, stops = self._prompt(req)
                     except PromptTooLongError as exc:
                         queue.popleft()
                         results[index] = exc
                         continue
-                    if n + len(tokens) > self.n_batch:
+                    if n + len(tokens) - k > self.n_batch:
                         break
                     queue.popleft()
-                    seq_id = free.pop()
-                    lc.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+                    seq_id = free.pop(0)  # the lowest free id keeps running ids contiguous
+                    if k:  # the shared chunk: copy its cache instead of evaluating it
+                        holder = self._holder(tokens[:k], prefix_batch)
+                        lc.llama_memory_seq_cp(self.memory, holder, seq_id, -1, -1)
+                    else:
+                        lc.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
                     seed = req.seed if req.seed is not None else random.getrandbits(32)
-                    s = _Seq(index, req, tokens, stops, self._sampler(req, seed),
-                             time.perf_counter())
-                    for i, tok in enumerate(tokens):
-                        row = add(tok, i, seq_id, i == len(tokens) - 1)
-                    s.pos, s.logit_row = len(tokens), row
-                    active[seq_id] = s
+                    active[seq_id] = _Seq(index, req, tokens, stops, self._sampler(req, seed),
+                                          time.perf_counter(), pos=len(tokens), shared=k)
+                    step_tokens[seq_id] = [(tokens[i], i, i == len(tokens) - 1)
+                                           for i in range(k, len(tokens))]
+                    n += len(tokens) - k
                 if n == 0:
                     break
+                # With one KV stream per sequence, llama.cpp puts sequences in one micro-batch
+                # only while their ids ascend by one in batch order; in any other order each
+                # sequence gets a forward pass of its own and batching gains nothing.
+                n = 0
+                for seq_id in sorted(step_tokens):
+                    for token, pos, logits in step_tokens[seq_id]:
+                        batch.token[n] = token
+                        batch.pos[n] = pos
+                        batch.n_seq_id[n] = 1
+                        batch.seq_id[n][0] = seq_id
+                        batch.logits[n] = logits
+                        n += 1
+                    active[seq_id].logit_row = n - 1
                 batch.n_tokens = n
+                step = time.perf_counter()
                 rc = lc.llama_decode(self.ctx, batch)
                 if rc != 0:
                     raise RuntimeError(f"llama_decode failed with code {rc}")
+                decoded = time.perf_counter()
+                self.profile.decoded(generating, n - generating, decoded - step)
                 for seq_id in list(active):
                     s = active[seq_id]
                     token = lc.llama_sampler_sample(s.sampler, self.ctx, s.logit_row)
@@ -200,13 +297,16 @@ class BatchedEngine:
                         results[s.index] = self._completion(s, started)
                         lc.llama_sampler_free(s.sampler)
                         del active[seq_id]
-                        free.append(seq_id)
+                        bisect.insort(free, seq_id)
                     else:
                         s.next_token = token
+                self.profile.sample_s += time.perf_counter() - decoded
         finally:
             for s in active.values():
                 lc.llama_sampler_free(s.sampler)
             lc.llama_batch_free(batch)
+            lc.llama_batch_free(prefix_batch)
+            self.profile.wall_s += time.perf_counter() - started
         return results  # type: ignore[return-value]
 
     def _finished(self, s: _Seq, token: int) -> bool:
@@ -232,7 +332,8 @@ class BatchedEngine:
             finish_reason=s.finish, prompt_tokens=len(s.prompt),
             completion_tokens=len(s.out), model_load_s=self.engine.load_s,
             model_loaded_now=False, generation_s=time.perf_counter() - s.admitted,
-            extra={"batched": True, "batch_wall_s": time.perf_counter() - started})
+            extra={"batched": True, "batch_wall_s": time.perf_counter() - started,
+                   "shared_prompt_tokens": s.shared})
 
 
 _batched: dict[tuple, BatchedEngine] = {}

@@ -1,6 +1,15 @@
 """The benchmark report is written from the results alone: verdicts, tables, README block."""
 
-from hpc_chat.bench.report import README_END, README_START, markdown, readme_block, verdicts
+import json
+
+from hpc_chat.bench.report import (
+    README_END,
+    README_START,
+    markdown,
+    profile_section,
+    readme_block,
+    verdicts,
+)
 
 
 def results(overhead=1.03, stub=2.0, best=200.0, direct=80.0, single=150.0, ceiling=290.0):
@@ -32,6 +41,14 @@ def test_verdicts_follow_the_targets():
     assert not any(missed.values())
 
 
+def test_llama_server_becomes_a_target_when_measured():
+    res = results(best=200.0)
+    res["throughput"]["llama_server"] = {"wall_s": 9.0, "tok_s": 250.0, "req_s": 3.5}
+    row = [v for v in verdicts(res) if "llama-server" in v[0]]
+    assert row == [("best aggregate tokens/s / llama-server with 8 slots", 0.8, "≥ 1", False)]
+    assert "0.80x llama.cpp's llama-server" in readme_block(res)
+
+
 def test_markdown_reports_misses_with_numbers():
     text = markdown(results(overhead=1.2), "performance.png")
     assert "| orchestration wall time / direct loop (64-token answers) | 1.2 | ≤ 1.05 | no |" \
@@ -44,3 +61,23 @@ def test_readme_block_is_delimited():
     block = readme_block(results())
     assert block.startswith(README_START) and block.endswith(README_END)
     assert "2.50x the plain loop" in block
+
+
+def test_profile_section_explains_the_cost_per_token_from_the_counters():
+    res = results()
+    prof = {"wall_s": 20.0, "decode_s": 17.0, "sample_s": 0.8, "prefix_s": 0.2,
+            "prefix_tokens": 73, "prompt_tokens": 448, "generated_tokens": 1760, "n_seq": 8,
+            "tok_s": 88.0, "ms_per_token_by_batch": {7: 10.0, 8: 6.0}}
+    single = {**prof, "n_seq": 1, "ms_per_token_by_batch": {1: 9.0}}
+    res["profile"] = json.loads(json.dumps({"batched": prof, "single": single}))  # str keys
+    text = "\n".join(profile_section(res))
+    assert "| 1 | 9.00 | 111 |" in text and "| 8 | 6.00 | 167 |" in text
+    assert "divides the cost of a token by 1.50 (from 9.00 to 6.00 ms)" in text
+    assert "Decode steps take 86%" in text
+    assert "### Where the time goes" in markdown(res, "p.png")
+    assert profile_section(results()) == []  # older results without a profile
+    res["throughput"]["llama_batched_bench"] = {"prompt_tokens": 24, "widths": {
+        "1": {"tg_tok_s": 92.0, "pp_tok_s": 210.0, "tok_s": 80.0},
+        "8": {"tg_tok_s": 180.0, "pp_tok_s": 267.0, "tok_s": 144.0}}}
+    text = "\n".join(profile_section(res))
+    assert "| 8 | 180 | 267 | 144 |" in text and "gains 1.80x from batching 8" in text
