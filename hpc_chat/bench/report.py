@@ -227,8 +227,9 @@ def profile_section(res: dict[str, Any]) -> list[str]:
         "",
         "### Where the time goes",
         "",
-        f"The batched engine alone (no Parsl), {b['n_seq']} sequences, the same requests: "
-        f"{b['tok_s']:.1f} generated tokens/s. Its own counters:",
+        f"The batched engine alone (no Parsl), {b['n_seq']} sequences, the same requests, one "
+        f"run (a diagnosis, not a figure compared with a target): {b['tok_s']:.1f} generated "
+        "tokens/s. Its own counters:",
         "",
         "| part | seconds | share of wall |",
         "|---|---|---|",
@@ -259,7 +260,8 @@ def profile_section(res: dict[str, Any]) -> list[str]:
             "",
             f"llama.cpp's own batched decoding, with no Python at all (`llama-batched-bench`, "
             f"flash attention, {native['prompt_tokens']}-token prompts, {res['meta']['max_tokens']}"
-            " generated tokens per sequence, 2 threads):",
+            " generated tokens per sequence, 2 threads; medians of "
+            f"{len(native.get('runs', [])) or 1} runs):",
             "",
             "| sequences | generation tokens/s | prompt tokens/s | generated tokens/s end to end |",
             "|---|---|---|---|",

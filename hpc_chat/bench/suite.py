@@ -364,8 +364,11 @@ def run_suite(repeats: int = 3, requests: int = 32, overhead_requests: int = 16,
         log("   llama-batched-bench peer")
         # the prompt tokens each request evaluates itself (after the shared system prompt)
         own = max(1, round(results["profile"]["batched"]["prompt_tokens"] / requests))
+        runs = [llama_batched_bench_run(batched_bin, own, 2) for _ in range(repeats)]
         results["throughput"]["llama_batched_bench"] = {
-            "prompt_tokens": own, "widths": llama_batched_bench_run(batched_bin, own, 2)}
+            "prompt_tokens": own, "runs": runs,
+            "widths": {w: {k: statistics.median(r[w][k] for r in runs) for k in runs[0][w]}
+                       for w in runs[0]}}
     results["warm_start"] = {
         "first_latency_s": best["first_latency_s"], "steady_latency_s":
             best["steady_latency_s"], "model_loads_per_worker":
