@@ -220,9 +220,9 @@ def profile_section(res: dict[str, Any]) -> list[str]:
         return []
     b, one = prof["batched"], prof["single"]
     wall = b["wall_s"]
-    alone = one["ms_per_token_by_batch"].get("1", one["ms_per_token_by_batch"].get(1))
+    alone = one["ms_per_token_by_batch"].get("1")
     widths = b["ms_per_token_by_batch"]
-    full = widths.get(str(b["n_seq"]), widths.get(b["n_seq"]))
+    full = widths.get(str(b["n_seq"]))
     lines = [
         "",
         "### Where the time goes",

@@ -46,6 +46,12 @@ def median_of(repeats: int, fn: Callable[[], dict[str, float]]) -> dict[str, Any
     return {**{k: statistics.median(r[k] for r in runs) for k in runs[0]}, "runs": runs}
 
 
+def chat_messages(agent, prompt: str) -> list[dict[str, str]]:
+    """The one request every case sends: the agent's system prompt, then the prompt."""
+    return [{"role": "system", "content": agent.system_prompt},
+            {"role": "user", "content": prompt}]
+
+
 def noop(x):
     """The stubbed task: Parsl's cost with no inference at all."""
     return x
@@ -67,8 +73,7 @@ def direct_loop(n: int, threads: int) -> dict[str, float]:
     tokens = 0
     for i, prompt in enumerate(prompts(n)):
         out = llama.create_chat_completion(
-            messages=[{"role": "system", "content": agent.system_prompt},
-                      {"role": "user", "content": prompt}],
+            messages=chat_messages(agent, prompt),
             temperature=agent.temperature, max_tokens=MAX_TOKENS, seed=i,
             top_p=agent.top_p, top_k=agent.top_k, repeat_penalty=agent.repeat_penalty)
         tokens += out["usage"]["completion_tokens"]
@@ -86,8 +91,7 @@ def batched_profile(n: int, threads: int, n_seq: int = 8) -> dict[str, Any]:
 
     agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
     engine = ChatEngine(ModelSpec(path=str(resolve_model("default")), n_threads=threads))
-    reqs = [GenRequest(messages=[{"role": "system", "content": agent.system_prompt},
-                                 {"role": "user", "content": p}],
+    reqs = [GenRequest(messages=chat_messages(agent, p),
                        temperature=agent.temperature, max_tokens=MAX_TOKENS, seed=i,
                        top_p=agent.top_p, top_k=agent.top_k,
                        repeat_penalty=agent.repeat_penalty) for i, p in enumerate(prompts(n))]
@@ -268,8 +272,7 @@ def llama_server_run(binary: str, n: int, threads: int, slots: int = 8) -> dict[
 
         def ask(i_prompt):
             i, prompt = i_prompt
-            body = json.dumps({"messages": [{"role": "system", "content": agent.system_prompt},
-                                            {"role": "user", "content": prompt}],
+            body = json.dumps({"messages": chat_messages(agent, prompt),
                                "max_tokens": MAX_TOKENS, "temperature": agent.temperature,
                                "top_p": agent.top_p, "top_k": agent.top_k,
                                "repeat_penalty": agent.repeat_penalty, "seed": i}).encode()

@@ -96,7 +96,8 @@ class DecodeProfile:
         return {"wall_s": self.wall_s, "decode_s": self.decode_s, "sample_s": self.sample_s,
                 "prefix_s": self.prefix_s, "prefix_tokens": self.prefix_tokens,
                 "prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens,
-                "ms_per_token_by_batch": {b: 1000 * s / (c * b) for b, (c, s)
+                # string keys, as they read back from the results JSON
+                "ms_per_token_by_batch": {str(b): 1000 * s / (c * b) for b, (c, s)
                                           in sorted(self.generation.items())}}
 
 
@@ -106,7 +107,6 @@ class BatchedEngine:
 
     def __init__(self, engine: ChatEngine, n_seq: int = 8, holders: int = PREFIX_HOLDERS):
         import llama_cpp
-        from llama_cpp import llama_chat_format
 
         self.lc = llama_cpp
         self.engine = engine
@@ -135,14 +135,9 @@ class BatchedEngine:
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create a batched context")
         self.memory = llama_cpp.llama_get_memory(self.ctx)
-        template = llama.metadata.get("tokenizer.chat_template")
-        if not template:
+        if not llama.metadata.get("tokenizer.chat_template"):
             raise RuntimeError("the model has no chat template; batched mode needs one")
-        eos = llama._model.token_get_text(llama.token_eos())
-        bos = llama._model.token_get_text(llama.token_bos())
-        formatter = llama_chat_format.Jinja2ChatFormatter(
-            template=template, eos_token=eos, bos_token=bos, stop_token_ids=[llama.token_eos()])
-        stop = formatter(messages=[{"role": "user", "content": "x"}]).stop
+        stop = engine.formatter(messages=[{"role": "user", "content": "x"}]).stop
         self.template_stops = [stop] if isinstance(stop, str) else list(stop or [])
         self.holders: OrderedDict[tuple[int, ...], int] = OrderedDict()  # prefix -> seq id
         self.lock = threading.Lock()

@@ -105,12 +105,9 @@ class ChatEngine:
         self._prefix: list[int] = []  # the tokens the KV cache holds, evaluated as one chunk
         log.debug("loaded %s in %.2fs with %d threads", spec.path, self.load_s, self.n_threads)
 
-    def prompt_tokens(self, messages: list[dict[str, str]]) -> tuple[list[int], int]:
-        """The prompt's tokens, and how many come before the final message's content.
-
-        That first part (system prompt and history) is what consecutive requests to one agent
-        share; both this engine and the batched one evaluate it as a chunk of its own.
-        """
+    @property
+    def formatter(self):
+        """The model's own chat template, as llama-cpp-python applies it (built once)."""
         if self._formatter is None:
             from llama_cpp import llama_chat_format
 
@@ -119,9 +116,16 @@ class ChatEngine:
                 template=llama.metadata["tokenizer.chat_template"],
                 eos_token=llama._model.token_get_text(llama.token_eos()),
                 bos_token=llama._model.token_get_text(llama.token_bos()))
+        return self._formatter
 
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> tuple[list[int], int]:
+        """The prompt's tokens, and how many come before the final message's content.
+
+        That first part (system prompt and history) is what consecutive requests to one agent
+        share; both this engine and the batched one evaluate it as a chunk of its own.
+        """
         def tokens(msgs):
-            prompt = self._formatter(messages=msgs).prompt
+            prompt = self.formatter(messages=msgs).prompt
             return self.llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
         full = tokens(messages)

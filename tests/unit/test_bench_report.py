@@ -67,9 +67,9 @@ def test_profile_section_explains_the_cost_per_token_from_the_counters():
     res = results()
     prof = {"wall_s": 20.0, "decode_s": 17.0, "sample_s": 0.8, "prefix_s": 0.2,
             "prefix_tokens": 73, "prompt_tokens": 448, "generated_tokens": 1760, "n_seq": 8,
-            "tok_s": 88.0, "ms_per_token_by_batch": {7: 10.0, 8: 6.0}}
-    single = {**prof, "n_seq": 1, "ms_per_token_by_batch": {1: 9.0}}
-    res["profile"] = json.loads(json.dumps({"batched": prof, "single": single}))  # str keys
+            "tok_s": 88.0, "ms_per_token_by_batch": {"7": 10.0, "8": 6.0}}
+    single = {**prof, "n_seq": 1, "ms_per_token_by_batch": {"1": 9.0}}
+    res["profile"] = json.loads(json.dumps({"batched": prof, "single": single}))
     text = "\n".join(profile_section(res))
     assert "| 1 | 9.00 | 111 |" in text and "| 8 | 6.00 | 167 |" in text
     assert "divides the cost of a token by 1.50 (from 9.00 to 6.00 ms)" in text
