@@ -55,8 +55,9 @@ slurm-up:
 slurm-down:
 	scripts/local-slurm.sh down
 
+# The edit loop: seconds, no Parsl workers, no model, no Slurm (`make test` runs everything).
 test-fast: install
-	$(PY) -m pytest -m "not slurm"
+	$(PY) -m pytest -m "not slurm and not parsl and not model"
 
 # The benchmark suite: results JSON, docs/performance.md, docs/performance.png, README headline.
 # llama.cpp's own llama-server and llama-batched-bench join the benchmark as peers when

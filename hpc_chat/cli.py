@@ -68,13 +68,14 @@ class Session:
 
     def __init__(self, config: str | None, site: str | None, *, quiet: bool = False,
                  allocation: bool = False, wait_for_workers: bool = False,
-                 endpoint: str | None = None, globus_state: str | None = None):
+                 endpoint: str | None = None, globus_state: str | None = None,
+                 model: str | None = None):
         from hpc_chat.workflow import ParslChatWorkflow
 
         self.config, self.quiet, self.wait = config, quiet, wait_for_workers
         self.loop = asyncio.new_event_loop()
         self.workflow = ParslChatWorkflow(site=site, allocation=allocation, endpoint=endpoint,
-                                          globus_state=globus_state)
+                                          globus_state=globus_state, model=model)
 
     def run(self, coro):
         return self.loop.run_until_complete(coro)
@@ -122,6 +123,10 @@ common_options = [
     click.option("--seed", type=int, default=None, help="Sampling seed (reproducible answers)."),
     click.option("--max-tokens", type=click.IntRange(1, 32768), default=None,
                  help="Cap on generated tokens per agent."),
+    click.option("--model", default=None, metavar="NAME", envvar="HPC_CHAT_MODEL",
+                 help="Every agent uses this model: a name, an alias, a .gguf path, or 'echo' "
+                      "(the built-in test model, e.g. 'echo?tokens=64&token_s=0.05'). "
+                      "Default: $HPC_CHAT_MODEL, else each agent's own."),
 ]
 
 
@@ -157,11 +162,11 @@ def cli(debug: bool) -> None:
 @click.option("--conversation", default=None, metavar="NAME",
               help="Store the exchange in this conversation; later turns see it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
-def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, conversation,
-        as_json):
+def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, model,
+        conversation, as_json):
     """Ask one question; the routed agents answer in parallel."""
     with Session(config, site, quiet=as_json, allocation=allocation, endpoint=endpoint,
-                 wait_for_workers=True) as s:
+                 wait_for_workers=True, model=model) as s:
         result = s.run(s.workflow.process_request(question, conversation_id=conversation,
                                                  agents=_agents_option(agents),
                                                  options=_options(seed, max_tokens)))
@@ -201,7 +206,7 @@ def _print_result(result: dict[str, Any]) -> None:
 @with_common
 @click.option("--conversation", default=None, metavar="NAME",
               help="Conversation to continue (default: a new one named by the time).")
-def chat(config, site, endpoint, allocation, agents, seed, max_tokens, conversation):
+def chat(config, site, endpoint, allocation, agents, seed, max_tokens, model, conversation):
     """Interactive chat. Commands: /stats /agents /history /quit (Ctrl-D or Ctrl-C to end)."""
     try:
         import readline  # noqa: F401  (line editing and history for input())
@@ -209,7 +214,7 @@ def chat(config, site, endpoint, allocation, agents, seed, max_tokens, conversat
         pass
     name = conversation or time.strftime("chat-%Y%m%d-%H%M%S")
     with Session(config, site, allocation=allocation, endpoint=endpoint,
-                 wait_for_workers=True) as s:
+                 wait_for_workers=True, model=model) as s:
         console.print(f"[bold]hpc-chat[/] conversation [cyan]{name}[/] with "
                       f"{', '.join(s.workflow.agents)}. /quit to end.")
         while True:
@@ -341,7 +346,7 @@ def history(name, as_json):
               help="Input format (auto: .jsonl or a first line starting with '{' means JSONL).")
 @with_common
 def batch(input_path, output, resume, show, fmt, config, site, endpoint, allocation, agents,
-          seed, max_tokens):
+          seed, max_tokens, model):
     """Answer every prompt in INPUT (JSONL or one prompt per line) into OUTPUT."""
     from hpc_chat.batch import OutputWriter, answered_ids, id_key, read_batch
 
@@ -367,7 +372,7 @@ def batch(input_path, output, resume, show, fmt, config, site, endpoint, allocat
             if endpoint and not resume and Path(globus_state).exists():
                 Path(globus_state).unlink()  # a new batch into a new output: a new group
             with Session(config, site, allocation=allocation, endpoint=endpoint,
-                         globus_state=globus_state) as s:
+                         globus_state=globus_state, model=model) as s:
                 try:
                     failed += s.run(_run_batch(s.workflow, runnable, writer,
                                                agents=_agents_option(agents),
@@ -515,6 +520,39 @@ def sites_render(name, input_path, output_path):
         err_console.print(f"[yellow]to edit before submitting:[/] {problem}", highlight=False)
 
 
+@sites.command("test")
+@click.argument("name")
+@click.option("--requests", "n_requests", type=click.IntRange(1, 100), default=3,
+              show_default=True, help="Echo requests to send once workers are up.")
+@click.option("--timeout", type=click.FloatRange(1, 86400), default=600, show_default=True,
+              help="Seconds to wait for the pilot job, its workers and the answers.")
+@click.option("--model", default=None, metavar="NAME",
+              help="Model to test with (default: the built-in 'echo?tokens=8', so no model "
+                   "file is needed).")
+@click.option("--config", default=None, metavar="PATH", help="Workflow YAML (agents).")
+def sites_test(name, n_requests, timeout, model, config):
+    """Try a site end to end with the built-in echo model: submit a pilot job through the real
+    scheduler and report each stage (submitted, pending, running, workers, answered).
+    Exit 0 when every request was answered, 1 when a stage failed."""
+    from hpc_chat.site_check import DEFAULT_MODEL, check_site
+
+    def report(stage: str, detail: str) -> None:
+        from rich.text import Text
+
+        style = "bold red" if stage == "failed" else "green"
+        console.print(Text.assemble((f"{stage:>10} ", style), detail), highlight=False,
+                      soft_wrap=True)
+
+    loop = asyncio.new_event_loop()
+    try:
+        ok = loop.run_until_complete(check_site(name, report=report, requests=n_requests,
+                                                timeout=timeout, model=model or DEFAULT_MODEL,
+                                                config=config))
+    finally:
+        loop.close()
+    sys.exit(0 if ok else 1)
+
+
 # --------------------------------------------------------------------------- bench
 @cli.command()
 @click.option("--repeats", type=click.IntRange(1, 20), default=3, show_default=True,
@@ -591,7 +629,8 @@ def endpoint_login():
 @click.option("--config", default=None, metavar="PATH", help="Workflow YAML for the driver.")
 @click.option("--agents", default=None, metavar="A,B", help="Passed to hpc-chat batch.")
 @click.option("--seed", type=int, default=None, help="Passed to hpc-chat batch.")
-def submit(input_path, output, site, dry_run, config, agents, seed):
+@click.option("--model", default=None, metavar="NAME", help="Passed to hpc-chat batch.")
+def submit(input_path, output, site, dry_run, config, agents, seed, model):
     """Submit a batch as a driver job (sbatch/qsub) on SITE."""
     from hpc_chat.sites.registry import load_profile
     from hpc_chat.sites.submit import render_driver_script, submit_driver
@@ -604,6 +643,8 @@ def submit(input_path, output, site, dry_run, config, agents, seed):
         extra += ["--agents", agents]
     if seed is not None:
         extra += ["--seed", str(seed)]
+    if model:
+        extra += ["--model", model]
     job = render_driver_script(profile, input_path, output, extra_args=extra)
     if dry_run:
         click.echo(job.script)

@@ -24,13 +24,13 @@ from hpc_chat.agents.cache import ResponseCache, cache_key
 from hpc_chat.agents.collaborative import EnhancedCollaborativeAgent
 from hpc_chat.agents.routing import Route, route
 from hpc_chat.apps.app import chat_task
-from hpc_chat.apps.logic import aggregate_responses, build_messages
+from hpc_chat.apps.logic import aggregate_responses, build_messages, model_name
 from hpc_chat.apps.retry import make_retry_handler
 from hpc_chat.core.data_unit import DataUnitMemory, create_data_unit
 from hpc_chat.core.executor import ExecutorConfig, LocalExecutor, ParslExecutor
 from hpc_chat.core.stats import PerformanceStats, RequestRecord
 from hpc_chat.errors import ConfigError, ExecutorError, HpcChatError
-from hpc_chat.llm.models import resolve_model
+from hpc_chat.llm.models import model_location
 from hpc_chat.workflow_config import LoadedWorkflow, load_workflow
 
 
@@ -62,12 +62,17 @@ class ParslChatWorkflow:
         A Globus Compute endpoint id: tasks run there instead of in Parsl workers.
     globus_state : str, optional
         Where a batch keeps its Globus Compute task group, for ``--resume``.
+    model : str, optional
+        A model name, alias or ``.gguf`` path that every agent uses instead of its own
+        (``--model``); ``echo`` is the built-in test model.
     """
 
     def __init__(self, *, site: str | None = None, executor=None,
                  history_path: str | None = None, allocation: bool = False,
-                 endpoint: str | None = None, globus_state: str | None = None):
+                 endpoint: str | None = None, globus_state: str | None = None,
+                 model: str | None = None):
         self.site = site
+        self.model = model
         self.endpoint = endpoint
         self.globus_state = globus_state
         self.allocation = allocation
@@ -99,14 +104,20 @@ class ParslChatWorkflow:
                               f"{settings.executor.type} (or pass --endpoint)")
         if not remote and (self.executor is None or self.site):
             self._load_site(loaded)
+        if self.model:
+            self.site_model = {**self.site_model, "override": self.model}
         for agent in ([] if remote else loaded.agents):  # remote models resolve remotely
-            name = agent.config.model
-            if name == "default":
-                name = self.site_model.get("model", "default")
             try:
-                resolve_model(name, self.site_model.get("aliases"))
+                model_location(model_name(agent.config.model_dump(), self.site_model),
+                               self.site_model.get("aliases"))
             except ConfigError as exc:
-                raise ConfigError(f"{agent.source}: config.model: {exc}") from None
+                if self.model:
+                    where = "--model"
+                elif agent.config.model == "default" and self.profile is not None:
+                    where = f"{self.profile.source}: model.model"  # the site chose it
+                else:
+                    where = f"{agent.source}: config.model"
+                raise ConfigError(f"{where}: {exc}") from None
         history_cfg = loaded.history
         if self.history_path:
             history_cfg = history_cfg.model_copy(update={"data_type": "sqlite",

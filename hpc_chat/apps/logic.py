@@ -19,7 +19,7 @@ from hpc_chat.configfile import format_validation_error
 from hpc_chat.core.agent import AgentConfig
 from hpc_chat.errors import ConfigError, ModelNotFoundError
 from hpc_chat.llm.engine import PromptTooLongError, get_engine
-from hpc_chat.llm.models import ModelSpec, resolve_model
+from hpc_chat.llm.models import ModelSpec, model_location
 
 # Tokens kept free for the chat template's own markup around each message.
 TEMPLATE_OVERHEAD_PER_MESSAGE = 8
@@ -58,17 +58,23 @@ def fit_to_context(messages: list[dict[str, str]], count_tokens, n_ctx: int,
     return msgs
 
 
+def model_name(settings: dict[str, Any], site_model: dict[str, Any]) -> str:
+    """The model an agent runs: ``--model`` (``site_model["override"]``) over the agent's own
+    ``model``, over the site's when the agent says ``default``."""
+    name = site_model.get("override") or settings.get("model") or "default"
+    if name == "default":  # the agent defers to the site's choice of model
+        name = site_model.get("model") or "default"
+    return name
+
+
 def model_spec(settings: dict[str, Any], site_model: dict[str, Any]) -> ModelSpec:
     """Agent settings override the site's model defaults; the name is resolved on this host."""
     def pick(key, default):
         value = settings.get(key)
         return value if value is not None else site_model.get(key, default)
 
-    name = settings.get("model") or "default"
-    if name == "default":  # the agent defers to the site's choice of model
-        name = site_model.get("model") or "default"
-    path = resolve_model(name, site_model.get("aliases"))
-    return ModelSpec(path=str(path), n_ctx=pick("n_ctx", 2048), n_threads=pick("n_threads", None),
+    path = model_location(model_name(settings, site_model), site_model.get("aliases"))
+    return ModelSpec(path=path, n_ctx=pick("n_ctx", 2048), n_threads=pick("n_threads", None),
                      n_gpu_layers=pick("n_gpu_layers", 0), n_batch=site_model.get("n_batch", 512))
 
 
@@ -92,6 +98,7 @@ def _prepare(agent_config: dict, message: str, context: dict) -> dict[str, Any]:
         "temperature": settings.temperature if temperature is None else temperature,
         "messages": build_messages(settings.system_prompt, message, context.get("history")),
         "spec": model_spec(settings.model_dump(), site_model),
+        "site_model": site_model,
     }
     prep["key"] = cache_key(agent.to_dict(), prep["messages"], prep["seed"],
                             {**prep["spec"].model_dump(), "max_tokens": prep["max_tokens"],
@@ -117,7 +124,7 @@ def _result(prep: dict[str, Any], completion, n_threads: int, history_turns: int
     result = {
         "content": completion.text,
         "agent": prep["agent"].name,
-        "model": prep["settings"].model,
+        "model": model_name(prep["settings"].model_dump(), prep["site_model"]),
         "model_path": prep["spec"].path,
         "finish_reason": completion.finish_reason,
         "usage": completion.usage(),

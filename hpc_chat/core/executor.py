@@ -137,6 +137,12 @@ class ParslExecutor:
             out["job_ids"] = list(ex.blocks_to_job_id.values())
         return out
 
+    def block_output(self, job_id: str) -> list[str]:
+        """The stdout/stderr files a provider gave a pilot job (what its workers printed)."""
+        ex = self.htex()
+        info = getattr(getattr(ex, "provider", None), "resources", {}).get(job_id, {})
+        return [info[k] for k in ("job_stderr_path", "job_stdout_path") if info.get(k)]
+
     def _retries(self) -> int:
         """Retries so far: counted by our retry handler (Parsl forgets finished tasks), or
         the failures of tasks Parsl still holds when another handler is configured."""

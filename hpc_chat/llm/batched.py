@@ -341,5 +341,10 @@ def get_batched_engine(engine: ChatEngine, n_seq: int) -> BatchedEngine:
     key = (engine.spec, n_seq)
     with _batched_lock:
         if key not in _batched:
-            _batched[key] = BatchedEngine(engine, n_seq)
+            if engine.spec.is_echo:
+                from hpc_chat.llm.echo import EchoBatchedEngine
+
+                _batched[key] = EchoBatchedEngine(engine, n_seq)
+            else:
+                _batched[key] = BatchedEngine(engine, n_seq)
         return _batched[key]

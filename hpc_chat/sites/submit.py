@@ -170,12 +170,13 @@ def find_job(job_id: str | None) -> dict:
 
 
 def job_state(job: dict) -> str:
-    """The scheduler's word for the job now (PENDING, RUNNING, COMPLETED, ...)."""
+    """The scheduler's word for the job now (PENDING, RUNNING, COMPLETED, ...); a pending
+    Slurm job also says why, as squeue does: ``PENDING (Priority)``."""
     if job["scheduler"] == "slurm":
-        proc = _run(["squeue", "-h", "-j", job["job_id"], "-o", "%T"])
-        state = proc.stdout.strip()
+        proc = _run(["squeue", "-h", "-j", job["job_id"], "-o", "%T %r"])
+        state, _, reason = proc.stdout.strip().partition(" ")
         if proc.returncode == 0 and state:
-            return state
+            return f"{state} ({reason})" if state == "PENDING" and reason else state
         proc = _run(["scontrol", "show", "job", job["job_id"]])
         match = re.search(r"JobState=(\S+)", proc.stdout)
         return match.group(1) if match else "FINISHED (no longer known to Slurm)"

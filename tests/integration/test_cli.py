@@ -96,11 +96,12 @@ def test_batch_refuses_unwritable_output_before_any_work(fixtures, tmp_path, fas
 
 
 def test_killed_batch_resumes_and_answers_each_prompt_once(fast, tmp_path):
+    """16 answers of 1.5 s (the echo model) on 2 workers; the kill lands after 3."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"Give me fact number {i} about the moon.\n" for i in range(16)))
     out = tmp_path / "out.jsonl"
     cmd = [sys.executable, "-m", "hpc_chat", "batch", str(prompts), "-o", str(out),
-           "--config", fast]
+           "--config", fast, "--model", "echo?tokens=10&token_s=0.15"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 180

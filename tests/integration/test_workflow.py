@@ -213,14 +213,16 @@ def _local():
 
 
 def test_timeout_fails_one_request_and_the_rest_go_on(tmp_path, fixtures):
+    """A 5 s limit; the slow answer is 100 tokens of 0.1 s (the echo model): 10 s."""
     cfg = (fixtures / "workflows" / "fast.yml").read_text()
     cfg = cfg.replace("timeout_seconds: 60", "timeout_seconds: 5").replace(
-        "max_tokens: 24", "max_tokens: 1500")
+        "max_tokens: 24", "max_tokens: 100")
     path = tmp_path / "slow.yml"
     path.write_text(cfg)
 
     async def go():
-        wf = ParslChatWorkflow(history_path=str(tmp_path / "h.db"))
+        wf = ParslChatWorkflow(history_path=str(tmp_path / "h.db"),
+                               model="echo?tokens=100&token_s=0.1")
         await wf.initialize(str(path))
         try:
             # Load the model in both workers first: a cold first load is not what is tested.

@@ -127,11 +127,13 @@ def test_cancel_really_cancels(fast, tmp_path):
 
 def test_driver_killed_like_a_walltime_then_resubmitted_completes(fast, tmp_path):
     """Slurm ends a job at its walltime with SIGTERM then SIGKILL; scancel does the same.
-    Resubmitting the same script finishes the batch, and no prompt is answered twice."""
+    Resubmitting the same script finishes the batch, and no prompt is answered twice.
+    12 answers of 3 s (the echo model) on 2 workers: the cancel lands with work left."""
     prompts = prompts_file(tmp_path, 12)
     output = tmp_path / "answers.jsonl"
     export = ",".join(["ALL", "HPC_CHAT_SITE=local-slurm", f"HPC_CHAT_INPUT={prompts}",
                        f"HPC_CHAT_OUTPUT={output}", f"HPC_CHAT_BIN={VENV_BIN / 'hpc-chat'}",
+                       "HPC_CHAT_MODEL=echo?tokens=10&token_s=0.3",
                        f"HPC_CHAT_ARGS=--config {fast}"])
     argv = ["sbatch", "--parsable", "--cpus-per-task=2", f"--output={tmp_path}/%j.log",
             f"--export={export}", str(REPO / "jobs" / "driver.sh")]

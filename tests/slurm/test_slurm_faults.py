@@ -1,5 +1,8 @@
 """Faults on the real Slurm: a cancelled pilot job, scheduler hiccups, a failing sbatch,
-workers draining before their walltime, and a driver killed by its walltime."""
+workers draining before their walltime, and a driver killed by its walltime.
+
+Work that must last a known time uses the built-in ``echo`` model at a set pace (answers x
+tokens x seconds per token / workers), so no verdict depends on how fast this machine is."""
 
 from __future__ import annotations
 
@@ -28,6 +31,11 @@ def fast(fixtures) -> str:
     return str(fixtures / "workflows" / "fast.yml")
 
 
+def echo(tokens: int, token_s: float) -> str:
+    """The echo model taking ``tokens * token_s`` seconds per answer."""
+    return f"echo?tokens={tokens}&token_s={token_s}"
+
+
 async def run_batch(wf, n, *, during=None, tokens=24):
     """Submit n requests; call ``during(done_count)`` as they complete; return the results."""
     tasks = [wf.submit_request(f"Tell me fact {i} about oceans.", agents=["balanced_agent"],
@@ -41,10 +49,13 @@ async def run_batch(wf, n, *, during=None, tokens=24):
 
 
 def test_cancelled_pilot_job_is_replaced_and_the_batch_completes(fast, tmp_path):
+    """24 answers of 2 s on 2 workers (24 s of work); the pilot job is cancelled after 3,
+    while 2 are in flight: those are retried on a new block."""
     cancelled = []
 
     async def go():
-        wf = ParslChatWorkflow(site="local-slurm", history_path=str(tmp_path / "h.db"))
+        wf = ParslChatWorkflow(site="local-slurm", history_path=str(tmp_path / "h.db"),
+                               model=echo(10, 0.2))
         await wf.initialize(fast)
 
         async def cancel_once(done):
@@ -123,14 +134,16 @@ def test_failing_sbatch_fails_requests_with_the_schedulers_message(fast, tmp_pat
 
 
 def test_workers_drain_before_the_pilot_walltime(fast, fixtures, tmp_path):
-    """One-minute pilot jobs drain after 30 s; a longer batch moves on to a new block."""
+    """One-minute pilot jobs drain after 30 s; a longer batch moves on to a new block.
+    40 answers of 3 s on 2 workers: 60 s of work, twice the first block's working time."""
     site = str(fixtures / "sites" / "local-slurm-short.yaml")
 
     async def go():
-        wf = ParslChatWorkflow(site=site, history_path=str(tmp_path / "h.db"))
+        wf = ParslChatWorkflow(site=site, history_path=str(tmp_path / "h.db"),
+                               model=echo(20, 0.15))
         await wf.initialize(fast)
         try:
-            results = await run_batch(wf, 60, tokens=48)
+            results = await run_batch(wf, 40, tokens=20)
             return results, await wf.get_parsl_stats()
         finally:
             await wf.shutdown()
@@ -143,14 +156,17 @@ def test_workers_drain_before_the_pilot_walltime(fast, fixtures, tmp_path):
 
 
 def test_driver_killed_by_its_walltime_then_resubmitted(fast, tmp_path):
+    """A one-minute driver job with 90 s of work (60 answers of 3 s on 2 workers) reaches
+    its walltime; the resubmitted job finishes the batch."""
     prompts = tmp_path / "prompts.jsonl"
-    total = 400  # more than one minute of work, however fast the machine
+    total = 60
     prompts.write_text("".join(json.dumps({"id": i, "prompt": f"Write two sentences about "
                                                               f"the number {i}."}) + "\n"
                                for i in range(total)))
     output = tmp_path / "answers.jsonl"
     export = ",".join(["ALL", "HPC_CHAT_SITE=local-slurm", f"HPC_CHAT_INPUT={prompts}",
                        f"HPC_CHAT_OUTPUT={output}", f"HPC_CHAT_BIN={VENV_BIN / 'hpc-chat'}",
+                       f"HPC_CHAT_MODEL={echo(20, 0.15)}",
                        f"HPC_CHAT_ARGS=--config {fast} --max-tokens 48"])
     argv = ["sbatch", "--parsable", "--cpus-per-task=2", f"--output={tmp_path}/%j.log",
             f"--export={export}", str(REPO / "jobs" / "driver.sh")]

@@ -19,7 +19,7 @@ CASES = [
     ("bad_agent.yml", "bad_temperature.yml: config.temperature: Input should be less than or "
                       "equal to 2"),
     ("unknown_model.yml", "gpt4.yml: config.model: model 'gpt-4' is not known: use one of "
-                          "default, smollm2-135m"),
+                          "default, echo, smollm2-135m"),
     ("empty_prompt.yml", "empty_prompt.yml: config.system_prompt: Value error, the system "
                          "prompt is empty"),
     ("name_mismatch.yml", "name_mismatch.yml: config.agents.0.name: 'someone_else' does not "

@@ -1,0 +1,175 @@
+"""``echo``: a built-in model that needs no GGUF file, for testing the plumbing.
+
+It answers deterministically from the last user message, at a pace the caller sets, so tests and
+site dry runs can make work of a *known* duration whatever the machine's speed::
+
+    echo                                   # the message back, instantly
+    echo?tokens=64&token_s=0.05&load_s=2   # 64 tokens, 0.05 s each, 2 s to "load the model"
+
+``tokens`` is the answer's length in tokens (words here): the message's words, repeated until
+there are that many (default: the message's own length, so the answer is the message);
+``max_tokens`` still cuts it, with ``finish_reason: length``. ``token_s`` is the time of one
+decode step: an unbatched answer of N tokens takes N steps, and a batch of sequences advances
+one token each per step, as llama.cpp's batched decoding does. ``load_s`` is paid once per
+engine, as a model load is.
+
+The engines here have the interface of :class:`~hpc_chat.llm.engine.ChatEngine` and
+:class:`~hpc_chat.llm.batched.BatchedEngine` that the worker logic uses, so an echo request goes
+through the same batching, retries, usage counts, statistics and history as a real one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from urllib.parse import parse_qsl
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hpc_chat.errors import ModelNotFoundError
+
+ECHO = "echo"
+
+
+class EchoPace(BaseModel):
+    """The options of an ``echo?...`` model name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tokens: int | None = Field(None, ge=1, le=32768)
+    token_s: float = Field(0.0, ge=0.0, le=60.0)
+    load_s: float = Field(0.0, ge=0.0, le=3600.0)
+
+    def name(self) -> str:
+        """The canonical model name: equal paces give equal names (one engine per pace)."""
+        parts = [f"{k}={v}" for k, v in self.model_dump(exclude_defaults=True).items()]
+        return ECHO + ("?" + "&".join(parts) if parts else "")
+
+
+def is_echo(name: str | None) -> bool:
+    return bool(name) and (name == ECHO or name.startswith(ECHO + "?"))
+
+
+def parse_echo(name: str) -> EchoPace:
+    """``echo?tokens=64&token_s=0.05`` -> :class:`EchoPace`, or an error naming the bad option."""
+    query = name[len(ECHO) + 1:] if name.startswith(ECHO + "?") else ""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ModelNotFoundError(f"model {name!r}: write echo options as "
+                                 f"echo?tokens=64&token_s=0.05&load_s=2") from None
+    options = dict(pairs)
+    if len(options) != len(pairs):
+        raise ModelNotFoundError(f"model {name!r}: an option is given twice")
+    try:
+        return EchoPace.model_validate(options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        known = ", ".join(EchoPace.model_fields)
+        hint = f" (echo options: {known})" if err["type"] == "extra_forbidden" else ""
+        raise ModelNotFoundError(f"model {name!r}: {key}: {err['msg']}{hint}") from None
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+class EchoEngine:
+    """The unbatched engine: one answer at a time, ``token_s`` per generated token."""
+
+    n_threads = 1
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.pace = parse_echo(spec.path)
+        self._lock = threading.Lock()
+        start = time.perf_counter()
+        time.sleep(self.pace.load_s)
+        self.load_s = time.perf_counter() - start
+        self.calls = 0
+
+    def count_tokens(self, text: str) -> int:
+        return len(_words(text))
+
+    def answer(self, messages: list[dict[str, str]], max_tokens: int,
+               stop: list[str] | None) -> tuple[str, int, str]:
+        """The answer's text, its length in tokens and the finish reason."""
+        last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        words = _words(last) or [ECHO]
+        want = self.pace.tokens or len(words)
+        out = [words[i % len(words)] for i in range(min(want, max_tokens))]
+        finish = "length" if want > max_tokens else "stop"
+        text = " ".join(out)
+        for s in stop or []:
+            if s and s in text:
+                text, finish = text[:text.index(s)], "stop"
+                out = _words(text)
+        return text.strip(), len(out), finish
+
+    def prompt_size(self, messages: list[dict[str, str]]) -> int:
+        return sum(self.count_tokens(m["content"]) for m in messages)
+
+    def chat(self, messages: list[dict[str, str]], *, max_tokens: int = 256,
+             stop: list[str] | None = None, loaded_now: bool = False, **sampling):
+        """Answer like :meth:`ChatEngine.chat` (sampling options change nothing here)."""
+        from hpc_chat.llm.engine import Completion
+
+        text, n, finish = self.answer(messages, max_tokens, stop)
+        with self._lock:  # one answer at a time per engine, as with a real model
+            start = time.perf_counter()
+            for _ in range(n if self.pace.token_s else 0):
+                time.sleep(self.pace.token_s)  # a step per token: a timeout lands between them
+            self.calls += 1
+            elapsed = time.perf_counter() - start
+        return Completion(text=text, finish_reason=finish,
+                          prompt_tokens=self.prompt_size(messages), completion_tokens=n,
+                          model_load_s=self.load_s, model_loaded_now=loaded_now,
+                          generation_s=elapsed, extra={"echo": True})
+
+
+class EchoBatchedEngine:
+    """Continuous batching at the echo pace: each step advances every running answer by one
+    token and costs ``token_s``; a finished answer frees its slot for the next request."""
+
+    def __init__(self, engine: EchoEngine, n_seq: int):
+        self.engine = engine
+        self.n_seq = n_seq
+        self.n_ctx_seq = engine.spec.n_ctx
+        self.lock = threading.Lock()
+
+    def generate(self, requests) -> list:
+        from hpc_chat.llm.engine import Completion, PromptTooLongError
+
+        with self.lock:
+            results: list = [None] * len(requests)
+            queue = deque()
+            for i, req in enumerate(requests):
+                size = self.engine.prompt_size(req.messages)
+                if size + req.max_tokens > self.n_ctx_seq:
+                    results[i] = PromptTooLongError(
+                        f"the prompt ({size} tokens) plus max_tokens={req.max_tokens} does not "
+                        f"fit the model's context window of {self.n_ctx_seq} tokens")
+                else:
+                    queue.append((i, req, *self.engine.answer(req.messages, req.max_tokens,
+                                                              req.stop)))
+            active: dict[int, list] = {}  # index -> [request, text, tokens, finish, left, t0]
+            while queue or active:
+                while queue and len(active) < self.n_seq:
+                    i, req, text, n, finish = queue.popleft()
+                    active[i] = [req, text, n, finish, n, time.perf_counter()]
+                if any(a[4] > 0 for a in active.values()):
+                    time.sleep(self.engine.pace.token_s)
+                for i in list(active):
+                    a = active[i]
+                    a[4] -= 1
+                    if a[4] <= 0:
+                        req, text, n, finish, _, t0 = active.pop(i)
+                        results[i] = Completion(
+                            text=text, finish_reason=finish,
+                            prompt_tokens=self.engine.prompt_size(req.messages),
+                            completion_tokens=n, model_load_s=self.engine.load_s,
+                            model_loaded_now=False, generation_s=time.perf_counter() - t0,
+                            extra={"batched": True, "echo": True})
+            return results

@@ -1,0 +1,50 @@
+"""`hpc-chat sites test NAME` on the real Slurm: each stage reported in order, and a broken
+compute-node environment named with the stage it failed at and the pilot job's own output."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from .conftest import squeue_ids
+
+
+def sites_test(profile, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpc_chat", "sites", "test", str(profile),
+                           *args], capture_output=True, text=True, timeout=300)
+
+
+def stages(stdout: str) -> list[str]:
+    return [line.split()[0] for line in stdout.splitlines() if re.match(r"^\s*[a-z]+ ", line)]
+
+
+def test_a_pending_pilot_job_is_followed_until_workers_answer(fixtures):
+    """The profile's pilot job may start only 8 s after submission: PENDING (BeginTime) is
+    reported, then RUNNING, connected workers and three echo answers."""
+    before = squeue_ids()
+    proc = sites_test(fixtures / "sites" / "local-slurm-delayed.yaml", "--timeout", "200")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert stages(out) == ["profile", "submitted", "scheduler", "scheduler", "workers",
+                           "answered", "answered", "answered", "shutdown"], out
+    assert "model echo?tokens=8" in out
+    assert re.search(r"job \d+ PENDING \(BeginTime\)", out), out
+    assert re.search(r"job \d+ RUNNING", out), out
+    assert "answered 3/3 by " in out
+    assert squeue_ids() <= before, "the pilot job should be cancelled"
+
+
+def test_workers_that_cannot_start_fail_the_check_with_their_output(fixtures):
+    proc = sites_test(fixtures / "sites" / "local-slurm-broken-workers.yaml", "--timeout",
+                      "200")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "failed the pilot job ended (FAILED) before any worker connected" in proc.stdout
+    assert "| python3.99: module not found" in proc.stdout  # worker_init's own message
+    assert "answered" not in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_an_unknown_site_is_a_usage_error():
+    proc = sites_test("no-such-site")
+    assert proc.returncode == 2 and "no-such-site" in proc.stderr
+    assert "Traceback" not in proc.stderr
