@@ -45,6 +45,7 @@ demo: install
 # a reason (and fail instead when HPC_CHAT_REQUIRE_SLURM=1, as in CI).
 test: install
 	$(PY) -m ruff check hpc_chat tests
+	$(VENV)/bin/lint-imports
 	@scripts/local-slurm.sh up >/dev/null 2>&1 && echo "local Slurm is up" || \
 	  echo "local Slurm not available: Slurm tests will skip (scripts/local-slurm.sh up)"
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest
@@ -70,13 +71,14 @@ bench: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 	  HPC_CHAT_LLAMA_SERVER=$${HPC_CHAT_LLAMA_SERVER:-$(wildcard $(LLAMA_TOOLS)/llama-server)} \
 	  HPC_CHAT_LLAMA_BATCHED_BENCH=$${HPC_CHAT_LLAMA_BATCHED_BENCH:-$(wildcard $(LLAMA_TOOLS)/llama-batched-bench)} \
-	  $(HPC_CHAT) bench
+	  $(HPC_CHAT) bench --update-docs
 
 llama-tools: install
 	PY=$(PY) scripts/build-llama-tools.sh .llama-tools
 
 lint: install
 	$(PY) -m ruff check hpc_chat tests
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(DEMO_DIR) build *.egg-info .pytest_cache

@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hpc_chat.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are mistakes, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 PACKAGE_DIR = Path(str(resources.files("hpc_chat")))
 PACKAGED_CONFIG_DIR = PACKAGE_DIR / "config"
@@ -26,7 +32,7 @@ PACKAGED_CONFIG_DIR = PACKAGE_DIR / "config"
 
 def resolve_config_path(path: str | os.PathLike, *, base: Path | None = None,
                         error: type[ConfigError] = ConfigError) -> Path:
-    """Find a config file the way the seed's examples expect.
+    """Find a config file as the original design's examples name them.
 
     A relative path is tried, in order, against ``base`` (the directory of the file that refers
     to it, when there is one), the current directory, the package directory (so

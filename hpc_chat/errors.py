@@ -21,6 +21,17 @@ class ModelNotFoundError(ConfigError):
     """An agent or site names a model that cannot be found."""
 
 
+class PromptTooLongError(HpcChatError):
+    """The prompt plus ``max_tokens`` does not fit the model's context window.
+
+    Retrying cannot help, so the retry handler gives up on it at once.
+    """
+
+
+class GenerationError(HpcChatError):
+    """llama.cpp failed while generating (not a user mistake; may succeed on retry)."""
+
+
 class InputError(HpcChatError):
     """Batch input or an output path cannot be used."""
 

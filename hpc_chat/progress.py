@@ -63,6 +63,11 @@ class BatchProgress:
         else:
             Console().print(renderable)
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
+        """Take the bar off the screen (before a summary is printed under it)."""
         if self._bar is not None:
             self._bar.stop()
+            self._bar = None
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

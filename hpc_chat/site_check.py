@@ -24,8 +24,6 @@ POLL_S = 1.0
 
 def scheduler_state(scheduler: str, job_id: str) -> str:
     """The scheduler's state of a pilot job (a local "job" is a process: always running)."""
-    if scheduler == "local":
-        return "RUNNING"
     from hpc_chat.sites.submit import job_state
 
     try:

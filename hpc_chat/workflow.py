@@ -1,6 +1,6 @@
 """``ParslChatWorkflow``: route, answer in parallel on Parsl workers, aggregate, remember.
 
-The seed's API, under ``hpc_chat``::
+The API of the original design, under ``hpc_chat``::
 
     workflow = ParslChatWorkflow()
     await workflow.initialize("config/ParslChatWorkflow.yml")
@@ -20,18 +20,24 @@ import os
 import time
 from typing import Any
 
+from hpc_chat.agents.aggregate import aggregate_responses
 from hpc_chat.agents.cache import ResponseCache, cache_key
 from hpc_chat.agents.collaborative import EnhancedCollaborativeAgent
 from hpc_chat.agents.routing import Route, route
-from hpc_chat.apps.app import chat_task
-from hpc_chat.apps.logic import aggregate_responses, build_messages, model_name
-from hpc_chat.apps.retry import make_retry_handler
-from hpc_chat.core.data_unit import DataUnitMemory, create_data_unit
-from hpc_chat.core.executor import ExecutorConfig, LocalExecutor, ParslExecutor
-from hpc_chat.core.stats import PerformanceStats, RequestRecord
 from hpc_chat.errors import ConfigError, ExecutorError, HpcChatError
+from hpc_chat.executors.base import ChatExecutor
+from hpc_chat.executors.factory import build_parsl_config, make_executor
+from hpc_chat.executors.grouping import RequestBatcher
+from hpc_chat.history import MemoryHistory, create_history
 from hpc_chat.llm.models import model_location
+from hpc_chat.sites.build import site_model
+from hpc_chat.sites.registry import load_profile
+from hpc_chat.stats import PerformanceStats, RequestRecord
+from hpc_chat.worker.chat import build_messages, model_name
 from hpc_chat.workflow_config import LoadedWorkflow, load_workflow
+
+__all__ = ["ParslChatWorkflow", "build_parsl_config", "create_parsl_chat_workflow",
+           "describe_error"]
 
 
 def describe_error(exc: BaseException) -> str:
@@ -50,7 +56,7 @@ class ParslChatWorkflow:
     ----------
     site : str, optional
         A site profile name or path; overrides the config's ``parsl`` section.
-    executor : ParslExecutor or LocalExecutor, optional
+    executor : ChatExecutor, optional
         An executor to use instead of building one (it is started if needed, and shut down with
         the workflow).
     history_path : str, optional
@@ -77,10 +83,10 @@ class ParslChatWorkflow:
         self.globus_state = globus_state
         self.allocation = allocation
         self.profile = None
-        self.executor: ParslExecutor | LocalExecutor | None = executor
+        self.executor: ChatExecutor | None = executor
         self.history_path = history_path
         self.loaded: LoadedWorkflow | None = None
-        self.history: DataUnitMemory | None = None
+        self.history: MemoryHistory | None = None
         self.agents: dict[str, EnhancedCollaborativeAgent] = {}
         self.site_model: dict[str, Any] = {}
         self.stats = PerformanceStats()
@@ -122,10 +128,12 @@ class ParslChatWorkflow:
         if self.history_path:
             history_cfg = history_cfg.model_copy(update={"data_type": "sqlite",
                                                          "path": self.history_path})
-        history = create_data_unit(history_cfg)
+        history = create_history(history_cfg)
         await history.initialize()
         if self.executor is None:
-            self.executor = self._build_executor(loaded)
+            self.executor = make_executor(loaded, self.profile, endpoint=self.endpoint,
+                                          allocation=self.allocation,
+                                          globus_state=self.globus_state)
         try:
             await asyncio.wait_for(self.executor.initialize(), settings.executor.timeout)
         except asyncio.TimeoutError:
@@ -138,43 +146,16 @@ class ParslChatWorkflow:
         self.loaded, self.history = loaded, history
         self.agents = {a.name: EnhancedCollaborativeAgent(a) for a in loaded.agents}
         perf = settings.performance
-        if perf.batch_size > 1 and not hasattr(self.executor, "chat_function"):
-            from hpc_chat.batcher import RequestBatcher
-
+        if perf.batch_size > 1 and self.executor.supports_batching:
             self.batcher = RequestBatcher(self.executor, perf.batch_size, perf.timeout_seconds)
 
     def _load_site(self, loaded: LoadedWorkflow) -> None:
         """The site profile this workflow runs on (``local`` unless one is named)."""
-        from hpc_chat.errors import ProfileError
-        from hpc_chat.sites.build import site_model
-        from hpc_chat.sites.registry import load_profile
-
         name = self.site or loaded.settings.parsl.site or "local"
         profile = load_profile(name)
-        problems = profile.placeholders()
-        if problems:
-            raise ProfileError(f"{profile.source}: edit these placeholder values before "
-                               f"running on this site:\n  " + "\n  ".join(problems))
+        profile.refuse_placeholders("running on this site")
         self.profile = profile
         self.site_model = site_model(profile)
-
-    def _build_executor(self, loaded: LoadedWorkflow):
-        settings = loaded.settings
-        if self.endpoint or settings.executor.is_globus:
-            from hpc_chat.globus.executor import GlobusComputeExecutor
-
-            return GlobusComputeExecutor(self.endpoint or settings.executor.endpoint_id,
-                                         state_path=self.globus_state)
-        config = ExecutorConfig(executor_type=settings.executor.type,
-                                max_workers=settings.executor.max_workers,
-                                timeout=settings.executor.timeout)
-        if config.executor_type == "local":
-            return LocalExecutor(config)
-        budget = max((a.config.performance.retry_attempts for a in loaded.agents), default=0)
-        config.parsl_config = build_parsl_config(
-            self.profile, settings, allocation=self.allocation, retries=budget,
-            retry_handler=make_retry_handler(budget) if budget else None)
-        return ParslExecutor(config)
 
     async def shutdown(self) -> None:
         """Cancel what is still pending, stop Parsl and its workers, close the history."""
@@ -236,7 +217,7 @@ class ParslChatWorkflow:
         return task
 
     def submit_message(self, text: str, **kwargs) -> asyncio.Future:
-        """The seed's API: an awaitable that resolves to the reply string."""
+        """An awaitable that resolves to the reply string (the original design's API)."""
         task = self.submit_request(text, **kwargs)
 
         async def reply() -> str:
@@ -285,7 +266,7 @@ class ParslChatWorkflow:
             # A tag names this agent's task of this request, so a Globus Compute batch can
             # be reattached on --resume; Parsl executors ignore it.
             tag = f"{request_key}\t{r.agent}" if request_key is not None else None
-            fn = getattr(self.executor, "chat_function", chat_task)
+            fn = self.executor.chat_function
             try:
                 if self.batcher is not None:
                     result = await self.batcher.submit(agent.to_dict(), text, context,
@@ -365,45 +346,7 @@ class ParslChatWorkflow:
 
 async def create_parsl_chat_workflow(config_path: str | os.PathLike | None = None,
                                      **kwargs) -> ParslChatWorkflow:
-    """Create and initialize a workflow (the seed's helper)."""
+    """Create and initialize a workflow (the original design's helper)."""
     workflow = ParslChatWorkflow(**kwargs)
     await workflow.initialize(config_path)
     return workflow
-
-
-def build_parsl_config(profile, settings, *, allocation: bool = False, retries: int = 0,
-                       retry_handler=None):
-    """The Parsl ``Config`` for a site profile and the workflow's ``parsl`` section.
-
-    The workflow's ``executor.max_workers`` applies when the profile leaves
-    ``max_workers_per_node`` unset; its ``parsl.heartbeat_*`` override the profile's when set.
-    """
-    from hpc_chat.sites.build import build_config
-
-    memoizer = None
-    if settings.parsl.checkpoint_mode:
-        from parsl.dataflow.memoization import BasicMemoizer
-
-        memoizer = BasicMemoizer(checkpoint_mode=settings.parsl.checkpoint_mode)
-    monitoring = None
-    if settings.parsl.monitoring:
-        try:
-            from parsl.monitoring import MonitoringHub
-
-            monitoring = MonitoringHub(hub_address="127.0.0.1")
-        except ImportError as exc:
-            raise ConfigError(f"parsl.monitoring: true needs Parsl's monitoring extra "
-                              f"(pip install 'parsl[monitoring]'): {exc}") from None
-    hb = settings.parsl
-    heartbeat = None
-    if hb.heartbeat_period or hb.heartbeat_threshold:
-        heartbeat = (hb.heartbeat_period or profile.executor.heartbeat_period,
-                     hb.heartbeat_threshold or profile.executor.heartbeat_threshold)
-    try:
-        return build_config(profile, allocation=allocation,
-                            max_workers=settings.executor.max_workers, retries=retries,
-                            retry_handler=retry_handler, memoizer=memoizer,
-                            monitoring=monitoring, heartbeat=heartbeat)
-    except Exception as exc:  # e.g. address_by_interface for a missing interface
-        raise ConfigError(f"{profile.source}: cannot build the Parsl configuration: "
-                          f"{type(exc).__name__}: {exc}") from None

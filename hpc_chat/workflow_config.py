@@ -12,10 +12,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from hpc_chat.configfile import load_yaml, resolve_config_path, validate
-from hpc_chat.core.agent import AgentConfig, StrictModel
-from hpc_chat.core.data_unit import DataUnitConfig
+from hpc_chat.agents.config import AgentConfig
+from hpc_chat.configfile import StrictModel, load_yaml, resolve_config_path, validate
 from hpc_chat.errors import ConfigError
+from hpc_chat.history import HistoryConfig
 
 DEFAULT_WORKFLOW = "config/ParslChatWorkflow.yml"
 
@@ -99,7 +99,7 @@ class LoadedWorkflow:
     """A validated workflow file with its agents and history unit loaded."""
 
     def __init__(self, path: Path, config: WorkflowConfig, agents: list[AgentConfig],
-                 history: DataUnitConfig):
+                 history: HistoryConfig):
         self.path, self.config, self.agents, self.history = path, config, agents, history
 
     @property
@@ -141,8 +141,8 @@ def load_workflow(config_path: str | os.PathLike | None = None) -> LoadedWorkflo
                           f"workflow's agents ({', '.join(names)})")
     ref = settings.data_units.get("conversation_history", DataUnitRef())
     if ref.config_file:
-        history = DataUnitConfig.from_yaml(ref.config_file, base=path.parent)
+        history = HistoryConfig.from_yaml(ref.config_file, base=path.parent)
         history = history.model_copy(update={"data_type": ref.type})
     else:
-        history = DataUnitConfig(data_type=ref.type, persistent=ref.type == "sqlite")
+        history = HistoryConfig(data_type=ref.type, persistent=ref.type == "sqlite")
     return LoadedWorkflow(path, config, agents, history)

@@ -1,19 +1,17 @@
-"""``EnhancedCollaborativeAgent``: one persona, able to score a message and answer it in-process."""
+"""``EnhancedCollaborativeAgent``: one persona of the workflow, by name.
+
+Which agents answer a message is decided by :mod:`hpc_chat.agents.routing`; answering happens
+in workers (:mod:`hpc_chat.worker.chat`), which get ``agent.config.to_dict()`` rather than this
+object, so nothing here has to be picklable.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from hpc_chat.agents.routing import keyword_hits, keyword_score
-from hpc_chat.core.agent import AgentConfig
+from hpc_chat.agents.config import AgentConfig
 
 
 class EnhancedCollaborativeAgent:
-    """Wraps an :class:`AgentConfig`.
-
-    The workflow sends ``agent.config.to_dict()`` to workers rather than this object, so nothing
-    here has to be picklable; :meth:`respond` is for direct, in-process use (tests, notebooks).
-    """
+    """Wraps an :class:`AgentConfig`."""
 
     def __init__(self, agent_config: AgentConfig):
         self.config = agent_config
@@ -29,23 +27,6 @@ class EnhancedCollaborativeAgent:
     @property
     def keywords(self) -> list[str]:
         return self.config.config.collaboration.specialization_keywords
-
-    def score(self, message: str) -> float:
-        """How strongly the message calls for this agent (see :mod:`hpc_chat.agents.routing`)."""
-        return keyword_score(message, self.keywords)
-
-    def matched_keywords(self, message: str) -> list[str]:
-        return keyword_hits(message, self.keywords)
-
-    def wants(self, message: str) -> bool:
-        threshold = self.config.config.collaboration.delegation_threshold
-        return bool(self.matched_keywords(message)) and self.score(message) >= threshold
-
-    def respond(self, message: str, context: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Answer in this process with the engine cache (the model stays loaded)."""
-        from hpc_chat.apps.logic import process_chat_message  # logic imports agents.cache
-
-        return process_chat_message(self.config.to_dict(), message, context or {})
 
     def __repr__(self) -> str:
         return f"EnhancedCollaborativeAgent({self.name!r})"

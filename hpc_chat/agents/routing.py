@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hpc_chat.core.agent import AgentConfig
+from hpc_chat.agents.config import AgentConfig
 
 _WORD = re.compile(r"[a-z0-9]+")
 MISS_FACTOR = 0.25

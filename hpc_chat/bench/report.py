@@ -1,11 +1,21 @@
 """The benchmark report: ``docs/performance.md``, its plot, and the README's headline lines.
-Everything here is written from the results JSON; nothing is typed by hand."""
+
+Written from the results alone (:class:`~hpc_chat.bench.results.BenchResults`): the wording is
+in ``templates/*.md.j2``, every number and comparison comes from the measured figures.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from jinja2 import StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+
+from hpc_chat.bench.results import BenchResults
 
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
@@ -16,59 +26,129 @@ TARGETS = {  # name: (description, bound, higher_is_better)
     "throughput_vs_direct": ("best aggregate tokens/s / direct sequential loop", 2.5, True),
     "single_stream_fraction": ("single-stream generation / memory-bandwidth ceiling", 0.5, True),
 }
+SERVER_TARGET = "best aggregate tokens/s / llama-server with 8 slots"
 
 
-def _cfg(c: dict[str, Any]) -> str:
-    mode = f"batched x{c['batch']}" if c["batch"] > 1 else "unbatched"
-    return f"{c['workers']} worker x {c['threads']} thread, {mode}"
+@dataclass
+class Verdict:
+    desc: str
+    value: float
+    target: float
+    higher: bool
+
+    @property
+    def bound(self) -> str:
+        return f"{'≥' if self.higher else '≤'} {self.target:g}"
+
+    @property
+    def ok(self) -> bool:
+        return self.value >= self.target if self.higher else self.value <= self.target
+
+    def row(self) -> tuple[str, float, str, bool]:
+        return self.desc, self.value, self.bound, self.ok
 
 
-def headline(res: dict[str, Any]) -> dict[str, float]:
-    best = max(res["throughput"]["configs"], key=lambda c: c["tok_s"])
-    return {"overhead_ratio": res["overhead"]["ratio"],
-            "stub_p50_ms": res["overhead"]["stubbed"]["p50_ms"],
-            "throughput_vs_direct": best["vs_direct"],
-            "single_stream_fraction": res["limit"]["fraction"]}
+def typed(res: dict[str, Any] | BenchResults) -> BenchResults:
+    return res if isinstance(res, BenchResults) else BenchResults.model_validate(res)
 
 
-def verdicts(res: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
-    """(target, measured value, bound as text, met)."""
-    head = headline(res)
-    out = []
-    for key, (desc, bound, higher) in TARGETS.items():
-        value = head[key]
-        ok = value >= bound if higher else value <= bound
-        out.append((desc, value, f"{'≥' if higher else '≤'} {bound:g}", ok))
-    peer = res["throughput"].get("llama_server")
-    if peer:
-        best = max(res["throughput"]["configs"], key=lambda c: c["tok_s"])
-        ratio = best["tok_s"] / peer["tok_s"]
-        out.append(("best aggregate tokens/s / llama-server with 8 slots", ratio, "≥ 1",
-                    ratio >= 1))
+def _verdicts(r: BenchResults) -> list[Verdict]:
+    measured = {"overhead_ratio": r.overhead.ratio, "stub_p50_ms": r.overhead.stubbed.p50_ms,
+                "throughput_vs_direct": r.throughput.best.vs_direct,
+                "single_stream_fraction": r.limit.fraction}
+    out = [Verdict(desc, measured[key], bound, higher)
+           for key, (desc, bound, higher) in TARGETS.items()]
+    if r.throughput.llama_server:
+        out.append(Verdict(SERVER_TARGET,
+                           r.throughput.best.tok_s / r.throughput.llama_server.tok_s, 1, True))
     return out
 
 
-def plot(res: dict[str, Any], path: Path) -> None:
+def verdicts(res: dict[str, Any] | BenchResults) -> list[tuple[str, float, str, bool]]:
+    """(target, measured value, bound as text, met)."""
+    return [v.row() for v in _verdicts(typed(res))]
+
+
+def _env() -> SandboxedEnvironment:
+    env = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True,
+                               autoescape=False)
+    env.filters["fmt"] = lambda value, spec: format(value, spec)
+    return env
+
+
+def _render(name: str, **values) -> str:
+    text = resources.files("hpc_chat.bench").joinpath("templates", name).read_text()
+    return _env().from_string(text).render(**values)
+
+
+def profile_section(res: dict[str, Any] | BenchResults) -> list[str]:
+    """Where batched decoding spends its time, from the engine's own counters."""
+    r = typed(res)
+    if r.profile is None:
+        return []
+    b = r.profile.batched
+    alone = r.profile.single.ms_per_token_by_batch.get(1)
+    per_token = {**b.ms_per_token_by_batch, **({1: alone} if alone else {})}
+    native = r.throughput.llama_batched_bench
+    text = _render("profile.md.j2", b=b, alone=alone, full=b.ms_per_token_by_batch.get(b.n_seq),
+                   per_token=sorted(per_token.items()), native=native,
+                   native_gain=native.gain() if native else None,
+                   max_tokens=r.meta.max_tokens)
+    return text.rstrip("\n").split("\n")
+
+
+def markdown(res: dict[str, Any] | BenchResults, plot_name: str) -> str:
+    r = typed(res)
+    found = _verdicts(r)
+    missed = [v for v in found if not v.ok]
+    native = r.throughput.llama_batched_bench
+    profile = "\n".join(profile_section(r))
+    return _render("performance.md.j2", m=r.meta, o=r.overhead, t=r.throughput,
+                   w=r.warm_start, s=r.slurm, lim=r.limit, plot_name=plot_name,
+                   verdicts=found, missed=missed,
+                   profile=profile + "\n" if profile else "",
+                   throughput_missed=any(v.desc == TARGETS["throughput_vs_direct"][0]
+                                         for v in missed),
+                   native_gain=native.gain() if native else None)
+
+
+def readme_block(res: dict[str, Any] | BenchResults) -> str:
+    r = typed(res)
+    return _render("readme.md.j2", start=README_START, end=README_END, m=r.meta,
+                   o=r.overhead, best=r.throughput.best, server=r.throughput.llama_server).strip()
+
+
+def plotting_problem() -> str | None:
+    """Why no plot can be drawn here (matplotlib comes with the ``bench`` extra), or None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[bench]', or make bench)"
+    return None
+
+
+def plot(res: dict[str, Any] | BenchResults, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    configs = res["throughput"]["configs"]
-    labels = ["direct loop"] + [_cfg(c).replace(", ", "\n") for c in configs]
-    values = [res["throughput"]["direct"]["tok_s"]] + [c["tok_s"] for c in configs]
-    if res["throughput"]["llama_server"]:
+    r = typed(res)
+    t, m = r.throughput, r.meta
+    labels = ["direct loop"] + [c.label.replace(", ", "\n") for c in t.configs]
+    values = [t.direct.tok_s] + [c.tok_s for c in t.configs]
+    if t.llama_server:
         labels.append("llama-server\n8 slots")
-        values.append(res["throughput"]["llama_server"]["tok_s"])
+        values.append(t.llama_server.tok_s)
     fig, ax = plt.subplots(figsize=(10, 4.8))
-    bars = ax.bar(range(len(values)), values, color=["#888"] + ["#3a7"] * len(configs)
-                  + ["#c84"] * (len(values) - len(configs) - 1))
-    ax.axhline(res["limit"]["ceiling_tok_s"], color="#c33", linestyle="--",
-               label=f"single-stream ceiling ({res['limit']['ceiling_tok_s']:.0f} tok/s)")
+    bars = ax.bar(range(len(values)), values, color=["#888"] + ["#3a7"] * len(t.configs)
+                  + ["#c84"] * (len(values) - len(t.configs) - 1))
+    ax.axhline(r.limit.ceiling_tok_s, color="#c33", linestyle="--",
+               label=f"single-stream ceiling ({r.limit.ceiling_tok_s:.0f} tok/s)")
     ax.set_xticks(range(len(values)), labels, fontsize=8)
     ax.set_ylabel("generated tokens / s")
-    ax.set_title(f"{res['meta']['requests']} chat requests, up to {res['meta']['max_tokens']} "
-                 f"tokens, {res['meta']['cores']} cores (median of {res['meta']['repeats']})")
+    ax.set_title(f"{m.requests} chat requests, up to {m.max_tokens} tokens, {m.cores} cores "
+                 f"(median of {m.repeats}), {m.date}\n{m.machine}", fontsize=9)
     for bar, v in zip(bars, values):
         ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.0f}", ha="center", va="bottom",
                 fontsize=8)
@@ -78,251 +158,25 @@ def plot(res: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(res: dict[str, Any], plot_name: str) -> str:
-    m, o, t, lim = res["meta"], res["overhead"], res["throughput"], res["limit"]
-    lines = [
-        "# Performance",
-        "",
-        "Generated by `make bench` (`hpc-chat bench`) on "
-        f"{m['date']}: {m['cores']} cores, the embedded SmolLM2-135M-Instruct "
-        f"({m['model_bytes'] / 1e6:.0f} MB), fixed seeds, the shipped prompt set "
-        f"(`hpc_chat/bench/prompts.txt`), answers of up to {m['max_tokens']} tokens. Every "
-        f"figure is the median of {m['repeats']} runs; every ratio compares two figures "
-        "measured in the same run. Raw numbers: `bench-results/results.json`.",
-        "",
-        "## Targets",
-        "",
-        "| target | measured | bound | met |",
-        "|---|---|---|---|",
-    ]
-    for desc, value, bound, ok in verdicts(res):
-        lines.append(f"| {desc} | {value:.3g} | {bound} | {'yes' if ok else 'no'} |")
-    lines += [
-        "",
-        "## 1. Orchestration overhead",
-        "",
-        f"The same {m['overhead_requests']} requests through the workflow (local site, one "
-        "worker with 2 threads, unbatched) and through a plain llama-cpp-python loop "
-        "with the same model, settings and seeds (the loop uses llama-cpp-python's own "
-        "prompt-prefix reuse; the workflow reuses only the system-prompt chunk, evaluated the "
-        "same way every time, so its answers are reproducible).",
-        "",
-        "| | wall s | tokens/s | requests/s |",
-        "|---|---|---|---|",
-        f"| direct loop | {o['direct']['wall_s']:.2f} | {o['direct']['tok_s']:.1f} | "
-        f"{o['direct']['req_s']:.2f} |",
-        f"| workflow | {o['workflow']['wall_s']:.2f} | {o['workflow']['tok_s']:.1f} | "
-        f"{o['workflow']['req_s']:.2f} |",
-        "",
-        f"Ratio {o['ratio']:.3f}; overhead {o['per_request_ms']:.1f} ms per request. With "
-        f"inference stubbed out (a no-op task through the same Parsl executor): "
-        f"p50 {o['stubbed']['p50_ms']:.2f} ms, p95 {o['stubbed']['p95_ms']:.2f} ms per task, "
-        f"{o['stubbed']['tasks_s']:.0f} tasks/s.",
-        "",
-        "## 2. Throughput",
-        "",
-        f"![tokens per second]({plot_name})",
-        "",
-        "| configuration | wall s | tokens/s | requests/s | vs direct loop |",
-        "|---|---|---|---|---|",
-        f"| direct loop, 2 threads | {t['direct']['wall_s']:.2f} | {t['direct']['tok_s']:.1f} | "
-        f"{t['direct']['req_s']:.2f} | 1.00 |",
-    ]
-    for c in t["configs"]:
-        lines.append(f"| {_cfg(c)} | {c['wall_s']:.2f} | {c['tok_s']:.1f} | {c['req_s']:.2f} | "
-                     f"{c['vs_direct']:.2f} |")
-    if t["llama_server"]:
-        s = t["llama_server"]
-        lines.append(f"| llama-server, 8 slots | {s['wall_s']:.2f} | {s['tok_s']:.1f} | "
-                     f"{s['req_s']:.2f} | {s['tok_s'] / t['direct']['tok_s']:.2f} |")
-    else:
-        lines.append(f"| llama-server | | | | {t['llama_server_note']} |")
-    lines += profile_section(res)
-    w = res["warm_start"]
-    lines += [
-        "",
-        "## 3. Warm start",
-        "",
-        f"First request on a fresh worker (model load included): {w['first_latency_s']:.2f} s; "
-        f"steady state for a 4-token answer: {w['steady_latency_s']:.2f} s. Model loads per "
-        f"worker over a whole run: {w['model_loads_per_worker']:.0f} (must be 1).",
-        "",
-        "## 4. Scaling on Slurm",
-        "",
-    ]
-    if res["slurm"]:
-        s = res["slurm"]
-        lines.append(f"The best configuration ({s['config'][0]} worker x {s['config'][1]} "
-                     f"thread, batch {s['config'][2]}) through pilot jobs on the local Slurm: "
-                     f"{s['tok_s']:.1f} tokens/s, {s['vs_local']:.2f} of the same run on the "
-                     f"local site ({s['blocks']} pilot job).")
-    else:
-        lines.append("Not measured: no local Slurm was up (`scripts/local-slurm.sh up`).")
-    lines += [
-        "",
-        "## 5. The physical limit",
-        "",
-        f"numpy copies {lim['copy_gb_s']:.1f} GB/s; each generated token of one stream reads "
-        f"all {m['model_bytes'] / 1e6:.0f} MB of weights, so one stream is capped near "
-        f"{lim['ceiling_tok_s']:.0f} tokens/s. Measured single-stream generation (llama.cpp's "
-        f"eval counters, 2 threads, prompt excluded): {lim['single_stream_tok_s']:.1f} tokens/s, "
-        f"{100 * lim['fraction']:.0f}% of the ceiling. Batched decoding reads the weights once "
-        "per step for every sequence in the batch, which is how aggregate throughput passes the "
-        "single-stream ceiling.",
-        "",
-        "## Notes",
-        "",
-        "- Batched answers are the unbatched answers: the same chat template, prompt chunks, "
-        "sampler chain and stop rules, and the same numbers, because each decode step is one "
-        "micro-batch ordered by sequence id and flash attention sums each sequence's own cache "
-        "cells in the same order alone or batched. tests/integration/test_batched.py checks "
-        "greedy answers token for token with 1 and 8 sequences and with more agents than "
-        "prompt holders. A final message of 64 tokens or more takes another flash-attention "
-        "path when batched, so there a near-tie may flip.",
-        "- Shared prompt chunks: requests to one agent copy the system prompt's KV cache from "
-        "a holder sequence instead of evaluating it (`shared prompt chunks` above); without "
-        "that, every request re-evaluates about three quarters of its prompt.",
-        "- Peers: `make llama-tools` builds llama.cpp's own `llama-server` and "
-        "`llama-batched-bench` from the llama.cpp that llama-cpp-python vendors, with the same "
-        "build flags; `make bench` includes them when they are there (or when "
-        "`HPC_CHAT_LLAMA_SERVER` / `HPC_CHAT_LLAMA_BATCHED_BENCH` name binaries).",
-        "- The build: llama.cpp is built for portable x86-64-v3 (AVX2) rather than "
-        "-march=native (see the Makefile). An AVX-512 build measured within run-to-run noise "
-        "of it here; AMX, which this CPU advertises, stops with SIGILL (`tileloadd`) in this "
-        "virtual machine.",
-    ]
-    missed = [v for v in verdicts(res) if not v[3]]
-    if missed:
-        lines += ["", "## Targets missed", ""]
-        for desc, value, bound, _ in missed:
-            target = float(bound.split()[-1])
-            lines.append(f"- {desc}: {value:.3g}, target {bound}: off by "
-                         f"{100 * abs(value - target) / target:.0f}% of the target.")
-        if any(desc.startswith("best aggregate tokens/s / direct") for desc, *_ in missed):
-            native = res["throughput"].get("llama_batched_bench")
-            why = "- Why the throughput target is missed: see *Where the time goes* under " \
-                  "section 2."
-            if native and "1" in native["widths"]:
-                w = native["widths"]
-                gain = max(v["tok_s"] for v in w.values()) / w["1"]["tok_s"]
-                why += (f" llama.cpp's own batched decoding gains {gain:.2f}x over one sequence "
-                        "on this machine; reaching 2.5x needs faster matrix kernels for the "
-                        "model (a GPU, or a weight format with a tiled GEMM path on this CPU), "
-                        "not less orchestration.")
-            lines.append(why)
-    return "\n".join(lines) + "\n"
-
-
-def profile_section(res: dict[str, Any]) -> list[str]:
-    """Where batched decoding spends its time, from the engine's own counters."""
-    prof = res.get("profile")
-    if not prof:
-        return []
-    b, one = prof["batched"], prof["single"]
-    wall = b["wall_s"]
-    alone = one["ms_per_token_by_batch"].get("1")
-    widths = b["ms_per_token_by_batch"]
-    full = widths.get(str(b["n_seq"]))
-    lines = [
-        "",
-        "### Where the time goes",
-        "",
-        f"The batched engine alone (no Parsl), {b['n_seq']} sequences, the same requests, one "
-        f"run (a diagnosis, not a figure compared with a target): {b['tok_s']:.1f} generated "
-        "tokens/s. Its own counters:",
-        "",
-        "| part | seconds | share of wall |",
-        "|---|---|---|",
-        f"| decode steps ({b['generated_tokens']} generated, {b['prompt_tokens']} prompt "
-        f"tokens) | {b['decode_s']:.2f} | {100 * b['decode_s'] / wall:.0f}% |",
-        f"| shared prompt chunks ({b['prefix_tokens']} tokens, evaluated once) | "
-        f"{b['prefix_s']:.2f} | {100 * b['prefix_s'] / wall:.0f}% |",
-        f"| sampling (per-sequence sampler chains) | {b['sample_s']:.2f} | "
-        f"{100 * b['sample_s'] / wall:.0f}% |",
-        f"| everything else (Python, tokenizing, stop strings) | "
-        f"{wall - b['decode_s'] - b['prefix_s'] - b['sample_s']:.2f} | "
-        f"{100 * (wall - b['decode_s'] - b['prefix_s'] - b['sample_s']) / wall:.0f}% |",
-        "",
-        "Cost of one generated token by the number of sequences in a decode step "
-        "(steps that carried generated tokens only):",
-        "",
-        "| sequences per step | ms per token | tokens/s while decoding |",
-        "|---|---|---|",
-    ]
-    rows = {**{int(k): v for k, v in widths.items()}, 1: alone}  # 1: a request alone
-    for k in sorted(rows):
-        if rows[k]:
-            lines.append(f"| {k} | {rows[k]:.2f} | {1000 / rows[k]:.0f} |")
-    native = res["throughput"].get("llama_batched_bench")
-    if native:
-        w = native["widths"]
-        lines += [
-            "",
-            f"llama.cpp's own batched decoding, with no Python at all (`llama-batched-bench`, "
-            f"flash attention, {native['prompt_tokens']}-token prompts, {res['meta']['max_tokens']}"
-            " generated tokens per sequence, 2 threads; medians of "
-            f"{len(native.get('runs', [])) or 1} runs):",
-            "",
-            "| sequences | generation tokens/s | prompt tokens/s | generated tokens/s end to end |",
-            "|---|---|---|---|",
-        ]
-        for k in sorted(w, key=int):
-            lines.append(f"| {k} | {w[k]['tg_tok_s']:.0f} | {w[k]['pp_tok_s']:.0f} | "
-                         f"{w[k]['tok_s']:.0f} |")
-        if "1" in w and len(w) > 1:
-            top = max(w, key=lambda k: w[k]["tok_s"])
-            gain = w[top]["tok_s"] / w["1"]["tok_s"]
-            lines += ["", f"So on this machine llama.cpp itself gains {gain:.2f}x from "
-                      f"batching {top} sequences over one: about the most that batching can "
-                      "add to a sequential loop here, whatever runs on top of llama.cpp."]
-    if alone and full:
-        lines += [
-            "",
-            f"Decoding {b['n_seq']} sequences together divides the cost of a token by "
-            f"{alone / full:.2f} (from {alone:.2f} to {full:.2f} ms). Decode steps take "
-            f"{100 * (b['decode_s'] + b['prefix_s']) / wall:.0f}% of the batched engine's wall "
-            "time, so Python, sampling and orchestration are not what limits throughput: "
-            "the matrix products are. On this CPU llama.cpp multiplies the embedded model's "
-            "Q4_1 weights with a dot product per row and column (its tiled GEMM paths, "
-            "llamafile's sgemm and the repacked kernels, cover Q4_0, Q8_0 and K-quants, not "
-            f"Q4_1), so a step of {b['n_seq']} tokens still costs {100 * full / alone:.0f}% as "
-            "much per token as a step of one; `py-spy record --native` on this case puts most "
-            "samples in `ggml_vec_dot_q4_1_q8_1`.",
-        ]
-    return lines
-
-
-def readme_block(res: dict[str, Any]) -> str:
-    head = headline(res)
-    best = max(res["throughput"]["configs"], key=lambda c: c["tok_s"])
-    peer = res["throughput"].get("llama_server")
-    server = (f" and {best['tok_s'] / peer['tok_s']:.2f}x llama.cpp's llama-server with 8 "
-              "parallel slots" if peer else "")
-    return (f"{README_START}\n"
-            f"Measured by `make bench` on {res['meta']['cores']} cores with the embedded model "
-            f"([docs/performance.md](docs/performance.md)): the workflow takes "
-            f"{head['overhead_ratio']:.2f}x the wall time of a plain llama-cpp-python loop; the "
-            f"best configuration ({_cfg(best)}) generates {best['tok_s']:.0f} tokens/s, "
-            f"{head['throughput_vs_direct']:.2f}x the plain loop{server}; a Parsl round trip with "
-            f"inference stubbed out costs {head['stub_p50_ms']:.1f} ms (p50).\n{README_END}")
-
-
-def write_report(res: dict[str, Any], results_dir: Path, docs_dir: Path,
+def write_report(res: dict[str, Any] | BenchResults, results_dir: Path, docs_dir: Path,
                  readme: Path | None) -> list[Path]:
+    r = typed(res)
     results_dir.mkdir(parents=True, exist_ok=True)
     docs_dir.mkdir(parents=True, exist_ok=True)
     out_json = results_dir / "results.json"
-    out_json.write_text(json.dumps(res, indent=2))
+    out_json.write_text(json.dumps(res if isinstance(res, dict) else r.model_dump(), indent=2))
     png = docs_dir / "performance.png"
-    plot(res, png)
+    problem = plotting_problem()
+    if problem is None:
+        plot(r, png)
     md = docs_dir / "performance.md"
-    md.write_text(markdown(res, png.name))
-    written = [out_json, png, md]
+    md.write_text(markdown(r, png.name if problem is None else None))
+    written = [out_json, md] + ([png] if problem is None else [])
     if readme and readme.exists():
         text = readme.read_text()
         if README_START in text and README_END in text:
             before, rest = text.split(README_START, 1)
             after = rest.split(README_END, 1)[1]
-            readme.write_text(before + readme_block(res) + after)
+            readme.write_text(before + readme_block(r) + after)
             written.append(readme)
     return written

@@ -52,6 +52,14 @@ def chat_messages(agent, prompt: str) -> list[dict[str, str]]:
             {"role": "user", "content": prompt}]
 
 
+def bench_request(agent, prompt: str, seed: int):
+    """The request every case computes: the agent's own sampling, ``MAX_TOKENS``, a seed."""
+    from hpc_chat.llm.request import GenRequest
+
+    return GenRequest(messages=chat_messages(agent, prompt),
+                      **{**agent.sampling(), "max_tokens": MAX_TOKENS, "seed": seed})
+
+
 def noop(x):
     """The stubbed task: Parsl's cost with no inference at all."""
     return x
@@ -62,7 +70,7 @@ def direct_loop(n: int, threads: int) -> dict[str, float]:
     """A plain llama-cpp-python loop: what a user would write without hpc_chat."""
     import llama_cpp
 
-    from hpc_chat.core.agent import AgentConfig
+    from hpc_chat.agents.config import AgentConfig
     from hpc_chat.llm.models import resolve_model
 
     agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
@@ -72,10 +80,8 @@ def direct_loop(n: int, threads: int) -> dict[str, float]:
     start = time.perf_counter()
     tokens = 0
     for i, prompt in enumerate(prompts(n)):
-        out = llama.create_chat_completion(
-            messages=chat_messages(agent, prompt),
-            temperature=agent.temperature, max_tokens=MAX_TOKENS, seed=i,
-            top_p=agent.top_p, top_k=agent.top_k, repeat_penalty=agent.repeat_penalty)
+        req = bench_request(agent, prompt, i)
+        out = llama.create_chat_completion(messages=req.messages, **req.sampling())
         tokens += out["usage"]["completion_tokens"]
     wall = time.perf_counter() - start
     return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall, "req_s": n / wall}
@@ -84,17 +90,14 @@ def direct_loop(n: int, threads: int) -> dict[str, float]:
 def batched_profile(n: int, threads: int, n_seq: int = 8) -> dict[str, Any]:
     """The batched engine alone (no Parsl) on the same requests, with its decode profile; and
     the same engine with one sequence, for the cost of a token decoded alone."""
-    from hpc_chat.core.agent import AgentConfig
-    from hpc_chat.llm.batched import BatchedEngine, GenRequest
+    from hpc_chat.agents.config import AgentConfig
+    from hpc_chat.llm.batched import BatchedEngine
     from hpc_chat.llm.engine import ChatEngine
     from hpc_chat.llm.models import ModelSpec, resolve_model
 
     agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
     engine = ChatEngine(ModelSpec(path=str(resolve_model("default")), n_threads=threads))
-    reqs = [GenRequest(messages=chat_messages(agent, p),
-                       temperature=agent.temperature, max_tokens=MAX_TOKENS, seed=i,
-                       top_p=agent.top_p, top_k=agent.top_k,
-                       repeat_penalty=agent.repeat_penalty) for i, p in enumerate(prompts(n))]
+    reqs = [bench_request(agent, p, i) for i, p in enumerate(prompts(n))]
     out = {}
     for label, width, batch in (("batched", n_seq, reqs), ("single", 1, reqs[:8])):
         engine_b = BatchedEngine(engine, width)
@@ -222,8 +225,9 @@ def workflow_run(n: int, workers: int, threads: int, batch: int,
 
 def stubbed_tasks(sequential: int = 300, concurrent: int = 2000) -> dict[str, float]:
     """Parsl round trips with a no-op task: per-task latency and tasks/s."""
-    from hpc_chat.apps.config import get_local_config
-    from hpc_chat.core.executor import ExecutorConfig, ParslExecutor
+    from hpc_chat.executors.base import ExecutorConfig
+    from hpc_chat.executors.parsl import ParslExecutor
+    from hpc_chat.sites.build import get_local_config
 
     async def go():
         ex = ParslExecutor(ExecutorConfig(max_workers=1),
@@ -253,7 +257,7 @@ def stubbed_tasks(sequential: int = 300, concurrent: int = 2000) -> dict[str, fl
 # ----------------------------------------------------------------------------- llama-server
 def llama_server_run(binary: str, n: int, threads: int, slots: int = 8) -> dict[str, float]:
     """llama.cpp's own server with parallel slots and continuous batching, as a peer."""
-    from hpc_chat.core.agent import AgentConfig
+    from hpc_chat.agents.config import AgentConfig
     from hpc_chat.llm.models import resolve_model
 
     agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
@@ -272,10 +276,8 @@ def llama_server_run(binary: str, n: int, threads: int, slots: int = 8) -> dict[
 
         def ask(i_prompt):
             i, prompt = i_prompt
-            body = json.dumps({"messages": chat_messages(agent, prompt),
-                               "max_tokens": MAX_TOKENS, "temperature": agent.temperature,
-                               "top_p": agent.top_p, "top_k": agent.top_k,
-                               "repeat_penalty": agent.repeat_penalty, "seed": i}).encode()
+            req = bench_request(agent, prompt, i)
+            body = json.dumps({"messages": req.messages, **req.sampling()}).encode()
             req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions",
                                          data=body, headers={"Content-Type":
                                                              "application/json"})
@@ -310,6 +312,22 @@ def llama_batched_bench_run(binary: str, prompt_tokens: int, threads: int,
                            "tok_s": r["pl"] * r["tg"] / r["t"]} for r in rows}
 
 
+def machine_description() -> str:
+    """The CPU model and host the figures were measured on (for the report and the plot)."""
+    import platform
+    import socket
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} (host {socket.gethostname()})"
+
+
 def slurm_up() -> bool:
     if not shutil.which("sinfo"):
         return False
@@ -333,7 +351,8 @@ def run_suite(repeats: int = 3, requests: int = 32, overhead_requests: int = 16,
         "date": time.strftime("%Y-%m-%d %H:%M"), "cores": cores, "repeats": repeats,
         "requests": requests, "overhead_requests": overhead_requests,
         "max_tokens": MAX_TOKENS,
-        "model_bytes": resolve_model("default").stat().st_size}}
+        "model_bytes": resolve_model("default").stat().st_size,
+        "machine": machine_description()}}
     log("1. orchestration overhead")
     direct16 = median_of(repeats, lambda: direct_loop(overhead_requests, 2))
     wf16 = median_of(repeats, lambda: workflow_run(overhead_requests, 1, 2, 1))

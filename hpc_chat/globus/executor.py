@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hpc_chat.apps.remote import remote_chat
 from hpc_chat.errors import ExecutorError, InputError
+from hpc_chat.worker.remote import remote_chat
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,11 @@ MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # the service's limit on a submission and 
 
 
 class GlobusComputeExecutor:
+    """Tasks on a Globus Compute endpoint (a :class:`~hpc_chat.executors.base.ChatExecutor`);
+    each request is its own task (no grouping: the endpoint's workers decide)."""
+
     chat_function = staticmethod(remote_chat)
+    supports_batching = False
 
     def __init__(self, endpoint_id: str, *, state_path: str | Path | None = None,
                  client=None, batch_size: int = 128):

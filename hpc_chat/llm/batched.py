@@ -33,23 +33,13 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from hpc_chat.llm.engine import ChatEngine, Completion, PromptTooLongError
+from hpc_chat.errors import PromptTooLongError
+from hpc_chat.llm.engine import ChatEngine, Completion
+from hpc_chat.llm.request import GenRequest, prompt_too_long
 
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size default
 MIN_P = 0.05  # create_chat_completion's default
 PREFIX_HOLDERS = 3  # shared prompt chunks kept at once (e.g. one per agent)
-
-
-@dataclass
-class GenRequest:
-    messages: list[dict[str, str]]
-    temperature: float = 0.7
-    max_tokens: int = 256
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    top_p: float = 0.95
-    top_k: int = 40
-    repeat_penalty: float = 1.1
 
 
 @dataclass
@@ -154,9 +144,7 @@ class BatchedEngine:
         """The prompt's tokens, the length of its shareable first chunk, and the stop strings."""
         tokens, k = self.engine.prompt_tokens(req.messages)
         if len(tokens) + req.max_tokens > self.n_ctx_seq:
-            raise PromptTooLongError(
-                f"the prompt ({len(tokens)} tokens) plus max_tokens={req.max_tokens} does not "
-                f"fit the model's context window of {self.n_ctx_seq} tokens")
+            raise prompt_too_long(len(tokens), req.max_tokens, self.n_ctx_seq)
         shared = k if self.n_holders and 0 < k < len(tokens) else 0
         return tokens, shared, list(req.stop) + self.template_stops
 
@@ -329,22 +317,3 @@ class BatchedEngine:
             model_loaded_now=False, generation_s=time.perf_counter() - s.admitted,
             extra={"batched": True, "batch_wall_s": time.perf_counter() - started,
                    "shared_prompt_tokens": s.shared})
-
-
-_batched: dict[tuple, BatchedEngine] = {}
-_batched_lock = threading.Lock()
-
-
-def get_batched_engine(engine: ChatEngine, n_seq: int) -> BatchedEngine:
-    """The process-wide batched context for this loaded model and batch size (kept, like the
-    model itself, for the life of the worker)."""
-    key = (engine.spec, n_seq)
-    with _batched_lock:
-        if key not in _batched:
-            if engine.spec.is_echo:
-                from hpc_chat.llm.echo import EchoBatchedEngine
-
-                _batched[key] = EchoBatchedEngine(engine, n_seq)
-            else:
-                _batched[key] = BatchedEngine(engine, n_seq)
-        return _batched[key]

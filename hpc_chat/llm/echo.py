@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hpc_chat.errors import ModelNotFoundError
+from hpc_chat.llm.request import GenRequest, prompt_too_long
 
 ECHO = "echo"
 
@@ -111,9 +112,12 @@ class EchoEngine:
     def prompt_size(self, messages: list[dict[str, str]]) -> int:
         return sum(self.count_tokens(m["content"]) for m in messages)
 
+    def complete(self, req: GenRequest, *, loaded_now: bool = False):
+        return self.chat(req.messages, loaded_now=loaded_now, **req.sampling())
+
     def chat(self, messages: list[dict[str, str]], *, max_tokens: int = 256,
              stop: list[str] | None = None, loaded_now: bool = False, **sampling):
-        """Answer like :meth:`ChatEngine.chat` (sampling options change nothing here)."""
+        """Answer like :meth:`ChatEngine.chat` (other sampling settings change nothing)."""
         from hpc_chat.llm.engine import Completion
 
         text, n, finish = self.answer(messages, max_tokens, stop)
@@ -139,8 +143,8 @@ class EchoBatchedEngine:
         self.n_ctx_seq = engine.spec.n_ctx
         self.lock = threading.Lock()
 
-    def generate(self, requests) -> list:
-        from hpc_chat.llm.engine import Completion, PromptTooLongError
+    def generate(self, requests: list[GenRequest]) -> list:
+        from hpc_chat.llm.engine import Completion
 
         with self.lock:
             results: list = [None] * len(requests)
@@ -148,9 +152,7 @@ class EchoBatchedEngine:
             for i, req in enumerate(requests):
                 size = self.engine.prompt_size(req.messages)
                 if size + req.max_tokens > self.n_ctx_seq:
-                    results[i] = PromptTooLongError(
-                        f"the prompt ({size} tokens) plus max_tokens={req.max_tokens} does not "
-                        f"fit the model's context window of {self.n_ctx_seq} tokens")
+                    results[i] = prompt_too_long(size, req.max_tokens, self.n_ctx_seq)
                 else:
                     queue.append((i, req, *self.engine.answer(req.messages, req.max_tokens,
                                                               req.stop)))

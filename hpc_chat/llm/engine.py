@@ -1,8 +1,8 @@
-"""llama.cpp chat completion through llama-cpp-python, with models that stay loaded.
+"""llama.cpp chat completion through llama-cpp-python, one request at a time.
 
 A worker process answers many requests; loading a model costs far more than a short answer, so
-:func:`get_engine` keeps one :class:`ChatEngine` per :class:`ModelSpec` for the life of the
-process and counts hits and misses. A ``Llama`` object is not thread-safe, so every call into one
+:func:`hpc_chat.llm.registry.get_engine` keeps one :class:`ChatEngine` per :class:`ModelSpec`
+for the life of the process. A ``Llama`` object is not thread-safe, so every call into one
 engine holds that engine's lock.
 """
 
@@ -15,21 +15,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpc_chat.errors import HpcChatError
+from hpc_chat.errors import GenerationError, PromptTooLongError
 from hpc_chat.llm.models import ModelSpec
+from hpc_chat.llm.request import GenRequest, prompt_too_long
 
 log = logging.getLogger(__name__)
-
-
-class PromptTooLongError(HpcChatError):
-    """The prompt plus ``max_tokens`` does not fit the model's context window.
-
-    Retrying cannot help, so the workflow's retry handler gives up on it at once.
-    """
-
-
-class GenerationError(HpcChatError):
-    """llama.cpp failed while generating (not a user mistake; may succeed on retry)."""
 
 
 @dataclass
@@ -162,11 +152,17 @@ class ChatEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    def chat(self, messages: list[dict[str, str]], *, temperature: float = 0.7,
-             max_tokens: int = 256, seed: int | None = None, stop: list[str] | None = None,
-             top_p: float = 0.95, top_k: int = 40, repeat_penalty: float = 1.1,
-             loaded_now: bool = False) -> Completion:
-        """Answer a list of ``{"role", "content"}`` messages with the model's chat template."""
+    def complete(self, req: GenRequest, *, loaded_now: bool = False) -> Completion:
+        """Answer one request (the batched engine takes a list of the same type)."""
+        return self.chat(req.messages, loaded_now=loaded_now, **req.sampling())
+
+    def chat(self, messages: list[dict[str, str]], *, loaded_now: bool = False,
+             **sampling) -> Completion:
+        """Answer a list of ``{"role", "content"}`` messages with the model's chat template;
+        ``sampling`` is any of :class:`~hpc_chat.llm.request.Sampling`'s settings."""
+        s = GenRequest(messages=messages, **sampling)
+        temperature, max_tokens, seed, stop = s.temperature, s.max_tokens, s.seed, s.stop
+        top_p, top_k, repeat_penalty = s.top_p, s.top_k, s.repeat_penalty
         with self._lock:
             start = time.perf_counter()
             self._prepare_cache(messages)
@@ -177,10 +173,8 @@ class ChatEngine:
                     repeat_penalty=repeat_penalty)
             except ValueError as exc:
                 if "exceed context window" in str(exc):
-                    raise PromptTooLongError(
-                        f"the prompt does not fit the model's context window of "
-                        f"{self.spec.n_ctx} tokens: {exc}. Shorten the prompt or the history, "
-                        f"lower max_tokens, or raise n_ctx") from None
+                    raise prompt_too_long(len(self.prompt_tokens(messages)[0]), max_tokens,
+                                          self.spec.n_ctx) from None
                 raise GenerationError(f"llama.cpp failed: {exc}") from exc
             elapsed = time.perf_counter() - start
             self.calls += 1
@@ -197,42 +191,5 @@ class ChatEngine:
         )
 
 
-_engines: dict[ModelSpec, ChatEngine] = {}
-_engines_lock = threading.Lock()
-_stats = {"hits": 0, "misses": 0}
-
-
-def get_engine(spec: ModelSpec) -> tuple[ChatEngine, bool]:
-    """The process-wide engine for ``spec``; the bool says whether it was loaded by this call."""
-    with _engines_lock:
-        engine = _engines.get(spec)
-        if engine is not None:
-            _stats["hits"] += 1
-            return engine, False
-        _stats["misses"] += 1
-        if spec.is_echo:
-            from hpc_chat.llm.echo import EchoEngine
-
-            engine = EchoEngine(spec)
-        else:
-            engine = ChatEngine(spec)
-        _engines[spec] = engine
-        return engine, True
-
-
-def cache_info() -> dict[str, Any]:
-    """Hits, misses and the specs loaded in this process (what a worker reports back)."""
-    with _engines_lock:
-        return {"hits": _stats["hits"], "misses": _stats["misses"], "pid": os.getpid(),
-                "loaded": [s.model_dump() for s in _engines]}
-
-
-def clear_cache() -> None:
-    """Drop every loaded model in this process (tests and memory pressure)."""
-    with _engines_lock:
-        _engines.clear()
-        _stats.update(hits=0, misses=0)
-
-
 __all__ = ["ChatEngine", "Completion", "GenerationError", "PromptTooLongError",
-           "cache_info", "clear_cache", "default_threads", "get_engine"]
+           "default_threads"]

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 PROBE = """
-from hpc_chat.llm.engine import get_engine
+from hpc_chat.llm.registry import get_engine
 from hpc_chat.llm.models import ModelSpec, resolve_model
 engine, _ = get_engine(ModelSpec(path=str(resolve_model('default')), n_ctx=256, n_threads=1))
 out = engine.chat([{'role': 'user', 'content': 'Hi'}], temperature=0.0, max_tokens=2)

@@ -1,4 +1,5 @@
-"""Site profile -> Parsl objects, with Parsl's own providers and launchers.
+"""Site profile -> Parsl objects, with Parsl's own providers and launchers: the one place a
+Parsl ``Config`` is built.
 
 Parsl writes the pilot-job scripts; we only choose its classes and arguments. The profile's
 ``worker_init`` is kept as written; when ``executor.use_driver_python`` is on (the default), a
@@ -9,12 +10,41 @@ installation as the driver (on a cluster, the venv lives on a shared filesystem)
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
-from hpc_chat.apps.config import default_run_dir, with_driver_path
+from hpc_chat.paths import hpc_chat_home
 from hpc_chat.sites import schema
 
 PROVIDER_FIELDS_NOT_FOR_PARSL = {"type", "launcher", "status_polling_interval"}
+
+
+def driver_bin_dir() -> str:
+    """The directory of the Python running the driver (a venv's ``bin/``)."""
+    return str(Path(sys.executable).parent)
+
+
+def with_driver_path(worker_init: str = "") -> str:
+    """Prefix ``worker_init`` so workers find ``process_worker_pool.py`` of this installation.
+
+    On a cluster the venv sits on a shared filesystem, so the driver's ``bin/`` is valid on the
+    compute nodes too. A site's own ``worker_init`` (modules, conda) is kept after it.
+    """
+    export = f'export PATH="{driver_bin_dir()}:$PATH"'
+    return f"{export}\n{worker_init}".strip() if worker_init else export
+
+
+def ensure_driver_path() -> None:
+    """Put the driver's ``bin/`` on this process's PATH (Parsl launches ``interchange.py``)."""
+    bindir = driver_bin_dir()
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if bindir not in parts:
+        os.environ["PATH"] = os.pathsep.join([bindir, *parts])
+
+
+def default_run_dir() -> str:
+    return str(hpc_chat_home() / "runinfo")
 
 
 def build_launcher(spec: schema.Launcher):
@@ -144,3 +174,40 @@ def build_config(profile: schema.SiteProfile, *, allocation: bool = False,
 def site_model(profile: schema.SiteProfile) -> dict[str, Any]:
     """The model defaults sent to workers in each task's context."""
     return profile.model.model_dump()
+
+
+def get_local_config(max_workers: int = 4, *, label: str | None = None,
+                     run_dir: str | None = None, retries: int = 0, retry_handler=None,
+                     heartbeat_period: int = 30, heartbeat_threshold: int = 120,
+                     memoizer=None, monitoring=None):
+    """The ``local`` site's Parsl config: one block of up to ``max_workers`` workers with one
+    core each, on this machine (the original design's ``get_local_config``)."""
+    from hpc_chat.sites.registry import load_profile
+
+    profile = load_profile("local")
+    if label:
+        profile = profile.model_copy(update={"name": label.removesuffix("_htex")})
+    return build_config(profile, max_workers=max_workers, retries=retries,
+                        retry_handler=retry_handler, memoizer=memoizer, monitoring=monitoring,
+                        heartbeat=(heartbeat_period, heartbeat_threshold), run_dir=run_dir)
+
+
+def get_hpc_config(partition: str = "compute", nodes: int = 2, *, walltime: str = "01:00:00",
+                   account: str | None = None, worker_init: str = "",
+                   cores_per_node: int | None = None, max_workers: int | None = None,
+                   run_dir: str | None = None):
+    """Pilot jobs on a Slurm cluster: one block of ``nodes`` nodes, workers started by ``srun``
+    (the original design's ``get_hpc_config``). The arguments become a site profile, so they
+    are validated, and the pilot jobs drain before their walltime, as any profile's do."""
+    from hpc_chat.configfile import validate
+    from hpc_chat.errors import ProfileError
+
+    provider = {"type": "SlurmProvider", "partition": partition, "account": account,
+                "nodes_per_block": nodes, "init_blocks": 1, "min_blocks": 0, "max_blocks": 1,
+                "walltime": walltime, "cores_per_node": cores_per_node,
+                "exclusive": cores_per_node is None, "worker_init": worker_init,
+                "launcher": {"type": "SrunLauncher"}}
+    profile = validate(schema.SiteProfile, {"name": "slurm", "provider": provider,
+                                            "executor": {"max_workers_per_node": max_workers}},
+                       "get_hpc_config", error=ProfileError)
+    return build_config(profile, run_dir=run_dir)

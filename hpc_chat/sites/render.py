@@ -14,9 +14,8 @@ from pathlib import Path
 from unittest import mock
 
 from hpc_chat.sites.build import build_executor
+from hpc_chat.sites.schedulers import SCHEDULERS
 from hpc_chat.sites.schema import SiteProfile
-
-FAKE_SUBMIT_OUTPUT = {"slurm": "Submitted batch job 0", "pbspro": "0.pbs", "local": "PID:0"}
 
 
 def launch_command(executor) -> str:
@@ -39,7 +38,7 @@ def render_pilot_script(profile: SiteProfile) -> tuple[str, str]:
 
     def execute_wait(cmd, timeout=None):
         submitted.append(cmd)
-        return 0, FAKE_SUBMIT_OUTPUT[profile.scheduler], ""
+        return 0, SCHEDULERS[profile.scheduler].dry_run_answer, ""
 
     # Cluster providers run commands through their execute_wait method; LocalProvider calls
     # the module-level function of the same name. Both are replaced, so nothing runs.

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_validator
 
-from hpc_chat.core.agent import StrictModel
+from hpc_chat.configfile import StrictModel
+from hpc_chat.sites.schedulers import SCHEDULERS
 
 # A value inside a scheduler directive: no whitespace, quotes, newlines, `;`, `$` or backticks.
 # `&` and `|` are allowed because Slurm constraints use them ("gpu&hbm80g") and a directive
@@ -158,10 +159,30 @@ class _Provider(StrictModel):
         return self
 
 
-class SlurmProvider(_Provider):
+class _ClusterProvider(_Provider):
+    """What every batch scheduler's provider has; ``scheduler_name`` picks its table row."""
+
+    scheduler_name: ClassVar[str]
+    account: DirectiveValue | None = None
+    walltime: Walltime = "00:30:00"
+    scheduler_options: str | list[str] = ""
+    status_polling_interval: int | None = Field(None, ge=1, description="seconds between "
+                                                "status queries; Parsl's default is 60")
+
+    @field_validator("scheduler_options")
+    @classmethod
+    def _directives(cls, value: str | list[str]) -> str:
+        return _directive_lines(SCHEDULERS[cls.scheduler_name].directive_prefix)(value)
+
+    @property
+    def scheduler(self) -> str:
+        return self.scheduler_name
+
+
+class SlurmProvider(_ClusterProvider):
+    scheduler_name: ClassVar[str] = "slurm"
     type: Literal["SlurmProvider"]
     partition: DirectiveValue | None = None
-    account: DirectiveValue | None = None
     qos: DirectiveValue | None = None
     constraint: DirectiveValue | None = None
     clusters: DirectiveValue | None = None
@@ -169,35 +190,17 @@ class SlurmProvider(_Provider):
     cores_per_node: int | None = Field(None, ge=1)
     mem_per_node: int | None = Field(None, ge=1, description="GB")
     gpus_per_node: int | None = Field(None, ge=1)
-    walltime: Walltime = "00:30:00"
     exclusive: bool = True
-    scheduler_options: Annotated[str | list[str], AfterValidator(
-        _directive_lines("#SBATCH"))] = ""
     cmd_timeout: int = Field(10, ge=1)
-    status_polling_interval: int | None = Field(None, ge=1, description="seconds between "
-                                                "squeue calls; Parsl's default is 60")
-
-    @property
-    def scheduler(self) -> str:
-        return "slurm"
 
 
-class PBSProProvider(_Provider):
+class PBSProProvider(_ClusterProvider):
+    scheduler_name: ClassVar[str] = "pbspro"
     type: Literal["PBSProProvider"]
-    account: DirectiveValue | None = None
     queue: DirectiveValue | None = None
     cpus_per_node: int = Field(1, ge=1)
     select_options: DirectiveValue = ""
-    walltime: Walltime = "00:30:00"
-    scheduler_options: Annotated[str | list[str], AfterValidator(
-        _directive_lines("#PBS"))] = ""
     cmd_timeout: int = Field(120, ge=1)
-    status_polling_interval: int | None = Field(None, ge=1, description="seconds between "
-                                                "qstat calls; Parsl's default is 60")
-
-    @property
-    def scheduler(self) -> str:
-        return "pbspro"
 
 
 class LocalProvider(_Provider):
@@ -325,13 +328,22 @@ class SiteProfile(StrictModel):
 
     @model_validator(mode="after")
     def _driver_options_match_scheduler(self):
-        prefix = {"slurm": "#SBATCH", "pbspro": "#PBS"}.get(self.scheduler)
+        prefix = SCHEDULERS[self.scheduler].directive_prefix
         if prefix:
             try:
                 _directive_lines(prefix)(self.driver.scheduler_options)
             except ValueError as exc:
                 raise ValueError(f"driver.scheduler_options: {exc}") from None
         return self
+
+    def refuse_placeholders(self, doing: str) -> None:
+        """Stop with the list of keys to edit before ``doing`` something real on this site."""
+        from hpc_chat.errors import ProfileError
+
+        problems = self.placeholders()
+        if problems:
+            raise ProfileError(f"{self.source}: edit these placeholder values before {doing}:"
+                               f"\n  " + "\n  ".join(problems))
 
     def placeholders(self) -> list[str]:
         """Key paths whose values still look like template placeholders (``YOUR_ACCOUNT``)."""

@@ -23,6 +23,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from hpc_chat.errors import ProfileError, SubmitError
 from hpc_chat.paths import hpc_chat_home
+from hpc_chat.sites.schedulers import SCHEDULERS
 from hpc_chat.sites.schema import SiteProfile
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_.,@%+=/~-]+$")
@@ -37,7 +38,7 @@ def _env() -> SandboxedEnvironment:
 
 
 def _template(scheduler: str) -> str:
-    name = {"slurm": "driver.slurm.j2", "pbspro": "driver.pbs.j2"}.get(scheduler)
+    name = SCHEDULERS[scheduler].driver_template
     if name is None:
         raise ProfileError(f"site uses the {scheduler} provider: there is no batch driver job to "
                            f"submit; run 'hpc-chat batch' directly")
@@ -118,20 +119,17 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess:
 
 def submit_driver(profile: SiteProfile, job: DriverJob) -> DriverJob:
     """Write the script next to its log and submit it; records the job for status/cancel."""
-    problems = profile.placeholders()
-    if problems:
-        raise ProfileError(f"{profile.source}: edit these placeholder values before "
-                           f"submitting:\n  " + "\n  ".join(problems))
+    profile.refuse_placeholders("submitting")
     script_path = Path(job.log).with_suffix(".sh")
     script_path.write_text(job.script)
     script_path.chmod(0o700)
-    argv = (["sbatch", "--parsable", str(script_path)] if job.scheduler == "slurm"
-            else ["qsub", str(script_path)])
+    scheduler = SCHEDULERS[job.scheduler]
+    argv = [*scheduler.submit_command, str(script_path)]
     proc = _run(argv)
     if proc.returncode != 0:
         raise SubmitError("the scheduler refused the driver job", command=shlex.join(argv),
                           retcode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
-    job_id = proc.stdout.strip().split(";")[0].strip()
+    job_id = scheduler.job_id(proc.stdout)
     if not job_id:
         raise SubmitError("no job id in the scheduler's answer", command=shlex.join(argv),
                           retcode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
@@ -172,26 +170,21 @@ def find_job(job_id: str | None) -> dict:
 def job_state(job: dict) -> str:
     """The scheduler's word for the job now (PENDING, RUNNING, COMPLETED, ...); a pending
     Slurm job also says why, as squeue does: ``PENDING (Priority)``."""
-    if job["scheduler"] == "slurm":
-        proc = _run(["squeue", "-h", "-j", job["job_id"], "-o", "%T %r"])
-        state, _, reason = proc.stdout.strip().partition(" ")
-        if proc.returncode == 0 and state:
-            return f"{state} ({reason})" if state == "PENDING" and reason else state
-        proc = _run(["scontrol", "show", "job", job["job_id"]])
-        match = re.search(r"JobState=(\S+)", proc.stdout)
-        return match.group(1) if match else "FINISHED (no longer known to Slurm)"
-    proc = _run(["qstat", "-x", "-f", "-F", "json", job["job_id"]])
-    try:
-        jobs = json.loads(proc.stdout)["Jobs"]
-        code = next(iter(jobs.values()))["job_state"]
-    except (json.JSONDecodeError, KeyError, StopIteration):
-        return "UNKNOWN (qstat gave no answer)"
-    return {"Q": "QUEUED", "R": "RUNNING", "F": "FINISHED", "H": "HELD", "E": "EXITING"}.get(
-        code, code)
+    scheduler = SCHEDULERS[job["scheduler"]]
+    queued = _run([*scheduler.queue_command, job["job_id"]]).stdout \
+        if scheduler.queue_command else ""
+    state = scheduler.parse_state(queued, "")
+    if state is None and scheduler.show_command:
+        state = scheduler.parse_state("", _run([*scheduler.show_command, job["job_id"]]).stdout)
+    if state:
+        return state
+    if scheduler.show_command:
+        return f"FINISHED (no longer known to {scheduler.name})"
+    return f"UNKNOWN ({scheduler.queue_command[0]} gave no answer)"
 
 
 def cancel_job(job: dict) -> None:
-    argv = ["scancel", job["job_id"]] if job["scheduler"] == "slurm" else ["qdel", job["job_id"]]
+    argv = [*SCHEDULERS[job["scheduler"]].cancel_command, job["job_id"]]
     proc = _run(argv)
     if proc.returncode != 0:
         raise SubmitError(f"could not cancel job {job['job_id']}", command=shlex.join(argv),

@@ -7,9 +7,11 @@ import asyncio
 
 import pytest
 
-from hpc_chat.llm.batched import BatchedEngine, GenRequest
-from hpc_chat.llm.engine import PromptTooLongError, get_engine
+from hpc_chat.errors import PromptTooLongError
+from hpc_chat.llm.batched import BatchedEngine
 from hpc_chat.llm.models import ModelSpec, resolve_model
+from hpc_chat.llm.registry import get_engine
+from hpc_chat.llm.request import GenRequest
 from hpc_chat.workflow import ParslChatWorkflow
 
 pytestmark = pytest.mark.model

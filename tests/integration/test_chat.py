@@ -101,7 +101,7 @@ def test_ctrl_c_while_starting_ends_cleanly(fast):
 
 
 def test_logic_imports_no_parsl():
-    code = ("import sys, hpc_chat.apps.logic, hpc_chat.agents; "
+    code = ("import sys, hpc_chat.worker.chat, hpc_chat.agents; "
             "print('parsl' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False"

@@ -2,11 +2,12 @@
 
 import pytest
 
-from hpc_chat.apps.logic import process_chat_message
-from hpc_chat.core.agent import AgentConfig
-from hpc_chat.llm import engine as engine_mod
-from hpc_chat.llm.engine import PromptTooLongError, get_engine
+from hpc_chat.agents.config import AgentConfig
+from hpc_chat.errors import PromptTooLongError
+from hpc_chat.llm import registry
 from hpc_chat.llm.models import ModelSpec, resolve_model
+from hpc_chat.llm.registry import get_engine
+from hpc_chat.worker.chat import process_chat_message
 
 pytestmark = pytest.mark.model
 
@@ -64,13 +65,13 @@ def test_personas_answer_differently():
 
 
 def test_model_loads_once_across_many_calls(spec):
-    engine_mod.clear_cache()
+    registry.clear_cache()
     loaded = []
     for i in range(12):
         out = process_chat_message(agent_dict(i=3), f"Say the number {i}.",
                                    {"options": {"seed": i, "max_tokens": 4}})
         loaded.append(out["timings"]["model_loaded_now"])
-    info = engine_mod.cache_info()
+    info = registry.cache_info()
     assert loaded == [True] + [False] * 11
     assert info["misses"] == 1 and info["hits"] == 11
     assert len(info["loaded"]) == 1

@@ -22,8 +22,8 @@ def test_worker_killed_mid_batch_every_request_answered_once(fixtures, tmp_path)
     """SIGKILL the worker process that just answered, in the middle of a 30-request batch:
     its in-flight task is lost, retried, and every prompt appears exactly once, answered.
     Each answer takes 1 s (the echo model), so the worker is busy with its next one."""
-    from hpc_chat.batch import OutputWriter, read_batch
-    from hpc_chat.cli import _run_batch
+    from hpc_chat.batchfile import OutputWriter, read_batch
+    from hpc_chat.batchrun import answer_all
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"Say something short about the number {i}.\n"
@@ -47,8 +47,8 @@ def test_worker_killed_mid_batch_every_request_answered_once(fixtures, tmp_path)
         await wf.initialize(str(fixtures / "workflows" / "fast.yml"))
         writer = KillingWriter(out, resume=False)
         try:
-            failed = await _run_batch(wf, read_batch(prompts), writer, agents=None,
-                                      options={"max_tokens": 16}, already_failed=0)
+            failed = await answer_all(wf, read_batch(prompts), writer, agents=None,
+                                      options={"max_tokens": 16})
             return failed, await wf.get_parsl_stats()
         finally:
             writer.close()

@@ -15,12 +15,12 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from hpc_chat.apps.remote import remote_chat
+from hpc_chat.agents.config import AgentConfig
 from hpc_chat.cli import cli
-from hpc_chat.core.agent import AgentConfig
 from hpc_chat.errors import InputError
 from hpc_chat.globus.client import GlobusAuthError, make_client
 from hpc_chat.globus.executor import GlobusComputeExecutor
+from hpc_chat.worker.remote import remote_chat
 
 pytestmark = pytest.mark.model
 
@@ -178,8 +178,8 @@ def test_batch_through_an_endpoint_results_failures_and_stats(fake_sdk, fast, tm
 
 
 def test_resume_fetches_finished_results_instead_of_recomputing(fake_sdk, fast, tmp_path):
-    from hpc_chat.batch import OutputWriter, read_batch
-    from hpc_chat.cli import _run_batch
+    from hpc_chat.batchfile import OutputWriter, read_batch
+    from hpc_chat.batchrun import answer_all
     from hpc_chat.workflow import ParslChatWorkflow
 
     prompts = tmp_path / "in.jsonl"
@@ -201,8 +201,7 @@ def test_resume_fetches_finished_results_instead_of_recomputing(fake_sdk, fast, 
 
         writer.write = write
         try:
-            await _run_batch(wf, read_batch(prompts), writer, agents=None, options={},
-                             already_failed=0)
+            await answer_all(wf, read_batch(prompts), writer, agents=None, options={})
         except KeyboardInterrupt:
             pass
         finally:

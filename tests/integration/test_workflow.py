@@ -129,7 +129,8 @@ def test_everything_sent_to_workers_serializes(workflow):
     """What crosses to a worker is plain data plus an importable function."""
     from parsl.serialize import deserialize, serialize
 
-    from hpc_chat.apps.app import chat_task
+    from hpc_chat.worker.chat import process_chat_message
+    from hpc_chat.worker.tasks import chat_task
 
     agent = workflow.agents["creative_agent"].config.to_dict()
     context = {"history": [{"role": "user", "content": "hi"}], "options": {"seed": 1},
@@ -137,8 +138,8 @@ def test_everything_sent_to_workers_serializes(workflow):
     for obj in (agent, context, "message"):
         assert deserialize(serialize(obj)) == obj
     assert pickle.loads(pickle.dumps(chat_task)) is chat_task
-    result = workflow.agents["analytical_agent"].respond("Explain rain.",
-                                                         {"options": {"max_tokens": 4}})
+    result = process_chat_message(workflow.agents["analytical_agent"].config.to_dict(),
+                                  "Explain rain.", {"options": {"max_tokens": 4}})
     assert deserialize(serialize(result)) == result
 
 
@@ -207,7 +208,8 @@ def test_persistent_history_survives_a_new_workflow(fast_config, tmp_path):
 
 
 def _local():
-    from hpc_chat.core.executor import ExecutorConfig, LocalExecutor
+    from hpc_chat.executors.base import ExecutorConfig
+    from hpc_chat.executors.local import LocalExecutor
 
     return LocalExecutor(ExecutorConfig(executor_type="local", max_workers=1))
 

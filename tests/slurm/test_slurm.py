@@ -85,11 +85,14 @@ def test_sbatch_driver_script_runs_a_batch(mode, fast, tmp_path):
 
 def test_driver_script_fails_early_without_variables(tmp_path):
     log = tmp_path / "driver.log"
-    proc = subprocess.run(["sbatch", "--wait", f"--output={log}", "--export=NONE",
+    proc = subprocess.run(["sbatch", "--wait", f"--output={log}",
+                           f"--export=HPC_CHAT_BIN={VENV_BIN / 'hpc-chat'}",
                            str(REPO / "jobs" / "driver.sh")], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0
-    assert "set HPC_CHAT_SITE HPC_CHAT_INPUT HPC_CHAT_OUTPUT" in log.read_text()
+    text = " ".join(log.read_text().split())
+    assert "give INPUT (or set HPC_CHAT_INPUT) and -o OUTPUT (or set HPC_CHAT_OUTPUT)" in text
+    assert "Traceback" not in text
 
 
 def test_submit_status_and_output(fast, tmp_path):
@@ -196,5 +199,5 @@ def test_qsub_driver_pbs_runs_a_batch(pbs_path, fast, fixtures, tmp_path):
     state = wait_until(finished, 300, "the PBS driver job to finish", interval=1)
     log = (tmp_path / "pbs.log").read_text()
     assert state["Exit_status"] == 0, log
-    assert "driver.pbs: job " in log and ".pbs-emulator" in log
+    assert "hpc-chat batch: job " in log and ".pbs-emulator" in log
     assert sorted(answered(output)) == ["q0", "q1", "q2"]

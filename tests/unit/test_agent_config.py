@@ -2,7 +2,7 @@
 
 import pytest
 
-from hpc_chat.core.agent import AgentConfig
+from hpc_chat.agents.config import AgentConfig
 from hpc_chat.errors import ConfigError
 
 

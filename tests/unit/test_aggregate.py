@@ -1,6 +1,6 @@
 """Aggregation: one documented, deterministic rule; every answer kept in the metadata."""
 
-from hpc_chat.apps.logic import aggregate_responses
+from hpc_chat.agents.aggregate import aggregate_responses
 
 
 def resp(agent, content, tokens=5, cached=False):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hpc_chat.batch import (
+from hpc_chat.batchfile import (
     OutputWriter,
     answered_ids,
     id_key,
@@ -82,7 +82,7 @@ def test_resume_reads_last_line_per_id_and_skips_partial_lines(tmp_path):
 
 
 def read_batch_item(ident, prompt):
-    from hpc_chat.batch import BatchItem
+    from hpc_chat.batchfile import BatchItem
     return BatchItem(ident, prompt, 1, "bad")
 
 

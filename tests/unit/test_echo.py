@@ -9,14 +9,14 @@ import time
 
 import pytest
 
-from hpc_chat.apps.logic import process_chat_batch, process_chat_message
-from hpc_chat.core.agent import AgentConfig
+from hpc_chat.agents.config import AgentConfig
 from hpc_chat.errors import ModelNotFoundError, ProfileError
-from hpc_chat.llm.batched import GenRequest, get_batched_engine
 from hpc_chat.llm.echo import EchoPace, parse_echo
-from hpc_chat.llm.engine import get_engine
 from hpc_chat.llm.models import ModelSpec, model_location, resolve_model
+from hpc_chat.llm.registry import get_batched_engine, get_engine
+from hpc_chat.llm.request import GenRequest
 from hpc_chat.sites.registry import load_profile
+from hpc_chat.worker.chat import process_chat_batch, process_chat_message
 
 AGENT = AgentConfig.model_validate({
     "name": "echoer", "config": {"model": "echo", "system_prompt": "You repeat things.",
@@ -129,7 +129,8 @@ def test_a_profile_may_name_echo_and_bad_options_name_the_key(tmp_path):
 
 
 def test_workflow_with_echo_keeps_history_and_statistics(fixtures, tmp_path):
-    from hpc_chat.core.executor import ExecutorConfig, LocalExecutor
+    from hpc_chat.executors.base import ExecutorConfig
+    from hpc_chat.executors.local import LocalExecutor
     from hpc_chat.workflow import ParslChatWorkflow
 
     async def go():

@@ -4,9 +4,8 @@ import pytest
 from parsl.app.errors import AppTimeout
 from parsl.executors.high_throughput.errors import WorkerLost
 
-from hpc_chat.apps.retry import is_retryable, make_retry_handler
-from hpc_chat.errors import ConfigError, ModelNotFoundError
-from hpc_chat.llm.engine import GenerationError, PromptTooLongError
+from hpc_chat.errors import ConfigError, GenerationError, ModelNotFoundError, PromptTooLongError
+from hpc_chat.worker.retry import is_retryable, make_retry_handler
 
 
 @pytest.mark.parametrize("exc, retry", [

@@ -2,8 +2,8 @@
 
 import pytest
 
+from hpc_chat.agents.config import AgentConfig
 from hpc_chat.agents.routing import keyword_hits, keyword_score, route
-from hpc_chat.core.agent import AgentConfig
 
 
 def agent(name, keywords, threshold=0.7):

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from hpc_chat.core.stats import RequestRecord, summarize
 from hpc_chat.errors import InputError
+from hpc_chat.stats import RequestRecord, summarize
 
 OUTPUT_KEYS = ("id", "prompt", "ok", "response", "agents", "latency_s", "completion_tokens",
                "error")

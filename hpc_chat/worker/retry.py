@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpc_chat.errors import ConfigError
-from hpc_chat.llm.engine import PromptTooLongError
+from hpc_chat.errors import ConfigError, PromptTooLongError
 
 NOT_RETRYABLE = (ConfigError, PromptTooLongError, ValueError, TypeError)
 

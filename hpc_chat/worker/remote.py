@@ -10,6 +10,6 @@ as in a Parsl worker: an endpoint worker loads each model once.
 def remote_chat(agent_config, message, context, walltime=None, retry_attempts=0):
     """``process_chat_message`` on an endpoint worker (``walltime``/``retry_attempts`` are
     accepted for the same call shape as Parsl tasks; the endpoint's own limits apply)."""
-    from hpc_chat.apps.logic import process_chat_message
+    from hpc_chat.worker.chat import process_chat_message
 
     return process_chat_message(agent_config, message, context)

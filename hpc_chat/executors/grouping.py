@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from hpc_chat.apps.app import chat_batch_task
+from hpc_chat.worker.tasks import chat_batch_task
 
 
 class RequestBatcher:

@@ -5,8 +5,8 @@ import stat
 
 import pytest
 
-from hpc_chat.core.data_unit import DataUnitConfig, DataUnitMemory, DataUnitSQLite, bound_turns
 from hpc_chat.errors import HistoryError
+from hpc_chat.history import HistoryConfig, MemoryHistory, SQLiteHistory, bound_turns
 
 
 def test_bound_turns_keeps_recent_pairs_and_token_budget():
@@ -19,7 +19,7 @@ def test_bound_turns_keeps_recent_pairs_and_token_budget():
 
 
 def test_memory_unit_round_trip(run):
-    unit = DataUnitMemory(DataUnitConfig(max_turns=1))
+    unit = MemoryHistory(HistoryConfig(max_turns=1))
     run(unit.append("c", "user", "hello"))
     run(unit.append("c", "assistant", "hi", agent="a"))
     run(unit.append("c", "user", "again"))
@@ -29,15 +29,15 @@ def test_memory_unit_round_trip(run):
 
 def test_sqlite_persists_across_instances_with_private_permissions(tmp_path, run):
     path = tmp_path / "private" / "history.db"
-    cfg = DataUnitConfig(data_type="sqlite", path=str(path))
-    unit = DataUnitSQLite(cfg)
+    cfg = HistoryConfig(data_type="sqlite", path=str(path))
+    unit = SQLiteHistory(cfg)
     run(unit.initialize())
     run(unit.append("proj", "user", "q1"))
     run(unit.append("proj", "assistant", "a1", agent="balanced_agent", completion_tokens=3))
     run(unit.close())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    again = DataUnitSQLite(cfg)
+    again = SQLiteHistory(cfg)
     run(again.initialize())
     msgs = run(again.messages("proj"))
     assert [(m["role"], m["content"], m["agent"]) for m in msgs] == [
@@ -49,7 +49,7 @@ def test_sqlite_persists_across_instances_with_private_permissions(tmp_path, run
 
 
 def test_default_location_is_hpc_chat_home(hpc_home, run):
-    unit = DataUnitSQLite()
+    unit = SQLiteHistory()
     assert unit.path == hpc_home / "history.db"
 
 
@@ -57,7 +57,7 @@ def test_corrupt_database_is_a_clear_error_and_untouched(tmp_path, run):
     path = tmp_path / "history.db"
     garbage = b"this is not sqlite" * 100
     path.write_bytes(garbage)
-    unit = DataUnitSQLite(DataUnitConfig(data_type="sqlite", path=str(path)))
+    unit = SQLiteHistory(HistoryConfig(data_type="sqlite", path=str(path)))
     with pytest.raises(HistoryError, match="corrupt.*move it aside"):
         run(unit.initialize())
     assert path.read_bytes() == garbage
@@ -65,7 +65,7 @@ def test_corrupt_database_is_a_clear_error_and_untouched(tmp_path, run):
 
 def test_locked_database_is_a_clear_error(tmp_path, run):
     path = tmp_path / "history.db"
-    unit = DataUnitSQLite(DataUnitConfig(data_type="sqlite", path=str(path)))
+    unit = SQLiteHistory(HistoryConfig(data_type="sqlite", path=str(path)))
     run(unit.initialize())
     unit._db.execute("PRAGMA busy_timeout = 100")
     other = sqlite3.connect(path)

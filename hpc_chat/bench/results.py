@@ -1,0 +1,156 @@
+"""The schema of ``results.json``: what the benchmark suite measured, typed.
+
+The report (:mod:`hpc_chat.bench.report`) reads only these models, so a figure the suite does
+not produce cannot appear in the report, and an older or hand-edited results file that lacks
+one fails with the key that is missing. Every ``runs`` list keeps each repeat's raw numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Meta(_Model):
+    date: str
+    cores: int
+    repeats: int
+    requests: int
+    overhead_requests: int
+    max_tokens: int
+    model_bytes: int
+    machine: str = "an unrecorded machine"  # CPU model and host, as the suite saw them
+
+
+class Rate(_Model):
+    """One measured run shape (medians over the repeats)."""
+
+    wall_s: float
+    tok_s: float
+    req_s: float
+    tokens: int | None = None
+    runs: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class WorkflowRate(Rate):
+    first_latency_s: float | None = None
+    steady_latency_s: float | None = None
+    model_loads: float | None = None
+    workers_seen: float | None = None
+    blocks: float | None = None
+
+
+class Config(WorkflowRate):
+    workers: int
+    threads: int
+    batch: int
+    vs_direct: float
+
+    @property
+    def label(self) -> str:
+        mode = f"batched x{self.batch}" if self.batch > 1 else "unbatched"
+        return f"{self.workers} worker x {self.threads} thread, {mode}"
+
+
+class Stubbed(_Model):
+    p50_ms: float
+    p95_ms: float
+    tasks_s: float
+
+
+class Overhead(_Model):
+    direct: Rate
+    workflow: WorkflowRate
+    ratio: float
+    per_request_ms: float
+    stubbed: Stubbed
+
+
+class NativeWidth(_Model):
+    tg_tok_s: float
+    pp_tok_s: float
+    tok_s: float
+
+
+class NativeBatched(_Model):
+    """llama.cpp's ``llama-batched-bench``: figures by number of sequences."""
+
+    prompt_tokens: int
+    widths: dict[int, NativeWidth]
+    runs: list[dict[str, Any]] = Field(default_factory=list)
+
+    def gain(self) -> tuple[int, float] | None:
+        """The best width and its end-to-end gain over one sequence."""
+        if 1 not in self.widths or len(self.widths) < 2:
+            return None
+        top = max(self.widths, key=lambda k: self.widths[k].tok_s)
+        return top, self.widths[top].tok_s / self.widths[1].tok_s
+
+
+class Throughput(_Model):
+    direct: Rate
+    configs: list[Config]
+    llama_server: Rate | None = None
+    llama_batched_bench: NativeBatched | None = None
+    llama_server_note: str | None = None
+
+    @property
+    def best(self) -> Config:
+        return max(self.configs, key=lambda c: c.tok_s)
+
+
+class Decode(_Model):
+    """The batched engine's own counters (:class:`hpc_chat.llm.batched.DecodeProfile`)."""
+
+    wall_s: float
+    decode_s: float
+    sample_s: float
+    prefix_s: float
+    prefix_tokens: int
+    prompt_tokens: int
+    generated_tokens: int
+    n_seq: int
+    tok_s: float
+    ms_per_token_by_batch: dict[int, float]
+
+    @property
+    def other_s(self) -> float:
+        return self.wall_s - self.decode_s - self.prefix_s - self.sample_s
+
+
+class Profile(_Model):
+    batched: Decode
+    single: Decode
+
+
+class WarmStart(_Model):
+    first_latency_s: float
+    steady_latency_s: float
+    model_loads_per_worker: float
+
+
+class SlurmRate(WorkflowRate):
+    config: list[int]
+    vs_local: float
+
+
+class Limit(_Model):
+    copy_gb_s: float
+    ceiling_tok_s: float
+    single_stream_tok_s: float
+    fraction: float
+
+
+class BenchResults(_Model):
+    meta: Meta
+    overhead: Overhead
+    throughput: Throughput
+    warm_start: WarmStart
+    slurm: SlurmRate | None = None
+    limit: Limit
+    profile: Profile | None = None

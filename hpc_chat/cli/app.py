@@ -1,0 +1,151 @@
+"""The ``hpc-chat`` group, its error handling, the shared options and the workflow session.
+
+Exit codes: 0 success; 1 some requests failed; 2 usage or configuration error (the message names
+the file and key); 130/143 interrupted (SIGINT/SIGTERM; everything finished is already saved).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+
+from hpc_chat import __version__
+from hpc_chat.errors import HpcChatError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CliError(click.ClickException):
+    """A user-facing error: message only, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        err_console.print(f"[bold red]error:[/] {self.format_message()}", highlight=False,
+                          markup=True, soft_wrap=True)
+
+
+class HpcChatGroup(click.Group):
+    """Turns :class:`HpcChatError` into a clean message and exit code 2, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except HpcChatError as exc:
+            raise CliError(str(exc)) from None
+        except KeyboardInterrupt:  # e.g. Ctrl-C while workers start; Parsl is already down
+            err_console.print("interrupted")
+            sys.exit(130)
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+def raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+class Session:
+    """One event loop and one initialized workflow for the length of a command.
+
+    The loop is driven from the main thread with ``run_until_complete`` so that ``input()``,
+    readline and Ctrl-C behave as users expect in ``hpc-chat chat``; Parsl runs in its own
+    threads and processes regardless.
+    """
+
+    def __init__(self, config: str | None, site: str | None, *, quiet: bool = False,
+                 allocation: bool = False, wait_for_workers: bool = False,
+                 endpoint: str | None = None, globus_state: str | None = None,
+                 model: str | None = None):
+        from hpc_chat.workflow import ParslChatWorkflow
+
+        self.config, self.quiet, self.wait = config, quiet, wait_for_workers
+        self.loop = asyncio.new_event_loop()
+        self.workflow = ParslChatWorkflow(site=site, allocation=allocation, endpoint=endpoint,
+                                          globus_state=globus_state, model=model)
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def __enter__(self) -> Session:
+        try:
+            with contextlib.nullcontext() if self.quiet else \
+                    err_console.status("Starting Parsl workers..."):
+                self.run(self.workflow.initialize(self.config))
+                if self.wait:  # interactive commands: the spinner covers worker start-up
+                    self.run(self.workflow.wait_for_workers())
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        try:
+            self.run(self.workflow.shutdown())
+        finally:
+            self.loop.close()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def agents_list(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [a.strip() for a in value.split(",") if a.strip()]
+
+
+common_options = [
+    click.option("--config", "config", default=None, metavar="PATH",
+                 help="Workflow YAML (default: the packaged ParslChatWorkflow.yml)."),
+    click.option("--site", default=None, metavar="NAME", envvar="HPC_CHAT_SITE",
+                 help="Site profile to run on (default: $HPC_CHAT_SITE, else the workflow's, "
+                      "i.e. local)."),
+    click.option("--endpoint", default=None, metavar="UUID",
+                 help="Run on this Globus Compute endpoint instead of Parsl workers."),
+    click.option("--in-allocation", "allocation", is_flag=True,
+                 help="Inside a batch job: start workers on this job's nodes with the site's "
+                      "launcher instead of submitting pilot jobs."),
+    click.option("--agents", default=None, metavar="A,B",
+                 help="Ask these agents instead of routing by keywords."),
+    click.option("--seed", type=int, default=None, help="Sampling seed (reproducible answers)."),
+    click.option("--max-tokens", type=click.IntRange(1, 32768), default=None,
+                 help="Cap on generated tokens per agent."),
+    click.option("--model", default=None, metavar="NAME", envvar="HPC_CHAT_MODEL",
+                 help="Every agent uses this model: a name, an alias, a .gguf path, or 'echo' "
+                      "(the built-in test model, e.g. 'echo?tokens=64&token_s=0.05'). "
+                      "Default: $HPC_CHAT_MODEL, else each agent's own."),
+]
+
+
+def with_common(fn):
+    for option in reversed(common_options):
+        fn = option(fn)
+    return fn
+
+
+def generation_options(seed, max_tokens) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if seed is not None:
+        opts["seed"] = seed
+    if max_tokens is not None:
+        opts["max_tokens"] = max_tokens
+    return opts
+
+
+@click.group(cls=HpcChatGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hpc-chat")
+@click.option("--debug", is_flag=True, help="Debug logging (hpc_chat, Parsl, llama.cpp).")
+def cli(debug: bool) -> None:
+    """Multi-agent chat with local LLMs on HPC allocations, through Parsl."""
+    from hpc_chat.logs import set_debug_mode
+
+    set_debug_mode(debug)

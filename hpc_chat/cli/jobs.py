@@ -1,0 +1,127 @@
+"""Driver jobs (``submit``, ``status``, ``cancel``) and the benchmark suite (``bench``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from hpc_chat.cli.app import CliError, cli, console, err_console
+from hpc_chat.errors import HpcChatError
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--site", required=True, metavar="NAME", help="Site profile.")
+@click.option("--dry-run", is_flag=True, help="Print the driver job script; submit nothing.")
+@click.option("--config", default=None, metavar="PATH", help="Workflow YAML for the driver.")
+@click.option("--agents", default=None, metavar="A,B", help="Passed to hpc-chat batch.")
+@click.option("--seed", type=int, default=None, help="Passed to hpc-chat batch.")
+@click.option("--model", default=None, metavar="NAME", help="Passed to hpc-chat batch.")
+def submit(input_path, output, site, dry_run, config, agents, seed, model):
+    """Submit a batch as a driver job (sbatch/qsub) on SITE."""
+    from hpc_chat.sites.registry import load_profile
+    from hpc_chat.sites.submit import render_driver_script, submit_driver
+
+    profile = load_profile(site)
+    extra = []
+    if config:
+        extra += ["--config", str(Path(config).resolve())]
+    if agents:
+        extra += ["--agents", agents]
+    if seed is not None:
+        extra += ["--seed", str(seed)]
+    if model:
+        extra += ["--model", model]
+    job = render_driver_script(profile, input_path, output, extra_args=extra)
+    if dry_run:
+        click.echo(job.script)
+        return
+    job = submit_driver(profile, job)
+    console.print(f"submitted job [bold]{job.job_id}[/] on {profile.name} ({job.scheduler})",
+                  highlight=False)
+    console.print(f"  output: {job.output}\n  log:    {job.log}\n"
+                  f"  follow: hpc-chat status {job.job_id}", highlight=False)
+
+
+@cli.command()
+@click.argument("job_id", required=False)
+def status(job_id):
+    """State of a job from 'hpc-chat submit' (default: the latest) and its progress."""
+    from hpc_chat.batchfile import answered_ids, read_batch
+    from hpc_chat.sites.submit import find_job, job_state
+
+    job = find_job(job_id)
+    state = job_state(job)
+    done = len(answered_ids(job["output"])) if Path(job["output"]).exists() else 0
+    try:
+        total = len(read_batch(job["input"]))
+    except HpcChatError:
+        total = None
+    table = Table("job", "site", "state", "answered", "output", "log")
+    table.add_row(job["job_id"], job["site"], state,
+                  f"{done}/{total}" if total is not None else str(done), job["output"],
+                  job["log"])
+    console.print(table)
+
+
+@cli.command()
+@click.argument("job_id", required=False)
+def cancel(job_id):
+    """Cancel a job from 'hpc-chat submit' (default: the latest)."""
+    from hpc_chat.sites.submit import cancel_job, find_job
+
+    job = find_job(job_id)
+    cancel_job(job)
+    console.print(f"cancelled job {job['job_id']}; answers so far stay in {job['output']} "
+                  f"(resubmit to resume)", highlight=False)
+
+
+@cli.command()
+@click.option("--repeats", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Runs per figure (the median is reported).")
+@click.option("--requests", "n_requests", type=click.IntRange(8, 1000), default=32,
+              show_default=True, help="Requests in the throughput batch.")
+@click.option("--results-dir", default="bench-results", show_default=True,
+              type=click.Path(file_okay=False),
+              help="Where results.json, performance.md and performance.png go.")
+@click.option("--update-docs", is_flag=True,
+              help="Also write docs/performance.md, its plot and the README headline of the "
+                   "hpc_chat checkout in this directory (what `make bench` does).")
+@click.option("--no-slurm", is_flag=True, help="Skip the local-Slurm case.")
+@click.option("--report-only", is_flag=True,
+              help="Rewrite the report from RESULTS_DIR/results.json without measuring.")
+def bench(repeats, n_requests, results_dir, update_docs, no_slurm, report_only):
+    """Run the benchmark suite; write results JSON, a report (performance.md) and its plot."""
+    from hpc_chat.bench.report import plotting_problem, typed, verdicts, write_report
+    from hpc_chat.bench.suite import run_suite
+
+    docs, readme = Path(results_dir), None
+    if update_docs:
+        docs, readme = Path("docs"), Path("README.md")
+        if not (docs.is_dir() and readme.is_file()):
+            raise CliError("--update-docs writes docs/ and README.md of an hpc_chat checkout: "
+                           "run it from the checkout's top directory")
+    if report_only:
+        saved = Path(results_dir) / "results.json"
+        if not saved.is_file():
+            raise CliError(f"{saved}: no results to report; run 'hpc-chat bench' first")
+        try:
+            res = typed(json.loads(saved.read_text()))
+        except (ValueError, HpcChatError) as exc:
+            raise CliError(f"{saved}: not a results file of this version: "
+                           f"{str(exc).splitlines()[0]}") from None
+    else:
+        problem = plotting_problem()
+        if problem:  # say so before minutes of measuring, not after
+            err_console.print(f"note: {problem}; the report will have no plot", highlight=False)
+        res = run_suite(repeats=repeats, requests=n_requests, slurm=not no_slurm,
+                        log=lambda text: err_console.print(text, highlight=False))
+    for path in write_report(res, Path(results_dir), docs, readme):
+        console.print(f"wrote {path}", highlight=False)
+    for desc, value, bound, ok in verdicts(res):
+        console.print(f"{'[green]met[/]' if ok else '[red]missed[/]'} {desc}: {value:.3g} "
+                      f"(target {bound})", highlight=False)

@@ -1,0 +1,92 @@
+"""How results, conversations, agents and statistics are printed."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.table import Table
+
+from hpc_chat.cli.app import console, err_console
+
+
+def render_result(ident: Any, result: dict[str, Any]):
+    from rich.panel import Panel
+    from rich.text import Text
+
+    body = Text(result["response"] if result["ok"] else f"failed: {result['error']}")
+    agents = ", ".join(result["agents"]) or "-"
+    return Panel(body, title=Text(f"{ident}: {result['prompt']}"),
+                 subtitle=f"{agents} · {result['latency_s']:.1f} s · "
+                          f"{result['completion_tokens']} tokens",
+                 title_align="left", subtitle_align="right")
+
+
+def print_result(result: dict[str, Any]) -> None:
+    if result["ok"]:
+        console.print(result["response"], highlight=False, markup=False)
+        detail = ", ".join(
+            f"{r['agent']}" + (" (cached)" if r.get("cached") else "")
+            for r in result["responses"] if not r.get("error"))
+        console.print(f"[dim]{detail} · {result['latency_s']:.2f} s · "
+                      f"{result['completion_tokens']} tokens[/]")
+    else:
+        err_console.print(f"[bold red]failed:[/] {result['error']}", highlight=False)
+
+
+def print_agents(workflow) -> None:
+    table = Table("agent", "temperature", "threshold", "keywords", "description")
+    for agent in workflow.agents.values():
+        c = agent.config.config
+        table.add_row(agent.name, str(c.temperature), str(c.collaboration.delegation_threshold),
+                      ", ".join(c.collaboration.specialization_keywords), agent.description)
+    console.print(table)
+
+
+def print_conversation(messages: list[dict[str, Any]]) -> None:
+    if not messages:
+        console.print("[dim](no messages)[/]")
+    for m in messages:
+        who = "you" if m["role"] == "user" else (m.get("agent") or "assistant")
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(m["created_at"]))
+        console.print(f"[bold]{who}[/] [dim]{stamp}[/]")
+        console.print(m["content"], highlight=False, markup=False)
+        console.print()
+
+
+def print_stats(perf: dict[str, Any], parsl_stats: dict[str, Any] | None = None,
+                 title: str = "Statistics") -> None:
+    table = Table("metric", "value", title=title)
+    rows = [
+        ("requests (ok / failed)", f"{perf['successful_requests']} / {perf['failed_requests']}"),
+        ("response time avg / min / max", f"{perf['avg_response_time']:.2f} / "
+                                          f"{perf['min_response_time']:.2f} / "
+                                          f"{perf['max_response_time']:.2f} s"),
+        ("response time p50 / p95", f"{perf['p50_response_time']:.2f} / "
+                                    f"{perf['p95_response_time']:.2f} s"),
+        ("throughput", f"{perf['throughput']:.2f} req/s"),
+        ("generated tokens", f"{perf['completion_tokens']} ({perf['tokens_per_s']:.1f} tok/s)"),
+        ("wall time", f"{perf['wall_time']:.2f} s"),
+    ]
+    if "cache_hits" in perf:
+        rows.append(("cache hits", str(perf["cache_hits"])))
+    if perf.get("model_loads"):
+        rows.append(("model loads", str(perf["model_loads"])))
+    for agent, n in sorted(perf.get("agent_answers", {}).items()):
+        rows.append((f"answers by {agent}", str(n)))
+    if parsl_stats:
+        rows += [("parsl workers", str(parsl_stats.get("active_workers", 0))),
+                 ("parsl blocks", str(parsl_stats.get("blocks", 0))),
+                 ("parsl tasks done / failed / retried",
+                  f"{parsl_stats.get('completed_tasks', 0)} / "
+                  f"{parsl_stats.get('failed_tasks', 0)} / "
+                  f"{parsl_stats.get('retried_tasks', 0)}")]
+    for k, v in rows:
+        table.add_row(k, v)
+    err_console.print(table)
+
+
+def warn_placeholders(profile, before: str) -> None:
+    """List the profile's placeholder values still to edit (on stderr)."""
+    for problem in profile.placeholders():
+        err_console.print(f"[yellow]to edit before {before}:[/] {problem}", highlight=False)

@@ -1,0 +1,1 @@
+"""Where chat tasks run: the executor interface, Parsl, local threads, and request grouping."""

@@ -1,0 +1,77 @@
+"""One place that chooses and builds the executor for a workflow.
+
+From the workflow settings, the site profile, ``--endpoint`` and ``--in-allocation``: a Globus
+Compute endpoint, local threads (debugging) or Parsl workers whose ``Config`` the site profile
+builds (:func:`hpc_chat.sites.build.build_config`, the only Parsl config builder).
+"""
+
+from __future__ import annotations
+
+from hpc_chat.errors import ConfigError
+from hpc_chat.executors.base import ChatExecutor, ExecutorConfig
+from hpc_chat.sites.schema import SiteProfile
+from hpc_chat.workflow_config import LoadedWorkflow, WorkflowSettings
+
+
+def make_executor(loaded: LoadedWorkflow, profile: SiteProfile | None, *,
+                  endpoint: str | None = None, allocation: bool = False,
+                  globus_state: str | None = None) -> ChatExecutor:
+    settings = loaded.settings
+    if endpoint or settings.executor.is_globus:
+        from hpc_chat.globus.executor import GlobusComputeExecutor
+
+        return GlobusComputeExecutor(endpoint or settings.executor.endpoint_id,
+                                     state_path=globus_state)
+    config = ExecutorConfig(executor_type=settings.executor.type,
+                            max_workers=settings.executor.max_workers,
+                            timeout=settings.executor.timeout)
+    if config.executor_type == "local":
+        from hpc_chat.executors.local import LocalExecutor
+
+        return LocalExecutor(config)
+    from hpc_chat.executors.parsl import ParslExecutor
+    from hpc_chat.worker.retry import make_retry_handler
+
+    budget = max((a.config.performance.retry_attempts for a in loaded.agents), default=0)
+    config.parsl_config = build_parsl_config(
+        profile, settings, allocation=allocation, retries=budget,
+        retry_handler=make_retry_handler(budget) if budget else None)
+    return ParslExecutor(config)
+
+
+def build_parsl_config(profile: SiteProfile, settings: WorkflowSettings, *,
+                       allocation: bool = False, retries: int = 0, retry_handler=None):
+    """The Parsl ``Config`` for a site profile and the workflow's ``parsl`` section.
+
+    The workflow's ``executor.max_workers`` applies when the profile leaves
+    ``max_workers_per_node`` unset; its ``parsl.heartbeat_*`` override the profile's when set.
+    """
+    from hpc_chat.sites.build import build_config
+
+    memoizer = None
+    if settings.parsl.checkpoint_mode:
+        from parsl.dataflow.memoization import BasicMemoizer
+
+        memoizer = BasicMemoizer(checkpoint_mode=settings.parsl.checkpoint_mode)
+    monitoring = None
+    if settings.parsl.monitoring:
+        try:
+            from parsl.monitoring import MonitoringHub
+
+            monitoring = MonitoringHub(hub_address="127.0.0.1")
+        except ImportError as exc:
+            raise ConfigError(f"parsl.monitoring: true needs Parsl's monitoring extra "
+                              f"(pip install 'parsl[monitoring]'): {exc}") from None
+    hb = settings.parsl
+    heartbeat = None
+    if hb.heartbeat_period or hb.heartbeat_threshold:
+        heartbeat = (hb.heartbeat_period or profile.executor.heartbeat_period,
+                     hb.heartbeat_threshold or profile.executor.heartbeat_threshold)
+    try:
+        return build_config(profile, allocation=allocation,
+                            max_workers=settings.executor.max_workers, retries=retries,
+                            retry_handler=retry_handler, memoizer=memoizer,
+                            monitoring=monitoring, heartbeat=heartbeat)
+    except Exception as exc:  # e.g. address_by_interface for a missing interface
+        raise ConfigError(f"{profile.source}: cannot build the Parsl configuration: "
+                          f"{type(exc).__name__}: {exc}") from None

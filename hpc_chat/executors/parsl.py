@@ -1,0 +1,213 @@
+"""``ParslExecutor``: submit Python functions to Parsl and await them from asyncio.
+
+Each executor owns its own Parsl ``DataFlowKernel`` (never the global one that ``parsl.load``
+manages), so several workflows in one process do not fight over Parsl, and ``shutdown()`` stops
+exactly what ``initialize()`` started: the interchange, the worker pools and the blocks.
+
+It is never silently replaced by local threads (:mod:`hpc_chat.executors.local`): when Parsl
+fails to start, the user gets an :class:`ExecutorError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from hpc_chat.errors import ExecutorError
+from hpc_chat.executors.base import ExecutorConfig
+from hpc_chat.worker.tasks import chat_task
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 20.0
+
+
+class ParslExecutor:
+    """Parsl behind an asyncio interface (a :class:`~hpc_chat.executors.base.ChatExecutor`)."""
+
+    chat_function = staticmethod(chat_task)
+    supports_batching = True
+
+    def __init__(self, config: ExecutorConfig | None = None, *, parsl_config: Any = None):
+        self.config = config or ExecutorConfig()
+        self.parsl_config = parsl_config or self.config.parsl_config
+        self.dfk = None
+        self._apps: dict[Callable, Any] = {}
+
+    @property
+    def started(self) -> bool:
+        return self.dfk is not None
+
+    async def initialize(self) -> None:
+        """Start the DataFlowKernel and its executors (workers start in the background)."""
+        if self.dfk is not None:
+            return
+        from hpc_chat.sites.build import ensure_driver_path, get_local_config
+
+        ensure_driver_path()
+        config = self.parsl_config or get_local_config(self.config.max_workers)
+        try:
+            with sigint_ignored_in_children():
+                self.dfk = await asyncio.to_thread(_start_dfk, config)
+        except Exception as exc:  # Parsl raises many kinds; the user needs the reason
+            raise ExecutorError(f"Parsl failed to start: {type(exc).__name__}: {exc}") from exc
+        self.parsl_config = config
+
+    def submit(self, fn: Callable, *args, tag: str | None = None,
+               **kwargs) -> asyncio.Future:
+        """Run ``fn(*args, **kwargs)`` on a worker; the result is awaitable without blocking.
+        (``tag`` names the task for executors that can reattach to tasks; unused here.)"""
+        if self.dfk is None:
+            raise ExecutorError("the executor is not initialized; call 'await initialize()'")
+        from parsl.app.python import PythonApp
+
+        app = self._apps.get(fn)
+        if app is None:
+            app = self._apps[fn] = PythonApp(fn, data_flow_kernel=self.dfk)
+        return asyncio.wrap_future(app(*args, **kwargs))
+
+    def htex(self):
+        """The first HighThroughputExecutor, if any (for worker and block statistics)."""
+        if self.dfk is None:
+            return None
+        for ex in self.dfk.executors.values():
+            if hasattr(ex, "connected_managers"):
+                return ex
+        return None
+
+    async def wait_for_workers(self, minimum: int = 1, timeout: float = 120.0) -> int:
+        """Wait until ``minimum`` workers are connected (or ``timeout``); returns how many are.
+
+        Workers start in the background after ``initialize``: a local pool in a few seconds,
+        pilot jobs whenever the scheduler runs them.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            workers = (await asyncio.to_thread(self.stats))["active_workers"]
+            if workers >= minimum or loop.time() >= deadline:
+                return workers
+            await asyncio.sleep(0.2)
+
+    def stats(self) -> dict[str, Any]:
+        """Workers, blocks and task counts as Parsl sees them now."""
+        from parsl.dataflow.states import States
+
+        if self.dfk is None:
+            return {"active_workers": 0, "pending_tasks": 0, "completed_tasks": 0,
+                    "failed_tasks": 0, "retried_tasks": 0, "blocks": 0, "connected_blocks": 0}
+        counts = dict(self.dfk.task_state_counts)
+        pending = sum(counts.get(s, 0) for s in (States.pending, States.launched,
+                                                 States.running, States.fail_retryable))
+        out = {
+            "pending_tasks": pending,
+            "completed_tasks": counts.get(States.exec_done, 0),
+            "failed_tasks": counts.get(States.failed, 0) + counts.get(States.dep_fail, 0),
+            "retried_tasks": self._retries(),
+            "submitted_tasks": self.dfk.task_count,
+            "active_workers": 0, "managers": 0, "blocks": 0, "connected_blocks": 0,
+            "outstanding": 0,
+        }
+        ex = self.htex()
+        if ex is not None:
+            try:
+                managers = ex.connected_managers()
+                out["active_workers"] = sum(m["worker_count"] for m in managers if m["active"])
+                out["managers"] = len(managers)
+                out["connected_blocks"] = len({m["block_id"] for m in managers})
+                out["outstanding"] = ex.outstanding
+            except Exception as exc:  # the interchange may be gone during shutdown
+                log.debug("could not query the interchange: %s", exc)
+            out["blocks"] = len(ex.blocks_to_job_id)
+            out["job_ids"] = list(ex.blocks_to_job_id.values())
+        return out
+
+    def block_output(self, job_id: str) -> list[str]:
+        """The stdout/stderr files a provider gave a pilot job (what its workers printed)."""
+        ex = self.htex()
+        info = getattr(getattr(ex, "provider", None), "resources", {}).get(job_id, {})
+        return [info[k] for k in ("job_stderr_path", "job_stdout_path") if info.get(k)]
+
+    def _retries(self) -> int:
+        """Retries so far: counted by our retry handler (Parsl forgets finished tasks), or
+        the failures of tasks Parsl still holds when another handler is configured."""
+        handler = self.dfk.config.retry_handler
+        if hasattr(handler, "hopeless"):
+            return handler.failures - handler.hopeless
+        return sum(rec.get("fail_count", 0) for rec in self.dfk.tasks.values())
+
+    async def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Stop the kernel, the interchange and every worker this executor started.
+
+        Parsl's ``cleanup`` asks the interchange which managers to scale in and waits without a
+        time limit, so it hangs when the interchange is already gone. It runs in a daemon thread
+        here; past ``timeout`` the interchange is killed and the blocks are cancelled through
+        the provider directly, so shutdown always ends and leaves nothing behind.
+        """
+        dfk, self.dfk = self.dfk, None
+        self._apps.clear()
+        if dfk is None:
+            return
+        done = asyncio.get_running_loop().create_future()
+
+        def cleanup() -> None:
+            try:
+                dfk.cleanup()
+            except Exception as exc:  # report, then make sure below
+                log.warning("Parsl cleanup failed: %s", exc)
+            finally:
+                done.get_loop().call_soon_threadsafe(
+                    lambda: done.done() or done.set_result(None))
+
+        threading.Thread(target=cleanup, name="hpc_chat-parsl-cleanup", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout)
+        except asyncio.TimeoutError:
+            log.warning("Parsl cleanup did not finish in %.0f s; stopping its processes "
+                        "directly", timeout)
+            await asyncio.to_thread(_force_stop, dfk)
+
+
+@contextlib.contextmanager
+def sigint_ignored_in_children():
+    """Start Parsl's helper processes with SIGINT ignored.
+
+    Ctrl-C at a terminal signals the whole foreground process group. The interchange is a
+    child of the driver in that group; if it died there, Parsl could not shut down cleanly.
+    Processes started while SIGINT is ignored inherit that, and the driver (which restores
+    its handler at once) stays the one that reacts to Ctrl-C and stops everything in order.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _force_stop(dfk) -> None:
+    """Kill the interchange and cancel every block when Parsl's own cleanup hangs."""
+    for ex in list(dfk.executors.values()):
+        proc = getattr(ex, "interchange_proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        provider = getattr(ex, "provider", None)
+        job_ids = list(getattr(ex, "blocks_to_job_id", {}).values())
+        if provider is not None and job_ids:
+            try:
+                provider.cancel(job_ids)
+            except Exception as exc:
+                log.warning("could not cancel blocks %s: %s", job_ids, exc)
+
+
+def _start_dfk(config):
+    from parsl.dataflow.dflow import DataFlowKernel
+
+    return DataFlowKernel(config)

@@ -1,0 +1,217 @@
+"""Conversation history: the seed's ``MemoryHistory`` and a persistent SQLite unit.
+
+Only the driver writes history; workers receive recent turns by value in each task's context,
+so this works with workers on other nodes. The SQLite file lives in ``$HPC_CHAT_HOME`` (mode
+0600 in a 0700 directory) and uses SQLite's default rollback journal, not WAL, because home
+directories on clusters are often on NFS or Lustre where WAL's shared memory does not work.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hpc_chat.configfile import load_yaml, resolve_config_path, validate
+from hpc_chat.errors import ConfigError, HistoryError
+from hpc_chat.paths import hpc_chat_home
+
+# A rough characters-per-token ratio for budgeting history on the driver, which has no
+# tokenizer; the worker trims exactly with the model's tokenizer (worker.chat.fit_to_context).
+CHARS_PER_TOKEN = 4
+
+
+class HistoryConfig(BaseModel):
+    """Settings of a history unit (the ``config:`` section of ConversationHistoryUnit.yml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "conversation_history"
+    description: str = ""
+    data_type: Literal["memory", "sqlite"] = "memory"
+    persistent: bool = False
+    path: str | None = None
+    max_turns: int = Field(4, ge=0)
+    max_tokens: int = Field(768, ge=0)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, *, base: Path | None = None) -> HistoryConfig:
+        resolved = resolve_config_path(path, base=base)
+        data = load_yaml(resolved)
+        section = data.get("config") or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{resolved}: config: expected a mapping of settings")
+        flat = {**{k: v for k, v in data.items() if k != "config"}, **section}
+        return validate(cls, flat, resolved)
+
+
+def bound_turns(messages: list[dict[str, Any]], max_turns: int,
+                max_tokens: int) -> list[dict[str, str]]:
+    """The most recent messages: at most ``max_turns`` user/assistant pairs and about
+    ``max_tokens`` tokens, dropping the oldest first."""
+    recent = messages[-2 * max_turns:] if max_turns else []
+    out = [{"role": m["role"], "content": m["content"]} for m in recent]
+    while out and sum(len(m["content"]) for m in out) / CHARS_PER_TOKEN > max_tokens:
+        out.pop(0)
+    return out
+
+
+class MemoryHistory:
+    """History kept in this process only."""
+
+    def __init__(self, config: HistoryConfig | None = None):
+        self.config = config or HistoryConfig()
+        self._conversations: dict[str, list[dict[str, Any]]] = {}
+        self._created: dict[str, float] = {}
+
+    async def initialize(self) -> None:
+        return None
+
+    async def append(self, conversation: str, role: str, content: str, *,
+                     agent: str | None = None, prompt_tokens: int | None = None,
+                     completion_tokens: int | None = None) -> None:
+        self._created.setdefault(conversation, time.time())
+        self._conversations.setdefault(conversation, []).append({
+            "role": role, "agent": agent, "content": content, "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens, "created_at": time.time()})
+
+    async def messages(self, conversation: str) -> list[dict[str, Any]]:
+        return list(self._conversations.get(conversation, []))
+
+    async def recent(self, conversation: str) -> list[dict[str, str]]:
+        return bound_turns(await self.messages(conversation), self.config.max_turns,
+                           self.config.max_tokens)
+
+    async def conversations(self) -> list[dict[str, Any]]:
+        return [{"name": name, "messages": len(msgs), "created_at": self._created[name],
+                 "updated_at": msgs[-1]["created_at"] if msgs else self._created[name]}
+                for name, msgs in self._conversations.items()]
+
+    async def close(self) -> None:
+        return None
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+    role TEXT NOT NULL,
+    agent TEXT,
+    content TEXT NOT NULL,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
+"""
+
+
+class SQLiteHistory(MemoryHistory):
+    """History in an SQLite file that survives restarts."""
+
+    def __init__(self, config: HistoryConfig | None = None):
+        super().__init__(config or HistoryConfig(data_type="sqlite", persistent=True))
+        self.path = Path(self.config.path).expanduser() if self.config.path else \
+            hpc_chat_home() / "history.db"
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    async def initialize(self) -> None:
+        if self._db is not None:
+            return
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        try:
+            os.chmod(self.path, 0o600)
+            db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
+            db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise HistoryError(self._explain(exc)) from None
+        except OSError as exc:
+            raise HistoryError(f"{self.path}: cannot open the history database: {exc}") from None
+        self._db = db
+
+    def _explain(self, exc: sqlite3.Error) -> str:
+        text = str(exc)
+        if "locked" in text:
+            return (f"{self.path}: the history database is locked by another process; wait for "
+                    f"it to finish or use another HPC_CHAT_HOME")
+        if "not a database" in text or "malformed" in text:
+            return (f"{self.path}: the history database is corrupt ({text}). Nothing was "
+                    f"changed; move it aside (mv {self.path} {self.path}.bad) to start a new one")
+        return f"{self.path}: history database error: {text}"
+
+    def _run(self, sql: str, params: tuple = (), *, write: bool = False) -> list[tuple]:
+        if self._db is None:
+            raise HistoryError("the history unit is not initialized")
+        with self._lock:
+            try:
+                cur = self._db.execute(sql, params)
+                rows = cur.fetchall()
+                if write:
+                    self._db.commit()
+                return rows
+            except sqlite3.Error as exc:
+                if write:
+                    self._db.rollback()
+                raise HistoryError(self._explain(exc)) from None
+
+    def _conversation_id(self, name: str, create: bool) -> int | None:
+        rows = self._run("SELECT id FROM conversations WHERE name = ?", (name,))
+        if rows:
+            return rows[0][0]
+        if not create:
+            return None
+        now = time.time()
+        self._run("INSERT INTO conversations (name, created_at, updated_at) VALUES (?, ?, ?)",
+                  (name, now, now), write=True)
+        return self._run("SELECT id FROM conversations WHERE name = ?", (name,))[0][0]
+
+    async def append(self, conversation: str, role: str, content: str, *,
+                     agent: str | None = None, prompt_tokens: int | None = None,
+                     completion_tokens: int | None = None) -> None:
+        cid = self._conversation_id(conversation, create=True)
+        now = time.time()
+        self._run("INSERT INTO messages (conversation_id, role, agent, content, prompt_tokens, "
+                  "completion_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  (cid, role, agent, content, prompt_tokens, completion_tokens, now), write=True)
+        self._run("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, cid), write=True)
+
+    async def messages(self, conversation: str) -> list[dict[str, Any]]:
+        cid = self._conversation_id(conversation, create=False)
+        if cid is None:
+            return []
+        rows = self._run("SELECT role, agent, content, prompt_tokens, completion_tokens, "
+                         "created_at FROM messages WHERE conversation_id = ? ORDER BY id", (cid,))
+        keys = ("role", "agent", "content", "prompt_tokens", "completion_tokens", "created_at")
+        return [dict(zip(keys, row)) for row in rows]
+
+    async def conversations(self) -> list[dict[str, Any]]:
+        rows = self._run("SELECT c.name, COUNT(m.id), c.created_at, c.updated_at FROM "
+                         "conversations c LEFT JOIN messages m ON m.conversation_id = c.id "
+                         "GROUP BY c.id ORDER BY c.updated_at DESC")
+        return [{"name": n, "messages": k, "created_at": c, "updated_at": u}
+                for n, k, c, u in rows]
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+
+def create_history(config: HistoryConfig) -> MemoryHistory:
+    if config.data_type == "sqlite":
+        return SQLiteHistory(config)
+    return MemoryHistory(config)

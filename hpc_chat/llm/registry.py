@@ -1,0 +1,67 @@
+"""The process's loaded engines: one per model spec, and one batched context per batch width.
+
+A worker answers many requests and a model load costs far more than a short answer, so an
+engine stays loaded for the life of the process. Hits and misses are counted (what a worker
+reports back about its model cache). Echo specs get the echo engines (:mod:`hpc_chat.llm.echo`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from hpc_chat.llm.models import ModelSpec
+
+_engines: dict[ModelSpec, Any] = {}
+_batched: dict[tuple[ModelSpec, int], Any] = {}
+_lock = threading.Lock()
+_stats = {"hits": 0, "misses": 0}
+
+
+def get_engine(spec: ModelSpec):
+    """The engine for ``spec`` and whether this call loaded it."""
+    with _lock:
+        engine = _engines.get(spec)
+        if engine is not None:
+            _stats["hits"] += 1
+            return engine, False
+        _stats["misses"] += 1
+        if spec.is_echo:
+            from hpc_chat.llm.echo import EchoEngine as cls
+        else:
+            from hpc_chat.llm.engine import ChatEngine as cls
+        engine = _engines[spec] = cls(spec)
+        return engine, True
+
+
+def get_batched_engine(engine, n_seq: int):
+    """The batched context over a loaded engine's model with ``n_seq`` sequences."""
+    key = (engine.spec, n_seq)
+    with _lock:
+        if key not in _batched:
+            if engine.spec.is_echo:
+                from hpc_chat.llm.echo import EchoBatchedEngine as cls
+            else:
+                from hpc_chat.llm.batched import BatchedEngine as cls
+            _batched[key] = cls(engine, n_seq)
+        return _batched[key]
+
+
+def cache_info() -> dict[str, Any]:
+    """Hits, misses and the specs loaded in this process."""
+    with _lock:
+        return {"hits": _stats["hits"], "misses": _stats["misses"], "pid": os.getpid(),
+                "loaded": [s.model_dump() for s in _engines]}
+
+
+def clear_cache() -> None:
+    """Drop every loaded model in this process (tests and memory pressure)."""
+    with _lock:
+        for batched in _batched.values():
+            close = getattr(batched, "close", None)
+            if close:
+                close()
+        _batched.clear()
+        _engines.clear()
+        _stats.update(hits=0, misses=0)

@@ -1,0 +1,48 @@
+"""One request type for every engine: the messages and the sampling settings.
+
+:class:`Sampling` holds each setting's default and bounds once; an agent's YAML settings extend
+it (:class:`hpc_chat.agents.config.AgentSettings`), and :class:`GenRequest` is what the
+unbatched, batched and echo engines all take. :func:`prompt_too_long` is the one message for a
+prompt that does not fit the context window, wherever that is found.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hpc_chat.errors import PromptTooLongError
+
+
+class Sampling(BaseModel):
+    """How tokens are drawn; llama-cpp-python's chat-completion defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(256, ge=1, le=32768)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(40, ge=0)
+    repeat_penalty: float = Field(1.1, gt=0.0)
+    seed: int | None = Field(None, ge=0)
+    stop: list[str] = Field(default_factory=list)
+
+    def sampling(self) -> dict[str, Any]:
+        """Just the sampling settings (a subclass's other fields left out)."""
+        return {name: getattr(self, name) for name in Sampling.model_fields}
+
+
+class GenRequest(Sampling):
+    """One chat completion to compute: ``{"role", "content"}`` messages and their sampling."""
+
+    messages: list[dict[str, str]]
+
+
+def prompt_too_long(prompt_tokens: int, max_tokens: int, n_ctx: int, *,
+                    estimate: bool = False) -> PromptTooLongError:
+    about = "about " if estimate else ""
+    return PromptTooLongError(
+        f"the prompt ({about}{prompt_tokens} tokens) plus max_tokens={max_tokens} does not fit "
+        f"the model's context window of {n_ctx} tokens; shorten the prompt or the history, "
+        f"lower max_tokens, or raise n_ctx")

@@ -1,0 +1,64 @@
+"""What hpc_chat needs to know about each batch scheduler, in one table.
+
+Like dask-jobqueue's ``submit_command``/``cancel_command`` class attributes, each scheduler is
+one :class:`Scheduler` row: its directive prefix, the driver job template, how a job is
+submitted, asked about and cancelled, and what a dry-run submission answers. Code asks the row
+instead of branching on the scheduler's name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+def _slurm_state(queue_out: str, show_out: str) -> str | None:
+    state, _, reason = queue_out.strip().partition(" ")
+    if state:
+        return f"{state} ({reason})" if state == "PENDING" and reason else state
+    match = re.search(r"JobState=(\S+)", show_out)
+    return match.group(1) if match else None
+
+
+PBS_STATES = {"Q": "QUEUED", "R": "RUNNING", "F": "FINISHED", "H": "HELD", "E": "EXITING"}
+
+
+def _pbs_state(queue_out: str, show_out: str) -> str | None:
+    try:
+        jobs = json.loads(queue_out)["Jobs"]
+        code = next(iter(jobs.values()))["job_state"]
+    except (json.JSONDecodeError, KeyError, StopIteration, TypeError):
+        return None
+    return PBS_STATES.get(code, code)
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    name: str
+    directive_prefix: str | None      # "#SBATCH"; None: no job scripts
+    driver_template: str | None       # in hpc_chat/sites/templates
+    submit_command: tuple[str, ...]   # the script path is appended
+    queue_command: tuple[str, ...]    # the job id is appended; its answer goes to parse_state
+    show_command: tuple[str, ...]     # asked when the queue no longer lists the job
+    cancel_command: tuple[str, ...]
+    parse_state: Callable[[str, str], str | None]
+    dry_run_answer: str               # what a submission prints (for `sites render`)
+
+    def job_id(self, submit_stdout: str) -> str:
+        """The job id in the submit command's answer (``123;cluster`` or ``123.server``)."""
+        return submit_stdout.strip().split(";")[0].strip()
+
+
+SCHEDULERS = {
+    "slurm": Scheduler(
+        "slurm", "#SBATCH", "driver.slurm.j2", ("sbatch", "--parsable"),
+        ("squeue", "-h", "-o", "%T %r", "-j"), ("scontrol", "show", "job"), ("scancel",),
+        _slurm_state, "Submitted batch job 0"),
+    "pbspro": Scheduler(
+        "pbspro", "#PBS", "driver.pbs.j2", ("qsub",), ("qstat", "-x", "-f", "-F", "json"),
+        (), ("qdel",), _pbs_state, "0.pbs"),
+    "local": Scheduler(
+        "local", None, None, (), (), (), (), lambda queue, show: "RUNNING", "PID:0"),
+}

@@ -1,0 +1,232 @@
+"""The chat logic that runs in workers: pure Python, no Parsl, plain data in and out.
+
+``process_chat_message`` is what a Parsl worker, a Globus Compute endpoint or a plain loop calls.
+Its arguments and result are JSON-compatible, so it can be shipped anywhere, and the model it
+loads stays loaded in the process for the next call.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from hpc_chat.agents.cache import cache_key, process_cache
+from hpc_chat.agents.config import AgentConfig
+from hpc_chat.configfile import format_validation_error
+from hpc_chat.errors import ConfigError, ModelNotFoundError, PromptTooLongError
+from hpc_chat.llm.models import ModelSpec, model_location
+from hpc_chat.llm.registry import get_batched_engine, get_engine
+from hpc_chat.llm.request import GenRequest, Sampling, prompt_too_long
+
+# Tokens kept free for the chat template's own markup around each message.
+TEMPLATE_OVERHEAD_PER_MESSAGE = 8
+
+
+def build_messages(system_prompt: str, message: str,
+                   history: list[dict[str, str]] | None) -> list[dict[str, str]]:
+    """System prompt, then the recent history turns, then the new user message."""
+    msgs = [{"role": "system", "content": system_prompt}]
+    for turn in history or []:
+        if turn.get("role") in ("user", "assistant") and turn.get("content"):
+            msgs.append({"role": turn["role"], "content": str(turn["content"])})
+    msgs.append({"role": "user", "content": message})
+    return msgs
+
+
+def fit_to_context(messages: list[dict[str, str]], count_tokens, n_ctx: int,
+                   max_tokens: int) -> list[dict[str, str]]:
+    """Drop the oldest history turns until the prompt and ``max_tokens`` fit in ``n_ctx``.
+
+    The system prompt and the new message are never dropped or cut: when they alone do not fit,
+    the request fails with :class:`PromptTooLongError` (retrying would not help).
+    """
+    def size(msgs):
+        return sum(count_tokens(m["content"]) + TEMPLATE_OVERHEAD_PER_MESSAGE for m in msgs)
+
+    budget = n_ctx - max_tokens
+    msgs = list(messages)
+    while size(msgs) > budget and len(msgs) > 2:
+        del msgs[1]
+    if size(msgs) > budget:
+        raise prompt_too_long(size(msgs), max_tokens, n_ctx, estimate=True)
+    return msgs
+
+
+def model_name(settings: dict[str, Any], site_model: dict[str, Any]) -> str:
+    """The model an agent runs: ``--model`` (``site_model["override"]``) over the agent's own
+    ``model``, over the site's when the agent says ``default``."""
+    name = site_model.get("override") or settings.get("model") or "default"
+    if name == "default":  # the agent defers to the site's choice of model
+        name = site_model.get("model") or "default"
+    return name
+
+
+def model_spec(settings: dict[str, Any], site_model: dict[str, Any]) -> ModelSpec:
+    """Agent settings override the site's model defaults; the name is resolved on this host."""
+    def pick(key, default):
+        value = settings.get(key)
+        return value if value is not None else site_model.get(key, default)
+
+    path = model_location(model_name(settings, site_model), site_model.get("aliases"))
+    return ModelSpec(path=path, n_ctx=pick("n_ctx", 2048), n_threads=pick("n_threads", None),
+                     n_gpu_layers=pick("n_gpu_layers", 0), n_batch=site_model.get("n_batch", 512))
+
+
+@dataclass
+class Prepared:
+    """One validated request and everything that decides its answer."""
+
+    agent: AgentConfig
+    request: GenRequest  # the messages before fitting to the context, and the sampling
+    spec: ModelSpec
+    model: str
+    key: str
+    started: float = field(default_factory=time.time)
+
+    @property
+    def caching(self) -> bool:
+        return self.agent.config.performance.enable_caching
+
+
+def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
+    """Validate one request: the agent, the message, the model and the sampling it gets."""
+    try:
+        agent = AgentConfig.model_validate(agent_config)
+    except ValidationError as exc:
+        name = agent_config.get("name", "?") if isinstance(agent_config, dict) else "?"
+        raise ConfigError(format_validation_error(f"agent {name}", exc)) from None
+    if not isinstance(message, str) or not message.strip():
+        raise ValueError("the message is empty")
+    settings = agent.config
+    options = {k: v for k, v in (context.get("options") or {}).items() if v is not None}
+    site_model = context.get("model") or {}
+    sampling = {**settings.sampling(), **{k: v for k, v in options.items()
+                                          if k in Sampling.model_fields}}
+    request = GenRequest(messages=build_messages(settings.system_prompt, message,
+                                                 context.get("history")), **sampling)
+    spec = model_spec(settings.model_dump(), site_model)
+    key = cache_key(agent.to_dict(), request.messages, request.seed,
+                    {**spec.model_dump(), "max_tokens": request.max_tokens,
+                     "temperature": request.temperature})
+    return Prepared(agent, request, spec, model_name(settings.model_dump(), site_model), key)
+
+
+def _cached(prep: Prepared) -> dict | None:
+    if not prep.caching:
+        return None
+    hit = process_cache.get(prep.key, prep.agent.config.performance.cache_ttl)
+    if hit is None:
+        return None
+    hit.update(cached=True, timings={**hit["timings"], "start": prep.started,
+                                     "end": time.time(), "generation_s": 0.0,
+                                     "model_loaded_now": False})
+    hit["worker"] = worker_identity()
+    return hit
+
+
+def _result(prep: Prepared, completion, n_threads: int, history_turns: int) -> dict:
+    result = {
+        "content": completion.text,
+        "agent": prep.agent.name,
+        "model": prep.model,
+        "model_path": prep.spec.path,
+        "finish_reason": completion.finish_reason,
+        "usage": completion.usage(),
+        "timings": {**completion.timings(), "start": prep.started, "end": time.time()},
+        "history_turns_used": history_turns,
+        "cached": False,
+        "worker": worker_identity(),
+        "n_threads": n_threads,
+        "batched": bool(completion.extra.get("batched")),
+    }
+    if prep.caching:
+        process_cache.put(prep.key, result)
+    return result
+
+
+def answer(agent_config: dict, items: list[dict],
+           n_seq: int | None = None) -> list[dict | Exception]:
+    """Every item's result, or the exception that item alone failed with.
+
+    ``items`` are ``{"message", "context"}``. With ``n_seq`` the answers are decoded together in
+    a batched context of that many sequences (:mod:`hpc_chat.llm.batched`); without it, one at a
+    time by the unbatched engine. Either way the same :class:`GenRequest` goes to the engine.
+    """
+    out: list[dict | Exception | None] = [None] * len(items)
+    todo: list[tuple[int, Prepared]] = []
+    for i, item in enumerate(items):
+        try:
+            prep = prepare(agent_config, item["message"], item.get("context") or {})
+        except ModelNotFoundError:
+            raise  # the whole task shares the model: retrying cannot help any of it
+        except (ConfigError, ValueError) as exc:
+            out[i] = exc
+            continue
+        out[i] = _cached(prep)
+        if out[i] is None:
+            todo.append((i, prep))
+    if not todo:
+        return out  # type: ignore[return-value]
+    engine, loaded_now = get_engine(todo[0][1].spec)
+    fitted, requests = [], []
+    for i, prep in todo:
+        req = prep.request
+        try:
+            msgs = fit_to_context(req.messages, engine.count_tokens, prep.spec.n_ctx,
+                                  req.max_tokens)
+        except PromptTooLongError as exc:
+            out[i] = exc
+            continue
+        fitted.append((i, prep, len(msgs) - 2))
+        requests.append(req.model_copy(update={"messages": msgs}))
+    if n_seq is None:
+        completions = [engine.complete(r) for r in requests]
+    else:
+        completions = get_batched_engine(engine, n_seq).generate(requests)
+    for (i, prep, turns), completion in zip(fitted, completions):
+        if isinstance(completion, Exception):
+            out[i] = completion
+            continue
+        completion.model_loaded_now = loaded_now
+        loaded_now = False  # count the load once, on the first answer
+        out[i] = _result(prep, completion, engine.n_threads, turns)
+    return out  # type: ignore[return-value]
+
+
+def process_chat_message(agent_config: dict, message: str, context: dict) -> dict:
+    """Answer ``message`` as the agent described by ``agent_config`` (the agent YAML as a dict).
+
+    ``context`` carries ``history`` (recent turns, oldest first), ``options`` (``seed``,
+    ``max_tokens``, ``temperature`` overrides) and ``model`` (the site's model defaults:
+    ``model``, ``n_ctx``, ``n_threads``, ``n_gpu_layers``, ``aliases``, and ``override`` for
+    ``--model``). Returns ``{"content", "agent", "model", "usage", "timings", "cached", ...}``;
+    a request that cannot be answered raises (the retry handler decides about a retry).
+    """
+    result = answer(agent_config, [{"message": message, "context": context}])[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def process_chat_batch(agent_config: dict, items: list[dict],
+                       n_seq: int | None = None) -> list[dict]:
+    """Answer several messages for one agent together, with batched decoding.
+
+    Each slot of the returned list is that item's result, or ``{"error": ...}`` when that item
+    alone failed (e.g. its prompt does not fit). ``n_seq`` is the batched context's number of
+    sequences (the workflow's batch size).
+    """
+    return [{"error": str(r), "agent": agent_config.get("name")} if isinstance(r, Exception)
+            else r for r in answer(agent_config, items, n_seq or len(items))]
+
+
+def worker_identity() -> dict[str, Any]:
+    """Where this ran: host, pid and Parsl's worker rank/block when inside a Parsl worker."""
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "rank": os.environ.get("PARSL_WORKER_RANK"),
+            "block": os.environ.get("PARSL_WORKER_BLOCK_ID")}
