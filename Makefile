@@ -48,7 +48,7 @@ test: install
 	$(VENV)/bin/lint-imports
 	@scripts/local-slurm.sh up >/dev/null 2>&1 && echo "local Slurm is up" || \
 	  echo "local Slurm not available: Slurm tests will skip (scripts/local-slurm.sh up)"
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest --durations=15
 
 slurm-up:
 	scripts/local-slurm.sh up

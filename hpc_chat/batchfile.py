@@ -1,23 +1,26 @@
 """Batch input and output: prompts in, one JSON line per prompt out, resumable.
 
 Input is JSONL (``{"id": ..., "prompt": ...}``, ``id`` optional) or plain text (one prompt per
-line). Every input line yields exactly one output line::
+line); ``-`` is standard input. Every input line yields exactly one output line::
 
-    {"id", "prompt", "ok", "response", "agents", "latency_s", "completion_tokens", "error",
-     "finished_at"}
+    {"id", "prompt", "ok", "response", "agents", "latency_s", "completion_tokens",
+     "prompt_tokens", "finish_reason", "cached", "error", "error_kind", "finished_at"}
 
 written and flushed as soon as that prompt completes, so a killed run loses nothing finished.
 A line that cannot be used (bad JSON, no prompt, empty, duplicate id, undecodable bytes) becomes
 an ``ok: false`` line and the batch goes on. Lines without an ``id`` get their line number.
 
-Resume: the ids whose last line in OUTPUT is ``ok: true`` are skipped; failed ones run again and
-their new line is appended. Readers (``hpc-chat stats``, resume) take the last line of each id.
+``error_kind`` says why a line failed: ``input`` (the line itself: malformed, empty, too long
+for the context; final until the line changes) or ``runtime`` (a worker, a timeout, the
+scheduler; worth another try). Readers (``hpc-chat stats``, resume) take the last line of each
+id; what resume skips is decided in :mod:`hpc_chat.batchrun`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,8 @@ from hpc_chat.errors import InputError
 from hpc_chat.stats import RequestRecord, summarize
 
 OUTPUT_KEYS = ("id", "prompt", "ok", "response", "agents", "latency_s", "completion_tokens",
-               "error")
+               "prompt_tokens", "finish_reason", "cached", "error", "error_kind")
+STDIO = "-"
 
 
 @dataclass
@@ -55,12 +59,16 @@ def detect_format(path: Path, lines: list[bytes]) -> str:
 
 
 def read_batch(path: str | os.PathLike, fmt: str = "auto") -> list[BatchItem]:
-    """Parse the input file; raises :class:`InputError` only when nothing can be read."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the input: {exc.strerror or exc}") from None
+    """Parse the input file (``-``: standard input); raises :class:`InputError` only when
+    nothing can be read."""
+    if str(path) == STDIO:
+        data, path = sys.stdin.buffer.read(), Path("<stdin>")
+    else:
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read the input: {exc.strerror or exc}") from None
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()  # the final newline does not start another line
@@ -73,9 +81,11 @@ def read_batch(path: str | os.PathLike, fmt: str = "auto") -> list[BatchItem]:
     for number, raw in enumerate(lines, start=1):
         item = _parse_line(raw.rstrip(b"\r"), number, fmt)
         key = id_key(item.id)
-        if key in seen and item.error is None:
-            item.error = f"line {number}: duplicate id {item.id!r} (first used on line {seen[key]})"
-        seen.setdefault(key, number)
+        if item.error is None:  # a line that cannot run claims no id
+            if key in seen:
+                item.error = (f"line {number}: duplicate id {item.id!r} (first used on line "
+                              f"{seen[key]})")
+            seen.setdefault(key, number)
         items.append(item)
     return items
 
@@ -96,6 +106,9 @@ def _parse_line(raw: bytes, number: int, fmt: str) -> BatchItem:
     except json.JSONDecodeError as exc:
         return BatchItem(number, None, number, f"line {number}: invalid JSON: {exc.msg} "
                                                f"(column {exc.colno})")
+    except (ValueError, RecursionError) as exc:  # a huge number, nesting too deep
+        return BatchItem(number, None, number, f"line {number}: unusable JSON: "
+                                               f"{str(exc)[:120] or type(exc).__name__}")
     if not isinstance(obj, dict):
         return BatchItem(number, None, number,
                          f"line {number}: expected a JSON object with a \"prompt\" key")
@@ -112,6 +125,12 @@ def _parse_line(raw: bytes, number: int, fmt: str) -> BatchItem:
                          f"{type(prompt).__name__}")
     if not prompt.strip():
         return BatchItem(ident, prompt, number, f"line {number}: empty prompt")
+    try:
+        prompt.encode("utf-8")
+        str(ident).encode("utf-8")
+    except UnicodeEncodeError:
+        return BatchItem(number, None, number, f"line {number}: invalid Unicode (a lone "
+                                               f"surrogate escape such as \\ud800)")
     return BatchItem(ident, prompt, number)
 
 
@@ -126,10 +145,13 @@ def read_output(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
         for raw in fh:
             try:
                 obj = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # bad JSON or text, huge numbers, deep nesting
                 continue
-            if isinstance(obj, dict) and "id" in obj:
-                last[id_key(obj["id"])] = obj
+            if isinstance(obj, dict) and "id" in obj and "ok" in obj:
+                try:
+                    last[id_key(obj["id"])] = obj
+                except (ValueError, TypeError, RecursionError):
+                    continue
     return last
 
 
@@ -142,6 +164,13 @@ class OutputWriter:
     path that cannot be written fails at once."""
 
     def __init__(self, path: str | os.PathLike, *, resume: bool):
+        self.written = 0
+        self.lines: list[dict[str, Any]] = []  # what this run wrote, for its summary
+        if str(path) == STDIO:
+            if resume:
+                raise InputError("--resume needs an output file to resume from, not '-'")
+            self.path, self._fh = Path("<stdout>"), sys.stdout
+            return
         self.path = Path(path)
         if self.path.exists() and not resume and self.path.stat().st_size > 0:
             raise InputError(f"{self.path}: the output file exists; pass --resume to continue "
@@ -153,7 +182,6 @@ class OutputWriter:
             raise InputError(f"{self.path}: cannot write the output: "
                              f"{exc.strerror or exc}") from None
         self._ensure_line_start()
-        self.written = 0
 
     def _ensure_line_start(self) -> None:
         """A run killed mid-write may leave a partial last line; start on a fresh line."""
@@ -168,29 +196,49 @@ class OutputWriter:
     def write(self, item: BatchItem, result: dict[str, Any] | None, *,
               finished_at: float) -> dict[str, Any]:
         if result is None:
-            line = {"id": item.id, "prompt": item.prompt, "ok": False, "response": None,
-                    "agents": [], "latency_s": 0.0, "completion_tokens": 0, "error": item.error}
+            line = {**dict.fromkeys(OUTPUT_KEYS), "id": item.id, "prompt": item.prompt,
+                    "ok": False, "agents": [], "latency_s": 0.0, "completion_tokens": 0,
+                    "prompt_tokens": 0, "cached": False, "error": item.error,
+                    "error_kind": "input"}
         else:
             line = {"id": item.id, **{k: result.get(k) for k in OUTPUT_KEYS if k != "id"}}
             line["prompt"] = item.prompt
         line["finished_at"] = round(finished_at, 3)
-        self._fh.write(json.dumps(line, ensure_ascii=False) + "\n")
-        self._fh.flush()
+        try:
+            text = json.dumps(line, ensure_ascii=False)
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from the input: escape it
+            text = json.dumps(line, ensure_ascii=True)
+        try:
+            self._fh.write(text + "\n")
+            self._fh.flush()
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot write the output ({exc.strerror or exc}); "
+                             f"{self.written} lines were written before; free space and rerun "
+                             f"with --resume") from None
         self.written += 1
+        self.lines.append(line)
         return line
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not sys.stdout:
+            self._fh.close()
 
 
 def records_from_lines(lines: Iterable[dict[str, Any]]) -> list[RequestRecord]:
     records = []
     for obj in lines:
-        end = float(obj.get("finished_at") or 0.0)
-        latency = float(obj.get("latency_s") or 0.0)
-        records.append(RequestRecord(ok=obj.get("ok") is True, start=end - latency, end=end,
-                                     completion_tokens=int(obj.get("completion_tokens") or 0),
-                                     agents=tuple(obj.get("agents") or ())))
+        try:
+            end = float(obj.get("finished_at") or 0.0)
+            latency = float(obj.get("latency_s") or 0.0)
+            records.append(RequestRecord(
+                ok=obj.get("ok") is True, start=end - latency, end=end,
+                completion_tokens=int(obj.get("completion_tokens") or 0),
+                prompt_tokens=int(obj.get("prompt_tokens") or 0),
+                cached=obj.get("cached") is True,
+                agents=tuple(str(a) for a in obj.get("agents") or ())))
+        except (TypeError, ValueError, OverflowError):
+            continue  # a hand-edited line with numbers that are not numbers
     return records
 
 
@@ -201,5 +249,8 @@ def stats_from_output(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"{path}: no such batch output file")
     last = read_output(path)
     if not last:
-        raise InputError(f"{path}: no result lines found (is this a batch output file?)")
-    return summarize(records_from_lines(last.values()))
+        raise InputError(f"{path}: no result lines found: every line of a batch output has "
+                         f"\"id\" and \"ok\" (is this the input file?)")
+    summary = summarize(records_from_lines(last.values()))
+    del summary["model_loads"]  # not recorded in output lines
+    return summary

@@ -92,6 +92,11 @@ class MemoryHistory:
                  "updated_at": msgs[-1]["created_at"] if msgs else self._created[name]}
                 for name, msgs in self._conversations.items()]
 
+    async def remove(self, conversation: str) -> bool:
+        """Forget a conversation; False when there was none of that name."""
+        self._created.pop(conversation, None)
+        return self._conversations.pop(conversation, None) is not None
+
     async def close(self) -> None:
         return None
 
@@ -204,6 +209,19 @@ class SQLiteHistory(MemoryHistory):
                          "GROUP BY c.id ORDER BY c.updated_at DESC")
         return [{"name": n, "messages": k, "created_at": c, "updated_at": u}
                 for n, k, c, u in rows]
+
+    async def remove(self, conversation: str) -> bool:
+        cid = self._conversation_id(conversation, create=False)
+        if cid is None:
+            return False
+        with self._lock:  # both deletes in one transaction
+            try:
+                with self._db:
+                    self._db.execute("DELETE FROM messages WHERE conversation_id = ?", (cid,))
+                    self._db.execute("DELETE FROM conversations WHERE id = ?", (cid,))
+            except sqlite3.Error as exc:
+                raise HistoryError(self._explain(exc)) from None
+        return True
 
     async def close(self) -> None:
         db, self._db = self._db, None

@@ -18,10 +18,13 @@ PLAIN_EVERY_S = 10.0
 
 
 class BatchProgress:
-    def __init__(self, total: int, *, done: int = 0, failed: int = 0,
-                 console: Console | None = None):
-        self.total, self.done, self.failed = total, done, failed
-        self._initial = done
+    """Counts only the prompts this run sends to workers (lines that failed before any work are
+    reported apart), so the rate and the time left measure real work."""
+
+    def __init__(self, total: int, *, console: Console | None = None):
+        self.total, self.done, self.failed = total, 0, 0
+        self._initial = 0
+        self._status = ""
         self.console = console or Console(stderr=True)
         self.start = time.monotonic()
         self._last_plain = 0.0
@@ -33,11 +36,23 @@ class BatchProgress:
             self._bar = Progress(TextColumn("[bold]answering"), BarColumn(),
                                  MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
                                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                                 TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
+                                 TextColumn("ETA"), TimeRemainingColumn(),
+                                 TextColumn("{task.fields[status]}", markup=False),
+                                 console=self.console)
             self._bar.start()
             self._task = self._bar.add_task("batch", total=self.total, completed=self.done,
-                                            failed=self.failed, rate="")
+                                            failed=self.failed, rate="", status="")
         return self
+
+    def status(self, text: str) -> None:
+        """What the run waits for (the scheduler's state of the pilot job), or '' when none."""
+        if text == self._status:
+            return
+        self._status = text
+        if self._bar is not None:
+            self._bar.update(self._task, status=text)
+        elif text:
+            self.console.print(text, highlight=False, markup=False)
 
     def rate(self) -> float:
         elapsed = time.monotonic() - self.start

@@ -16,20 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hpc_chat.errors import ExecutorError, HpcChatError
+from hpc_chat.sites.submit import pilot_state
 
 DEFAULT_MODEL = "echo?tokens=8"
 POLL_S = 1.0
-
-
-def scheduler_state(scheduler: str, job_id: str) -> str:
-    """The scheduler's state of a pilot job (a local "job" is a process: always running)."""
-    from hpc_chat.sites.submit import job_state
-
-    try:
-        return job_state({"scheduler": scheduler, "job_id": job_id})
-    except HpcChatError as exc:
-        return f"UNKNOWN ({str(exc).splitlines()[0]})"
 
 
 async def check_site(site: str, *, report: Callable[[str, str], None], requests: int = 3,
@@ -79,22 +69,30 @@ async def check_site(site: str, *, report: Callable[[str, str], None], requests:
             stage("shutdown", "workers stopped and pilot jobs cancelled")
 
 
+# Scheduler states after which a job runs no more (Slurm's and PBS's words, as job_state
+# gives them); anything else may still start workers.
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+         "BOOT_FAIL", "DEADLINE", "PREEMPTED", "FINISHED", "EXITING")
+
+
 async def _follow(wf, scheduler: str, deadline: float, stage) -> bool:
     """Report submission, scheduler states and connected workers until a worker is there."""
     job_id, last_state = None, None
     while time.monotonic() < deadline:
         stats = await wf.get_parsl_stats()
+        if stats.get("block_failures") and not stats.get("active_workers"):
+            stage("failed", "the pilot job could not be submitted: "
+                            + "; ".join(stats["block_failures"]))
+            return False
         if job_id is None and stats.get("job_ids"):
             job_id = stats["job_ids"][0]
             stage("submitted", f"pilot job {job_id}")
         if job_id is not None:
-            state = await asyncio.to_thread(scheduler_state, scheduler, job_id)
+            state = await asyncio.to_thread(pilot_state, scheduler, job_id)
             if state != last_state:
                 stage("scheduler", f"job {job_id} {state}")
                 last_state = state
-            if not state.startswith(("PENDING", "RUNNING", "QUEUED", "CONFIGURING",
-                                     "COMPLETING", "UNKNOWN", "HELD")) and \
-                    not stats.get("active_workers"):
+            if state.startswith(ENDED) and not stats.get("active_workers"):
                 stage("failed", f"the pilot job ended ({state}) before any worker "
                                 f"connected{_output_tail(wf, job_id)}")
                 return False
@@ -104,8 +102,9 @@ async def _follow(wf, scheduler: str, deadline: float, stage) -> bool:
             return True
         await asyncio.sleep(POLL_S)
     if job_id is None:
-        raise ExecutorError("no pilot job was submitted before the time limit: check the "
-                            "provider section of the profile")
+        stage("failed", "no pilot job was submitted before the time limit: check the "
+                        "provider section of the profile")
+        return False
     stage("failed", f"no worker connected before the time limit (job {job_id} {last_state}); "
                     f"workers must reach the driver's address (executor.address)")
     return False

@@ -34,6 +34,7 @@ from hpc_chat.sites.build import site_model
 from hpc_chat.sites.registry import load_profile
 from hpc_chat.stats import PerformanceStats, RequestRecord
 from hpc_chat.worker.chat import build_messages, model_name
+from hpc_chat.worker.retry import error_kind
 from hpc_chat.workflow_config import LoadedWorkflow, load_workflow
 
 __all__ = ["ParslChatWorkflow", "build_parsl_config", "create_parsl_chat_workflow",
@@ -70,15 +71,16 @@ class ParslChatWorkflow:
         Where a batch keeps its Globus Compute task group, for ``--resume``.
     model : str, optional
         A model name, alias or ``.gguf`` path that every agent uses instead of its own
-        (``--model``); ``echo`` is the built-in test model.
+        (``--model``); ``echo`` is the built-in test model. ``model_label`` names where it
+        came from in error messages.
     """
 
     def __init__(self, *, site: str | None = None, executor=None,
                  history_path: str | None = None, allocation: bool = False,
                  endpoint: str | None = None, globus_state: str | None = None,
-                 model: str | None = None):
+                 model: str | None = None, model_label: str = "--model"):
         self.site = site
-        self.model = model
+        self.model, self.model_label = model, model_label
         self.endpoint = endpoint
         self.globus_state = globus_state
         self.allocation = allocation
@@ -93,12 +95,20 @@ class ParslChatWorkflow:
         self.cache = ResponseCache()
         self._pending: set[asyncio.Task] = set()
         self.batcher = None
+        self._checked: LoadedWorkflow | None = None
 
     # ----------------------------------------------------------------- lifecycle
     async def initialize(self, config_path: str | os.PathLike | None = None) -> None:
         """Load the config and agents, open the history, and start the executor once."""
         if self.loaded is not None:
             return
+        await self._start(self._checked or self.check(config_path))
+
+    def check(self, config_path: str | os.PathLike | None = None) -> LoadedWorkflow:
+        """Load and check the config, the agents, the site and every model name, without
+        starting anything: a mistake there costs no worker start-up. Done once."""
+        if self._checked is not None:
+            return self._checked
         loaded = load_workflow(config_path)
         settings = loaded.settings
         remote = bool(self.endpoint) or settings.executor.is_globus
@@ -118,12 +128,26 @@ class ParslChatWorkflow:
                                self.site_model.get("aliases"))
             except ConfigError as exc:
                 if self.model:
-                    where = "--model"
+                    where = self.model_label  # --model, or $HPC_CHAT_MODEL
                 elif agent.config.model == "default" and self.profile is not None:
                     where = f"{self.profile.source}: model.model"  # the site chose it
                 else:
                     where = f"{agent.source}: config.model"
                 raise ConfigError(f"{where}: {exc}") from None
+        self._checked = loaded
+        return loaded
+
+    def check_agents(self, names: list[str] | None) -> None:
+        """Refuse agent names the workflow does not have (before anything starts)."""
+        loaded = self._checked or self.loaded
+        known = [a.name for a in loaded.agents]
+        unknown = [a for a in names or [] if a not in known]
+        if unknown:
+            raise ConfigError(f"unknown agent(s) {', '.join(unknown)}; this workflow has "
+                              f"{', '.join(known)}")
+
+    async def _start(self, loaded: LoadedWorkflow) -> None:
+        settings = loaded.settings
         history_cfg = loaded.history
         if self.history_path:
             history_cfg = history_cfg.model_copy(update={"data_type": "sqlite",
@@ -188,10 +212,7 @@ class ParslChatWorkflow:
         """The routes for ``text``: the named agents, or the keyword router's choice."""
         loaded = self._require()
         if agents:
-            unknown = [a for a in agents if a not in self.agents]
-            if unknown:
-                raise ConfigError(f"unknown agent(s) {', '.join(unknown)}; this workflow has "
-                                  f"{', '.join(self.agents)}")
+            self.check_agents(agents)
             return [Route(a, 1.0, ()) for a in agents]
         routes = route(text, loaded.agents, loaded.default_agent)
         cap = loaded.settings.routing.max_agents
@@ -243,11 +264,12 @@ class ParslChatWorkflow:
         start = time.time()
         options = {**settings.generation.model_dump(exclude_none=True), **(options or {})}
         if not isinstance(text, str) or not text.strip():
-            return self._finish(start, text, None, error="the prompt is empty")
+            return self._finish(start, text, None, error="the prompt is empty",
+                                error_kind="input")
         try:
             routes = self.choose_agents(text, agent_names)
         except HpcChatError as exc:
-            return self._finish(start, text, None, error=str(exc))
+            return self._finish(start, text, None, error=str(exc), error_kind="input")
         history = await self.history.recent(conversation_id) if conversation_id else []
         context = {"history": history, "options": options, "model": self.site_model}
 
@@ -279,9 +301,11 @@ class ParslChatWorkflow:
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:
-                return {"agent": r.agent, "error": describe_error(exc)}
+                return {"agent": r.agent, "error": describe_error(exc),
+                        "error_kind": error_kind(exc)}
             if result.get("error"):  # this item of a batch failed on its own
-                return {"agent": r.agent, "error": result["error"]}
+                return {"agent": r.agent, "error": result["error"],
+                        "error_kind": result.get("error_kind", "runtime")}
             if key is not None:
                 self.cache.put(key, result)
             return {**result, "routing_score": r.score, "matched": list(r.matched)}
@@ -299,10 +323,14 @@ class ParslChatWorkflow:
                             routes=routes)
 
     def _finish(self, start: float, text: Any, combined: dict | None, *, error: str | None,
-                routes: list[Route] | None = None) -> dict[str, Any]:
+                routes: list[Route] | None = None,
+                error_kind: str | None = None) -> dict[str, Any]:
         end = time.time()
         ok = combined is not None and combined["ok"]
         responses = combined["responses"] if combined else []
+        if not ok and error_kind is None:  # input only when every agent failed on the input
+            kinds = {r.get("error_kind", "runtime") for r in responses if r.get("error")}
+            error_kind = "input" if kinds == {"input"} else "runtime"
         loads = sum(1 for r in responses
                     if not r.get("error") and r.get("timings", {}).get("model_loaded_now"))
         record = RequestRecord(
@@ -319,7 +347,13 @@ class ParslChatWorkflow:
             "agents": combined["agents"] if combined else [],
             "latency_s": round(end - start, 4),
             "completion_tokens": record.completion_tokens,
+            "prompt_tokens": record.prompt_tokens,
+            # "length" when any agent's answer was cut at max_tokens
+            "finish_reason": (("length" if any(r.get("finish_reason") == "length"
+                                               for r in responses if not r.get("error"))
+                               else "stop") if ok else None),
             "error": error,
+            "error_kind": None if ok else error_kind,
             "cached": record.cached,
             "routes": [{"agent": r.agent, "score": round(r.score, 4), "matched": list(r.matched),
                         "fallback": r.fallback} for r in routes or []],

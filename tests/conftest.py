@@ -11,6 +11,10 @@ import pytest
 
 _HOME = tempfile.mkdtemp(prefix="hpc_chat_test_home_")
 os.environ["HPC_CHAT_HOME"] = _HOME
+# A user's own defaults for options must not change what the tests run.
+for _name in ("HPC_CHAT_MODEL", "HPC_CHAT_SITE", "HPC_CHAT_INPUT", "HPC_CHAT_OUTPUT",
+              "HPC_CHAT_SITE_PATH", "COLUMNS"):
+    os.environ.pop(_name, None)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]

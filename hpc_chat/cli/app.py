@@ -8,17 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from hpc_chat import __version__
 from hpc_chat.errors import HpcChatError
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _console(stderr: bool = False) -> Console:
+    """On a terminal, rich's own width; piped or redirected, no wrapping and tables at their
+    natural width (COLUMNS still wins when set), so text and paths reach files whole."""
+    term = Console(stderr=stderr, soft_wrap=True)
+    if term.is_terminal or os.environ.get("COLUMNS"):
+        return term
+    return Console(stderr=stderr, soft_wrap=True, width=100_000)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 class CliError(click.ClickException):
@@ -27,7 +39,7 @@ class CliError(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:
-        err_console.print(f"[bold red]error:[/] {self.format_message()}", highlight=False,
+        err_console.print(f"[bold red]error:[/] {escape(self.format_message())}", highlight=False,
                           markup=True, soft_wrap=True)
 
 
@@ -64,18 +76,30 @@ class Session:
     def __init__(self, config: str | None, site: str | None, *, quiet: bool = False,
                  allocation: bool = False, wait_for_workers: bool = False,
                  endpoint: str | None = None, globus_state: str | None = None,
-                 model: str | None = None):
+                 model: str | None = None, agents: list[str] | None = None):
         from hpc_chat.workflow import ParslChatWorkflow
 
-        self.config, self.quiet, self.wait = config, quiet, wait_for_workers
+        self.config, self.quiet, self.wait, self.agents = config, quiet, wait_for_workers, agents
         self.loop = asyncio.new_event_loop()
         self.workflow = ParslChatWorkflow(site=site, allocation=allocation, endpoint=endpoint,
-                                          globus_state=globus_state, model=model)
+                                          globus_state=globus_state, model=model,
+                                          model_label=option_source("model", "--model"))
 
     def run(self, coro):
         return self.loop.run_until_complete(coro)
 
+    def check(self) -> Session:
+        """Find configuration and usage mistakes before any worker starts (exit 2 at once)."""
+        try:
+            self.workflow.check(self.config)
+            self.workflow.check_agents(self.agents)
+        except BaseException:
+            self.loop.close()
+            raise
+        return self
+
     def __enter__(self) -> Session:
+        self.check()
         try:
             with contextlib.nullcontext() if self.quiet else \
                     err_console.status("Starting Parsl workers..."):
@@ -95,6 +119,16 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def option_source(param: str, flag: str) -> str:
+    """How to name an option in a message: its flag, or the variable it was taken from."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.get_parameter_source(param) == ParameterSource.ENVIRONMENT:
+        return f"${next(p.envvar for p in ctx.command.params if p.name == param)}"
+    return flag
 
 
 def agents_list(value: str | None) -> list[str] | None:

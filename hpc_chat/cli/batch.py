@@ -25,70 +25,113 @@ from hpc_chat.cli.output import print_stats, render_result
 
 @cli.command()
 @click.argument("input_path", metavar="INPUT", required=False, envvar="HPC_CHAT_INPUT",
-                type=click.Path(dir_okay=False))
-@click.option("-o", "--output", envvar="HPC_CHAT_OUTPUT", type=click.Path(dir_okay=False),
-              help="JSONL output; one line per input line, written as each completes "
-                   "(default: $HPC_CHAT_OUTPUT).")
-@click.option("--resume", is_flag=True, help="Skip ids already answered in OUTPUT.")
+                type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", envvar="HPC_CHAT_OUTPUT",
+              type=click.Path(dir_okay=False, allow_dash=True),
+              help="JSONL output; one line per input line, written as each completes; '-' is "
+                   "standard output (default: $HPC_CHAT_OUTPUT).")
+@click.option("--resume", is_flag=True,
+              help="Continue OUTPUT: skip answered ids, and lines that failed on their input "
+                   "and have not changed.")
+@click.option("--retry-failed", is_flag=True,
+              help="With --resume, also rerun ids that failed at run time (timeouts, lost "
+                   "workers).")
+@click.option("--check", "check_only", is_flag=True,
+              help="Only read INPUT and report every bad line and duplicate id; run nothing.")
 @click.option("--show", is_flag=True, help="Also print each answer as it completes.")
+@click.option("--summary-json", type=click.Path(dir_okay=False), default=None,
+              help="Also write the run's summary (counts, times, tokens, Parsl) as JSON here.")
 @click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "text"]), default="auto",
               help="Input format (auto: .jsonl or a first line starting with '{' means JSONL).")
 @with_common
-def batch(input_path, output, resume, show, fmt, config, site, endpoint, allocation, agents,
-          seed, max_tokens, model):
-    """Answer every prompt in INPUT (JSONL or one prompt per line) into OUTPUT.
+def batch(input_path, output, resume, retry_failed, check_only, show, summary_json, fmt,
+          config, site, endpoint, allocation, agents, seed, max_tokens, model):
+    """Answer every prompt in INPUT (JSONL or one prompt per line; '-' is standard input) into
+    OUTPUT. INPUT and OUTPUT may come from $HPC_CHAT_INPUT and $HPC_CHAT_OUTPUT (as in
+    jobs/driver.sh). Exit 0 when every line was answered, 1 when some failed."""
+    from hpc_chat.batchfile import read_batch
 
-    INPUT and OUTPUT may come from $HPC_CHAT_INPUT and $HPC_CHAT_OUTPUT (as in jobs/driver.sh)."""
-    from hpc_chat.batchrun import BatchRun, answer_all, job_banner
-    from hpc_chat.progress import BatchProgress
-
+    if check_only:
+        if not input_path:
+            raise CliError("give INPUT (or set HPC_CHAT_INPUT)")
+        _report_check(read_batch(input_path, fmt), input_path)
     missing = [f"{what} (or set {var})" for what, var, value in (
         ("INPUT", "HPC_CHAT_INPUT", input_path), ("-o OUTPUT", "HPC_CHAT_OUTPUT", output))
         if not value]
     if missing:
         raise CliError("give " + " and ".join(missing))
+    session = Session(config, site, allocation=allocation, endpoint=endpoint, model=model,
+                      agents=agents_list(agents)).check()
+    try:
+        _run(session, input_path, output, fmt=fmt, resume=resume, retry_failed=retry_failed,
+             show=show, summary_json=summary_json, agents=agents_list(agents),
+             options=generation_options(seed, max_tokens), site=site, endpoint=endpoint,
+             allocation=allocation)
+    finally:
+        if not session.loop.is_closed():
+            session.loop.close()
+
+
+def _report_check(items, input_path) -> None:
+    bad = [it for it in items if it.error]
+    for it in bad:
+        err_console.print(it.error, markup=False, highlight=False)
+    click.echo(f"{input_path}: {len(items)} lines, {len(items) - len(bad)} runnable, "
+               f"{len(bad)} bad", err=True)
+    sys.exit(2 if bad else 0)
+
+
+def _run(session, input_path, output, *, fmt, resume, retry_failed, show, summary_json,
+         agents, options, site, endpoint, allocation) -> None:
+    from hpc_chat.batchrun import BatchRun, answer_all, job_banner, summary
+    from hpc_chat.progress import BatchProgress
+
     banner = job_banner(site, allocation)
     if banner:
         err_console.print(banner, highlight=False, markup=False)
-    run = BatchRun(input_path, output, fmt=fmt, resume=resume, endpoint=endpoint)
-    if run.skipped:
-        err_console.print(f"resume: {run.skipped} of {len(run.items)} prompts already answered "
-                          f"in {output}")
+    run = BatchRun(input_path, output, fmt=fmt, resume=resume, retry_failed=retry_failed,
+                   endpoint=endpoint)
+    note = run.describe_skipped()
+    if note:
+        err_console.print(note, markup=False, highlight=False)
     previous = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGTERM,)}
-    failed = 0
+    perf, parsl_stats = {}, None
     try:
-        failed = run.write_bad_lines()
+        if run.write_bad_lines():
+            err_console.print(f"{len(run.bad)} input lines cannot run (their output lines say "
+                              f"why)", markup=False)
         if run.runnable:
-            with Session(config, site, allocation=allocation, endpoint=endpoint,
-                         globus_state=run.globus_state(), model=model) as s, \
-                    BatchProgress(len(run.runnable) + failed, done=failed,
-                                  failed=failed) as progress:
+            session.workflow.globus_state = run.globus_state()
+            with session as s, BatchProgress(len(run.runnable)) as progress:
                 def on_result(item, result):
                     if show:
                         progress.print(render_result(item.id, result))
                     progress.advance(ok=result["ok"])
 
                 try:
-                    failed += s.run(answer_all(s.workflow, run.runnable, run.writer,
-                                               agents=agents_list(agents),
-                                               options=generation_options(seed, max_tokens),
-                                               on_result=on_result))
+                    s.run(answer_all(s.workflow, run.runnable, run.writer, agents=agents,
+                                     options=options, on_result=on_result,
+                                     on_status=progress.status))
                 finally:
                     progress.stop()
                     perf = s.run(s.workflow.get_performance_stats())
                     parsl_stats = s.run(s.workflow.get_parsl_stats())
-                    print_stats(perf, parsl_stats, title=f"Batch {Path(input_path).name}")
     except (Interrupted, KeyboardInterrupt) as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         err_console.print(f"interrupted: {run.writer.written} results saved in {output}; "
-                          f"rerun with --resume to finish")
+                          f"rerun with --resume to finish", markup=False)
         sys.exit(128 + int(signum))
     finally:
         run.close()
         for s_, h in previous.items():
             signal.signal(s_, h)
+    result = summary(run.writer.lines, model_loads=perf.get("model_loads"))
+    print_stats(result, parsl_stats, title=f"Batch {Path(input_path).name}")
+    if summary_json:
+        Path(summary_json).write_text(json.dumps({**result, "parsl": parsl_stats}, indent=2))
+    failed = result["failed_requests"]
     err_console.print(f"{run.writer.written} results written to {output}"
-                      + (f", {failed} failed" if failed else ""))
+                      + (f", {failed} failed" if failed else ""), markup=False)
     sys.exit(1 if failed else 0)
 
 

@@ -9,6 +9,7 @@ import time
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from hpc_chat.cli.app import (
     CliError,
@@ -16,6 +17,7 @@ from hpc_chat.cli.app import (
     agents_list,
     cli,
     console,
+    err_console,
     generation_options,
     with_common,
 )
@@ -28,18 +30,27 @@ from hpc_chat.cli.output import print_agents, print_conversation, print_result, 
 @click.option("--conversation", default=None, metavar="NAME",
               help="Store the exchange in this conversation; later turns see it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@click.option("-q", "--raw", is_flag=True,
+              help="Only the answer on stdout; nothing on stderr but errors.")
 def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, model,
-        conversation, as_json):
-    """Ask one question; the routed agents answer in parallel."""
-    with Session(config, site, quiet=as_json, allocation=allocation, endpoint=endpoint,
-                 wait_for_workers=True, model=model) as s:
+        conversation, as_json, raw):
+    """Ask one question; the routed agents answer in parallel. QUESTION '-' reads it from
+    standard input (echo "What is MPI?" | hpc-chat ask -)."""
+    if question == "-":
+        question = sys.stdin.read()
+    if not question.strip():
+        raise CliError("the question is empty")
+    session = Session(config, site, quiet=as_json or raw, allocation=allocation,
+                      endpoint=endpoint, wait_for_workers=True, model=model,
+                      agents=agents_list(agents)).check()
+    with session as s:
         result = s.run(s.workflow.process_request(question, conversation_id=conversation,
                                                  agents=agents_list(agents),
                                                  options=generation_options(seed, max_tokens)))
     if as_json:
         click.echo(json.dumps(result, indent=2, ensure_ascii=False))
     else:
-        print_result(result)
+        print_result(result, raw=raw)
     sys.exit(0 if result["ok"] else 1)
 
 
@@ -48,16 +59,18 @@ def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, 
 @click.option("--conversation", default=None, metavar="NAME",
               help="Conversation to continue (default: a new one named by the time).")
 def chat(config, site, endpoint, allocation, agents, seed, max_tokens, model, conversation):
-    """Interactive chat. Commands: /stats /agents /history /quit (Ctrl-D or Ctrl-C to end)."""
+    """Interactive chat. Commands: /stats /agents /history /quit. Ctrl-C while an answer is
+    being generated cancels that answer; Ctrl-C or Ctrl-D at the prompt ends the session."""
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
         pass
     name = conversation or time.strftime("chat-%Y%m%d-%H%M%S")
-    with Session(config, site, allocation=allocation, endpoint=endpoint,
-                 wait_for_workers=True, model=model) as s:
-        console.print(f"[bold]hpc-chat[/] conversation [cyan]{name}[/] with "
-                      f"{', '.join(s.workflow.agents)}. /quit to end.")
+    session = Session(config, site, allocation=allocation, endpoint=endpoint,
+                      wait_for_workers=True, model=model, agents=agents_list(agents)).check()
+    with session as s:
+        console.print(Text.assemble(("hpc-chat", "bold"), " conversation ", (name, "cyan"),
+                                    f" with {', '.join(s.workflow.agents)}. /quit to end."))
         while True:
             try:
                 line = input("you> ").strip()
@@ -68,43 +81,57 @@ def chat(config, site, endpoint, allocation, agents, seed, max_tokens, model, co
                 continue
             if line in ("/quit", "/exit"):
                 break
-            try:
-                if line == "/stats":
-                    print_stats(s.run(s.workflow.get_performance_stats()),
-                                 s.run(s.workflow.get_parsl_stats()))
-                elif line == "/agents":
-                    print_agents(s.workflow)
-                elif line == "/history":
-                    print_conversation(s.run(s.workflow.history.messages(name)))
-                elif line.startswith("/"):
-                    console.print("commands: /stats /agents /history /quit")
-                else:
-                    result = s.run(s.workflow.process_request(
-                        line, conversation_id=name, agents=agents_list(agents),
-                        options=generation_options(seed, max_tokens)))
-                    print_result(result)
-            except KeyboardInterrupt:
-                console.print("[dim](interrupted)[/]")
-                break
-    console.print("[dim]bye[/]")
+            if line == "/stats":
+                print_stats(s.run(s.workflow.get_performance_stats()),
+                            s.run(s.workflow.get_parsl_stats()))
+            elif line == "/agents":
+                print_agents(s.workflow)
+            elif line == "/history":
+                print_conversation(s.run(s.workflow.history.messages(name)))
+            elif line.startswith("/"):
+                console.print("commands: /stats /agents /history /quit")
+            else:
+                task = s.loop.create_task(s.workflow.process_request(
+                    line, conversation_id=name, agents=agents_list(agents),
+                    options=generation_options(seed, max_tokens)))
+                try:
+                    print_result(s.run(task))
+                except KeyboardInterrupt:
+                    # Stop waiting for this answer; the session goes on. (Parsl cannot stop a
+                    # task already running on a worker: it finishes there, unused.)
+                    task.cancel()
+                    s.run(asyncio.gather(task, return_exceptions=True))
+                    err_console.print("(answer cancelled)", style="dim")
+    console.print("bye", style="dim")
 
 
 @cli.command()
+@click.argument("action_or_name", metavar="[NAME | rm NAME | export NAME]", required=False)
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def history(name, as_json):
-    """List conversations, or print the conversation NAME."""
+def history(action_or_name, name, as_json):
+    """List conversations; print the conversation NAME; `history rm NAME` deletes it;
+    `history export NAME` prints it as JSON lines (one message a line)."""
     from hpc_chat.history import SQLiteHistory
 
+    action = action_or_name if action_or_name in ("rm", "export") and name else "show"
+    name = name if action != "show" else action_or_name
     unit = SQLiteHistory()
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(unit.initialize())
-        if name:
+        if action == "rm":
+            if not loop.run_until_complete(unit.remove(name)):
+                raise CliError(f"no conversation named {name!r} in {unit.path}")
+            err_console.print(f"removed conversation {name!r}", markup=False, highlight=False)
+        elif name:
             messages = loop.run_until_complete(unit.messages(name))
             if not messages:
                 raise CliError(f"no conversation named {name!r} in {unit.path}")
-            if as_json:
+            if action == "export":
+                for m in messages:
+                    click.echo(json.dumps({"conversation": name, **m}, ensure_ascii=False))
+            elif as_json:
                 click.echo(json.dumps(messages, indent=2, ensure_ascii=False))
             else:
                 print_conversation(messages)
@@ -113,9 +140,9 @@ def history(name, as_json):
             if as_json:
                 click.echo(json.dumps(convs, indent=2))
                 return
-            table = Table("conversation", "messages", "last activity", title=str(unit.path))
+            table = Table("conversation", "messages", "last activity", title=Text(str(unit.path)))
             for c in convs:
-                table.add_row(c["name"], str(c["messages"]),
+                table.add_row(Text(c["name"]), str(c["messages"]),
                               time.strftime("%Y-%m-%d %H:%M", time.localtime(c["updated_at"])))
             console.print(table)
     finally:

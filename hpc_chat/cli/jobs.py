@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from hpc_chat.cli.app import CliError, cli, console, err_console
 from hpc_chat.errors import HpcChatError
@@ -41,15 +44,16 @@ def submit(input_path, output, site, dry_run, config, agents, seed, model):
         click.echo(job.script)
         return
     job = submit_driver(profile, job)
-    console.print(f"submitted job [bold]{job.job_id}[/] on {profile.name} ({job.scheduler})",
-                  highlight=False)
-    console.print(f"  output: {job.output}\n  log:    {job.log}\n"
+    console.print(f"submitted job [bold]{escape(job.job_id)}[/] on {escape(profile.name)} "
+                  f"({job.scheduler})", highlight=False)
+    console.print(f"  output: {escape(job.output)}\n  log:    {escape(job.log)}\n"
                   f"  follow: hpc-chat status {job.job_id}", highlight=False)
 
 
 @cli.command()
 @click.argument("job_id", required=False)
-def status(job_id):
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def status(job_id, as_json):
     """State of a job from 'hpc-chat submit' (default: the latest) and its progress."""
     from hpc_chat.batchfile import answered_ids, read_batch
     from hpc_chat.sites.submit import find_job, job_state
@@ -61,23 +65,38 @@ def status(job_id):
         total = len(read_batch(job["input"]))
     except HpcChatError:
         total = None
+    if as_json:
+        click.echo(json.dumps({"job_id": job["job_id"], "site": job["site"], "state": state,
+                               "answered": done, "total": total, "input": job["input"],
+                               "output": job["output"], "log": job["log"]}, indent=2))
+        return
     table = Table("job", "site", "state", "answered", "output", "log")
-    table.add_row(job["job_id"], job["site"], state,
-                  f"{done}/{total}" if total is not None else str(done), job["output"],
-                  job["log"])
+    table.add_row(Text(job["job_id"]), Text(job["site"]), Text(state),
+                  f"{done}/{total}" if total is not None else str(done), Text(job["output"]),
+                  Text(job["log"]))
     console.print(table)
+
+
+ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "QUEUED", "HELD", "EXITING",
+          "SUSPENDED", "REQUEUED", "UNKNOWN")
 
 
 @cli.command()
 @click.argument("job_id", required=False)
 def cancel(job_id):
-    """Cancel a job from 'hpc-chat submit' (default: the latest)."""
-    from hpc_chat.sites.submit import cancel_job, find_job
+    """Cancel a job from 'hpc-chat submit' (default: the latest). Exit 1 when the job had
+    already ended."""
+    from hpc_chat.sites.submit import cancel_job, find_job, job_state
 
     job = find_job(job_id)
+    state = job_state(job)
+    if not state.startswith(ACTIVE):
+        err_console.print(f"job {job['job_id']} already ended ({state}); nothing to cancel. "
+                          f"Answers are in {job['output']}", markup=False, highlight=False)
+        sys.exit(1)
     cancel_job(job)
-    console.print(f"cancelled job {job['job_id']}; answers so far stay in {job['output']} "
-                  f"(resubmit to resume)", highlight=False)
+    console.print(f"cancelled job {job['job_id']} (it was {state}); answers so far stay in "
+                  f"{job['output']} (resubmit to resume)", markup=False, highlight=False)
 
 
 @cli.command()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import click
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from hpc_chat.cli.app import console, err_console
 
@@ -22,23 +25,32 @@ def render_result(ident: Any, result: dict[str, Any]):
                  title_align="left", subtitle_align="right")
 
 
-def print_result(result: dict[str, Any]) -> None:
-    if result["ok"]:
-        console.print(result["response"], highlight=False, markup=False)
-        detail = ", ".join(
-            f"{r['agent']}" + (" (cached)" if r.get("cached") else "")
-            for r in result["responses"] if not r.get("error"))
-        console.print(f"[dim]{detail} · {result['latency_s']:.2f} s · "
-                      f"{result['completion_tokens']} tokens[/]")
-    else:
-        err_console.print(f"[bold red]failed:[/] {result['error']}", highlight=False)
+def print_result(result: dict[str, Any], *, raw: bool = False) -> None:
+    """The answer on stdout exactly as generated (several agents: one ``[agent]`` header line
+    each); who answered, how long and how many tokens on stderr, unless ``raw``."""
+    if not result["ok"]:
+        err_console.print(f"[bold red]failed:[/] {escape(str(result['error']))}", highlight=False)
+        return
+    click.echo(result["response"])
+    if raw:
+        return
+    cut = [r["agent"] for r in result["responses"]
+           if not r.get("error") and r.get("finish_reason") == "length"]
+    detail = ", ".join(f"{r['agent']}" + (" (cached)" if r.get("cached") else "")
+                       for r in result["responses"] if not r.get("error"))
+    err_console.print(f"[dim]{detail} · {result['latency_s']:.2f} s · "
+                      f"{result['completion_tokens']} tokens[/]", highlight=False)
+    if cut:
+        err_console.print(f"[yellow]note:[/] the answer of {', '.join(cut)} stopped at the "
+                          f"max_tokens limit (raise it with --max-tokens)", highlight=False)
 
 
 def print_agents(workflow) -> None:
     table = Table("agent", "temperature", "threshold", "keywords", "description")
     for agent in workflow.agents.values():
         c = agent.config.config
-        table.add_row(agent.name, str(c.temperature), str(c.collaboration.delegation_threshold),
+        table.add_row(Text(agent.name), str(c.temperature),
+                      str(c.collaboration.delegation_threshold),
                       ", ".join(c.collaboration.specialization_keywords), agent.description)
     console.print(table)
 
@@ -49,7 +61,7 @@ def print_conversation(messages: list[dict[str, Any]]) -> None:
     for m in messages:
         who = "you" if m["role"] == "user" else (m.get("agent") or "assistant")
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(m["created_at"]))
-        console.print(f"[bold]{who}[/] [dim]{stamp}[/]")
+        console.print(Text.assemble((who, "bold"), " ", (stamp, "dim")))
         console.print(m["content"], highlight=False, markup=False)
         console.print()
 
@@ -82,11 +94,11 @@ def print_stats(perf: dict[str, Any], parsl_stats: dict[str, Any] | None = None,
                   f"{parsl_stats.get('failed_tasks', 0)} / "
                   f"{parsl_stats.get('retried_tasks', 0)}")]
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(k, Text(v))
     err_console.print(table)
 
 
 def warn_placeholders(profile, before: str) -> None:
     """List the profile's placeholder values still to edit (on stderr)."""
     for problem in profile.placeholders():
-        err_console.print(f"[yellow]to edit before {before}:[/] {problem}", highlight=False)
+        err_console.print(f"[yellow]to edit before {before}:[/] {escape(problem)}", highlight=False)

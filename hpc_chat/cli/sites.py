@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from hpc_chat.cli.app import CliError, cli, console, err_console
 from hpc_chat.cli.output import warn_placeholders
@@ -20,33 +23,75 @@ def sites():
 
 
 @sites.command("list")
-def sites_list():
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def sites_list(as_json):
     """Every profile on the search path."""
     from hpc_chat.sites.registry import all_profiles, load_profile, search_path
 
-    table = Table("site", "scheduler", "launcher", "description")
+    rows = []
     for name, path in sorted(all_profiles().items()):
         try:
             p = load_profile(path)
-            table.add_row(name, p.scheduler, p.launcher, p.description)
-        except HpcChatError:
-            table.add_row(name, "[red]invalid[/]", "", "run: hpc-chat sites validate " + name)
+            rows.append({"site": name, "path": str(path), "valid": True,
+                         "scheduler": p.scheduler, "launcher": p.launcher,
+                         "description": p.description, "placeholders": p.placeholders()})
+        except HpcChatError as exc:
+            rows.append({"site": name, "path": str(path), "valid": False, "error": str(exc)})
+    if as_json:
+        click.echo(json.dumps({"sites": rows, "search_path": [str(d) for d in search_path()]},
+                              indent=2))
+        return
+    table = Table("site", "scheduler", "launcher", "description")
+    for r in rows:
+        if r["valid"]:
+            table.add_row(Text(r["site"]), r["scheduler"], r["launcher"], Text(r["description"]))
+        else:
+            table.add_row(Text(r["site"]), Text("invalid", style="red"), "",
+                          Text("run: hpc-chat sites validate " + r["site"]))
     console.print(table)
-    console.print("[dim]search path: " + ":".join(str(d) for d in search_path()) + "[/]")
+    console.print("search path: " + ":".join(str(d) for d in search_path()), style="dim",
+                  markup=False)
 
 
 @sites.command("show")
 @click.argument("name")
-def sites_show(name):
+@click.option("--json", "as_json", is_flag=True,
+              help="The validated profile as JSON (every key, defaults filled in).")
+def sites_show(name, as_json):
     """Print a profile file and where it was found."""
     from hpc_chat.sites.registry import find_profile, load_profile
 
     path = find_profile(name)
     profile = load_profile(path)
-    console.print(f"[bold]{profile.name}[/] ({profile.scheduler}, {profile.launcher}) from "
+    if as_json:
+        click.echo(json.dumps({"path": str(path), "scheduler": profile.scheduler,
+                               "placeholders": profile.placeholders(),
+                               "profile": profile.model_dump(mode="json")}, indent=2))
+        return
+    console.print(f"[bold]{escape(profile.name)}[/] ({profile.scheduler}, {profile.launcher}) from "
                   f"{path}", highlight=False)
     click.echo(path.read_text())
     warn_placeholders(profile, "submitting")
+
+
+@sites.command("new")
+@click.argument("name")
+@click.option("--from", "template", default="generic-slurm", show_default=True,
+              metavar="SITE", help="The profile to start from (hpc-chat sites list).")
+def sites_new(name, template):
+    """Start a profile of your own: copy SITE to $HPC_CHAT_HOME/sites/NAME.yaml with
+    `name: NAME`, and list the values to fill in."""
+    from hpc_chat.sites.registry import new_profile
+
+    path, profile = new_profile(name, template)
+    console.print(f"wrote {path} (from {template})", markup=False, highlight=False)
+    problems = profile.placeholders()
+    if problems:
+        console.print("edit these values, then run: hpc-chat sites validate " + name,
+                      markup=False)
+        for problem in problems:
+            console.print(f"  {problem}", markup=False, highlight=False)
+    console.print(f"then try it: hpc-chat sites test {name}", markup=False)
 
 
 @sites.command("validate")
@@ -62,13 +107,15 @@ def sites_validate(names):
             profile = load_profile(target)
         except HpcChatError as exc:
             bad += 1
-            err_console.print(f"[bold red]invalid[/] {exc}", highlight=False)
+            label = "not found" if "not found" in str(exc) else "invalid"
+            err_console.print(f"[bold red]{label}:[/] {escape(str(exc))}", highlight=False)
             continue
         notes = profile.placeholders()
         extra = f" ({len(notes)} placeholder values to edit before submitting)" if notes else ""
-        console.print(f"[green]ok[/] {profile.name}: {profile.source}{extra}", highlight=False)
+        console.print(f"[green]ok[/] {escape(profile.name)}: {escape(profile.source)}{extra}",
+                      highlight=False)
     if bad:
-        raise CliError(f"{bad} of {len(targets)} profiles are invalid")
+        raise CliError(f"{bad} of {len(targets)} profiles are invalid or missing")
 
 
 @sites.command("render")

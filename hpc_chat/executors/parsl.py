@@ -125,6 +125,7 @@ class ParslExecutor:
                 log.debug("could not query the interchange: %s", exc)
             out["blocks"] = len(ex.blocks_to_job_id)
             out["job_ids"] = list(ex.blocks_to_job_id.values())
+            out["block_failures"] = block_failures(ex)
         return out
 
     def block_output(self, job_id: str) -> list[str]:
@@ -205,6 +206,19 @@ def _force_stop(dfk) -> None:
                 provider.cancel(job_ids)
             except Exception as exc:
                 log.warning("could not cancel blocks %s: %s", job_ids, exc)
+
+
+def block_failures(ex) -> list[str]:
+    """Why blocks failed to start (e.g. the scheduler refused the submission), as Parsl
+    recorded it; read from its last known states, so the scheduler is not asked again."""
+    from parsl.jobs.states import JobState
+
+    found = [f"block {block}: {status.message}" for block, status in
+             list(ex.status_facade.items())
+             if status.state == JobState.FAILED and status.message]
+    if ex.bad_state_is_set and ex.executor_exception is not None:
+        found.append(str(ex.executor_exception))
+    return found
 
 
 def _start_dfk(config):

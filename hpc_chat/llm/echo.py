@@ -77,6 +77,12 @@ def _words(text: str) -> list[str]:
     return text.split()
 
 
+def _sleep_until(deadline: float) -> None:
+    delay = deadline - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+
+
 class EchoEngine:
     """The unbatched engine: one answer at a time, ``token_s`` per generated token."""
 
@@ -102,7 +108,9 @@ class EchoEngine:
         want = self.pace.tokens or len(words)
         out = [words[i % len(words)] for i in range(min(want, max_tokens))]
         finish = "length" if want > max_tokens else "stop"
-        text = " ".join(out)
+        # The message as written (line breaks, spacing) when it is the whole answer.
+        text = last.strip() if want == len(words) <= max_tokens and last.strip() else \
+            " ".join(out)
         for s in stop or []:
             if s and s in text:
                 text, finish = text[:text.index(s)], "stop"
@@ -123,8 +131,10 @@ class EchoEngine:
         text, n, finish = self.answer(messages, max_tokens, stop)
         with self._lock:  # one answer at a time per engine, as with a real model
             start = time.perf_counter()
-            for _ in range(n if self.pace.token_s else 0):
-                time.sleep(self.pace.token_s)  # a step per token: a timeout lands between them
+            for k in range(1, n + 1 if self.pace.token_s else 0):
+                # a step per token (a timeout lands between them), each ending on schedule so
+                # that the answer lasts n x token_s, not that plus every sleep's overshoot
+                _sleep_until(start + k * self.pace.token_s)
             self.calls += 1
             elapsed = time.perf_counter() - start
         return Completion(text=text, finish_reason=finish,
@@ -157,12 +167,15 @@ class EchoBatchedEngine:
                     queue.append((i, req, *self.engine.answer(req.messages, req.max_tokens,
                                                               req.stop)))
             active: dict[int, list] = {}  # index -> [request, text, tokens, finish, left, t0]
+            started, steps = time.perf_counter(), 0
             while queue or active:
                 while queue and len(active) < self.n_seq:
                     i, req, text, n, finish = queue.popleft()
                     active[i] = [req, text, n, finish, n, time.perf_counter()]
                 if any(a[4] > 0 for a in active.values()):
-                    time.sleep(self.engine.pace.token_s)
+                    steps += 1  # one decode step for every running answer
+                    if self.engine.pace.token_s:
+                        _sleep_until(started + steps * self.engine.pace.token_s)
                 for i in list(active):
                     a = active[i]
                     a[4] -= 1

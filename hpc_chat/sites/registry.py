@@ -9,6 +9,7 @@ separated; admins point this at a site-wide directory), ``~/.hpc_chat/sites/`` (
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -68,3 +69,21 @@ def load_profile(name_or_path: str | os.PathLike) -> SiteProfile:
     profile = validate(SiteProfile, load_yaml(path, error=ProfileError), path, error=ProfileError)
     profile._source = str(path)
     return profile
+
+
+def new_profile(name: str, template: str) -> tuple[Path, SiteProfile]:
+    """Copy the profile ``template`` to ``$HPC_CHAT_HOME/sites/NAME.yaml`` with its ``name:``
+    set to NAME (the comments stay); refuses to overwrite."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ProfileError(f"{name!r} is not a site name: use letters, digits and _ . -")
+    source = find_profile(template)
+    target = hpc_chat_home() / "sites" / f"{name}.yaml"
+    if target.exists():
+        raise ProfileError(f"{target} exists already; edit it, or choose another name")
+    text = source.read_text(encoding="utf-8")
+    text, n = re.subn(r"(?m)^name:.*$", f"name: {name}", text, count=1)
+    if not n:
+        text = f"name: {name}\n" + text
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    return target, load_profile(target)

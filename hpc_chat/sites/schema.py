@@ -32,27 +32,27 @@ from hpc_chat.sites.schedulers import SCHEDULERS
 # A value inside a scheduler directive: no whitespace, quotes, newlines, `;`, `$` or backticks.
 # `&` and `|` are allowed because Slurm constraints use them ("gpu&hbm80g") and a directive
 # line is parsed by sbatch, not by a shell.
-_DIRECTIVE_VALUE = re.compile(r"^[A-Za-z0-9_.,:@%+=/&|\-\[\]]+$")
+_DIRECTIVE_VALUE = re.compile(r"[A-Za-z0-9_.,:@%+=/&|\-\[\]]+")
 # A word on a launcher command line (srun/mpiexec overrides): no shell metacharacters at all.
-_SHELL_WORD = re.compile(r"^[A-Za-z0-9_.,:@%+=/\-]+$")
-_WALLTIME = re.compile(r"^(\d{1,3}):([0-5]\d):([0-5]\d)$")
+_SHELL_WORD = re.compile(r"[A-Za-z0-9_.,:@%+=/\-]+")
+_WALLTIME = re.compile(r"(\d{1,3}):([0-5]\d):([0-5]\d)")
 PLACEHOLDER = re.compile(r"YOUR_[A-Z_]+|CHANGE_?ME|<[^<>]+>")
 
 
 def _directive_value(value: str) -> str:
-    if value and not _DIRECTIVE_VALUE.match(value):
+    if value and not _DIRECTIVE_VALUE.fullmatch(value):
         raise ValueError(f"{value!r} is not allowed in a job script: use letters, digits and "
                          f"_ . , : @ % + = / & | - only (no spaces, quotes, newlines or ;$`)")
     return value
 
 
 def walltime_seconds(value: str) -> int:
-    h, m, s = (int(x) for x in _WALLTIME.match(value).groups())
+    h, m, s = (int(x) for x in _WALLTIME.fullmatch(value).groups())
     return h * 3600 + m * 60 + s
 
 
 def _walltime(value: str) -> str:
-    if not _WALLTIME.match(value):
+    if not _WALLTIME.fullmatch(value):
         raise ValueError(f"{value!r} is not a walltime: write HH:MM:SS, e.g. 01:30:00")
     if value in ("0:00:00", "00:00:00", "000:00:00"):
         raise ValueError("the walltime must be longer than zero")
@@ -60,14 +60,14 @@ def _walltime(value: str) -> str:
 
 
 def _shell_words(value: str) -> str:
-    if "\n" in value or "\r" in value:
+    if len(value.splitlines()) > 1:
         raise ValueError("must be a single line")
     try:
         words = shlex.split(value)
     except ValueError as exc:
         raise ValueError(f"cannot be split into words: {exc}") from None
     for word in words:
-        if not _SHELL_WORD.match(word):
+        if not _SHELL_WORD.fullmatch(word):
             raise ValueError(f"{word!r} is not allowed on a launcher command line: use plain "
                              f"options such as --cpu-bind=cores (no quotes, ;|&$`<> or spaces "
                              f"inside a word)")
@@ -75,7 +75,7 @@ def _shell_words(value: str) -> str:
 
 
 def _module_name(value: str) -> str:
-    if not _SHELL_WORD.match(value):
+    if not _SHELL_WORD.fullmatch(value):
         raise ValueError(f"{value!r} is not a module name")
     return value
 
@@ -91,6 +91,8 @@ def _directive_lines(prefix: str):
         lines = value.splitlines() if isinstance(value, str) else list(value)
         out = []
         for line in lines:
+            if len(line.splitlines()) > 1:  # \n, \r, U+2028, U+0085, ... inside one list item
+                raise ValueError(f"{line!r}: one directive per list item, no line breaks")
             line = line.strip()
             if not line:
                 continue
@@ -242,7 +244,7 @@ class ExecutorSettings(StrictModel):
     @classmethod
     def _affinity(cls, value: str) -> str:
         if value in ("none", "block", "alternating", "block-reverse") or \
-                re.match(r"^list(:[0-9,\-]+)+$", value):
+                re.fullmatch(r"list(:[0-9,\-]+)+", value):
             return value
         raise ValueError("use none, block, alternating, block-reverse or list:0,1:2,3")
 
@@ -277,6 +279,11 @@ class ModelSettings(StrictModel):
             except ModelNotFoundError as exc:
                 raise ValueError(str(exc)) from None
         return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _echo_aliases(cls, value: dict[str, str]) -> dict[str, str]:
+        return {name: cls._echo_options(target) for name, target in value.items()}
 
 
 class DriverSettings(StrictModel):

@@ -21,7 +21,7 @@ from pathlib import Path
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
-from hpc_chat.errors import ProfileError, SubmitError
+from hpc_chat.errors import HpcChatError, ProfileError, SubmitError
 from hpc_chat.paths import hpc_chat_home
 from hpc_chat.sites.schedulers import SCHEDULERS
 from hpc_chat.sites.schema import SiteProfile
@@ -189,3 +189,12 @@ def cancel_job(job: dict) -> None:
     if proc.returncode != 0:
         raise SubmitError(f"could not cancel job {job['job_id']}", command=shlex.join(argv),
                           retcode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
+
+
+def pilot_state(scheduler: str, job_id: str) -> str:
+    """The scheduler's state of a pilot job, never raising (``UNKNOWN (reason)`` instead); a
+    local "job" is a process: running."""
+    try:
+        return job_state({"scheduler": scheduler, "job_id": job_id})
+    except HpcChatError as exc:
+        return f"UNKNOWN ({str(exc).splitlines()[0]})"

@@ -221,8 +221,11 @@ def process_chat_batch(agent_config: dict, items: list[dict],
     alone failed (e.g. its prompt does not fit). ``n_seq`` is the batched context's number of
     sequences (the workflow's batch size).
     """
-    return [{"error": str(r), "agent": agent_config.get("name")} if isinstance(r, Exception)
-            else r for r in answer(agent_config, items, n_seq or len(items))]
+    from hpc_chat.worker.retry import error_kind
+
+    return [{"error": str(r), "error_kind": error_kind(r), "agent": agent_config.get("name")}
+            if isinstance(r, Exception) else r
+            for r in answer(agent_config, items, n_seq or len(items))]
 
 
 def worker_identity() -> dict[str, Any]:

@@ -18,6 +18,16 @@ from hpc_chat.errors import ConfigError, PromptTooLongError
 NOT_RETRYABLE = (ConfigError, PromptTooLongError, ValueError, TypeError)
 
 
+def error_kind(exc: BaseException) -> str:
+    """``input`` when the request itself cannot be answered (empty, too long for the context):
+    final until the request changes; ``runtime`` for anything a later try may get past."""
+    inner = getattr(exc, "e_value", None) or exc
+    if isinstance(inner, PromptTooLongError) or (isinstance(inner, ValueError)
+                                                 and not isinstance(inner, ConfigError)):
+        return "input"
+    return "runtime"
+
+
 def is_retryable(exc: BaseException) -> bool:
     from parsl.app.errors import AppTimeout
 

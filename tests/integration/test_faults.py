@@ -36,7 +36,9 @@ def test_worker_killed_mid_batch_every_request_answered_once(fixtures, tmp_path)
             line = super().write(item, result, finished_at=finished_at)
             if self.written == 5:
                 pid = result["responses"][0]["worker"]["pid"]
-                time.sleep(0.2)  # the queue is full: by now this worker runs its next task
+                # The queue is full, so this worker takes its next task within milliseconds,
+                # and that answer lasts 1 s: at 0.5 s the kill lands in the middle of it.
+                time.sleep(0.5)
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
             return line

@@ -79,16 +79,22 @@ def test_performance_monitoring(loop, workflow):
     assert parsl_stats["blocks"] == 1
 
 
-def test_requests_overlap_on_two_workers(loop, workflow):
-    """Parallelism is real: two agent tasks run at the same time in different processes."""
+def test_requests_overlap_on_two_workers(fast_config, tmp_path):
+    """Parallelism is real: two agent tasks run at the same time in different processes.
+    Each answer takes 2 s (the echo model), however fast the machine."""
     async def go():
-        a = workflow.submit_request("Describe a forest.", agents=["balanced_agent"],
-                                    options={"max_tokens": 48, "seed": 1})
-        b = workflow.submit_request("Describe an ocean.", agents=["balanced_agent"],
-                                    options={"max_tokens": 48, "seed": 2})
-        return await a, await b
+        wf = ParslChatWorkflow(history_path=str(tmp_path / "h.db"),
+                               model="echo?tokens=20&token_s=0.1")
+        await wf.initialize(fast_config)
+        try:
+            await wf.wait_for_workers(2, timeout=60)
+            a = wf.submit_request("Describe a forest.", agents=["balanced_agent"])
+            b = wf.submit_request("Describe an ocean.", agents=["balanced_agent"])
+            return await a, await b
+        finally:
+            await wf.shutdown()
 
-    ra, rb = loop.run_until_complete(go())
+    ra, rb = asyncio.run(go())
     ta, tb = ra["responses"][0], rb["responses"][0]
     assert ta["worker"]["pid"] != tb["worker"]["pid"]
     start = max(ta["timings"]["start"], tb["timings"]["start"])

@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from .conftest import squeue_ids
+from .conftest import squeue_ids, wait_until
 
 
 def sites_test(profile, *args) -> subprocess.CompletedProcess:
@@ -26,13 +26,14 @@ def test_a_pending_pilot_job_is_followed_until_workers_answer(fixtures):
     proc = sites_test(fixtures / "sites" / "local-slurm-delayed.yaml", "--timeout", "200")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert stages(out) == ["profile", "submitted", "scheduler", "scheduler", "workers",
-                           "answered", "answered", "answered", "shutdown"], out
+    got = stages(out)
+    assert got[:2] == ["profile", "submitted"] and got[-4:] == ["answered"] * 3 + ["shutdown"]
+    assert set(got[2:-5]) == {"scheduler"} and got[-5] == "workers", out
     assert "model echo?tokens=8" in out
     assert re.search(r"job \d+ PENDING \(BeginTime\)", out), out
     assert re.search(r"job \d+ RUNNING", out), out
     assert "answered 3/3 by " in out
-    assert squeue_ids() <= before, "the pilot job should be cancelled"
+    wait_until(lambda: squeue_ids() <= before, 60, "the pilot job to be cancelled")
 
 
 def test_workers_that_cannot_start_fail_the_check_with_their_output(fixtures):
@@ -44,7 +45,33 @@ def test_workers_that_cannot_start_fail_the_check_with_their_output(fixtures):
     assert "answered" not in proc.stdout and "Traceback" not in proc.stderr
 
 
+def test_a_refused_submission_fails_at_once_with_the_schedulers_words(fixtures, tmp_path):
+    profile = tmp_path / "bad-partition.yaml"
+    profile.write_text((fixtures / "sites" / "local-slurm-delayed.yaml").read_text()
+                       .replace("name: local-slurm-delayed", "name: bad-partition")
+                       .replace("partition: debug", "partition: nosuchpartition"))
+    proc = sites_test(profile, "--timeout", "200")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "the pilot job could not be submitted" in proc.stdout
+    assert "nosuchpartition" in proc.stdout or "invalid partition" in proc.stdout.lower()
+
+
 def test_an_unknown_site_is_a_usage_error():
     proc = sites_test("no-such-site")
     assert proc.returncode == 2 and "no-such-site" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_batch_waiting_for_its_pilot_job_says_what_the_scheduler_says(fixtures, tmp_path):
+    """Piped, the progress shows plain lines: the pilot job PENDING (BeginTime) first."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\ntwo\n")
+    proc = subprocess.run([sys.executable, "-m", "hpc_chat", "batch", str(prompts), "-o",
+                           str(tmp_path / "out.jsonl"), "--site",
+                           str(fixtures / "sites" / "local-slurm-delayed.yaml"), "--model",
+                           "echo", "--config", str(fixtures / "workflows" / "fast.yml")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"waiting for workers: job \d+ PENDING \(BeginTime\)", proc.stderr), \
+        proc.stderr
+    assert "2 results written" in proc.stderr

@@ -114,11 +114,14 @@ def test_submit_status_and_output(fast, tmp_path):
 
 
 def test_cancel_really_cancels(fast, tmp_path):
+    """40 answers of 5 s (the echo model) on 2 workers: the job is still running when
+    cancelled, however fast the machine."""
     prompts = prompts_file(tmp_path, 40)
     output = tmp_path / "answers.jsonl"
     runner = CliRunner()
     result = runner.invoke(cli, ["submit", str(prompts), "-o", str(output), "--site",
-                                 "local-slurm", "--config", fast], catch_exceptions=False)
+                                 "local-slurm", "--config", fast, "--model",
+                                 "echo?tokens=10&token_s=0.5"], catch_exceptions=False)
     job_id = result.output.split("submitted job ")[1].split()[0]
     wait_until(lambda: slurm_state(job_id) == "RUNNING", 120, "the job to start")
     cancelled = runner.invoke(cli, ["cancel", job_id], catch_exceptions=False)
@@ -126,6 +129,10 @@ def test_cancel_really_cancels(fast, tmp_path):
     wait_until(lambda: slurm_state(job_id) in ("CANCELLED", "GONE"), 120,
                "the job to be cancelled")
     assert job_id not in squeue_ids()
+    again = runner.invoke(cli, ["cancel", job_id])
+    assert again.exit_code == 1 and "already ended" in again.output
+    state = json.loads(runner.invoke(cli, ["status", job_id, "--json"]).output)
+    assert state["job_id"] == job_id and state["state"].startswith(("CANCELLED", "FINISHED"))
 
 
 def test_driver_killed_like_a_walltime_then_resubmitted_completes(fast, tmp_path):

@@ -76,16 +76,25 @@ def test_pace_makes_work_of_a_known_duration():
     assert time.perf_counter() - started >= 5 * 0.05
 
 
-def test_batched_echo_decodes_every_sequence_in_one_step():
-    """4 answers of 5 tokens on 2 sequences: 10 steps, not 20 (and at least 10)."""
-    e = engine("echo?tokens=5&token_s=0.05")
-    batched = get_batched_engine(e, 2)
-    started = time.perf_counter()
+def test_batched_echo_decodes_every_sequence_in_one_step(monkeypatch):
+    """4 answers of 5 tokens on 2 sequences: 10 decode steps of token_s each, not 20."""
+    import hpc_chat.llm.echo as echo_mod
+
+    deadlines = []
+    monkeypatch.setattr(echo_mod, "_sleep_until", deadlines.append)
+    batched = get_batched_engine(engine("echo?tokens=5&token_s=0.05"), 2)
     out = batched.generate([GenRequest(messages=msgs(f"q{i}"), max_tokens=16)
                             for i in range(4)])
-    assert time.perf_counter() - started >= 10 * 0.05
+    assert len(deadlines) == 10
+    steps = [round((d - deadlines[0]) / 0.05) for d in deadlines]
+    assert steps == list(range(10))  # evenly spaced: the batch lasts 10 x token_s
     assert [c.text for c in out] == [" ".join([f"q{i}"] * 5) for i in range(4)]
     assert all(c.extra["batched"] and c.completion_tokens == 5 for c in out)
+
+
+def test_the_message_comes_back_as_written():
+    text = "line one\n\n  indented   line two"
+    assert engine("echo").chat(msgs(text), max_tokens=50).text == text.strip()
 
 
 def test_batched_echo_refuses_a_prompt_over_the_context_alone():

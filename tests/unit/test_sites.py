@@ -172,3 +172,36 @@ def test_missing_interface_is_a_clear_error(tmp_path):
     from hpc_chat.errors import ConfigError
     with pytest.raises(ConfigError, match="iface.yaml: cannot build the Parsl configuration"):
         build_parsl_config(load_profile(path), settings)
+
+
+LINE_BREAKS = ["\n", "\r", "\u2028", "\u0085", "\r\n"]
+
+
+@pytest.mark.parametrize("brk", LINE_BREAKS)
+@pytest.mark.parametrize("where", ["provider", "driver"])
+def test_a_line_break_inside_a_directive_list_item_is_rejected(tmp_path, brk, where):
+    """An item may not smuggle a second line (a shell command) into the job script."""
+    item = f"#SBATCH --mem=1G{brk}touch /tmp/owned"
+    text = ("name: x\nprovider:\n  type: SlurmProvider\n  partition: debug\n"
+            "  launcher: {type: SrunLauncher}\n")
+    import yaml
+    data = yaml.safe_load(text)
+    data.setdefault(where, {})["scheduler_options"] = [item]
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ProfileError) as info:
+        load_profile(path)
+    assert "scheduler_options" in str(info.value)
+
+
+@pytest.mark.parametrize("field", ["account", "partition", "qos", "constraint"])
+@pytest.mark.parametrize("payload", ["acct\n", "acct\r", "a\u2028b", "$(id)", "a`id`",
+                                     "a;id", "a'b", 'a"b', "a b", "x" * 5000 + "\n"])
+def test_hostile_directive_values_are_rejected_field_by_field(tmp_path, field, payload):
+    import yaml
+    data = {"name": "x", "provider": {"type": "SlurmProvider", field: payload,
+                                      "launcher": {"type": "SrunLauncher"}}}
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ProfileError, match=f"provider.{field}"):
+        load_profile(path)
