@@ -117,7 +117,9 @@ async def watch_workers(workflow, on_status: Callable[[str], None],
             on_status("")
             return
         jobs = stats.get("job_ids") or []
-        if jobs:
+        if workflow.profile.scheduler == "local":  # no scheduler: processes are starting
+            on_status("waiting for workers to start")
+        elif jobs:
             state = await asyncio.to_thread(pilot_state, workflow.profile.scheduler, jobs[0])
             on_status(f"waiting for workers: job {jobs[0]} {state}")
         else:

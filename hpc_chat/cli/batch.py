@@ -146,4 +146,4 @@ def stats(output, as_json):
     if as_json:
         click.echo(json.dumps(perf, indent=2))
     else:
-        print_stats(perf, title=f"Batch output {output}")
+        print_stats(perf, title=f"Batch output {output}", to_stdout=True)

@@ -67,8 +67,9 @@ def print_conversation(messages: list[dict[str, Any]]) -> None:
 
 
 def print_stats(perf: dict[str, Any], parsl_stats: dict[str, Any] | None = None,
-                 title: str = "Statistics") -> None:
-    table = Table("metric", "value", title=title)
+                title: str = "Statistics", *, to_stdout: bool = False) -> None:
+    """The statistics table: on stderr beside a run's answers, on stdout for ``stats``."""
+    table = Table("metric", "value", title=Text(title))
     rows = [
         ("requests (ok / failed)", f"{perf['successful_requests']} / {perf['failed_requests']}"),
         ("response time avg / min / max", f"{perf['avg_response_time']:.2f} / "
@@ -95,7 +96,7 @@ def print_stats(perf: dict[str, Any], parsl_stats: dict[str, Any] | None = None,
                   f"{parsl_stats.get('retried_tasks', 0)}")]
     for k, v in rows:
         table.add_row(k, Text(v))
-    err_console.print(table)
+    (console if to_stdout else err_console).print(table)
 
 
 def warn_placeholders(profile, before: str) -> None:
