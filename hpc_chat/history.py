@@ -1,4 +1,5 @@
-"""Conversation history: the seed's ``MemoryHistory`` and a persistent SQLite unit.
+"""Conversation history: in memory (``MemoryHistory``, the original design's
+``DataUnitMemory``) or in a persistent SQLite file.
 
 Only the driver writes history; workers receive recent turns by value in each task's context,
 so this works with workers on other nodes. The SQLite file lives in ``$HPC_CHAT_HOME`` (mode

@@ -1,4 +1,4 @@
-"""The workflow YAML (the seed's ``ParslChatWorkflow.yml`` format), validated.
+"""The workflow YAML (the original design's ``ParslChatWorkflow.yml`` format), validated.
 
 Everything the file names is resolved here, relative to the file: agent files and the history
 unit's file. Errors name the file and the key path.
@@ -66,6 +66,7 @@ class ParslSection(StrictModel):
 
 
 class PerformanceSection(StrictModel):
+    # Accepted so the original design's files load; statistics are always collected.
     enable_metrics: bool = True
     batch_size: int = Field(5, ge=1)
     timeout_seconds: float = Field(60, gt=0)

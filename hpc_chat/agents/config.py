@@ -1,4 +1,5 @@
-"""Agent personas as validated YAML (the seed's ``EnhancedCollaborativeAgent`` format).
+"""Agent personas as validated YAML (the original design's ``EnhancedCollaborativeAgent``
+format).
 
 An agent file looks like::
 

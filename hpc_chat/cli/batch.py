@@ -39,8 +39,9 @@ from hpc_chat.cli.output import print_stats, render_result
 @click.option("--check", "check_only", is_flag=True,
               help="Only read INPUT and report every bad line and duplicate id; run nothing.")
 @click.option("--show", is_flag=True, help="Also print each answer as it completes.")
-@click.option("--summary-json", type=click.Path(dir_okay=False), default=None,
-              help="Also write the run's summary (counts, times, tokens, Parsl) as JSON here.")
+@click.option("--summary-json", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Also write the run's summary (counts, times, tokens, Parsl) as JSON here "
+                   "('-': standard output).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "text"]), default="auto",
               help="Input format (auto: .jsonl or a first line starting with '{' means JSONL).")
 @with_common
@@ -128,7 +129,11 @@ def _run(session, input_path, output, *, fmt, resume, retry_failed, show, summar
     result = summary(run.writer.lines, model_loads=perf.get("model_loads"))
     print_stats(result, parsl_stats, title=f"Batch {Path(input_path).name}")
     if summary_json:
-        Path(summary_json).write_text(json.dumps({**result, "parsl": parsl_stats}, indent=2))
+        text = json.dumps({**result, "parsl": parsl_stats}, indent=2)
+        if summary_json == "-":
+            click.echo(text)
+        else:
+            Path(summary_json).write_text(text + "\n")
     failed = result["failed_requests"]
     err_console.print(f"{run.writer.written} results written to {output}"
                       + (f", {failed} failed" if failed else ""), markup=False)

@@ -114,7 +114,9 @@ def history(action_or_name, name, as_json):
     `history export NAME` prints it as JSON lines (one message a line)."""
     from hpc_chat.history import SQLiteHistory
 
-    action = action_or_name if action_or_name in ("rm", "export") and name else "show"
+    if action_or_name in ("rm", "export") and not name:
+        raise CliError(f"give the conversation: hpc-chat history {action_or_name} NAME")
+    action = action_or_name if action_or_name in ("rm", "export") else "show"
     name = name if action != "show" else action_or_name
     unit = SQLiteHistory()
     loop = asyncio.new_event_loop()

@@ -99,6 +99,14 @@ def print_stats(perf: dict[str, Any], parsl_stats: dict[str, Any] | None = None,
     (console if to_stdout else err_console).print(table)
 
 
+def rule(title: str) -> None:
+    """A section heading: a full-width rule on a terminal, one short line in a pipe."""
+    if console.is_terminal:
+        console.rule(Text(title))
+    else:
+        click.echo(f"--- {title} ---")
+
+
 def warn_placeholders(profile, before: str) -> None:
     """List the profile's placeholder values still to edit (on stderr)."""
     for problem in profile.placeholders():

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hpc_chat.cli.app import CliError, cli, console, err_console
-from hpc_chat.cli.output import warn_placeholders
+from hpc_chat.cli.output import rule, warn_placeholders
 from hpc_chat.errors import HpcChatError
 
 
@@ -78,12 +78,14 @@ def sites_show(name, as_json):
 @click.argument("name")
 @click.option("--from", "template", default="generic-slurm", show_default=True,
               metavar="SITE", help="The profile to start from (hpc-chat sites list).")
-def sites_new(name, template):
+@click.option("--force", is_flag=True,
+              help="Allow a name that hides a profile shipped with hpc_chat (e.g. local).")
+def sites_new(name, template, force):
     """Start a profile of your own: copy SITE to $HPC_CHAT_HOME/sites/NAME.yaml with
     `name: NAME`, and list the values to fill in."""
     from hpc_chat.sites.registry import new_profile
 
-    path, profile = new_profile(name, template)
+    path, profile = new_profile(name, template, force=force)
     console.print(f"wrote {path} (from {template})", markup=False, highlight=False)
     problems = profile.placeholders()
     if problems:
@@ -107,7 +109,7 @@ def sites_validate(names):
             profile = load_profile(target)
         except HpcChatError as exc:
             bad += 1
-            label = "not found" if "not found" in str(exc) else "invalid"
+            label = "error" if "not found" in str(exc) else "invalid"
             err_console.print(f"[bold red]{label}:[/] {escape(str(exc))}", highlight=False)
             continue
         notes = profile.placeholders()
@@ -132,14 +134,14 @@ def sites_render(name, input_path, output_path):
     from hpc_chat.sites.submit import render_driver_script
 
     profile = load_profile(name)
-    console.rule(f"Parsl executor for {profile.name}")
+    rule(f"Parsl executor for {profile.name}")
     click.echo(render_parsl_config(profile))
     command, script = render_pilot_script(profile)
-    console.rule("Pilot job (written by Parsl's provider)")
+    rule("Pilot job (written by Parsl's provider)")
     click.echo(f"# submitted with: {command}")
     click.echo(script)
     if profile.scheduler != "local":
-        console.rule("Driver job (hpc-chat submit)")
+        rule("Driver job (hpc-chat submit)")
         click.echo(render_driver_script(profile, input_path, output_path).script)
     warn_placeholders(profile, "submitting")
 

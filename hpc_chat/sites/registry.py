@@ -71,11 +71,17 @@ def load_profile(name_or_path: str | os.PathLike) -> SiteProfile:
     return profile
 
 
-def new_profile(name: str, template: str) -> tuple[Path, SiteProfile]:
+def new_profile(name: str, template: str, *, force: bool = False) -> tuple[Path, SiteProfile]:
     """Copy the profile ``template`` to ``$HPC_CHAT_HOME/sites/NAME.yaml`` with its ``name:``
-    set to NAME (the comments stay); refuses to overwrite."""
+    set to NAME (the comments stay); refuses to overwrite, and to hide a shipped profile
+    (profiles in the home are found first) unless ``force``."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ProfileError(f"{name!r} is not a site name: use letters, digits and _ . -")
+    shipped = [shipped_dir() / f"{name}{suffix}" for suffix in SUFFIXES]
+    if not force and any(p.is_file() for p in shipped):
+        raise ProfileError(f"{name!r} is a profile shipped with hpc_chat; a profile of yours "
+                           f"with that name would hide it everywhere. Choose another name "
+                           f"(or pass --force)")
     source = find_profile(template)
     target = hpc_chat_home() / "sites" / f"{name}.yaml"
     if target.exists():

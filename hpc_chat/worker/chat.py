@@ -107,8 +107,11 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
     site_model = context.get("model") or {}
     sampling = {**settings.sampling(), **{k: v for k, v in options.items()
                                           if k in Sampling.model_fields}}
-    request = GenRequest(messages=build_messages(settings.system_prompt, message,
-                                                 context.get("history")), **sampling)
+    try:
+        request = GenRequest(messages=build_messages(settings.system_prompt, message,
+                                                     context.get("history")), **sampling)
+    except ValidationError as exc:  # e.g. an option out of range: the request's own fault
+        raise ValueError(format_validation_error("options", exc).replace("\n", "; ")) from None
     spec = model_spec(settings.model_dump(), site_model)
     key = cache_key(agent.to_dict(), request.messages, request.seed,
                     {**spec.model_dump(), "max_tokens": request.max_tokens,

@@ -59,6 +59,7 @@ def test_ask_dash_reads_the_question_from_stdin(home):
     (["ask", "x", "--agents", "nosuch_agent"], "unknown agent(s) nosuch_agent"),
     (["batch", "-", "-o", "-", "--agents", "nosuch_agent"], "unknown agent(s) nosuch_agent"),
     (["ask", "x", "--model", "echo?speed=1"], "--model: model 'echo?speed=1'"),
+    (["ask", "x", "--seed", "-1"], "Invalid value for '--seed'"),
 ])
 def test_usage_errors_exit_2_before_anything_starts(home, args, message):
     out = hpc(home, *args, stdin="", model=None, config=str(FIXTURES / "workflows" /
@@ -161,6 +162,8 @@ def test_models_history_and_sites_for_scripts(home):
     rows = [json.loads(x) for x in export.stdout.splitlines()]
     assert [r["role"] for r in rows] == ["user", "assistant"] and rows[0]["conversation"] == "[/]"
     assert hpc(home, "history", "rm", "[/]", model=None, config=None).returncode == 0
+    bare = hpc(home, "history", "export", model=None, config=None)
+    assert bare.returncode == 2 and "give the conversation" in bare.stderr
     gone = hpc(home, "history", "[/]", model=None, config=None)
     assert gone.returncode == 2 and "no conversation named" in gone.stderr
     sites = json.loads(hpc(home, "sites", "list", "--json", model=None, config=None).stdout)
@@ -182,7 +185,17 @@ def test_sites_new_starts_a_profile_named_for_the_user(home):
     again = hpc(home, "sites", "new", "mycluster", model=None, config=None)
     assert again.returncode == 2 and "exists already" in again.stderr
     missing = hpc(home, "sites", "validate", "nosuch", model=None, config=None)
-    assert missing.returncode == 2 and "not found: site 'nosuch' not found" in missing.stderr
+    assert missing.returncode == 2 and "error: site 'nosuch' not found" in missing.stderr
+    shipped = hpc(home, "sites", "new", "local", model=None, config=None)
+    assert shipped.returncode == 2 and "shipped with hpc_chat" in shipped.stderr
+    assert not (home / "sites" / "local.yaml").exists()
+
+
+def test_piped_render_has_short_section_lines(home):
+    out = hpc(home, "sites", "render", "local-slurm", model=None, config=None)
+    assert out.returncode == 0, out.stderr
+    assert "--- Pilot job (written by Parsl's provider) ---" in out.stdout
+    assert max(len(line) for line in out.stdout.splitlines()) < 2000  # no 100k-wide rules
 
 
 def test_markup_in_a_profile_description_is_printed_as_text(home):

@@ -76,6 +76,20 @@ def test_the_original_designs_examples_run(tmp_path):
     set_debug_mode(False)
 
 
+def test_every_executor_has_the_interface(tmp_path):
+    from hpc_chat.executors.base import ChatExecutor
+    from hpc_chat.executors.local import LocalExecutor
+    from hpc_chat.executors.parsl import ParslExecutor
+    from hpc_chat.globus.executor import GlobusComputeExecutor
+
+    endpoint = GlobusComputeExecutor("00000000-0000-0000-0000-000000000000",
+                                     state_path=tmp_path / "s.json")
+    for executor in (ParslExecutor(), LocalExecutor(), endpoint):
+        assert isinstance(executor, ChatExecutor), type(executor).__name__
+    assert (ParslExecutor.supports_batching, GlobusComputeExecutor.supports_batching) == \
+        (True, False)
+
+
 def test_get_hpc_config_validates_its_arguments_like_a_profile():
     from hpc_chat.apps.config import get_hpc_config
     from hpc_chat.errors import ProfileError
