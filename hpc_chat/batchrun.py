@@ -14,8 +14,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hpc_chat.batchfile import STDIO, BatchItem, OutputWriter, id_key, read_batch, read_output
+from hpc_chat.batchfile import (
+    STDIO,
+    BatchItem,
+    OutputWriter,
+    id_key,
+    read_batch,
+    read_output,
+    records_from_lines,
+)
 from hpc_chat.errors import InputError
+from hpc_chat.stats import summarize
 
 
 class BatchRun:
@@ -149,9 +158,6 @@ def _skip_reason(last: dict, item: BatchItem, retry_failed: bool) -> str | None:
 def summary(lines: list[dict], *, model_loads: int | None = None) -> dict:
     """The statistics of the lines one run wrote (what its summary table and its last line
     both count), with the model loads the workflow saw."""
-    from hpc_chat.batchfile import records_from_lines
-    from hpc_chat.stats import summarize
-
     result = summarize(records_from_lines(lines))
     if model_loads is None:
         del result["model_loads"]

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hpc_chat.sites.schedulers import job_ended
 from hpc_chat.sites.submit import pilot_state
 
 DEFAULT_MODEL = "echo?tokens=8"
@@ -69,12 +70,6 @@ async def check_site(site: str, *, report: Callable[[str, str], None], requests:
             stage("shutdown", "workers stopped and pilot jobs cancelled")
 
 
-# Scheduler states after which a job runs no more (Slurm's and PBS's words, as job_state
-# gives them); anything else may still start workers.
-ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-         "BOOT_FAIL", "DEADLINE", "PREEMPTED", "FINISHED", "EXITING")
-
-
 async def _follow(wf, scheduler: str, deadline: float, stage) -> bool:
     """Report submission, scheduler states and connected workers until a worker is there."""
     job_id, last_state = None, None
@@ -92,7 +87,7 @@ async def _follow(wf, scheduler: str, deadline: float, stage) -> bool:
             if state != last_state:
                 stage("scheduler", f"job {job_id} {state}")
                 last_state = state
-            if state.startswith(ENDED) and not stats.get("active_workers"):
+            if job_ended(state) and not stats.get("active_workers"):
                 stage("failed", f"the pilot job ended ({state}) before any worker "
                                 f"connected{_output_tail(wf, job_id)}")
                 return False

@@ -77,20 +77,17 @@ def status(job_id, as_json):
     console.print(table)
 
 
-ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "QUEUED", "HELD", "EXITING",
-          "SUSPENDED", "REQUEUED", "UNKNOWN")
-
-
 @cli.command()
 @click.argument("job_id", required=False)
 def cancel(job_id):
     """Cancel a job from 'hpc-chat submit' (default: the latest). Exit 1 when the job had
     already ended."""
+    from hpc_chat.sites.schedulers import job_ended
     from hpc_chat.sites.submit import cancel_job, find_job, job_state
 
     job = find_job(job_id)
     state = job_state(job)
-    if not state.startswith(ACTIVE):
+    if job_ended(state):
         err_console.print(f"job {job['job_id']} already ended ({state}); nothing to cancel. "
                           f"Answers are in {job['output']}", markup=False, highlight=False)
         sys.exit(1)

@@ -164,14 +164,14 @@ class EchoBatchedEngine:
                 if size + req.max_tokens > self.n_ctx_seq:
                     results[i] = prompt_too_long(size, req.max_tokens, self.n_ctx_seq)
                 else:
-                    queue.append((i, req, *self.engine.answer(req.messages, req.max_tokens,
-                                                              req.stop)))
-            active: dict[int, list] = {}  # index -> [request, text, tokens, finish, left, t0]
+                    queue.append((i, size, *self.engine.answer(req.messages, req.max_tokens,
+                                                               req.stop)))
+            active: dict[int, list] = {}  # index -> [prompt size, text, tokens, finish, left, t0]
             started, steps = time.perf_counter(), 0
             while queue or active:
                 while queue and len(active) < self.n_seq:
-                    i, req, text, n, finish = queue.popleft()
-                    active[i] = [req, text, n, finish, n, time.perf_counter()]
+                    i, size, text, n, finish = queue.popleft()
+                    active[i] = [size, text, n, finish, n, time.perf_counter()]
                 if any(a[4] > 0 for a in active.values()):
                     steps += 1  # one decode step for every running answer
                     if self.engine.pace.token_s:
@@ -180,10 +180,9 @@ class EchoBatchedEngine:
                     a = active[i]
                     a[4] -= 1
                     if a[4] <= 0:
-                        req, text, n, finish, _, t0 = active.pop(i)
+                        size, text, n, finish, _, t0 = active.pop(i)
                         results[i] = Completion(
-                            text=text, finish_reason=finish,
-                            prompt_tokens=self.engine.prompt_size(req.messages),
+                            text=text, finish_reason=finish, prompt_tokens=size,
                             completion_tokens=n, model_load_s=self.engine.load_s,
                             model_loaded_now=False, generation_s=time.perf_counter() - t0,
                             extra={"batched": True, "echo": True})

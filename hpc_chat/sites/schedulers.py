@@ -34,6 +34,17 @@ def _pbs_state(queue_out: str, show_out: str) -> str | None:
     return PBS_STATES.get(code, code)
 
 
+# The states after which a job runs no more, as ``job_state`` gives them (Slurm's words, PBS's
+# codes spelled out, and our own ``FINISHED (no longer known to ...)``); any other state, an
+# unknown one included, may still run or start.
+ENDED_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                "BOOT_FAIL", "DEADLINE", "PREEMPTED", "FINISHED")
+
+
+def job_ended(state: str) -> bool:
+    return state.startswith(ENDED_STATES)
+
+
 @dataclass(frozen=True)
 class Scheduler:
     name: str

@@ -22,6 +22,7 @@ from hpc_chat.errors import ConfigError, ModelNotFoundError, PromptTooLongError
 from hpc_chat.llm.models import ModelSpec, model_location
 from hpc_chat.llm.registry import get_batched_engine, get_engine
 from hpc_chat.llm.request import GenRequest, Sampling, prompt_too_long
+from hpc_chat.worker.retry import error_kind
 
 # Tokens kept free for the chat template's own markup around each message.
 TEMPLATE_OVERHEAD_PER_MESSAGE = 8
@@ -66,13 +67,16 @@ def model_name(settings: dict[str, Any], site_model: dict[str, Any]) -> str:
     return name
 
 
-def model_spec(settings: dict[str, Any], site_model: dict[str, Any]) -> ModelSpec:
-    """Agent settings override the site's model defaults; the name is resolved on this host."""
+def model_spec(settings: dict[str, Any], site_model: dict[str, Any],
+               name: str | None = None) -> ModelSpec:
+    """Agent settings override the site's model defaults; the name (``model_name`` unless
+    given) is resolved on this host."""
     def pick(key, default):
         value = settings.get(key)
         return value if value is not None else site_model.get(key, default)
 
-    path = model_location(model_name(settings, site_model), site_model.get("aliases"))
+    name = name or model_name(settings, site_model)
+    path = model_location(name, site_model.get("aliases"))
     return ModelSpec(path=path, n_ctx=pick("n_ctx", 2048), n_threads=pick("n_threads", None),
                      n_gpu_layers=pick("n_gpu_layers", 0), n_batch=site_model.get("n_batch", 512))
 
@@ -112,11 +116,13 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
                                                      context.get("history")), **sampling)
     except ValidationError as exc:  # e.g. an option out of range: the request's own fault
         raise ValueError(format_validation_error("options", exc).replace("\n", "; ")) from None
-    spec = model_spec(settings.model_dump(), site_model)
+    settings_dict = settings.model_dump()
+    name = model_name(settings_dict, site_model)
+    spec = model_spec(settings_dict, site_model, name)
     key = cache_key(agent.to_dict(), request.messages, request.seed,
                     {**spec.model_dump(), "max_tokens": request.max_tokens,
                      "temperature": request.temperature})
-    return Prepared(agent, request, spec, model_name(settings.model_dump(), site_model), key)
+    return Prepared(agent, request, spec, name, key)
 
 
 def _cached(prep: Prepared) -> dict | None:
@@ -224,8 +230,6 @@ def process_chat_batch(agent_config: dict, items: list[dict],
     alone failed (e.g. its prompt does not fit). ``n_seq`` is the batched context's number of
     sequences (the workflow's batch size).
     """
-    from hpc_chat.worker.retry import error_kind
-
     return [{"error": str(r), "error_kind": error_kind(r), "agent": agent_config.get("name")}
             if isinstance(r, Exception) else r
             for r in answer(agent_config, items, n_seq or len(items))]
