@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hpc_chat.errors import InputError
+from hpc_chat.outputlock import OutputLock
 from hpc_chat.stats import RequestRecord, summarize
 
 OUTPUT_KEYS = ("id", "prompt", "ok", "response", "agents", "latency_s", "completion_tokens",
@@ -159,6 +160,25 @@ def answered_ids(path: str | os.PathLike) -> set[str]:
     return {k for k, v in read_output(path).items() if v.get("ok") is True}
 
 
+def _encode(line: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The line as JSON text, and the line that text says. One that cannot be JSON (an answer
+    of a type JSON has no form for) becomes an error line for its id rather than the end of
+    the batch."""
+    try:
+        text = json.dumps(line, ensure_ascii=False)
+        text.encode("utf-8")
+        return text, line
+    except UnicodeEncodeError:  # a lone surrogate from the input: escape it
+        return json.dumps(line, ensure_ascii=True), line
+    except (TypeError, ValueError, RecursionError) as exc:
+        failed = {**dict.fromkeys(OUTPUT_KEYS),
+                  **{k: line.get(k) for k in ("id", "prompt", "finished_at")},
+                  "ok": False, "agents": [], "error_kind": "runtime",
+                  "error": f"the answer could not be written as JSON: "
+                           f"{type(exc).__name__}: {exc}"}
+        return json.dumps(failed, ensure_ascii=True), failed
+
+
 class OutputWriter:
     """Appends result lines and flushes each one. Opened before any work starts, so an output
     path that cannot be written fails at once."""
@@ -172,15 +192,24 @@ class OutputWriter:
             self.path, self._fh = Path("<stdout>"), sys.stdout
             return
         self.path = Path(path)
-        if self.path.exists() and not resume and self.path.stat().st_size > 0:
-            raise InputError(f"{self.path}: the output file exists; pass --resume to continue "
-                             f"it, or choose another path")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh: TextIO = self.path.open("a", encoding="utf-8")
         except OSError as exc:
             raise InputError(f"{self.path}: cannot write the output: "
                              f"{exc.strerror or exc}") from None
+        self._lock = OutputLock(self.path)  # one run at a time appends to an output
+        try:
+            if self.path.exists() and not resume and self.path.stat().st_size > 0:
+                raise InputError(f"{self.path}: the output file exists; pass --resume to "
+                                 f"continue it, or choose another path")
+            try:
+                self._fh: TextIO = self.path.open("a", encoding="utf-8")
+            except OSError as exc:
+                raise InputError(f"{self.path}: cannot write the output: "
+                                 f"{exc.strerror or exc}") from None
+        except BaseException:
+            self._lock.release()
+            raise
         self._ensure_line_start()
 
     def _ensure_line_start(self) -> None:
@@ -204,11 +233,7 @@ class OutputWriter:
             line = {"id": item.id, **{k: result.get(k) for k in OUTPUT_KEYS if k != "id"}}
             line["prompt"] = item.prompt
         line["finished_at"] = round(finished_at, 3)
-        try:
-            text = json.dumps(line, ensure_ascii=False)
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate from the input: escape it
-            text = json.dumps(line, ensure_ascii=True)
+        text, line = _encode(line)
         try:
             self._fh.write(text + "\n")
             self._fh.flush()
@@ -223,6 +248,7 @@ class OutputWriter:
     def close(self) -> None:
         if self._fh is not sys.stdout:
             self._fh.close()
+            self._lock.release()
 
 
 def records_from_lines(lines: Iterable[dict[str, Any]]) -> list[RequestRecord]:

@@ -24,6 +24,7 @@ from hpc_chat.batchfile import (
     records_from_lines,
 )
 from hpc_chat.errors import InputError
+from hpc_chat.startup import follow_workers, run_scheduler
 from hpc_chat.stats import summarize
 
 
@@ -31,9 +32,11 @@ class BatchRun:
     """A batch input against its output file: read, checked and opened before any worker
     starts, so a bad input or an unwritable output costs nothing.
 
-    With ``resume``, an id is skipped when its last output line answered it, or failed because
-    of the line itself (``error_kind: input``) and the line has not changed since; a line that
-    failed at run time (a timeout, a lost worker) runs again only with ``retry_failed``.
+    With ``resume``, resume is keyed on id and prompt: an id is skipped when its last output
+    line has the same prompt and answered it, or failed because of the line itself
+    (``error_kind: input``); a line that failed at run time (a timeout, a lost worker) runs
+    again only with ``retry_failed``. An id whose prompt was edited since runs again, and is
+    reported; a new id runs.
     """
 
     def __init__(self, input_path: str, output: str, *, fmt: str = "auto",
@@ -44,25 +47,46 @@ class BatchRun:
                 Path(input_path).exists() and os.path.samefile(input_path, output):
             raise InputError(f"{output}: the output is the input file; choose another output")
         self.items = read_batch(input_path, fmt)
+        self.writer = OutputWriter(output, resume=self.resume)  # locked; fails if unwritable
+        # Read under the lock: another run cannot be appending to it now.
         previous = read_output(output) if self.resume and output != STDIO else {}
-        self.writer = OutputWriter(output, resume=self.resume)  # fails here if unwritable
+        answered = {line["prompt"]: line for line in previous.values()
+                    if line.get("ok") is True and isinstance(line.get("prompt"), str)}
         self.skipped = {"answered": 0, "input": 0, "runtime": 0}
+        self.changed: list[BatchItem] = []  # answered before, but the prompt is not the same
+        self.moved: list[tuple[BatchItem, dict]] = []  # answered before under another line
         todo = []
         for it in self.items:
             last = previous.get(id_key(it.id))
+            if (last is None or last.get("prompt") != it.prompt) and it.id == it.line and \
+                    isinstance(it.prompt, str) and it.prompt in answered:
+                # Its id is its line number, and lines were inserted or removed above it:
+                # the prompt was answered under its old line number.
+                self.moved.append((it, answered[it.prompt]))
+                continue
             reason = _skip_reason(last, it, retry_failed) if last else None
             if reason:
                 self.skipped[reason] += 1
             else:
+                if last and last.get("ok") is True:
+                    self.changed.append(it)
                 todo.append(it)
         self.bad = [it for it in todo if it.error]
         self.runnable = [it for it in todo if not it.error]
 
     def describe_skipped(self) -> str | None:
         s = self.skipped
-        if not any(s.values()):
+        if not any(s.values()) and not self.changed and not self.moved:
             return None
         parts = [f"{s['answered']} of {len(self.items)} prompts already answered"]
+        if self.moved:
+            parts.append(f"{len(self.moved)} answered before on another line (their answers "
+                         f"are copied to their new line numbers)")
+        if self.changed:
+            ids = ", ".join(str(it.id) for it in self.changed[:5])
+            more = f" and {len(self.changed) - 5} more" if len(self.changed) > 5 else ""
+            parts.append(f"{len(self.changed)} whose prompt is not the one answered under its "
+                         f"id (id {ids}{more}: answered now; the later line is the answer)")
         if s["input"]:
             parts.append(f"{s['input']} unchanged lines that failed on their input")
         if s["runtime"]:
@@ -71,7 +95,11 @@ class BatchRun:
         return f"resume: {', '.join(parts)} in {self.output}"
 
     def write_bad_lines(self) -> int:
-        """An output line for each input line that cannot run (malformed, empty, ...)."""
+        """Lines that need no worker: the answers of moved prompts under their new line
+        numbers, and an error line for each input line that cannot run (malformed, empty,
+        ...); returns the number of error lines."""
+        for it, line in self.moved:
+            self.writer.write(it, line, finished_at=time.time())
         for it in self.bad:
             self.writer.write(it, None, finished_at=time.time())
         return len(self.bad)
@@ -95,45 +123,60 @@ async def answer_all(workflow, items: list[BatchItem], writer: OutputWriter, *, 
                      on_result: Callable[[BatchItem, dict], None] | None = None,
                      on_status: Callable[[str], None] | None = None) -> int:
     """Submit every item, write each result as it completes; returns the number failed.
-    ``on_status`` hears what the workers are waiting for until the first one connects."""
+
+    Until the first worker connects, ``on_status`` hears what the workers are waiting for;
+    workers that cannot start end the batch with an :class:`ExecutorError` (the lines written
+    so far stay), instead of a wait without end."""
     async def answer(item):
         return item, await workflow.submit_request(item.prompt, agents=agents, options=options,
                                                    request_key=id_key(item.id))
 
-    watcher = asyncio.ensure_future(watch_workers(workflow, on_status)) if on_status else None
+    status = on_status or (lambda text: None)
+    watching = asyncio.ensure_future(follow_workers(
+        workflow, _status_line(workflow, status),
+        timeout=workflow.loaded.settings.executor.timeout))
+    writing = asyncio.current_task()
+
+    def watched(task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            writing.cancel()  # the workers cannot start: stop waiting for answers
+        else:
+            status("")
+
+    watching.add_done_callback(watched)
     failed = 0
+    answers = [asyncio.ensure_future(answer(it)) for it in items]
     try:
-        for next_done in asyncio.as_completed([answer(it) for it in items]):
+        for next_done in asyncio.as_completed(answers):
             item, result = await next_done
             writer.write(item, result, finished_at=time.time())
             failed += not result["ok"]
             if on_result is not None:
                 on_result(item, result)
+    except asyncio.CancelledError:
+        if watching.done() and not watching.cancelled() and watching.exception():
+            for task in answers:  # no worker will come: nothing is left waiting for one
+                task.cancel()
+            raise watching.exception() from None
+        raise
     finally:
-        if watcher is not None:
-            watcher.cancel()
+        watching.cancel()
     return failed
 
 
-async def watch_workers(workflow, on_status: Callable[[str], None],
-                        every_s: float = 5.0) -> None:
-    """Until a worker connects: ``waiting for workers: job 123 PENDING (Priority)``."""
-    from hpc_chat.sites.submit import pilot_state
+def _status_line(workflow, on_status: Callable[[str], None]):
+    """What a batch shows while it waits: ``waiting for workers: job 123 PENDING (Priority)``."""
+    local = run_scheduler(workflow) == "local"
 
-    while True:
-        stats = await workflow.get_parsl_stats()
-        if stats.get("active_workers") or workflow.profile is None:
-            on_status("")
-            return
-        jobs = stats.get("job_ids") or []
-        if workflow.profile.scheduler == "local":  # no scheduler: processes are starting
-            on_status("waiting for workers to start")
-        elif jobs:
-            state = await asyncio.to_thread(pilot_state, workflow.profile.scheduler, jobs[0])
-            on_status(f"waiting for workers: job {jobs[0]} {state}")
-        else:
-            on_status("waiting for workers: submitting a pilot job")
-        await asyncio.sleep(every_s)
+    def report(stage: str, detail: str) -> None:
+        if stage == "scheduler" and not local:
+            on_status(f"waiting for workers: {detail}")
+        elif stage == "submitted":
+            on_status("waiting for workers to start" if local
+                      else f"waiting for workers: {detail} submitted")
+    return report
 
 
 def job_banner(site: str | None, allocation: bool) -> str | None:
@@ -148,10 +191,12 @@ def job_banner(site: str | None, allocation: bool) -> str | None:
 
 def _skip_reason(last: dict, item: BatchItem, retry_failed: bool) -> str | None:
     """Why a resumed run skips ``item`` given its last output line, or None to run it."""
+    if last.get("prompt") != item.prompt:
+        return None  # the input was edited since: this is another request
     if last.get("ok") is True:
         return "answered"
     if last.get("error_kind") == "input":
-        return "input" if last.get("prompt") == item.prompt else None  # else: it was edited
+        return "input"
     return None if retry_failed else "runtime"
 
 

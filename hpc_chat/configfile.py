@@ -35,15 +35,18 @@ def resolve_config_path(path: str | os.PathLike, *, base: Path | None = None,
     """Find a config file as the original design's examples name them.
 
     A relative path is tried, in order, against ``base`` (the directory of the file that refers
-    to it, when there is one), the current directory, the package directory (so
-    ``config/ParslChatWorkflow.yml`` works from anywhere) and the packaged ``config/`` directory.
+    to it) or, for a path the user typed (no ``base``), the current directory; then the package
+    directory (so ``config/ParslChatWorkflow.yml`` works from anywhere) and the packaged
+    ``config/`` directory. A file that refers to another is never resolved against the current
+    directory: a packaged workflow run from an untrusted checkout must not pick up that
+    checkout's ``config/*.yml``.
     """
     p = Path(path).expanduser()
     if p.is_absolute():
         candidates = [p]
     else:
-        candidates = ([base / p] if base else []) + [Path.cwd() / p, PACKAGE_DIR / p,
-                                                    PACKAGED_CONFIG_DIR / p]
+        candidates = [base / p if base else Path.cwd() / p, PACKAGE_DIR / p,
+                      PACKAGED_CONFIG_DIR / p]
     for c in candidates:
         if c.is_file():
             return c

@@ -9,6 +9,7 @@ directories on clusters are often on NFS or Lustre where WAL's shared memory doe
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import threading
@@ -62,6 +63,9 @@ def bound_turns(messages: list[dict[str, Any]], max_turns: int,
     return out
 
 
+TURN_KEYS = ("role", "agent", "content", "prompt_tokens", "completion_tokens")
+
+
 class MemoryHistory:
     """History kept in this process only."""
 
@@ -76,10 +80,17 @@ class MemoryHistory:
     async def append(self, conversation: str, role: str, content: str, *,
                      agent: str | None = None, prompt_tokens: int | None = None,
                      completion_tokens: int | None = None) -> None:
-        self._created.setdefault(conversation, time.time())
-        self._conversations.setdefault(conversation, []).append({
-            "role": role, "agent": agent, "content": content, "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens, "created_at": time.time()})
+        await self.append_turns(conversation, [{
+            "role": role, "content": content, "agent": agent, "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens}])
+
+    async def append_turns(self, conversation: str, turns: list[dict[str, Any]]) -> None:
+        """Add messages (``role``, ``content``, optional ``agent`` and token counts) together:
+        a user turn and its answer are stored both or neither."""
+        now = time.time()
+        self._created.setdefault(conversation, now)
+        self._conversations.setdefault(conversation, []).extend(
+            {**dict.fromkeys(TURN_KEYS), **t, "created_at": now} for t in turns)
 
     async def messages(self, conversation: str) -> list[dict[str, Any]]:
         return list(self._conversations.get(conversation, []))
@@ -126,6 +137,8 @@ CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id,
 class SQLiteHistory(MemoryHistory):
     """History in an SQLite file that survives restarts."""
 
+    locked_retry_s = 30.0  # how long a write waits for other writers before giving up
+
     def __init__(self, config: HistoryConfig | None = None):
         super().__init__(config or HistoryConfig(data_type="sqlite", persistent=True))
         self.path = Path(self.config.path).expanduser() if self.config.path else \
@@ -159,44 +172,60 @@ class SQLiteHistory(MemoryHistory):
                     f"changed; move it aside (mv {self.path} {self.path}.bad) to start a new one")
         return f"{self.path}: history database error: {text}"
 
-    def _run(self, sql: str, params: tuple = (), *, write: bool = False) -> list[tuple]:
+    def _run(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """A read (writes go through :meth:`append_turns` and :meth:`remove`)."""
         if self._db is None:
             raise HistoryError("the history unit is not initialized")
         with self._lock:
             try:
-                cur = self._db.execute(sql, params)
-                rows = cur.fetchall()
-                if write:
-                    self._db.commit()
-                return rows
+                return self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                if write:
-                    self._db.rollback()
                 raise HistoryError(self._explain(exc)) from None
 
-    def _conversation_id(self, name: str, create: bool) -> int | None:
+    def _conversation_id(self, name: str) -> int | None:
         rows = self._run("SELECT id FROM conversations WHERE name = ?", (name,))
-        if rows:
-            return rows[0][0]
-        if not create:
-            return None
-        now = time.time()
-        self._run("INSERT INTO conversations (name, created_at, updated_at) VALUES (?, ?, ?)",
-                  (name, now, now), write=True)
-        return self._run("SELECT id FROM conversations WHERE name = ?", (name,))[0][0]
+        return rows[0][0] if rows else None
 
-    async def append(self, conversation: str, role: str, content: str, *,
-                     agent: str | None = None, prompt_tokens: int | None = None,
-                     completion_tokens: int | None = None) -> None:
-        cid = self._conversation_id(conversation, create=True)
-        now = time.time()
-        self._run("INSERT INTO messages (conversation_id, role, agent, content, prompt_tokens, "
-                  "completion_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                  (cid, role, agent, content, prompt_tokens, completion_tokens, now), write=True)
-        self._run("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, cid), write=True)
+    async def append_turns(self, conversation: str, turns: list[dict[str, Any]]) -> None:
+        """One transaction (``BEGIN IMMEDIATE``, so two writers queue on SQLite's busy timeout
+        instead of failing on a lock upgrade), tried again while another writer holds the
+        database, for up to ``locked_retry_s``. Run in a thread: while it waits for the lock,
+        the driver's event loop keeps delivering answers."""
+        if self._db is None:
+            raise HistoryError("the history unit is not initialized")
+        await asyncio.to_thread(self._append_turns_blocking, conversation, turns)
+
+    def _append_turns_blocking(self, conversation: str, turns: list[dict[str, Any]]) -> None:
+        deadline = time.monotonic() + self.locked_retry_s
+        while True:
+            with self._lock:
+                try:
+                    self._write_turns(conversation, turns)
+                    return
+                except sqlite3.Error as exc:
+                    if self._db.in_transaction:
+                        self._db.rollback()
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise HistoryError(self._explain(exc)) from None
+            time.sleep(0.05)
+
+    def _write_turns(self, conversation: str, turns: list[dict[str, Any]]) -> None:
+        db, now = self._db, time.time()
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT OR IGNORE INTO conversations (name, created_at, updated_at) "
+                   "VALUES (?, ?, ?)", (conversation, now, now))
+        cid = db.execute("SELECT id FROM conversations WHERE name = ?",
+                         (conversation,)).fetchone()[0]
+        db.executemany(
+            "INSERT INTO messages (conversation_id, role, agent, content, prompt_tokens, "
+            "completion_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(cid, t["role"], t.get("agent"), t["content"], t.get("prompt_tokens"),
+              t.get("completion_tokens"), now) for t in turns])
+        db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, cid))
+        db.commit()
 
     async def messages(self, conversation: str) -> list[dict[str, Any]]:
-        cid = self._conversation_id(conversation, create=False)
+        cid = self._conversation_id(conversation)
         if cid is None:
             return []
         rows = self._run("SELECT role, agent, content, prompt_tokens, completion_tokens, "
@@ -212,7 +241,7 @@ class SQLiteHistory(MemoryHistory):
                 for n, k, c, u in rows]
 
     async def remove(self, conversation: str) -> bool:
-        cid = self._conversation_id(conversation, create=False)
+        cid = self._conversation_id(conversation)
         if cid is None:
             return False
         with self._lock:  # both deletes in one transaction

@@ -16,11 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hpc_chat.sites.schedulers import job_ended
-from hpc_chat.sites.submit import pilot_state
+from hpc_chat.errors import ExecutorError
+from hpc_chat.startup import follow_workers
 
 DEFAULT_MODEL = "echo?tokens=8"
-POLL_S = 1.0
 
 
 async def check_site(site: str, *, report: Callable[[str, str], None], requests: int = 3,
@@ -43,7 +42,7 @@ async def check_site(site: str, *, report: Callable[[str, str], None], requests:
             scheduler = wf.profile.scheduler
             stage("profile", f"{wf.profile.name} ({scheduler}, {wf.profile.launcher}) from "
                              f"{wf.profile.source}; model {model}")
-            ok = await _follow(wf, scheduler, deadline, stage)
+            ok = await _follow(wf, deadline, stage)
             if not ok:
                 return False
             agent = next(iter(wf.agents))
@@ -70,49 +69,15 @@ async def check_site(site: str, *, report: Callable[[str, str], None], requests:
             stage("shutdown", "workers stopped and pilot jobs cancelled")
 
 
-async def _follow(wf, scheduler: str, deadline: float, stage) -> bool:
+async def _follow(wf, deadline: float, stage) -> bool:
     """Report submission, scheduler states and connected workers until a worker is there."""
-    job_id, last_state = None, None
-    while time.monotonic() < deadline:
-        stats = await wf.get_parsl_stats()
-        if stats.get("block_failures") and not stats.get("active_workers"):
-            stage("failed", "the pilot job could not be submitted: "
-                            + "; ".join(stats["block_failures"]))
-            return False
-        if job_id is None and stats.get("job_ids"):
-            job_id = stats["job_ids"][0]
-            stage("submitted", f"pilot job {job_id}")
-        if job_id is not None:
-            state = await asyncio.to_thread(pilot_state, scheduler, job_id)
-            if state != last_state:
-                stage("scheduler", f"job {job_id} {state}")
-                last_state = state
-            if job_ended(state) and not stats.get("active_workers"):
-                stage("failed", f"the pilot job ended ({state}) before any worker "
-                                f"connected{_output_tail(wf, job_id)}")
-                return False
-        if stats.get("active_workers"):
-            stage("workers", f"{stats['active_workers']} connected in "
-                             f"{stats.get('connected_blocks', 0)} block(s)")
-            return True
-        await asyncio.sleep(POLL_S)
-    if job_id is None:
-        stage("failed", "no pilot job was submitted before the time limit: check the "
-                        "provider section of the profile")
-        return False
-    stage("failed", f"no worker connected before the time limit (job {job_id} {last_state}); "
-                    f"workers must reach the driver's address (executor.address)")
+    try:
+        await asyncio.wait_for(
+            follow_workers(wf, stage, timeout=wf.loaded.settings.executor.timeout),
+            max(1.0, deadline - time.monotonic()))
+        return True
+    except ExecutorError as exc:
+        stage("failed", str(exc))
+    except asyncio.TimeoutError:
+        stage("failed", "no worker connected before the time limit (--timeout)")
     return False
-
-
-def _output_tail(wf, job_id: str, lines: int = 5) -> str:
-    """Where the pilot job's output is, and its last lines (the reason, usually)."""
-    block_output = getattr(wf.executor, "block_output", None)
-    text = ""
-    for path in block_output(job_id) if block_output else []:
-        try:
-            tail = Path(path).read_text(errors="replace").strip().splitlines()[-lines:]
-        except OSError:
-            continue
-        text += f"\n  {path}" + ("".join(f"\n  | {line}" for line in tail) or " (empty)")
-    return f"; its output:{text}" if text else ""

@@ -313,11 +313,12 @@ class ParslChatWorkflow:
         responses = await asyncio.gather(*(ask(r) for r in routes))
         combined = aggregate_responses(list(responses))
         if combined["ok"] and conversation_id:
-            await self.history.append(conversation_id, "user", text)
-            await self.history.append(conversation_id, "assistant", combined["content"],
-                                      agent=",".join(combined["agents"]),
-                                      prompt_tokens=combined["usage"]["prompt_tokens"],
-                                      completion_tokens=combined["usage"]["completion_tokens"])
+            await self.history.append_turns(conversation_id, [
+                {"role": "user", "content": text},
+                {"role": "assistant", "content": combined["content"],
+                 "agent": ",".join(combined["agents"]),
+                 "prompt_tokens": combined["usage"]["prompt_tokens"],
+                 "completion_tokens": combined["usage"]["completion_tokens"]}])
         error = "; ".join(f"{e['agent']}: {e['error']}" for e in combined["errors"]) or None
         return self._finish(start, text, combined, error=None if combined["ok"] else error,
                             routes=routes)

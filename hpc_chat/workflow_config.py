@@ -13,7 +13,13 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from hpc_chat.agents.config import AgentConfig
-from hpc_chat.configfile import StrictModel, load_yaml, resolve_config_path, validate
+from hpc_chat.configfile import (
+    PACKAGED_CONFIG_DIR,
+    StrictModel,
+    load_yaml,
+    resolve_config_path,
+    validate,
+)
 from hpc_chat.errors import ConfigError
 from hpc_chat.history import HistoryConfig
 
@@ -117,8 +123,11 @@ class LoadedWorkflow:
 
 
 def load_workflow(config_path: str | os.PathLike | None = None) -> LoadedWorkflow:
-    """Read a workflow file (default: the packaged one) and everything it refers to."""
-    path = resolve_config_path(config_path or DEFAULT_WORKFLOW)
+    """Read a workflow file and everything it refers to. The default is the packaged file
+    itself, never a ``config/ParslChatWorkflow.yml`` that happens to be in the current
+    directory (name that one with ``--config`` to use it)."""
+    path = (resolve_config_path(config_path) if config_path
+            else PACKAGED_CONFIG_DIR / Path(DEFAULT_WORKFLOW).name)
     config = validate(WorkflowConfig, load_yaml(path), path)
     settings = config.config
     agents = []

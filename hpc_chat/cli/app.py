@@ -15,6 +15,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from hpc_chat import __version__
 from hpc_chat.errors import HpcChatError
@@ -99,13 +100,18 @@ class Session:
         return self
 
     def __enter__(self) -> Session:
+        from hpc_chat.startup import follow_workers
+
         self.check()
         try:
             with contextlib.nullcontext() if self.quiet else \
-                    err_console.status("Starting Parsl workers..."):
+                    err_console.status("Starting Parsl workers...") as spinner:
                 self.run(self.workflow.initialize(self.config))
                 if self.wait:  # interactive commands: the spinner covers worker start-up
-                    self.run(self.workflow.wait_for_workers())
+                    self.run(follow_workers(
+                        self.workflow, lambda stage, detail: spinner and spinner.update(
+                            Text(f"Starting Parsl workers: {detail}")),
+                        timeout=self.workflow.loaded.settings.executor.timeout))
         except BaseException:
             self.close()
             raise

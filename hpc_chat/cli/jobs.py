@@ -94,6 +94,29 @@ def cancel(job_id):
     cancel_job(job)
     console.print(f"cancelled job {job['job_id']} (it was {state}); answers so far stay in "
                   f"{job['output']} (resubmit to resume)", markup=False, highlight=False)
+    # A driver killed with its job cannot cancel the pilot jobs it submitted: its ledger can.
+    from hpc_chat.sites.ledger import clean_dead
+
+    for line in clean_dead(driver_job=job["job_id"]):
+        console.print(f"  {line}", markup=False, highlight=False)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only list what is recorded; stop nothing.")
+def cleanup(dry_run):
+    """Stop what drivers that died left running: their pilot jobs, interchange and worker
+    pools, as recorded in $HPC_CHAT_HOME/runs. A driver is known dead when its process on
+    this host is gone or the batch job it ran in has ended. Every run does this when it
+    starts, and each driver's watchdog does it when its driver dies; this is for doing it
+    now."""
+    from hpc_chat.sites.ledger import clean_dead
+
+    report = clean_dead(dry_run=dry_run)
+    for line in report:
+        console.print(line, markup=False, highlight=False)
+    if not report:
+        console.print("nothing to clean up: no driver known to have died left a run record",
+                      markup=False, highlight=False)
 
 
 @cli.command()

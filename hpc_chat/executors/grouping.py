@@ -5,14 +5,21 @@ wait at most ``linger_s`` (10 ms) for company, then go to a worker as one task o
 ``batch_size`` items, which the worker decodes together (:mod:`hpc_chat.llm.batched`). A single
 interactive question pays the 10 ms and nothing else. Each request still gets its own result,
 or its own error when only that item failed.
+
+The items of a micro-batch start together, so its time limit is each request's limit
+(``performance.timeout_seconds``). When it runs out (a worker stalled, or one answer is very
+long), the batch is not retried as a whole: each request is sent again as its own task, with
+its own limit and its own retries, so one slow answer does not fail the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
-from hpc_chat.worker.tasks import chat_batch_task
+from hpc_chat.worker.retry import is_timeout
+from hpc_chat.worker.tasks import chat_batch_task, chat_task
 
 
 class RequestBatcher:
@@ -23,6 +30,7 @@ class RequestBatcher:
         self._agent: dict[str, tuple[dict, int]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.tasks_sent = 0
+        self.requests_split = 0  # requests sent again alone after their micro-batch timed out
 
     def submit(self, agent_config: dict, message: str, context: dict,
                retry_attempts: int) -> asyncio.Future:
@@ -51,15 +59,27 @@ class RequestBatcher:
         task = self.executor.submit(chat_batch_task, agent_config, [item for item, _ in group],
                                     n_seq=self.batch_size, walltime=self.walltime,
                                     retry_attempts=retry_attempts)
-        task.add_done_callback(lambda t: self._deliver(t, group))
+        task.add_done_callback(
+            lambda t: self._deliver(t, group, agent_config, retry_attempts))
 
-    @staticmethod
-    def _deliver(task: asyncio.Future, group: list[tuple[dict, asyncio.Future]]) -> None:
+    def _deliver(self, task: asyncio.Future, group: list[tuple[dict, asyncio.Future]],
+                 agent_config: dict, retry_attempts: int) -> None:
         if task.cancelled():
             for _, fut in group:
                 fut.cancel()
             return
         exc = task.exception()
+        if exc is not None and is_timeout(exc):
+            # The micro-batch ran out of time (a stalled worker, or one long answer): each
+            # request goes again on its own, with its own limit and its own retries.
+            self.requests_split += len(group)
+            for item, fut in group:
+                if not fut.done():
+                    single = self.executor.submit(chat_task, agent_config, item["message"],
+                                                  item["context"], walltime=self.walltime,
+                                                  retry_attempts=retry_attempts)
+                    single.add_done_callback(partial(_settle, fut))
+            return
         results: list[Any] = [None] * len(group) if exc else task.result()
         for (_, fut), result in zip(group, results):
             if fut.done():
@@ -76,3 +96,15 @@ class RequestBatcher:
             for _, fut in group:
                 fut.cancel()
         self._pending.clear()
+
+
+def _settle(fut: asyncio.Future, task: asyncio.Future) -> None:
+    """Pass a single task's outcome to the request's future (unless it was cancelled)."""
+    if fut.done():
+        return
+    if task.cancelled():
+        fut.cancel()
+    elif task.exception() is not None:
+        fut.set_exception(task.exception())
+    else:
+        fut.set_result(task.result())

@@ -20,6 +20,7 @@ from typing import Any
 
 from hpc_chat.errors import ExecutorError
 from hpc_chat.executors.base import ExecutorConfig
+from hpc_chat.executors.run_ledger import RunLedger, open_ledger, scheduler_of
 from hpc_chat.worker.tasks import chat_task
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class ParslExecutor:
         self.config = config or ExecutorConfig()
         self.parsl_config = parsl_config or self.config.parsl_config
         self.dfk = None
+        self.ledger: RunLedger | None = None
         self._apps: dict[Callable, Any] = {}
 
     @property
@@ -51,11 +53,14 @@ class ParslExecutor:
 
         ensure_driver_path()
         config = self.parsl_config or get_local_config(self.config.max_workers)
+        self.ledger = await asyncio.to_thread(open_ledger, config)
         try:
             with sigint_ignored_in_children():
                 self.dfk = await asyncio.to_thread(_start_dfk, config)
         except Exception as exc:  # Parsl raises many kinds; the user needs the reason
+            self.ledger.close()
             raise ExecutorError(f"Parsl failed to start: {type(exc).__name__}: {exc}") from exc
+        self.ledger.started(self.htex())
         self.parsl_config = config
 
     def submit(self, fn: Callable, *args, tag: str | None = None,
@@ -69,7 +74,14 @@ class ParslExecutor:
         app = self._apps.get(fn)
         if app is None:
             app = self._apps[fn] = PythonApp(fn, data_flow_kernel=self.dfk)
-        return asyncio.wrap_future(app(*args, **kwargs))
+        return _awaitable(app(*args, **kwargs))
+
+    @property
+    def scheduler(self) -> str:
+        """Who runs the blocks: ``slurm``/``pbspro`` for pilot jobs, ``local`` for processes
+        (the local site, and the driver job's own allocation, whose blocks are local PIDs)."""
+        ex = self.htex()
+        return scheduler_of(ex.provider) if ex is not None and ex.provider else "local"
 
     def htex(self):
         """The first HighThroughputExecutor, if any (for worker and block statistics)."""
@@ -132,6 +144,8 @@ class ParslExecutor:
         """The stdout/stderr files a provider gave a pilot job (what its workers printed)."""
         ex = self.htex()
         info = getattr(getattr(ex, "provider", None), "resources", {}).get(job_id, {})
+        if info.get("script_path") and "job_stderr_path" not in info:  # a LocalProvider block
+            return [f"{info['script_path']}.err", f"{info['script_path']}.out"]
         return [info[k] for k in ("job_stderr_path", "job_stdout_path") if info.get(k)]
 
     def _retries(self) -> int:
@@ -154,6 +168,12 @@ class ParslExecutor:
         self._apps.clear()
         if dfk is None:
             return
+        try:
+            await self._stop(dfk, timeout)
+        finally:
+            self.ledger.close()
+
+    async def _stop(self, dfk, timeout: float) -> None:
         done = asyncio.get_running_loop().create_future()
 
         def cleanup() -> None:
@@ -172,6 +192,33 @@ class ParslExecutor:
             log.warning("Parsl cleanup did not finish in %.0f s; stopping its processes "
                         "directly", timeout)
             await asyncio.to_thread(_force_stop, dfk)
+
+
+def _awaitable(fut) -> asyncio.Future:
+    """An asyncio future that follows a Parsl future. Cancelling it only stops the wait: a
+    Parsl task cannot be cancelled (``asyncio.wrap_future`` would try, and Parsl raises), so
+    it runs to its end and its result is dropped."""
+    loop = asyncio.get_running_loop()
+    out = loop.create_future()
+
+    def copy(done) -> None:
+        if out.done():
+            return
+        if done.cancelled():
+            out.cancel()
+        elif done.exception() is not None:
+            out.set_exception(done.exception())
+        else:
+            out.set_result(done.result())
+
+    def on_done(done) -> None:  # in Parsl's thread
+        try:
+            loop.call_soon_threadsafe(copy, done)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    fut.add_done_callback(on_done)
+    return out
 
 
 @contextlib.contextmanager

@@ -4,7 +4,9 @@ The rest of the workflow (routing, aggregation, history, statistics, batch, resu
 same code path as with Parsl; only where tasks run changes.
 
 * Data goes as JSON (``JSONData``), so endpoints limited to JSON arguments accept it; each
-  submission is checked against the service's 10 MB limit before it is sent.
+  submission is checked against the service's 10 MB limit before it is sent. Results are only
+  deserialized from JSON (``allowed_deserializer_types``): a result in dill's format, which
+  would run code on the user's machine when loaded, is refused.
 * The SDK's ``Executor`` batches submissions and keeps to the service's rate limits
   (``batch_size``; ``api_burst_limit`` requests per ``api_burst_window_s``).
 * For batches, the task group id is saved (``STATE.json``) before anything is submitted, and
@@ -30,6 +32,26 @@ from hpc_chat.worker.remote import remote_chat
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # the service's limit on a submission and on a result
+
+
+def json_results_serializer():
+    """The SDK's serializer, sending arguments as JSON and deserializing JSON results only.
+
+    The SDK's allowlist (``allowed_deserializer_types``) must name a code deserializer as well
+    as a data one, and every code deserializer runs code; results never carry code, so its
+    check (``assert_deserializer_allowed``) is narrowed to JSON data here.
+    """
+    from globus_compute_sdk.errors import DeserializationError
+    from globus_compute_sdk.serialize import ComputeSerializer, JSONData
+
+    class JSONResultsOnly(ComputeSerializer):
+        def assert_deserializer_allowed(self, strategy) -> None:
+            if type(strategy) is not JSONData:
+                raise DeserializationError(
+                    f"a result serialized with {type(strategy).__name__} was refused: only "
+                    f"JSON results are accepted (loading it could run code on this machine)")
+
+    return JSONResultsOnly(strategy_data=JSONData())
 
 
 class GlobusComputeExecutor:
@@ -68,7 +90,7 @@ class GlobusComputeExecutor:
         if self._gce is not None:
             return
         from globus_compute_sdk import Executor
-        from globus_compute_sdk.serialize import ComputeSerializer, JSONData
+        from globus_compute_sdk.serialize import JSONData
 
         from hpc_chat.globus.client import make_client
 
@@ -76,7 +98,7 @@ class GlobusComputeExecutor:
         state = self._read_state()
         self.task_group_id = state.get("task_group_id") or str(uuid.uuid4())
         self._write_state()  # before any submission: a crash from here on can be resumed
-        self._serializer = ComputeSerializer(strategy_data=JSONData())
+        self._serializer = json_results_serializer()
         self._gce = Executor(endpoint_id=self.endpoint_id, client=client,
                              task_group_id=self.task_group_id, batch_size=self.batch_size,
                              serializer=self._serializer, result_serializers=[JSONData()])

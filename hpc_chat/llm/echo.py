@@ -77,10 +77,28 @@ def _words(text: str) -> list[str]:
     return text.split()
 
 
-def _sleep_until(deadline: float) -> None:
-    delay = deadline - time.perf_counter()
-    if delay > 0:
-        time.sleep(delay)
+class Pace:
+    """Decode steps of ``token_s`` each, on a schedule: each step ends at ``start + k x
+    token_s``, so n steps last n x token_s, not that plus every sleep's overshoot.
+
+    Work, not a deadline: a process stopped (SIGSTOP) or starved for longer than a step is not
+    credited with the time it did not run. The schedule moves on by the delay, so what is left
+    of the answer still takes its time after the process resumes, as with a real model.
+    """
+
+    def __init__(self, token_s: float):
+        self.token_s, self.start, self.steps = token_s, time.perf_counter(), 0
+
+    def step(self) -> None:
+        self.steps += 1
+        if not self.token_s:
+            return
+        late = time.perf_counter() - (self.start + (self.steps - 1) * self.token_s)
+        if late > 2 * self.token_s:  # the process did not run: this step starts now
+            self.start += late - self.token_s
+        delay = self.start + self.steps * self.token_s - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
 
 
 class EchoEngine:
@@ -131,10 +149,9 @@ class EchoEngine:
         text, n, finish = self.answer(messages, max_tokens, stop)
         with self._lock:  # one answer at a time per engine, as with a real model
             start = time.perf_counter()
-            for k in range(1, n + 1 if self.pace.token_s else 0):
-                # a step per token (a timeout lands between them), each ending on schedule so
-                # that the answer lasts n x token_s, not that plus every sleep's overshoot
-                _sleep_until(start + k * self.pace.token_s)
+            pace = Pace(self.pace.token_s)
+            for _ in range(n if self.pace.token_s else 0):
+                pace.step()  # a step per token: a timeout lands between them
             self.calls += 1
             elapsed = time.perf_counter() - start
         return Completion(text=text, finish_reason=finish,
@@ -167,15 +184,13 @@ class EchoBatchedEngine:
                     queue.append((i, size, *self.engine.answer(req.messages, req.max_tokens,
                                                                req.stop)))
             active: dict[int, list] = {}  # index -> [prompt size, text, tokens, finish, left, t0]
-            started, steps = time.perf_counter(), 0
+            pace = Pace(self.engine.pace.token_s)
             while queue or active:
                 while queue and len(active) < self.n_seq:
                     i, size, text, n, finish = queue.popleft()
                     active[i] = [size, text, n, finish, n, time.perf_counter()]
                 if any(a[4] > 0 for a in active.values()):
-                    steps += 1  # one decode step for every running answer
-                    if self.engine.pace.token_s:
-                        _sleep_until(started + steps * self.engine.pace.token_s)
+                    pace.step()  # one decode step for every running answer
                 for i in list(active):
                     a = active[i]
                     a[4] -= 1

@@ -9,6 +9,7 @@ installation as the driver (on a cluster, the venv lives on a shared filesystem)
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -156,8 +157,13 @@ def build_config(profile: schema.SiteProfile, *, allocation: bool = False,
                  max_workers: int | None = None, retries: int = 0, retry_handler=None,
                  memoizer=None, monitoring=None, heartbeat: tuple[int, int] | None = None,
                  run_dir: str | None = None):
-    """The Parsl ``Config`` for a profile (one HighThroughputExecutor)."""
+    """The Parsl ``Config`` for a profile (one HighThroughputExecutor).
+
+    Parsl's own log (``runinfo/NNN/parsl.log``) is kept at INFO: at DEBUG it copies every
+    task's arguments, prompts and history included. ``hpc-chat --debug`` restores DEBUG.
+    """
     from parsl.config import Config
+    from parsl.logconfigs.file import FileLogging
 
     return Config(
         executors=[build_executor(profile, allocation=allocation, max_workers=max_workers,
@@ -168,6 +174,8 @@ def build_config(profile: schema.SiteProfile, *, allocation: bool = False,
         memoizer=memoizer,
         monitoring=monitoring,
         usage_tracking=0,
+        initialize_logging=FileLogging(
+            level=logging.DEBUG if os.environ.get("HPC_CHAT_DEBUG") else logging.INFO),
     )
 
 

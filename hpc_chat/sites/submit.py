@@ -9,6 +9,7 @@ as argument lists, never through a shell.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shlex
 import subprocess
@@ -25,6 +26,8 @@ from hpc_chat.errors import HpcChatError, ProfileError, SubmitError
 from hpc_chat.paths import hpc_chat_home
 from hpc_chat.sites.schedulers import SCHEDULERS
 from hpc_chat.sites.schema import SiteProfile
+
+log = logging.getLogger(__name__)
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_.,@%+=/~-]+$")
 SUBMIT_TIMEOUT_S = 60
@@ -140,16 +143,33 @@ def submit_driver(profile: SiteProfile, job: DriverJob) -> DriverJob:
     return job
 
 
+# What status and cancel read from each line of jobs.jsonl.
+JOB_KEYS = ("job_id", "scheduler", "site", "input", "output", "log")
+
+
 def recorded_jobs() -> list[dict]:
     path = jobs_dir() / "jobs.jsonl"
     if not path.exists():
         return []
     jobs = []
-    for line in path.read_text().splitlines():
-        try:
-            jobs.append(json.loads(line))
-        except json.JSONDecodeError:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise SubmitError(f"{path}: cannot read the record of submitted jobs: "
+                          f"{exc.strerror or exc}") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
             continue
+        try:
+            job = json.loads(line)
+        except (ValueError, RecursionError):
+            job = None
+        if not isinstance(job, dict) or not all(
+                isinstance(job.get(k), str) for k in JOB_KEYS) or \
+                job["scheduler"] not in SCHEDULERS:
+            log.warning("%s: line %d is not a job record of hpc-chat submit; ignored", path, n)
+            continue
+        jobs.append(job)
     return jobs
 
 

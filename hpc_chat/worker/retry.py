@@ -6,7 +6,12 @@ passes each task's own ``retry_attempts`` in its kwargs; a failure then costs
 ``budget / retry_attempts``, so every agent gets exactly the retries its YAML asks for.
 
 Errors that cannot succeed on a second try (bad config, missing model, a prompt longer than the
-context window, an empty message, a per-request timeout) cost the whole budget at once.
+context window, an empty message) cost the whole budget at once.
+
+A timeout is retried: a worker that stalled (stopped, swapping, a slow file system) answers on
+its next try. A micro-batch that timed out is not retried as a whole; the driver's batcher
+sends each of its requests again on its own, with its own time limit and retries
+(:mod:`hpc_chat.executors.grouping`).
 """
 
 from __future__ import annotations
@@ -29,10 +34,14 @@ def error_kind(exc: BaseException) -> str:
 
 
 def is_retryable(exc: BaseException) -> bool:
+    inner = getattr(exc, "e_value", None) or exc  # Parsl may wrap the worker's exception
+    return not isinstance(inner, NOT_RETRYABLE)
+
+
+def is_timeout(exc: BaseException) -> bool:
     from parsl.app.errors import AppTimeout
 
-    inner = getattr(exc, "e_value", None) or exc  # Parsl may wrap the worker's exception
-    return not isinstance(inner, NOT_RETRYABLE + (AppTimeout,))
+    return isinstance(getattr(exc, "e_value", None) or exc, AppTimeout)
 
 
 class RetryHandler:
@@ -49,8 +58,10 @@ class RetryHandler:
 
     def __call__(self, exc: BaseException, task_record: Any) -> float:
         self.failures += 1
-        attempts = (task_record.get("kwargs") or {}).get("retry_attempts", self.budget)
-        if not is_retryable(exc) or attempts <= 0:
+        kwargs = task_record.get("kwargs") or {}
+        attempts = kwargs.get("retry_attempts", self.budget)
+        batch = "n_seq" in kwargs  # a micro-batch: its requests are retried one by one
+        if not is_retryable(exc) or attempts <= 0 or (batch and is_timeout(exc)):
             self.hopeless += 1
             return float(self.budget + 1)
         return self.budget / attempts

@@ -235,3 +235,24 @@ def test_payloads_over_10_mb_are_refused_before_sending():
     ex.check_payload((AGENT, "short", {}), {})
     with pytest.raises(InputError, match="at most 10 MB per task"):
         ex.check_payload((AGENT, "x" * (11 * 1024 * 1024), {}), {})
+
+
+def _a_function():
+    return 1
+
+
+def test_results_are_deserialized_from_json_only():
+    """A result in dill's format (or any code format) would run code when loaded: refused."""
+    from globus_compute_sdk.errors import DeserializationError
+    from globus_compute_sdk.serialize import ComputeSerializer, DillCodeSource, DillDataBase64
+
+    from hpc_chat.globus.executor import json_results_serializer
+
+    ours = json_results_serializer()
+    assert ours.deserialize(ours.serialize({"content": "hi"})) == {"content": "hi"}
+    dill_data = ComputeSerializer(strategy_data=DillDataBase64()).serialize({"content": "hi"})
+    with pytest.raises(DeserializationError, match="DillDataBase64 was refused"):
+        ours.deserialize(dill_data)
+    code = ComputeSerializer(strategy_code=DillCodeSource()).serialize(_a_function)
+    with pytest.raises(DeserializationError, match="DillCodeSource was refused"):
+        ours.deserialize(code)

@@ -40,7 +40,8 @@ def test_workers_that_cannot_start_fail_the_check_with_their_output(fixtures):
     proc = sites_test(fixtures / "sites" / "local-slurm-broken-workers.yaml", "--timeout",
                       "200")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "failed the pilot job ended (FAILED) before any worker connected" in proc.stdout
+    assert re.search(r"failed the pilot job \d+ ended \(FAILED\) before any worker "
+                     r"connected", proc.stdout), proc.stdout
     assert "| python3.99: module not found" in proc.stdout  # worker_init's own message
     assert "answered" not in proc.stdout and "Traceback" not in proc.stderr
 

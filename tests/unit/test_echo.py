@@ -80,16 +80,32 @@ def test_batched_echo_decodes_every_sequence_in_one_step(monkeypatch):
     """4 answers of 5 tokens on 2 sequences: 10 decode steps of token_s each, not 20."""
     import hpc_chat.llm.echo as echo_mod
 
-    deadlines = []
-    monkeypatch.setattr(echo_mod, "_sleep_until", deadlines.append)
+    steps = []
+    monkeypatch.setattr(echo_mod.Pace, "step", lambda self: steps.append(self.token_s))
     batched = get_batched_engine(engine("echo?tokens=5&token_s=0.05"), 2)
     out = batched.generate([GenRequest(messages=msgs(f"q{i}"), max_tokens=16)
                             for i in range(4)])
-    assert len(deadlines) == 10
-    steps = [round((d - deadlines[0]) / 0.05) for d in deadlines]
-    assert steps == list(range(10))  # evenly spaced: the batch lasts 10 x token_s
+    assert steps == [0.05] * 10  # the batch lasts 10 x token_s
     assert [c.text for c in out] == [" ".join([f"q{i}"] * 5) for i in range(4)]
     assert all(c.extra["batched"] and c.completion_tokens == 5 for c in out)
+
+
+def test_the_pace_is_work_a_stall_is_not_credited():
+    """After the process did not run for a while (here: a sleep between steps, as a SIGSTOP
+    would), the steps left still take their time; without a stall, steps keep to schedule."""
+    import hpc_chat.llm.echo as echo_mod
+
+    pace = echo_mod.Pace(0.05)
+    pace.step()
+    time.sleep(0.5)  # the stall: 10 steps' worth
+    resumed = time.perf_counter()
+    for _ in range(4):
+        pace.step()
+    assert time.perf_counter() - resumed >= 3 * 0.05  # not all due at once after the stall
+    on_time = echo_mod.Pace(0.05)
+    for _ in range(4):
+        on_time.step()
+    assert time.perf_counter() - on_time.start >= 4 * 0.05
 
 
 def test_the_message_comes_back_as_written():

@@ -68,6 +68,7 @@ def test_locked_database_is_a_clear_error(tmp_path, run):
     unit = SQLiteHistory(HistoryConfig(data_type="sqlite", path=str(path)))
     run(unit.initialize())
     unit._db.execute("PRAGMA busy_timeout = 100")
+    unit.locked_retry_s = 0.5
     other = sqlite3.connect(path)
     other.execute("BEGIN EXCLUSIVE")
     try:
@@ -79,3 +80,38 @@ def test_locked_database_is_a_clear_error(tmp_path, run):
     run(unit.append("c", "user", "hi"))  # works once the lock is gone
     assert len(run(unit.messages("c"))) == 1
     run(unit.close())
+
+
+WRITER = """
+import asyncio, sys
+from hpc_chat.history import HistoryConfig, SQLiteHistory
+
+async def main(path, tag):
+    unit = SQLiteHistory(HistoryConfig(data_type="sqlite", path=path))
+    await unit.initialize()
+    for i in range(150):
+        await unit.append_turns("shared", [{"role": "user", "content": f"{tag} q{i}"},
+                                           {"role": "assistant", "content": f"{tag} a{i}"}])
+    await unit.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_two_writers_lose_no_turn_and_keep_each_pair_together(tmp_path, run):
+    """Two processes append 150 question-answer pairs each to one conversation at once."""
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "history.db")
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, path, tag],
+                              stderr=subprocess.PIPE, text=True) for tag in ("A", "B")]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    unit = SQLiteHistory(HistoryConfig(data_type="sqlite", path=path))
+    run(unit.initialize())
+    texts = [m["content"] for m in run(unit.messages("shared"))]
+    run(unit.close())
+    assert len(texts) == 600
+    for q, a in zip(texts[::2], texts[1::2]):  # every answer right after its question
+        assert q.split()[0] == a.split()[0] and q.split()[1][1:] == a.split()[1][1:]

@@ -16,7 +16,7 @@ from hpc_chat.worker.retry import is_retryable, make_retry_handler
     (ConfigError("bad agent"), False),
     (PromptTooLongError("too long"), False),
     (ValueError("the message is empty"), False),
-    (AppTimeout(), False),
+    (AppTimeout(), True),  # a stalled worker answers on its next try
 ])
 def test_is_retryable(exc, retry):
     assert is_retryable(exc) is retry
@@ -30,3 +30,11 @@ def test_each_agent_gets_the_retries_it_asks_for():
     assert handler(lost, {"kwargs": {"retry_attempts": 0}}) > 3      # none
     assert handler(PromptTooLongError("x"), {"kwargs": {"retry_attempts": 3}}) > 3
     assert (handler.failures, handler.hopeless) == (4, 2)
+
+
+def test_a_timed_out_micro_batch_is_left_to_the_batcher_a_single_request_is_retried():
+    handler = make_retry_handler(budget=3)
+    assert handler(AppTimeout(), {"kwargs": {"retry_attempts": 3}}) == 1.0
+    # A micro-batch (n_seq in its kwargs) is not retried whole: the batcher resends each item.
+    assert handler(AppTimeout(), {"kwargs": {"retry_attempts": 3, "n_seq": 8}}) > 3
+    assert handler(WorkerLost(1, "n"), {"kwargs": {"retry_attempts": 3, "n_seq": 8}}) == 1.0
