@@ -1,10 +1,17 @@
 """Batch input and output: prompts in, one JSON line per prompt out, resumable.
 
-Input is JSONL (``{"id": ..., "prompt": ...}``, ``id`` optional) or plain text (one prompt per
-line); ``-`` is standard input. Every input line yields exactly one output line::
+Input is JSONL (``{"id": ..., "prompt": ...}``, ``id`` optional), plain text (one prompt per
+line) or OpenAI batch request lines (:mod:`hpc_chat.openai_batch`), detected per file; ``-`` is
+standard input. Every input line yields exactly one output line, in the native form::
 
     {"id", "prompt", "ok", "response", "agents", "latency_s", "completion_tokens",
-     "prompt_tokens", "finish_reason", "cached", "error", "error_kind", "finished_at"}
+     "prompt_tokens", "finish_reason", "cached", "error", "error_kind", "finished_at",
+     "provenance"}
+
+or in OpenAI's batch output form (answers in the output, failures in ``OUT.errors.jsonl``).
+``provenance`` says how the answer was made: the site, and for each agent the model file and
+its sha256, the software versions, the exact messages and sampler settings with the seed, the
+job, host and worker, start and end (see :mod:`hpc_chat.worker.provenance`).
 
 written and flushed as soon as that prompt completes, so a killed run loses nothing finished.
 A line that cannot be used (bad JSON, no prompt, empty, duplicate id, undecodable bytes) becomes
@@ -20,12 +27,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from hpc_chat import openai_batch as oa
 from hpc_chat.errors import InputError
 from hpc_chat.outputlock import OutputLock
 from hpc_chat.stats import RequestRecord, summarize
@@ -43,6 +52,23 @@ class BatchItem:
     prompt: Any
     line: int
     error: str | None = None
+    request: oa.ChatRequest | None = None  # an OpenAI batch line, checked
+    problem: oa.RequestError | None = None  # why that line cannot run: its key and status
+    key: str | None = None  # an OpenAI line's fingerprint: an edited line is another request
+
+    @property
+    def fingerprint(self) -> Any:
+        """What resume compares with the answered request: the prompt, or an OpenAI line's
+        fingerprint."""
+        return self.key if self.key is not None else self.prompt
+
+
+class BatchInput(list):
+    """The items of an input file, and the format they were read in."""
+
+    def __init__(self, items: list[BatchItem], fmt: str):
+        super().__init__(items)
+        self.format = fmt
 
 
 def id_key(value: Any) -> str:
@@ -51,17 +77,27 @@ def id_key(value: Any) -> str:
 
 
 def detect_format(path: Path, lines: list[bytes]) -> str:
+    """``openai`` when the first JSON object among the first lines is an OpenAI batch request;
+    else ``jsonl`` for a .jsonl name or a first line starting with ``{``; else ``text``."""
+    first = next((raw for raw in lines if raw.strip()), b"")
+    for raw in [raw for raw in lines[:20] if raw.strip()]:
+        try:
+            obj = json.loads(raw)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(obj, dict):
+            if oa.is_request_line(obj):
+                return "openai"
+            break
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
-    for raw in lines:
-        if raw.strip():
-            return "jsonl" if raw.lstrip().startswith(b"{") else "text"
-    return "text"
+    return "jsonl" if first.lstrip().startswith(b"{") else "text"
 
 
-def read_batch(path: str | os.PathLike, fmt: str = "auto") -> list[BatchItem]:
+def read_batch(path: str | os.PathLike, fmt: str = "auto") -> BatchInput:
     """Parse the input file (``-``: standard input); raises :class:`InputError` only when
-    nothing can be read."""
+    nothing can be read, or when an OpenAI file repeats a ``custom_id`` (the answers could
+    not be told apart: nothing runs)."""
     if str(path) == STDIO:
         data, path = sys.stdin.buffer.read(), Path("<stdin>")
     else:
@@ -79,16 +115,27 @@ def read_batch(path: str | os.PathLike, fmt: str = "auto") -> list[BatchItem]:
         fmt = detect_format(path, lines)
     items: list[BatchItem] = []
     seen: dict[str, int] = {}
+    repeated: list[str] = []
     for number, raw in enumerate(lines, start=1):
         item = _parse_line(raw.rstrip(b"\r"), number, fmt)
         key = id_key(item.id)
-        if item.error is None:  # a line that cannot run claims no id
+        if fmt == "openai" and (item.request or item.problem) and \
+                isinstance(item.id, str):  # every line with a custom_id claims it
+            if key in seen:
+                repeated.append(f"custom_id {item.id!r} is on line {seen[key]} and line "
+                                f"{number}")
+            seen.setdefault(key, number)
+        elif item.error is None:  # a line that cannot run claims no id
             if key in seen:
                 item.error = (f"line {number}: duplicate id {item.id!r} (first used on line "
                               f"{seen[key]})")
             seen.setdefault(key, number)
         items.append(item)
-    return items
+    if repeated:
+        more = f" (and {len(repeated) - 10} more)" if len(repeated) > 10 else ""
+        raise InputError(f"{path}: each request needs its own custom_id: "
+                         + "; ".join(repeated[:10]) + more + ". Nothing was run")
+    return BatchInput(items, fmt)
 
 
 def _parse_line(raw: bytes, number: int, fmt: str) -> BatchItem:
@@ -102,6 +149,8 @@ def _parse_line(raw: bytes, number: int, fmt: str) -> BatchItem:
         return BatchItem(number, "", number, f"line {number}: empty line, no prompt")
     if fmt == "text":
         return BatchItem(number, text.strip(), number)
+    if fmt == "openai":
+        return _parse_openai(text, number)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -135,24 +184,76 @@ def _parse_line(raw: bytes, number: int, fmt: str) -> BatchItem:
     return BatchItem(ident, prompt, number)
 
 
-def read_output(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """The last output line for each id (unreadable lines, such as a line cut short by a kill,
-    are ignored: that prompt simply runs again)."""
-    path = Path(path)
-    last: dict[str, dict[str, Any]] = {}
+def _parse_openai(text: str, number: int) -> BatchItem:
+    """An OpenAI request line. A line that cannot run keeps its custom_id when it has one, so
+    its error entry can be matched to it."""
+    def bad(message: str, obj: Any = None, problem: oa.RequestError | None = None) -> BatchItem:
+        cid = obj.get("custom_id") if isinstance(obj, dict) else None
+        ident = cid if isinstance(cid, str) and cid else number
+        return BatchItem(ident, None, number, f"line {number}: {message}", problem=problem,
+                         key=oa.fingerprint(obj if obj is not None else text))
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return bad(f"invalid JSON: {exc.msg} (column {exc.colno})")
+    except (ValueError, RecursionError) as exc:
+        return bad(f"unusable JSON: {str(exc)[:120] or type(exc).__name__}")
+    if not isinstance(obj, dict):
+        return bad("expected a JSON object (an OpenAI batch request)")
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        req = oa.parse_request(obj)
+    except UnicodeEncodeError:
+        return bad("invalid Unicode (a lone surrogate escape such as \\ud800)", obj)
+    except oa.RequestError as exc:
+        return bad(str(exc), obj, exc)
+    return BatchItem(req.custom_id, req.prompt, number, request=req, key=req.fingerprint)
+
+
+def errors_path(output: str | os.PathLike) -> Path:
+    """Where an OpenAI-format run writes its failed requests: ``out.jsonl`` ->
+    ``out.errors.jsonl``."""
+    p = Path(output)
+    stem = p.name[:-len(p.suffix)] if p.suffix else p.name
+    return p.with_name(f"{stem}.errors{p.suffix or '.jsonl'}")
+
+
+def _json_lines(path: Path):
+    """The JSON objects of a file, skipping what cannot be read (a line cut short by a kill,
+    huge numbers, deep nesting): that request simply runs again."""
     if not path.exists():
-        return last
+        return
     with path.open("rb") as fh:
         for raw in fh:
             try:
                 obj = json.loads(raw)
-            except (ValueError, RecursionError):  # bad JSON or text, huge numbers, deep nesting
+            except (ValueError, RecursionError):
                 continue
-            if isinstance(obj, dict) and "id" in obj and "ok" in obj:
-                try:
-                    last[id_key(obj["id"])] = obj
-                except (ValueError, TypeError, RecursionError):
-                    continue
+            if isinstance(obj, dict):
+                yield obj
+
+
+def read_output(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The last outcome for each id: native lines in file order, OpenAI output and error
+    lines (both files) by their finish time. An OpenAI outcome is given in native terms
+    (``id``, ``ok``, ``error_kind``, ``request``: the request's fingerprint)."""
+    path = Path(path)
+    last: dict[str, dict[str, Any]] = {}
+    found: list[tuple[float, int, dict[str, Any]]] = []
+    lines = [*_json_lines(path), *(o for o in _json_lines(errors_path(path))
+                                   if oa.is_output_line(o))]
+    for n, obj in enumerate(lines):
+        if oa.is_output_line(obj):
+            outcome = oa.outcome(obj)
+            if outcome is not None:
+                found.append((outcome["finished_at"], n, outcome))
+        elif "id" in obj and "ok" in obj:
+            found.append((0.0, n, obj))  # native lines: file order
+    for _, _, obj in sorted(found, key=lambda t: (t[0], t[1])):
+        try:
+            last[id_key(obj["id"])] = obj
+        except (ValueError, TypeError, RecursionError):
+            continue
     return last
 
 
@@ -160,38 +261,50 @@ def answered_ids(path: str | os.PathLike) -> set[str]:
     return {k for k, v in read_output(path).items() if v.get("ok") is True}
 
 
-def _encode(line: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The line as JSON text, and the line that text says. One that cannot be JSON (an answer
-    of a type JSON has no form for) becomes an error line for its id rather than the end of
-    the batch."""
+def _writable(line: dict[str, Any]) -> dict[str, Any]:
+    """The line, or, when it cannot be JSON (an answer of a type JSON has no form for), an
+    error line for its id: one bad answer never ends the batch."""
     try:
-        text = json.dumps(line, ensure_ascii=False)
-        text.encode("utf-8")
-        return text, line
-    except UnicodeEncodeError:  # a lone surrogate from the input: escape it
-        return json.dumps(line, ensure_ascii=True), line
+        json.dumps(line)
+        return line
     except (TypeError, ValueError, RecursionError) as exc:
-        failed = {**dict.fromkeys(OUTPUT_KEYS),
-                  **{k: line.get(k) for k in ("id", "prompt", "finished_at")},
-                  "ok": False, "agents": [], "error_kind": "runtime",
-                  "error": f"the answer could not be written as JSON: "
-                           f"{type(exc).__name__}: {exc}"}
-        return json.dumps(failed, ensure_ascii=True), failed
+        return {**dict.fromkeys(OUTPUT_KEYS),
+                **{k: line.get(k) for k in ("id", "prompt", "finished_at")},
+                "ok": False, "agents": [], "error_kind": "runtime", "provenance": None,
+                "error": f"the answer could not be written as JSON: "
+                         f"{type(exc).__name__}: {exc}"}
+
+
+def _dumps(record: dict[str, Any]) -> str:
+    text = json.dumps(record, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # a lone surrogate from the input: escape it
+        return json.dumps(record, ensure_ascii=True)
 
 
 class OutputWriter:
     """Appends result lines and flushes each one. Opened before any work starts, so an output
-    path that cannot be written fails at once."""
+    path that cannot be written fails at once.
 
-    def __init__(self, path: str | os.PathLike, *, resume: bool):
+    ``style`` is ``native`` (one line per input line) or ``openai`` (answers in the output,
+    failures in :func:`errors_path`, opened when the first failure comes; with ``-``, both go
+    to standard output)."""
+
+    def __init__(self, path: str | os.PathLike, *, resume: bool, style: str = "native"):
         self.written = 0
-        self.lines: list[dict[str, Any]] = []  # what this run wrote, for its summary
+        self.style = style
+        self.lines: list[dict[str, Any]] = []  # what this run wrote (native), for its summary
+        self._errors: TextIO | None = None
         if str(path) == STDIO:
             if resume:
                 raise InputError("--resume needs an output file to resume from, not '-'")
             self.path, self._fh = Path("<stdout>"), sys.stdout
+            self.errors_path = self.path
             return
         self.path = Path(path)
+        self.errors_path = errors_path(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -199,31 +312,28 @@ class OutputWriter:
                              f"{exc.strerror or exc}") from None
         self._lock = OutputLock(self.path)  # one run at a time appends to an output
         try:
-            if self.path.exists() and not resume and self.path.stat().st_size > 0:
-                raise InputError(f"{self.path}: the output file exists; pass --resume to "
-                                 f"continue it, or choose another path")
-            try:
-                self._fh: TextIO = self.path.open("a", encoding="utf-8")
-            except OSError as exc:
-                raise InputError(f"{self.path}: cannot write the output: "
-                                 f"{exc.strerror or exc}") from None
+            for existing in [self.path] + ([self.errors_path] if style == "openai" else []):
+                if existing.exists() and not resume and existing.stat().st_size > 0:
+                    raise InputError(f"{existing}: the output file exists; pass --resume to "
+                                     f"continue it, or choose another path")
+            self._fh: TextIO = self._open(self.path)
         except BaseException:
             self._lock.release()
             raise
-        self._ensure_line_start()
 
-    def _ensure_line_start(self) -> None:
-        """A run killed mid-write may leave a partial last line; start on a fresh line."""
-        if self.path.stat().st_size == 0:
-            return
-        with self.path.open("rb") as fh:
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) != b"\n":
-                self._fh.write("\n")
-                self._fh.flush()
+    def _open(self, path: Path) -> TextIO:
+        try:
+            fh = path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"{path}: cannot write the output: "
+                             f"{exc.strerror or exc}") from None
+        _ensure_line_start(path, fh)
+        return fh
 
     def write(self, item: BatchItem, result: dict[str, Any] | None, *,
               finished_at: float) -> dict[str, Any]:
+        """Write the outcome of ``item`` (``result`` None: the line cannot run); returns the
+        native line (also what the summary counts)."""
         if result is None:
             line = {**dict.fromkeys(OUTPUT_KEYS), "id": item.id, "prompt": item.prompt,
                     "ok": False, "agents": [], "latency_s": 0.0, "completion_tokens": 0,
@@ -233,10 +343,17 @@ class OutputWriter:
             line = {"id": item.id, **{k: result.get(k) for k in OUTPUT_KEYS if k != "id"}}
             line["prompt"] = item.prompt
         line["finished_at"] = round(finished_at, 3)
-        text, line = _encode(line)
+        if item.key is not None:  # an OpenAI request: resume compares its fingerprint
+            line["request"] = item.key
+        line["provenance"] = provenance_of(result)
+        if line["provenance"] and item.request and item.request.ignored:
+            line["provenance"]["ignored_params"] = item.request.ignored  # accepted, not used
+        line = _writable(line)
+        record, fh = self._openai_record(item, line) if self.style == "openai" \
+            else (line, self._fh)
         try:
-            self._fh.write(text + "\n")
-            self._fh.flush()
+            fh.write(_dumps(record) + "\n")
+            fh.flush()
         except OSError as exc:
             raise InputError(f"{self.path}: cannot write the output ({exc.strerror or exc}); "
                              f"{self.written} lines were written before; free space and rerun "
@@ -245,10 +362,73 @@ class OutputWriter:
         self.lines.append(line)
         return line
 
+    def _openai_record(self, item: BatchItem,
+                       line: dict[str, Any]) -> tuple[dict[str, Any], TextIO]:
+        finished = line["finished_at"]
+        model = item.request.model if item.request else \
+            ",".join(line.get("agents") or []) or oa.ROUTED_MODEL
+        if line["ok"]:
+            record = oa.answer_line(item.id, model, line, line=item.line,
+                                    request_fingerprint=item.fingerprint, finished_at=finished,
+                                    provenance=line["provenance"])
+            record["hpc_chat"]["latency_s"] = line["latency_s"]
+            return record, self._fh
+        problem = item.problem
+        status, code, param = (problem.status, problem.code, problem.param) if problem else \
+            _failure_status(line)
+        custom_id = item.id if isinstance(item.id, str) else None
+        record = oa.error_line(custom_id, line["error"] or "failed", line=item.line,
+                               kind=line["error_kind"] or "runtime",
+                               request_fingerprint=item.fingerprint, finished_at=finished,
+                               status=status, code=code, param=param,
+                               provenance=line["provenance"])
+        if self._errors is None:
+            self._errors = self._fh if self.path == self.errors_path \
+                else self._open(self.errors_path)
+        return record, self._errors
+
     def close(self) -> None:
         if self._fh is not sys.stdout:
+            if self._errors is not None:
+                self._errors.close()
             self._fh.close()
             self._lock.release()
+
+
+def _failure_status(line: dict[str, Any]) -> tuple[int, str, str | None]:
+    """The HTTP-like status of a request that failed while it was answered."""
+    error = line.get("error") or ""
+    if "unknown agent" in error or "unknown model" in error:
+        return 404, "model_not_found", "body.model"
+    if "context window" in error:  # hpc_chat.llm.request.prompt_too_long
+        return 400, "context_length_exceeded", "body.messages"
+    if line.get("error_kind") == "input":
+        return 400, "invalid_request", None
+    return 500, "generation_failed", None
+
+
+def _ensure_line_start(path: Path, fh: TextIO) -> None:
+    """A run killed mid-write may leave a partial last line; start on a fresh line."""
+    if path.stat().st_size == 0:
+        return
+    with path.open("rb") as raw:
+        raw.seek(-1, os.SEEK_END)
+        if raw.read(1) != b"\n":
+            fh.write("\n")
+            fh.flush()
+
+
+def provenance_of(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A result's provenance: the site and driver, and each agent's record from its worker
+    (:mod:`hpc_chat.worker.provenance`). None for a line that never ran."""
+    if not result or not result.get("responses"):
+        return None
+    agents = [{"agent": r.get("agent"), "cached": bool(r.get("cached")),
+               **(r.get("provenance") or {})}
+              for r in result["responses"] if not r.get("error")]
+    version = next((a.get("hpc_chat") for a in agents if a.get("hpc_chat")), None)
+    return {"hpc_chat": version, "site": result.get("site"),
+            "driver_host": socket.gethostname(), "agents": agents}
 
 
 def records_from_lines(lines: Iterable[dict[str, Any]]) -> list[RequestRecord]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hpc_chat.batchfile import (
+    OUTPUT_KEYS,
     STDIO,
     BatchItem,
     OutputWriter,
@@ -24,6 +25,7 @@ from hpc_chat.batchfile import (
     records_from_lines,
 )
 from hpc_chat.errors import InputError
+from hpc_chat.openai_batch import ROUTED_MODEL
 from hpc_chat.startup import follow_workers, run_scheduler
 from hpc_chat.stats import summarize
 
@@ -40,14 +42,19 @@ class BatchRun:
     """
 
     def __init__(self, input_path: str, output: str, *, fmt: str = "auto",
-                 resume: bool = False, retry_failed: bool = False,
-                 endpoint: str | None = None):
+                 output_format: str = "auto", resume: bool = False,
+                 retry_failed: bool = False, endpoint: str | None = None):
         self.output, self.resume, self.endpoint = output, resume or retry_failed, endpoint
         if output != STDIO and input_path != STDIO and Path(output).exists() and \
                 Path(input_path).exists() and os.path.samefile(input_path, output):
             raise InputError(f"{output}: the output is the input file; choose another output")
         self.items = read_batch(input_path, fmt)
-        self.writer = OutputWriter(output, resume=self.resume)  # locked; fails if unwritable
+        style = output_format if output_format != "auto" else \
+            ("openai" if self.items.format == "openai" else "native")
+        if style == "openai" and self.items.format != "openai":
+            for it in self.items:  # an OpenAI custom_id is a string
+                it.id = str(it.id)
+        self.writer = OutputWriter(output, resume=self.resume, style=style)  # locked
         # Read under the lock: another run cannot be appending to it now.
         previous = read_output(output) if self.resume and output != STDIO else {}
         answered = {line["prompt"]: line for line in previous.values()
@@ -128,8 +135,19 @@ async def answer_all(workflow, items: list[BatchItem], writer: OutputWriter, *, 
     workers that cannot start end the batch with an :class:`ExecutorError` (the lines written
     so far stay), instead of a wait without end."""
     async def answer(item):
-        return item, await workflow.submit_request(item.prompt, agents=agents, options=options,
-                                                   request_key=id_key(item.id))
+        req = item.request
+        if req is None:
+            return item, await workflow.submit_request(
+                item.prompt, agents=agents, options=options, request_key=id_key(item.id))
+        if req.agents and req.agents[0] not in workflow.agents:
+            known = ", ".join([*sorted(workflow.agents), ROUTED_MODEL])
+            return item, {**dict.fromkeys(OUTPUT_KEYS), "ok": False, "agents": [],
+                          "latency_s": 0.0, "completion_tokens": 0, "prompt_tokens": 0,
+                          "cached": False, "error_kind": "input",
+                          "error": f"unknown model {req.model!r}; the models are: {known}"}
+        return item, await workflow.submit_request(
+            req.prompt, agents=req.agents, options={**(options or {}), **req.options},
+            request_key=id_key(item.id), history=req.history, system_prompt=req.system)
 
     status = on_status or (lambda text: None)
     watching = asyncio.ensure_future(follow_workers(
@@ -191,7 +209,7 @@ def job_banner(site: str | None, allocation: bool) -> str | None:
 
 def _skip_reason(last: dict, item: BatchItem, retry_failed: bool) -> str | None:
     """Why a resumed run skips ``item`` given its last output line, or None to run it."""
-    if last.get("prompt") != item.prompt:
+    if last.get("request", last.get("prompt")) != item.fingerprint:
         return None  # the input was edited since: this is another request
     if last.get("ok") is True:
         return "answered"

@@ -220,10 +220,16 @@ class ParslChatWorkflow:
 
     def submit_request(self, text: str, *, conversation_id: str | None = None,
                        agents: list[str] | None = None, options: dict[str, Any] | None = None,
-                       request_key: str | None = None) -> asyncio.Task:
+                       request_key: str | None = None,
+                       history: list[dict[str, str]] | None = None,
+                       system_prompt: str | None = None) -> asyncio.Task:
         """Start one request; the task resolves to a result dict (never raises for a failed
         answer: ``ok`` is false and ``error`` says why). Call it from a coroutine; outside
-        one, use ``loop.run_until_complete(workflow.process_request(...))``."""
+        one, use ``loop.run_until_complete(workflow.process_request(...))``.
+
+        ``history`` (earlier ``{"role", "content"}`` turns) and ``system_prompt`` give the
+        whole conversation instead of a stored one, as an OpenAI request does: those messages
+        are decoded as given, never shortened to fit the context."""
         self._require()
         try:
             loop = asyncio.get_running_loop()
@@ -231,8 +237,10 @@ class ParslChatWorkflow:
             raise HpcChatError("submit_request/submit_message must be called from a coroutine "
                                "(inside the event loop); outside one, run "
                                "process_request(...) in your loop") from None
+        given = None if history is None and system_prompt is None else \
+            {"history": list(history or []), "system_prompt": system_prompt}
         task = loop.create_task(self._run_request(text, conversation_id, agents, options,
-                                                  request_key))
+                                                  request_key, given))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return task
@@ -258,7 +266,7 @@ class ParslChatWorkflow:
         return await self.submit_message(text, conversation_id=conversation_id, **kwargs)
 
     async def _run_request(self, text, conversation_id, agent_names, options,
-                           request_key=None) -> dict[str, Any]:
+                           request_key=None, given=None) -> dict[str, Any]:
         loaded = self._require()
         settings = loaded.settings
         start = time.time()
@@ -270,16 +278,21 @@ class ParslChatWorkflow:
             routes = self.choose_agents(text, agent_names)
         except HpcChatError as exc:
             return self._finish(start, text, None, error=str(exc), error_kind="input")
-        history = await self.history.recent(conversation_id) if conversation_id else []
-        context = {"history": history, "options": options, "model": self.site_model}
+        if given is not None:
+            history = given["history"]
+            context = {"history": history, "options": options, "model": self.site_model,
+                       "system_prompt": given["system_prompt"], "exact": True}
+        else:
+            history = await self.history.recent(conversation_id) if conversation_id else []
+            context = {"history": history, "options": options, "model": self.site_model}
 
         async def ask(r: Route) -> dict[str, Any]:
             agent = self.agents[r.agent].config
             perf = agent.config.performance
             key = None
             if perf.enable_caching:
-                key = cache_key(agent.to_dict(), build_messages(agent.config.system_prompt, text,
-                                                                history),
+                system = context.get("system_prompt") or agent.config.system_prompt
+                key = cache_key(agent.to_dict(), build_messages(system, text, history),
                                 options.get("seed"), {"site": self.site_model,
                                                       "options": options})
                 hit = self.cache.get(key, perf.cache_ttl)
@@ -356,6 +369,7 @@ class ParslChatWorkflow:
             "error": error,
             "error_kind": None if ok else error_kind,
             "cached": record.cached,
+            "site": self.profile.name if self.profile is not None else None,
             "routes": [{"agent": r.agent, "score": round(r.score, 4), "matched": list(r.matched),
                         "fallback": r.fallback} for r in routes or []],
             "responses": responses,

@@ -42,14 +42,22 @@ from hpc_chat.cli.output import print_stats, render_result
 @click.option("--summary-json", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Also write the run's summary (counts, times, tokens, Parsl) as JSON here "
                    "('-': standard output).")
-@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "text"]), default="auto",
-              help="Input format (auto: .jsonl or a first line starting with '{' means JSONL).")
+@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "text", "openai"]),
+              default="auto",
+              help="Input format (auto: OpenAI batch request lines, or .jsonl or a first line "
+                   "starting with '{' means JSONL, else text).")
+@click.option("--output-format", type=click.Choice(["auto", "native", "openai"]),
+              default="auto", envvar="HPC_CHAT_OUTPUT_FORMAT", show_default=True,
+              help="native: one hpc_chat line per input line; openai: OpenAI batch output, "
+                   "failed requests in OUTPUT's .errors.jsonl; auto: openai for an OpenAI "
+                   "input, else native.")
 @with_common
 def batch(input_path, output, resume, retry_failed, check_only, show, summary_json, fmt,
-          config, site, endpoint, allocation, agents, seed, max_tokens, model):
-    """Answer every prompt in INPUT (JSONL or one prompt per line; '-' is standard input) into
-    OUTPUT. INPUT and OUTPUT may come from $HPC_CHAT_INPUT and $HPC_CHAT_OUTPUT (as in
-    jobs/driver.sh). Exit 0 when every line was answered, 1 when some failed."""
+          output_format, config, site, endpoint, allocation, agents, seed, max_tokens, model):
+    """Answer every prompt in INPUT (JSONL, one prompt per line, or an OpenAI batch file; '-'
+    is standard input) into OUTPUT. INPUT and OUTPUT may come from $HPC_CHAT_INPUT and
+    $HPC_CHAT_OUTPUT (as in jobs/driver.sh). In an OpenAI file, each line's body.model names
+    the agent ('auto': routed). Exit 0 when every line was answered, 1 when some failed."""
     from hpc_chat.batchfile import read_batch
 
     if check_only:
@@ -64,7 +72,8 @@ def batch(input_path, output, resume, retry_failed, check_only, show, summary_js
     session = Session(config, site, allocation=allocation, endpoint=endpoint, model=model,
                       agents=agents_list(agents)).check()
     try:
-        _run(session, input_path, output, fmt=fmt, resume=resume, retry_failed=retry_failed,
+        _run(session, input_path, output, fmt=fmt, output_format=output_format,
+             resume=resume, retry_failed=retry_failed,
              show=show, summary_json=summary_json, agents=agents_list(agents),
              options=generation_options(seed, max_tokens), site=site, endpoint=endpoint,
              allocation=allocation)
@@ -82,16 +91,16 @@ def _report_check(items, input_path) -> None:
     sys.exit(2 if bad else 0)
 
 
-def _run(session, input_path, output, *, fmt, resume, retry_failed, show, summary_json,
-         agents, options, site, endpoint, allocation) -> None:
+def _run(session, input_path, output, *, fmt, output_format, resume, retry_failed, show,
+         summary_json, agents, options, site, endpoint, allocation) -> None:
     from hpc_chat.batchrun import BatchRun, answer_all, job_banner, summary
     from hpc_chat.progress import BatchProgress
 
     banner = job_banner(site, allocation)
     if banner:
         err_console.print(banner, highlight=False, markup=False)
-    run = BatchRun(input_path, output, fmt=fmt, resume=resume, retry_failed=retry_failed,
-                   endpoint=endpoint)
+    run = BatchRun(input_path, output, fmt=fmt, output_format=output_format, resume=resume,
+                   retry_failed=retry_failed, endpoint=endpoint)
     note = run.describe_skipped()
     if note:
         err_console.print(note, markup=False, highlight=False)
@@ -135,8 +144,13 @@ def _run(session, input_path, output, *, fmt, resume, retry_failed, show, summar
         else:
             Path(summary_json).write_text(text + "\n")
     failed = result["failed_requests"]
-    err_console.print(f"{run.writer.written} results written to {output}"
-                      + (f", {failed} failed" if failed else ""), markup=False)
+    if run.writer.style == "openai" and failed and output != "-":
+        err_console.print(f"{run.writer.written - failed} answers written to {output}, "
+                          f"{failed} failed request{'s' if failed > 1 else ''} to "
+                          f"{run.writer.errors_path}", markup=False)
+    else:
+        err_console.print(f"{run.writer.written} results written to {output}"
+                          + (f", {failed} failed" if failed else ""), markup=False)
     sys.exit(1 if failed else 0)
 
 
@@ -152,3 +166,49 @@ def stats(output, as_json):
         click.echo(json.dumps(perf, indent=2))
     else:
         print_stats(perf, title=f"Batch output {output}", to_stdout=True)
+
+
+@cli.command()
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("ident", metavar="ID")
+@click.option("--config", "config", default=None, metavar="PATH",
+              help="Workflow YAML (default: the packaged ParslChatWorkflow.yml).")
+@click.option("--site", default=None, metavar="NAME", envvar="HPC_CHAT_SITE",
+              help="Site profile to replay on (default: local).")
+@click.option("--model", default=None, metavar="NAME",
+              help="The model to replay with (default: the one recorded).")
+def replay(output, ident, config, site, model):
+    """Answer ID of a batch OUTPUT again from its provenance (the exact messages, sampler
+    settings and seed) and say whether the answer and the model file are the same.
+    Exit 0 when every agent's answer is identical, 1 when one differs."""
+    from hpc_chat.replay import find_answer
+    from hpc_chat.replay import replay as replay_answer
+
+    recorded = find_answer(output, ident)
+    models = {a.get("model") for a in recorded["agents"]}
+    model = model or (models.pop() if len(models) == 1 else None)
+    session = Session(config, site, model=model, wait_for_workers=True,
+                      agents=[a["agent"] for a in recorded["agents"]]).check()
+    with session as s:
+        outcomes = s.run(replay_answer(s.workflow, recorded))
+    same = True
+    for o in outcomes:
+        if not o["ok"]:
+            verdict, same = f"failed: {o['error']}", False
+        elif o["same_answer"]:
+            verdict = "identical answer"
+        else:
+            verdict, same = "different answer", False
+        model_note = "same model file" if o["same_model"] else \
+            f"model file differs (sha256 {o['model_sha256']}, recorded " \
+            f"{o['recorded_model_sha256']})"
+        batched = "; it was decoded in a batch with other requests, which can change a " \
+            "few tokens" if o["batched"] and o["ok"] and not o["same_answer"] else ""
+        err_console.print(f"{o['agent']}: {verdict}; {model_note}{batched}", markup=False,
+                          highlight=False)
+        if o["ok"] and not o["same_answer"]:
+            err_console.print(f"  recorded: {recorded['answer']!r}\n  now:      "
+                              f"{o['answer']!r}", markup=False, highlight=False)
+    if len(outcomes) == 1 and outcomes[0]["ok"]:
+        click.echo(outcomes[0]["answer"])
+    sys.exit(0 if same else 1)

@@ -7,7 +7,9 @@ loads stays loaded in the process for the next call.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 import socket
 import time
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from hpc_chat.errors import ConfigError, ModelNotFoundError, PromptTooLongError
 from hpc_chat.llm.models import ModelSpec, model_location
 from hpc_chat.llm.registry import get_batched_engine, get_engine
 from hpc_chat.llm.request import GenRequest, Sampling, prompt_too_long
+from hpc_chat.worker.provenance import job_id, model_file, versions
 from hpc_chat.worker.retry import error_kind
 
 # Tokens kept free for the chat template's own markup around each message.
@@ -40,18 +43,20 @@ def build_messages(system_prompt: str, message: str,
 
 
 def fit_to_context(messages: list[dict[str, str]], count_tokens, n_ctx: int,
-                   max_tokens: int) -> list[dict[str, str]]:
+                   max_tokens: int, *, drop_history: bool = True) -> list[dict[str, str]]:
     """Drop the oldest history turns until the prompt and ``max_tokens`` fit in ``n_ctx``.
 
     The system prompt and the new message are never dropped or cut: when they alone do not fit,
-    the request fails with :class:`PromptTooLongError` (retrying would not help).
+    the request fails with :class:`PromptTooLongError` (retrying would not help). Messages a
+    caller gave whole (an OpenAI request, a replay) are never shortened either
+    (``drop_history=False``): they fit, or the request fails.
     """
     def size(msgs):
         return sum(count_tokens(m["content"]) + TEMPLATE_OVERHEAD_PER_MESSAGE for m in msgs)
 
     budget = n_ctx - max_tokens
     msgs = list(messages)
-    while size(msgs) > budget and len(msgs) > 2:
+    while drop_history and size(msgs) > budget and len(msgs) > 2:
         del msgs[1]
     if size(msgs) > budget:
         raise prompt_too_long(size(msgs), max_tokens, n_ctx, estimate=True)
@@ -90,6 +95,7 @@ class Prepared:
     spec: ModelSpec
     model: str
     key: str
+    exact: bool = False  # the caller's own messages: never shortened to fit
     started: float = field(default_factory=time.time)
 
     @property
@@ -111,8 +117,9 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
     site_model = context.get("model") or {}
     sampling = {**settings.sampling(), **{k: v for k, v in options.items()
                                           if k in Sampling.model_fields}}
+    system_prompt = context.get("system_prompt") or settings.system_prompt
     try:
-        request = GenRequest(messages=build_messages(settings.system_prompt, message,
+        request = GenRequest(messages=build_messages(system_prompt, message,
                                                      context.get("history")), **sampling)
     except ValidationError as exc:  # e.g. an option out of range: the request's own fault
         raise ValueError(format_validation_error("options", exc).replace("\n", "; ")) from None
@@ -122,7 +129,9 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
     key = cache_key(agent.to_dict(), request.messages, request.seed,
                     {**spec.model_dump(), "max_tokens": request.max_tokens,
                      "temperature": request.temperature})
-    return Prepared(agent, request, spec, name, key)
+    if request.seed is None:  # drawn here and recorded, so that this answer can be replayed
+        request = request.model_copy(update={"seed": random.getrandbits(31)})
+    return Prepared(agent, request, spec, name, key, exact=bool(context.get("exact")))
 
 
 def _cached(prep: Prepared) -> dict | None:
@@ -138,7 +147,8 @@ def _cached(prep: Prepared) -> dict | None:
     return hit
 
 
-def _result(prep: Prepared, completion, n_threads: int, history_turns: int) -> dict:
+def _result(prep: Prepared, completion, n_threads: int, decoded: GenRequest) -> dict:
+    history_turns = len(decoded.messages) - 2
     result = {
         "content": completion.text,
         "agent": prep.agent.name,
@@ -153,9 +163,25 @@ def _result(prep: Prepared, completion, n_threads: int, history_turns: int) -> d
         "n_threads": n_threads,
         "batched": bool(completion.extra.get("batched")),
     }
+    result["provenance"] = provenance(prep, decoded, result)
     if prep.caching:
         process_cache.put(prep.key, result)
     return result
+
+
+def provenance(prep: Prepared, decoded: GenRequest, result: dict) -> dict:
+    """How this answer was made (:mod:`hpc_chat.worker.provenance`): the exact messages and
+    sampler settings decoded, the model file, the software, and where and when it ran."""
+    return {
+        "agent": prep.agent.name, "model": prep.model, **model_file(prep.spec.path),
+        "n_ctx": prep.spec.n_ctx, **versions(),
+        "sampling": decoded.sampling(), "messages": decoded.messages,
+        "answer_sha256": hashlib.sha256(str(result["content"]).encode("utf-8",
+                                                                     "replace")).hexdigest(),
+        "job_id": job_id(), "host": result["worker"]["host"], "worker": result["worker"],
+        "batched": result["batched"], "start": result["timings"]["start"],
+        "end": result["timings"]["end"],
+    }
 
 
 def answer(agent_config: dict, items: list[dict],
@@ -187,23 +213,24 @@ def answer(agent_config: dict, items: list[dict],
         req = prep.request
         try:
             msgs = fit_to_context(req.messages, engine.count_tokens, prep.spec.n_ctx,
-                                  req.max_tokens)
+                                  req.max_tokens, drop_history=not prep.exact)
         except PromptTooLongError as exc:
             out[i] = exc
             continue
-        fitted.append((i, prep, len(msgs) - 2))
-        requests.append(req.model_copy(update={"messages": msgs}))
+        decoded = req.model_copy(update={"messages": msgs})
+        fitted.append((i, prep, decoded))
+        requests.append(decoded)
     if n_seq is None:
         completions = [engine.complete(r) for r in requests]
     else:
         completions = get_batched_engine(engine, n_seq).generate(requests)
-    for (i, prep, turns), completion in zip(fitted, completions):
+    for (i, prep, decoded), completion in zip(fitted, completions):
         if isinstance(completion, Exception):
             out[i] = completion
             continue
         completion.model_loaded_now = loaded_now
         loaded_now = False  # count the load once, on the first answer
-        out[i] = _result(prep, completion, engine.n_threads, turns)
+        out[i] = _result(prep, completion, engine.n_threads, decoded)
     return out  # type: ignore[return-value]
 
 

@@ -83,6 +83,41 @@ def test_sbatch_driver_script_runs_a_batch(mode, fast, tmp_path):
     assert f"mode {mode}, site local-slurm" in log.read_text()
 
 
+def test_sbatch_driver_script_answers_an_openai_batch_file(fast, tmp_path):
+    """An OpenAI batch file through jobs/driver.sh: OpenAI output lines, whose provenance
+    names the driver's Slurm job and node, and a failed request in the errors file."""
+    from openai.types.chat import ChatCompletion
+
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("".join(json.dumps({
+        "custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": f"say {cid}"}],
+                 "seed": 1}}) + "\n" for cid, model in
+        (("a", "balanced_agent"), ("b", "auto"), ("c", "no_such_agent"))))
+    output = tmp_path / "answers.jsonl"
+    log = tmp_path / "driver.log"
+    export = ",".join([
+        "ALL", "HPC_CHAT_SITE=local-slurm", f"HPC_CHAT_INPUT={batch}",
+        f"HPC_CHAT_OUTPUT={output}", "HPC_CHAT_MODE=allocation", "HPC_CHAT_MODEL=echo",
+        f"HPC_CHAT_BIN={VENV_BIN / 'hpc-chat'}", f"HPC_CHAT_ARGS=--config {fast}"])
+    proc = subprocess.run(["sbatch", "--wait", "--parsable", "--cpus-per-task=2",
+                           f"--output={log}", f"--export={export}",
+                           str(REPO / "jobs" / "driver.sh")],
+                          capture_output=True, text=True, timeout=400)
+    job_id = proc.stdout.strip().split(";")[0]
+    assert proc.returncode == 1, log.read_text()  # one request failed: exit 1, as documented
+    lines = [json.loads(x) for x in output.read_text().splitlines()]
+    assert sorted(x["custom_id"] for x in lines) == ["a", "b"]
+    for x in lines:
+        ChatCompletion.model_validate(x["response"]["body"])
+        agent = x["response"]["body"]["hpc_chat"]["agents"][0]
+        assert agent["job_id"] == job_id and agent["host"] == x["response"]["body"][
+            "hpc_chat"]["driver_host"]
+        assert x["response"]["body"]["hpc_chat"]["site"] == "local-slurm"
+    errors = [json.loads(x) for x in (tmp_path / "answers.errors.jsonl").read_text().splitlines()]
+    assert [(e["custom_id"], e["response"]["status_code"]) for e in errors] == [("c", 404)]
+
+
 def test_driver_script_fails_early_without_variables(tmp_path):
     log = tmp_path / "driver.log"
     proc = subprocess.run(["sbatch", "--wait", f"--output={log}",

@@ -1,0 +1,279 @@
+"""OpenAI Batch API files: the request lines read, the output and error lines written.
+
+The format vLLM's ``run-batch``, ALCF FIRST's batch API and OpenAI itself read::
+
+    {"custom_id": "q1", "method": "POST", "url": "/v1/chat/completions",
+     "body": {"model": "balanced_agent", "messages": [...], "max_tokens": 64, "seed": 1}}
+
+``body.model`` names an agent, or :data:`ROUTED_MODEL` (``auto``) for the routed multi-agent
+answer that ``hpc-chat ask`` gives. ``messages`` may hold several turns and their own system
+message (it replaces the agent's system prompt). ``max_tokens`` (or ``max_completion_tokens``),
+``temperature``, ``top_p``, ``seed`` and ``stop`` are used; ``n`` must be 1; any other body key
+is accepted, not used, and listed in the answer's provenance (``ignored_params``).
+
+An answer is an output line in OpenAI's batch output shape, its body a ``chat.completion``; a
+request that failed is a line of the same shape in the errors file beside the output
+(``OUT.errors.jsonl``), with its HTTP-like ``status_code`` and OpenAI's error body. A line that
+is not a request at all (bad JSON, no ``custom_id``) has ``response: null`` and an ``error``.
+Every line also carries an ``hpc_chat`` object: the input line number, the request's
+fingerprint, the outcome kind and time (what ``--resume`` reads), and the provenance.
+
+This module only turns dicts into dicts; reading files and running requests are
+:mod:`hpc_chat.batchfile` and :mod:`hpc_chat.batchrun`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+ROUTED_MODEL = "auto"
+CHAT_URL = "/v1/chat/completions"
+USED_PARAMS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature",
+               "top_p", "seed", "stop", "n")
+ROLES = ("system", "developer", "user", "assistant")
+
+
+def is_request_line(obj: Any) -> bool:
+    """An OpenAI batch request line (rather than hpc_chat's ``{"id", "prompt"}``)."""
+    return isinstance(obj, dict) and "custom_id" in obj and ("body" in obj or "url" in obj)
+
+
+def is_output_line(obj: Any) -> bool:
+    return isinstance(obj, dict) and "custom_id" in obj and "response" in obj
+
+
+class RequestError(ValueError):
+    """What is wrong with a request line: ``param`` names the key, ``status`` the HTTP-like
+    status its error entry gets."""
+
+    def __init__(self, message: str, *, param: str | None = None, status: int = 400,
+                 code: str = "invalid_request"):
+        super().__init__(message)
+        self.param, self.status, self.code = param, status, code
+
+
+@dataclass
+class ChatRequest:
+    """One request line, checked: what the workflow needs to answer it."""
+
+    custom_id: str
+    model: str
+    prompt: str  # the last user message
+    history: list[dict[str, str]]  # the turns before it
+    system: str | None  # the line's own system message, if any
+    options: dict[str, Any]
+    ignored: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+
+    @property
+    def agents(self) -> list[str] | None:
+        return None if self.model == ROUTED_MODEL else [self.model]
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return [*system, *self.history, {"role": "user", "content": self.prompt}]
+
+
+def fingerprint(body: Any) -> str:
+    """The request as it was asked: an edited line is another request on ``--resume``."""
+    text = json.dumps(body, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def parse_request(obj: dict[str, Any]) -> ChatRequest:
+    """Check one request line; raises :class:`RequestError` naming the key at fault."""
+    custom_id = obj.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        raise RequestError("\"custom_id\" must be a non-empty string", param="custom_id")
+    method, url = obj.get("method", "POST"), obj.get("url")
+    if method != "POST" or url != CHAT_URL:
+        raise RequestError(f"only POST {CHAT_URL} is supported here, not {method} {url}",
+                           param="url", status=404, code="unsupported_url")
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        raise RequestError("\"body\" must be a JSON object", param="body")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise RequestError("body.model must name an agent (or \"auto\")", param="body.model")
+    system, history, prompt = _messages(body.get("messages"))
+    return ChatRequest(custom_id, model, prompt, history, system, _options(body),
+                       ignored=sorted(k for k in body if k not in USED_PARAMS),
+                       fingerprint=fingerprint(body))
+
+
+def _messages(messages: Any) -> tuple[str | None, list[dict[str, str]], str]:
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("body.messages must be a non-empty list", param="body.messages")
+    system: list[str] = []
+    turns: list[dict[str, str]] = []
+    for i, msg in enumerate(messages):
+        where = f"body.messages[{i}]"
+        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
+            raise RequestError(f"{where} must be an object whose role is one of "
+                               f"{', '.join(ROLES)}", param=where)
+        content = _text(msg.get("content"), where)
+        if msg["role"] in ("system", "developer"):
+            if turns:
+                raise RequestError(f"{where}: a system message must come before the others",
+                                   param=where)
+            system.append(content)
+        else:
+            turns.append({"role": msg["role"], "content": content})
+    if not turns or turns[-1]["role"] != "user":
+        raise RequestError("body.messages must end with a user message",
+                           param="body.messages")
+    if not turns[-1]["content"].strip():
+        raise RequestError("body.messages: the last user message is empty",
+                           param="body.messages")
+    return ("\n\n".join(system) or None), turns[:-1], turns[-1]["content"]
+
+
+def _text(content: Any, where: str) -> str:
+    """A message's text: a string, or a list of ``{"type": "text", "text": ...}`` parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise RequestError(f"{where}.content must be text (a string or text parts; images and "
+                       f"audio are not supported)", param=f"{where}.content")
+
+
+def _options(body: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    n = body.get("n", 1)
+    if n != 1:
+        raise RequestError("body.n must be 1 (one answer per request)", param="body.n")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None:
+        key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        if not _is_int(max_tokens) or max_tokens < 1:
+            raise RequestError(f"body.{key} must be a positive integer", param=f"body.{key}")
+        options["max_tokens"] = max_tokens
+    for key, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+                not low <= value <= high or (key == "top_p" and value == 0):
+            raise RequestError(f"body.{key} must be a number from {low:g} to {high:g}",
+                               param=f"body.{key}")
+        options[key] = float(value)
+    seed = body.get("seed")
+    if seed is not None:
+        if not _is_int(seed) or not 0 <= seed < 2**63:
+            raise RequestError("body.seed must be a non-negative integer", param="body.seed")
+        options["seed"] = seed
+    stop = body.get("stop")
+    if stop is not None:
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or \
+                len(stop) > 4:
+            raise RequestError("body.stop must be a string or a list of up to 4 strings",
+                               param="body.stop")
+        options["stop"] = stop
+    return options
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ----------------------------------------------------------------------------- output lines
+
+def _ids() -> tuple[str, str]:
+    return f"batch_req_{uuid.uuid4().hex}", f"req_{uuid.uuid4().hex}"
+
+
+def system_fingerprint(provenance: dict[str, Any] | None) -> str | None:
+    """hpc_chat's version and the model files' sha256 prefixes: equal fingerprints, same
+    software and weights."""
+    if not provenance:
+        return None
+    models = [a["model_sha256"][:12] if a.get("model_sha256") else str(a.get("model"))
+              for a in provenance.get("agents", [])]
+    return f"hpc_chat-{provenance.get('hpc_chat')}-" + "+".join(models)
+
+
+def chat_completion(model: str, result: dict[str, Any], created: float,
+                    provenance: dict[str, Any] | None) -> dict[str, Any]:
+    """A ``chat.completion`` object for an answered request."""
+    prompt, completion = result.get("prompt_tokens") or 0, result.get("completion_tokens") or 0
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+        "created": int(created), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant",
+                                             "content": result.get("response"),
+                                             "refusal": None},
+                     "logprobs": None, "finish_reason": result.get("finish_reason") or "stop"}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                  "total_tokens": prompt + completion},
+        "system_fingerprint": system_fingerprint(provenance),
+        "hpc_chat": provenance,
+    }
+
+
+def answer_line(custom_id: str, model: str, result: dict[str, Any], *, line: int,
+                request_fingerprint: str, finished_at: float,
+                provenance: dict[str, Any] | None) -> dict[str, Any]:
+    line_id, request_id = _ids()
+    return {"id": line_id, "custom_id": custom_id,
+            "response": {"status_code": 200, "request_id": request_id,
+                         "body": chat_completion(model, result, finished_at, provenance)},
+            "error": None,
+            "hpc_chat": {"line": line, "request": request_fingerprint, "ok": True,
+                         "finished_at": finished_at}}
+
+
+def error_line(custom_id: str | None, message: str, *, line: int, kind: str,
+               request_fingerprint: str | None, finished_at: float, status: int | None = None,
+               code: str | None = None, param: str | None = None,
+               provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A failed request (``status`` given: OpenAI's error body under that status), or a line
+    that is no request at all (``response: null``, ``error``)."""
+    line_id, request_id = _ids()
+    status = status or (400 if kind == "input" else 500)
+    error = {"message": message, "type": "invalid_request_error" if status < 500
+             else "server_error", "param": param,
+             "code": code or ("invalid_request" if kind == "input" else "generation_failed")}
+    record = {"id": line_id, "custom_id": custom_id, "response": None, "error": None,
+              "hpc_chat": {"line": line, "request": request_fingerprint, "ok": False,
+                           "error_kind": kind, "finished_at": finished_at,
+                           "provenance": provenance}}
+    if custom_id is None:
+        record["error"] = {"code": error["code"], "message": message}
+    else:
+        record["response"] = {"status_code": status, "request_id": request_id,
+                              "body": {"error": error}}
+    return record
+
+
+def outcome(line: dict[str, Any]) -> dict[str, Any] | None:
+    """What ``--resume`` and ``hpc-chat stats`` need of an output or error line, in the
+    native line's terms (``id``, ``ok``, ``request``, ``error_kind``, ``finished_at``,
+    ``latency_s``, tokens, agents); None for a line they cannot use."""
+    ext = line.get("hpc_chat")
+    if not isinstance(ext, dict):
+        return None
+    # A line that was no request has no custom_id: its line number stands for it.
+    ident = line.get("custom_id") if isinstance(line.get("custom_id"), str) else ext.get("line")
+    if not isinstance(ident, (str, int)) or isinstance(ident, bool):
+        return None
+    finished = ext.get("finished_at")
+    body = line["response"].get("body") if isinstance(line.get("response"), dict) else None
+    body = body if isinstance(body, dict) else {}
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    prov = body.get("hpc_chat") if isinstance(body.get("hpc_chat"), dict) else {}
+    listed = prov.get("agents") if isinstance(prov.get("agents"), list) else []
+    agents = [a.get("agent") for a in listed if isinstance(a, dict)]
+    return {"id": ident, "ok": ext.get("ok") is True,
+            "request": ext.get("request"), "error_kind": ext.get("error_kind"),
+            "finished_at": finished if isinstance(finished, (int, float)) else 0.0,
+            "latency_s": ext.get("latency_s"), "agents": agents,
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens")}

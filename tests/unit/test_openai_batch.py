@@ -1,0 +1,107 @@
+"""OpenAI batch request lines: what is accepted, and the key named when it is not."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpc_chat.openai_batch import (
+    ROUTED_MODEL,
+    RequestError,
+    answer_line,
+    error_line,
+    fingerprint,
+    parse_request,
+)
+
+
+def line(body=None, **top):
+    base = {"custom_id": "q1", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "balanced_agent",
+                     "messages": [{"role": "user", "content": "hi"}], **(body or {})}}
+    return {**base, **top}
+
+
+def test_a_multi_turn_request_with_its_own_system_message():
+    req = parse_request(line({"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": [{"type": "text", "text": "Another"},
+                                     {"type": "text", "text": "?"}]}],
+        "max_completion_tokens": 32, "temperature": 0, "top_p": 0.5, "seed": 7, "stop": "\n",
+        "response_format": {"type": "text"}}))
+    assert req.custom_id == "q1" and req.agents == ["balanced_agent"]
+    assert req.system == "Be brief." and req.prompt == "Another?"
+    assert req.history == [{"role": "user", "content": "Name a colour."},
+                           {"role": "assistant", "content": "Blue."}]
+    assert req.options == {"max_tokens": 32, "temperature": 0.0, "top_p": 0.5, "seed": 7,
+                           "stop": ["\n"]}
+    assert req.ignored == ["response_format"]
+    assert req.messages[0] == {"role": "system", "content": "Be brief."}
+
+
+def test_the_routed_model_routes():
+    assert parse_request(line({"model": ROUTED_MODEL})).agents is None
+
+
+@pytest.mark.parametrize("bad, param, status", [
+    (line(custom_id=""), "custom_id", 400),
+    (line(custom_id=5), "custom_id", 400),
+    (line(url="/v1/embeddings"), "url", 404),
+    (line(method="GET"), "url", 404),
+    (line(body=None) | {"body": "text"}, "body", 400),
+    (line({"model": None}), "body.model", 400),
+    (line({"messages": []}), "body.messages", 400),
+    (line({"messages": [{"role": "tool", "content": "x"}]}), "body.messages[0]", 400),
+    (line({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+     "body.messages[0].content", 400),
+    (line({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}),
+     "body.messages[1]", 400),
+    (line({"messages": [{"role": "assistant", "content": "a"}]}), "body.messages", 400),
+    (line({"messages": [{"role": "user", "content": "  "}]}), "body.messages", 400),
+    (line({"n": 2}), "body.n", 400),
+    (line({"max_tokens": 0}), "body.max_tokens", 400),
+    (line({"max_completion_tokens": True}), "body.max_completion_tokens", 400),
+    (line({"temperature": 3}), "body.temperature", 400),
+    (line({"top_p": 0}), "body.top_p", 400),
+    (line({"seed": -1}), "body.seed", 400),
+    (line({"stop": ["a", ""]}), "body.stop", 400),
+    (line({"stop": ["a"] * 5}), "body.stop", 400),
+])
+def test_a_bad_request_names_its_key(bad, param, status):
+    with pytest.raises(RequestError) as caught:
+        parse_request(bad)
+    assert caught.value.param == param and caught.value.status == status
+    assert param.split("[")[0] in str(caught.value) or param == "url"
+
+
+def test_an_edited_request_has_another_fingerprint():
+    a = parse_request(line({"seed": 1}))
+    assert parse_request(line({"seed": 1})).fingerprint == a.fingerprint
+    assert parse_request(line({"seed": 2})).fingerprint != a.fingerprint
+    assert fingerprint({"b": 1, "a": 2}) == fingerprint({"a": 2, "b": 1})
+
+
+def test_output_and_error_lines_have_openais_shape():
+    result = {"response": "Blue.", "finish_reason": "length", "prompt_tokens": 5,
+              "completion_tokens": 2}
+    prov = {"hpc_chat": "0.1.0", "agents": [{"model_sha256": "ab" * 32}]}
+    out = answer_line("q1", "balanced_agent", result, line=3, request_fingerprint="sha256:x",
+                      finished_at=1700000000.5, provenance=prov)
+    assert out["id"].startswith("batch_req_") and out["error"] is None
+    body = out["response"]["body"]
+    assert out["response"]["status_code"] == 200 and body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"] == "Blue."
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    assert body["system_fingerprint"] == "hpc_chat-0.1.0-" + "ab" * 6
+    failed = error_line("q2", "unknown model", line=4, kind="input", request_fingerprint=None,
+                        finished_at=1.0, status=404, code="model_not_found",
+                        param="body.model")
+    err = failed["response"]["body"]["error"]
+    assert failed["response"]["status_code"] == 404
+    assert err == {"message": "unknown model", "type": "invalid_request_error",
+                   "param": "body.model", "code": "model_not_found"}
+    broken = error_line(None, "line 5: invalid JSON", line=5, kind="input",
+                        request_fingerprint=None, finished_at=1.0)
+    assert broken["response"] is None and broken["error"]["message"] == "line 5: invalid JSON"
