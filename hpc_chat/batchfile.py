@@ -26,6 +26,7 @@ id; what resume skips is decided in :mod:`hpc_chat.batchrun`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sys
@@ -74,6 +75,19 @@ class BatchInput(list):
 def id_key(value: Any) -> str:
     """Ids compare by their JSON form, so ``7`` and ``"7"`` stay distinct but stable."""
     return json.dumps(value, sort_keys=True)
+
+
+def item_key(item: BatchItem) -> str:
+    """What resume matches an input line with: its id, or, for a line too broken to have one
+    (its output line says ``"id": null``), its line number, which no id can clash with."""
+    return id_key(item.id) if item.id is not None else id_key({"line": item.line})
+
+
+def _line_key(obj: dict[str, Any]) -> str | None:
+    """:func:`item_key` of the input line an output line (or an OpenAI outcome) answers."""
+    if obj.get("id") is None:
+        return id_key({"line": obj["line"]}) if isinstance(obj.get("line"), int) else None
+    return id_key(obj["id"])
 
 
 def detect_format(path: Path, lines: list[bytes]) -> str:
@@ -142,11 +156,11 @@ def _parse_line(raw: bytes, number: int, fmt: str) -> BatchItem:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return BatchItem(number, None, number, f"line {number}: not UTF-8 text")
+        return BatchItem(None, None, number, f"line {number}: not UTF-8 text")
     if "\x00" in text:
-        return BatchItem(number, None, number, f"line {number}: contains NUL bytes (binary data?)")
+        return BatchItem(None, None, number, f"line {number}: contains NUL bytes (binary data?)")
     if not text.strip():
-        return BatchItem(number, "", number, f"line {number}: empty line, no prompt")
+        return BatchItem(None, "", number, f"line {number}: empty line, no prompt")
     if fmt == "text":
         return BatchItem(number, text.strip(), number)
     if fmt == "openai":
@@ -154,17 +168,17 @@ def _parse_line(raw: bytes, number: int, fmt: str) -> BatchItem:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        return BatchItem(number, None, number, f"line {number}: invalid JSON: {exc.msg} "
+        return BatchItem(None, None, number, f"line {number}: invalid JSON: {exc.msg} "
                                                f"(column {exc.colno})")
     except (ValueError, RecursionError) as exc:  # a huge number, nesting too deep
-        return BatchItem(number, None, number, f"line {number}: unusable JSON: "
+        return BatchItem(None, None, number, f"line {number}: unusable JSON: "
                                                f"{str(exc)[:120] or type(exc).__name__}")
     if not isinstance(obj, dict):
-        return BatchItem(number, None, number,
+        return BatchItem(None, None, number,
                          f"line {number}: expected a JSON object with a \"prompt\" key")
     ident = obj.get("id", number)
     if not isinstance(ident, (str, int)) or isinstance(ident, bool):
-        return BatchItem(number, obj.get("prompt"), number,
+        return BatchItem(None, obj.get("prompt"), number,
                          f"line {number}: \"id\" must be a string or an integer")
     if "prompt" not in obj:
         return BatchItem(ident, None, number, f"line {number}: missing \"prompt\"")
@@ -179,7 +193,7 @@ def _parse_line(raw: bytes, number: int, fmt: str) -> BatchItem:
         prompt.encode("utf-8")
         str(ident).encode("utf-8")
     except UnicodeEncodeError:
-        return BatchItem(number, None, number, f"line {number}: invalid Unicode (a lone "
+        return BatchItem(None, None, number, f"line {number}: invalid Unicode (a lone "
                                                f"surrogate escape such as \\ud800)")
     return BatchItem(ident, prompt, number)
 
@@ -189,7 +203,7 @@ def _parse_openai(text: str, number: int) -> BatchItem:
     its error entry can be matched to it."""
     def bad(message: str, obj: Any = None, problem: oa.RequestError | None = None) -> BatchItem:
         cid = obj.get("custom_id") if isinstance(obj, dict) else None
-        ident = cid if isinstance(cid, str) and cid else number
+        ident = cid if isinstance(cid, str) and cid else None
         return BatchItem(ident, None, number, f"line {number}: {message}", problem=problem,
                          key=oa.fingerprint(obj if obj is not None else text))
     try:
@@ -251,9 +265,11 @@ def read_output(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
             found.append((0.0, n, obj))  # native lines: file order
     for _, _, obj in sorted(found, key=lambda t: (t[0], t[1])):
         try:
-            last[id_key(obj["id"])] = obj
+            key = _line_key(obj)
         except (ValueError, TypeError, RecursionError):
             continue
+        if key is not None:
+            last[key] = obj
     return last
 
 
@@ -310,7 +326,8 @@ class OutputWriter:
         except OSError as exc:
             raise InputError(f"{self.path}: cannot write the output: "
                              f"{exc.strerror or exc}") from None
-        self._lock = OutputLock(self.path)  # one run at a time appends to an output
+        # One run at a time appends to an output; a symlink to it shares its lock.
+        self._lock = OutputLock(self.path.resolve())
         try:
             for existing in [self.path] + ([self.errors_path] if style == "openai" else []):
                 if existing.exists() and not resume and existing.stat().st_size > 0:
@@ -330,10 +347,11 @@ class OutputWriter:
         _ensure_line_start(path, fh)
         return fh
 
-    def write(self, item: BatchItem, result: dict[str, Any] | None, *,
-              finished_at: float) -> dict[str, Any]:
+    def write(self, item: BatchItem, result: dict[str, Any] | None, *, finished_at: float,
+              counted: bool = True) -> dict[str, Any]:
         """Write the outcome of ``item`` (``result`` None: the line cannot run); returns the
-        native line (also what the summary counts)."""
+        native line, which the run's summary counts unless ``counted`` is false (an earlier
+        answer copied to a new line number)."""
         if result is None:
             line = {**dict.fromkeys(OUTPUT_KEYS), "id": item.id, "prompt": item.prompt,
                     "ok": False, "agents": [], "latency_s": 0.0, "completion_tokens": 0,
@@ -343,6 +361,7 @@ class OutputWriter:
             line = {"id": item.id, **{k: result.get(k) for k in OUTPUT_KEYS if k != "id"}}
             line["prompt"] = item.prompt
         line["finished_at"] = round(finished_at, 3)
+        line["line"] = item.line  # the input line it answers
         if item.key is not None:  # an OpenAI request: resume compares its fingerprint
             line["request"] = item.key
         line["provenance"] = provenance_of(result)
@@ -359,7 +378,8 @@ class OutputWriter:
                              f"{self.written} lines were written before; free space and rerun "
                              f"with --resume") from None
         self.written += 1
-        self.lines.append(line)
+        if counted:
+            self.lines.append(line)
         return line
 
     def _openai_record(self, item: BatchItem,
@@ -421,6 +441,8 @@ def _ensure_line_start(path: Path, fh: TextIO) -> None:
 def provenance_of(result: dict[str, Any] | None) -> dict[str, Any] | None:
     """A result's provenance: the site and driver, and each agent's record from its worker
     (:mod:`hpc_chat.worker.provenance`). None for a line that never ran."""
+    if result and "responses" not in result and "provenance" in result:
+        return result["provenance"]  # an earlier output line, copied to a new line number
     if not result or not result.get("responses"):
         return None
     agents = [{"agent": r.get("agent"), "cached": bool(r.get("cached")),
@@ -437,6 +459,8 @@ def records_from_lines(lines: Iterable[dict[str, Any]]) -> list[RequestRecord]:
         try:
             end = float(obj.get("finished_at") or 0.0)
             latency = float(obj.get("latency_s") or 0.0)
+            if not (math.isfinite(end) and math.isfinite(latency)):
+                continue  # a hand-edited line: Infinity or NaN would spoil every figure
             records.append(RequestRecord(
                 ok=obj.get("ok") is True, start=end - latency, end=end,
                 completion_tokens=int(obj.get("completion_tokens") or 0),

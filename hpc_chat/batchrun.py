@@ -20,6 +20,7 @@ from hpc_chat.batchfile import (
     BatchItem,
     OutputWriter,
     id_key,
+    item_key,
     read_batch,
     read_output,
     records_from_lines,
@@ -53,7 +54,8 @@ class BatchRun:
             ("openai" if self.items.format == "openai" else "native")
         if style == "openai" and self.items.format != "openai":
             for it in self.items:  # an OpenAI custom_id is a string
-                it.id = str(it.id)
+                if it.id is not None:
+                    it.id = str(it.id)
         self.writer = OutputWriter(output, resume=self.resume, style=style)  # locked
         # Read under the lock: another run cannot be appending to it now.
         previous = read_output(output) if self.resume and output != STDIO else {}
@@ -64,7 +66,7 @@ class BatchRun:
         self.moved: list[tuple[BatchItem, dict]] = []  # answered before under another line
         todo = []
         for it in self.items:
-            last = previous.get(id_key(it.id))
+            last = previous.get(item_key(it))
             if (last is None or last.get("prompt") != it.prompt) and it.id == it.line and \
                     isinstance(it.prompt, str) and it.prompt in answered:
                 # Its id is its line number, and lines were inserted or removed above it:
@@ -105,8 +107,10 @@ class BatchRun:
         """Lines that need no worker: the answers of moved prompts under their new line
         numbers, and an error line for each input line that cannot run (malformed, empty,
         ...); returns the number of error lines."""
-        for it, line in self.moved:
-            self.writer.write(it, line, finished_at=time.time())
+        for it, line in self.moved:  # copies: not counted as this run's work
+            finished = line.get("finished_at")
+            self.writer.write(it, line, counted=False, finished_at=finished
+                              if isinstance(finished, (int, float)) else time.time())
         for it in self.bad:
             self.writer.write(it, None, finished_at=time.time())
         return len(self.bad)

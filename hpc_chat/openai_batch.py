@@ -261,8 +261,9 @@ def outcome(line: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(ext, dict):
         return None
     # A line that was no request has no custom_id: its line number stands for it.
-    ident = line.get("custom_id") if isinstance(line.get("custom_id"), str) else ext.get("line")
-    if not isinstance(ident, (str, int)) or isinstance(ident, bool):
+    ident = line.get("custom_id") if isinstance(line.get("custom_id"), str) else None
+    number = ext.get("line")
+    if ident is None and (not isinstance(number, int) or isinstance(number, bool)):
         return None
     finished = ext.get("finished_at")
     body = line["response"].get("body") if isinstance(line.get("response"), dict) else None
@@ -271,7 +272,7 @@ def outcome(line: dict[str, Any]) -> dict[str, Any] | None:
     prov = body.get("hpc_chat") if isinstance(body.get("hpc_chat"), dict) else {}
     listed = prov.get("agents") if isinstance(prov.get("agents"), list) else []
     agents = [a.get("agent") for a in listed if isinstance(a, dict)]
-    return {"id": ident, "ok": ext.get("ok") is True,
+    return {"id": ident, "line": number, "ok": ext.get("ok") is True,
             "request": ext.get("request"), "error_kind": ext.get("error_kind"),
             "finished_at": finished if isinstance(finished, (int, float)) else 0.0,
             "latency_s": ext.get("latency_s"), "agents": agents,

@@ -6,6 +6,9 @@ lockd on NFSv3, natively on v4), unlike ``flock`` on some clients; the kernel (o
 server) releases it when its process dies, so a killed run never leaves a stale lock. The file
 says who holds it (host, pid, command, since when), so the refusal names the other run. It is
 left in place after the run: deleting a lock file races with a run that is opening it.
+
+The lock is taken for the output's resolved path, so a symlink to an output shares its lock;
+a hard link (another name for the same file) does not: do not give one output two names.
 """
 
 from __future__ import annotations

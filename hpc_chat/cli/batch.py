@@ -144,6 +144,10 @@ def _run(session, input_path, output, *, fmt, output_format, resume, retry_faile
         else:
             Path(summary_json).write_text(text + "\n")
     failed = result["failed_requests"]
+    earlier = run.skipped["input"] + run.skipped["runtime"]
+    if earlier:
+        err_console.print(f"{earlier} lines that failed in an earlier run still have no answer "
+                          f"(see the resume note above)", markup=False)
     if run.writer.style == "openai" and failed and output != "-":
         err_console.print(f"{run.writer.written - failed} answers written to {output}, "
                           f"{failed} failed request{'s' if failed > 1 else ''} to "
@@ -151,7 +155,7 @@ def _run(session, input_path, output, *, fmt, output_format, resume, retry_faile
     else:
         err_console.print(f"{run.writer.written} results written to {output}"
                           + (f", {failed} failed" if failed else ""), markup=False)
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if failed or earlier else 0)
 
 
 @cli.command()

@@ -97,6 +97,9 @@ class LedgerEntry:
         data = json.loads(path.read_text())
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
+        missing = [k for k in ("host", "pid", "start", "scheduler", "site") if k not in data]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
         known = {k: data[k] for k in ("host", "pid", "start", "scheduler", "site",
                                       "driver_job", "driver_scheduler", "interchange_pid",
                                       "interchange_start", "run_dir", "jobs") if k in data}

@@ -117,11 +117,13 @@ def test_counts_agree_and_bad_input_is_not_retried_forever(home, tmp_path):
     stats = json.loads(hpc(home, "stats", str(out), "--json", model=None, config=None).stdout)
     assert (stats["successful_requests"], stats["failed_requests"]) == (4, 3)
     assert stats["prompt_tokens"] > 0 and "model_loads" not in stats
-    kinds = {x["id"]: x["error_kind"] for x in map(json.loads, out.read_text().splitlines())}
-    assert kinds["e"] == kinds["long"] == kinds[5] == "input" and kinds["g0"] is None
+    kinds = {x["id"] if x["id"] is not None else ("line", x["line"]): x["error_kind"]
+             for x in map(json.loads, out.read_text().splitlines())}
+    assert kinds["e"] == kinds["long"] == kinds[("line", 5)] == "input" and kinds["g0"] is None
 
     again = hpc(home, "batch", str(inp), "-o", str(out), "--resume")
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 1, again.stderr  # the three lines still have no answer
+    assert "3 lines that failed in an earlier run still have no answer" in again.stderr
     assert "4 of 7 prompts already answered, 3 unchanged lines that failed on their input" \
         in " ".join(again.stderr.split())
     assert len(out.read_text().splitlines()) == 7  # nothing appended

@@ -23,10 +23,12 @@ def test_two_runs_cannot_write_one_output_the_second_names_the_first(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("".join(f"slow answer {i}\n" for i in range(4)))
     out = tmp_path / "out.jsonl"
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(out)
     env = {**os.environ, "HPC_CHAT_HOME": str(home)}
     first = subprocess.Popen([sys.executable, "-m", "hpc_chat", "batch", str(prompts), "-o",
                               str(out), "--config", LOCAL, "--model",
-                              "echo?tokens=6&token_s=0.25"], env=env,
+                              "echo?tokens=6&token_s=0.5"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lock = tmp_path / "out.jsonl.lock"
     deadline = time.monotonic() + 60
@@ -36,6 +38,9 @@ def test_two_runs_cannot_write_one_output_the_second_names_the_first(tmp_path):
     assert second.returncode == 2, second.stderr
     assert "another run is writing this output" in second.stderr
     assert f"pid {first.pid} on " in second.stderr and "Traceback" not in second.stderr
+    through_link = hpc(home, "batch", str(prompts), "-o", str(link), "--resume")
+    assert through_link.returncode == 2, through_link.stderr  # a symlink shares the lock
+    assert f"pid {first.pid} on " in through_link.stderr
     _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     ids = [json.loads(x)["id"] for x in out.read_text().splitlines()]
@@ -214,3 +219,27 @@ def test_a_full_disk_is_one_clear_error_naming_what_was_written(tmp_path):
     writer = OutputWriter(out, resume=True)
     with pytest.raises(InputError, match="No space left on device.*0 lines were written"):
         writer.write(BatchItem(1, "x", 1), {"ok": True, "response": "y"}, finished_at=1.0)
+
+
+def test_a_broken_line_never_takes_the_id_of_a_real_line(tmp_path):
+    """Ids counted from 0 and a broken line 2: the broken line's output says id null and
+    line 2, so id 2's answer stays its answer over any number of resumes, and the broken
+    line keeps failing (exit 1) until it is fixed."""
+    home = tmp_path / "home"
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"id": 0, "prompt": "zero"}\n{"id": 1, "prompt": "one"\n'
+                    '{"id": 2, "prompt": "two"}\n')
+    out = tmp_path / "out.jsonl"
+    assert hpc(home, "batch", str(data), "-o", str(out)).returncode == 1
+    for _ in range(2):
+        again = hpc(home, "batch", str(data), "-o", str(out), "--resume")
+        assert again.returncode == 1, again.stderr  # line 2 still has no answer
+        assert "2 of 3 prompts already answered, 1 unchanged lines that failed on their " \
+               "input" in again.stderr
+        assert "1 lines that failed in an earlier run still have no answer" in again.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 3  # nothing ran again
+    broken = [x for x in lines if not x["ok"]]
+    assert [(x["id"], x["line"]) for x in broken] == [(None, 2)]
+    stats = json.loads(hpc(home, "stats", str(out), "--json", config=None, model=None).stdout)
+    assert stats["successful_requests"] == 2 and stats["failed_requests"] == 1
