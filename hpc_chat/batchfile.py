@@ -6,7 +6,7 @@ standard input. Every input line yields exactly one output line, in the native f
 
     {"id", "prompt", "ok", "response", "agents", "latency_s", "completion_tokens",
      "prompt_tokens", "finish_reason", "cached", "error", "error_kind", "finished_at",
-     "provenance"}
+     "line", "provenance"}
 
 or in OpenAI's batch output form (answers in the output, failures in ``OUT.errors.jsonl``).
 ``provenance`` says how the answer was made: the site, and for each agent the model file and
@@ -15,7 +15,8 @@ job, host and worker, start and end (see :mod:`hpc_chat.worker.provenance`).
 
 written and flushed as soon as that prompt completes, so a killed run loses nothing finished.
 A line that cannot be used (bad JSON, no prompt, empty, duplicate id, undecodable bytes) becomes
-an ``ok: false`` line and the batch goes on. Lines without an ``id`` get their line number.
+an ``ok: false`` line and the batch goes on. Lines without an ``id`` get their line number; a
+line too broken to have an id is written with ``"id": null``, and resume knows it by ``line``.
 
 ``error_kind`` says why a line failed: ``input`` (the line itself: malformed, empty, too long
 for the context; final until the line changes) or ``runtime`` (a worker, a timeout, the
