@@ -134,8 +134,7 @@ def read_batch(path: str | os.PathLike, fmt: str = "auto") -> BatchInput:
     for number, raw in enumerate(lines, start=1):
         item = _parse_line(raw.rstrip(b"\r"), number, fmt)
         key = id_key(item.id)
-        if fmt == "openai" and (item.request or item.problem) and \
-                isinstance(item.id, str):  # every line with a custom_id claims it
+        if fmt == "openai" and isinstance(item.id, str):  # a line with a custom_id claims it
             if key in seen:
                 repeated.append(f"custom_id {item.id!r} is on line {seen[key]} and line "
                                 f"{number}")
@@ -222,6 +221,8 @@ def _parse_openai(text: str, number: int) -> BatchItem:
         return bad("invalid Unicode (a lone surrogate escape such as \\ud800)", obj)
     except oa.RequestError as exc:
         return bad(str(exc), obj, exc)
+    except (RecursionError, ValueError) as exc:  # nested too deep to handle, huge numbers
+        return bad(f"unusable JSON: {str(exc)[:120] or type(exc).__name__}")
     return BatchItem(req.custom_id, req.prompt, number, request=req, key=req.fingerprint)
 
 
@@ -413,7 +414,50 @@ class OutputWriter:
             if self._errors is not None:
                 self._errors.close()
             self._fh.close()
-            self._lock.release()
+            try:
+                if self.style == "openai":
+                    compact_openai(self.path, self.errors_path)
+            finally:
+                self._lock.release()
+
+
+def compact_openai(output: Path, errors: Path) -> None:
+    """Leave each request once across an OpenAI output and its errors file: its last outcome.
+
+    A resumed run appends (a request answered after an earlier failure, an edited request
+    answered again); OpenAI batch readers expect each custom_id once, so at the end of a run,
+    still under the output's lock, both files are rewritten (whole, then renamed) without the
+    superseded lines and without lines cut short by a killed run.
+    """
+    entries: list[tuple[float, int, int, bytes, str | None]] = []
+    seq = 0
+    for index, path in enumerate((output, errors)):
+        if not path.exists():
+            continue
+        for raw in path.read_bytes().splitlines():
+            seq += 1
+            try:
+                obj = json.loads(raw)
+            except (ValueError, RecursionError):
+                continue  # cut short: dropped
+            found = oa.outcome(obj) if oa.is_output_line(obj) else None
+            try:
+                key = _line_key(found) if found else None
+            except (ValueError, TypeError, RecursionError):
+                key = None
+            entries.append((found["finished_at"] if found else 0.0, seq, index, raw, key))
+    last = {e[4]: e[1] for e in sorted(entries, key=lambda e: (e[0], e[1])) if e[4]}
+    kept = [e for e in entries if e[4] is None or last[e[4]] == e[1]]
+    if len(kept) == seq:
+        return
+    for index, path in enumerate((output, errors)):
+        lines = [e[3] for e in sorted(kept, key=lambda e: e[1]) if e[2] == index]
+        if not lines and index == 1:
+            path.unlink(missing_ok=True)
+            continue
+        tmp = path.with_name(f".{path.name}.compact")
+        tmp.write_bytes(b"".join(line + b"\n" for line in lines))
+        os.replace(tmp, path)
 
 
 def _failure_status(line: dict[str, Any]) -> tuple[int, str, str | None]:

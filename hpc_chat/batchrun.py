@@ -53,9 +53,7 @@ class BatchRun:
         style = output_format if output_format != "auto" else \
             ("openai" if self.items.format == "openai" else "native")
         if style == "openai" and self.items.format != "openai":
-            for it in self.items:  # an OpenAI custom_id is a string
-                if it.id is not None:
-                    it.id = str(it.id)
+            _ids_as_custom_ids(self.items, input_path)
         self.writer = OutputWriter(output, resume=self.resume, style=style)  # locked
         # Read under the lock: another run cannot be appending to it now.
         previous = read_output(output) if self.resume and output != STDIO else {}
@@ -212,14 +210,30 @@ def job_banner(site: str | None, allocation: bool) -> str | None:
 
 
 def _skip_reason(last: dict, item: BatchItem, retry_failed: bool) -> str | None:
-    """Why a resumed run skips ``item`` given its last output line, or None to run it."""
+    """Why a resumed run skips ``item`` given its last output line, or None to run it.
+    ``retry_failed`` reruns every failure of a line that can run, those that failed on their
+    input too (an unknown model or a context too small may be fixed in the config since)."""
     if last.get("request", last.get("prompt")) != item.fingerprint:
         return None  # the input was edited since: this is another request
     if last.get("ok") is True:
         return "answered"
-    if last.get("error_kind") == "input":
-        return "input"
-    return None if retry_failed else "runtime"
+    if retry_failed and item.error is None:
+        return None
+    return "input" if last.get("error_kind") == "input" else "runtime"
+
+
+def _ids_as_custom_ids(items: list[BatchItem], input_path: str) -> None:
+    """Native ids become OpenAI custom_ids (strings); ids that become the same string (``7``
+    and ``"7"``) are refused, as a repeated custom_id is."""
+    seen: dict[str, int] = {}
+    for it in items:
+        if it.id is None:
+            continue
+        it.id = str(it.id)
+        if it.error is None and it.id in seen:
+            raise InputError(f"{input_path}: ids on line {seen[it.id]} and line {it.line} "
+                             f"are both {it.id!r} as OpenAI custom_ids; make them distinct")
+        seen.setdefault(it.id, it.line)
 
 
 def summary(lines: list[dict], *, model_loads: int | None = None) -> dict:

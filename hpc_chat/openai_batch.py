@@ -35,11 +35,14 @@ CHAT_URL = "/v1/chat/completions"
 USED_PARAMS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature",
                "top_p", "seed", "stop", "n")
 ROLES = ("system", "developer", "user", "assistant")
+MAX_SEED = 2**32 - 2  # llama.cpp's seeds are 32-bit, and 2**32 - 1 means "a random one"
 
 
 def is_request_line(obj: Any) -> bool:
-    """An OpenAI batch request line (rather than hpc_chat's ``{"id", "prompt"}``)."""
-    return isinstance(obj, dict) and "custom_id" in obj and ("body" in obj or "url" in obj)
+    """An OpenAI batch request line (rather than hpc_chat's ``{"id", "prompt"}``), even one
+    that lacks a key it needs (it is then reported as such)."""
+    return isinstance(obj, dict) and "prompt" not in obj and \
+        any(k in obj for k in ("custom_id", "body", "url", "method"))
 
 
 def is_output_line(obj: Any) -> bool:
@@ -152,8 +155,9 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None:
         key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-        if not _is_int(max_tokens) or max_tokens < 1:
-            raise RequestError(f"body.{key} must be a positive integer", param=f"body.{key}")
+        if not _is_int(max_tokens) or not 1 <= max_tokens <= 32768:
+            raise RequestError(f"body.{key} must be an integer from 1 to 32768",
+                               param=f"body.{key}")
         options["max_tokens"] = max_tokens
     for key, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
         value = body.get(key)
@@ -161,13 +165,15 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or \
                 not low <= value <= high or (key == "top_p" and value == 0):
-            raise RequestError(f"body.{key} must be a number from {low:g} to {high:g}",
+            above = "above 0" if key == "top_p" else f"from {low:g}"
+            raise RequestError(f"body.{key} must be a number {above} to {high:g}",
                                param=f"body.{key}")
         options[key] = float(value)
     seed = body.get("seed")
     if seed is not None:
-        if not _is_int(seed) or not 0 <= seed < 2**63:
-            raise RequestError("body.seed must be a non-negative integer", param="body.seed")
+        if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+            raise RequestError(f"body.seed must be an integer from 0 to {MAX_SEED}",
+                               param="body.seed")
         options["seed"] = seed
     stop = body.get("stop")
     if stop is not None:

@@ -222,14 +222,17 @@ class ParslChatWorkflow:
                        agents: list[str] | None = None, options: dict[str, Any] | None = None,
                        request_key: str | None = None,
                        history: list[dict[str, str]] | None = None,
-                       system_prompt: str | None = None) -> asyncio.Task:
+                       system_prompt: str | None = None,
+                       stream: dict[str, str] | None = None) -> asyncio.Task:
         """Start one request; the task resolves to a result dict (never raises for a failed
         answer: ``ok`` is false and ``error`` says why). Call it from a coroutine; outside
         one, use ``loop.run_until_complete(workflow.process_request(...))``.
 
         ``history`` (earlier ``{"role", "content"}`` turns) and ``system_prompt`` give the
         whole conversation instead of a stored one, as an OpenAI request does: those messages
-        are decoded as given, never shortened to fit the context."""
+        are decoded as given, never shortened to fit the context. ``stream`` (from
+        :meth:`hpc_chat.tokenstream.TokenHub.open`) has the worker send the answer's text as
+        it grows, when one agent answers."""
         self._require()
         try:
             loop = asyncio.get_running_loop()
@@ -240,7 +243,7 @@ class ParslChatWorkflow:
         given = None if history is None and system_prompt is None else \
             {"history": list(history or []), "system_prompt": system_prompt}
         task = loop.create_task(self._run_request(text, conversation_id, agents, options,
-                                                  request_key, given))
+                                                  request_key, given, stream))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return task
@@ -266,7 +269,7 @@ class ParslChatWorkflow:
         return await self.submit_message(text, conversation_id=conversation_id, **kwargs)
 
     async def _run_request(self, text, conversation_id, agent_names, options,
-                           request_key=None, given=None) -> dict[str, Any]:
+                           request_key=None, given=None, stream=None) -> dict[str, Any]:
         loaded = self._require()
         settings = loaded.settings
         start = time.time()
@@ -285,6 +288,8 @@ class ParslChatWorkflow:
         else:
             history = await self.history.recent(conversation_id) if conversation_id else []
             context = {"history": history, "options": options, "model": self.site_model}
+        if stream is not None and len(routes) == 1:  # several answers would interleave
+            context = {**context, "stream": stream}
 
         async def ask(r: Route) -> dict[str, Any]:
             agent = self.agents[r.agent].config

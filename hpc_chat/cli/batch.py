@@ -49,8 +49,8 @@ from hpc_chat.cli.output import print_stats, render_result
 @click.option("--output-format", type=click.Choice(["auto", "native", "openai"]),
               default="auto", envvar="HPC_CHAT_OUTPUT_FORMAT", show_default=True,
               help="native: one hpc_chat line per input line; openai: OpenAI batch output, "
-                   "failed requests in OUTPUT's .errors.jsonl; auto: openai for an OpenAI "
-                   "input, else native.")
+                   "failed requests beside it (out.jsonl: out.errors.jsonl); auto: openai "
+                   "for an OpenAI input, else native.")
 @with_common
 def batch(input_path, output, resume, retry_failed, check_only, show, summary_json, fmt,
           output_format, config, site, endpoint, allocation, agents, seed, max_tokens, model):
@@ -108,8 +108,9 @@ def _run(session, input_path, output, *, fmt, output_format, resume, retry_faile
     perf, parsl_stats = {}, None
     try:
         if run.write_bad_lines():
-            err_console.print(f"{len(run.bad)} input lines cannot run (their output lines say "
-                              f"why)", markup=False)
+            where = f"their entries in {run.writer.errors_path} say why" \
+                if run.writer.style == "openai" else "their output lines say why"
+            err_console.print(f"{len(run.bad)} input lines cannot run ({where})", markup=False)
         if run.runnable:
             session.workflow.globus_state = run.globus_state()
             with session as s, BatchProgress(len(run.runnable)) as progress:
@@ -177,8 +178,8 @@ def stats(output, as_json):
 @click.argument("ident", metavar="ID")
 @click.option("--config", "config", default=None, metavar="PATH",
               help="Workflow YAML (default: the packaged ParslChatWorkflow.yml).")
-@click.option("--site", default=None, metavar="NAME", envvar="HPC_CHAT_SITE",
-              help="Site profile to replay on (default: local).")
+@click.option("--site", default=None, metavar="NAME",
+              help="Site profile to replay on (default: the one recorded).")
 @click.option("--model", default=None, metavar="NAME",
               help="The model to replay with (default: the one recorded).")
 def replay(output, ident, config, site, model):
@@ -189,6 +190,7 @@ def replay(output, ident, config, site, model):
     from hpc_chat.replay import replay as replay_answer
 
     recorded = find_answer(output, ident)
+    site = site or recorded.get("site")
     models = {a.get("model") for a in recorded["agents"]}
     model = model or (models.pop() if len(models) == 1 else None)
     session = Session(config, site, model=model, wait_for_workers=True,

@@ -204,9 +204,13 @@ class BatchedEngine:
         return buf.raw[:n] if n > 0 else b""
 
     # ----------------------------------------------------------------- the loop
-    def generate(self, requests: list[GenRequest]) -> list[Completion | Exception]:
-        """Answer every request; a request that cannot run gets its exception in its slot."""
+    def generate(self, requests: list[GenRequest],
+                 on_text: list | None = None) -> list[Completion | Exception]:
+        """Answer every request; a request that cannot run gets its exception in its slot.
+        ``on_text[i]`` (when given and not None) hears request i's text so far after each
+        token; returning False stops that answer (``finish_reason: cancelled``)."""
         with self.lock:
+            self._on_text = on_text or [None] * len(requests)
             return self._generate(requests)
 
     def _generate(self, requests: list[GenRequest]) -> list[Completion | Exception]:
@@ -306,6 +310,10 @@ class BatchedEngine:
                 return True
         if len(s.out) >= s.req.max_tokens:
             s.finish = "length"
+            return True
+        listener = self._on_text[s.index]
+        if listener is not None and not listener(text):
+            s.finish = "cancelled"
             return True
         return False
 

@@ -138,20 +138,28 @@ class EchoEngine:
     def prompt_size(self, messages: list[dict[str, str]]) -> int:
         return sum(self.count_tokens(m["content"]) for m in messages)
 
-    def complete(self, req: GenRequest, *, loaded_now: bool = False):
-        return self.chat(req.messages, loaded_now=loaded_now, **req.sampling())
+    def complete(self, req: GenRequest, *, loaded_now: bool = False, on_text=None):
+        return self.chat(req.messages, loaded_now=loaded_now, on_text=on_text,
+                         **req.sampling())
 
     def chat(self, messages: list[dict[str, str]], *, max_tokens: int = 256,
-             stop: list[str] | None = None, loaded_now: bool = False, **sampling):
-        """Answer like :meth:`ChatEngine.chat` (other sampling settings change nothing)."""
+             stop: list[str] | None = None, loaded_now: bool = False, on_text=None,
+             **sampling):
+        """Answer like :meth:`ChatEngine.chat` (other sampling settings change nothing);
+        ``on_text`` hears the text so far after each token, as there."""
         from hpc_chat.llm.engine import Completion
 
         text, n, finish = self.answer(messages, max_tokens, stop)
         with self._lock:  # one answer at a time per engine, as with a real model
             start = time.perf_counter()
             pace = Pace(self.pace.token_s)
-            for _ in range(n if self.pace.token_s else 0):
-                pace.step()  # a step per token: a timeout lands between them
+            words = _words(text)
+            for i in range(n):
+                if self.pace.token_s:
+                    pace.step()  # a step per token: a timeout lands between them
+                if on_text is not None and not on_text(" ".join(words[:i + 1])):
+                    text, n, finish = " ".join(words[:i + 1]), i + 1, "cancelled"
+                    break
             self.calls += 1
             elapsed = time.perf_counter() - start
         return Completion(text=text, finish_reason=finish,
@@ -170,7 +178,7 @@ class EchoBatchedEngine:
         self.n_ctx_seq = engine.spec.n_ctx
         self.lock = threading.Lock()
 
-    def generate(self, requests: list[GenRequest]) -> list:
+    def generate(self, requests: list[GenRequest], on_text: list | None = None) -> list:
         from hpc_chat.llm.engine import Completion
 
         with self.lock:
@@ -194,6 +202,12 @@ class EchoBatchedEngine:
                 for i in list(active):
                     a = active[i]
                     a[4] -= 1
+                    listener = on_text[i] if on_text else None
+                    done = a[2] - a[4]
+                    if listener is not None and a[4] > 0 and \
+                            not listener(" ".join(_words(a[1])[:done])):
+                        a[1], a[2], a[3], a[4] = " ".join(_words(a[1])[:done]), done, \
+                            "cancelled", 0
                     if a[4] <= 0:
                         size, text, n, finish, _, t0 = active.pop(i)
                         results[i] = Completion(

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,17 +150,41 @@ class ChatEngine:
                 self.llama.eval(prefix)
             self._prefix = prefix
 
+    def _collect(self, chunks, on_text: Callable[[str], bool],
+                 messages: list[dict[str, str]]) -> dict[str, Any]:
+        """A streamed completion gathered into the shape of a whole one."""
+        text, finish = "", "stop"
+        for chunk in chunks:
+            choice = chunk["choices"][0]
+            piece = choice.get("delta", {}).get("content")
+            if piece:
+                text += piece
+                if not on_text(text):
+                    finish = "cancelled"
+                    break
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+        return {"choices": [{"message": {"content": text}, "finish_reason": finish}],
+                "usage": {"prompt_tokens": len(self.prompt_tokens(messages)[0]),
+                          "completion_tokens": self.count_tokens(text)}}
+
     def count_tokens(self, text: str) -> int:
         return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    def complete(self, req: GenRequest, *, loaded_now: bool = False) -> Completion:
+    def complete(self, req: GenRequest, *, loaded_now: bool = False,
+                 on_text: Callable[[str], bool] | None = None) -> Completion:
         """Answer one request (the batched engine takes a list of the same type)."""
-        return self.chat(req.messages, loaded_now=loaded_now, **req.sampling())
+        return self.chat(req.messages, loaded_now=loaded_now, on_text=on_text,
+                         **req.sampling())
 
     def chat(self, messages: list[dict[str, str]], *, loaded_now: bool = False,
-             **sampling) -> Completion:
+             on_text: Callable[[str], bool] | None = None, **sampling) -> Completion:
         """Answer a list of ``{"role", "content"}`` messages with the model's chat template;
-        ``sampling`` is any of :class:`~hpc_chat.llm.request.Sampling`'s settings."""
+        ``sampling`` is any of :class:`~hpc_chat.llm.request.Sampling`'s settings.
+
+        With ``on_text``, the answer is streamed: it hears the text so far after each token
+        (llama-cpp-python holds back what may be the start of a stop string), and returning
+        False stops the answer there (``finish_reason: cancelled``: the client went away)."""
         s = GenRequest(messages=messages, **sampling)
         temperature, max_tokens, seed, stop = s.temperature, s.max_tokens, s.seed, s.stop
         top_p, top_k, repeat_penalty = s.top_p, s.top_k, s.repeat_penalty
@@ -170,7 +195,9 @@ class ChatEngine:
                 out = self.llama.create_chat_completion(
                     messages=messages, temperature=temperature, max_tokens=max_tokens,
                     seed=seed, stop=stop or [], top_p=top_p, top_k=top_k,
-                    repeat_penalty=repeat_penalty)
+                    repeat_penalty=repeat_penalty, stream=on_text is not None)
+                if on_text is not None:
+                    out = self._collect(out, on_text, messages)
             except ValueError as exc:
                 if "exceed context window" in str(exc):
                     raise prompt_too_long(len(self.prompt_tokens(messages)[0]), max_tokens,

@@ -26,6 +26,7 @@ from hpc_chat.llm.registry import get_batched_engine, get_engine
 from hpc_chat.llm.request import GenRequest, Sampling, prompt_too_long
 from hpc_chat.worker.provenance import job_id, model_file, versions
 from hpc_chat.worker.retry import error_kind
+from hpc_chat.worker.stream import TokenSender
 
 # Tokens kept free for the chat template's own markup around each message.
 TEMPLATE_OVERHEAD_PER_MESSAGE = 8
@@ -96,6 +97,7 @@ class Prepared:
     model: str
     key: str
     exact: bool = False  # the caller's own messages: never shortened to fit
+    stream: dict | None = None  # where to send the text as it grows (hpc_chat.tokenstream)
     started: float = field(default_factory=time.time)
 
     @property
@@ -127,11 +129,11 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
     name = model_name(settings_dict, site_model)
     spec = model_spec(settings_dict, site_model, name)
     key = cache_key(agent.to_dict(), request.messages, request.seed,
-                    {**spec.model_dump(), "max_tokens": request.max_tokens,
-                     "temperature": request.temperature})
+                    {**spec.model_dump(), **request.sampling()})  # every setting counts
     if request.seed is None:  # drawn here and recorded, so that this answer can be replayed
         request = request.model_copy(update={"seed": random.getrandbits(31)})
-    return Prepared(agent, request, spec, name, key, exact=bool(context.get("exact")))
+    return Prepared(agent, request, spec, name, key, exact=bool(context.get("exact")),
+                    stream=context.get("stream"))
 
 
 def _cached(prep: Prepared) -> dict | None:
@@ -174,7 +176,8 @@ def provenance(prep: Prepared, decoded: GenRequest, result: dict) -> dict:
     sampler settings decoded, the model file, the software, and where and when it ran."""
     return {
         "agent": prep.agent.name, "model": prep.model, **model_file(prep.spec.path),
-        "n_ctx": prep.spec.n_ctx, **versions(),
+        "model_spec": {k: v for k, v in prep.spec.model_dump().items() if k != "path"},
+        **versions(),
         "sampling": decoded.sampling(), "messages": decoded.messages,
         "answer_sha256": hashlib.sha256(str(result["content"]).encode("utf-8",
                                                                      "replace")).hexdigest(),
@@ -220,10 +223,19 @@ def answer(agent_config: dict, items: list[dict],
         decoded = req.model_copy(update={"messages": msgs})
         fitted.append((i, prep, decoded))
         requests.append(decoded)
-    if n_seq is None:
-        completions = [engine.complete(r) for r in requests]
-    else:
-        completions = get_batched_engine(engine, n_seq).generate(requests)
+    senders = [TokenSender(prep.stream, decoded.stop) if prep.stream else None
+               for (_, prep, decoded) in fitted]
+    completions: list = [None] * len(requests)
+    try:
+        if n_seq is None:
+            completions = [engine.complete(r, on_text=sender)
+                           for r, sender in zip(requests, senders)]
+        else:
+            completions = get_batched_engine(engine, n_seq).generate(requests, on_text=senders)
+    finally:  # every stream ends, with the rest of its answer when there is one
+        for sender, done in zip(senders, completions):
+            if sender is not None:
+                sender.finish(getattr(done, "text", None))
     for (i, prep, decoded), completion in zip(fitted, completions):
         if isinstance(completion, Exception):
             out[i] = completion

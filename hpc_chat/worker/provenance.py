@@ -13,6 +13,7 @@ share the home), so a 70 GB model is read once, not on every start.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -89,6 +90,7 @@ def _write_cache(stored: dict[str, str]) -> None:
         pass
 
 
+@functools.cache
 def versions() -> dict[str, str | None]:
     """llama.cpp itself has no version of its own in llama-cpp-python: it is the copy that
     llama-cpp-python release bundles."""

@@ -105,3 +105,34 @@ def test_output_and_error_lines_have_openais_shape():
     broken = error_line(None, "line 5: invalid JSON", line=5, kind="input",
                         request_fingerprint=None, finished_at=1.0)
     assert broken["response"] is None and broken["error"]["message"] == "line 5: invalid JSON"
+
+
+def test_the_worker_cache_tells_requests_apart_by_every_sampling_setting():
+    """Same prompt and seed, another stop or top_p: another answer, never a cache hit."""
+    import yaml
+
+    from hpc_chat.configfile import PACKAGED_CONFIG_DIR
+    from hpc_chat.worker.chat import prepare
+
+    agent = yaml.safe_load((PACKAGED_CONFIG_DIR / "EnhancedCollaborativeAgent_3.yml")
+                           .read_text())
+    site = {"model": "echo"}
+
+    def key(**options):
+        return prepare(agent, "alpha beta", {"options": {"seed": 1, **options},
+                                             "model": site}).key
+    assert len({key(), key(stop=["beta"]), key(top_p=0.5), key(top_k=5),
+                key(repeat_penalty=1.3)}) == 5
+    assert key(stop=["beta"]) == key(stop=["beta"])
+
+
+def test_an_unseeded_request_gets_a_seed_recorded():
+    import yaml
+
+    from hpc_chat.configfile import PACKAGED_CONFIG_DIR
+    from hpc_chat.worker.chat import prepare
+
+    agent = yaml.safe_load((PACKAGED_CONFIG_DIR / "EnhancedCollaborativeAgent_3.yml")
+                           .read_text())
+    drawn = prepare(agent, "hi", {"model": {"model": "echo"}}).request.seed
+    assert isinstance(drawn, int) and 0 <= drawn < 2**31
