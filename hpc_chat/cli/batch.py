@@ -34,8 +34,9 @@ from hpc_chat.cli.output import print_stats, render_result
               help="Continue OUTPUT: skip answered ids, and lines that failed on their input "
                    "and have not changed.")
 @click.option("--retry-failed", is_flag=True,
-              help="With --resume, also rerun ids that failed at run time (timeouts, lost "
-                   "workers).")
+              help="With --resume, also rerun the ids that failed: at run time (timeouts, "
+                   "lost workers), or on an input that can run (too long for the context, "
+                   "an unknown model: the config may have changed).")
 @click.option("--check", "check_only", is_flag=True,
               help="Only read INPUT and report every bad line and duplicate id; run nothing.")
 @click.option("--show", is_flag=True, help="Also print each answer as it completes.")
