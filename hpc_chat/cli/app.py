@@ -143,7 +143,7 @@ def agents_list(value: str | None) -> list[str] | None:
     return [a.strip() for a in value.split(",") if a.strip()]
 
 
-common_options = [
+site_options = [
     click.option("--config", "config", default=None, metavar="PATH",
                  help="Workflow YAML (default: the packaged ParslChatWorkflow.yml)."),
     click.option("--site", default=None, metavar="NAME", envvar="HPC_CHAT_SITE",
@@ -154,17 +154,21 @@ common_options = [
     click.option("--in-allocation", "allocation", is_flag=True,
                  help="Inside a batch job: start workers on this job's nodes with the site's "
                       "launcher instead of submitting pilot jobs."),
+]
+request_options = [
     click.option("--agents", default=None, metavar="A,B",
                  help="Ask these agents instead of routing by keywords."),
     click.option("--seed", type=click.IntRange(0), default=None,
                  help="Sampling seed (reproducible answers)."),
     click.option("--max-tokens", type=click.IntRange(1, 32768), default=None,
                  help="Cap on generated tokens per agent."),
-    click.option("--model", default=None, metavar="NAME", envvar="HPC_CHAT_MODEL",
-                 help="Every agent uses this model: a name, an alias, a .gguf path, or 'echo' "
-                      "(the built-in test model, e.g. 'echo?tokens=64&token_s=0.05'). "
-                      "Default: $HPC_CHAT_MODEL, else each agent's own."),
 ]
+model_option = click.option(
+    "--model", default=None, metavar="NAME", envvar="HPC_CHAT_MODEL",
+    help="Every agent uses this model: a name, an alias, a .gguf path, or 'echo' (the built-in "
+         "test model, e.g. 'echo?tokens=64&token_s=0.05'). Default: $HPC_CHAT_MODEL, else "
+         "each agent's own.")
+common_options = [*site_options, *request_options, model_option]
 
 
 def with_common(fn):

@@ -1,0 +1,75 @@
+"""``serve``: the OpenAI-compatible HTTP API in front of this command's workers."""
+
+from __future__ import annotations
+
+import signal
+
+import click
+
+from hpc_chat.cli.app import (
+    Interrupted,
+    Session,
+    cli,
+    err_console,
+    model_option,
+    raise_interrupted,
+    site_options,
+)
+
+
+def with_site_options(fn):
+    """The options that choose where workers run; requests bring their own sampling."""
+    for option in reversed([*site_options, model_option]):
+        fn = option(fn)
+    return fn
+
+
+@cli.command()
+@with_site_options
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but loopback is reachable by others: "
+                   "prefer an SSH tunnel (docs/openai-api.md).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port (0: any free port).")
+@click.option("--max-queue", type=click.IntRange(1, 100000), default=256, show_default=True,
+              help="Requests answered at once; more get 429 with Retry-After.")
+@click.option("--new-key", is_flag=True,
+              help="Write a new API key to $HPC_CHAT_HOME/server/api-key first (the old one "
+                   "stops working).")
+def serve(config, site, endpoint, allocation, model, host, port, max_queue, new_key):
+    """Serve the OpenAI API (/v1/models, /v1/chat/completions with streaming) and /health,
+    /v1/status, /metrics, answered by this site's workers. Every route but /health needs
+    'Authorization: Bearer KEY': $HPC_CHAT_API_KEY, else the key file it names. Stop with
+    Ctrl-C or SIGTERM: workers and pilot jobs end with it."""
+    from hpc_chat.server.auth import load_key
+    from hpc_chat.server.run import is_loopback
+
+    key, source = load_key(new=new_key)  # there is always a key: a file is made if needed
+    if not is_loopback(host):
+        err_console.print(f"warning: listening on {host}: anyone who can reach it and has the "
+                          f"key can use it", markup=False, highlight=False)
+    session = Session(config, site, allocation=allocation, endpoint=endpoint, model=model)
+    session.check()
+    # uvicorn stops serving on SIGINT/SIGTERM, then raises the signal again: ours turns it
+    # into an exception, so the workflow shuts down (workers, pilot jobs) before the exit.
+    previous = signal.signal(signal.SIGTERM, raise_interrupted)
+    try:
+        _serve(session, host, port, key, source, max_queue)
+    except (Interrupted, KeyboardInterrupt):
+        err_console.print("server stopped; workers and pilot jobs ended", markup=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve(session, host, port, key, source, max_queue) -> None:
+    from hpc_chat.server.run import serve as run_server
+
+    with session as s:
+        where = s.workflow.profile.name if s.workflow.profile is not None else "local"
+
+        def listening(url: str) -> None:
+            err_console.print(f"serving the OpenAI API on {url} (site {where}); API key: "
+                              f"{source}. GET /health answers 200 once a model is loaded.",
+                              markup=False, highlight=False)
+        s.run(run_server(s.workflow, host=host, port=port, key=key, max_queue=max_queue,
+                         on_listening=listening))

@@ -1,0 +1,137 @@
+"""What the server knows about itself: readiness, requests in flight, recent tokens, metrics.
+
+Readiness follows the model, not just the workers: at start the server sends each agent's model
+a one-token warm-up request; ``/health`` answers 200 once one has come back (a worker has its
+model loaded), 503 before, with the stage (``queued``: the pilot job waits in the scheduler's
+queue; ``starting``: workers are starting; ``loading``: a worker is loading the model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from hpc_chat.startup import run_scheduler
+from hpc_chat.tokenstream import TokenHub
+
+TOKENS_WINDOW_S = 60.0
+
+
+class Metrics:
+    """The Prometheus series (one registry per server, so tests can run several)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("hpc_chat_requests", "Chat completion requests by outcome",
+                                ["status"], registry=r)
+        self.tokens = Counter("hpc_chat_tokens", "Tokens by kind", ["kind"], registry=r)
+        self.latency = Histogram("hpc_chat_request_seconds", "Time to a whole answer",
+                                 buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+                                 registry=r)
+        self.first_token = Histogram("hpc_chat_first_token_seconds",
+                                     "Time to the first streamed piece",
+                                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+                                     registry=r)
+        self.in_flight = Gauge("hpc_chat_requests_in_flight", "Requests being answered",
+                               registry=r)
+        self.workers = Gauge("hpc_chat_workers", "Connected Parsl workers", registry=r)
+        self.blocks = Gauge("hpc_chat_blocks", "Parsl blocks (pilot jobs)", registry=r)
+        self.ready = Gauge("hpc_chat_ready", "1 when a worker has its model loaded",
+                           registry=r)
+
+
+@dataclass
+class ServerState:
+    workflow: Any
+    key: str
+    hub: TokenHub
+    max_queue: int = 256
+    max_body: int = 1 << 20
+    metrics: Metrics = field(default_factory=Metrics)
+    in_flight: int = 0
+    ready: bool = False
+    failed: str | None = None  # why the warm-up failed
+    started: float = field(default_factory=time.time)
+    _tokens: deque = field(default_factory=deque)  # (time, completion tokens)
+
+    def begin(self) -> None:
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+
+    def end(self, status: str, result: dict | None, seconds: float) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.set(self.in_flight)
+        self.metrics.requests.labels(status).inc()
+        self.metrics.latency.observe(seconds)
+        if result and result.get("ok"):
+            self.metrics.tokens.labels("prompt").inc(result.get("prompt_tokens") or 0)
+            self.metrics.tokens.labels("completion").inc(result.get("completion_tokens") or 0)
+            self._tokens.append((time.time(), result.get("completion_tokens") or 0))
+
+    def tokens_per_s(self) -> float:
+        now = time.time()
+        while self._tokens and self._tokens[0][0] < now - TOKENS_WINDOW_S:
+            self._tokens.popleft()
+        return round(sum(n for _, n in self._tokens) / TOKENS_WINDOW_S, 2)
+
+    async def warm_up(self) -> None:
+        """One token from each agent's model, so readiness means a model is loaded."""
+        wf = self.workflow
+        agents = sorted(wf.agents)
+        try:
+            results = await asyncio.gather(*(
+                wf.submit_request("Hi.", agents=[name], options={"max_tokens": 1})
+                for name in agents))
+        except Exception as exc:  # noqa: BLE001 - the reason goes to /health and the log
+            self.failed = f"{type(exc).__name__}: {exc}"
+            return
+        bad = [f"{name}: {r['error']}" for name, r in zip(agents, results) if not r["ok"]]
+        if bad:
+            self.failed = "; ".join(bad)
+        else:
+            self.ready = True
+            self.metrics.ready.set(1)
+
+    async def status(self) -> dict[str, Any]:
+        """``GET /v1/status``: each block's scheduler state, workers, model, requests."""
+        from hpc_chat.sites.submit import pilot_state
+
+        wf = self.workflow
+        stats = await wf.get_parsl_stats()
+        scheduler = run_scheduler(wf)
+        blocks = []
+        for job in stats.get("job_ids") or []:
+            state = "RUNNING" if scheduler == "local" else \
+                await asyncio.to_thread(pilot_state, scheduler, str(job))
+            blocks.append({"job_id": str(job), "scheduler": scheduler, "state": state})
+        workers = stats.get("active_workers", 0)
+        self.metrics.workers.set(workers)
+        self.metrics.blocks.set(len(blocks))
+        if self.failed:
+            stage = "failed"
+        elif self.ready:
+            stage = "ready"
+        elif workers:
+            stage = "loading"
+        elif any(b["state"].startswith("PENDING") or b["state"].startswith("QUEUED")
+                 for b in blocks):
+            stage = "queued"
+        else:
+            stage = "starting"
+        return {
+            "state": stage, "error": self.failed,
+            "site": wf.profile.name if wf.profile is not None else None,
+            "blocks": blocks, "workers": workers,
+            "model": "ready" if self.ready else ("failed" if self.failed else "loading"),
+            "requests": {"running": self.in_flight, "max_queue": self.max_queue,
+                         "parsl_tasks_pending": stats.get("pending_tasks"),
+                         "parsl_tasks_submitted": stats.get("submitted_tasks")},
+            "tokens_per_s_last_minute": self.tokens_per_s(),
+            "uptime_s": round(time.time() - self.started, 1),
+        }

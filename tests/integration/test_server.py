@@ -1,0 +1,247 @@
+"""`hpc-chat serve` as a real process on loopback, with real clients: the openai SDK, curl and
+threads. Answers come from real Parsl workers; the echo model gives answers of a known length
+and pace, so "chunks arrive before the answer ends" does not depend on the machine's speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.integration.procs import wait_until_none_of_home
+
+pytestmark = [pytest.mark.parsl]
+
+PACE = "echo?tokens=12&token_s=0.25"  # 3 s per answer, a token every 0.25 s
+
+
+class Server:
+    def __init__(self, home: Path, proc: subprocess.Popen, url: str):
+        self.home, self.proc, self.url = home, proc, url
+        self.key = (home / "server" / "api-key").read_text().strip()
+
+    def client(self, key: str | None = None) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url, api_key=key or self.key, max_retries=0,
+                             timeout=120)
+
+    def get(self, path: str, key: bool = True) -> tuple[int, dict | str]:
+        request = urllib.request.Request(self.url.removesuffix("/v1") + path)
+        if key:
+            request.add_header("Authorization", f"Bearer {self.key}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                body = answer.read().decode()
+                status = answer.status
+        except urllib.error.HTTPError as exc:
+            body, status = exc.read().decode(), exc.code
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body
+
+
+def start_server(tmp_path: Path, config: Path, model: str | None = PACE,
+                 extra: tuple = ()) -> Server:
+    home = tmp_path / "home"
+    env = {**os.environ, "HPC_CHAT_HOME": str(home)}
+    argv = [sys.executable, "-m", "hpc_chat", "serve", "--config", str(config), "--port", "0",
+            *extra]
+    if model:
+        argv += ["--model", model]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "serve.log", "w"))
+    deadline = time.monotonic() + 120
+    info = home / "server" / "server.json"
+    while time.monotonic() < deadline and not info.exists():
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+        time.sleep(0.2)
+    server = Server(home, proc, json.loads(info.read_text())["url"])
+    while time.monotonic() < deadline and server.get("/health", key=False)[0] != 200:
+        time.sleep(0.5)
+    assert server.get("/health", key=False)[0] == 200, (tmp_path / "serve.log").read_text()
+    return server
+
+
+def stop(server: Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(120)
+
+
+@pytest.fixture
+def echo_server(tmp_path, fixtures):
+    server = start_server(tmp_path, fixtures / "workflows" / "batched.yml")
+    yield server
+    stop(server)
+
+
+def test_models_answers_streams_and_errors_through_the_openai_sdk(echo_server):
+    client = echo_server.client()
+    ids = [m.id for m in client.models.list().data]
+    assert ids == ["analytical_agent", "balanced_agent", "creative_agent", "auto"]
+
+    done = client.chat.completions.create(
+        model="balanced_agent", messages=[{"role": "user", "content": "alpha beta gamma"}])
+    assert done.choices[0].message.content.startswith("alpha beta gamma alpha")
+    assert done.choices[0].finish_reason == "stop" and done.usage.completion_tokens == 12
+
+    arrivals, pieces, usage = [], [], None
+    stream = client.chat.completions.create(
+        model="balanced_agent", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "system", "content": "Repeat."},
+                  {"role": "user", "content": "one two three"}])
+    for chunk in stream:
+        arrivals.append(time.monotonic())
+        if chunk.usage:
+            usage = chunk.usage
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+    assert "".join(pieces) == " ".join(["one two three"] * 4)
+    assert len(pieces) >= 10  # token by token, not one piece at the end
+    assert arrivals[-1] - arrivals[1] >= 1.5  # 12 tokens at 0.25 s: spread over ~3 s
+    assert usage is not None and usage.completion_tokens == 12
+
+    with pytest.raises(openai.AuthenticationError):
+        echo_server.client(key="wrong").models.list()
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="gpt-4", messages=[{"role": "user",
+                                                                 "content": "x"}])
+    assert "balanced_agent" in str(missing.value) and missing.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="auto", temperature=9,
+                                       messages=[{"role": "user", "content": "x"}])
+    assert bad.value.param == "temperature"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="auto", messages=[{"role": "assistant",
+                                                                "content": "x"}])
+
+
+def test_curl_health_status_metrics_and_limits(echo_server):
+    auth = ["-H", f"Authorization: Bearer {echo_server.key}"]
+    body = json.dumps({"model": "creative_agent",
+                       "messages": [{"role": "user", "content": "curl works"}]})
+    out = subprocess.run(["curl", "-sS", "-H", "Content-Type: application/json", *auth,
+                          "-d", body, f"{echo_server.url}/chat/completions"],
+                         capture_output=True, text=True, timeout=60)
+    answer = json.loads(out.stdout)
+    assert answer["object"] == "chat.completion"
+    assert answer["choices"][0]["message"]["content"].startswith("curl works curl")
+
+    no_key = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                             f"{echo_server.url}/models"], capture_output=True, text=True)
+    assert no_key.stdout == "401"
+    big = subprocess.run(["curl", "-s", *auth, "-H", "Content-Type: application/json",
+                          "--data-binary", "@-", f"{echo_server.url}/chat/completions"],
+                         input=json.dumps({"model": "auto", "messages": [
+                             {"role": "user", "content": "x" * (2 << 20)}]}),
+                         capture_output=True, text=True)
+    assert json.loads(big.stdout)["error"]["code"] == "request_too_large"
+
+    status, health = echo_server.get("/health", key=False)
+    assert status == 200 and health == {"status": "ok"}
+    status, state = echo_server.get("/v1/status")
+    assert status == 200 and state["state"] == "ready" and state["workers"] >= 1
+    assert state["blocks"] and state["blocks"][0]["state"] == "RUNNING"
+    assert state["site"] == "local" and state["tokens_per_s_last_minute"] > 0
+    status, metrics = echo_server.get("/metrics")
+    assert status == 200 and 'hpc_chat_requests_total{status="ok"}' in metrics
+    assert "hpc_chat_request_seconds_bucket" in metrics
+    assert re.search(r"^hpc_chat_workers [1-9]", metrics, re.M)
+
+
+def test_64_concurrent_clients_are_answered_once_in_batches(echo_server):
+    client = echo_server.client()
+    answers: dict[int, str] = {}
+    errors: list[Exception] = []
+
+    def ask(i: int) -> None:
+        try:
+            done = client.chat.completions.create(
+                model="balanced_agent", max_tokens=4,
+                messages=[{"role": "user", "content": f"request {i}"}])
+            answers[i] = done.choices[0].message.content
+        except Exception as exc:  # noqa: BLE001 - collected and reported below
+            errors.append(exc)
+
+    _, before = echo_server.get("/v1/status")
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors[:3]
+    assert answers == {i: f"request {i} request {i}" for i in range(64)}
+    _, after = echo_server.get("/v1/status")
+    tasks = after["requests"]["parsl_tasks_submitted"] - \
+        before["requests"]["parsl_tasks_submitted"]
+    assert tasks < 64  # several requests to a task: decoded together in the workers
+
+
+def test_a_client_that_disconnects_stops_its_answer(tmp_path, fixtures):
+    """A 40 s answer (200 tokens at 0.2 s): the client reads three pieces and leaves; its
+    Parsl task ends within a few tokens instead of running to the end."""
+    import httpx2
+
+    server = start_server(tmp_path, fixtures / "workflows" / "fast.yml",
+                          model="echo?tokens=200&token_s=0.2")
+    try:
+        body = {"model": "balanced_agent", "stream": True, "max_tokens": 200,
+                "messages": [{"role": "user", "content": "slow"}]}
+        headers = {"Authorization": f"Bearer {server.key}"}
+        with httpx2.stream("POST", f"{server.url}/chat/completions", json=body,
+                           headers=headers, timeout=60) as answer:
+            seen = 0
+            for line in answer.iter_lines():
+                seen += line.startswith("data: {")
+                if seen >= 3:
+                    break
+        left = time.monotonic()
+        while time.monotonic() - left < 30:
+            _, state = server.get("/v1/status")
+            if state["requests"]["parsl_tasks_pending"] == 0 and \
+                    state["requests"]["running"] == 0:
+                break
+            time.sleep(0.2)
+        assert state["requests"]["parsl_tasks_pending"] == 0, state
+        assert time.monotonic() - left < 20  # far less than the 40 s the answer would take
+        _, metrics = server.get("/metrics")
+        assert 'hpc_chat_requests_total{status="cancelled"} 1.0' in metrics
+    finally:
+        stop(server)
+
+
+def test_sigterm_stops_the_server_and_its_workers(tmp_path, fixtures):
+    server = start_server(tmp_path, fixtures / "workflows" / "fast.yml")
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(120) == 0
+    assert "server stopped; workers and pilot jobs ended" in (tmp_path / "serve.log").read_text()
+    assert not (server.home / "server" / "server.json").exists()
+    assert wait_until_none_of_home(server.home, 30) == {}
+
+
+@pytest.mark.model
+def test_the_real_model_streams_its_tokens(tmp_path, fixtures):
+    server = start_server(tmp_path, fixtures / "workflows" / "fast.yml", model=None)
+    try:
+        client = server.client()
+        pieces = [c.choices[0].delta.content for c in client.chat.completions.create(
+            model="analytical_agent", stream=True, max_tokens=24, seed=3,
+            messages=[{"role": "user", "content": "Name three planets."}])
+            if c.choices and c.choices[0].delta.content]
+        assert len(pieces) >= 5 and "".join(pieces).strip()
+        again = client.chat.completions.create(
+            model="analytical_agent", max_tokens=24, seed=3, user="notes",
+            messages=[{"role": "user", "content": "Name three planets."}])
+        assert again.choices[0].message.content == "".join(pieces).strip()
+    finally:
+        stop(server)
