@@ -35,6 +35,7 @@ CHAT_URL = "/v1/chat/completions"
 USED_PARAMS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature",
                "top_p", "seed", "stop", "n")
 ROLES = ("system", "developer", "user", "assistant")
+MAX_STOP = 64  # characters of one stop string (a stream holds back that much text)
 MAX_SEED = 2**32 - 2  # llama.cpp's seeds are 32-bit, and 2**32 - 1 means "a random one"
 
 
@@ -178,10 +179,10 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     stop = body.get("stop")
     if stop is not None:
         stop = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or \
-                len(stop) > 4:
-            raise RequestError("body.stop must be a string or a list of up to 4 strings",
-                               param="body.stop")
+        if not isinstance(stop, list) or len(stop) > 4 or \
+                not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP for s in stop):
+            raise RequestError(f"body.stop must be a string or a list of up to 4 strings of "
+                               f"1 to {MAX_STOP} characters", param="body.stop")
         options["stop"] = stop
     return options
 

@@ -1,15 +1,20 @@
 """Tokens from the workers to the driver while an answer is generated.
 
 A Parsl task returns its result once, at the end; a streamed answer needs its text as it
-grows. The driver listens on a TCP port of its own (on the address the workers already reach
-the interchange on); a request to stream gets an id and the hub's key, the worker connects,
-says both, and sends the answer's new text as JSON lines (``{"t": "..."}``) until
-``{"done": true}`` (:mod:`hpc_chat.worker.stream`). The result still comes back through Parsl:
-the stream only shows it early.
+grows. The driver listens on a TCP port of its own; a request to stream gets an id and the
+hub's key, the worker connects to one of the driver's addresses, says both, and sends the
+answer's new text as JSON lines (``{"t": "..."}``) until ``{"done": true}``
+(:mod:`hpc_chat.worker.stream`). The result still comes back through Parsl: the stream only
+shows it early, and the final result is what counts.
 
-When the one waiting for a stream goes away (an HTTP client that disconnected), the hub
-closes that worker's connection; the worker sees it at its next token and stops the answer,
-freeing its sequence slot. Connections with a wrong key or an unknown id are closed at once.
+One connection is current per stream: a retried task that connects again replaces the first
+attempt's connection (which its worker then sees closed: that attempt stops), and the reader
+hears :data:`RESTART`. When the one waiting for a stream goes away (an HTTP client that
+disconnected), the hub closes the worker's connection; the worker sees it at its next token
+and stops the answer, freeing its sequence slot.
+
+The port is open to whoever can reach the address, so a connection must say the key within
+a few seconds in a short first line, or it is closed; and there is a cap on connections.
 """
 
 from __future__ import annotations
@@ -24,71 +29,100 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-HELLO_LIMIT = 4096  # bytes: a hello line longer than this is not one of ours
+HELLO_TIMEOUT_S = 5.0
+HELLO_LIMIT = 4096  # bytes: a longer first line is not one of ours
+MAX_CONNECTIONS = 512
+RESTART = object()  # put in a stream's queue when a retried attempt takes the stream over
 
 
 @dataclass
 class Stream:
-    """One answer's text as it arrives: ``queue`` holds new pieces, then None at the end."""
+    """One answer's text as it arrives: ``queue`` holds new pieces, :data:`RESTART`, and
+    None when the current connection ended."""
 
     id: str
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     closed: bool = False
+    writer: asyncio.StreamWriter | None = None  # the current worker connection
 
 
 class TokenHub:
     def __init__(self) -> None:
         self.key = secrets.token_hex(16)
-        self.address: str | None = None
+        self.addresses: list[str] = []
+        self.port: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._streams: dict[str, Stream] = {}
+        self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self, host: str = "127.0.0.1") -> None:
-        self._server = await asyncio.start_server(self._connected, host, 0,
-                                                  limit=1 << 20)
-        port = self._server.sockets[0].getsockname()[1]
-        self.address = f"{host}:{port}"
+    async def start(self, bind: str, addresses: list[str]) -> None:
+        """Listen on ``bind``; workers are told to try ``addresses`` in order."""
+        self._server = await asyncio.start_server(self._connected, bind, 0, limit=1 << 20)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.addresses = addresses
 
     async def stop(self) -> None:
         for stream in list(self._streams.values()):
             self.close(stream)
+        for writer in list(self._writers):
+            writer.close()
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
             self._server = None
 
-    def open(self) -> tuple[Stream, dict[str, str]]:
+    def open(self) -> tuple[Stream, dict]:
         """A new stream, and what a worker needs to send to it (goes into the request)."""
-        if self.address is None:
+        if self.port is None:
             raise RuntimeError("the token hub is not started")
         stream = Stream(uuid.uuid4().hex)
         self._streams[stream.id] = stream
-        return stream, {"address": self.address, "id": stream.id, "key": self.key}
+        return stream, {"addresses": self.addresses, "port": self.port, "id": stream.id,
+                        "key": self.key}
 
     def close(self, stream: Stream) -> None:
         """Nobody waits for this stream any more: its worker is told by a closed connection."""
         stream.closed = True
         self._streams.pop(stream.id, None)
+        if stream.writer is not None:
+            stream.writer.close()
 
     async def _connected(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
+        if len(self._writers) >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        self._writers.add(writer)
         stream = None
         try:
-            hello = json.loads(await reader.readline())
-            stream = self._streams.get(str(hello.get("id")))
-            if stream is None or not hmac.compare_digest(str(hello.get("key")), self.key):
+            hello = await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT_S)
+            if len(hello) > HELLO_LIMIT:
                 return
-            while not stream.closed:
+            hello = json.loads(hello)
+            if not isinstance(hello, dict) or not hmac.compare_digest(
+                    str(hello.get("key")).encode(), self.key.encode()):
+                return
+            stream = self._streams.get(str(hello.get("id")))
+            if stream is None:
+                return
+            if stream.writer is not None:  # a retried attempt takes over
+                stream.writer.close()
+                stream.queue.put_nowait(RESTART)
+            stream.writer = writer
+            while not stream.closed and stream.writer is writer:
                 line = await reader.readline()
                 if not line:
                     break
                 message = json.loads(line)
                 if message.get("done"):
                     break
-                stream.queue.put_nowait(str(message.get("t", "")))
-        except (ValueError, AttributeError, OSError, asyncio.LimitOverrunError) as exc:
+                if stream.writer is writer:
+                    stream.queue.put_nowait(str(message.get("t", "")))
+        except (ValueError, AttributeError, OSError, asyncio.TimeoutError,
+                asyncio.LimitOverrunError) as exc:
             log.debug("token stream connection dropped: %s", exc)
         finally:
-            if stream is not None:
+            if stream is not None and stream.writer is writer:
+                stream.writer = None
                 stream.queue.put_nowait(None)
+            self._writers.discard(writer)
             writer.close()

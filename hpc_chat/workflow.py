@@ -324,13 +324,14 @@ class ParslChatWorkflow:
             if result.get("error"):  # this item of a batch failed on its own
                 return {"agent": r.agent, "error": result["error"],
                         "error_kind": result.get("error_kind", "runtime")}
-            if key is not None:
-                self.cache.put(key, result)
+            if key is not None and result.get("finish_reason") != "cancelled":
+                self.cache.put(key, result)  # a stopped (partial) answer is never reused
             return {**result, "routing_score": r.score, "matched": list(r.matched)}
 
         responses = await asyncio.gather(*(ask(r) for r in routes))
         combined = aggregate_responses(list(responses))
-        if combined["ok"] and conversation_id:
+        stopped = any(r.get("finish_reason") == "cancelled" for r in combined["responses"])
+        if combined["ok"] and conversation_id and not stopped:
             await self.history.append_turns(conversation_id, [
                 {"role": "user", "content": text},
                 {"role": "assistant", "content": combined["content"],
@@ -368,9 +369,7 @@ class ParslChatWorkflow:
             "completion_tokens": record.completion_tokens,
             "prompt_tokens": record.prompt_tokens,
             # "length" when any agent's answer was cut at max_tokens
-            "finish_reason": (("length" if any(r.get("finish_reason") == "length"
-                                               for r in responses if not r.get("error"))
-                               else "stop") if ok else None),
+            "finish_reason": (_finish_reason(responses) if ok else None),
             "error": error,
             "error_kind": None if ok else error_kind,
             "cached": record.cached,
@@ -396,6 +395,13 @@ class ParslChatWorkflow:
         if self.executor is None:
             return {"active_workers": 0, "pending_tasks": 0, "completed_tasks": 0}
         return await asyncio.to_thread(self.executor.stats)
+
+
+def _finish_reason(responses: list[dict[str, Any]]) -> str:
+    """``cancelled`` when an answer was stopped (its client went away), ``length`` when one
+    was cut at max_tokens, else ``stop``."""
+    reasons = {r.get("finish_reason") for r in responses if not r.get("error")}
+    return next((r for r in ("cancelled", "length") if r in reasons), "stop")
 
 
 async def create_parsl_chat_workflow(config_path: str | os.PathLike | None = None,

@@ -42,7 +42,7 @@ def serve(config, site, endpoint, allocation, model, host, port, max_queue, new_
     'Authorization: Bearer KEY': $HPC_CHAT_API_KEY, else the key file it names. Stop with
     Ctrl-C or SIGTERM: workers and pilot jobs end with it."""
     from hpc_chat.server.auth import load_key
-    from hpc_chat.server.run import is_loopback
+    from hpc_chat.server.run import bind_socket, is_loopback
 
     key, source = load_key(new=new_key)  # there is always a key: a file is made if needed
     if not is_loopback(host):
@@ -50,18 +50,19 @@ def serve(config, site, endpoint, allocation, model, host, port, max_queue, new_
                           f"key can use it", markup=False, highlight=False)
     session = Session(config, site, allocation=allocation, endpoint=endpoint, model=model)
     session.check()
+    sock = bind_socket(host, port)  # a port in use fails before any worker starts
     # uvicorn stops serving on SIGINT/SIGTERM, then raises the signal again: ours turns it
     # into an exception, so the workflow shuts down (workers, pilot jobs) before the exit.
     previous = signal.signal(signal.SIGTERM, raise_interrupted)
     try:
-        _serve(session, host, port, key, source, max_queue)
+        _serve(session, sock, key, source, max_queue)
     except (Interrupted, KeyboardInterrupt):
         err_console.print("server stopped; workers and pilot jobs ended", markup=False)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _serve(session, host, port, key, source, max_queue) -> None:
+def _serve(session, sock, key, source, max_queue) -> None:
     from hpc_chat.server.run import serve as run_server
 
     with session as s:
@@ -71,5 +72,5 @@ def _serve(session, host, port, key, source, max_queue) -> None:
             err_console.print(f"serving the OpenAI API on {url} (site {where}); API key: "
                               f"{source}. GET /health answers 200 once a model is loaded.",
                               markup=False, highlight=False)
-        s.run(run_server(s.workflow, host=host, port=port, key=key, max_queue=max_queue,
+        s.run(run_server(s.workflow, sock=sock, key=key, max_queue=max_queue,
                          on_listening=listening))

@@ -20,6 +20,7 @@ through the same batching, retries, usage counts, statistics and history as a re
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -153,12 +154,12 @@ class EchoEngine:
         with self._lock:  # one answer at a time per engine, as with a real model
             start = time.perf_counter()
             pace = Pace(self.pace.token_s)
-            words = _words(text)
+            ends = [m.end() for m in re.finditer(r"\S+", text)]  # the text after each token
             for i in range(n):
                 if self.pace.token_s:
                     pace.step()  # a step per token: a timeout lands between them
-                if on_text is not None and not on_text(" ".join(words[:i + 1])):
-                    text, n, finish = " ".join(words[:i + 1]), i + 1, "cancelled"
+                if on_text is not None and i < len(ends) and not on_text(text[:ends[i]]):
+                    text, n, finish = text[:ends[i]], i + 1, "cancelled"
                     break
             self.calls += 1
             elapsed = time.perf_counter() - start
@@ -204,10 +205,10 @@ class EchoBatchedEngine:
                     a[4] -= 1
                     listener = on_text[i] if on_text else None
                     done = a[2] - a[4]
-                    if listener is not None and a[4] > 0 and \
-                            not listener(" ".join(_words(a[1])[:done])):
-                        a[1], a[2], a[3], a[4] = " ".join(_words(a[1])[:done]), done, \
-                            "cancelled", 0
+                    ends = [m.end() for m in re.finditer(r"\S+", a[1])]
+                    if listener is not None and a[4] > 0 and 0 < done <= len(ends) and \
+                            not listener(a[1][:ends[done - 1]]):
+                        a[1], a[2], a[3], a[4] = a[1][:ends[done - 1]], done, "cancelled", 0
                     if a[4] <= 0:
                         size, text, n, finish, _, t0 = active.pop(i)
                         results[i] = Completion(

@@ -161,6 +161,7 @@ class ChatEngine:
                 text += piece
                 if not on_text(text):
                     finish = "cancelled"
+                    chunks.close()  # ends llama-cpp-python's generation loop
                     break
             if choice.get("finish_reason"):
                 finish = choice["finish_reason"]

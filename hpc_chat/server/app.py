@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 import uuid
 from typing import Any
@@ -20,10 +21,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hpc_chat.batchfile import provenance_of
 from hpc_chat.openai_batch import CHAT_URL, ROUTED_MODEL, RequestError, parse_request
 from hpc_chat.server.auth import authorized
 from hpc_chat.server.state import ServerState
+from hpc_chat.tokenstream import RESTART, Stream
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +76,20 @@ def create_app(state: ServerState) -> FastAPI:
     async def api_error(request: Request, exc: ApiError):
         return exc.response()
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                        code=code).response()
+
     @app.get("/health")
     async def health():
+        """Open to all: the stage only (the details are in /v1/status, behind the key)."""
         if state.ready:
             return {"status": "ok"}
-        status = await state.status()
-        reason = state.failed or f"no worker has its model loaded yet ({status['state']})"
-        return JSONResponse({"status": status["state"], "reason": reason}, status_code=503)
+        stage = (await state.status())["state"]
+        return JSONResponse({"status": stage, "reason": f"no worker has its model loaded yet "
+                                                        f"({stage})"}, status_code=503)
 
     @app.get("/v1/status")
     async def status():
@@ -104,10 +115,11 @@ def create_app(state: ServerState) -> FastAPI:
 
 def model_list(wf) -> list[dict[str, Any]]:
     """Every agent as a model id, and ``auto`` for the routed multi-agent answer."""
-    site_model = (wf.site_model or {}).get("override") or (wf.site_model or {}).get("model")
+    from hpc_chat.worker.chat import model_name
+
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "hpc_chat",
-             "hpc_chat": {"runs": agent.config.config.model if agent.config.config.model
-                          != "default" else (site_model or "default"),
+             "hpc_chat": {"runs": model_name(agent.config.config.model_dump(),
+                                             wf.site_model or {}),
                           "description": agent.config.description}}
             for name, agent in sorted(wf.agents.items())]
     data.append({"id": ROUTED_MODEL, "object": "model", "created": 0, "owned_by": "hpc_chat",
@@ -137,48 +149,109 @@ async def complete(state: ServerState, request: Request, body: dict[str, Any]):
     except RequestError as exc:  # named as the HTTP body names them: "temperature"
         raise ApiError(400, str(exc).replace("body.", ""), code=exc.code,
                        param=(exc.param or "").removeprefix("body.") or None) from None
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, "stream must be true or false", code="invalid_request",
+                       param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise ApiError(400, "stream_options must be an object", code="invalid_request",
+                       param="stream_options")
+    conversation = request.headers.get("x-conversation-id") or body.get("user")
+    if conversation is not None and (not isinstance(conversation, str) or
+                                     not 0 < len(conversation) <= MAX_CONVERSATION):
+        raise ApiError(400, f"user (the conversation id) must be a string of 1 to "
+                            f"{MAX_CONVERSATION} characters", code="invalid_request",
+                       param="user")
     if req.agents and req.agents[0] not in wf.agents:
         known = ", ".join([*sorted(wf.agents), ROUTED_MODEL])
         raise ApiError(404, f"the model {req.model!r} does not exist; the models are: {known}",
                        code="model_not_found", param="model")
     if not state.ready:
         status = await state.status()
-        raise ApiError(503, state.failed or f"no worker has its model loaded yet "
-                       f"({status['state']}); wait for GET /health to answer 200",
-                       code="model_not_ready", kind="server_error",
-                       headers={"Retry-After": "5"})
+        raise ApiError(503, f"no worker has its model loaded yet ({status['state']}); wait "
+                            f"for GET /health to answer 200", code="model_not_ready",
+                       kind="server_error", headers={"Retry-After": "5"})
     if state.in_flight >= state.max_queue:
         raise ApiError(429, f"{state.in_flight} requests are being answered (the bound is "
                             f"{state.max_queue}); retry later", code="queue_full",
                        kind="rate_limit_error", headers={"Retry-After": "2"})
-    conversation = request.headers.get("x-conversation-id") or body.get("user")
-    conversation = conversation if isinstance(conversation, str) and conversation else None
-    kwargs = dict(agents=req.agents, options=req.options, history=req.history,
-                  system_prompt=req.system, conversation_id=conversation)
     log.debug("chat completion for %s: %r", req.model, req.prompt)
-    if body.get("stream") is True:
-        options = body.get("stream_options")
-        usage = isinstance(options, dict) and options.get("include_usage") is True
-        return StreamingResponse(stream_events(state, req.model, req.prompt, kwargs, usage),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+    opts = dict(req.options)
+    channel, spec = (state.hub.open() if stream and state.hub is not None else (None, None))
+    if channel is not None and "seed" not in opts:
+        # Drawn here, so a retried task (a lost worker) writes the same text again.
+        opts["seed"] = random.getrandbits(31)
     start = time.perf_counter()
     state.begin()
-    result = None
-    try:
-        result = await wf.submit_request(req.prompt, **kwargs)
-    finally:
-        state.end(_status(result), result, time.perf_counter() - start)
-    if not result["ok"]:
-        raise failure(result)
-    return completion_object(req.model, result)
+    task = wf.submit_request(req.prompt, agents=req.agents, options=opts, history=req.history,
+                             system_prompt=req.system, conversation_id=conversation,
+                             stream=spec)
+    task.add_done_callback(lambda t: state.end(_status(t), _result_of(t),
+                                               time.perf_counter() - start))
+    if not stream:
+        result = await task
+        if not result["ok"]:
+            raise failure(result)
+        return completion_object(req.model, result)
+    try:  # the status line waits for the first piece: an early failure gets its own status
+        first = await _first_event(channel, task)
+    except BaseException:
+        task.cancel()
+        if channel is not None:
+            state.hub.close(channel)
+        raise
+    if first is None:  # nothing streamed: the answer comes whole, as without streaming
+        await asyncio.wait({task})
+    if first is None and not task.result()["ok"]:
+        if channel is not None:
+            state.hub.close(channel)
+        raise failure(task.result())
+    usage = bool(options and options.get("include_usage") is True)
+    return StreamingResponse(stream_events(state, req.model, task, channel, first, usage,
+                                           start),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
 
 
-def _status(result: dict | None) -> str:
-    if result is None:
+MAX_CONVERSATION = 256
+
+
+def _status(task: asyncio.Task) -> str:
+    if task.cancelled():
         return "cancelled"
-    return "ok" if result["ok"] else ("bad_request" if result.get("error_kind") == "input"
-                                      else "error")
+    result = task.result()
+    if result["ok"]:
+        return "ok" if result.get("finish_reason") != "cancelled" else "cancelled"
+    return "bad_request" if result.get("error_kind") == "input" else "error"
+
+
+def _result_of(task: asyncio.Task) -> dict | None:
+    return None if task.cancelled() else task.result()
+
+
+async def _first_event(channel: Stream | None, task: asyncio.Task):
+    """The first streamed piece, or None when the answer ended first (or is not streamed)."""
+    if channel is None:
+        await asyncio.wait({task})
+        return None
+    while True:
+        piece = await _next(channel, task)
+        if piece is not RESTART:
+            return piece
+
+
+async def _next(channel: Stream, task: asyncio.Task):
+    """The next piece, :data:`RESTART`, or None when the stream (or the task) ended."""
+    getter = asyncio.ensure_future(channel.queue.get())
+    try:
+        done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not getter.done():
+            getter.cancel()
+    if getter in done:
+        return getter.result()
+    return None
 
 
 def failure(result: dict[str, Any]) -> ApiError:
@@ -204,7 +277,8 @@ def completion_object(model: str, result: dict[str, Any]) -> dict[str, Any]:
                          "logprobs": None, "finish_reason": result["finish_reason"] or "stop"}],
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                       "total_tokens": prompt + completion},
-            "system_fingerprint": f"hpc_chat-{_version()}"}
+            "system_fingerprint": f"hpc_chat-{_version()}",
+            "hpc_chat": provenance_of(result)}
 
 
 def _version() -> str:
@@ -217,50 +291,47 @@ def _event(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def stream_events(state: ServerState, model: str, prompt: str, kwargs: dict[str, Any],
-                        usage: bool):
+async def stream_events(state: ServerState, model: str, task: asyncio.Task,
+                        channel: Stream | None, first: str | None, usage: bool,
+                        start: float):
     """OpenAI's chat.completion.chunk events: the role, the text as the worker sends it, the
-    finish reason, the usage (when asked), ``[DONE]``."""
-    wf = state.workflow
+    finish reason, the usage (when asked), ``[DONE]``.
+
+    The final result is what counts: text that did not stream (a cache hit, several routed
+    agents, a retried task) is sent from it at the end; if the streamed text is not the start
+    of the final answer (a retry decoded another way), an error event says so."""
     ident, created = _ids()
 
-    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+    def chunk(delta: dict, finish: str | None = None) -> str:
         return _event({"id": ident, "object": "chat.completion.chunk", "created": created,
                        "model": model, "system_fingerprint": f"hpc_chat-{_version()}",
                        "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                    "finish_reason": finish}], **extra})
+                                    "finish_reason": finish}]})
 
-    stream, spec = state.hub.open()
-    start = time.perf_counter()
-    state.begin()
-    result, sent = None, ""
+    sent = ""
     try:
-        task = wf.submit_request(prompt, **kwargs, stream=spec)
         yield chunk({"role": "assistant", "content": ""})
-        first = True
-        while True:
-            piece_wait = asyncio.ensure_future(stream.queue.get())
-            done, _ = await asyncio.wait({piece_wait, task},
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if piece_wait not in done:
-                piece_wait.cancel()
-                break
-            piece = piece_wait.result()
-            if piece is None:
-                break
-            if first:
+        piece = first
+        while piece is not None and piece is not RESTART:
+            if sent == "":
                 state.metrics.first_token.observe(time.perf_counter() - start)
-                first = False
             sent += piece
             yield chunk({"content": piece})
+            piece = await _next(channel, task)
         result = await task
         if not result["ok"]:
             err = failure(result)
             yield _event(error_body(str(err), err.kind, err.code, err.param))
         else:
             text = result["response"] or ""
-            if text.startswith(sent) and len(text) > len(sent):
-                yield chunk({"content": text[len(sent):]})  # not streamed (cache, routing)
+            if text.startswith(sent):
+                if len(text) > len(sent):
+                    yield chunk({"content": text[len(sent):]})
+            elif sent.rstrip() != text:
+                log.warning("streamed text is not the start of the final answer")
+                yield _event(error_body("the answer was computed again after a worker "
+                                        "failure and differs from the text streamed so far; "
+                                        "ask again", "server_error", "stream_mismatch"))
             yield chunk({}, result["finish_reason"] or "stop")
             if usage:
                 p, c = result["prompt_tokens"], result["completion_tokens"]
@@ -270,5 +341,7 @@ async def stream_events(state: ServerState, model: str, prompt: str, kwargs: dic
                                         "total_tokens": p + c}})
         yield "data: [DONE]\n\n"
     finally:  # also when the client went away: its worker stops at the next token
-        state.hub.close(stream)
-        state.end(_status(result), result, time.perf_counter() - start)
+        if channel is not None:
+            state.hub.close(channel)
+        if not task.done():
+            task.cancel()

@@ -26,7 +26,10 @@ def key_file() -> Path:
 def load_key(*, new: bool = False) -> tuple[str, str]:
     """The key and where it came from; a key file is written when there is none (or
     ``new``)."""
-    if os.environ.get(ENV) and not new:
+    if os.environ.get(ENV):
+        if new:
+            raise ConfigError(f"--new-key writes a key file, but ${ENV} is set and would "
+                              f"be used instead: unset it, or change it yourself")
         return os.environ[ENV], f"${ENV}"
     path = key_file()
     if path.exists() and not new:
@@ -39,7 +42,8 @@ def load_key(*, new: bool = False) -> tuple[str, str]:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = "hpcchat-" + secrets.token_urlsafe(32)
     tmp = path.with_name(f".api-key.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # a stale one would keep its mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(key + "\n")
     os.replace(tmp, path)
@@ -48,6 +52,7 @@ def load_key(*, new: bool = False) -> tuple[str, str]:
 
 def authorized(header: str | None, key: str) -> bool:
     """``Authorization: Bearer KEY``, compared in constant time."""
-    if not header or not header.startswith("Bearer "):
+    scheme, _, given = (header or "").partition(" ")
+    if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(header[len("Bearer "):].strip().encode(), key.encode())
+    return hmac.compare_digest(given.strip().encode(), key.encode())

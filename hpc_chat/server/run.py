@@ -39,48 +39,80 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def stream_host(workflow) -> str:
-    """Where workers reach the driver: the interchange's address, else loopback."""
-    htex = getattr(workflow.executor, "htex", None)
-    address = getattr(htex(), "address", None) if callable(htex) else None
-    if not address or address in ("0.0.0.0", "*"):
-        return "127.0.0.1"
+def stream_addresses(workflow) -> tuple[str, list[str]] | None:
+    """Where the token hub listens and which addresses workers try, in order: the
+    interchange's address when the profile sets one, else every address of this host (as
+    Parsl gives its workers); None for Globus Compute (its workers are reached through the
+    cloud, not directly)."""
+    if workflow.endpoint or getattr(workflow.loaded.settings.executor, "is_globus", False):
+        return None
+    htex = workflow.executor.htex() if hasattr(workflow.executor, "htex") else None
+    if htex is None:
+        return "127.0.0.1", ["127.0.0.1"]  # threads of this process
+    if getattr(htex, "address", None):
+        try:
+            bind = socket.gethostbyname(htex.address)
+        except OSError:
+            bind = "0.0.0.0"
+        return bind, [htex.address]
+    addresses = sorted(getattr(htex, "all_addresses", None) or [], key=lambda a: a != "127.0.0.1")
+    return "0.0.0.0", [*addresses] or ["127.0.0.1"]
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, opened before any worker starts: a port in use fails at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        return socket.gethostbyname(address)
-    except OSError:
-        return "127.0.0.1"
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose "
+                          f"another --port (0: any free one) or --host") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
-async def serve(workflow, *, host: str, port: int, key: str, max_queue: int,
+async def serve(workflow, *, sock: socket.socket, key: str, max_queue: int,
                 on_listening=None) -> None:
-    """Serve until SIGINT/SIGTERM. ``on_listening(url)`` is called once the port is open."""
+    """Serve on ``sock`` until SIGINT/SIGTERM. ``on_listening(url)`` is called once it
+    serves."""
     hub = TokenHub()
-    await hub.start(stream_host(workflow))
-    state = ServerState(workflow, key, hub, max_queue=max_queue)
-    config = uvicorn.Config(create_app(state), host=host, port=port, log_level="warning",
-                            access_log=False, lifespan="off", timeout_graceful_shutdown=30)
+    where = stream_addresses(workflow)
+    if where is not None:
+        await hub.start(*where)
+    state = ServerState(workflow, key, hub if where is not None else None,
+                        max_queue=max_queue)
+    config = uvicorn.Config(create_app(state), log_level="warning", access_log=False,
+                            lifespan="off", timeout_graceful_shutdown=30)
     server = uvicorn.Server(config)
-    warm = asyncio.ensure_future(state.warm_up())
-    announce = asyncio.ensure_future(_announce(server, host, port, on_listening))
+    warm = asyncio.ensure_future(state.keep_warm())
+    announce = asyncio.ensure_future(_announce(server, sock, on_listening))
     try:
-        await server.serve()
-        if not server.started:
-            raise ConfigError(f"cannot listen on {host}:{port} (in use, or not an address "
-                              f"of this host); choose another --port or --host")
+        await server.serve(sockets=[sock])
     finally:
         for task in (warm, announce):
             task.cancel()
         await hub.stop()
-        server_file().unlink(missing_ok=True)
+        _forget(server_file())
 
 
-async def _announce(server: uvicorn.Server, host: str, port: int, on_listening) -> None:
+def _forget(path: Path) -> None:
+    """Remove the server file if it is this server's (another may have started since)."""
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+async def _announce(server: uvicorn.Server, sock: socket.socket, on_listening) -> None:
     while not server.started:
         await asyncio.sleep(0.05)
-    bound = port
-    if port == 0 and server.servers:
-        bound = server.servers[0].sockets[0].getsockname()[1]
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}/v1"
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/v1"
     path = server_file()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.write_text(json.dumps({"url": url, "pid": os.getpid(),

@@ -1,9 +1,13 @@
 """What the server knows about itself: readiness, requests in flight, recent tokens, metrics.
 
-Readiness follows the model, not just the workers: at start the server sends each agent's model
-a one-token warm-up request; ``/health`` answers 200 once one has come back (a worker has its
+Readiness follows the model, not just the workers: the server sends each agent's model a
+one-token warm-up request; ``/health`` answers 200 once one has come back (a worker has its
 model loaded), 503 before, with the stage (``queued``: the pilot job waits in the scheduler's
-queue; ``starting``: workers are starting; ``loading``: a worker is loading the model).
+queue; ``starting``: workers are starting; ``loading``: a worker is loading the model). A
+warm-up that fails is tried again; when the workers are gone (a pilot job ended), the server
+is not ready until a new one has its model loaded.
+
+The status asks the scheduler, so it is computed at most every few seconds, whoever asks.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from hpc_chat.startup import run_scheduler
 from hpc_chat.tokenstream import TokenHub
 
 TOKENS_WINDOW_S = 60.0
+STATUS_TTL_S = 3.0
+WARM_RETRY_S = 10.0
 
 
 class Metrics:
@@ -50,7 +56,7 @@ class Metrics:
 class ServerState:
     workflow: Any
     key: str
-    hub: TokenHub
+    hub: TokenHub | None  # None: answers are not streamed (Globus Compute)
     max_queue: int = 256
     max_body: int = 1 << 20
     metrics: Metrics = field(default_factory=Metrics)
@@ -59,6 +65,8 @@ class ServerState:
     failed: str | None = None  # why the warm-up failed
     started: float = field(default_factory=time.time)
     _tokens: deque = field(default_factory=deque)  # (time, completion tokens)
+    _states: dict[str, tuple[float, str]] = field(default_factory=dict)  # job -> (when, state)
+    _status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def begin(self) -> None:
         self.in_flight += 1
@@ -80,52 +88,61 @@ class ServerState:
             self._tokens.popleft()
         return round(sum(n for _, n in self._tokens) / TOKENS_WINDOW_S, 2)
 
+    async def keep_warm(self) -> None:
+        """Warm up until one agent's model answers; again whenever the workers are gone."""
+        while True:
+            if not self.ready:
+                await self.warm_up()
+            await asyncio.sleep(WARM_RETRY_S if not self.ready else 2.0)
+            if self.ready and not (await self.workflow.get_parsl_stats()).get(
+                    "active_workers", 1):
+                self.ready = False
+                self.metrics.ready.set(0)
+
     async def warm_up(self) -> None:
-        """One token from each agent's model, so readiness means a model is loaded."""
+        """One token from each agent's model: ready when one has answered."""
         wf = self.workflow
         agents = sorted(wf.agents)
         try:
             results = await asyncio.gather(*(
                 wf.submit_request("Hi.", agents=[name], options={"max_tokens": 1})
                 for name in agents))
-        except Exception as exc:  # noqa: BLE001 - the reason goes to /health and the log
+        except Exception as exc:  # noqa: BLE001 - the reason goes to /v1/status
             self.failed = f"{type(exc).__name__}: {exc}"
             return
-        bad = [f"{name}: {r['error']}" for name, r in zip(agents, results) if not r["ok"]]
-        if bad:
-            self.failed = "; ".join(bad)
-        else:
-            self.ready = True
+        if any(r["ok"] for r in results):
+            self.ready, self.failed = True, None
             self.metrics.ready.set(1)
+        else:
+            self.failed = "; ".join(f"{name}: {r['error']}" for name, r in zip(agents, results))
 
     async def status(self) -> dict[str, Any]:
-        """``GET /v1/status``: each block's scheduler state, workers, model, requests."""
-        from hpc_chat.sites.submit import pilot_state
-
+        """``GET /v1/status``: each block's scheduler state, workers, model, requests. The
+        scheduler is asked about a job at most every ``STATUS_TTL_S``, whoever asks."""
         wf = self.workflow
         stats = await wf.get_parsl_stats()
         scheduler = run_scheduler(wf)
-        blocks = []
-        for job in stats.get("job_ids") or []:
-            state = "RUNNING" if scheduler == "local" else \
-                await asyncio.to_thread(pilot_state, scheduler, str(job))
-            blocks.append({"job_id": str(job), "scheduler": scheduler, "state": state})
+        blocks = [{"job_id": str(job), "scheduler": scheduler,
+                   "state": await self._job_state(scheduler, str(job))}
+                  for job in stats.get("job_ids") or []]
         workers = stats.get("active_workers", 0)
         self.metrics.workers.set(workers)
         self.metrics.blocks.set(len(blocks))
-        if self.failed:
-            stage = "failed"
-        elif self.ready:
+        failures = stats.get("block_failures") or []
+        if failures:
+            self.failed = "the pilot job could not be submitted: " + "; ".join(failures)
+        if self.ready:
             stage = "ready"
+        elif self.failed:
+            stage = "failed"
         elif workers:
             stage = "loading"
-        elif any(b["state"].startswith("PENDING") or b["state"].startswith("QUEUED")
-                 for b in blocks):
+        elif any(b["state"].startswith(("PENDING", "QUEUED")) for b in blocks):
             stage = "queued"
         else:
             stage = "starting"
         return {
-            "state": stage, "error": self.failed,
+            "state": stage, "error": None if self.ready else self.failed,
             "site": wf.profile.name if wf.profile is not None else None,
             "blocks": blocks, "workers": workers,
             "model": "ready" if self.ready else ("failed" if self.failed else "loading"),
@@ -135,3 +152,16 @@ class ServerState:
             "tokens_per_s_last_minute": self.tokens_per_s(),
             "uptime_s": round(time.time() - self.started, 1),
         }
+
+    async def _job_state(self, scheduler: str, job: str) -> str:
+        if scheduler == "local":
+            return "RUNNING"
+        from hpc_chat.sites.submit import pilot_state
+
+        async with self._status_lock:
+            known = self._states.get(job)
+            if known is None or time.monotonic() - known[0] > STATUS_TTL_S:
+                known = self._states[job] = (time.monotonic(),
+                                             await asyncio.to_thread(pilot_state, scheduler,
+                                                                     job))
+            return known[1]

@@ -166,7 +166,7 @@ def _result(prep: Prepared, completion, n_threads: int, decoded: GenRequest) -> 
         "batched": bool(completion.extra.get("batched")),
     }
     result["provenance"] = provenance(prep, decoded, result)
-    if prep.caching:
+    if prep.caching and completion.finish_reason != "cancelled":  # a partial answer: never
         process_cache.put(prep.key, result)
     return result
 
@@ -223,7 +223,9 @@ def answer(agent_config: dict, items: list[dict],
         decoded = req.model_copy(update={"messages": msgs})
         fitted.append((i, prep, decoded))
         requests.append(decoded)
-    senders = [TokenSender(prep.stream, decoded.stop) if prep.stream else None
+    batched = get_batched_engine(engine, n_seq) if n_seq is not None else None
+    stops = getattr(batched, "template_stops", [])  # what the engine stops on besides
+    senders = [TokenSender(prep.stream, [*decoded.stop, *stops]) if prep.stream else None
                for (_, prep, decoded) in fitted]
     completions: list = [None] * len(requests)
     try:
@@ -231,7 +233,7 @@ def answer(agent_config: dict, items: list[dict],
             completions = [engine.complete(r, on_text=sender)
                            for r, sender in zip(requests, senders)]
         else:
-            completions = get_batched_engine(engine, n_seq).generate(requests, on_text=senders)
+            completions = batched.generate(requests, on_text=senders)
     finally:  # every stream ends, with the rest of its answer when there is one
         for sender, done in zip(senders, completions):
             if sender is not None:
