@@ -18,6 +18,7 @@ import asyncio
 from functools import partial
 from typing import Any
 
+from hpc_chat.executors.futures import pass_outcome
 from hpc_chat.worker.retry import is_timeout
 from hpc_chat.worker.tasks import chat_batch_task, chat_task
 
@@ -78,7 +79,7 @@ class RequestBatcher:
                     single = self.executor.submit(chat_task, agent_config, item["message"],
                                                   item["context"], walltime=self.walltime,
                                                   retry_attempts=retry_attempts)
-                    single.add_done_callback(partial(_settle, fut))
+                    single.add_done_callback(partial(pass_outcome, target=fut))
             return
         results: list[Any] = [None] * len(group) if exc else task.result()
         for (_, fut), result in zip(group, results):
@@ -96,15 +97,3 @@ class RequestBatcher:
             for _, fut in group:
                 fut.cancel()
         self._pending.clear()
-
-
-def _settle(fut: asyncio.Future, task: asyncio.Future) -> None:
-    """Pass a single task's outcome to the request's future (unless it was cancelled)."""
-    if fut.done():
-        return
-    if task.cancelled():
-        fut.cancel()
-    elif task.exception() is not None:
-        fut.set_exception(task.exception())
-    else:
-        fut.set_result(task.result())

@@ -20,6 +20,7 @@ from typing import Any
 
 from hpc_chat.errors import ExecutorError
 from hpc_chat.executors.base import ExecutorConfig
+from hpc_chat.executors.futures import pass_outcome
 from hpc_chat.executors.run_ledger import RunLedger, open_ledger, scheduler_of
 from hpc_chat.worker.tasks import chat_task
 
@@ -201,19 +202,9 @@ def _awaitable(fut) -> asyncio.Future:
     loop = asyncio.get_running_loop()
     out = loop.create_future()
 
-    def copy(done) -> None:
-        if out.done():
-            return
-        if done.cancelled():
-            out.cancel()
-        elif done.exception() is not None:
-            out.set_exception(done.exception())
-        else:
-            out.set_result(done.result())
-
     def on_done(done) -> None:  # in Parsl's thread
         try:
-            loop.call_soon_threadsafe(copy, done)
+            loop.call_soon_threadsafe(pass_outcome, done, out)
         except RuntimeError:  # the loop is closed: nobody waits any more
             pass
 

@@ -161,27 +161,37 @@ def test_curl_health_status_metrics_and_limits(echo_server):
     assert re.search(r"^hpc_chat_workers [1-9]", metrics, re.M)
 
 
+class Clients:
+    """``n`` clients in threads, each asking ``{prefix} {i}`` once; ``join`` waits for all."""
+
+    def __init__(self, client: openai.OpenAI, n: int, prefix: str, **options):
+        self.answers: dict[int, str] = {}
+        self.errors: list[Exception] = []
+
+        def ask(i: int) -> None:
+            try:
+                done = client.chat.completions.create(
+                    model="balanced_agent", messages=[{"role": "user",
+                                                       "content": f"{prefix} {i}"}],
+                    **options)
+                self.answers[i] = done.choices[0].message.content
+            except Exception as exc:  # noqa: BLE001 - collected and reported by the test
+                self.errors.append(exc)
+
+        self.threads = [threading.Thread(target=ask, args=(i,)) for i in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def join(self) -> dict[int, str]:
+        for t in self.threads:
+            t.join(300)
+        assert not self.errors, self.errors[:3]
+        return self.answers
+
+
 def test_64_concurrent_clients_are_answered_once_in_batches(echo_server):
-    client = echo_server.client()
-    answers: dict[int, str] = {}
-    errors: list[Exception] = []
-
-    def ask(i: int) -> None:
-        try:
-            done = client.chat.completions.create(
-                model="balanced_agent", max_tokens=4,
-                messages=[{"role": "user", "content": f"request {i}"}])
-            answers[i] = done.choices[0].message.content
-        except Exception as exc:  # noqa: BLE001 - collected and reported below
-            errors.append(exc)
-
     _, before = echo_server.get("/v1/status")
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    assert not errors, errors[:3]
+    answers = Clients(echo_server.client(), 64, "request", max_tokens=4).join()
     assert answers == {i: f"request {i} request {i}" for i in range(64)}
     _, after = echo_server.get("/v1/status")
     tasks = after["requests"]["parsl_tasks_submitted"] - \
@@ -234,30 +244,13 @@ def test_a_worker_killed_under_load_loses_no_request(tmp_path, fixtures):
                           model="echo?tokens=10&token_s=0.1")
     try:
         client = server.client()
-        answers: dict[int, str] = {}
-        errors: list[Exception] = []
-
-        def ask(i: int) -> None:
-            try:
-                done = client.chat.completions.create(
-                    model="balanced_agent", messages=[{"role": "user",
-                                                       "content": f"client {i}"}])
-                answers[i] = done.choices[0].message.content
-            except Exception as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
         first = client.chat.completions.create(
             model="balanced_agent", messages=[{"role": "user", "content": "who answers"}])
         worker = first.model_extra["hpc_chat"]["agents"][0]["worker"]["pid"]
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(16)]
-        for t in threads:
-            t.start()
+        clients = Clients(client, 16, "client")
         time.sleep(1.5)  # both workers are in the middle of 1 s answers, with more queued
         os.kill(worker, signal.SIGKILL)
-        for t in threads:
-            t.join(300)
-        assert not errors, errors[:3]
-        assert answers == {i: " ".join([f"client {i}"] * 5) for i in range(16)}
+        assert clients.join() == {i: " ".join([f"client {i}"] * 5) for i in range(16)}
     finally:
         stop(server)
 
