@@ -32,14 +32,33 @@ from hpc_chat.cli.output import print_agents, print_conversation, print_result, 
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @click.option("-q", "--raw", is_flag=True,
               help="Only the answer on stdout; nothing on stderr but errors.")
+@click.option("--server", default=None, metavar="URL|off", envvar="HPC_CHAT_SERVER",
+              help="Ask this running 'hpc-chat serve' (its /v1 URL). Default: your server on "
+                   "this host when one runs and no --site, --config, --endpoint, --model or "
+                   "several --agents ask for workers of their own; 'off': never.")
 def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, model,
-        conversation, as_json, raw):
+        conversation, as_json, raw, server):
     """Ask one question; the routed agents answer in parallel. QUESTION '-' reads it from
-    standard input (echo "What is MPI?" | hpc-chat ask -)."""
+    standard input (echo "What is MPI?" | hpc-chat ask -). A running 'hpc-chat serve' answers
+    it from warm workers (see --server)."""
     if question == "-":
         question = sys.stdin.read()
     if not question.strip():
         raise CliError("the question is empty")
+    names = agents_list(agents)
+    url = server if server not in (None, "off", "auto") else None
+    if server in (None, "auto") and not (config or site or endpoint or allocation or model or
+                                        (names and len(names) > 1)):
+        from hpc_chat.server.client import running_server
+
+        url = running_server()
+    if url:
+        if names and len(names) > 1:
+            raise CliError("a server answers one agent or the routed 'auto': give one "
+                           "--agents name, or --server off")
+        if _ask_server(url, question, names, seed, max_tokens, conversation, as_json, raw,
+                       explicit=bool(server and server != "auto")):
+            return
     session = Session(config, site, quiet=as_json or raw, allocation=allocation,
                       endpoint=endpoint, wait_for_workers=True, model=model,
                       agents=agents_list(agents)).check()
@@ -52,6 +71,40 @@ def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, 
     else:
         print_result(result, raw=raw)
     sys.exit(0 if result["ok"] else 1)
+
+
+def _ask_server(url, question, names, seed, max_tokens, conversation, as_json, raw, *,
+                explicit: bool) -> bool:
+    """Ask a running server; False when it cannot be reached and was not asked for by name
+    (the command then starts workers of its own)."""
+    from hpc_chat.server.client import ServerError, complete
+
+    body = {"model": names[0] if names else "auto",
+            "messages": [{"role": "user", "content": question}],
+            **({"seed": seed} if seed is not None else {}),
+            **({"max_tokens": max_tokens} if max_tokens is not None else {})}
+    try:
+        done = complete(url, body, conversation)
+    except ConnectionError as exc:
+        if explicit:
+            raise CliError(str(exc)) from None
+        err_console.print(f"{exc}; starting workers of its own", markup=False)
+        return False
+    except ServerError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(done, indent=2, ensure_ascii=False))
+        return True
+    choice = done["choices"][0]
+    click.echo(choice["message"]["content"])
+    if not raw:
+        agents = [a.get("agent") for a in (done.get("hpc_chat") or {}).get("agents", [])]
+        note = " (stopped at the max_tokens limit)" if choice["finish_reason"] == "length" \
+            else ""
+        err_console.print(f"answered by the server at {url}: {', '.join(agents) or '?'}, "
+                          f"{done['usage']['completion_tokens']} tokens{note}",
+                          markup=False, highlight=False)
+    return True
 
 
 @cli.command()

@@ -184,7 +184,11 @@ async def complete(state: ServerState, request: Request, body: dict[str, Any]):
         opts["seed"] = random.getrandbits(31)
     start = time.perf_counter()
     state.begin()
-    task = wf.submit_request(req.prompt, agents=req.agents, options=opts, history=req.history,
+    # One message and a conversation id: that conversation goes on from its stored turns
+    # (as `hpc-chat chat --conversation`); otherwise the request's messages are the whole of it.
+    stored = conversation is not None and not req.history and req.system is None
+    task = wf.submit_request(req.prompt, agents=req.agents, options=opts,
+                             history=None if stored else req.history,
                              system_prompt=req.system, conversation_id=conversation,
                              stream=spec)
     task.add_done_callback(lambda t: state.end(_status(t), _result_of(t),

@@ -189,6 +189,30 @@ class Clients:
         return self.answers
 
 
+def test_ask_answers_from_a_running_server_and_conversations_go_on(echo_server):
+    """`hpc-chat ask` finds the server through the home it shares and answers from its warm
+    workers, says so, and a conversation's turns are stored by the server."""
+    env = {**os.environ, "HPC_CHAT_HOME": str(echo_server.home)}
+
+    def ask(*args):
+        return subprocess.run([sys.executable, "-m", "hpc_chat", "ask", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+    first = ask("first question", "--agents", "balanced_agent", "--conversation", "notes")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("first question first question")
+    assert f"answered by the server at {echo_server.url}: balanced_agent" in first.stderr
+    second = ask("second question", "--conversation", "notes")  # routed: model auto
+    assert second.returncode == 0 and "answered by the server" in second.stderr
+    history = subprocess.run([sys.executable, "-m", "hpc_chat", "history", "notes", "--json"],
+                             env=env, capture_output=True, text=True, timeout=60)
+    turns = [(m["role"], m["content"]) for m in json.loads(history.stdout)]
+    assert [t for t in turns if t[0] == "user"] == [("user", "first question"),
+                                                   ("user", "second question")]
+    unknown = ask("x", "--agents", "nobody")
+    assert unknown.returncode == 2 and "model_not_found" not in unknown.stderr
+    assert "'nobody' does not exist" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
 def test_64_concurrent_clients_are_answered_once_in_batches(echo_server):
     _, before = echo_server.get("/v1/status")
     answers = Clients(echo_server.client(), 64, "request", max_tokens=4).join()
