@@ -311,3 +311,27 @@ def test_the_real_model_streams_its_tokens(tmp_path, fixtures):
         assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
     finally:
         stop(server)
+
+
+def test_the_queue_bound_answers_429_with_retry_after(tmp_path, fixtures):
+    """--max-queue 1 and an answer of 3 s in flight: the next request is refused at once with
+    429 and Retry-After (the SDK's RateLimitError), and is answered once the first is done."""
+    server = start_server(tmp_path, fixtures / "workflows" / "fast.yml",
+                          extra=("--max-queue", "1"))
+    try:
+        busy = Clients(server.client(), 1, "first")
+        deadline = time.monotonic() + 30
+        while server.get("/v1/status")[1]["requests"]["running"] < 1:
+            assert time.monotonic() < deadline, "the first request never started"
+            time.sleep(0.05)
+        with pytest.raises(openai.RateLimitError) as refused:
+            server.client().chat.completions.create(
+                model="balanced_agent", messages=[{"role": "user", "content": "second"}])
+        assert refused.value.response.headers["retry-after"] == "2"
+        assert refused.value.code == "queue_full"
+        assert busy.join() == {0: " ".join(["first 0"] * 6)}
+        later = server.client().chat.completions.create(
+            model="balanced_agent", messages=[{"role": "user", "content": "second"}])
+        assert later.choices[0].message.content.startswith("second second")
+    finally:
+        stop(server)
