@@ -397,7 +397,7 @@ class OutputWriter:
             return record, self._fh
         problem = item.problem
         status, code, param = (problem.status, problem.code, problem.param) if problem else \
-            _failure_status(line)
+            failure_status(line)
         custom_id = item.id if isinstance(item.id, str) else None
         record = oa.error_line(custom_id, line["error"] or "failed", line=item.line,
                                kind=line["error_kind"] or "runtime",
@@ -460,8 +460,9 @@ def compact_openai(output: Path, errors: Path) -> None:
         os.replace(tmp, path)
 
 
-def _failure_status(line: dict[str, Any]) -> tuple[int, str, str | None]:
-    """The HTTP-like status of a request that failed while it was answered."""
+def failure_status(line: dict[str, Any]) -> tuple[int, str, str | None]:
+    """The HTTP-like status, code and parameter of a request that failed while it was
+    answered (an OpenAI batch error entry, and the server's error response)."""
     error = line.get("error") or ""
     if "unknown agent" in error or "unknown model" in error:
         return 404, "model_not_found", "body.model"

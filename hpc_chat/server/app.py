@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hpc_chat.batchfile import provenance_of
+from hpc_chat.batchfile import failure_status, provenance_of
 from hpc_chat.openai_batch import CHAT_URL, ROUTED_MODEL, RequestError, parse_request
 from hpc_chat.server.auth import authorized
 from hpc_chat.server.state import ServerState
@@ -259,12 +259,11 @@ async def _next(channel: Stream, task: asyncio.Task):
 
 
 def failure(result: dict[str, Any]) -> ApiError:
-    error = result.get("error") or "the request failed"
-    if "context window" in error:
-        return ApiError(400, error, code="context_length_exceeded", param="messages")
-    if result.get("error_kind") == "input":
-        return ApiError(400, error, code="invalid_request")
-    return ApiError(500, error, code="generation_failed", kind="server_error")
+    """The same status and code as the failure's OpenAI batch error entry."""
+    status, code, param = failure_status(result)
+    return ApiError(status, result.get("error") or "the request failed", code=code,
+                    param=(param or "").removeprefix("body.") or None,
+                    kind="server_error" if status >= 500 else "invalid_request_error")
 
 
 def _ids() -> tuple[str, int]:
