@@ -41,6 +41,7 @@ class ParslExecutor:
         self.dfk = None
         self.ledger: RunLedger | None = None
         self._apps: dict[Callable, Any] = {}
+        self.lost = LostManagers()
 
     @property
     def started(self) -> bool:
@@ -55,6 +56,7 @@ class ParslExecutor:
         ensure_driver_path()
         config = self.parsl_config or get_local_config(self.config.max_workers)
         self.ledger = await asyncio.to_thread(open_ledger, config)
+        self.lost.watch(config)
         try:
             with sigint_ignored_in_children():
                 self.dfk = await asyncio.to_thread(_start_dfk, config)
@@ -133,12 +135,14 @@ class ParslExecutor:
                 out["active_workers"] = sum(m["worker_count"] for m in managers if m["active"])
                 out["managers"] = len(managers)
                 out["connected_blocks"] = len({m["block_id"] for m in managers})
-                out["outstanding"] = ex.outstanding
+                outstanding = ex.outstanding  # a method in recent Parsl, a property before
+                out["outstanding"] = outstanding() if callable(outstanding) else outstanding
             except Exception as exc:  # the interchange may be gone during shutdown
                 log.debug("could not query the interchange: %s", exc)
             out["blocks"] = len(ex.blocks_to_job_id)
             out["job_ids"] = list(ex.blocks_to_job_id.values())
             out["block_failures"] = block_failures(ex)
+        out["lost_hosts"] = self.lost.hosts()
         return out
 
     def block_output(self, job_id: str) -> list[str]:
@@ -193,6 +197,74 @@ class ParslExecutor:
             log.warning("Parsl cleanup did not finish in %.0f s; stopping its processes "
                         "directly", timeout)
             await asyncio.to_thread(_force_stop, dfk)
+
+
+class LostManagers:
+    """Which worker nodes the interchange lost (missed heartbeats: the node died, its job was
+    killed, the network went away), seen through the tasks that were on them.
+
+    Parsl fails each task of a lost manager with ``ManagerLost`` and asks the retry handler
+    what to do; this wraps the config's handler (or Parsl's default cost of 1), notes the
+    host, logs one warning per lost manager, and passes the decision on unchanged. A manager
+    lost while idle costs no task and is not reported here (Parsl's interchange.log has it).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._tasks: dict[str, int] = {}     # host -> tasks that were on its lost managers
+        self._managers: set[str] = set()
+
+    def watch(self, config) -> None:
+        """Wrap ``config.retry_handler`` (once: a config may be started again)."""
+        handler = config.retry_handler
+        if isinstance(handler, _RecordingHandler):
+            handler.lost = self
+        else:
+            config.retry_handler = _RecordingHandler(handler, self)
+
+    def note(self, exc: BaseException) -> None:
+        from parsl.executors.high_throughput.errors import ManagerLost
+
+        inner = getattr(exc, "e_value", None) or exc
+        if not isinstance(inner, ManagerLost):
+            return
+        manager = inner.manager_id.decode(errors="replace") if isinstance(
+            inner.manager_id, bytes) else str(inner.manager_id)
+        with self._lock:
+            self._tasks[inner.hostname] = self._tasks.get(inner.hostname, 0) + 1
+            first = manager not in self._managers
+            self._managers.add(manager)
+        if first:
+            log.warning("lost the workers on node %s (Parsl manager %s missed its heartbeats): "
+                        "the requests it was running are retried on the remaining workers",
+                        inner.hostname, manager)
+
+    def hosts(self) -> dict[str, int]:
+        """``{host: tasks lost with it}`` so far."""
+        with self._lock:
+            return dict(self._tasks)
+
+
+class _RecordingHandler:
+    """A Parsl ``retry_handler`` that tells :class:`LostManagers` about each failure first.
+    Attributes (``failures``, ``hopeless``) are the wrapped handler's."""
+
+    def __init__(self, inner, lost: LostManagers):
+        self.inner = inner
+        self.lost = lost
+
+    def __call__(self, exc: BaseException, task_record: Any) -> float:
+        try:
+            self.lost.note(exc)
+        except Exception as error:  # a report must never change what Parsl decides
+            log.debug("could not record a lost manager: %s", error)
+        return self.inner(exc, task_record) if self.inner is not None else 1
+
+    def __getattr__(self, name: str):
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
 
 
 def _awaitable(fut) -> asyncio.Future:
