@@ -223,7 +223,7 @@ class ParslChatWorkflow:
                        request_key: str | None = None,
                        history: list[dict[str, str]] | None = None,
                        system_prompt: str | None = None,
-                       stream: dict[str, str] | None = None) -> asyncio.Task:
+                       stream: dict[str, Any] | None = None) -> asyncio.Task:
         """Start one request; the task resolves to a result dict (never raises for a failed
         answer: ``ok`` is false and ``error`` says why). Call it from a coroutine; outside
         one, use ``loop.run_until_complete(workflow.process_request(...))``.
@@ -232,7 +232,8 @@ class ParslChatWorkflow:
         whole conversation instead of a stored one, as an OpenAI request does: those messages
         are decoded as given, never shortened to fit the context. ``stream`` (from
         :meth:`hpc_chat.tokenstream.TokenHub.open`) has the worker send the answer's text as
-        it grows, when one agent answers."""
+        it grows, when one agent answers; a mapping of agent names to such streams streams
+        each of those agents' answers to its own."""
         self._require()
         try:
             loop = asyncio.get_running_loop()
@@ -288,10 +289,16 @@ class ParslChatWorkflow:
         else:
             history = await self.history.recent(conversation_id) if conversation_id else []
             context = {"history": history, "options": options, "model": self.site_model}
-        if stream is not None and len(routes) == 1:  # several answers would interleave
-            context = {**context, "stream": stream}
+
+        def streamed(agent: str) -> dict[str, Any]:
+            if stream is None:
+                return context
+            if "port" in stream:  # one stream: several answers would interleave in it
+                return {**context, "stream": stream} if len(routes) == 1 else context
+            return {**context, "stream": stream[agent]} if agent in stream else context
 
         async def ask(r: Route) -> dict[str, Any]:
+            context = streamed(r.agent)
             agent = self.agents[r.agent].config
             perf = agent.config.performance
             key = None

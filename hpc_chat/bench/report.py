@@ -27,6 +27,14 @@ TARGETS = {  # name: (description, bound, higher_is_better)
     "single_stream_fraction": ("single-stream generation / memory-bandwidth ceiling", 0.5, True),
 }
 SERVER_TARGET = "best aggregate tokens/s / llama-server with 8 slots"
+REAL_TARGETS = {  # the real workload: name: (description, bound, higher_is_better)
+    "real_vs_direct": ("real workload: hpc-chat batch end to end / plain loop", 1.5, True),
+    "real_vs_server": ("real workload: hpc-chat batch end to end / llama-server -np 8", 1.0,
+                       True),
+    "real_vs_native": ("real workload: hpc-chat's gain / llama-batched-bench's gain at 8", 0.9,
+                       True),
+    "first_token_s": ("first streamed token on a warm worker (s)", 0.3, False),
+}
 
 
 @dataclass
@@ -61,6 +69,17 @@ def _verdicts(r: BenchResults) -> list[Verdict]:
     if r.throughput.llama_server:
         out.append(Verdict(SERVER_TARGET,
                            r.throughput.best.tok_s / r.throughput.llama_server.tok_s, 1, True))
+    if r.real is not None:
+        measured = {"real_vs_direct": r.real.vs_direct,
+                    "first_token_s": r.real.first_token.first_token_s}
+        if 8 in r.real.llama_server:
+            measured["real_vs_server"] = r.real.hpc_chat.tok_s / r.real.llama_server[8].tok_s
+        native = r.real.llama_batched_bench
+        if native is not None and 1 in native.widths and 8 in native.widths:
+            native_gain = native.widths[8].tok_s / native.widths[1].tok_s
+            measured["real_vs_native"] = r.real.vs_direct / native_gain
+        out = [Verdict(desc, measured[key], bound, higher)
+               for key, (desc, bound, higher) in REAL_TARGETS.items() if key in measured] + out
     return out
 
 
@@ -104,7 +123,8 @@ def markdown(res: dict[str, Any] | BenchResults, plot_name: str) -> str:
     native = r.throughput.llama_batched_bench
     profile = "\n".join(profile_section(r))
     return _render("performance.md.j2", m=r.meta, o=r.overhead, t=r.throughput,
-                   w=r.warm_start, s=r.slurm, lim=r.limit, plot_name=plot_name,
+                   w=r.warm_start, s=r.slurm, s2=r.slurm_2n, lim=r.limit, plot_name=plot_name,
+                   real=r.real,
                    verdicts=found, missed=missed,
                    profile=profile + "\n" if profile else "",
                    throughput_missed=any(v.desc == TARGETS["throughput_vs_direct"][0]
@@ -115,7 +135,8 @@ def markdown(res: dict[str, Any] | BenchResults, plot_name: str) -> str:
 def readme_block(res: dict[str, Any] | BenchResults) -> str:
     r = typed(res)
     return _render("readme.md.j2", start=README_START, end=README_END, m=r.meta,
-                   o=r.overhead, best=r.throughput.best, server=r.throughput.llama_server).strip()
+                   o=r.overhead, best=r.throughput.best, server=r.throughput.llama_server,
+                   real=r.real).strip()
 
 
 def plotting_problem() -> str | None:

@@ -139,6 +139,14 @@ class SlurmRate(WorkflowRate):
     vs_local: float
 
 
+class TwoNodeRate(WorkflowRate):
+    """The same batch through one 2-node pilot job (one worker pool and engine per node)."""
+
+    hosts_seen: float
+    engines_seen: float
+    one_node: WorkflowRate  # the same per-node setup in a 1-node pilot job, same run
+
+
 class Limit(_Model):
     copy_gb_s: float
     ceiling_tok_s: float
@@ -146,11 +154,58 @@ class Limit(_Model):
     fraction: float
 
 
+class BatchRun(Rate):
+    """``hpc-chat batch`` end to end (:func:`hpc_chat.bench.suite.hpc_chat_batch_run`)."""
+
+    start_s: float
+    steady_tok_s: float
+    median_answer_tokens: float
+    min_answer_tokens: float
+    max_answer_tokens: float
+    engines: float
+
+
+class LoopRate(Rate):
+    median_answer_tokens: float
+
+
+class ServerRate(Rate):
+    server_per_request_tok_s: float = 0.0
+
+
+class FirstToken(_Model):
+    first_token_s: float
+    runs: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class NativeAtLength(NativeBatched):
+    generated_tokens: int
+
+
+class RealWorkload(_Model):
+    """The headline case: the packaged agent's own settings and natural answer lengths."""
+
+    requests: int
+    agent: str
+    max_tokens: int
+    hpc_chat: BatchRun
+    direct: LoopRate
+    first_token: FirstToken
+    llama_server: dict[int, ServerRate] = Field(default_factory=dict)
+    llama_batched_bench: NativeAtLength | None = None
+
+    @property
+    def vs_direct(self) -> float:
+        return self.hpc_chat.tok_s / self.direct.tok_s
+
+
 class BenchResults(_Model):
     meta: Meta
+    real: RealWorkload | None = None
     overhead: Overhead
     throughput: Throughput
     warm_start: WarmStart
     slurm: SlurmRate | None = None
+    slurm_2n: TwoNodeRate | None = None
     limit: Limit
     profile: Profile | None = None

@@ -52,12 +52,15 @@ def chat_messages(agent, prompt: str) -> list[dict[str, str]]:
             {"role": "user", "content": prompt}]
 
 
-def bench_request(agent, prompt: str, seed: int):
-    """The request every case computes: the agent's own sampling, ``MAX_TOKENS``, a seed."""
+def bench_request(agent, prompt: str, seed: int, max_tokens: int | None = MAX_TOKENS):
+    """The request every case computes: the agent's own sampling, ``max_tokens`` (None: the
+    agent's own, as the real workload has it), a seed."""
     from hpc_chat.llm.request import GenRequest
 
-    return GenRequest(messages=chat_messages(agent, prompt),
-                      **{**agent.sampling(), "max_tokens": MAX_TOKENS, "seed": seed})
+    sampling = {**agent.sampling(), "seed": seed}
+    if max_tokens is not None:
+        sampling["max_tokens"] = max_tokens
+    return GenRequest(messages=chat_messages(agent, prompt), **sampling)
 
 
 def noop(x):
@@ -66,7 +69,7 @@ def noop(x):
 
 
 # ----------------------------------------------------------------------------- baselines
-def direct_loop(n: int, threads: int) -> dict[str, float]:
+def direct_loop(n: int, threads: int, max_tokens: int | None = MAX_TOKENS) -> dict[str, Any]:
     """A plain llama-cpp-python loop: what a user would write without hpc_chat."""
     import llama_cpp
 
@@ -78,13 +81,15 @@ def direct_loop(n: int, threads: int) -> dict[str, float]:
                             n_threads=threads, n_threads_batch=threads, flash_attn=True,
                             verbose=False)
     start = time.perf_counter()
-    tokens = 0
+    lengths = []
     for i, prompt in enumerate(prompts(n)):
-        req = bench_request(agent, prompt, i)
+        req = bench_request(agent, prompt, i, max_tokens)
         out = llama.create_chat_completion(messages=req.messages, **req.sampling())
-        tokens += out["usage"]["completion_tokens"]
+        lengths.append(out["usage"]["completion_tokens"])
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall, "req_s": n / wall}
+    tokens = sum(lengths)
+    return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall, "req_s": n / wall,
+            "median_answer_tokens": statistics.median(lengths)}
 
 
 def batched_profile(n: int, threads: int, n_seq: int = 8) -> dict[str, Any]:
@@ -208,11 +213,14 @@ async def _workflow_run(workflow: str, profile: str, n: int, workers: int) -> di
     if failed:
         raise RuntimeError(f"benchmark requests failed: {failed[:3]}")
     tokens = sum(r["completion_tokens"] for r in results)
-    pids = {resp["worker"]["pid"] for r in results + cold for resp in r["responses"]}
+    responses = [resp for r in results + cold for resp in r["responses"]]
+    pids = {resp["worker"]["pid"] for resp in responses}
     return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall, "req_s": n / wall,
             "first_latency_s": max(r["latency_s"] for r in cold),
             "steady_latency_s": statistics.median(steady),
             "model_loads": stats["model_loads"], "workers_seen": len(pids),
+            "hosts_seen": len({resp["worker"]["host"] for resp in responses}),
+            "engines_seen": len({(resp.get("engine") or {}).get("pid") for resp in responses}),
             "blocks": len(parsl_stats.get("job_ids") or [0])}
 
 
@@ -221,6 +229,116 @@ def workflow_run(n: int, workers: int, threads: int, batch: int,
     with tempfile.TemporaryDirectory(prefix="hpc_chat_bench_") as tmp:
         wf, profile = write_configs(Path(tmp), workers, threads, batch, site)
         return asyncio.run(_workflow_run(wf, profile, n, workers))
+
+
+def hpc_chat_batch_run(n: int, agent_name: str = "balanced_agent") -> dict[str, Any]:
+    """``hpc-chat batch`` with the packaged defaults, end to end, as a user runs it: a fresh
+    process, the local site's workers and the node engine started, the model loaded, every
+    answer written. The requests are an OpenAI batch file (so each line carries its seed, as
+    the peers' requests do) to ``agent_name`` with its own settings; ``start_s`` is the time
+    from launch until the first request began on a worker."""
+    import sys
+
+    with tempfile.TemporaryDirectory(prefix="hpc_chat_bench_") as tmp:
+        src, out = Path(tmp) / "in.jsonl", Path(tmp) / "out.jsonl"
+        src.write_text("".join(json.dumps({
+            "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": agent_name, "seed": i,
+                     "messages": [{"role": "user", "content": p}]}}) + "\n"
+            for i, p in enumerate(prompts(n))))
+        launched = time.time()
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "hpc_chat", "batch", str(src), "-o",
+                               str(out)], capture_output=True, text=True, timeout=3600)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"hpc-chat batch failed ({done.returncode}): "
+                               f"{done.stderr[-600:]}")
+        lines = [json.loads(x) for x in out.read_text().splitlines()]
+    bodies = [x["response"]["body"] for x in lines]
+    lengths = [b["usage"]["completion_tokens"] for b in bodies]
+    agents = [a for b in bodies for a in b["hpc_chat"]["agents"]]
+    first = min(a["start"] for a in agents)
+    tokens = sum(lengths)
+    return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall, "req_s": n / wall,
+            "start_s": first - launched, "steady_tok_s": tokens / (wall - (first - launched)),
+            "median_answer_tokens": statistics.median(lengths),
+            "min_answer_tokens": min(lengths), "max_answer_tokens": max(lengths),
+            "engines": len({(a["engine"] or {}).get("pid") for a in agents})}
+
+
+async def _first_token(wf, repeats: int = 5) -> float:
+    """The median time from submitting a request to its first streamed text, warm workers."""
+    from hpc_chat.tokenstream import TokenHub
+
+    hub = TokenHub()
+    await hub.start("127.0.0.1", ["127.0.0.1"])  # the local site's workers
+    waits = []
+    try:
+        for i in range(repeats + 1):  # the first one warms the engine
+            stream, spec = hub.open()
+            start = time.perf_counter()
+            task = wf.submit_request(f"Tell me about the number {i}.",
+                                     agents=["balanced_agent"], stream=spec,
+                                     options={"seed": i, "max_tokens": 32})
+            await stream.queue.get()
+            waits.append(time.perf_counter() - start)
+            await task
+    finally:
+        await hub.stop()
+    return statistics.median(waits[1:])
+
+
+def first_token_run(repeats: int = 5) -> dict[str, float]:
+    """First streamed token of a request on warm workers (what ``hpc-chat ask`` shows)."""
+    from hpc_chat.workflow import ParslChatWorkflow
+
+    async def go():
+        wf = ParslChatWorkflow(history_path=None)
+        await wf.initialize()
+        try:
+            await wf.wait_for_workers(1, timeout=300)
+            return {"first_token_s": await _first_token(wf, repeats)}
+        finally:
+            await wf.shutdown()
+
+    return asyncio.run(go())
+
+
+def real_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The headline: the packaged agent with its own settings and natural answer lengths,
+    ``n`` requests, against its peers in the same run on the same requests."""
+    from hpc_chat.agents.config import AgentConfig
+
+    agent = AgentConfig.from_yaml(SYSTEM_AGENT)
+    out: dict[str, Any] = {"requests": n, "agent": agent.name,
+                           "max_tokens": agent.config.max_tokens}
+    log(f"   hpc-chat batch, packaged defaults, {n} requests")
+    out["hpc_chat"] = median_of(repeats, lambda: hpc_chat_batch_run(n, agent.name))
+    log("   plain llama-cpp-python loop")
+    out["direct"] = median_of(repeats, lambda: direct_loop(n, 2, max_tokens=None))
+    log("   first streamed token, warm workers")
+    out["first_token"] = median_of(repeats, first_token_run)
+    servers = {}
+    server_bin = os.environ.get("HPC_CHAT_LLAMA_SERVER")
+    if server_bin and Path(server_bin).is_file():
+        for slots in (8, 16):
+            log(f"   llama-server -np {slots}")
+            servers[str(slots)] = median_of(repeats, lambda: llama_server_run(
+                server_bin, n, 2, slots, max_tokens=None))
+    out["llama_server"] = servers
+    batched_bin = os.environ.get("HPC_CHAT_LLAMA_BATCHED_BENCH")
+    out["llama_batched_bench"] = None
+    if batched_bin and Path(batched_bin).is_file():
+        log("   llama-batched-bench at the workload's median answer length")
+        gen = max(1, round(out["hpc_chat"]["median_answer_tokens"]))
+        runs = [llama_batched_bench_run(batched_bin, 24, 2, (1, 8, 16), generate=gen)
+                for _ in range(repeats)]
+        out["llama_batched_bench"] = {
+            "prompt_tokens": 24, "generated_tokens": gen, "runs": runs,
+            "widths": {w: {k: statistics.median(r[w][k] for r in runs) for k in runs[0][w]}
+                       for w in runs[0]}}
+    return out
 
 
 def stubbed_tasks(sequential: int = 300, concurrent: int = 2000) -> dict[str, float]:
@@ -255,8 +373,11 @@ def stubbed_tasks(sequential: int = 300, concurrent: int = 2000) -> dict[str, fl
 
 
 # ----------------------------------------------------------------------------- llama-server
-def llama_server_run(binary: str, n: int, threads: int, slots: int = 8) -> dict[str, float]:
-    """llama.cpp's own server with parallel slots and continuous batching, as a peer."""
+def llama_server_run(binary: str, n: int, threads: int, slots: int = 8,
+                     max_tokens: int | None = MAX_TOKENS) -> dict[str, float]:
+    """llama.cpp's own server with parallel slots and continuous batching, as a peer: flash
+    attention on (as in hpc_chat's engines), the same requests ``slots`` at a time. Its own
+    per-request ``timings`` are kept as a cross-check of the client's clock."""
     from hpc_chat.agents.config import AgentConfig
     from hpc_chat.llm.models import resolve_model
 
@@ -264,7 +385,7 @@ def llama_server_run(binary: str, n: int, threads: int, slots: int = 8) -> dict[
     port = 18181
     proc = subprocess.Popen([binary, "-m", str(resolve_model("default")), "-c",
                              str(2048 * slots), "-np", str(slots), "-t", str(threads),
-                             "--port", str(port), "--host", "127.0.0.1"],
+                             "-fa", "on", "--port", str(port), "--host", "127.0.0.1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(120):
@@ -276,33 +397,38 @@ def llama_server_run(binary: str, n: int, threads: int, slots: int = 8) -> dict[
 
         def ask(i_prompt):
             i, prompt = i_prompt
-            req = bench_request(agent, prompt, i)
+            req = bench_request(agent, prompt, i, max_tokens)
             body = json.dumps({"messages": req.messages, **req.sampling()}).encode()
             req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions",
                                          data=body, headers={"Content-Type":
                                                              "application/json"})
             with urllib.request.urlopen(req, timeout=600) as resp:
-                return json.load(resp)["usage"]["completion_tokens"]
+                done = json.load(resp)
+                return done["usage"]["completion_tokens"], done.get("timings") or {}
 
         start = time.perf_counter()
         with ThreadPoolExecutor(slots) as pool:
-            tokens = sum(pool.map(ask, enumerate(prompts(n))))
+            answers = list(pool.map(ask, enumerate(prompts(n))))
         wall = time.perf_counter() - start
-        return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall, "req_s": n / wall}
+        tokens = sum(t for t, _ in answers)
+        own = [t.get("predicted_per_second") for _, t in answers if t.get("predicted_per_second")]
+        return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall, "req_s": n / wall,
+                "server_per_request_tok_s": statistics.median(own) if own else 0.0}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
 def llama_batched_bench_run(binary: str, prompt_tokens: int, threads: int,
-                            widths: tuple[int, ...] = (1, 8, 16)) -> dict[str, Any]:
+                            widths: tuple[int, ...] = (1, 8, 16),
+                            generate: int = MAX_TOKENS) -> dict[str, Any]:
     """llama.cpp's own batched decoding with no Python at all (``llama-batched-bench``): each
     of B sequences evaluates a prompt of ``prompt_tokens`` and generates 64 tokens."""
     from hpc_chat.llm.models import resolve_model
 
     out = subprocess.run(
         [binary, "-m", str(resolve_model("default")), "-c", str(2048 * max(widths)),
-         "-b", "2048", "-ub", "512", "-npp", str(prompt_tokens), "-ntg", str(MAX_TOKENS),
+         "-b", "2048", "-ub", "512", "-npp", str(prompt_tokens), "-ntg", str(generate),
          "-npl", ",".join(map(str, widths)), "-t", str(threads), "-fa", "on",
          "--output-format", "jsonl"], capture_output=True, text=True, timeout=900)
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
@@ -328,6 +454,21 @@ def machine_description() -> str:
     return f"{cpu} (host {socket.gethostname()})"
 
 
+TWO_NODE_PROFILE = Path("tests/fixtures/sites/local-slurm-2n.yaml")  # in an hpc_chat checkout
+
+
+def two_nodes_up() -> bool:
+    """``scripts/local-slurm.sh up --nodes 2`` has run: partition ``multi`` has 2 usable nodes
+    (and this is a checkout, which has the profile)."""
+    if not (shutil.which("sinfo") and TWO_NODE_PROFILE.is_file()):
+        return False
+    out = subprocess.run(["sinfo", "-h", "-N", "-p", "multi", "-o", "%T"], capture_output=True,
+                         text=True)
+    states = out.stdout.split()
+    return out.returncode == 0 and len(states) == 2 and all(
+        s.startswith(("idle", "mixed", "allocated")) for s in states)
+
+
 def slurm_up() -> bool:
     if not shutil.which("sinfo"):
         return False
@@ -343,7 +484,8 @@ THROUGHPUT_CONFIGS = [  # (workers, threads per worker, batch size)
 
 
 def run_suite(repeats: int = 3, requests: int = 32, overhead_requests: int = 16,
-              slurm: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+              slurm: bool = True, log: Callable[[str], None] = print,
+              real_requests: int = 64) -> dict[str, Any]:
     from hpc_chat.llm.models import resolve_model
 
     cores = len(os.sched_getaffinity(0))
@@ -353,6 +495,8 @@ def run_suite(repeats: int = 3, requests: int = 32, overhead_requests: int = 16,
         "max_tokens": MAX_TOKENS,
         "model_bytes": resolve_model("default").stat().st_size,
         "machine": machine_description()}}
+    log("the real workload")
+    results["real"] = real_workload(real_requests, repeats, log)
     log("1. orchestration overhead")
     direct16 = median_of(repeats, lambda: direct_loop(overhead_requests, 2))
     wf16 = median_of(repeats, lambda: workflow_run(overhead_requests, 1, 2, 1))
@@ -403,6 +547,14 @@ def run_suite(repeats: int = 3, requests: int = 32, overhead_requests: int = 16,
                             "vs_local": on_slurm["tok_s"] / best["tok_s"]}
     else:
         results["slurm"] = None
+    results["slurm_2n"] = None
+    if slurm and two_nodes_up():
+        log("4b. two nodes on the local Slurm (correctness and overhead, not scaling: 2 cores)")
+        profile = str(TWO_NODE_PROFILE.resolve())
+        two = median_of(repeats, lambda: workflow_run(requests, 1, 1, 4, profile))
+        # the same per-node setup (1 worker, 1 thread, one engine) in a 1-node pilot job
+        one = median_of(repeats, lambda: workflow_run(requests, 1, 1, 4, "local-slurm"))
+        results["slurm_2n"] = {**two, "one_node": one}
     log("5. the physical limit")
     bw = median_of(repeats, copy_bandwidth)
     single = median_of(repeats, lambda: single_stream_generation(2))

@@ -21,6 +21,7 @@ from hpc_chat.cli.app import (
     generation_options,
     with_common,
 )
+from hpc_chat.cli.live import answer_live
 from hpc_chat.cli.output import print_agents, print_conversation, print_result, print_stats
 
 
@@ -38,9 +39,9 @@ from hpc_chat.cli.output import print_agents, print_conversation, print_result, 
                    "several --agents ask for workers of their own; 'off': never.")
 def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, model,
         conversation, as_json, raw, server):
-    """Ask one question; the routed agents answer in parallel. QUESTION '-' reads it from
-    standard input (echo "What is MPI?" | hpc-chat ask -). A running 'hpc-chat serve' answers
-    it from warm workers (see --server)."""
+    """Ask one question; the routed agents answer in parallel, each in a live panel on a
+    terminal. QUESTION '-' reads it from standard input (echo "What is MPI?" | hpc-chat ask -).
+    A running 'hpc-chat serve' answers it from warm workers (see --server)."""
     if question == "-":
         question = sys.stdin.read()
     if not question.strip():
@@ -62,10 +63,13 @@ def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, 
     session = Session(config, site, quiet=as_json or raw, allocation=allocation,
                       endpoint=endpoint, wait_for_workers=True, model=model,
                       agents=agents_list(agents)).check()
+    request = {"conversation_id": conversation, "agents": agents_list(agents),
+               "options": generation_options(seed, max_tokens)}
     with session as s:
-        result = s.run(s.workflow.process_request(question, conversation_id=conversation,
-                                                 agents=agents_list(agents),
-                                                 options=generation_options(seed, max_tokens)))
+        if as_json or raw or not console.is_terminal:  # a pipe gets the answer once, whole
+            result = s.run(s.workflow.process_request(question, **request))
+        else:
+            result = s.run(answer_live(s.workflow, question, console, **request))
     if as_json:
         click.echo(json.dumps(result, indent=2, ensure_ascii=False))
     else:
@@ -144,9 +148,11 @@ def chat(config, site, endpoint, allocation, agents, seed, max_tokens, model, co
             elif line.startswith("/"):
                 console.print("commands: /stats /agents /history /quit")
             else:
-                task = s.loop.create_task(s.workflow.process_request(
-                    line, conversation_id=name, agents=agents_list(agents),
-                    options=generation_options(seed, max_tokens)))
+                request = {"conversation_id": name, "agents": agents_list(agents),
+                           "options": generation_options(seed, max_tokens)}
+                task = s.loop.create_task(
+                    answer_live(s.workflow, line, console, **request) if console.is_terminal
+                    else s.workflow.process_request(line, **request))
                 try:
                     print_result(s.run(task))
                 except KeyboardInterrupt:

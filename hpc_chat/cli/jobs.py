@@ -123,7 +123,9 @@ def cleanup(dry_run):
 @click.option("--repeats", type=click.IntRange(1, 20), default=3, show_default=True,
               help="Runs per figure (the median is reported).")
 @click.option("--requests", "n_requests", type=click.IntRange(8, 1000), default=32,
-              show_default=True, help="Requests in the throughput batch.")
+              show_default=True, help="Requests in the throughput batch (64-token answers).")
+@click.option("--real-requests", type=click.IntRange(8, 1000), default=64, show_default=True,
+              help="Requests in the real workload (the packaged agent's own settings).")
 @click.option("--results-dir", default="bench-results", show_default=True,
               type=click.Path(file_okay=False),
               help="Where results.json, performance.md and performance.png go.")
@@ -133,7 +135,8 @@ def cleanup(dry_run):
 @click.option("--no-slurm", is_flag=True, help="Skip the local-Slurm case.")
 @click.option("--report-only", is_flag=True,
               help="Rewrite the report from RESULTS_DIR/results.json without measuring.")
-def bench(repeats, n_requests, results_dir, update_docs, no_slurm, report_only):
+def bench(repeats, n_requests, real_requests, results_dir, update_docs, no_slurm,
+          report_only):
     """Run the benchmark suite; write results JSON, a report (performance.md) and its plot."""
     from hpc_chat.bench.report import plotting_problem, typed, verdicts, write_report
     from hpc_chat.bench.suite import run_suite
@@ -158,6 +161,7 @@ def bench(repeats, n_requests, results_dir, update_docs, no_slurm, report_only):
         if problem:  # say so before minutes of measuring, not after
             err_console.print(f"note: {problem}; the report will have no plot", highlight=False)
         res = run_suite(repeats=repeats, requests=n_requests, slurm=not no_slurm,
+                        real_requests=real_requests,
                         log=lambda text: err_console.print(text, highlight=False))
     for path in write_report(res, Path(results_dir), docs, readme):
         console.print(f"wrote {path}", highlight=False)

@@ -32,9 +32,11 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from functools import partial
 
 from hpc_chat.errors import PromptTooLongError
 from hpc_chat.llm.engine import ChatEngine, Completion
+from hpc_chat.llm.feed import Feed, Job
 from hpc_chat.llm.request import GenRequest, prompt_too_long
 
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size default
@@ -44,7 +46,7 @@ PREFIX_HOLDERS = 3  # shared prompt chunks kept at once (e.g. one per agent)
 
 @dataclass
 class _Seq:
-    index: int
+    job: Job
     req: GenRequest
     prompt: list[int]
     stop: list[str]
@@ -209,40 +211,61 @@ class BatchedEngine:
         """Answer every request; a request that cannot run gets its exception in its slot.
         ``on_text[i]`` (when given and not None) hears request i's text so far after each
         token; returning False stops that answer (``finish_reason: cancelled``)."""
-        with self.lock:
-            self._on_text = on_text or [None] * len(requests)
-            return self._generate(requests)
+        results: list[Completion | Exception | None] = [None] * len(requests)
+        listeners = on_text or [None] * len(requests)
+        feed = Feed([Job(req, partial(results.__setitem__, i), listeners[i])
+                     for i, req in enumerate(requests)])
+        feed.close()
+        self.run(feed)
+        return results  # type: ignore[return-value]
 
-    def _generate(self, requests: list[GenRequest]) -> list[Completion | Exception]:
+    def run(self, feed: Feed) -> None:
+        """Decode the feed's jobs until it is closed and empty. A decode failure fails every
+        job in flight and every waiting one, then raises (the context may be unusable)."""
+        with self.lock:
+            active: dict[int, _Seq] = {}
+            try:
+                self._run(feed, active)
+            except BaseException as exc:
+                for s in active.values():
+                    s.job.done(exc)
+                feed.drain(exc)
+                raise
+
+    def _run(self, feed: Feed, active: dict[int, _Seq]) -> None:
         import random
 
         lc = self.lc
-        results: list[Completion | Exception | None] = [None] * len(requests)
-        queue: deque[tuple[int, GenRequest]] = deque(enumerate(requests))
+        waiting: deque[Job] = deque()
         free = list(range(self.n_seq))
-        active: dict[int, _Seq] = {}
         batch = lc.llama_batch_init(self.n_batch, 0, 1)
         prefix_batch = lc.llama_batch_init(self.n_batch, 0, 1)
         started = time.perf_counter()
         try:
-            while queue or active:
+            while True:
+                # New requests join at this step while slots are free; wait only when idle.
+                waiting.extend(feed.take(len(free) - len(waiting),
+                                         block=not active and not waiting))
+                if not active and not waiting:
+                    break  # closed and empty
                 # What each sequence decodes this step: (token, position, wants logits).
                 step_tokens: dict[int, list[tuple[int, int, bool]]] = {}
                 for seq_id, s in active.items():  # one new token for each running request
                     step_tokens[seq_id] = [(s.next_token, s.pos, True)]
                     s.pos += 1
                 generating = n = len(step_tokens)
-                while queue and free:  # admit new requests while their prompts fit
-                    index, req = queue[0]
+                while waiting and free:  # admit new requests while their prompts fit
+                    job = waiting[0]
+                    req = job.req
                     try:
                         tokens, k, stops = self._prompt(req)
                     except PromptTooLongError as exc:
-                        queue.popleft()
-                        results[index] = exc
+                        waiting.popleft()
+                        job.done(exc)
                         continue
                     if n + len(tokens) - k > self.n_batch:
                         break
-                    queue.popleft()
+                    waiting.popleft()
                     seq_id = free.pop(0)  # the lowest free id keeps running ids contiguous
                     if k:  # the shared chunk: copy its cache instead of evaluating it
                         holder = self._holder(tokens[:k], prefix_batch)
@@ -250,13 +273,13 @@ class BatchedEngine:
                     else:
                         lc.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
                     seed = req.seed if req.seed is not None else random.getrandbits(32)
-                    active[seq_id] = _Seq(index, req, tokens, stops, self._sampler(req, seed),
+                    active[seq_id] = _Seq(job, req, tokens, stops, self._sampler(req, seed),
                                           time.perf_counter(), pos=len(tokens), shared=k)
                     step_tokens[seq_id] = [(tokens[i], i, i == len(tokens) - 1)
                                            for i in range(k, len(tokens))]
                     n += len(tokens) - k
                 if n == 0:
-                    break
+                    continue  # every waiting prompt was refused: take the next ones
                 # With one KV stream per sequence, llama.cpp puts sequences in one micro-batch
                 # only while their ids ascend by one in batch order; in any other order each
                 # sequence gets a forward pass of its own and batching gains nothing.
@@ -281,10 +304,10 @@ class BatchedEngine:
                     s = active[seq_id]
                     token = lc.llama_sampler_sample(s.sampler, self.ctx, s.logit_row)
                     if self._finished(s, token):
-                        results[s.index] = self._completion(s, started)
-                        lc.llama_sampler_free(s.sampler)
                         del active[seq_id]
+                        lc.llama_sampler_free(s.sampler)
                         bisect.insort(free, seq_id)
+                        s.job.done(self._completion(s, started))
                     else:
                         s.next_token = token
                 self.profile.sample_s += time.perf_counter() - decoded
@@ -294,7 +317,6 @@ class BatchedEngine:
             lc.llama_batch_free(batch)
             lc.llama_batch_free(prefix_batch)
             self.profile.wall_s += time.perf_counter() - started
-        return results  # type: ignore[return-value]
 
     def _finished(self, s: _Seq, token: int) -> bool:
         if self.lc.llama_vocab_is_eog(self.vocab, token):
@@ -311,8 +333,7 @@ class BatchedEngine:
         if len(s.out) >= s.req.max_tokens:
             s.finish = "length"
             return True
-        listener = self._on_text[s.index]
-        if listener is not None and not listener(text):
+        if not s.job.listen(text):
             s.finish = "cancelled"
             return True
         return False

@@ -24,11 +24,13 @@ import re
 import threading
 import time
 from collections import deque
+from functools import partial
 from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hpc_chat.errors import ModelNotFoundError
+from hpc_chat.llm.feed import Feed, Job
 from hpc_chat.llm.request import GenRequest, prompt_too_long
 
 ECHO = "echo"
@@ -180,40 +182,54 @@ class EchoBatchedEngine:
         self.lock = threading.Lock()
 
     def generate(self, requests: list[GenRequest], on_text: list | None = None) -> list:
+        results: list = [None] * len(requests)
+        listeners = on_text or [None] * len(requests)
+        feed = Feed([Job(req, partial(results.__setitem__, i), listeners[i])
+                     for i, req in enumerate(requests)])
+        feed.close()
+        self.run(feed)
+        return results
+
+    def run(self, feed: Feed) -> None:
+        """Answer the feed's jobs until it is closed and empty (as the real engine's ``run``)."""
         from hpc_chat.llm.engine import Completion
 
         with self.lock:
-            results: list = [None] * len(requests)
-            queue = deque()
-            for i, req in enumerate(requests):
-                size = self.engine.prompt_size(req.messages)
-                if size + req.max_tokens > self.n_ctx_seq:
-                    results[i] = prompt_too_long(size, req.max_tokens, self.n_ctx_seq)
-                else:
-                    queue.append((i, size, *self.engine.answer(req.messages, req.max_tokens,
-                                                               req.stop)))
-            active: dict[int, list] = {}  # index -> [prompt size, text, tokens, finish, left, t0]
+            queue: deque = deque()
+            active: dict[int, list] = {}  # id -> [prompt size, text, tokens, finish, left, t0, job]
             pace = Pace(self.engine.pace.token_s)
-            while queue or active:
+            ids = iter(range(1 << 62))
+            while True:
+                for job in feed.take(self.n_seq - len(active) - len(queue),
+                                     block=not active and not queue):
+                    req = job.req
+                    size = self.engine.prompt_size(req.messages)
+                    if size + req.max_tokens > self.n_ctx_seq:
+                        job.done(prompt_too_long(size, req.max_tokens, self.n_ctx_seq))
+                    else:
+                        queue.append((job, size, *self.engine.answer(req.messages,
+                                                                     req.max_tokens, req.stop)))
+                if not queue and not active:
+                    if feed.closed:
+                        return
+                    continue
                 while queue and len(active) < self.n_seq:
-                    i, size, text, n, finish = queue.popleft()
-                    active[i] = [size, text, n, finish, n, time.perf_counter()]
+                    job, size, text, n, finish = queue.popleft()
+                    active[next(ids)] = [size, text, n, finish, n, time.perf_counter(), job]
                 if any(a[4] > 0 for a in active.values()):
                     pace.step()  # one decode step for every running answer
                 for i in list(active):
                     a = active[i]
                     a[4] -= 1
-                    listener = on_text[i] if on_text else None
                     done = a[2] - a[4]
                     ends = [m.end() for m in re.finditer(r"\S+", a[1])]
-                    if listener is not None and a[4] > 0 and 0 < done <= len(ends) and \
-                            not listener(a[1][:ends[done - 1]]):
+                    if a[4] > 0 and 0 < done <= len(ends) and \
+                            not a[6].listen(a[1][:ends[done - 1]]):
                         a[1], a[2], a[3], a[4] = a[1][:ends[done - 1]], done, "cancelled", 0
                     if a[4] <= 0:
-                        size, text, n, finish, _, t0 = active.pop(i)
-                        results[i] = Completion(
+                        size, text, n, finish, _, t0, job = active.pop(i)
+                        job.done(Completion(
                             text=text, finish_reason=finish, prompt_tokens=size,
                             completion_tokens=n, model_load_s=self.engine.load_s,
                             model_loaded_now=False, generation_s=time.perf_counter() - t0,
-                            extra={"batched": True, "echo": True})
-            return results
+                            extra={"batched": True, "echo": True}))

@@ -153,6 +153,9 @@ def build_executor(profile: schema.SiteProfile, *, allocation: bool = False,
                                   **kwargs)
 
 
+STRATEGY_PERIOD_S = 0.5
+
+
 def build_config(profile: schema.SiteProfile, *, allocation: bool = False,
                  max_workers: int | None = None, retries: int = 0, retry_handler=None,
                  memoizer=None, monitoring=None, heartbeat: tuple[int, int] | None = None,
@@ -161,6 +164,11 @@ def build_config(profile: schema.SiteProfile, *, allocation: bool = False,
 
     Parsl's own log (``runinfo/NNN/parsl.log``) is kept at INFO: at DEBUG it copies every
     task's arguments, prompts and history included. ``hpc-chat --debug`` restores DEBUG.
+
+    Parsl submits even the first (``init_blocks``) block on its scaling strategy's first tick,
+    ``strategy_period`` after start (5 s by default): every command would wait that long for
+    nothing. Each tick is cheap (the scheduler itself is asked only every
+    ``status_polling_interval``), so it ticks every :data:`STRATEGY_PERIOD_S` instead.
     """
     from parsl.config import Config
     from parsl.logconfigs.file import FileLogging
@@ -174,6 +182,7 @@ def build_config(profile: schema.SiteProfile, *, allocation: bool = False,
         memoizer=memoizer,
         monitoring=monitoring,
         usage_tracking=0,
+        strategy_period=STRATEGY_PERIOD_S,
         initialize_logging=FileLogging(
             level=logging.DEBUG if os.environ.get("HPC_CHAT_DEBUG") else logging.INFO),
     )

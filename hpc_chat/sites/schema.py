@@ -264,6 +264,10 @@ class ModelSettings(StrictModel):
     n_gpu_layers: int = Field(0, ge=-1)
     n_batch: int = Field(512, ge=1)
     aliases: dict[str, str] = Field(default_factory=dict)
+    # node: one engine per model (per GPU) on each node decodes every worker's requests in one
+    # continuous batch of engine_slots sequences; worker: each worker decodes its own tasks.
+    engine: Literal["node", "worker"] = "node"
+    engine_slots: int = Field(8, ge=1, le=256)
 
     @field_validator("model")
     @classmethod

@@ -21,9 +21,11 @@ from hpc_chat.agents.cache import cache_key, process_cache
 from hpc_chat.agents.config import AgentConfig
 from hpc_chat.configfile import format_validation_error
 from hpc_chat.errors import ConfigError, ModelNotFoundError, PromptTooLongError
+from hpc_chat.llm.engine import Completion
 from hpc_chat.llm.models import ModelSpec, model_location
 from hpc_chat.llm.registry import get_batched_engine, get_engine
 from hpc_chat.llm.request import GenRequest, Sampling, prompt_too_long
+from hpc_chat.worker import engine_client
 from hpc_chat.worker.provenance import job_id, model_file, versions
 from hpc_chat.worker.retry import error_kind
 from hpc_chat.worker.stream import TokenSender
@@ -98,6 +100,7 @@ class Prepared:
     key: str
     exact: bool = False  # the caller's own messages: never shortened to fit
     stream: dict | None = None  # where to send the text as it grows (hpc_chat.tokenstream)
+    engine: dict = field(default_factory=dict)  # the site's engine settings (engine_client)
     started: float = field(default_factory=time.time)
 
     @property
@@ -133,7 +136,7 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
     if request.seed is None:  # drawn here and recorded, so that this answer can be replayed
         request = request.model_copy(update={"seed": random.getrandbits(31)})
     return Prepared(agent, request, spec, name, key, exact=bool(context.get("exact")),
-                    stream=context.get("stream"))
+                    stream=context.get("stream"), engine=engine_client.settings(site_model))
 
 
 def _cached(prep: Prepared) -> dict | None:
@@ -149,7 +152,8 @@ def _cached(prep: Prepared) -> dict | None:
     return hit
 
 
-def _result(prep: Prepared, completion, n_threads: int, decoded: GenRequest) -> dict:
+def _result(prep: Prepared, done: Decoded) -> dict:
+    completion, decoded = done.completion, done.request
     history_turns = len(decoded.messages) - 2
     result = {
         "content": completion.text,
@@ -162,8 +166,9 @@ def _result(prep: Prepared, completion, n_threads: int, decoded: GenRequest) -> 
         "history_turns_used": history_turns,
         "cached": False,
         "worker": worker_identity(),
-        "n_threads": n_threads,
+        "n_threads": done.n_threads,
         "batched": bool(completion.extra.get("batched")),
+        "engine": done.engine,
     }
     result["provenance"] = provenance(prep, decoded, result)
     if prep.caching and completion.finish_reason != "cancelled":  # a partial answer: never
@@ -182,18 +187,77 @@ def provenance(prep: Prepared, decoded: GenRequest, result: dict) -> dict:
         "answer_sha256": hashlib.sha256(str(result["content"]).encode("utf-8",
                                                                      "replace")).hexdigest(),
         "job_id": job_id(), "host": result["worker"]["host"], "worker": result["worker"],
+        "engine": result["engine"],
         "batched": result["batched"], "start": result["timings"]["start"],
         "end": result["timings"]["end"],
     }
+
+
+@dataclass
+class Decoded:
+    """One request's completion, the request as decoded (its messages fitted to the context),
+    and the engine that decoded it."""
+
+    completion: Completion
+    request: GenRequest
+    n_threads: int
+    engine: dict | None = None  # the node engine's pid, host and slots; None: this process
+
+
+def fit(count_tokens, n_ctx: int, req: GenRequest, exact: bool) -> GenRequest:
+    """The request with its messages fitted to the context window (:func:`fit_to_context`)."""
+    msgs = fit_to_context(req.messages, count_tokens, n_ctx, req.max_tokens,
+                          drop_history=not exact)
+    return req.model_copy(update={"messages": msgs})
+
+
+def decode_here(preps: list[Prepared], n_seq: int | None) -> list[Decoded | Exception]:
+    """Decode in this process's own engine: batched with ``n_seq`` sequences, or one at a time
+    (``n_seq`` None)."""
+    engine, loaded_now = get_engine(preps[0].spec)
+    out: list[Decoded | Exception | None] = [None] * len(preps)
+    fitted = []
+    for j, prep in enumerate(preps):
+        try:
+            fitted.append((j, prep, fit(engine.count_tokens, prep.spec.n_ctx, prep.request,
+                                        prep.exact)))
+        except PromptTooLongError as exc:
+            out[j] = exc
+    batched = get_batched_engine(engine, n_seq) if n_seq is not None else None
+    stops = getattr(batched, "template_stops", [])  # what the engine stops on besides
+    senders = [TokenSender(prep.stream, [*decoded.stop, *stops]) if prep.stream else None
+               for (_, prep, decoded) in fitted]
+    completions: list = [None] * len(fitted)
+    try:
+        if batched is None:
+            completions = [engine.complete(d, on_text=sender)
+                           for (_, _, d), sender in zip(fitted, senders)]
+        else:
+            completions = batched.generate([d for _, _, d in fitted], on_text=senders)
+    finally:  # every stream ends, with the rest of its answer when there is one
+        for sender, done in zip(senders, completions):
+            if sender is not None:
+                sender.finish(getattr(done, "text", None))
+    for (j, _, decoded), completion in zip(fitted, completions):
+        if isinstance(completion, Exception):
+            out[j] = completion
+            continue
+        completion.model_loaded_now = loaded_now
+        loaded_now = False  # count the load once, on the first answer
+        out[j] = Decoded(completion, decoded, engine.n_threads)
+    return out  # type: ignore[return-value]
 
 
 def answer(agent_config: dict, items: list[dict],
            n_seq: int | None = None) -> list[dict | Exception]:
     """Every item's result, or the exception that item alone failed with.
 
-    ``items`` are ``{"message", "context"}``. With ``n_seq`` the answers are decoded together in
-    a batched context of that many sequences (:mod:`hpc_chat.llm.batched`); without it, one at a
-    time by the unbatched engine. Either way the same :class:`GenRequest` goes to the engine.
+    ``items`` are ``{"message", "context"}``. Inside a Parsl worker the requests go to the
+    node's engine (:mod:`hpc_chat.worker.engine_client`), which decodes them together with
+    every other worker's, unless the site says ``model.engine: worker``. Otherwise, with
+    ``n_seq`` the answers are decoded together in a batched context of that many sequences
+    (:mod:`hpc_chat.llm.batched`); without it, one at a time by the unbatched engine. Either
+    way the same :class:`GenRequest` goes to the engine.
     """
     out: list[dict | Exception | None] = [None] * len(items)
     todo: list[tuple[int, Prepared]] = []
@@ -210,41 +274,13 @@ def answer(agent_config: dict, items: list[dict],
             todo.append((i, prep))
     if not todo:
         return out  # type: ignore[return-value]
-    engine, loaded_now = get_engine(todo[0][1].spec)
-    fitted, requests = [], []
-    for i, prep in todo:
-        req = prep.request
-        try:
-            msgs = fit_to_context(req.messages, engine.count_tokens, prep.spec.n_ctx,
-                                  req.max_tokens, drop_history=not prep.exact)
-        except PromptTooLongError as exc:
-            out[i] = exc
-            continue
-        decoded = req.model_copy(update={"messages": msgs})
-        fitted.append((i, prep, decoded))
-        requests.append(decoded)
-    batched = get_batched_engine(engine, n_seq) if n_seq is not None else None
-    stops = getattr(batched, "template_stops", [])  # what the engine stops on besides
-    senders = [TokenSender(prep.stream, [*decoded.stop, *stops]) if prep.stream else None
-               for (_, prep, decoded) in fitted]
-    completions: list = [None] * len(requests)
-    try:
-        if n_seq is None:
-            completions = [engine.complete(r, on_text=sender)
-                           for r, sender in zip(requests, senders)]
-        else:
-            completions = batched.generate(requests, on_text=senders)
-    finally:  # every stream ends, with the rest of its answer when there is one
-        for sender, done in zip(senders, completions):
-            if sender is not None:
-                sender.finish(getattr(done, "text", None))
-    for (i, prep, decoded), completion in zip(fitted, completions):
-        if isinstance(completion, Exception):
-            out[i] = completion
-            continue
-        completion.model_loaded_now = loaded_now
-        loaded_now = False  # count the load once, on the first answer
-        out[i] = _result(prep, completion, engine.n_threads, decoded)
+    preps = [prep for _, prep in todo]
+    if engine_client.wanted(preps[0].engine):
+        decoded = engine_client.decode(preps[0].spec, preps[0].engine, preps)
+    else:
+        decoded = decode_here(preps, n_seq)
+    for (i, prep), done in zip(todo, decoded):
+        out[i] = done if isinstance(done, Exception) else _result(prep, done)
     return out  # type: ignore[return-value]
 
 

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 # The interchange renames itself with setproctitle; older Parsl showed interchange.py.
-MARKERS = ("process_worker_pool", "interchange.py", "parsl: HTEX interchange")
+MARKERS = ("process_worker_pool", "interchange.py", "parsl: HTEX interchange",
+           "hpc_chat.worker.node_engine")
 
 
 def parsl_processes() -> set[int]:

@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.model, pytest.mark.parsl]
 def test_worker_killed_mid_batch_every_request_answered_once(fixtures, tmp_path):
     """SIGKILL the worker process that just answered, in the middle of a 30-request batch:
     its in-flight task is lost, retried, and every prompt appears exactly once, answered.
-    Each answer takes 1 s (the echo model), so the worker is busy with its next one."""
+    Each answer takes 1 s (the echo model), so the worker is busy with its next one. The
+    node's engine is not the worker's: it goes on serving the other worker and the retry."""
     from hpc_chat.batchfile import OutputWriter, read_batch
     from hpc_chat.batchrun import answer_all
 
@@ -64,6 +65,9 @@ def test_worker_killed_mid_batch_every_request_answered_once(fixtures, tmp_path)
     answered = Counter(x["id"] for x in lines if x["ok"])
     assert sorted(answered) == list(range(1, 31)) and set(answered.values()) == {1}
     assert stats["retried_tasks"] >= 1
+    assert len({x["provenance"]["agents"][0]["worker"]["pid"] for x in lines}) >= 2
+    engines = {x["provenance"]["agents"][0]["engine"]["pid"] for x in lines}
+    assert len(engines) == 1, f"the engine should have survived the worker: {engines}"
 
 
 def test_shutdown_ends_even_when_the_interchange_died(fixtures, tmp_path):

@@ -71,7 +71,7 @@ def test_performance_monitoring(loop, workflow):
     assert 0 < stats["min_response_time"] <= stats["avg_response_time"] <= \
         stats["max_response_time"]
     assert stats["throughput"] > 0 and stats["tokens_per_s"] > 0
-    assert stats["model_loads"] <= 2  # one per worker, at most 2 workers
+    assert stats["model_loads"] == 1  # one engine for the node, whichever worker asked
     parsl_stats = loop.run_until_complete(workflow.get_parsl_stats())
     assert parsl_stats["active_workers"] == 2
     assert parsl_stats["pending_tasks"] == 0

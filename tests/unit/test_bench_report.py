@@ -81,3 +81,48 @@ def test_profile_section_explains_the_cost_per_token_from_the_counters():
         "8": {"tg_tok_s": 180.0, "pp_tok_s": 267.0, "tok_s": 144.0}}}
     text = "\n".join(profile_section(res))
     assert "| 8 | 180 | 267 | 144 |" in text and "gains 1.80x from batching 8" in text
+
+
+def real_workload(hpc=180.0, direct=140.0, server8=170.0, first_token=0.2):
+    rate = {"wall_s": 40.0, "req_s": 1.6, "tokens": 7800}
+    return {"requests": 64, "agent": "balanced_agent", "max_tokens": 256,
+            "hpc_chat": {**rate, "tok_s": hpc, "start_s": 3.0, "steady_tok_s": hpc * 1.1,
+                         "median_answer_tokens": 86, "min_answer_tokens": 9,
+                         "max_answer_tokens": 256, "engines": 1},
+            "direct": {**rate, "tok_s": direct, "median_answer_tokens": 86},
+            "first_token": {"first_token_s": first_token},
+            "llama_server": {"8": {**rate, "tok_s": server8, "server_per_request_tok_s": 25.0},
+                             "16": {**rate, "tok_s": 160.0}},
+            "llama_batched_bench": {"prompt_tokens": 24, "generated_tokens": 86, "widths": {
+                "1": {"tg_tok_s": 200.0, "pp_tok_s": 500.0, "tok_s": 180.0},
+                "8": {"tg_tok_s": 370.0, "pp_tok_s": 570.0, "tok_s": 300.0}}}}
+
+
+def test_the_real_workload_is_the_headline_with_its_own_targets():
+    res = results()
+    res["real"] = real_workload()
+    rows = {desc: (round(value, 3), ok) for desc, value, _, ok in verdicts(res)}
+    assert rows["real workload: hpc-chat batch end to end / plain loop"] == (1.286, False)
+    assert rows["real workload: hpc-chat batch end to end / llama-server -np 8"] == (1.059, True)
+    assert rows["real workload: hpc-chat's gain / llama-batched-bench's gain at 8"] == \
+        (round((180 / 140) / (300 / 180), 3), False)
+    assert rows["first streamed token on a warm worker (s)"] == (0.2, True)
+    block = readme_block(res)
+    assert "the real workload: 64 prompts" in block
+    assert "1.29x a plain llama-cpp-python loop" in block
+    assert "1.06x llama.cpp's `llama-server -np 8`" in block
+    text = markdown(res, "performance.png")
+    assert "| `llama-server -np 16 -fa on`" in text and "answers have their natural lengths" in text
+
+
+def test_the_two_node_row_and_the_scaling_model():
+    res = results()
+    rate = {"wall_s": 20.0, "tok_s": 90.0, "req_s": 1.0, "first_latency_s": 1.0,
+            "steady_latency_s": 0.2, "model_loads": 2, "workers_seen": 2, "blocks": 1}
+    res["slurm_2n"] = {**rate, "hosts_seen": 2, "engines_seen": 2,
+                       "one_node": {**rate, "tok_s": 100.0}}
+    text = markdown(res, "performance.png")
+    assert "answered from 2 hosts by 2 engines" in text and "(ratio 0.90)" in text
+    assert "caps the whole allocation near 3600 requests/s" in text
+    assert "Not measured: the two-node" not in text
+    assert "Not measured: the two-node local Slurm" in markdown(results(), "x.png")

@@ -1,0 +1,68 @@
+"""Answers shown as they are generated: one live panel per answering agent.
+
+The driver opens a token hub (:mod:`hpc_chat.tokenstream`) and one stream per routed agent;
+the workers (through the node engine) send each answer's text as it grows, and the panels
+follow it. The result still comes back through Parsl and is printed as always once the
+request ends (the live panels are transient), so a pipe, ``--raw`` and ``--json`` get exactly
+what they got before. Globus Compute workers cannot reach the driver: no live panels there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from rich.console import Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.text import Text
+
+from hpc_chat.errors import HpcChatError
+from hpc_chat.server.run import stream_addresses
+from hpc_chat.tokenstream import RESTART, TokenHub
+
+REFRESH_PER_S = 12
+
+
+async def answer_live(workflow, question: str, console, **request) -> dict[str, Any]:
+    """``workflow.process_request(question, **request)``, with live panels on ``console``."""
+    where = stream_addresses(workflow)
+    try:
+        routes = workflow.choose_agents(question, request.get("agents"))
+    except HpcChatError:
+        routes = None  # the request reports it
+    if where is None or not routes:
+        return await workflow.process_request(question, **request)
+    hub = TokenHub()
+    await hub.start(*where)
+    try:
+        opened = {r.agent: hub.open() for r in routes}
+        texts = {agent: "" for agent in opened}
+        task = workflow.submit_request(question, stream={a: spec for a, (_, spec)
+                                                         in opened.items()}, **request)
+
+        def panels():
+            return Group(*(Panel(Text(texts[a] or "…"), title=Text(a), title_align="left")
+                           for a in texts))
+
+        async def follow(agent, stream):
+            while True:
+                piece = await stream.queue.get()
+                if piece is None:
+                    return
+                texts[agent] = "" if piece is RESTART else texts[agent] + piece
+
+        followers = [asyncio.ensure_future(follow(a, s)) for a, (s, _) in opened.items()]
+        try:
+            with Live(panels(), console=console, transient=True,
+                      refresh_per_second=REFRESH_PER_S) as live:
+                while not task.done():
+                    await asyncio.wait([task], timeout=1 / REFRESH_PER_S)
+                    live.update(panels())
+        finally:  # also when the user cancels the answer (Ctrl-C in chat)
+            task.cancel()
+            for f in followers:
+                f.cancel()
+        return task.result()
+    finally:
+        await hub.stop()

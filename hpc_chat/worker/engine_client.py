@@ -1,0 +1,207 @@
+"""A worker's side of its node's engine: find it (start it when there is none), send it
+requests, read their answers back.
+
+In a Parsl worker, requests do not decode in the worker's own process: they go over a Unix
+socket to one engine per model spec on the node (:mod:`hpc_chat.worker.node_engine`), which
+decodes every worker's requests in one continuous batch. The socket lives in a directory only
+this user can open (``$TMPDIR/hpc_chat-UID``, or ``/tmp`` when that path is too long for a Unix
+socket) and is named after the host and the worker pool's manager (so each pilot job's pool
+has its own engine, which ends with it) and a hash of the model spec, the slots and the GPUs
+the worker may use (so each GPU of a node gets its own engine).
+
+The first worker that needs an engine starts it, holding a lock file so that only one does;
+the others wait on the lock and then connect. An engine that ends while it holds a request
+raises :class:`EngineLost` here: the whole task fails and Parsl retries it, and the retry
+starts a fresh engine.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from multiprocessing.connection import Client, Connection
+from pathlib import Path
+
+from hpc_chat.errors import PromptTooLongError
+from hpc_chat.llm.engine import Completion
+from hpc_chat.llm.models import ModelSpec
+from hpc_chat.llm.request import GenRequest
+from hpc_chat.worker.stream import TokenSender
+
+GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK",
+                 "HIP_VISIBLE_DEVICES")
+MAX_SOCKET_PATH = 100  # a Unix socket path must fit in 108 bytes
+START_POLL_S = 0.05
+DEFAULT_SLOTS = 8
+
+
+class EngineLost(RuntimeError):
+    """The node engine ended (killed, out of memory) while it held this request: retryable."""
+
+
+def settings(site_model: dict) -> dict:
+    """The site's engine settings from its ``model`` section: ``engine`` (``node`` or
+    ``worker``) and ``engine_slots``."""
+    return {"mode": site_model.get("engine") or "node",
+            "slots": int(site_model.get("engine_slots") or DEFAULT_SLOTS)}
+
+
+def wanted(engine: dict) -> bool:
+    """The node engine is used inside a Parsl worker (which has a pool manager to outlive the
+    task and bound the engine's life) unless the site asks for in-worker decoding."""
+    return engine.get("mode", "node") == "node" and "PARSL_WORKER_RANK" in os.environ
+
+
+def socket_dir() -> Path:
+    base = Path(tempfile.gettempdir()) / f"hpc_chat-{os.getuid()}"
+    if len(str(base)) > MAX_SOCKET_PATH - 60:  # room for the engine's file name
+        base = Path("/tmp") / f"hpc_chat-{os.getuid()}"
+    base.mkdir(mode=0o700, exist_ok=True)
+    info = base.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise RuntimeError(f"{base} must be a directory only you can open (chmod 700 {base})")
+    return base
+
+
+def engine_path(spec: ModelSpec, slots: int) -> Path:
+    gpus = {name: os.environ.get(name) for name in GPU_VARIABLES}
+    key = hashlib.sha256(json.dumps([spec.model_dump(), slots, gpus],
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    return socket_dir() / f"engine-{_host()}-{os.getppid()}-{key}.sock"
+
+
+def _host() -> str:
+    """This host's name in file names: a $TMPDIR shared between nodes keeps them apart."""
+    return socket.gethostname().split(".")[0][:24] or "host"
+
+
+_threads = threading.Lock()  # lockf excludes other processes only, not this one's threads
+
+
+@contextmanager
+def _locked(path: Path):
+    with _threads, open(path, "a") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
+def _try_connect(path: Path) -> Connection | None:
+    try:
+        return Client(str(path), family="AF_UNIX")
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+
+
+def connect(spec: ModelSpec, slots: int) -> Connection:
+    """A connection to this node's engine for ``spec``, starting the engine when needed."""
+    path = engine_path(spec, slots)
+    conn = _try_connect(path)
+    if conn is not None:
+        return conn
+    with _locked(path.with_suffix(".lock")):
+        conn = _try_connect(path)  # another worker started it while we waited
+        if conn is None:
+            start(path, spec, slots)
+            conn = _try_connect(path)
+        if conn is None:
+            raise EngineLost(f"the node engine at {path} ended as soon as it started")
+        return conn
+
+
+def remove_dead(directory: Path) -> None:
+    """The files of engines whose worker pool is gone (a killed job leaves them behind)."""
+    for sock in directory.glob(f"engine-{_host()}-*.sock"):
+        try:
+            manager = int(sock.name.rsplit("-", 2)[1])
+        except (IndexError, ValueError):
+            continue
+        if not Path(f"/proc/{manager}").exists():
+            for leftover in (sock, sock.with_suffix(".lock"), sock.with_suffix(".log")):
+                leftover.unlink(missing_ok=True)
+
+
+def start(path: Path, spec: ModelSpec, slots: int) -> None:
+    """Start an engine and wait until it listens (its model loaded), or say why it ended."""
+    path.unlink(missing_ok=True)  # a dead engine's socket
+    remove_dead(path.parent)
+    log_path = path.with_suffix(".log")
+    env = {k: v for k, v in os.environ.items() if k != "PARSL_WORKER_COUNT"}  # all the cores
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hpc_chat.worker.node_engine", "--socket", str(path),
+             "--spec", spec.model_dump_json(), "--slots", str(slots),
+             "--manager", str(os.getppid())],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            close_fds=True)
+    while not path.exists():  # the model load: as long as it takes (the task has a walltime)
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            raise EngineLost(f"the node engine for {spec.path} exited with code "
+                             f"{proc.returncode} while starting ({log_path}): "
+                             + " | ".join(tail))
+        time.sleep(START_POLL_S)
+
+
+def _exception(msg: dict) -> Exception:
+    kind = msg.get("kind")
+    if kind == "too_long":
+        return PromptTooLongError(msg["error"])
+    if kind == "input":
+        return ValueError(msg["error"])
+    return RuntimeError(msg["error"])
+
+
+def _one(spec: ModelSpec, slots: int, prep):
+    from hpc_chat.worker.chat import Decoded
+
+    sender = None
+    try:
+        conn = connect(spec, slots)
+        with conn:
+            conn.send_bytes(json.dumps({"op": "decode", "request": prep.request.model_dump(),
+                                        "exact": prep.exact,
+                                        "stream": bool(prep.stream)}).encode())
+            while True:
+                msg = json.loads(conn.recv_bytes())
+                if "stops" in msg and prep.stream:
+                    sender = TokenSender(prep.stream, [*prep.request.stop, *msg["stops"]])
+                elif "text" in msg and sender is not None:
+                    if not sender(msg["text"]):  # the client went away: stop the answer
+                        conn.send_bytes(b'{"op": "cancel"}')
+                elif "done" in msg:
+                    completion = Completion(**msg["done"])
+                    if sender is not None:
+                        sender.finish(completion.text)
+                    return Decoded(completion, GenRequest.model_validate(msg["request"]),
+                                   msg["n_threads"], msg["engine"])
+                elif "error" in msg:
+                    if sender is not None:
+                        sender.finish(None)
+                    return _exception(msg)
+    except (EOFError, OSError) as exc:
+        if sender is not None:
+            sender.finish(None)
+        raise EngineLost(f"the node engine for {spec.path} ended while it held this request "
+                         f"({type(exc).__name__}: {exc}); it is retried on a new engine") from None
+
+
+def decode(spec: ModelSpec, engine: dict, preps: list) -> list:
+    """Each request's :class:`~hpc_chat.worker.chat.Decoded` or its own exception, decoded by
+    the node's engine; a lost engine fails them all (:class:`EngineLost`, retried by Parsl)."""
+    slots = int(engine.get("slots") or DEFAULT_SLOTS)
+    with ThreadPoolExecutor(max_workers=len(preps)) as pool:
+        futures = [pool.submit(_one, spec, slots, prep) for prep in preps]
+    return [f.result() for f in futures]

@@ -1,0 +1,200 @@
+"""The node engine with real processes: one engine for every worker of a pool, answers equal to
+unbatched decoding, an engine killed mid-batch, a client that goes away, a manager that ends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from multiprocessing.connection import Client
+
+import pytest
+
+from hpc_chat.llm.models import ModelSpec
+from hpc_chat.workflow import ParslChatWorkflow
+
+from .procs import processes_of_home
+
+
+def _run_batch(fixtures, tmp_path, prompts: list[str], *, model=None, agents=None,
+               workflow="batched.yml"):
+    from hpc_chat.batchfile import OutputWriter, read_batch
+    from hpc_chat.batchrun import answer_all
+
+    path = tmp_path / "prompts.txt"
+    path.write_text("".join(p + "\n" for p in prompts))
+    out = tmp_path / "out.jsonl"
+    results = []
+
+    class Writer(OutputWriter):
+        def write(self, item, result, *, finished_at):
+            line = super().write(item, result, finished_at=finished_at)
+            results.append(result)
+            return line
+
+    async def go():
+        wf = ParslChatWorkflow(history_path=str(tmp_path / "h.db"), model=model)
+        await wf.initialize(str(fixtures / "workflows" / workflow))
+        writer = Writer(out, resume=False)
+        try:
+            failed = await answer_all(wf, read_batch(path), writer, agents=agents,
+                                      options={"max_tokens": 24})
+            return failed, await wf.get_parsl_stats()
+        finally:
+            writer.close()
+            await wf.shutdown()
+
+    failed, stats = asyncio.run(asyncio.wait_for(go(), 300))
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    return failed, stats, lines, results
+
+
+@pytest.mark.model
+@pytest.mark.parsl
+def test_one_engine_decodes_every_workers_requests_as_unbatched_decoding_would(fixtures,
+                                                                                tmp_path):
+    """Two workers, micro-batches of two, a fan-out to two agents: every answer comes from the
+    one engine of the pool, which loaded the model once, and each answer is the text the
+    unbatched engine gives for the recorded messages and sampling (seed included)."""
+    from hpc_chat.llm.registry import get_engine
+    from hpc_chat.llm.request import GenRequest
+
+    workflow = tmp_path / "wf.yml"
+    workflow.write_text((fixtures / "workflows" / "batched.yml").read_text()
+                        .replace("batch_size: 8", "batch_size: 2"))
+    prompts = [f"Give one word that rhymes with number {i}." for i in range(6)]
+    failed, _, lines, results = _run_batch(fixtures, tmp_path, prompts,
+                                           agents=["creative_agent", "analytical_agent"],
+                                           workflow=str(workflow))
+    assert failed == 0 and len(lines) == 6
+    responses = [r for res in results for r in res["responses"]]
+    assert len(responses) == 12
+    engines = {r["engine"]["pid"] for r in responses}
+    workers = {r["worker"]["pid"] for r in responses}
+    assert len(engines) == 1, engines
+    assert len(workers) == 2, "both workers should have carried tasks"
+    assert sum(r["timings"]["model_loaded_now"] for r in responses) == 1
+    assert all(r["batched"] for r in responses)
+    engine, _ = get_engine(ModelSpec(path=responses[0]["model_path"]))
+    for r in responses:
+        prov = r["provenance"]
+        alone = engine.complete(GenRequest(messages=prov["messages"], **prov["sampling"]))
+        assert alone.text == r["content"], (r["agent"], prov["messages"][-1])
+
+
+@pytest.mark.model
+@pytest.mark.parsl
+def test_engine_killed_mid_batch_its_requests_are_retried_on_a_fresh_engine(fixtures,
+                                                                            tmp_path):
+    """SIGKILL the engine as soon as it holds requests (each answer lasts 2 s at the echo
+    pace, whatever the machine's speed): their tasks fail with the engine's loss, Parsl retries
+    them, a new engine answers them, and every prompt is answered exactly once."""
+    killed = []
+    stop = threading.Event()
+
+    def kill_engine_in_flight():
+        home = os.environ["HPC_CHAT_HOME"]
+        while not stop.is_set() and not killed:
+            for pid, cmdline in processes_of_home(home).items():
+                if "hpc_chat.worker.node_engine" not in cmdline:
+                    continue
+                sock = cmdline.split("--socket ")[1].split()[0]
+                try:
+                    busy = _status(sock)["in_flight"] > 0
+                except OSError:
+                    continue  # still loading
+                if busy:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_engine_in_flight, daemon=True)
+    killer.start()
+    prompts = [f"Say something about the number {i}." for i in range(12)]
+    try:
+        failed, stats, lines, results = _run_batch(
+            fixtures, tmp_path, prompts, model="echo?tokens=20&token_s=0.1")
+    finally:
+        stop.set()
+        killer.join()
+    assert killed and failed == 0
+    answered = Counter(x["id"] for x in lines if x["ok"])
+    assert sorted(answered) == list(range(1, 13)) and set(answered.values()) == {1}
+    engines = {r["responses"][0]["engine"]["pid"] for r in results}
+    assert killed[0] not in engines, "an answer came from the killed engine"
+    assert stats["retried_tasks"] >= 1
+
+
+# ------------------------------------------------------------------ one engine process, directly
+def _start_engine(tmp_path, manager: int, slots: int = 1, model="echo?token_s=0.05"):
+    sock = tmp_path / "engine.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpc_chat.worker.node_engine", "--socket", str(sock),
+         "--spec", ModelSpec(path=model).model_dump_json(), "--slots", str(slots),
+         "--manager", str(manager)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not sock.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the engine did not start"
+        time.sleep(0.05)
+    return proc, sock
+
+
+def _request(sock, max_tokens: int, message="one two three"):
+    conn = Client(str(sock), family="AF_UNIX")
+    conn.send_bytes(json.dumps({"op": "decode", "stream": False, "request": {
+        "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": message}],
+        "max_tokens": max_tokens}}).encode())
+    return conn
+
+
+def _status(sock) -> dict:
+    with Client(str(sock), family="AF_UNIX") as conn:
+        conn.send_bytes(b'{"op": "status"}')
+        return json.loads(conn.recv_bytes())
+
+
+def test_a_client_that_goes_away_frees_its_slot(tmp_path):
+    """One slot; the first request would decode for about 17 minutes (2000 tokens at 0.5 s).
+    Its client closes the connection: the slot is freed, and the next request is answered."""
+    proc, sock = _start_engine(tmp_path, os.getpid(), slots=1,
+                               model="echo?tokens=2000&token_s=0.5")
+    try:
+        endless = _request(sock, 2000)
+        deadline = time.monotonic() + 60
+        while _status(sock)["in_flight"] != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        endless.close()
+        second = _request(sock, 3, "four five six")
+        assert second.poll(120), "the freed slot never took the next request"
+        reply = json.loads(second.recv_bytes())
+        assert reply["done"]["text"] == "four five six"
+        assert reply["engine"]["pid"] == proc.pid
+        status = _status(sock)
+        assert status["in_flight"] == 0 and status["served"] == 1
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_engine_ends_with_the_worker_pools_manager(tmp_path):
+    """The engine outlives the worker that started it (workers come and go), not the manager."""
+    manager = subprocess.Popen(["sleep", "600"])
+    proc, sock = _start_engine(tmp_path, manager.pid)
+    try:
+        assert proc.poll() is None
+        manager.kill()
+        manager.wait()
+        assert proc.wait(timeout=30) == 0
+        assert not sock.exists() and not list(tmp_path.glob("engine.*"))
+    finally:
+        for p in (manager, proc):
+            if p.poll() is None:
+                p.kill()
