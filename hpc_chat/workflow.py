@@ -223,7 +223,8 @@ class ParslChatWorkflow:
                        request_key: str | None = None,
                        history: list[dict[str, str]] | None = None,
                        system_prompt: str | None = None,
-                       stream: dict[str, Any] | None = None) -> asyncio.Task:
+                       stream: dict[str, Any] | None = None,
+                       streams: dict[str, dict[str, Any]] | None = None) -> asyncio.Task:
         """Start one request; the task resolves to a result dict (never raises for a failed
         answer: ``ok`` is false and ``error`` says why). Call it from a coroutine; outside
         one, use ``loop.run_until_complete(workflow.process_request(...))``.
@@ -232,8 +233,8 @@ class ParslChatWorkflow:
         whole conversation instead of a stored one, as an OpenAI request does: those messages
         are decoded as given, never shortened to fit the context. ``stream`` (from
         :meth:`hpc_chat.tokenstream.TokenHub.open`) has the worker send the answer's text as
-        it grows, when one agent answers; a mapping of agent names to such streams streams
-        each of those agents' answers to its own."""
+        it grows, when one agent answers; ``streams`` (agent name -> such a stream) sends each
+        of those agents' answers to its own."""
         self._require()
         try:
             loop = asyncio.get_running_loop()
@@ -244,7 +245,7 @@ class ParslChatWorkflow:
         given = None if history is None and system_prompt is None else \
             {"history": list(history or []), "system_prompt": system_prompt}
         task = loop.create_task(self._run_request(text, conversation_id, agents, options,
-                                                  request_key, given, stream))
+                                                  request_key, given, stream, streams))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return task
@@ -270,7 +271,8 @@ class ParslChatWorkflow:
         return await self.submit_message(text, conversation_id=conversation_id, **kwargs)
 
     async def _run_request(self, text, conversation_id, agent_names, options,
-                           request_key=None, given=None, stream=None) -> dict[str, Any]:
+                           request_key=None, given=None, stream=None,
+                           streams=None) -> dict[str, Any]:
         loaded = self._require()
         settings = loaded.settings
         start = time.time()
@@ -291,11 +293,11 @@ class ParslChatWorkflow:
             context = {"history": history, "options": options, "model": self.site_model}
 
         def streamed(agent: str) -> dict[str, Any]:
-            if stream is None:
-                return context
-            if "port" in stream:  # one stream: several answers would interleave in it
-                return {**context, "stream": stream} if len(routes) == 1 else context
-            return {**context, "stream": stream[agent]} if agent in stream else context
+            if streams and agent in streams:
+                return {**context, "stream": streams[agent]}
+            if stream is not None and len(routes) == 1:  # several would interleave in one
+                return {**context, "stream": stream}
+            return context
 
         async def ask(r: Route) -> dict[str, Any]:
             context = streamed(r.agent)

@@ -315,8 +315,9 @@ def real_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str,
                            "max_tokens": agent.config.max_tokens}
     log(f"   hpc-chat batch, packaged defaults, {n} requests")
     out["hpc_chat"] = median_of(repeats, lambda: hpc_chat_batch_run(n, agent.name))
-    log("   plain llama-cpp-python loop")
-    out["direct"] = median_of(repeats, lambda: direct_loop(n, 2, max_tokens=None))
+    log("   plain llama-cpp-python loop (every core)")
+    cores = len(os.sched_getaffinity(0))
+    out["direct"] = median_of(repeats, lambda: direct_loop(n, cores, max_tokens=None))
     log("   first streamed token, warm workers")
     out["first_token"] = median_of(repeats, first_token_run)
     servers = {}
@@ -325,14 +326,14 @@ def real_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str,
         for slots in (8, 16):
             log(f"   llama-server -np {slots}")
             servers[str(slots)] = median_of(repeats, lambda: llama_server_run(
-                server_bin, n, 2, slots, max_tokens=None))
+                server_bin, n, cores, slots, max_tokens=None))
     out["llama_server"] = servers
     batched_bin = os.environ.get("HPC_CHAT_LLAMA_BATCHED_BENCH")
     out["llama_batched_bench"] = None
     if batched_bin and Path(batched_bin).is_file():
         log("   llama-batched-bench at the workload's median answer length")
         gen = max(1, round(out["hpc_chat"]["median_answer_tokens"]))
-        runs = [llama_batched_bench_run(batched_bin, 24, 2, (1, 8, 16), generate=gen)
+        runs = [llama_batched_bench_run(batched_bin, 24, cores, (1, 8, 16), generate=gen)
                 for _ in range(repeats)]
         out["llama_batched_bench"] = {
             "prompt_tokens": 24, "generated_tokens": gen, "runs": runs,

@@ -38,8 +38,8 @@ async def answer_live(workflow, question: str, console, **request) -> dict[str, 
     try:
         opened = {r.agent: hub.open() for r in routes}
         texts = {agent: "" for agent in opened}
-        task = workflow.submit_request(question, stream={a: spec for a, (_, spec)
-                                                         in opened.items()}, **request)
+        task = workflow.submit_request(question, streams={a: spec for a, (_, spec)
+                                                          in opened.items()}, **request)
 
         def panels():
             return Group(*(Panel(Text(texts[a] or "…"), title=Text(a), title_align="left")

@@ -224,19 +224,19 @@ class BatchedEngine:
         job in flight and every waiting one, then raises (the context may be unusable)."""
         with self.lock:
             active: dict[int, _Seq] = {}
+            waiting: deque[Job] = deque()  # taken from the feed, not admitted yet
             try:
-                self._run(feed, active)
+                self._run(feed, active, waiting)
             except BaseException as exc:
-                for s in active.values():
-                    s.job.done(exc)
+                for job in [*(s.job for s in active.values()), *waiting]:
+                    job.done(exc)
                 feed.drain(exc)
                 raise
 
-    def _run(self, feed: Feed, active: dict[int, _Seq]) -> None:
+    def _run(self, feed: Feed, active: dict[int, _Seq], waiting: deque[Job]) -> None:
         import random
 
         lc = self.lc
-        waiting: deque[Job] = deque()
         free = list(range(self.n_seq))
         batch = lc.llama_batch_init(self.n_batch, 0, 1)
         prefix_batch = lc.llama_batch_init(self.n_batch, 0, 1)
@@ -247,7 +247,9 @@ class BatchedEngine:
                 waiting.extend(feed.take(len(free) - len(waiting),
                                          block=not active and not waiting))
                 if not active and not waiting:
-                    break  # closed and empty
+                    if feed.closed:
+                        break
+                    continue  # every job taken had been cancelled: wait for the next
                 # What each sequence decodes this step: (token, position, wants logits).
                 step_tokens: dict[int, list[tuple[int, int, bool]]] = {}
                 for seq_id, s in active.items():  # one new token for each running request

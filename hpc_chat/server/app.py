@@ -41,7 +41,10 @@ class ApiError(Exception):
         self.status, self.code, self.param, self.kind = status, code, param, kind
         self.headers = headers or {}
 
-    def response(self) -> JSONResponse:
+    def response(self, metrics=None) -> JSONResponse:
+        """The OpenAI error body; a refusal (a 4xx) is counted in ``metrics`` when given."""
+        if metrics is not None and self.status < 500:
+            metrics.refused.labels(str(self.status)).inc()
         return JSONResponse(error_body(str(self), self.kind, self.code, self.param),
                             status_code=self.status, headers=self.headers)
 
@@ -60,11 +63,11 @@ def create_app(state: ServerState) -> FastAPI:
                 not authorized(request.headers.get("authorization"), state.key):
             return ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY' "
                                  "(the key is in $HPC_CHAT_API_KEY or the file hpc-chat serve "
-                                 "named)", code="invalid_api_key").response()
+                                 "named)", code="invalid_api_key").response(state.metrics)
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > state.max_body:
             return ApiError(413, f"the request body is over {state.max_body} bytes",
-                            code="request_too_large").response()
+                            code="request_too_large").response(state.metrics)
         try:
             return await call_next(request)
         except Exception:  # noqa: BLE001 - never a traceback in a response
@@ -74,13 +77,13 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        return exc.response()
+        return exc.response(state.metrics)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                        code=code).response()
+                        code=code).response(state.metrics)
 
     @app.get("/health")
     async def health():

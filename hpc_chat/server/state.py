@@ -36,6 +36,9 @@ class Metrics:
         r = self.registry
         self.requests = Counter("hpc_chat_requests", "Chat completion requests by outcome",
                                 ["status"], registry=r)
+        self.refused = Counter("hpc_chat_refused", "Requests refused before any work (a wrong "
+                               "key, an unknown model, a bad body, a full queue) by HTTP status",
+                               ["status"], registry=r)
         self.tokens = Counter("hpc_chat_tokens", "Tokens by kind", ["kind"], registry=r)
         self.latency = Histogram("hpc_chat_request_seconds", "Time to a whole answer",
                                  buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),

@@ -22,17 +22,18 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
 
-from hpc_chat.errors import PromptTooLongError
+from hpc_chat.errors import ConfigError, PromptTooLongError
 from hpc_chat.llm.engine import Completion
 from hpc_chat.llm.models import ModelSpec
 from hpc_chat.llm.request import GenRequest
@@ -42,6 +43,8 @@ GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MA
                  "HIP_VISIBLE_DEVICES")
 MAX_SOCKET_PATH = 100  # a Unix socket path must fit in 108 bytes
 START_POLL_S = 0.05
+WAIT_S = 0.2  # a task waits in Python, so Parsl's walltime (AppTimeout) can land
+ENGINE_FILES = (".sock", ".lock", ".alive", ".log")
 DEFAULT_SLOTS = 8
 
 
@@ -59,7 +62,8 @@ def settings(site_model: dict) -> dict:
 def wanted(engine: dict) -> bool:
     """The node engine is used inside a Parsl worker (which has a pool manager to outlive the
     task and bound the engine's life) unless the site asks for in-worker decoding."""
-    return engine.get("mode", "node") == "node" and "PARSL_WORKER_RANK" in os.environ
+    return engine.get("mode", "node") == "node" and "PARSL_WORKER_RANK" in os.environ and \
+        os.getppid() != 1  # an orphaned worker has no manager to bound an engine's life
 
 
 def socket_dir() -> Path:
@@ -67,9 +71,10 @@ def socket_dir() -> Path:
     if len(str(base)) > MAX_SOCKET_PATH - 60:  # room for the engine's file name
         base = Path("/tmp") / f"hpc_chat-{os.getuid()}"
     base.mkdir(mode=0o700, exist_ok=True)
-    info = base.stat()
-    if info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise RuntimeError(f"{base} must be a directory only you can open (chmod 700 {base})")
+    info = base.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise ConfigError(f"{base} must be a directory (not a link) that only you can open: "
+                          f"remove it, or chmod 700 it")
     return base
 
 
@@ -129,34 +134,55 @@ def remove_dead(directory: Path) -> None:
         except (IndexError, ValueError):
             continue
         if not Path(f"/proc/{manager}").exists():
-            for leftover in (sock, sock.with_suffix(".lock"), sock.with_suffix(".log")):
-                leftover.unlink(missing_ok=True)
+            for suffix in ENGINE_FILES:
+                sock.with_suffix(suffix).unlink(missing_ok=True)
+
+
+def engine_alive(path: Path) -> bool:
+    """Whether an engine for ``path`` runs (loading or serving): it holds a lock on its
+    ``.alive`` file for its whole life, taken before it loads the model."""
+    with open(path.with_suffix(".alive"), "a") as handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.lockf(handle, fcntl.LOCK_UN)
+        return False
 
 
 def start(path: Path, spec: ModelSpec, slots: int) -> None:
-    """Start an engine and wait until it listens (its model loaded), or say why it ended."""
-    path.unlink(missing_ok=True)  # a dead engine's socket
-    remove_dead(path.parent)
-    log_path = path.with_suffix(".log")
-    env = {k: v for k, v in os.environ.items() if k != "PARSL_WORKER_COUNT"}  # all the cores
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hpc_chat.worker.node_engine", "--socket", str(path),
-             "--spec", spec.model_dump_json(), "--slots", str(slots),
-             "--manager", str(os.getppid())],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-            close_fds=True)
+    """Start an engine and wait until it listens (its model loaded), or say why it ended. When
+    one is already loading (the worker that started it died, or its task timed out), wait for
+    that one instead: never two models in memory for one spec."""
+    proc = None
+    if not engine_alive(path):
+        path.unlink(missing_ok=True)  # a dead engine's socket
+        remove_dead(path.parent)
+        env = {k: v for k, v in os.environ.items() if k != "PARSL_WORKER_COUNT"}  # all cores
+        with open(path.with_suffix(".log"), "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hpc_chat.worker.node_engine", "--socket", str(path),
+                 "--spec", spec.model_dump_json(), "--slots", str(slots),
+                 "--manager", str(os.getppid())],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                close_fds=True)
     while not path.exists():  # the model load: as long as it takes (the task has a walltime)
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
+            log_path = path.with_suffix(".log")
             tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
             raise EngineLost(f"the node engine for {spec.path} exited with code "
                              f"{proc.returncode} while starting ({log_path}): "
                              + " | ".join(tail))
+        if proc is None and not engine_alive(path):
+            raise EngineLost(f"the node engine for {spec.path} ended while loading "
+                             f"({path.with_suffix('.log')})")
         time.sleep(START_POLL_S)
 
 
 def _exception(msg: dict) -> Exception:
     kind = msg.get("kind")
+    if kind == "lost":
+        raise EngineLost(msg["error"])  # the engine failed, not the request: retry the task
     if kind == "too_long":
         return PromptTooLongError(msg["error"])
     if kind == "input":
@@ -164,22 +190,40 @@ def _exception(msg: dict) -> Exception:
     return RuntimeError(msg["error"])
 
 
-def _one(spec: ModelSpec, slots: int, prep):
+def _close(conn: Connection) -> None:
+    """End a connection another thread may be blocked reading: the reader sees its end, and
+    the engine cancels the request."""
+    try:
+        dup = socket.socket(fileno=os.dup(conn.fileno()))
+    except OSError:
+        return
+    try:
+        dup.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        dup.close()
+
+
+def _one(spec: ModelSpec, slots: int, prep, conns: list):
     from hpc_chat.worker.chat import Decoded
 
     sender = None
     try:
         conn = connect(spec, slots)
+        conns.append(conn)
         with conn:
             conn.send_bytes(json.dumps({"op": "decode", "request": prep.request.model_dump(),
                                         "exact": prep.exact,
                                         "stream": bool(prep.stream)}).encode())
+            text = ""
             while True:
                 msg = json.loads(conn.recv_bytes())
                 if "stops" in msg and prep.stream:
                     sender = TokenSender(prep.stream, [*prep.request.stop, *msg["stops"]])
-                elif "text" in msg and sender is not None:
-                    if not sender(msg["text"]):  # the client went away: stop the answer
+                elif "t" in msg:
+                    text += msg["t"]
+                    if sender is not None and not sender(text):  # its client went away
                         conn.send_bytes(b'{"op": "cancel"}')
                 elif "done" in msg:
                     completion = Completion(**msg["done"])
@@ -200,8 +244,24 @@ def _one(spec: ModelSpec, slots: int, prep):
 
 def decode(spec: ModelSpec, engine: dict, preps: list) -> list:
     """Each request's :class:`~hpc_chat.worker.chat.Decoded` or its own exception, decoded by
-    the node's engine; a lost engine fails them all (:class:`EngineLost`, retried by Parsl)."""
+    the node's engine; a lost engine fails them all (:class:`EngineLost`, retried by Parsl).
+
+    The wait is a Python loop, so Parsl's walltime can interrupt it; then, or on any other
+    failure, every connection is closed and the engine stops those answers at its next step."""
     slots = int(engine.get("slots") or DEFAULT_SLOTS)
-    with ThreadPoolExecutor(max_workers=len(preps)) as pool:
-        futures = [pool.submit(_one, spec, slots, prep) for prep in preps]
+    conns: list[Connection] = []
+    pool = ThreadPoolExecutor(max_workers=len(preps))
+    futures = [pool.submit(_one, spec, slots, prep, conns) for prep in preps]
+    try:
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=WAIT_S, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()  # an EngineLost ends the wait for the others
+    except BaseException:
+        for conn in list(conns):
+            _close(conn)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=False)
     return [f.result() for f in futures]

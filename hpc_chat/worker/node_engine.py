@@ -20,6 +20,7 @@ the next request starts a fresh one.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from hpc_chat.worker.chat import fit
 log = logging.getLogger("hpc_chat.node_engine")
 WATCH_S = 1.0  # how often the manager is checked
 WAKE_S = 0.2  # how often a waiting connection looks for a closed client
+BACKLOG = 128  # every worker of a node may connect at once
 
 
 def process_start(pid: int) -> int | None:
@@ -99,32 +101,38 @@ class NodeEngine:
         with conn:
             try:
                 msg = json.loads(conn.recv_bytes())
+                if not isinstance(msg, dict):
+                    raise ValueError("not a JSON object")
                 if msg.get("op") == "status":
                     conn.send_bytes(json.dumps(self.status()).encode())
                 elif msg.get("op") == "decode":
                     self._decode(conn, msg)
-            except (EOFError, OSError, ValueError, TypeError, AttributeError) as exc:
-                log.info("connection dropped: %s", exc)
+            except (EOFError, OSError, ValueError) as exc:  # its type only: no prompt text
+                log.info("connection dropped (%s)", type(exc).__name__)
 
     def _decode(self, conn: Connection, msg: dict) -> None:
         try:
             req = GenRequest.model_validate(msg.get("request"))
             decoded = fit(self.engine.count_tokens, self.spec.n_ctx, req, bool(msg.get("exact")))
         except PromptTooLongError as exc:
-            return conn.send_bytes(json.dumps({"error": str(exc), "kind": "too_long"}).encode())
-        except ValidationError as exc:
-            return conn.send_bytes(json.dumps({"error": f"not a request: {exc}",
-                                               "kind": "input"}).encode())
+            return _reply(conn, error=str(exc), kind="too_long")
+        except (ValidationError, ValueError, TypeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return _reply(conn, error=f"not a request the engine can decode: {first}",
+                          kind="input")
         stream = bool(msg.get("stream"))
         if stream:
             stops = getattr(self.batched, "template_stops", [])  # the echo model has none
             conn.send_bytes(json.dumps({"stops": stops}).encode())
         answer = _Answer()
         job = Job(decoded, answer.finish, answer.grew if stream else None)
+        try:
+            self.feed.put(job)
+        except RuntimeError:  # the decode loop has stopped: this engine is ending
+            return _reply(conn, error=f"node engine {self.info['pid']} has stopped", kind="lost")
         with self.lock:
             self.in_flight += 1
         try:
-            self.feed.put(job)
             self._follow(conn, job, answer, stream)
         except (EOFError, OSError):
             job.cancelled.set()  # the worker went away: its slot is freed at the next step
@@ -142,10 +150,9 @@ class NodeEngine:
             conn.send_bytes(json.dumps({"done": asdict(outcome), "request": decoded.model_dump(),
                                         "n_threads": self.engine.n_threads,
                                         "engine": self.info}).encode())
-        else:
-            kind = "too_long" if isinstance(outcome, PromptTooLongError) else "runtime"
-            conn.send_bytes(json.dumps({"error": f"node engine {self.info['pid']}: {outcome}",
-                                        "kind": kind}).encode())
+        else:  # too long for the context, or the decode loop failed (the engine ends)
+            kind = "too_long" if isinstance(outcome, PromptTooLongError) else "lost"
+            _reply(conn, error=f"node engine {self.info['pid']}: {outcome}", kind=kind)
 
     @staticmethod
     def _follow(conn: Connection, job: Job, answer: _Answer, stream: bool) -> None:
@@ -155,19 +162,28 @@ class NodeEngine:
         while answer.outcome is None:
             answer.event.wait(WAKE_S)
             answer.event.clear()
-            if stream and answer.outcome is None and answer.text != sent:
-                sent = answer.text
-                conn.send_bytes(json.dumps({"text": sent}).encode())
+            text = answer.text
+            if stream and answer.outcome is None and len(text) > len(sent) and \
+                    text.startswith(sent):  # what is new only
+                conn.send_bytes(json.dumps({"t": text[len(sent):]}).encode())
+                sent = text
             if conn.poll(0):
                 conn.recv_bytes()  # EOFError when the client is gone
                 job.cancelled.set()
 
 
+def _reply(conn: Connection, **message) -> None:
+    conn.send_bytes(json.dumps(message).encode())
+
+
 def _serve(listener: Listener, node: NodeEngine) -> None:
+    """Accept connections; when accepting fails (no file descriptors left), end the engine
+    rather than keep a socket that answers nobody (the main thread sees this thread end)."""
     while True:
         try:
             conn = listener.accept()
-        except OSError:
+        except OSError as exc:
+            log.error("cannot accept connections any more (%s): stopping", exc)
             return
         threading.Thread(target=node.handle, args=(conn,), daemon=True).start()
 
@@ -190,6 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s node-engine %(message)s")
     path = Path(args.socket)
     manager_start = process_start(args.manager)
+    if manager_start is None:
+        log.error("the worker pool's manager (pid %d) is not running: not starting",
+                  args.manager)
+        return 1
+    alive = open(path.with_suffix(".alive"), "a")  # noqa: SIM115 - held for the engine's life
+    try:  # one engine per socket, even while loading (engine_client.engine_alive)
+        fcntl.lockf(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        log.error("another engine for %s is running: not starting", path)
+        return 1
     signal.signal(signal.SIGTERM, lambda *_: _end(path, 0))
     _adopt_affinity(args.manager)
     spec = ModelSpec.model_validate_json(args.spec)
@@ -198,17 +224,21 @@ def main(argv: list[str] | None = None) -> int:
              spec.path, node.engine.load_s, args.slots, node.engine.n_threads, path)
     decoder = threading.Thread(target=node.run, daemon=True)
     decoder.start()
-    listener = Listener(str(path.with_suffix(".new")), family="AF_UNIX")
-    os.replace(path.with_suffix(".new"), path)  # appears only when ready to answer
-    threading.Thread(target=_serve, args=(listener, node), daemon=True).start()
+    binding = path.with_suffix(".new")
+    binding.unlink(missing_ok=True)  # left by an engine that died right here
+    listener = Listener(str(binding), family="AF_UNIX", backlog=BACKLOG)
+    os.replace(binding, path)  # appears only when ready to answer
+    acceptor = threading.Thread(target=_serve, args=(listener, node), daemon=True)
+    acceptor.start()
     code = 0
     while True:
         time.sleep(WATCH_S)
         if process_start(args.manager) != manager_start:
             log.info("the worker pool's manager (pid %d) has ended: stopping", args.manager)
             break
-        if not decoder.is_alive():
-            log.error("the decode loop failed: stopping (its requests were failed)")
+        if not decoder.is_alive() or not acceptor.is_alive():
+            log.error("the %s stopped: stopping (the requests it held were failed)",
+                      "decode loop" if not decoder.is_alive() else "listener")
             code = 3
             time.sleep(WAKE_S * 2)  # let the connections send their errors
             break
@@ -220,8 +250,8 @@ def _end(path: Path, code: int) -> None:
     the next start's error, if that fails too)."""
     path.unlink(missing_ok=True)
     if code == 0:
-        for leftover in (path.with_suffix(".log"), path.with_suffix(".lock")):
-            leftover.unlink(missing_ok=True)
+        for suffix in (".log", ".lock", ".alive"):
+            path.with_suffix(suffix).unlink(missing_ok=True)
     os._exit(code)
 
 

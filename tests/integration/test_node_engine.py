@@ -198,3 +198,75 @@ def test_the_engine_ends_with_the_worker_pools_manager(tmp_path):
         for p in (manager, proc):
             if p.poll() is None:
                 p.kill()
+
+
+@pytest.mark.parsl
+def test_a_task_timeout_lands_while_the_engine_decodes_and_frees_the_slot(fixtures, tmp_path):
+    """An answer of 20 s at the echo pace against performance.timeout_seconds: 2. The task
+    waits for its engine in Python, so Parsl's timeout lands; its connection is closed and the
+    engine stops that answer (nothing left in flight), instead of a task hung in a C wait."""
+    workflow = tmp_path / "wf.yml"
+    workflow.write_text((fixtures / "workflows" / "fast.yml").read_text()
+                        .replace("timeout_seconds: 60", "timeout_seconds: 2"))
+
+    async def go():
+        wf = ParslChatWorkflow(history_path=str(tmp_path / "h.db"),
+                               model="echo?tokens=400&token_s=0.05")
+        await wf.initialize(str(workflow))
+        try:
+            result = await wf.process_request("alpha beta", agents=["balanced_agent"],
+                                              options={"max_tokens": 400})
+            engines = [cmd for cmd in processes_of_home(os.environ["HPC_CHAT_HOME"]).values()
+                       if "hpc_chat.worker.node_engine" in cmd]
+            deadline = time.monotonic() + 60
+            while engines:
+                sock = engines[0].split("--socket ")[1].split()[0]
+                if _status(sock)["in_flight"] == 0:
+                    break
+                assert time.monotonic() < deadline, "the timed-out answer kept its slot"
+                await asyncio.sleep(0.2)
+            return result, engines
+        finally:
+            await wf.shutdown()
+
+    result, engines = asyncio.run(asyncio.wait_for(go(), 300))
+    assert not result["ok"] and "timed out" in result["error"], result
+    assert engines, "no node engine ran the request"
+
+
+@pytest.mark.model
+def test_the_decode_loop_waits_on_when_every_request_it_took_was_cancelled():
+    """An open feed whose only waiting request was cancelled (its worker died): the loop tells
+    it and waits for the next request, which it answers (it used to end, as if closed)."""
+    from hpc_chat.llm.batched import BatchedEngine
+    from hpc_chat.llm.engine import Completion
+    from hpc_chat.llm.feed import Feed, Job
+    from hpc_chat.llm.models import resolve_model
+    from hpc_chat.llm.registry import get_engine
+    from hpc_chat.llm.request import GenRequest
+
+    engine, _ = get_engine(ModelSpec(path=str(resolve_model("default"))))
+    batched = BatchedEngine(engine, 1)
+    request = GenRequest(messages=[{"role": "user", "content": "Say hi."}], max_tokens=4,
+                         temperature=0.0)
+    told, answered = [], threading.Event()
+    gone = Job(request, told.append)
+    gone.cancelled.set()
+    feed = Feed([gone])
+    loop = threading.Thread(target=batched.run, args=(feed,), daemon=True)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not told:  # the loop has taken the cancelled request, and nothing else
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        outcome = []
+        feed.put(Job(request, lambda o: (outcome.append(o), answered.set())))
+        assert answered.wait(120), "the loop ended with the feed still open"
+        assert len(told) == 1 and "cancelled" in str(told[0])
+        assert isinstance(outcome[0], Completion) and outcome[0].completion_tokens >= 1
+    finally:
+        feed.close()
+        loop.join(60)
+        batched.close()
+    assert not loop.is_alive()

@@ -159,6 +159,9 @@ def test_curl_health_status_metrics_and_limits(echo_server):
     assert status == 200 and 'hpc_chat_requests_total{status="ok"}' in metrics
     assert "hpc_chat_request_seconds_bucket" in metrics
     assert re.search(r"^hpc_chat_workers [1-9]", metrics, re.M)
+    for refused in ("401", "413"):  # the refusals above, counted apart from the answers
+        assert re.search(rf'^hpc_chat_refused_total{{status="{refused}"}} [1-9]', metrics,
+                         re.M), refused
 
 
 class Clients:
