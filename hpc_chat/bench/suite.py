@@ -149,7 +149,7 @@ def copy_bandwidth(size_mb: int = 256) -> dict[str, float]:
 def write_configs(tmp: Path, workers: int, threads: int, batch: int,
                   site: str = "local") -> tuple[str, str]:
     """A workflow YAML and a site profile for one configuration."""
-    profile = tmp / f"bench-{site}-{workers}x{threads}.yaml"
+    profile = tmp / f"bench-{Path(site).stem}-{workers}x{threads}.yaml"  # a name, or a path
     cores = len(os.sched_getaffinity(0))
     if site == "local":
         profile.write_text(f"""name: bench-local
@@ -466,8 +466,8 @@ def two_nodes_up() -> bool:
     out = subprocess.run(["sinfo", "-h", "-N", "-p", "multi", "-o", "%T"], capture_output=True,
                          text=True)
     states = out.stdout.split()
-    return out.returncode == 0 and len(states) == 2 and all(
-        s.startswith(("idle", "mixed", "allocated")) for s in states)
+    return out.returncode == 0 and len(states) == 2 and all(  # completing: a job just ended
+        s.startswith(("idle", "mixed", "allocated", "completing")) for s in states)
 
 
 def slurm_up() -> bool:
