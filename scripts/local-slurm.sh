@@ -54,6 +54,16 @@ node_idle() {
   sinfo -h -N -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'
 }
 
+give_up() {  # give_up MESSAGE LOG...: the end of each log, what sinfo says, then die
+  local message=$1 log
+  shift
+  for log in "$@"; do
+    echo "--- $log" >&2; tail -20 "$log" >&2 || true
+  done
+  sinfo >&2 || true
+  die "$message"
+}
+
 install_packages() {
   if command -v slurmctld >/dev/null && command -v munged >/dev/null; then
     return
@@ -220,10 +230,8 @@ up_two() {
     fi
     sleep 1
   done
-  echo "--- slurmctld log" >&2; tail -20 "$STATE_DIR/log/slurmctld.log" >&2 || true
-  echo "--- ${NODE2} slurmd log" >&2; tail -20 "$NODE2_DIR/log/slurmd.log" >&2 || true
-  sinfo >&2 || true
-  die "the nodes did not become idle within 90 s"
+  give_up "the nodes did not become idle within 90 s" "$STATE_DIR/log/slurmctld.log" \
+    "$NODE2_DIR/log/slurmd.log"
 }
 
 up() {
@@ -248,9 +256,8 @@ up() {
     fi
     sleep 1
   done
-  echo "--- slurmctld log" >&2; tail -20 "$STATE_DIR/log/slurmctld.log" >&2 || true
-  echo "--- slurmd log" >&2; tail -20 "$STATE_DIR/log/slurmd.log" >&2 || true
-  die "the node did not become idle within 60 s"
+  give_up "the node did not become idle within 60 s" "$STATE_DIR/log/slurmctld.log" \
+    "$STATE_DIR/log/slurmd.log"
 }
 
 down() {

@@ -192,6 +192,7 @@ class RealWorkload(_Model):
     direct: LoopRate
     first_token: FirstToken
     llama_server: dict[int, ServerRate] = Field(default_factory=dict)
+    hpc_chat_serve: dict[int, ServerRate] = Field(default_factory=dict)  # by concurrent clients
     llama_batched_bench: NativeAtLength | None = None
 
     @property

@@ -53,11 +53,19 @@ def submit(input_path, output, site, dry_run, config, agents, seed, model):
 @cli.command()
 @click.argument("job_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def status(job_id, as_json):
-    """State of a job from 'hpc-chat submit' (default: the latest) and its progress."""
+@click.option("--server", is_flag=False, flag_value="auto", default=None, metavar="[URL]",
+              help="Show a running 'hpc-chat serve' instead: its pilot jobs (queued, running), "
+                   "workers, model (loading, ready), requests and tokens/s. Without URL: your "
+                   "server on this host.")
+def status(job_id, as_json, server):
+    """State of a job from 'hpc-chat submit' (default: the latest) and its progress; with
+    --server, the state of a running server."""
     from hpc_chat.batchfile import answered_ids, read_batch
     from hpc_chat.sites.submit import find_job, job_state
 
+    if server is not None:
+        _server_status(server, as_json)
+        return
     job = find_job(job_id)
     state = job_state(job)
     done = len(answered_ids(job["output"])) if Path(job["output"]).exists() else 0
@@ -75,6 +83,35 @@ def status(job_id, as_json):
                   f"{done}/{total}" if total is not None else str(done), Text(job["output"]),
                   Text(job["log"]))
     console.print(table)
+
+
+def _server_status(server: str, as_json: bool) -> None:
+    from hpc_chat.server.client import ServerError, running_server, server_status
+
+    url = running_server() if server == "auto" else server
+    if not url:
+        raise CliError("no server of yours runs on this host: start one with 'hpc-chat serve', "
+                       "or give its URL (--server http://HOST:PORT/v1)")
+    try:
+        state = server_status(url)
+    except (ConnectionError, ServerError) as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"url": url, **state}, indent=2))
+        return
+    requests = state.get("requests") or {}
+    table = Table("server", "site", "state", "workers", "model", "running", "tokens/s (1 min)")
+    table.add_row(Text(url), Text(str(state.get("site"))), Text(state["state"]),
+                  str(state.get("workers")), Text(str(state.get("model"))),
+                  str(requests.get("running")), f"{state.get('tokens_per_s_last_minute', 0):.1f}")
+    console.print(table)
+    if state.get("blocks"):
+        blocks = Table("pilot job", "scheduler", "state")
+        for block in state["blocks"]:
+            blocks.add_row(Text(block["job_id"]), Text(block["scheduler"]), Text(block["state"]))
+        console.print(blocks)
+    if state.get("error"):
+        err_console.print(f"[red]error:[/] {escape(state['error'])}", highlight=False)
 
 
 @cli.command()

@@ -1,6 +1,7 @@
 """The CLI's side of a running server: find it, ask it.
 
-``hpc-chat ask`` answers from a running ``hpc-chat serve`` (warm workers, no start-up) when
+``hpc-chat status --server`` shows a running server's state; ``hpc-chat ask`` answers from
+a running ``hpc-chat serve`` (warm workers, no start-up) when
 there is one: given with ``--server URL`` (or ``$HPC_CHAT_SERVER``), or found through
 ``$HPC_CHAT_HOME/server/server.json`` when the process that wrote it still runs on this host
 and the command did not choose a site, endpoint or config of its own. It says which it did.
@@ -55,12 +56,22 @@ def api_key() -> str:
 def complete(url: str, body: dict[str, Any], conversation: str | None = None) -> dict:
     """POST /chat/completions; the completion, or :class:`ServerError` with the server's
     message. An unreachable server raises :class:`ConnectionError`."""
-    request = urllib.request.Request(
+    return _call(url, urllib.request.Request(
         f"{url.rstrip('/')}/chat/completions", data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key()}",
-                 **({"X-Conversation-Id": conversation} if conversation else {})})
+                 **({"X-Conversation-Id": conversation} if conversation else {})}))
+
+
+def server_status(url: str) -> dict:
+    """GET /status (what ``hpc-chat status --server`` shows): the server's stage, its blocks
+    with their scheduler states, workers, model, requests, tokens/s."""
+    return _call(url, urllib.request.Request(f"{url.rstrip('/')}/status", headers={
+        "Authorization": f"Bearer {api_key()}"}), timeout=60)
+
+
+def _call(url: str, request: urllib.request.Request, timeout: float = TIMEOUT_S) -> dict:
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as answer:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
             return json.loads(answer.read())
     except urllib.error.HTTPError as exc:
         try:

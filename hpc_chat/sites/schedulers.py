@@ -15,9 +15,15 @@ from dataclasses import dataclass
 
 
 def _slurm_state(queue_out: str, show_out: str) -> str | None:
-    state, _, reason = queue_out.strip().partition(" ")
+    """``squeue -o "%T %S %r"``: a pending job says why, and when Slurm expects it to start
+    when its scheduler has an estimate: ``PENDING (Priority, expected start 2026-12-01T04:00)``."""
+    state, _, rest = queue_out.strip().partition(" ")
     if state:
-        return f"{state} ({reason})" if state == "PENDING" and reason else state
+        start, _, reason = rest.partition(" ")
+        notes = [reason] if reason else []
+        if start and start not in ("N/A", "Unknown"):
+            notes.append(f"expected start {start}")
+        return f"{state} ({', '.join(notes)})" if state == "PENDING" and notes else state
     match = re.search(r"JobState=(\S+)", show_out)
     return match.group(1) if match else None
 
@@ -27,11 +33,13 @@ PBS_STATES = {"Q": "QUEUED", "R": "RUNNING", "F": "FINISHED", "H": "HELD", "E": 
 
 def _pbs_state(queue_out: str, show_out: str) -> str | None:
     try:
-        jobs = json.loads(queue_out)["Jobs"]
-        code = next(iter(jobs.values()))["job_state"]
-    except (json.JSONDecodeError, KeyError, StopIteration, TypeError):
+        job = next(iter(json.loads(queue_out)["Jobs"].values()))
+        code = job["job_state"]
+    except (json.JSONDecodeError, KeyError, StopIteration, TypeError, AttributeError):
         return None
-    return PBS_STATES.get(code, code)
+    state = PBS_STATES.get(code, code)
+    start = (job.get("estimated") or {}).get("start_time") if isinstance(job, dict) else None
+    return f"{state} (expected start {start})" if code == "Q" and start else state
 
 
 # The states after which a job runs no more, as ``job_state`` gives them (Slurm's words, PBS's
@@ -65,7 +73,7 @@ class Scheduler:
 SCHEDULERS = {
     "slurm": Scheduler(
         "slurm", "#SBATCH", "driver.slurm.j2", ("sbatch", "--parsable"),
-        ("squeue", "-h", "-o", "%T %r", "-j"), ("scontrol", "show", "job"), ("scancel",),
+        ("squeue", "-h", "-o", "%T %S %r", "-j"), ("scontrol", "show", "job"), ("scancel",),
         _slurm_state, "Submitted batch job 0"),
     "pbspro": Scheduler(
         "pbspro", "#PBS", "driver.pbs.j2", ("qsub",), ("qstat", "-x", "-f", "-F", "json"),

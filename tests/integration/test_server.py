@@ -159,6 +159,17 @@ def test_curl_health_status_metrics_and_limits(echo_server):
     assert status == 200 and 'hpc_chat_requests_total{status="ok"}' in metrics
     assert "hpc_chat_request_seconds_bucket" in metrics
     assert re.search(r"^hpc_chat_workers [1-9]", metrics, re.M)
+    env = {**os.environ, "HPC_CHAT_HOME": str(echo_server.home)}  # the server's key file
+    shown = subprocess.run([sys.executable, "-m", "hpc_chat", "status", "--server", "--json"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    shown = json.loads(shown.stdout)
+    assert shown["url"] == echo_server.url and shown["state"] == "ready"
+    assert shown["workers"] >= 1 and shown["blocks"][0]["state"] == "RUNNING"
+    table = subprocess.run([sys.executable, "-m", "hpc_chat", "status", "--server",
+                            echo_server.url], capture_output=True, text=True, env=env,
+                           timeout=120)
+    assert table.returncode == 0 and "ready" in table.stdout and "RUNNING" in table.stdout
     for refused in ("401", "413"):  # the refusals above, counted apart from the answers
         assert re.search(rf'^hpc_chat_refused_total{{status="{refused}"}} [1-9]', metrics,
                          re.M), refused

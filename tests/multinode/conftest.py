@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.slurm.conftest import skip_or_fail
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "local-slurm.sh"
 NS = "hpc_chat-node2"
@@ -67,11 +69,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def two_nodes():
     """Both nodes usable before each test; node2 brought back after one that killed it."""
-    problem = multinode_problem()
-    if problem:
-        if os.environ.get("HPC_CHAT_REQUIRE_SLURM") == "1":
-            pytest.fail(f"HPC_CHAT_REQUIRE_SLURM=1 but {problem}")
-        pytest.skip(problem)
+    skip_or_fail(multinode_problem())
     yield
     if not node_state(NODE2).startswith(USABLE) or not ns_pids():
         restart_node2()

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from hpc_chat.workflow import ParslChatWorkflow
+from tests.slurm.conftest import wait_until
 
 from .conftest import HOST, NODE2, PARTITION, kill_node2, node_state, restart_node2, signal_node2
 
@@ -39,16 +40,6 @@ def fast(fixtures) -> str:
 @pytest.fixture(scope="module")
 def site(fixtures) -> str:
     return str(fixtures / "sites" / "local-slurm-2n.yaml")
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def job_nodes(job_id: str) -> str:

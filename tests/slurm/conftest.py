@@ -43,13 +43,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slurm)
 
 
-@pytest.fixture(autouse=True)
-def slurm():
-    problem = slurm_problem()
+def skip_or_fail(problem: str | None) -> None:
+    """Skip a test whose scheduler setup is missing, with the reason; with
+    HPC_CHAT_REQUIRE_SLURM=1 (CI) fail it instead."""
     if problem:
         if os.environ.get("HPC_CHAT_REQUIRE_SLURM") == "1":
             pytest.fail(f"HPC_CHAT_REQUIRE_SLURM=1 but {problem}")
         pytest.skip(problem)
+
+
+@pytest.fixture(autouse=True)
+def slurm():
+    skip_or_fail(slurm_problem())
 
 
 @pytest.fixture
