@@ -45,20 +45,25 @@ async def answer_live(workflow, question: str, console, **request) -> dict[str, 
             return Group(*(Panel(Text(texts[a] or "…"), title=Text(a), title_align="left")
                            for a in texts))
 
+        changes = [0]
+
         async def follow(agent, stream):
             while True:
                 piece = await stream.queue.get()
                 if piece is None:
                     return
                 texts[agent] = "" if piece is RESTART else texts[agent] + piece
+                changes[0] += 1
 
         followers = [asyncio.ensure_future(follow(a, s)) for a, (s, _) in opened.items()]
         try:
-            with Live(panels(), console=console, transient=True,
-                      refresh_per_second=REFRESH_PER_S) as live:
+            with Live(panels(), console=console, transient=True, auto_refresh=False) as live:
+                drawn = 0
                 while not task.done():
                     await asyncio.wait([task], timeout=1 / REFRESH_PER_S)
-                    live.update(panels())
+                    if changes[0] != drawn:  # redraw only what changed (a slow ssh link)
+                        drawn = changes[0]
+                        live.update(panels(), refresh=True)
         finally:  # also when the user cancels the answer (Ctrl-C in chat)
             task.cancel()
             for f in followers:

@@ -43,6 +43,10 @@ def print_result(result: dict[str, Any], *, raw: bool = False) -> None:
     if cut:
         err_console.print(f"[yellow]note:[/] the answer of {', '.join(cut)} stopped at the "
                           f"max_tokens limit (raise it with --max-tokens)", highlight=False)
+    for r in result["responses"]:
+        if r.get("error"):  # the others answered: say which agent did not, and why
+            err_console.print(f"[yellow]note:[/] {escape(str(r.get('agent')))} did not answer: "
+                              f"{escape(str(r['error']))}", highlight=False)
 
 
 def print_agents(workflow) -> None:

@@ -159,6 +159,10 @@ def start(path: Path, spec: ModelSpec, slots: int) -> None:
         path.unlink(missing_ok=True)  # a dead engine's socket
         remove_dead(path.parent)
         env = {k: v for k, v in os.environ.items() if k != "PARSL_WORKER_COUNT"}  # all cores
+        # OpenMP threads that spin while they wait for each other crawl when anything else
+        # runs on the cores (two engines on one 2-core machine: 18 instead of 108 tokens/s
+        # each); sleeping ones cost nothing measurable alone (docs/performance.md's engine).
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         with open(path.with_suffix(".log"), "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "hpc_chat.worker.node_engine", "--socket", str(path),
