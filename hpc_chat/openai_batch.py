@@ -72,6 +72,7 @@ class ChatRequest:
     options: dict[str, Any]
     ignored: list[str] = field(default_factory=list)
     fingerprint: str = ""
+    body: dict[str, Any] = field(default_factory=dict)  # as given: sent on to a server
 
     @property
     def agents(self) -> list[str] | None:
@@ -107,7 +108,7 @@ def parse_request(obj: dict[str, Any]) -> ChatRequest:
     system, history, prompt = _messages(body.get("messages"))
     return ChatRequest(custom_id, model, prompt, history, system, _options(body),
                        ignored=sorted(k for k in body if k not in USED_PARAMS),
-                       fingerprint=fingerprint(body))
+                       fingerprint=fingerprint(body), body=body)
 
 
 def _messages(messages: Any) -> tuple[str | None, list[dict[str, str]], str]:

@@ -169,6 +169,12 @@ model_option = click.option(
          "test model, e.g. 'echo?tokens=64&token_s=0.05'). Default: $HPC_CHAT_MODEL, else "
          "each agent's own.")
 common_options = [*site_options, *request_options, model_option]
+server_option = click.option(
+    "--server", default=None, metavar="URL|off", envvar="HPC_CHAT_SERVER",
+    help="Send the requests to this running 'hpc-chat serve' (its /v1 URL). Default: your "
+         "server on this host when one runs, unless --site, --config, --endpoint, "
+         "--in-allocation, --model or several --agents ask for workers of their own, or this "
+         "runs inside a batch job; 'off': never.")
 
 
 def with_common(fn):

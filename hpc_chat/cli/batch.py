@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from hpc_chat.cli import remote
 from hpc_chat.cli.app import (
     CliError,
     Interrupted,
@@ -18,6 +20,7 @@ from hpc_chat.cli.app import (
     err_console,
     generation_options,
     raise_interrupted,
+    server_option,
     with_common,
 )
 from hpc_chat.cli.output import print_stats, render_result
@@ -53,8 +56,10 @@ from hpc_chat.cli.output import print_stats, render_result
                    "failed requests beside it (out.jsonl: out.errors.jsonl); auto: openai "
                    "for an OpenAI input, else native.")
 @with_common
+@server_option
 def batch(input_path, output, resume, retry_failed, check_only, show, summary_json, fmt,
-          output_format, config, site, endpoint, allocation, agents, seed, max_tokens, model):
+          output_format, config, site, endpoint, allocation, agents, seed, max_tokens, model,
+          server):
     """Answer every prompt in INPUT (JSONL, one prompt per line, or an OpenAI batch file; '-'
     is standard input) into OUTPUT. INPUT and OUTPUT may come from $HPC_CHAT_INPUT and
     $HPC_CHAT_OUTPUT (as in jobs/driver.sh). In an OpenAI file, each line's body.model names
@@ -70,14 +75,28 @@ def batch(input_path, output, resume, retry_failed, check_only, show, summary_js
         if not value]
     if missing:
         raise CliError("give " + " and ".join(missing))
+    names, options = agents_list(agents), generation_options(seed, max_tokens)
+    url, explicit = remote.choose_server(server, own_workers=remote.wants_own_workers(
+        config, site, endpoint, allocation, model, names))
+    models = remote.reachable_models(url, explicit) if url else None
+    run = dict(fmt=fmt, output_format=output_format, resume=resume, retry_failed=retry_failed,
+               show=show, summary_json=summary_json, endpoint=endpoint)
+    if models is not None:
+        agent = remote.one_agent(names, models, url)
+        err_console.print(f"answering through the server at {url} (its workers are warm; "
+                          f"--server off starts workers of this command's own)",
+                          markup=False, highlight=False)
+        _run(input_path, output, answer=_server_answer(url, models, agent, options), **run)
+        return
     session = Session(config, site, allocation=allocation, endpoint=endpoint, model=model,
-                      agents=agents_list(agents)).check()
+                      agents=names).check()
+    from hpc_chat.batchrun import job_banner
+
+    banner = job_banner(site, allocation)
+    if banner:
+        err_console.print(banner, highlight=False, markup=False)
     try:
-        _run(session, input_path, output, fmt=fmt, output_format=output_format,
-             resume=resume, retry_failed=retry_failed,
-             show=show, summary_json=summary_json, agents=agents_list(agents),
-             options=generation_options(seed, max_tokens), site=site, endpoint=endpoint,
-             allocation=allocation)
+        _run(input_path, output, answer=_workers_answer(session, names, options), **run)
     finally:
         if not session.loop.is_closed():
             session.loop.close()
@@ -92,14 +111,57 @@ def _report_check(items, input_path) -> None:
     sys.exit(2 if bad else 0)
 
 
-def _run(session, input_path, output, *, fmt, output_format, resume, retry_failed, show,
-         summary_json, agents, options, site, endpoint, allocation) -> None:
-    from hpc_chat.batchrun import BatchRun, answer_all, job_banner, summary
+def _workers_answer(session, agents, options):
+    """Answer a run's prompts with this command's own workers; (perf, Parsl statistics)."""
+    from hpc_chat.batchrun import answer_all
+
+    def answer(run, show):
+        session.workflow.globus_state = run.globus_state()
+        with session as s, _progress(run, show) as (progress, on_result):
+            try:
+                s.run(answer_all(s.workflow, run.runnable, run.writer, agents=agents,
+                                 options=options, on_result=on_result,
+                                 on_status=progress.status))
+            finally:
+                progress.stop()
+            return s.run(s.workflow.get_performance_stats()), \
+                s.run(s.workflow.get_parsl_stats())
+    return answer
+
+
+def _server_answer(url, models, agent, options):
+    """Answer a run's prompts through the server at ``url`` (no Parsl statistics here: the
+    server's are in ``hpc-chat status --server``)."""
+    from hpc_chat.server.remote_batch import answer_all
+
+    def answer(run, show):
+        with _progress(run, show) as (progress, on_result):
+            try:
+                answer_all(url, run.runnable, run.writer, models=models, agent=agent,
+                           options=options, on_result=on_result, on_status=progress.status)
+            finally:
+                progress.stop()
+        return {}, None
+    return answer
+
+
+@contextlib.contextmanager
+def _progress(run, show):
+    """The progress bar (or periodic lines) of a run, and what each answer reports to it."""
     from hpc_chat.progress import BatchProgress
 
-    banner = job_banner(site, allocation)
-    if banner:
-        err_console.print(banner, highlight=False, markup=False)
+    with BatchProgress(len(run.runnable)) as progress:
+        def on_result(item, result):
+            if show:
+                progress.print(render_result(item.id, result))
+            progress.advance(ok=result["ok"])
+        yield progress, on_result
+
+
+def _run(input_path, output, *, fmt, output_format, resume, retry_failed, show,
+         summary_json, endpoint, answer) -> None:
+    from hpc_chat.batchrun import BatchRun, summary
+
     run = BatchRun(input_path, output, fmt=fmt, output_format=output_format, resume=resume,
                    retry_failed=retry_failed, endpoint=endpoint)
     note = run.describe_skipped()
@@ -113,21 +175,7 @@ def _run(session, input_path, output, *, fmt, output_format, resume, retry_faile
                 if run.writer.style == "openai" else "their output lines say why"
             err_console.print(f"{len(run.bad)} input lines cannot run ({where})", markup=False)
         if run.runnable:
-            session.workflow.globus_state = run.globus_state()
-            with session as s, BatchProgress(len(run.runnable)) as progress:
-                def on_result(item, result):
-                    if show:
-                        progress.print(render_result(item.id, result))
-                    progress.advance(ok=result["ok"])
-
-                try:
-                    s.run(answer_all(s.workflow, run.runnable, run.writer, agents=agents,
-                                     options=options, on_result=on_result,
-                                     on_status=progress.status))
-                finally:
-                    progress.stop()
-                    perf = s.run(s.workflow.get_performance_stats())
-                    parsl_stats = s.run(s.workflow.get_parsl_stats())
+            perf, parsl_stats = answer(run, show)
     except (Interrupted, KeyboardInterrupt) as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         err_console.print(f"interrupted: {run.writer.written} results saved in {output}; "

@@ -11,6 +11,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from hpc_chat.cli import remote
 from hpc_chat.cli.app import (
     CliError,
     Session,
@@ -19,6 +20,7 @@ from hpc_chat.cli.app import (
     console,
     err_console,
     generation_options,
+    server_option,
     with_common,
 )
 from hpc_chat.cli.live import answer_live
@@ -33,10 +35,7 @@ from hpc_chat.cli.output import print_agents, print_conversation, print_result, 
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @click.option("-q", "--raw", is_flag=True,
               help="Only the answer on stdout; nothing on stderr but errors.")
-@click.option("--server", default=None, metavar="URL|off", envvar="HPC_CHAT_SERVER",
-              help="Ask this running 'hpc-chat serve' (its /v1 URL). Default: your server on "
-                   "this host when one runs and no --site, --config, --endpoint, --model or "
-                   "several --agents ask for workers of their own; 'off': never.")
+@server_option
 def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, model,
         conversation, as_json, raw, server):
     """Ask one question; the routed agents answer in parallel, each in a live panel on a
@@ -47,24 +46,28 @@ def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, 
     if not question.strip():
         raise CliError("the question is empty")
     names = agents_list(agents)
-    url = server if server not in (None, "off", "auto") else None
-    if server in (None, "auto") and not (config or site or endpoint or allocation or model or
-                                        (names and len(names) > 1)):
-        from hpc_chat.server.client import running_server
+    options = generation_options(seed, max_tokens)
+    url, explicit = remote.choose_server(server, own_workers=remote.wants_own_workers(
+        config, site, endpoint, allocation, model, names))
+    models = remote.reachable_models(url, explicit) if url else None
+    if models is not None:
+        body = remote.request_body(remote.one_agent(names, models, url), question, options)
+        if as_json:
+            from hpc_chat.server.client import ServerError, complete
 
-        url = running_server()
-    if url:
-        if names and len(names) > 1:
-            raise CliError("a server answers one agent or the routed 'auto': give one "
-                           "--agents name, or --server off")
-        if _ask_server(url, question, names, seed, max_tokens, conversation, as_json, raw,
-                       explicit=bool(server and server != "auto")):
+            try:
+                click.echo(json.dumps(complete(url, body, conversation), indent=2,
+                                      ensure_ascii=False))
+            except (ConnectionError, ServerError) as exc:
+                raise CliError(str(exc)) from None
             return
+        remote.print_answer(url, remote.answer(url, body, conversation,
+                                               live=console.is_terminal and not raw), raw=raw)
+        return
     session = Session(config, site, quiet=as_json or raw, allocation=allocation,
                       endpoint=endpoint, wait_for_workers=True, model=model,
-                      agents=agents_list(agents)).check()
-    request = {"conversation_id": conversation, "agents": agents_list(agents),
-               "options": generation_options(seed, max_tokens)}
+                      agents=names).check()
+    request = {"conversation_id": conversation, "agents": names, "options": options}
     with session as s:
         if as_json or raw or not console.is_terminal:  # a pipe gets the answer once, whole
             result = s.run(s.workflow.process_request(question, **request))
@@ -77,52 +80,29 @@ def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, 
     sys.exit(0 if result["ok"] else 1)
 
 
-def _ask_server(url, question, names, seed, max_tokens, conversation, as_json, raw, *,
-                explicit: bool) -> bool:
-    """Ask a running server; False when it cannot be reached and was not asked for by name
-    (the command then starts workers of its own)."""
-    from hpc_chat.server.client import ServerError, complete
-
-    body = {"model": names[0] if names else "auto",
-            "messages": [{"role": "user", "content": question}],
-            **({"seed": seed} if seed is not None else {}),
-            **({"max_tokens": max_tokens} if max_tokens is not None else {})}
-    try:
-        done = complete(url, body, conversation)
-    except ConnectionError as exc:
-        if explicit:
-            raise CliError(str(exc)) from None
-        err_console.print(f"{exc}; starting workers of its own", markup=False)
-        return False
-    except ServerError as exc:
-        raise CliError(str(exc)) from None
-    if as_json:
-        click.echo(json.dumps(done, indent=2, ensure_ascii=False))
-        return True
-    choice = done["choices"][0]
-    click.echo(choice["message"]["content"])
-    if not raw:
-        agents = [a.get("agent") for a in (done.get("hpc_chat") or {}).get("agents", [])]
-        note = " (stopped at the max_tokens limit)" if choice["finish_reason"] == "length" \
-            else ""
-        err_console.print(f"answered by the server at {url}: {', '.join(agents) or '?'}, "
-                          f"{done['usage']['completion_tokens']} tokens{note}",
-                          markup=False, highlight=False)
-    return True
-
-
 @cli.command()
 @with_common
 @click.option("--conversation", default=None, metavar="NAME",
               help="Conversation to continue (default: a new one named by the time).")
-def chat(config, site, endpoint, allocation, agents, seed, max_tokens, model, conversation):
+@server_option
+def chat(config, site, endpoint, allocation, agents, seed, max_tokens, model, conversation,
+         server):
     """Interactive chat. Commands: /stats /agents /history /quit. Ctrl-C while an answer is
-    being generated cancels that answer; Ctrl-C or Ctrl-D at the prompt ends the session."""
+    being generated cancels that answer; Ctrl-C or Ctrl-D at the prompt ends the session.
+    A running 'hpc-chat serve' answers from warm workers and keeps the turns (see --server)."""
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
         pass
     name = conversation or time.strftime("chat-%Y%m%d-%H%M%S")
+    names = agents_list(agents)
+    url, explicit = remote.choose_server(server, own_workers=remote.wants_own_workers(
+        config, site, endpoint, allocation, model, names))
+    models = remote.reachable_models(url, explicit) if url else None
+    if models is not None:
+        remote.chat_loop(url, name, remote.one_agent(names, models, url),
+                         generation_options(seed, max_tokens), _show_history)
+        return
     session = Session(config, site, allocation=allocation, endpoint=endpoint,
                       wait_for_workers=True, model=model, agents=agents_list(agents)).check()
     with session as s:
@@ -162,6 +142,21 @@ def chat(config, site, endpoint, allocation, agents, seed, max_tokens, model, co
                     s.run(asyncio.gather(task, return_exceptions=True))
                     err_console.print("(answer cancelled)", style="dim")
     console.print("bye", style="dim")
+
+
+def _show_history(name: str) -> None:
+    """A conversation as stored in this user's history (a server of this user on this host
+    stores its turns there too)."""
+    from hpc_chat.history import SQLiteHistory
+
+    unit = SQLiteHistory()
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(unit.initialize())
+        print_conversation(loop.run_until_complete(unit.messages(name)))
+    finally:
+        loop.run_until_complete(unit.close())
+        loop.close()
 
 
 @cli.command()

@@ -86,32 +86,14 @@ def status(job_id, as_json, server):
 
 
 def _server_status(server: str, as_json: bool) -> None:
-    from hpc_chat.server.client import ServerError, running_server, server_status
+    from hpc_chat.cli.remote import print_server_status
+    from hpc_chat.server.client import running_server
 
     url = running_server() if server == "auto" else server
     if not url:
         raise CliError("no server of yours runs on this host: start one with 'hpc-chat serve', "
                        "or give its URL (--server http://HOST:PORT/v1)")
-    try:
-        state = server_status(url)
-    except (ConnectionError, ServerError) as exc:
-        raise CliError(str(exc)) from None
-    if as_json:
-        click.echo(json.dumps({"url": url, **state}, indent=2))
-        return
-    requests = state.get("requests") or {}
-    table = Table("server", "site", "state", "workers", "model", "running", "tokens/s (1 min)")
-    table.add_row(Text(url), Text(str(state.get("site"))), Text(state["state"]),
-                  str(state.get("workers")), Text(str(state.get("model"))),
-                  str(requests.get("running")), f"{state.get('tokens_per_s_last_minute', 0):.1f}")
-    console.print(table)
-    if state.get("blocks"):
-        blocks = Table("pilot job", "scheduler", "state")
-        for block in state["blocks"]:
-            blocks.add_row(Text(block["job_id"]), Text(block["scheduler"]), Text(block["state"]))
-        console.print(blocks)
-    if state.get("error"):
-        err_console.print(f"[red]error:[/] {escape(state['error'])}", highlight=False)
+    print_server_status(url, as_json)
 
 
 @cli.command()

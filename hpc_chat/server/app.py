@@ -303,16 +303,17 @@ async def stream_events(state: ServerState, model: str, task: asyncio.Task,
     """OpenAI's chat.completion.chunk events: the role, the text as the worker sends it, the
     finish reason, the usage (when asked), ``[DONE]``.
 
+    The finish chunk carries the provenance in ``hpc_chat``, as a whole completion does.
     The final result is what counts: text that did not stream (a cache hit, several routed
     agents, a retried task) is sent from it at the end; if the streamed text is not the start
     of the final answer (a retry decoded another way), an error event says so."""
     ident, created = _ids()
 
-    def chunk(delta: dict, finish: str | None = None) -> str:
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
         return _event({"id": ident, "object": "chat.completion.chunk", "created": created,
                        "model": model, "system_fingerprint": f"hpc_chat-{_version()}",
                        "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                    "finish_reason": finish}]})
+                                    "finish_reason": finish}], **extra})
 
     sent = ""
     try:
@@ -338,7 +339,9 @@ async def stream_events(state: ServerState, model: str, task: asyncio.Task,
                 yield _event(error_body("the answer was computed again after a worker "
                                         "failure and differs from the text streamed so far; "
                                         "ask again", "server_error", "stream_mismatch"))
-            yield chunk({}, result["finish_reason"] or "stop")
+            # Who answered and how (an extension field, as on a whole completion): clients
+            # that do not know it ignore it; `hpc-chat chat` names the agents from it.
+            yield chunk({}, result["finish_reason"] or "stop", hpc_chat=provenance_of(result))
             if usage:
                 p, c = result["prompt_tokens"], result["completion_tokens"]
                 yield _event({"id": ident, "object": "chat.completion.chunk",

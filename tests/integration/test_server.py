@@ -224,7 +224,7 @@ def test_ask_answers_from_a_running_server_and_conversations_go_on(echo_server):
                                                    ("user", "second question")]
     unknown = ask("x", "--agents", "nobody")
     assert unknown.returncode == 2 and "model_not_found" not in unknown.stderr
-    assert "'nobody' does not exist" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert "has no agent 'nobody'" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_64_concurrent_clients_are_answered_once_in_batches(echo_server):

@@ -1,0 +1,209 @@
+"""``ask``, ``chat`` and ``batch`` through a running ``hpc-chat serve``: warm workers, no
+start-up, as the ``ollama`` CLI talks to its daemon.
+
+A command uses a server when it is given one (``--server URL`` or ``$HPC_CHAT_SERVER``), or
+finds the user's own on this host (:func:`hpc_chat.server.client.running_server`) and asks for
+nothing a server cannot give: no ``--site``, ``--config``, ``--endpoint``, ``--in-allocation``
+or ``--model`` (workers of its own, elsewhere or of another kind), not several ``--agents``
+(a server answers one agent, or the routed ``auto``), and not inside a batch job (a job's
+commands run on the job's own allocation). ``--server off`` never uses one. Either way the
+command says which it did; a server found but unreachable is passed over with a note, one
+given by name is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import click
+from rich.live import Live
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from hpc_chat.cli.app import CliError, console, err_console
+from hpc_chat.server import client
+
+REFRESH_PER_S = 12
+
+
+def wants_own_workers(config, site, endpoint, allocation, model, names) -> bool:
+    """Whether the command's options ask for workers a server cannot stand in for."""
+    return bool(config or site or endpoint or allocation or model or
+                (names and len(names) > 1))
+
+
+def choose_server(server: str | None, *, own_workers: bool) -> tuple[str | None, bool]:
+    """The server URL to use (None: start workers of its own), and whether it was named."""
+    if server == "off":
+        return None, False
+    if server not in (None, "", "auto"):
+        return server, True
+    if own_workers or os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID"):
+        return None, False
+    return client.running_server(), False
+
+
+def reachable_models(url: str, explicit: bool) -> list[str] | None:
+    """The server's model ids; None (with a note) when a server that was only found cannot
+    be reached: the command starts workers of its own."""
+    try:
+        return [m["id"] for m in client.models(url)]
+    except ConnectionError as exc:
+        if explicit:
+            raise CliError(str(exc)) from None
+        err_console.print(f"{exc}; starting workers of its own", markup=False)
+        return None
+    except client.ServerError as exc:
+        raise CliError(str(exc)) from None
+
+
+def one_agent(names: list[str] | None, models: list[str], url: str) -> str:
+    """The model id a request asks for: the one agent named, else ``auto`` (routed)."""
+    if names and len(names) > 1:
+        raise CliError("a server answers one agent or the routed 'auto': give one --agents "
+                       "name, or --server off")
+    model = names[0] if names else "auto"
+    if model not in models:
+        raise CliError(f"the server at {url} has no agent {model!r}; its models are: "
+                       f"{', '.join(models)}")
+    return model
+
+
+def request_body(model: str, prompt: str, options: dict[str, Any]) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": prompt}], **options}
+
+
+def answer(url: str, body: dict[str, Any], conversation: str | None, *,
+           live: bool) -> dict[str, Any]:
+    """One answer from the server: ``text``, ``finish_reason``, ``usage``, ``agents`` and
+    ``latency_s``. ``live``: streamed into a transient panel that grows with the answer.
+    A server error is a :class:`CliError` naming it."""
+    start = time.monotonic()
+    try:
+        if not live:
+            done = client.complete(url, body, conversation)
+            choice = done["choices"][0]
+            return _answered(choice["message"]["content"], choice["finish_reason"],
+                             done["usage"], done.get("hpc_chat"), start)
+        return _streamed(url, body, conversation, start)
+    except client.ServerError as exc:
+        raise CliError(str(exc)) from None
+    except ConnectionError as exc:
+        raise CliError(f"{exc} (it may have stopped; --server off starts workers of this "
+                       f"command's own)") from None
+
+
+def _streamed(url, body, conversation, start) -> dict[str, Any]:
+    text, finish, usage, provenance = "", None, {}, None
+    title = Text(body["model"])
+    with Live(Panel(Text("…"), title=title, title_align="left"), console=console,
+              transient=True, auto_refresh=False) as panel:
+        drawn = 0.0
+        for chunk in client.stream(url, body, conversation):
+            usage = chunk.get("usage") or usage
+            provenance = chunk.get("hpc_chat") or provenance
+            for choice in chunk.get("choices") or []:
+                text += (choice.get("delta") or {}).get("content") or ""
+                finish = choice.get("finish_reason") or finish
+            if time.monotonic() - drawn >= 1 / REFRESH_PER_S:  # a slow ssh link
+                drawn = time.monotonic()
+                panel.update(Panel(Text(text or "…"), title=title, title_align="left"),
+                             refresh=True)
+    return _answered(text, finish, usage, provenance, start)
+
+
+def _answered(text, finish, usage, provenance, start) -> dict[str, Any]:
+    agents = [a.get("agent") for a in (provenance or {}).get("agents") or []]
+    return {"text": text, "finish_reason": finish or "stop", "usage": usage or {},
+            "agents": [a for a in agents if a], "latency_s": time.monotonic() - start}
+
+
+def print_answer(url: str, done: dict[str, Any], *, raw: bool) -> None:
+    """The answer on stdout; who answered, where, how long and how many tokens on stderr."""
+    click.echo(done["text"])
+    if raw:
+        return
+    note = " (stopped at the max_tokens limit; raise it with --max-tokens)" \
+        if done["finish_reason"] == "length" else ""
+    err_console.print(f"answered by the server at {url}: {', '.join(done['agents']) or '?'}, "
+                      f"{done['latency_s']:.2f} s, "
+                      f"{done['usage'].get('completion_tokens', 0)} tokens{note}",
+                      markup=False, highlight=False)
+
+
+def print_models(url: str) -> None:
+    table = Table("model", "runs", "description", title=Text(f"the server at {url}"))
+    try:
+        listing = client.models(url)
+    except (ConnectionError, client.ServerError) as exc:
+        raise CliError(str(exc)) from None
+    for m in listing:
+        extra = m.get("hpc_chat") or {}
+        table.add_row(Text(m["id"]), Text(str(extra.get("runs", ""))),
+                      Text(str(extra.get("description", ""))))
+    console.print(table)
+
+
+def print_server_status(url: str, as_json: bool = False) -> None:
+    """``hpc-chat status --server`` and ``/stats`` in a chat through a server."""
+    try:
+        state = client.server_status(url)
+    except (ConnectionError, client.ServerError) as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"url": url, **state}, indent=2))
+        return
+    requests = state.get("requests") or {}
+    table = Table("server", "site", "state", "workers", "model", "running", "tokens/s (1 min)")
+    table.add_row(Text(url), Text(str(state.get("site"))), Text(state["state"]),
+                  str(state.get("workers")), Text(str(state.get("model"))),
+                  str(requests.get("running")), f"{state.get('tokens_per_s_last_minute', 0):.1f}")
+    console.print(table)
+    if state.get("blocks"):
+        blocks = Table("pilot job", "scheduler", "state")
+        for block in state["blocks"]:
+            blocks.add_row(Text(block["job_id"]), Text(block["scheduler"]), Text(block["state"]))
+        console.print(blocks)
+    if state.get("error"):
+        err_console.print(f"[red]error:[/] {escape(state['error'])}", highlight=False)
+
+
+def chat_loop(url: str, name: str, model: str, options: dict[str, Any],
+              show_history) -> None:
+    """``hpc-chat chat`` through a server: the server keeps the turns under ``name``, as
+    ``--conversation`` does locally. Ctrl-C during an answer closes its connection, which
+    stops it at the server (its slot is freed at the next token)."""
+    console.print(Text.assemble(("hpc-chat", "bold"), " conversation ", (name, "cyan"),
+                                f" with {model} on the server at {url}. /quit to end."))
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            break
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            break
+        try:
+            if line == "/stats":
+                print_server_status(url)
+            elif line == "/agents":
+                print_models(url)
+            elif line == "/history":
+                show_history(name)
+            elif line.startswith("/"):
+                console.print("commands: /stats /agents /history /quit")
+            else:
+                print_answer(url, answer(url, request_body(model, line, options), name,
+                                         live=console.is_terminal), raw=False)
+        except KeyboardInterrupt:
+            err_console.print("(answer cancelled)", style="dim")
+        except CliError as exc:  # one failed turn (the server busy, a prompt too long)
+            exc.show()
+    console.print("bye", style="dim")

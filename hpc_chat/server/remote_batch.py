@@ -1,0 +1,154 @@
+"""A batch answered by a running server (``hpc-chat batch --server``): the same input, output,
+resume and summary as a batch with workers of its own (:mod:`hpc_chat.batchrun`), the
+answers from the server's warm workers.
+
+Each prompt is one ``POST /v1/chat/completions``, ``IN_FLIGHT`` at a time from threads, so the
+server's workers decode them in batches while the output is written as each completes. An
+OpenAI batch line is sent with its own body (the server checks it as the batch reader did);
+a native prompt asks the one ``--agents`` name or the routed ``auto``. The server's refusals
+become the line's error as its own workers' would (``error_kind`` input for a 4xx, runtime
+for a 5xx); a full queue (429) or workers not ready yet (503) are waited out, as the server
+asks with Retry-After. A server that goes away ends the run: every answer so far is written,
+and ``--resume`` finishes it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hpc_chat.batchfile import OUTPUT_KEYS, BatchItem, OutputWriter
+from hpc_chat.errors import HpcChatError
+from hpc_chat.openai_batch import ROUTED_MODEL
+from hpc_chat.server import client
+
+IN_FLIGHT = 32  # enough to fill the slots of a few nodes' engines; the server queues the rest
+WAIT_CAP_S = 30.0
+POLL_S = 0.5
+
+
+class ServerGone(HpcChatError):
+    """The server could not be reached in the middle of a batch."""
+
+
+def answer_all(url: str, items: list[BatchItem], writer: OutputWriter, *, models: list[str],
+               agent: str | None = None, options: dict[str, Any] | None = None,
+               on_result: Callable[[BatchItem, dict], None] | None = None,
+               on_status: Callable[[str], None] | None = None,
+               in_flight: int = IN_FLIGHT) -> int:
+    """Answer every item through the server at ``url`` and write each result as it
+    completes; returns the number failed. ``models``: the server's model ids (a line that
+    names another fails on its input, before any request)."""
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for it in items:
+        todo.put(it)
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
+    status = on_status or (lambda text: None)
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                it = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((it, ask(url, it, models, agent, options or {}, status, stop)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the writing thread
+                done.put((it, exc))
+                return
+
+    # Daemon threads: an interrupted run exits at once (answers in flight then finish at the
+    # server unused; --resume asks them again).
+    threads = [threading.Thread(target=work, daemon=True, name=f"hpc_chat-batch-{n}")
+               for n in range(min(in_flight, len(items)))]
+    for t in threads:
+        t.start()
+    failed, left, gone = 0, len(items), None
+    try:
+        while left:
+            try:
+                it, result = done.get(timeout=POLL_S)  # Ctrl-C and SIGTERM land here
+            except queue.Empty:
+                if gone is not None and not any(t.is_alive() for t in threads) and \
+                        done.empty():
+                    break  # every request that was in flight has come back
+                continue
+            left -= 1
+            if isinstance(result, (ConnectionError, _Abandoned)):
+                # No new requests; those in flight still come back (a server stopped with
+                # SIGTERM finishes them) and are written.
+                gone = gone or result
+                stop.set()
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            writer.write(it, result, finished_at=time.time())
+            failed += not result["ok"]
+            if on_result is not None:
+                on_result(it, result)
+    finally:
+        stop.set()
+    if gone is not None:
+        raise ServerGone(f"{gone}; {writer.written} results are written; rerun with --resume "
+                         f"once it is back (or with --server off: workers of the command's "
+                         f"own)")
+    return failed
+
+
+class _Abandoned(Exception):
+    """A request given up because the run is ending (not written: --resume asks it again)."""
+
+
+def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
+        options: dict[str, Any], status: Callable[[str], None],
+        stop: threading.Event) -> dict[str, Any]:
+    """One item's result, in the form the workflow gives (what :class:`OutputWriter` writes)."""
+    start = time.time()
+    if item.request is not None:
+        model = item.request.model
+        body = {**options, **item.request.body, "stream": False}
+        body.pop("stream_options", None)
+    else:
+        model = agent or ROUTED_MODEL
+        body = {"model": model, "messages": [{"role": "user", "content": item.prompt}],
+                **options}
+    if model not in models:
+        return _failed(start, f"unknown model {model!r}; the models are: {', '.join(models)}",
+                       "input")
+    while True:
+        try:
+            done = client.complete(url, body)
+            break
+        except client.ServerError as exc:
+            if exc.status == 401:  # the key changed under the run: no line can be answered
+                raise
+            if exc.status in (429, 503):
+                if stop.is_set():
+                    raise _Abandoned(str(exc)) from None
+                if exc.status == 503:
+                    status(f"waiting for the server's workers: {exc.reason}")
+                stop.wait(min(exc.retry_after or 2.0, WAIT_CAP_S))
+                continue
+            return _failed(start, exc.reason, "input" if exc.status < 500 else "runtime")
+    status("")
+    choice, usage = done["choices"][0], done.get("usage") or {}
+    provenance = done.get("hpc_chat") or {}
+    agents = [a.get("agent") for a in provenance.get("agents") or [] if a.get("agent")]
+    return {**dict.fromkeys(OUTPUT_KEYS), "ok": True, "response": choice["message"]["content"],
+            "agents": agents, "latency_s": round(time.time() - start, 4),
+            "completion_tokens": int(usage.get("completion_tokens") or 0),
+            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "finish_reason": choice.get("finish_reason"),
+            "cached": any(a.get("cached") for a in provenance.get("agents") or []),
+            "provenance": {**provenance, "server": url} if provenance else None}
+
+
+def _failed(start: float, error: str, kind: str) -> dict[str, Any]:
+    return {**dict.fromkeys(OUTPUT_KEYS), "ok": False, "agents": [],
+            "latency_s": round(time.time() - start, 4), "completion_tokens": 0,
+            "prompt_tokens": 0, "cached": False, "error": error, "error_kind": kind,
+            "provenance": None}
