@@ -171,10 +171,10 @@ model_option = click.option(
 common_options = [*site_options, *request_options, model_option]
 server_option = click.option(
     "--server", default=None, metavar="URL|off", envvar="HPC_CHAT_SERVER",
-    help="Send the requests to this running 'hpc-chat serve' (its /v1 URL). Default: your "
-         "server on this host when one runs, unless --site, --config, --endpoint, "
-         "--in-allocation, --model or several --agents ask for workers of their own, or this "
-         "runs inside a batch job; 'off': never.")
+    help="Send the requests to this running 'hpc-chat serve' (its /v1 URL). Default: "
+         "$HPC_CHAT_SERVER, else your server on this host when one runs, unless --site, "
+         "--config, --endpoint, --in-allocation, --model or several --agents ask for workers "
+         "of the command's own, or this runs inside a batch job; 'off': never.")
 
 
 def with_common(fn):

@@ -76,7 +76,7 @@ def batch(input_path, output, resume, retry_failed, check_only, show, summary_js
     if missing:
         raise CliError("give " + " and ".join(missing))
     names, options = agents_list(agents), generation_options(seed, max_tokens)
-    url, explicit = remote.choose_server(server, own_workers=remote.wants_own_workers(
+    url, explicit = remote.choose_server(server, remote.own_worker_options(
         config, site, endpoint, allocation, model, names))
     models = remote.reachable_models(url, explicit) if url else None
     run = dict(fmt=fmt, output_format=output_format, resume=resume, retry_failed=retry_failed,

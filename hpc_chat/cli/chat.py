@@ -47,19 +47,14 @@ def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, 
         raise CliError("the question is empty")
     names = agents_list(agents)
     options = generation_options(seed, max_tokens)
-    url, explicit = remote.choose_server(server, own_workers=remote.wants_own_workers(
+    url, explicit = remote.choose_server(server, remote.own_worker_options(
         config, site, endpoint, allocation, model, names))
     models = remote.reachable_models(url, explicit) if url else None
     if models is not None:
         body = remote.request_body(remote.one_agent(names, models, url), question, options)
         if as_json:
-            from hpc_chat.server.client import ServerError, complete
-
-            try:
-                click.echo(json.dumps(complete(url, body, conversation), indent=2,
-                                      ensure_ascii=False))
-            except (ConnectionError, ServerError) as exc:
-                raise CliError(str(exc)) from None
+            click.echo(json.dumps(remote.completion(url, body, conversation), indent=2,
+                                  ensure_ascii=False))
             return
         remote.print_answer(url, remote.answer(url, body, conversation,
                                                live=console.is_terminal and not raw), raw=raw)
@@ -96,7 +91,7 @@ def chat(config, site, endpoint, allocation, agents, seed, max_tokens, model, co
         pass
     name = conversation or time.strftime("chat-%Y%m%d-%H%M%S")
     names = agents_list(agents)
-    url, explicit = remote.choose_server(server, own_workers=remote.wants_own_workers(
+    url, explicit = remote.choose_server(server, remote.own_worker_options(
         config, site, endpoint, allocation, model, names))
     models = remote.reachable_models(url, explicit) if url else None
     if models is not None:

@@ -1,18 +1,20 @@
 """``ask``, ``chat`` and ``batch`` through a running ``hpc-chat serve``: warm workers, no
 start-up, as the ``ollama`` CLI talks to its daemon.
 
-A command uses a server when it is given one (``--server URL`` or ``$HPC_CHAT_SERVER``), or
-finds the user's own on this host (:func:`hpc_chat.server.client.running_server`) and asks for
-nothing a server cannot give: no ``--site``, ``--config``, ``--endpoint``, ``--in-allocation``
-or ``--model`` (workers of its own, elsewhere or of another kind), not several ``--agents``
-(a server answers one agent, or the routed ``auto``), and not inside a batch job (a job's
-commands run on the job's own allocation). ``--server off`` never uses one. Either way the
-command says which it did; a server found but unreachable is passed over with a note, one
-given by name is an error.
+A command uses the server named by ``--server URL`` (refused beside an option that asks for
+workers of its own). Otherwise it uses ``$HPC_CHAT_SERVER`` or the user's own server on this
+host (:func:`hpc_chat.server.client.running_server`) when it asks for nothing a server cannot
+give: no ``--site``, ``--config``, ``--endpoint``, ``--in-allocation`` or ``--model`` (workers
+of its own, elsewhere or of another kind), not several ``--agents`` (a server answers one
+agent, or the routed ``auto``), and not inside a batch job (a job's commands run on the job's
+own allocation). ``--server off`` never uses one. Either way the command says which it did; a
+server only found that cannot be reached is passed over with a note, a named one is an error.
+Answers are streamed, so Ctrl-C stops one at the server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -25,27 +27,40 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from hpc_chat.cli.app import CliError, console, err_console
+from hpc_chat.cli.app import CliError, console, err_console, option_source
 from hpc_chat.server import client
 
 REFRESH_PER_S = 12
 
 
-def wants_own_workers(config, site, endpoint, allocation, model, names) -> bool:
-    """Whether the command's options ask for workers a server cannot stand in for."""
-    return bool(config or site or endpoint or allocation or model or
-                (names and len(names) > 1))
+def own_worker_options(config, site, endpoint, allocation, model, names) -> list[str]:
+    """The options given that ask for workers a server cannot stand in for."""
+    given = [("config", "--config", config), ("site", "--site", site),
+             ("endpoint", "--endpoint", endpoint), ("allocation", "--in-allocation", allocation),
+             ("model", "--model", model)]
+    chosen = [option_source(param, flag) for param, flag, value in given if value]
+    if names and len(names) > 1:
+        chosen.append("several --agents")
+    return chosen
 
 
-def choose_server(server: str | None, *, own_workers: bool) -> tuple[str | None, bool]:
-    """The server URL to use (None: start workers of its own), and whether it was named."""
+def choose_server(server: str | None, own: list[str]) -> tuple[str | None, bool]:
+    """The server URL to use (None: start workers of its own), and whether it was named on
+    the command line. ``own``: :func:`own_worker_options`. ``$HPC_CHAT_SERVER`` counts as a
+    server found, not named: a job's commands and commands with workers of their own pass it
+    over."""
     if server == "off":
         return None, False
-    if server not in (None, "", "auto"):
+    named = server not in (None, "", "auto")
+    if named and option_source("server", "--server") == "--server":
+        if own:
+            raise CliError(f"--server sends the requests to that server's workers; it cannot "
+                           f"be combined with {', '.join(own)} (which start workers of the "
+                           f"command's own): drop one")
         return server, True
-    if own_workers or os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID"):
+    if own or os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID"):
         return None, False
-    return client.running_server(), False
+    return (server if named else client.running_server()), False
 
 
 def reachable_models(url: str, explicit: bool) -> list[str] | None:
@@ -64,14 +79,22 @@ def reachable_models(url: str, explicit: bool) -> list[str] | None:
 
 def one_agent(names: list[str] | None, models: list[str], url: str) -> str:
     """The model id a request asks for: the one agent named, else ``auto`` (routed)."""
-    if names and len(names) > 1:
-        raise CliError("a server answers one agent or the routed 'auto': give one --agents "
-                       "name, or --server off")
     model = names[0] if names else "auto"
     if model not in models:
         raise CliError(f"the server at {url} has no agent {model!r}; its models are: "
                        f"{', '.join(models)}")
     return model
+
+
+class Failed(CliError):
+    """The server could not answer this request (exit 1, as when workers of the command's
+    own fail to answer it)."""
+
+    exit_code = 1
+
+    def show(self, file=None) -> None:
+        err_console.print(f"[bold red]failed:[/] {escape(self.format_message())}",
+                          highlight=False, soft_wrap=True)
 
 
 def request_body(model: str, prompt: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -80,38 +103,54 @@ def request_body(model: str, prompt: str, options: dict[str, Any]) -> dict[str, 
 
 def answer(url: str, body: dict[str, Any], conversation: str | None, *,
            live: bool) -> dict[str, Any]:
-    """One answer from the server: ``text``, ``finish_reason``, ``usage``, ``agents`` and
-    ``latency_s``. ``live``: streamed into a transient panel that grows with the answer.
-    A server error is a :class:`CliError` naming it."""
+    """One answer from the server, streamed (Ctrl-C closes the connection, which stops the
+    answer at the server): ``text``, ``finish_reason``, ``usage``, ``agents``, ``latency_s``.
+    ``live``: drawn in a transient panel as it grows, and a spinner while the server's
+    workers are not ready. The server's refusal is :class:`Failed`; a wrong key or a server
+    that cannot be reached, :class:`CliError`."""
     start = time.monotonic()
     try:
-        if not live:
-            done = client.complete(url, body, conversation)
-            choice = done["choices"][0]
-            return _answered(choice["message"]["content"], choice["finish_reason"],
-                             done["usage"], done.get("hpc_chat"), start)
-        return _streamed(url, body, conversation, start)
+        with contextlib.nullcontext() if not live else \
+                err_console.status("waiting for the server") as spinner:
+            chunks = client.until_ready(url, lambda: client.stream(url, body, conversation),
+                                        on_wait=spinner.update if spinner else None)
+        return _collect(chunks, body["model"], live, start)
     except client.ServerError as exc:
-        raise CliError(str(exc)) from None
+        if exc.status == 401:
+            raise CliError(str(exc)) from None
+        raise Failed(str(exc)) from None
     except ConnectionError as exc:
-        raise CliError(f"{exc} (it may have stopped; --server off starts workers of this "
-                       f"command's own)") from None
+        raise CliError(f"{exc} (--server off starts workers of this command's own)") from None
 
 
-def _streamed(url, body, conversation, start) -> dict[str, Any]:
+def completion(url: str, body: dict[str, Any], conversation: str | None) -> dict[str, Any]:
+    """The server's whole ``chat.completion`` (``ask --json``), waiting as :func:`answer`
+    does."""
+    try:
+        return client.until_ready(url, lambda: client.complete(url, body, conversation))
+    except client.ServerError as exc:
+        if exc.status == 401:
+            raise CliError(str(exc)) from None
+        raise Failed(str(exc)) from None
+    except ConnectionError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _collect(chunks, model: str, live: bool, start: float) -> dict[str, Any]:
     text, finish, usage, provenance = "", None, {}, None
-    title = Text(body["model"])
-    with Live(Panel(Text("…"), title=title, title_align="left"), console=console,
-              transient=True, auto_refresh=False) as panel:
+    title = Text(model)
+    with contextlib.nullcontext() if not live else \
+            Live(Panel(Text("…"), title=title, title_align="left"), console=console,
+                 transient=True, auto_refresh=False) as panel:
         drawn = 0.0
-        for chunk in client.stream(url, body, conversation):
+        for chunk in chunks:
             usage = chunk.get("usage") or usage
             provenance = chunk.get("hpc_chat") or provenance
             for choice in chunk.get("choices") or []:
                 text += (choice.get("delta") or {}).get("content") or ""
                 finish = choice.get("finish_reason") or finish
-            if time.monotonic() - drawn >= 1 / REFRESH_PER_S:  # a slow ssh link
-                drawn = time.monotonic()
+            if panel is not None and time.monotonic() - drawn >= 1 / REFRESH_PER_S:
+                drawn = time.monotonic()  # at most 12 frames a second: a slow ssh link
                 panel.update(Panel(Text(text or "…"), title=title, title_align="left"),
                              refresh=True)
     return _answered(text, finish, usage, provenance, start)
@@ -197,6 +236,10 @@ def chat_loop(url: str, name: str, model: str, options: dict[str, Any],
                 print_models(url)
             elif line == "/history":
                 show_history(name)
+                if client.running_server() != url:
+                    err_console.print(f"(the history of this host; the server at {url} "
+                                      f"keeps the turns in its own)", markup=False,
+                                      highlight=False)
             elif line.startswith("/"):
                 console.print("commands: /stats /agents /history /quit")
             else:

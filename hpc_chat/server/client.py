@@ -13,12 +13,15 @@ and a stream is read line by line as the server sends it.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from hpc_chat.errors import HpcChatError
@@ -26,6 +29,7 @@ from hpc_chat.server.auth import ENV, key_file
 from hpc_chat.server.run import server_file
 
 TIMEOUT_S = 3600.0
+WAIT_CAP_S = 30.0  # the longest wait between tries while the server is busy or not ready
 
 
 class ServerError(HpcChatError):
@@ -80,28 +84,82 @@ def complete(url: str, body: dict[str, Any], conversation: str | None = None) ->
 
 def stream(url: str, body: dict[str, Any], conversation: str | None = None
            ) -> Iterator[dict[str, Any]]:
-    """POST /chat/completions with ``stream: true``; yields each chunk as the server sends
-    it. An error event raises :class:`ServerError`. Closing the generator (Ctrl-C) closes
-    the connection, which stops the answer at the server and frees its slot."""
+    """POST /chat/completions with ``stream: true``. The request is sent now (a refusal
+    raises :class:`ServerError` here); the returned iterator yields each chunk as the server
+    sends it, raises :class:`ServerError` on an error event and :class:`ConnectionError` when
+    the stream ends before ``[DONE]``. Closing it (Ctrl-C) closes the connection, which stops
+    the answer at the server and frees its slot."""
     request = urllib.request.Request(
         f"{url.rstrip('/')}/chat/completions",
         data=json.dumps({**body, "stream": True,
                          "stream_options": {"include_usage": True}}).encode(),
         headers=_headers(conversation))
     answer = _open(url, request, TIMEOUT_S)
+    if answer.headers.get_content_type() != "text/event-stream":
+        answer.close()
+        raise ServerError(url, 502, "the answer is not a stream of events (is this the /v1 "
+                                    "URL of an 'hpc-chat serve'?)")
+    return _events(url, answer)
+
+
+def _events(url: str, answer) -> Iterator[dict[str, Any]]:
     with answer:
-        for raw in answer:
-            line = raw.decode("utf-8", "replace").strip()
-            if not line.startswith("data:"):
-                continue
-            data = line[len("data:"):].strip()
-            if data == "[DONE]":
-                return
-            event = json.loads(data)
-            if "error" in event:
-                error = event["error"] or {}
-                raise ServerError(url, 500, str(error.get("message")), error.get("code"))
-            yield event
+        try:
+            for raw in answer:
+                line = raw.decode("utf-8", "replace").strip()
+                if not line.startswith("data:"):
+                    continue
+                data = line[len("data:"):].strip()
+                if data == "[DONE]":
+                    return
+                event = json.loads(data)
+                if not isinstance(event, dict):
+                    raise ValueError("an event is not a JSON object")
+                if "error" in event:
+                    error = event["error"] if isinstance(event["error"], dict) else {}
+                    status = 400 if error.get("type") == "invalid_request_error" else 500
+                    raise ServerError(url, status, str(error.get("message")), error.get("code"))
+                yield event
+        except ValueError as exc:
+            raise ServerError(url, 502, f"the stream is not OpenAI's chunks ({exc})") from None
+        except TimeoutError:
+            raise ServerError(url, 504, f"no token for {TIMEOUT_S:.0f} s") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise ConnectionError(f"the server at {url} went away in the middle of the "
+                                  f"answer ({type(exc).__name__})") from None
+    raise ConnectionError(f"the server at {url} ended the answer before it was complete")
+
+
+def until_ready(url: str, attempt: Callable[[], Any], *,
+                on_wait: Callable[[str], None] | None = None,
+                stop: threading.Event | None = None) -> Any:
+    """``attempt()`` until the server takes it: a full queue (429) or workers not ready yet
+    (503) wait the server's Retry-After and try again, as long as it takes (a pilot job may
+    queue for hours); workers that failed to start raise :class:`ServerError` at once.
+    ``stop`` set: :class:`Stopped` instead of another try."""
+    while True:
+        try:
+            return attempt()
+        except ServerError as exc:
+            if exc.status not in (429, 503):
+                raise
+            if exc.status == 503:
+                state = server_status(url)
+                if state.get("state") == "failed":
+                    raise ServerError(url, 503, "its workers could not start: "
+                                                f"{state.get('error') or 'see its log'}",
+                                      "workers_failed") from None
+                if on_wait is not None:
+                    on_wait(f"waiting for the server's workers ({state.get('state')})")
+            delay = min(exc.retry_after or 2.0, WAIT_CAP_S)
+            if stop is None:
+                time.sleep(delay)
+            elif stop.wait(delay):
+                raise Stopped(str(exc)) from None
+
+
+class Stopped(HpcChatError):
+    """A wait given up because the run is ending."""
 
 
 def models(url: str) -> list[dict[str, Any]]:
@@ -120,7 +178,19 @@ def server_status(url: str) -> dict:
 
 def _call(url: str, request: urllib.request.Request, timeout: float = TIMEOUT_S) -> dict:
     with _open(url, request, timeout) as answer:
-        return json.loads(answer.read())
+        try:
+            body = json.loads(answer.read())
+        except ValueError:
+            raise ServerError(url, 502, "the answer is not JSON (is this the /v1 URL of an "
+                                        "'hpc-chat serve'?)") from None
+        except TimeoutError:
+            raise ServerError(url, 504, f"no answer within {timeout:.0f} s") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise ConnectionError(f"the server at {url} went away in the middle of the "
+                                  f"answer ({type(exc).__name__})") from None
+    if not isinstance(body, dict):
+        raise ServerError(url, 502, "the answer is not a JSON object")
+    return body
 
 
 def _open(url: str, request: urllib.request.Request, timeout: float):
@@ -137,6 +207,8 @@ def _open(url: str, request: urllib.request.Request, timeout: float):
         except ValueError:
             retry = None
         raise ServerError(url, exc.code, message, code, retry) from None
-    except (urllib.error.URLError, OSError) as exc:
+    except TimeoutError:  # connected, and no answer in time: the request's failure
+        raise ServerError(url, 504, f"no answer within {timeout:.0f} s") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise ConnectionError(f"the server at {url} cannot be reached: "
                               f"{getattr(exc, 'reason', exc)}") from None

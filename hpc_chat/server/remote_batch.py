@@ -26,7 +26,6 @@ from hpc_chat.openai_batch import ROUTED_MODEL
 from hpc_chat.server import client
 
 IN_FLIGHT = 32  # enough to fill the slots of a few nodes' engines; the server queues the rest
-WAIT_CAP_S = 30.0
 POLL_S = 0.5
 
 
@@ -73,29 +72,30 @@ def answer_all(url: str, items: list[BatchItem], writer: OutputWriter, *, models
             try:
                 it, result = done.get(timeout=POLL_S)  # Ctrl-C and SIGTERM land here
             except queue.Empty:
-                if gone is not None and not any(t.is_alive() for t in threads) and \
+                if stop.is_set() and not any(t.is_alive() for t in threads) and \
                         done.empty():
                     break  # every request that was in flight has come back
                 continue
             left -= 1
-            if isinstance(result, (ConnectionError, _Abandoned)):
+            if isinstance(result, BaseException):
                 # No new requests; those in flight still come back (a server stopped with
-                # SIGTERM finishes them) and are written.
-                gone = gone or result
+                # SIGTERM finishes them) and are written before the run ends.
+                if not isinstance(result, _Abandoned):
+                    gone = gone or result
                 stop.set()
                 continue
-            if isinstance(result, BaseException):
-                raise result
             writer.write(it, result, finished_at=time.time())
             failed += not result["ok"]
             if on_result is not None:
                 on_result(it, result)
     finally:
         stop.set()
-    if gone is not None:
+    if isinstance(gone, ConnectionError):
         raise ServerGone(f"{gone}; {writer.written} results are written; rerun with --resume "
                          f"once it is back (or with --server off: workers of the command's "
                          f"own)")
+    if gone is not None:
+        raise gone
     return failed
 
 
@@ -110,8 +110,12 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
     start = time.time()
     if item.request is not None:
         model = item.request.model
+        # The line's own body, as the server would take it from any client; but each line is
+        # a request of its own, as with the batch's own workers: no stored conversation (the
+        # server would take ``user`` as one), no stream.
         body = {**options, **item.request.body, "stream": False}
-        body.pop("stream_options", None)
+        for key in ("stream_options", "user"):
+            body.pop(key, None)
     else:
         model = agent or ROUTED_MODEL
         body = {"model": model, "messages": [{"role": "user", "content": item.prompt}],
@@ -119,32 +123,31 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
     if model not in models:
         return _failed(start, f"unknown model {model!r}; the models are: {', '.join(models)}",
                        "input")
-    while True:
-        try:
-            done = client.complete(url, body)
-            break
-        except client.ServerError as exc:
-            if exc.status == 401:  # the key changed under the run: no line can be answered
-                raise
-            if exc.status in (429, 503):
-                if stop.is_set():
-                    raise _Abandoned(str(exc)) from None
-                if exc.status == 503:
-                    status(f"waiting for the server's workers: {exc.reason}")
-                stop.wait(min(exc.retry_after or 2.0, WAIT_CAP_S))
-                continue
-            return _failed(start, exc.reason, "input" if exc.status < 500 else "runtime")
+    try:
+        done = client.until_ready(url, lambda: client.complete(url, body), on_wait=status,
+                                  stop=stop)
+    except client.Stopped:
+        raise _Abandoned() from None
+    except client.ServerError as exc:
+        if exc.status == 401 or exc.code == "workers_failed":
+            raise  # no line can be answered: the run ends (what came back is written)
+        return _failed(start, exc.reason, "input" if exc.status < 500 else "runtime")
     status("")
-    choice, usage = done["choices"][0], done.get("usage") or {}
-    provenance = done.get("hpc_chat") or {}
-    agents = [a.get("agent") for a in provenance.get("agents") or [] if a.get("agent")]
-    return {**dict.fromkeys(OUTPUT_KEYS), "ok": True, "response": choice["message"]["content"],
-            "agents": agents, "latency_s": round(time.time() - start, 4),
-            "completion_tokens": int(usage.get("completion_tokens") or 0),
-            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-            "finish_reason": choice.get("finish_reason"),
-            "cached": any(a.get("cached") for a in provenance.get("agents") or []),
-            "provenance": {**provenance, "server": url} if provenance else None}
+    try:
+        choice, usage = done["choices"][0], done.get("usage") or {}
+        provenance = done.get("hpc_chat") or {}
+        agents = [a.get("agent") for a in provenance.get("agents") or [] if a.get("agent")]
+        return {**dict.fromkeys(OUTPUT_KEYS), "ok": True,
+                "response": choice["message"]["content"], "agents": agents,
+                "latency_s": round(time.time() - start, 4),
+                "completion_tokens": int(usage.get("completion_tokens") or 0),
+                "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                "finish_reason": choice.get("finish_reason"),
+                "cached": any(a.get("cached") for a in provenance.get("agents") or []),
+                "provenance": {**provenance, "server": url} if provenance else None}
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        return _failed(start, f"the server's answer is not a chat completion "
+                              f"({type(exc).__name__}: {exc})", "runtime")
 
 
 def _failed(start: float, error: str, kind: str) -> dict[str, Any]:
