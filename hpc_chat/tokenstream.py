@@ -13,6 +13,12 @@ hears :data:`RESTART`. When the one waiting for a stream goes away (an HTTP clie
 disconnected), the hub closes the worker's connection; the worker sees it at its next token
 and stops the answer, freeing its sequence slot.
 
+A worker also sends each finished answer's result (``{"r": {...}}``) before ``done`` when the
+request is one of several in a Parsl task (a micro-batch): the driver takes the first result
+it gets, so an answer that finished early is not held until its task's slowest answer ends
+(:func:`on_result`; the task's own result, when it comes, is ignored). A stream opened with
+``tokens=False`` carries only that result, not the text as it grows.
+
 The port is open to whoever can reach the address, so a connection must say the key within
 a few seconds in a short first line, or it is closed; and there is a cap on connections.
 """
@@ -25,7 +31,9 @@ import json
 import logging
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,7 @@ HELLO_TIMEOUT_S = 5.0
 HELLO_LIMIT = 4096  # bytes: a longer first line is not one of ours
 MAX_CONNECTIONS = 512
 RESTART = object()  # put in a stream's queue when a retried attempt takes the stream over
+_HUBS: dict[str, TokenHub] = {}  # the hubs of this process, by key: see on_result
 
 
 @dataclass
@@ -44,6 +53,21 @@ class Stream:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     closed: bool = False
     writer: asyncio.StreamWriter | None = None  # the current worker connection
+    result_callbacks: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
+
+
+def on_result(spec: dict[str, Any] | None, callback: Callable[[dict[str, Any]], None]) -> bool:
+    """Have ``callback`` hear the answer's result as soon as a worker sends it on the stream
+    ``spec`` (from :meth:`TokenHub.open` of this process); False when there is no such
+    stream here (then the result comes with its task only)."""
+    if not isinstance(spec, dict):
+        return False
+    hub = _HUBS.get(str(spec.get("key")))
+    stream = hub._streams.get(str(spec.get("id"))) if hub is not None else None
+    if stream is None:
+        return False
+    stream.result_callbacks.append(callback)
+    return True
 
 
 class TokenHub:
@@ -60,8 +84,10 @@ class TokenHub:
         self._server = await asyncio.start_server(self._connected, bind, 0, limit=1 << 20)
         self.port = self._server.sockets[0].getsockname()[1]
         self.addresses = addresses
+        _HUBS[self.key] = self
 
     async def stop(self) -> None:
+        _HUBS.pop(self.key, None)
         for stream in list(self._streams.values()):
             self.close(stream)
         for writer in list(self._writers):
@@ -70,14 +96,15 @@ class TokenHub:
             self._server.close()
             self._server = None
 
-    def open(self) -> tuple[Stream, dict]:
-        """A new stream, and what a worker needs to send to it (goes into the request)."""
+    def open(self, tokens: bool = True) -> tuple[Stream, dict]:
+        """A new stream, and what a worker needs to send to it (goes into the request).
+        ``tokens=False``: the worker sends only the result, not the text as it grows."""
         if self.port is None:
             raise RuntimeError("the token hub is not started")
         stream = Stream(uuid.uuid4().hex)
         self._streams[stream.id] = stream
         return stream, {"addresses": self.addresses, "port": self.port, "id": stream.id,
-                        "key": self.key}
+                        "key": self.key, "tokens": tokens}
 
     def close(self, stream: Stream) -> None:
         """Nobody waits for this stream any more: its worker is told by a closed connection."""
@@ -115,8 +142,13 @@ class TokenHub:
                 message = json.loads(line)
                 if message.get("done"):
                     break
-                if stream.writer is writer:
-                    stream.queue.put_nowait(str(message.get("t", "")))
+                if stream.writer is not writer:
+                    continue
+                if isinstance(message.get("r"), dict):
+                    for callback in stream.result_callbacks:
+                        callback(message["r"])
+                elif "t" in message:
+                    stream.queue.put_nowait(str(message["t"]))
         except (ValueError, AttributeError, OSError, asyncio.TimeoutError,
                 asyncio.LimitOverrunError) as exc:
             log.debug("token stream connection dropped: %s", exc)

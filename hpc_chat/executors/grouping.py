@@ -10,6 +10,10 @@ The items of a micro-batch start together, so its time limit is each request's l
 (``performance.timeout_seconds``). When it runs out (a worker stalled, or one answer is very
 long), the batch is not retried as a whole: each request is sent again as its own task, with
 its own limit and its own retries, so one slow answer does not fail the others.
+
+A request with a stream of this process (:func:`hpc_chat.tokenstream.on_result`) is resolved
+by its result as the worker finishes it, not when its micro-batch's last answer ends: a short
+answer is not held behind a long one (a client waiting for it sends its next request sooner).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from functools import partial
 from typing import Any
 
 from hpc_chat.executors.futures import pass_outcome
+from hpc_chat.tokenstream import on_result
 from hpc_chat.worker.retry import is_timeout
 from hpc_chat.worker.tasks import chat_batch_task, chat_task
 
@@ -39,6 +44,7 @@ class RequestBatcher:
         loop = asyncio.get_running_loop()
         name = agent_config["name"]
         fut = loop.create_future()
+        on_result(context.get("stream"), lambda result: fut.done() or fut.set_result(result))
         self._agent[name] = (agent_config, retry_attempts)
         group = self._pending.setdefault(name, [])
         group.append(({"message": message, "context": context}, fut))

@@ -181,8 +181,11 @@ async def complete(state: ServerState, request: Request, body: dict[str, Any]):
                        kind="rate_limit_error", headers={"Retry-After": "2"})
     log.debug("chat completion for %s: %r", req.model, req.prompt)
     opts = dict(req.options)
-    channel, spec = (state.hub.open() if stream and state.hub is not None else (None, None))
-    if channel is not None and "seed" not in opts:
+    # Every request gets a stream when workers can reach the server: the text as it grows
+    # when the client streams, else only the result, which the worker sends as soon as it is
+    # done (not when the last answer of its micro-batch is: hpc_chat.executors.grouping).
+    channel, spec = state.hub.open(tokens=stream) if state.hub is not None else (None, None)
+    if stream and channel is not None and "seed" not in opts:
         # Drawn here, so a retried task (a lost worker) writes the same text again.
         opts["seed"] = random.getrandbits(31)
     start = time.perf_counter()
@@ -197,7 +200,11 @@ async def complete(state: ServerState, request: Request, body: dict[str, Any]):
     task.add_done_callback(lambda t: state.end(_status(t), _result_of(t),
                                                time.perf_counter() - start))
     if not stream:
-        result = await task
+        try:
+            result = await task
+        finally:
+            if channel is not None:
+                state.hub.close(channel)
         if not result["ok"]:
             raise failure(result)
         return completion_object(req.model, result)

@@ -276,11 +276,12 @@ def answer(agent_config: dict, items: list[dict],
         return out  # type: ignore[return-value]
     preps = [prep for _, prep in todo]
     if engine_client.wanted(preps[0].engine):
-        decoded = engine_client.decode(preps[0].spec, preps[0].engine, preps)
+        results = engine_client.decode(preps[0].spec, preps[0].engine, preps, finish=_result)
     else:
-        decoded = decode_here(preps, n_seq)
-    for (i, prep), done in zip(todo, decoded):
-        out[i] = done if isinstance(done, Exception) else _result(prep, done)
+        results = [done if isinstance(done, Exception) else _result(prep, done)
+                   for prep, done in zip(preps, decode_here(preps, n_seq))]
+    for (i, _), result in zip(todo, results):
+        out[i] = result
     return out  # type: ignore[return-value]
 
 

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from multiprocessing.connection import Client, Connection
@@ -44,6 +45,7 @@ GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MA
 MAX_SOCKET_PATH = 100  # a Unix socket path must fit in 108 bytes
 START_POLL_S = 0.05
 WAIT_S = 0.2  # a task waits in Python, so Parsl's walltime (AppTimeout) can land
+ENGINE_SPINCOUNT = 1000  # OpenMP's spins at a barrier before its threads sleep: see start()
 ENGINE_FILES = (".sock", ".lock", ".alive", ".log")
 DEFAULT_SLOTS = 8
 
@@ -159,10 +161,14 @@ def start(path: Path, spec: ModelSpec, slots: int) -> None:
         path.unlink(missing_ok=True)  # a dead engine's socket
         remove_dead(path.parent)
         env = {k: v for k, v in os.environ.items() if k != "PARSL_WORKER_COUNT"}  # all cores
-        # OpenMP threads that spin while they wait for each other crawl when anything else
-        # runs on the cores (two engines on one 2-core machine: 18 instead of 108 tokens/s
-        # each); sleeping ones cost nothing measurable alone (docs/performance.md's engine).
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        # How long llama.cpp's OpenMP threads spin at each barrier before they sleep. Alone
+        # on its cores an engine needs them to spin (sleeping threads: 131 instead of 200
+        # tokens/s on 2 cores); with the default 300,000 spins two engines on the same cores
+        # crawl (24 prompts each: 9.5 min instead of 34 s). 1,000 spins keep the full speed
+        # alone and about two thirds of the sleeping threads' speed when two engines share
+        # the cores (docs/troubleshooting.md). The user's own OpenMP settings win.
+        if "OMP_WAIT_POLICY" not in env:
+            env.setdefault("GOMP_SPINCOUNT", str(ENGINE_SPINCOUNT))
         with open(path.with_suffix(".log"), "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "hpc_chat.worker.node_engine", "--socket", str(path),
@@ -209,17 +215,18 @@ def _close(conn: Connection) -> None:
         dup.close()
 
 
-def _one(spec: ModelSpec, slots: int, prep, conns: list):
+def _one(spec: ModelSpec, slots: int, prep, conns: list, finish: Callable):
     from hpc_chat.worker.chat import Decoded
 
     sender = None
+    tokens = bool(prep.stream) and prep.stream.get("tokens", True) is not False
     try:
         conn = connect(spec, slots)
         conns.append(conn)
         with conn:
             conn.send_bytes(json.dumps({"op": "decode", "request": prep.request.model_dump(),
                                         "exact": prep.exact,
-                                        "stream": bool(prep.stream)}).encode())
+                                        "stream": tokens}).encode())
             text = ""
             while True:
                 msg = json.loads(conn.recv_bytes())
@@ -231,10 +238,14 @@ def _one(spec: ModelSpec, slots: int, prep, conns: list):
                         conn.send_bytes(b'{"op": "cancel"}')
                 elif "done" in msg:
                     completion = Completion(**msg["done"])
-                    if sender is not None:
-                        sender.finish(completion.text)
-                    return Decoded(completion, GenRequest.model_validate(msg["request"]),
-                                   msg["n_threads"], msg["engine"])
+                    result = finish(prep, Decoded(
+                        completion, GenRequest.model_validate(msg["request"]),
+                        msg["n_threads"], msg["engine"]))
+                    if sender is None and prep.stream:  # the result only (tokens=False)
+                        sender = TokenSender(prep.stream, [])
+                    if sender is not None:  # the driver has it now, not at the task's end
+                        sender.finish(completion.text, result)
+                    return result
                 elif "error" in msg:
                     if sender is not None:
                         sender.finish(None)
@@ -246,16 +257,17 @@ def _one(spec: ModelSpec, slots: int, prep, conns: list):
                          f"({type(exc).__name__}: {exc}); it is retried on a new engine") from None
 
 
-def decode(spec: ModelSpec, engine: dict, preps: list) -> list:
-    """Each request's :class:`~hpc_chat.worker.chat.Decoded` or its own exception, decoded by
-    the node's engine; a lost engine fails them all (:class:`EngineLost`, retried by Parsl).
+def decode(spec: ModelSpec, engine: dict, preps: list, finish: Callable) -> list:
+    """Each request's result, ``finish(prep, Decoded)``, or its own exception, decoded by the
+    node's engine; a lost engine fails them all (:class:`EngineLost`, retried by Parsl). A
+    request with a stream sends its result on it as soon as it is done.
 
     The wait is a Python loop, so Parsl's walltime can interrupt it; then, or on any other
     failure, every connection is closed and the engine stops those answers at its next step."""
     slots = int(engine.get("slots") or DEFAULT_SLOTS)
     conns: list[Connection] = []
     pool = ThreadPoolExecutor(max_workers=len(preps))
-    futures = [pool.submit(_one, spec, slots, prep, conns) for prep in preps]
+    futures = [pool.submit(_one, spec, slots, prep, conns, finish) for prep in preps]
     try:
         pending = set(futures)
         while pending:

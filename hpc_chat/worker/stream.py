@@ -4,7 +4,8 @@ See :mod:`hpc_chat.tokenstream` for the driver's side. The engines call a sender
 answer's text so far after each token; it sends what is new, holding back the last few
 characters that could still turn out to be the start of a stop string (they are sent when the
 answer ends, or never, if they were one). It answers False only when the driver has closed
-the connection (the client went away): the engine stops that answer. A driver that cannot be
+the connection (the client went away): the engine stops that answer. When the answer is done
+its result follows, so the driver need not wait for the rest of its task. A driver that cannot be
 reached, or a write that fails, only costs the stream: the answer is computed and returned as
 usual. The driver's addresses are tried in order, a second each; an unreachable driver is
 remembered for the life of the process, so a batch does not wait for each of its streams.
@@ -40,6 +41,7 @@ def _connect(spec: dict) -> socket.socket | None:
 class TokenSender:
     def __init__(self, spec: dict, stops: list[str]):
         self.sent = ""  # the text the driver has
+        self.tokens = spec.get("tokens", True) is not False  # False: the result only
         self.hold = max((len(s) for s in stops if s), default=1) - 1
         self.cancelled = False  # the driver closed the stream: stop generating
         self.sock: socket.socket | None = None
@@ -59,7 +61,8 @@ class TokenSender:
 
     def _send(self, text: str) -> None:
         safe = text[:max(len(self.sent), len(text) - self.hold)]
-        if self.sock is None or len(safe) <= len(self.sent) or not safe.startswith(self.sent):
+        if self.sock is None or not self.tokens or len(safe) <= len(self.sent) or \
+                not safe.startswith(self.sent):
             return
         if self._closed_by_driver():
             self.cancelled = True
@@ -68,12 +71,19 @@ class TokenSender:
         self._write({"t": safe[len(self.sent):]})
         self.sent = safe
 
-    def finish(self, final: str | None) -> None:
-        """Send what is left of the final answer and end the stream."""
+    def finish(self, final: str | None, result: dict | None = None) -> None:
+        """Send what is left of the final answer, the result when given, and end the
+        stream."""
         if self.sock is None:
             return
-        if final is not None and final.startswith(self.sent) and len(final) > len(self.sent):
+        if self.tokens and final is not None and final.startswith(self.sent) and \
+                len(final) > len(self.sent):
             self._write({"t": final[len(self.sent):]})
+        if result is not None:
+            try:
+                self._write({"r": result})
+            except (TypeError, ValueError):  # not JSON: it comes with the task's result
+                pass
         self._write({"done": True})
         self._drop()
 

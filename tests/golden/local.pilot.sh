@@ -9,7 +9,7 @@ FAILONANY=0
 PIDS=""
 
 CMD() {
-process_worker_pool.py   -a <driver-address> -p 0 -c 0.5 -m None --poll 10 --port=<port> --cert_dir <run_dir>/certificates --logdir=<run_dir>/local_htex --logconf=None --block_id=0 --hb_period=30  --hb_threshold=120 --drain_period=None --cpu-affinity none  --mpi-launcher=mpiexec --available-accelerators 
+process_worker_pool.py   -a <driver-address> -p 0 -c 0.25 -m None --poll 10 --port=<port> --cert_dir <run_dir>/certificates --logdir=<run_dir>/local_htex --logconf=None --block_id=0 --hb_period=30  --hb_threshold=120 --drain_period=None --cpu-affinity none  --mpi-launcher=mpiexec --available-accelerators 
 }
 for COUNT in $(seq 1 1 $WORKERCOUNT); do
     [[ "1" == "1" ]] && echo "Launching worker: $COUNT"

@@ -270,3 +270,54 @@ def test_the_decode_loop_waits_on_when_every_request_it_took_was_cancelled():
         loop.join(60)
         batched.close()
     assert not loop.is_alive()
+
+
+@pytest.mark.parsl
+def test_an_answer_done_early_is_not_held_for_its_micro_batch(fixtures, tmp_path):
+    """Four requests submitted in one go share one Parsl task (one micro-batch): three answers
+    of 2 tokens and one of 12, at 0.25 s a token. With a stream of this process (as the
+    server and the live panels open), each short answer is delivered when the engine finishes
+    it (~0.5 s), not when the long one ends (~3 s); the task's own result, later, changes
+    nothing. Without a stream the short answers wait for their task."""
+    from hpc_chat.server.run import stream_addresses
+    from hpc_chat.tokenstream import TokenHub
+
+    async def go():
+        wf = ParslChatWorkflow(history_path=str(tmp_path / "h.db"),
+                               model="echo?tokens=12&token_s=0.25")
+        await wf.initialize(str(fixtures / "workflows" / "batched.yml"))
+        hub = TokenHub()
+        await hub.start(*stream_addresses(wf))
+        try:
+            await wf.process_request("warm up", agents=["balanced_agent"])
+
+            async def round_(streams: bool) -> tuple[list[float], list[dict], int]:
+                before = wf.batcher.tasks_sent
+                start = time.monotonic()
+                tasks = [wf.submit_request(f"{'s' if streams else 'h'}{i}",
+                                           agents=["balanced_agent"],
+                                           options={"max_tokens": 2 if i < 3 else 12},
+                                           stream=hub.open(tokens=False)[1] if streams
+                                           else None) for i in range(4)]
+                ends: list[float] = [0.0] * 4
+                for i, t in enumerate(tasks):
+                    t.add_done_callback(lambda _, i=i: ends.__setitem__(
+                        i, time.monotonic() - start))
+                results = await asyncio.gather(*tasks)
+                return ends, results, wf.batcher.tasks_sent - before
+
+            early = await round_(streams=True)
+            held = await round_(streams=False)
+            return early, held
+        finally:
+            await hub.stop()
+            await wf.shutdown()
+
+    (ends, results, tasks), (held_ends, _, held_tasks) = asyncio.run(
+        asyncio.wait_for(go(), 300))
+    assert tasks == 1 and held_tasks == 1  # one micro-batch each time
+    assert [r["response"] for r in results] == ["s0 s0", "s1 s1", "s2 s2",
+                                                " ".join(["s3"] * 12)]
+    assert all(r["ok"] for r in results)
+    assert max(ends[:3]) < ends[3] - 1.5, ends  # 10 tokens (2.5 s) before the long answer
+    assert min(held_ends[:3]) > held_ends[3] - 0.5, held_ends  # held for the task's end
