@@ -25,6 +25,7 @@ from hpc_chat.cli.app import (
 )
 from hpc_chat.cli.live import answer_live
 from hpc_chat.cli.output import print_agents, print_conversation, print_result, print_stats
+from hpc_chat.cli.repl import repl
 
 
 @cli.command()
@@ -99,44 +100,31 @@ def chat(config, site, endpoint, allocation, agents, seed, max_tokens, model, co
                          generation_options(seed, max_tokens), _show_history)
         return
     session = Session(config, site, allocation=allocation, endpoint=endpoint,
-                      wait_for_workers=True, model=model, agents=agents_list(agents)).check()
+                      wait_for_workers=True, model=model, agents=names).check()
+    request = {"conversation_id": name, "agents": names,
+               "options": generation_options(seed, max_tokens)}
     with session as s:
         console.print(Text.assemble(("hpc-chat", "bold"), " conversation ", (name, "cyan"),
                                     f" with {', '.join(s.workflow.agents)}. /quit to end."))
-        while True:
+
+        def answer(line: str) -> None:
+            task = s.loop.create_task(
+                answer_live(s.workflow, line, console, **request) if console.is_terminal
+                else s.workflow.process_request(line, **request))
             try:
-                line = input("you> ").strip()
-            except (EOFError, KeyboardInterrupt):
-                console.print()
-                break
-            if not line:
-                continue
-            if line in ("/quit", "/exit"):
-                break
-            if line == "/stats":
-                print_stats(s.run(s.workflow.get_performance_stats()),
-                            s.run(s.workflow.get_parsl_stats()))
-            elif line == "/agents":
-                print_agents(s.workflow)
-            elif line == "/history":
-                print_conversation(s.run(s.workflow.history.messages(name)))
-            elif line.startswith("/"):
-                console.print("commands: /stats /agents /history /quit")
-            else:
-                request = {"conversation_id": name, "agents": agents_list(agents),
-                           "options": generation_options(seed, max_tokens)}
-                task = s.loop.create_task(
-                    answer_live(s.workflow, line, console, **request) if console.is_terminal
-                    else s.workflow.process_request(line, **request))
-                try:
-                    print_result(s.run(task))
-                except KeyboardInterrupt:
-                    # Stop waiting for this answer; the session goes on. (Parsl cannot stop a
-                    # task already running on a worker: it finishes there, unused.)
-                    task.cancel()
-                    s.run(asyncio.gather(task, return_exceptions=True))
-                    err_console.print("(answer cancelled)", style="dim")
-    console.print("bye", style="dim")
+                print_result(s.run(task))
+            except KeyboardInterrupt:
+                # Stop waiting for this answer. (Parsl cannot stop a task already running on
+                # a worker: it finishes there, unused.)
+                task.cancel()
+                s.run(asyncio.gather(task, return_exceptions=True))
+                raise
+
+        repl({"/stats": lambda: print_stats(s.run(s.workflow.get_performance_stats()),
+                                            s.run(s.workflow.get_parsl_stats())),
+              "/agents": lambda: print_agents(s.workflow),
+              "/history": lambda: print_conversation(s.run(s.workflow.history.messages(name)))},
+             answer)
 
 
 def _show_history(name: str) -> None:

@@ -217,36 +217,18 @@ def chat_loop(url: str, name: str, model: str, options: dict[str, Any],
     """``hpc-chat chat`` through a server: the server keeps the turns under ``name``, as
     ``--conversation`` does locally. Ctrl-C during an answer closes its connection, which
     stops it at the server (its slot is freed at the next token)."""
+    from hpc_chat.cli.repl import repl
+
     console.print(Text.assemble(("hpc-chat", "bold"), " conversation ", (name, "cyan"),
                                 f" with {model} on the server at {url}. /quit to end."))
-    while True:
-        try:
-            line = input("you> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            console.print()
-            break
-        if not line:
-            continue
-        if line in ("/quit", "/exit"):
-            break
-        try:
-            if line == "/stats":
-                print_server_status(url)
-            elif line == "/agents":
-                print_models(url)
-            elif line == "/history":
-                show_history(name)
-                if client.running_server() != url:
-                    err_console.print(f"(the history of this host; the server at {url} "
-                                      f"keeps the turns in its own)", markup=False,
-                                      highlight=False)
-            elif line.startswith("/"):
-                console.print("commands: /stats /agents /history /quit")
-            else:
-                print_answer(url, answer(url, request_body(model, line, options), name,
-                                         live=console.is_terminal), raw=False)
-        except KeyboardInterrupt:
-            err_console.print("(answer cancelled)", style="dim")
-        except CliError as exc:  # one failed turn (the server busy, a prompt too long)
-            exc.show()
-    console.print("bye", style="dim")
+
+    def history() -> None:
+        show_history(name)
+        if client.running_server() != url:
+            err_console.print(f"(the history of this host; the server at {url} keeps the "
+                              f"turns in its own)", markup=False, highlight=False)
+
+    repl({"/stats": lambda: print_server_status(url), "/agents": lambda: print_models(url),
+          "/history": history},
+         lambda line: print_answer(url, answer(url, request_body(model, line, options), name,
+                                               live=console.is_terminal), raw=False))
