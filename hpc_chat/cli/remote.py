@@ -114,7 +114,10 @@ def answer(url: str, body: dict[str, Any], conversation: str | None, *,
                 err_console.status("waiting for the server") as spinner:
             chunks = client.until_ready(url, lambda: client.stream(url, body, conversation),
                                         on_wait=spinner.update if spinner else None)
-        return _collect(chunks, body["model"], live, start)
+        try:
+            return _collect(chunks, body["model"], live, start)
+        finally:  # at once, also on Ctrl-C: the server stops the answer at its next token
+            chunks.close()
     except client.ServerError as exc:
         if exc.status == 401:
             raise CliError(str(exc)) from None

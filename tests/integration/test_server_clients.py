@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -196,3 +197,53 @@ def test_a_batch_whose_server_stops_keeps_its_answers(tmp_path, fixtures):
     final = lines(out)
     assert sorted(o["id"] for o in final) == list(range(60))
     assert all(o["response"] == " ".join([f"p {o['id']}"] * 4) for o in final)
+
+
+def test_ctrl_c_in_a_chat_through_the_server_stops_the_answer_there(server, tmp_path):
+    """Ctrl-C while the server streams an answer (12 tokens at 0.25 s) into `hpc-chat chat` on
+    a terminal: the chat says the answer was cancelled and goes on, and the server counts the
+    request as cancelled (its connection closed, the answer stopped at the next token)."""
+    import pty
+
+    def cancelled() -> float:
+        found = re.search(r'hpc_chat_requests_total\{status="cancelled"\} ([\d.]+)',
+                          server.get("/metrics")[1])
+        return float(found.group(1)) if found else 0.0
+
+    before = cancelled()
+    master, slave = pty.openpty()
+    env = {**os.environ, "HPC_CHAT_HOME": str(server.home), "COLUMNS": "100",
+           "TERM": "xterm"}
+    proc = subprocess.Popen([sys.executable, "-m", "hpc_chat", "chat", "--agents",
+                             "balanced_agent"], stdin=slave, stdout=slave, stderr=slave,
+                            env=env, cwd=tmp_path)
+    os.close(slave)
+    seen = b""
+
+    def read_until(marker: bytes, timeout: float = 60) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while marker not in seen:
+            assert time.monotonic() < deadline, seen[-1500:]
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                seen += os.read(master, 65536)
+
+    try:
+        read_until(b"you> ")
+        os.write(master, b"slow answer please\n")
+        read_until(b"slow answer please slow")  # the answer is being drawn
+        proc.send_signal(signal.SIGINT)
+        read_until(b"answer cancelled")
+        deadline = time.monotonic() + 10
+        while cancelled() <= before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert cancelled() == before + 1
+        os.write(master, b"/quit\n")
+        read_until(b"bye")
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert b"Traceback" not in seen
