@@ -279,6 +279,21 @@ def answered_ids(path: str | os.PathLike) -> set[str]:
     return {k for k, v in read_output(path).items() if v.get("ok") is True}
 
 
+def failed_result(error: str | None, kind: str, latency_s: float = 0.0) -> dict[str, Any]:
+    """A request's result when it failed before any agent answered, in the workflow's form
+    (``kind``: ``input`` or ``runtime``, see the module's docstring)."""
+    return {**dict.fromkeys(OUTPUT_KEYS), "ok": False, "agents": [], "latency_s": latency_s,
+            "completion_tokens": 0, "prompt_tokens": 0, "cached": False, "error": error,
+            "error_kind": kind}
+
+
+def unknown_model(model: str, known: Iterable[str]) -> dict[str, Any]:
+    """The result of a line whose model is none of ``known`` (:func:`failure_status` reads
+    it as a 404)."""
+    return failed_result(f"unknown model {model!r}; the models are: {', '.join(known)}",
+                         "input")
+
+
 def _writable(line: dict[str, Any]) -> dict[str, Any]:
     """The line, or, when it cannot be JSON (an answer of a type JSON has no form for), an
     error line for its id: one bad answer never ends the batch."""
@@ -355,10 +370,7 @@ class OutputWriter:
         native line, which the run's summary counts unless ``counted`` is false (an earlier
         answer copied to a new line number)."""
         if result is None:
-            line = {**dict.fromkeys(OUTPUT_KEYS), "id": item.id, "prompt": item.prompt,
-                    "ok": False, "agents": [], "latency_s": 0.0, "completion_tokens": 0,
-                    "prompt_tokens": 0, "cached": False, "error": item.error,
-                    "error_kind": "input"}
+            line = {**failed_result(item.error, "input"), "id": item.id, "prompt": item.prompt}
         else:
             line = {"id": item.id, **{k: result.get(k) for k in OUTPUT_KEYS if k != "id"}}
             line["prompt"] = item.prompt

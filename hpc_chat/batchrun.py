@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hpc_chat.batchfile import (
-    OUTPUT_KEYS,
     STDIO,
     BatchItem,
     OutputWriter,
@@ -24,6 +23,7 @@ from hpc_chat.batchfile import (
     read_batch,
     read_output,
     records_from_lines,
+    unknown_model,
 )
 from hpc_chat.errors import InputError
 from hpc_chat.openai_batch import ROUTED_MODEL
@@ -142,11 +142,7 @@ async def answer_all(workflow, items: list[BatchItem], writer: OutputWriter, *, 
             return item, await workflow.submit_request(
                 item.prompt, agents=agents, options=options, request_key=id_key(item.id))
         if req.agents and req.agents[0] not in workflow.agents:
-            known = ", ".join([*sorted(workflow.agents), ROUTED_MODEL])
-            return item, {**dict.fromkeys(OUTPUT_KEYS), "ok": False, "agents": [],
-                          "latency_s": 0.0, "completion_tokens": 0, "prompt_tokens": 0,
-                          "cached": False, "error_kind": "input",
-                          "error": f"unknown model {req.model!r}; the models are: {known}"}
+            return item, unknown_model(req.model, [*sorted(workflow.agents), ROUTED_MODEL])
         return item, await workflow.submit_request(
             req.prompt, agents=req.agents, options={**(options or {}), **req.options},
             request_key=id_key(item.id), history=req.history, system_prompt=req.system)

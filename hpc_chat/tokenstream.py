@@ -13,10 +13,10 @@ hears :data:`RESTART`. When the one waiting for a stream goes away (an HTTP clie
 disconnected), the hub closes the worker's connection; the worker sees it at its next token
 and stops the answer, freeing its sequence slot.
 
-A worker also sends each finished answer's result (``{"r": {...}}``) before ``done`` when the
-request is one of several in a Parsl task (a micro-batch): the driver takes the first result
-it gets, so an answer that finished early is not held until its task's slowest answer ends
-(:func:`on_result`; the task's own result, when it comes, is ignored). A stream opened with
+A worker whose request the node engine decoded also sends the answer's result
+(``{"r": {...}}``) before ``done``: the driver takes the first result it gets, so an answer of
+a micro-batch (several requests in one Parsl task) is not held until the task's slowest answer
+ends (:func:`on_result`; the task's own result, when it comes, is ignored). A stream opened with
 ``tokens=False`` carries only that result, not the text as it grows.
 
 The port is open to whoever can reach the address, so a connection must say the key within
@@ -56,18 +56,16 @@ class Stream:
     result_callbacks: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
 
 
-def on_result(spec: dict[str, Any] | None, callback: Callable[[dict[str, Any]], None]) -> bool:
+def on_result(spec: dict[str, Any] | None, callback: Callable[[dict[str, Any]], None]) -> None:
     """Have ``callback`` hear the answer's result as soon as a worker sends it on the stream
-    ``spec`` (from :meth:`TokenHub.open` of this process); False when there is no such
-    stream here (then the result comes with its task only)."""
+    ``spec`` (from :meth:`TokenHub.open` of this process). Without such a stream here,
+    nothing: the result comes with its task only."""
     if not isinstance(spec, dict):
-        return False
+        return
     hub = _HUBS.get(str(spec.get("key")))
     stream = hub._streams.get(str(spec.get("id"))) if hub is not None else None
-    if stream is None:
-        return False
-    stream.result_callbacks.append(callback)
-    return True
+    if stream is not None:
+        stream.result_callbacks.append(callback)
 
 
 class TokenHub:

@@ -76,17 +76,14 @@ def batch(input_path, output, resume, retry_failed, check_only, show, summary_js
     if missing:
         raise CliError("give " + " and ".join(missing))
     names, options = agents_list(agents), generation_options(seed, max_tokens)
-    url, explicit = remote.choose_server(server, remote.own_worker_options(
-        config, site, endpoint, allocation, model, names))
-    models = remote.reachable_models(url, explicit) if url else None
+    target = remote.server_to_use(server, names, config, site, endpoint, allocation, model)
     run = dict(fmt=fmt, output_format=output_format, resume=resume, retry_failed=retry_failed,
                show=show, summary_json=summary_json, endpoint=endpoint)
-    if models is not None:
-        agent = remote.one_agent(names, models, url)
-        err_console.print(f"answering through the server at {url} (its workers are warm; "
-                          f"--server off starts workers of this command's own)",
+    if target is not None:
+        err_console.print(f"answering through the server at {target.url} (its workers are "
+                          f"warm; --server off starts workers of this command's own)",
                           markup=False, highlight=False)
-        _run(input_path, output, answer=_server_answer(url, models, agent, options), **run)
+        _run(input_path, output, answer=_server_answer(target, options), **run)
         return
     session = Session(config, site, allocation=allocation, endpoint=endpoint, model=model,
                       agents=names).check()
@@ -129,16 +126,17 @@ def _workers_answer(session, agents, options):
     return answer
 
 
-def _server_answer(url, models, agent, options):
-    """Answer a run's prompts through the server at ``url`` (no Parsl statistics here: the
+def _server_answer(target, options):
+    """Answer a run's prompts through the server ``target`` (no Parsl statistics here: the
     server's are in ``hpc-chat status --server``)."""
     from hpc_chat.server.remote_batch import answer_all
 
     def answer(run, show):
         with _progress(run, show) as (progress, on_result):
             try:
-                answer_all(url, run.runnable, run.writer, models=models, agent=agent,
-                           options=options, on_result=on_result, on_status=progress.status)
+                answer_all(target.url, run.runnable, run.writer, models=target.models,
+                           agent=target.model, options=options, on_result=on_result,
+                           on_status=progress.status)
             finally:
                 progress.stop()
         return {}, None

@@ -48,17 +48,15 @@ def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, 
         raise CliError("the question is empty")
     names = agents_list(agents)
     options = generation_options(seed, max_tokens)
-    url, explicit = remote.choose_server(server, remote.own_worker_options(
-        config, site, endpoint, allocation, model, names))
-    models = remote.reachable_models(url, explicit) if url else None
-    if models is not None:
-        body = remote.request_body(remote.one_agent(names, models, url), question, options)
+    target = remote.server_to_use(server, names, config, site, endpoint, allocation, model)
+    if target is not None:
+        body = remote.request_body(target.model, question, options)
         if as_json:
-            click.echo(json.dumps(remote.completion(url, body, conversation), indent=2,
+            click.echo(json.dumps(remote.completion(target.url, body, conversation), indent=2,
                                   ensure_ascii=False))
             return
-        remote.print_answer(url, remote.answer(url, body, conversation,
-                                               live=console.is_terminal and not raw), raw=raw)
+        remote.print_answer(target.url, remote.answer(
+            target.url, body, conversation, live=console.is_terminal and not raw), raw=raw)
         return
     session = Session(config, site, quiet=as_json or raw, allocation=allocation,
                       endpoint=endpoint, wait_for_workers=True, model=model,
@@ -92,12 +90,10 @@ def chat(config, site, endpoint, allocation, agents, seed, max_tokens, model, co
         pass
     name = conversation or time.strftime("chat-%Y%m%d-%H%M%S")
     names = agents_list(agents)
-    url, explicit = remote.choose_server(server, remote.own_worker_options(
-        config, site, endpoint, allocation, model, names))
-    models = remote.reachable_models(url, explicit) if url else None
-    if models is not None:
-        remote.chat_loop(url, name, remote.one_agent(names, models, url),
-                         generation_options(seed, max_tokens), _show_history)
+    target = remote.server_to_use(server, names, config, site, endpoint, allocation, model)
+    if target is not None:
+        remote.chat_loop(target.url, name, target.model, generation_options(seed, max_tokens),
+                         _show_history)
         return
     session = Session(config, site, allocation=allocation, endpoint=endpoint,
                       wait_for_workers=True, model=model, agents=names).check()

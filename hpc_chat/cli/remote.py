@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -75,6 +76,28 @@ def reachable_models(url: str, explicit: bool) -> list[str] | None:
         return None
     except client.ServerError as exc:
         raise CliError(str(exc)) from None
+
+
+@dataclass
+class Target:
+    """The server a command uses: its URL, its model ids, and the model a request without
+    one of its own asks for (the one ``--agents`` name, else ``auto``)."""
+
+    url: str
+    models: list[str]
+    model: str
+
+
+def server_to_use(server: str | None, names: list[str] | None, config, site, endpoint,
+                  allocation, model) -> Target | None:
+    """The server ``ask``, ``chat`` or ``batch`` sends its requests to, or None: it starts
+    workers of its own (see the module's docstring)."""
+    url, explicit = choose_server(server, own_worker_options(config, site, endpoint,
+                                                             allocation, model, names))
+    models = reachable_models(url, explicit) if url else None
+    if models is None:
+        return None
+    return Target(url, models, one_agent(names, models, url))
 
 
 def one_agent(names: list[str] | None, models: list[str], url: str) -> str:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hpc_chat.batchfile import OUTPUT_KEYS, BatchItem, OutputWriter
+from hpc_chat.batchfile import OUTPUT_KEYS, BatchItem, OutputWriter, failed_result, unknown_model
 from hpc_chat.errors import HpcChatError
 from hpc_chat.openai_batch import ROUTED_MODEL
 from hpc_chat.server import client
@@ -121,8 +121,7 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
         body = {"model": model, "messages": [{"role": "user", "content": item.prompt}],
                 **options}
     if model not in models:
-        return _failed(start, f"unknown model {model!r}; the models are: {', '.join(models)}",
-                       "input")
+        return unknown_model(model, models)
     try:
         done = client.until_ready(url, lambda: client.complete(url, body), on_wait=status,
                                   stop=stop)
@@ -131,7 +130,8 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
     except client.ServerError as exc:
         if exc.status == 401 or exc.code == "workers_failed":
             raise  # no line can be answered: the run ends (what came back is written)
-        return _failed(start, exc.reason, "input" if exc.status < 500 else "runtime")
+        return failed_result(exc.reason, "input" if exc.status < 500 else "runtime",
+                             round(time.time() - start, 4))
     status("")
     try:
         choice, usage = done["choices"][0], done.get("usage") or {}
@@ -146,12 +146,7 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
                 "cached": any(a.get("cached") for a in provenance.get("agents") or []),
                 "provenance": {**provenance, "server": url} if provenance else None}
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-        return _failed(start, f"the server's answer is not a chat completion "
-                              f"({type(exc).__name__}: {exc})", "runtime")
+        return failed_result(f"the server's answer is not a chat completion "
+                             f"({type(exc).__name__}: {exc})", "runtime",
+                             round(time.time() - start, 4))
 
-
-def _failed(start: float, error: str, kind: str) -> dict[str, Any]:
-    return {**dict.fromkeys(OUTPUT_KEYS), "ok": False, "agents": [],
-            "latency_s": round(time.time() - start, 4), "completion_tokens": 0,
-            "prompt_tokens": 0, "cached": False, "error": error, "error_kind": kind,
-            "provenance": None}

@@ -38,7 +38,7 @@ from hpc_chat.errors import ConfigError, PromptTooLongError
 from hpc_chat.llm.engine import Completion
 from hpc_chat.llm.models import ModelSpec
 from hpc_chat.llm.request import GenRequest
-from hpc_chat.worker.stream import TokenSender
+from hpc_chat.worker.stream import TokenSender, streams_tokens
 
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK",
                  "HIP_VISIBLE_DEVICES")
@@ -219,7 +219,7 @@ def _one(spec: ModelSpec, slots: int, prep, conns: list, finish: Callable):
     from hpc_chat.worker.chat import Decoded
 
     sender = None
-    tokens = bool(prep.stream) and prep.stream.get("tokens", True) is not False
+    tokens = streams_tokens(prep.stream)
     try:
         conn = connect(spec, slots)
         conns.append(conn)

@@ -38,10 +38,16 @@ def _connect(spec: dict) -> socket.socket | None:
     return None
 
 
+def streams_tokens(spec: dict | None) -> bool:
+    """Whether a stream wants the text as it grows (a stream opened with ``tokens=False``
+    wants only the result)."""
+    return bool(spec) and spec.get("tokens", True) is not False
+
+
 class TokenSender:
     def __init__(self, spec: dict, stops: list[str]):
         self.sent = ""  # the text the driver has
-        self.tokens = spec.get("tokens", True) is not False  # False: the result only
+        self.tokens = streams_tokens(spec)
         self.hold = max((len(s) for s in stops if s), default=1) - 1
         self.cancelled = False  # the driver closed the stream: stop generating
         self.sock: socket.socket | None = None
