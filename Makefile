@@ -18,7 +18,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 DEMO_DIR ?= .demo
 
-.PHONY: install demo test test-fast lint bench llama-tools slurm-up slurm-down clean
+.PHONY: install demo test test-stress test-fast lint bench llama-tools slurm-up slurm-down clean
 
 install: $(STAMP)
 
@@ -49,6 +49,12 @@ test: install
 	@scripts/local-slurm.sh up >/dev/null 2>&1 && echo "local Slurm is up" || \
 	  echo "local Slurm not available: Slurm tests will skip (scripts/local-slurm.sh up)"
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest --durations=15
+
+# The whole suite with every core kept busy (scripts/busy-cores.sh), as on a machine half as
+# fast: a test that races the clock fails here before it fails in CI. Run it after touching
+# anything with a timeout, a signal or a "while it runs" step.
+test-stress: install
+	scripts/busy-cores.sh $(MAKE) test
 
 slurm-up:
 	scripts/local-slurm.sh up

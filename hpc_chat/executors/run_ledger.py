@@ -2,8 +2,10 @@
 
 Before Parsl starts, the leftovers of dead drivers on this host are cancelled, the run
 directory is checked and old runs are pruned, a ledger of this driver is opened and its watchdog
-started (:mod:`hpc_chat.sites.ledger`, :mod:`hpc_chat.sites.watchdog`). Every block the
-provider submits is recorded the moment it has a job id. ``close`` (after Parsl's shutdown)
+started (:mod:`hpc_chat.sites.ledger`, :mod:`hpc_chat.sites.watchdog`). The interchange records
+itself as it starts (:mod:`hpc_chat.sites.interchange_guard`), and every block the provider
+submits is recorded the moment it has a job id. The same holds for the Python API: it is the
+executor that does this, not the command line. ``close`` (after Parsl's shutdown)
 removes the ledger and stops the watchdog.
 """
 
@@ -104,7 +106,7 @@ class RunLedger:
 def open_ledger(config) -> RunLedger:
     """Clean up after dead drivers, prune old runs, then record this one (see the module
     docstring)."""
-    from hpc_chat.sites import watchdog
+    from hpc_chat.sites import interchange_guard, watchdog
 
     htex = next((ex for ex in config.executors if hasattr(ex, "provider")), None)
     try:
@@ -130,5 +132,10 @@ def open_ledger(config) -> RunLedger:
         return job_id
 
     htex.provider.submit = recorded_submit
+    # Parsl's own launch command, kept so a second start records to this run's entry.
+    launch = getattr(htex, "_unguarded_launch_cmd", None) or list(htex.interchange_launch_cmd)
+    htex._unguarded_launch_cmd = launch
+    htex.interchange_launch_cmd = interchange_guard.guarded(launch, entry.interchange_record,
+                                                            entry.pid)
     ledger._watchdog = watchdog.start(entry.path)
     return ledger

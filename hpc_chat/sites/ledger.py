@@ -34,6 +34,7 @@ from hpc_chat.sites.schedulers import SCHEDULERS, job_ended
 
 log = logging.getLogger(__name__)
 
+# Its command line: Parsl's launcher, its setproctitle title, or the guard before the exec.
 INTERCHANGE_MARKERS = (b"interchange", b"parsl: HTEX")
 
 
@@ -121,6 +122,26 @@ class LedgerEntry:
     def remove(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+            self.interchange_record.unlink(missing_ok=True)
+
+    @property
+    def interchange_record(self) -> Path:
+        """Where the interchange records itself as it starts, before the driver knows its
+        PID (:mod:`hpc_chat.sites.interchange_guard`)."""
+        assert self.path is not None
+        return self.path.with_suffix(".interchange")
+
+    def interchanges(self) -> set[tuple[int, int | None]]:
+        """(pid, start) of this driver's interchange: as the driver recorded it once Parsl had
+        started, and as the interchange recorded itself when it began."""
+        found = {(self.interchange_pid, self.interchange_start)} if self.interchange_pid \
+            else set()
+        try:
+            own = json.loads(self.interchange_record.read_text())
+            found.add((int(own["pid"]), own.get("start")))
+        except (OSError, ValueError, TypeError, KeyError, AssertionError):
+            pass  # no interchange began, or Parsl launched it without the guard
+        return found
 
     def add_job(self, job_id: str) -> None:
         job: dict = {"id": str(job_id)}
@@ -149,11 +170,11 @@ class LedgerEntry:
         """Stop the interchange and cancel every recorded pilot job: what was done, in words,
         and whether everything is known to be stopped (else keep the record)."""
         done = []
-        if self.on_this_host() and self.interchange_pid and \
-                process_start(self.interchange_pid) == self.interchange_start and \
-                any(m in _cmdline(self.interchange_pid) for m in INTERCHANGE_MARKERS):
-            _kill(self.interchange_pid)
-            done.append(f"stopped the interchange (pid {self.interchange_pid})")
+        for pid, start in sorted(self.interchanges() if self.on_this_host() else ()):
+            if process_start(pid) == start and \
+                    any(m in _cmdline(pid) for m in INTERCHANGE_MARKERS):
+                _kill(pid)
+                done.append(f"stopped the interchange (pid {pid})")
         ids = [str(j.get("id")) for j in self.jobs if isinstance(j, dict) and j.get("id")]
         if not ids:
             return done, True

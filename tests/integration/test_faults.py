@@ -13,22 +13,38 @@ import pytest
 
 from hpc_chat.workflow import ParslChatWorkflow
 
-from .procs import parsl_processes, wait_gone
+from .procs import parsl_processes, processes_of_home, wait_gone
+from .test_node_engine import _status
 
 pytestmark = [pytest.mark.model, pytest.mark.parsl]
 
 
+def engine_holds(requests: int, timeout: float = 60) -> None:
+    """Wait until this test's node engine is decoding ``requests`` requests at once."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for cmdline in processes_of_home(os.environ["HPC_CHAT_HOME"]).values():
+            if "hpc_chat.worker.node_engine" in cmdline:
+                try:
+                    if _status(cmdline.split("--socket ")[1].split()[0])["in_flight"] >= requests:
+                        return
+                except OSError:
+                    pass  # still loading
+        time.sleep(0.02)
+    raise AssertionError(f"the engine never held {requests} requests at once")
+
+
 def test_worker_killed_mid_batch_every_request_answered_once(fixtures, tmp_path):
-    """SIGKILL the worker process that just answered, in the middle of a 30-request batch:
+    """SIGKILL the worker process that just answered, in the middle of a 20-request batch:
     its in-flight task is lost, retried, and every prompt appears exactly once, answered.
-    Each answer takes 1 s (the echo model), so the worker is busy with its next one. The
+    Each answer takes 2 s (the echo model), so the worker is busy with its next one. The
     node's engine is not the worker's: it goes on serving the other worker and the retry."""
     from hpc_chat.batchfile import OutputWriter, read_batch
     from hpc_chat.batchrun import answer_all
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"Say something short about the number {i}.\n"
-                               for i in range(30)))
+                               for i in range(20)))
     out = tmp_path / "out.jsonl"
     killed = []
 
@@ -37,16 +53,17 @@ def test_worker_killed_mid_batch_every_request_answered_once(fixtures, tmp_path)
             line = super().write(item, result, finished_at=finished_at)
             if self.written == 5:
                 pid = result["responses"][0]["worker"]["pid"]
-                # The queue is full, so this worker takes its next task within milliseconds,
-                # and that answer lasts 1 s: at 0.5 s the kill lands in the middle of it.
-                time.sleep(0.5)
+                # The queue is full, so this worker takes its next task: the kill waits until
+                # the engine holds a request of each worker (this one's included), then lands
+                # in the middle of that answer (2 s), however long the pick-up took.
+                engine_holds(2)
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
             return line
 
     async def go():
         wf = ParslChatWorkflow(history_path=str(tmp_path / "h.db"),
-                               model="echo?tokens=10&token_s=0.1")
+                               model="echo?tokens=10&token_s=0.2")
         await wf.initialize(str(fixtures / "workflows" / "fast.yml"))
         writer = KillingWriter(out, resume=False)
         try:
@@ -61,9 +78,9 @@ def test_worker_killed_mid_batch_every_request_answered_once(fixtures, tmp_path)
     assert killed, "no worker was killed"
     assert failed == 0
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert len(lines) == 30
+    assert len(lines) == 20
     answered = Counter(x["id"] for x in lines if x["ok"])
-    assert sorted(answered) == list(range(1, 31)) and set(answered.values()) == {1}
+    assert sorted(answered) == list(range(1, 21)) and set(answered.values()) == {1}
     assert stats["retried_tasks"] >= 1
     assert len({x["provenance"]["agents"][0]["worker"]["pid"] for x in lines}) >= 2
     engines = {x["provenance"]["agents"][0]["engine"]["pid"] for x in lines}

@@ -21,6 +21,8 @@ from tests.integration.test_server import start_server, stop
 
 pytestmark = [pytest.mark.parsl]
 
+HELD_PACE = "echo?tokens=1000&token_s=0.25"  # 250 s: longer than any step of a test
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -159,15 +161,22 @@ def test_a_batch_waits_out_a_full_queue(tmp_path, fixtures):
         stop(server)
 
 
+LINES = 200
+
+
 def test_a_batch_whose_server_stops_keeps_its_answers(tmp_path, fixtures):
-    """The server is stopped (SIGTERM) while a batch of 60 runs through it: the requests in
+    """The server is stopped (SIGTERM) while a batch of 200 runs through it: the requests in
     flight come back and are written, the batch ends with one error saying to resume, and
-    `--resume --server off` answers the rest with workers of its own, each id once."""
+    `--resume --server off` answers the rest with workers of its own, each id once.
+
+    Answers of 2 s, at most 32 in flight: the 200 need at least 7 rounds (14 s) after the first
+    line is written, and the SIGTERM follows that line within one 0.05 s poll, so the batch is
+    always mid-way when it lands, on any machine."""
     server = start_server(tmp_path, fixtures / "workflows" / "batched.yml",
-                          model="echo?tokens=8&token_s=0.1")
+                          model="echo?tokens=8&token_s=0.25")
     prompts = tmp_path / "in.jsonl"
     prompts.write_text("".join(json.dumps({"id": i, "prompt": f"p {i}"}) + "\n"
-                               for i in range(60)))
+                               for i in range(LINES)))
     out = tmp_path / "out.jsonl"
     env = {**os.environ, "HPC_CHAT_HOME": str(server.home)}
     batch = subprocess.Popen([sys.executable, "-m", "hpc_chat", "batch", str(prompts), "-o",
@@ -188,21 +197,34 @@ def test_a_batch_whose_server_stops_keeps_its_answers(tmp_path, fixtures):
     assert "Traceback" not in err
     first = lines(out)
     # 32 requests were in flight when the server was told to stop: they come back, written.
-    assert 16 <= len(first) < 60 and all(o["ok"] for o in first)
+    assert 16 <= len(first) < LINES and all(o["ok"] for o in first)
     rest = hpc_chat(server, "batch", str(prompts), "-o", str(out), "--resume", "--server",
                     "off", "--config", str(fixtures / "workflows" / "batched.yml"), "--model",
                     "echo?tokens=8&token_s=0.01", cwd=tmp_path)
     assert rest.returncode == 0, rest.stderr
     assert "answering through the server" not in rest.stderr
     final = lines(out)
-    assert sorted(o["id"] for o in final) == list(range(60))
+    assert sorted(o["id"] for o in final) == list(range(LINES))
     assert all(o["response"] == " ".join([f"p {o['id']}"] * 4) for o in final)
 
 
-def test_ctrl_c_in_a_chat_through_the_server_stops_the_answer_there(server, tmp_path):
-    """Ctrl-C while the server streams an answer (12 tokens at 0.25 s) into `hpc-chat chat` on
-    a terminal: the chat says the answer was cancelled and goes on, and the server counts the
-    request as cancelled (its connection closed, the answer stopped at the next token)."""
+def test_ctrl_c_in_a_chat_through_the_server_stops_the_answer_there(tmp_path, fixtures):
+    """Ctrl-C while the server streams an answer into `hpc-chat chat` on a terminal: the chat
+    says the answer was cancelled and goes on, and the server counts the request as cancelled
+    (its connection closed, the answer stopped at the next token).
+
+    The answer (1,000 tokens at 0.25 s: 250 s) outlasts every step of the test, each bounded
+    by a 60 s wait, so the Ctrl-C always lands while it is being written, however slow the
+    machine (a 3 s answer once finished first in a full suite)."""
+    server = start_server(tmp_path, fixtures / "workflows" / "held.yml",
+                          model=HELD_PACE)
+    try:
+        _ctrl_c_in_a_chat(server, tmp_path)
+    finally:
+        stop(server)
+
+
+def _ctrl_c_in_a_chat(server, tmp_path):
     import pty
 
     def cancelled() -> float:

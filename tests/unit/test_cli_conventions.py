@@ -209,12 +209,20 @@ def test_markup_in_a_profile_description_is_printed_as_text(home):
     assert "a [/] b [bold]c" in out.stdout
 
 
+def tasks_launched(home) -> int:
+    """Parsl tasks launched so far by drivers of ``home`` (Parsl's own log, kept at INFO)."""
+    return sum(log.read_text(errors="replace").count(" launched on executor ")
+               for log in (home / "runinfo").rglob("parsl.log"))
+
+
+@pytest.mark.parsl
 def test_ctrl_c_while_answering_cancels_that_answer_and_the_chat_goes_on(home):
-    """The echo answer takes 10 s (40 tokens of 0.25 s); Ctrl-C after the question is sent
-    cancels it, and the next command still runs."""
+    """Ctrl-C once the question's Parsl task is launched cancels its answer (1,000 tokens of
+    0.25 s: 250 s, longer than any step of the test), and the next command still runs."""
     env = {**os.environ, "HPC_CHAT_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-m", "hpc_chat", "chat", "--config", LOCAL,
-                             "--model", "echo?tokens=40&token_s=0.25", "--agents",
+    proc = subprocess.Popen([sys.executable, "-m", "hpc_chat", "chat", "--config",
+                             str(FIXTURES / "workflows" / "held.yml"),
+                             "--model", "echo?tokens=1000&token_s=0.25", "--agents",
                              "balanced_agent", "--conversation", "c"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env,
@@ -225,9 +233,13 @@ def test_ctrl_c_while_answering_cancels_that_answer_and_the_chat_goes_on(home):
         deadline = time.monotonic() + 60
         while "/quit to end." not in seen and time.monotonic() < deadline:
             seen += proc.stdout.readline()  # the banner: the session is ready
+        launched = tasks_launched(home)
         proc.stdin.write("a long answer please\n")
         proc.stdin.flush()
-        time.sleep(1)  # the question is submitted at once; its answer needs 10 s
+        deadline = time.monotonic() + 60
+        while tasks_launched(home) == launched:  # the question is on a worker, not at input()
+            assert time.monotonic() < deadline and proc.poll() is None, "never launched"
+            time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate("/agents\n", timeout=60)
     finally:
