@@ -38,6 +38,7 @@ from typing import Any, TextIO
 
 from hpc_chat import openai_batch as oa
 from hpc_chat.errors import InputError
+from hpc_chat.outputfiles import PRIVATE, open_append, own_link, replace_whole
 from hpc_chat.outputlock import OutputLock
 from hpc_chat.stats import RequestRecord, summarize
 
@@ -325,8 +326,10 @@ class OutputWriter:
     failures in :func:`errors_path`, opened when the first failure comes; with ``-``, both go
     to standard output)."""
 
-    def __init__(self, path: str | os.PathLike, *, resume: bool, style: str = "native"):
+    def __init__(self, path: str | os.PathLike, *, resume: bool, style: str = "native",
+                 mode: int = PRIVATE):
         self.written = 0
+        self.mode = mode  # of the files this run creates (:mod:`hpc_chat.outputfiles`)
         self.style = style
         self.lines: list[dict[str, Any]] = []  # what this run wrote (native), for its summary
         self._errors: TextIO | None = None
@@ -343,7 +346,10 @@ class OutputWriter:
         except OSError as exc:
             raise InputError(f"{self.path}: cannot write the output: "
                              f"{exc.strerror or exc}") from None
-        # One run at a time appends to an output; a symlink to it shares its lock.
+        # One run at a time appends to an output; a symlink to it (one of the user's own)
+        # shares its lock.
+        for name in [self.path] + ([self.errors_path] if style == "openai" else []):
+            own_link(name)
         self._lock = OutputLock(self.path.resolve())
         try:
             for existing in [self.path] + ([self.errors_path] if style == "openai" else []):
@@ -356,11 +362,7 @@ class OutputWriter:
             raise
 
     def _open(self, path: Path) -> TextIO:
-        try:
-            fh = path.open("a", encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"{path}: cannot write the output: "
-                             f"{exc.strerror or exc}") from None
+        fh = os.fdopen(open_append(path, mode=self.mode), "a", encoding="utf-8")
         _ensure_line_start(path, fh)
         return fh
 
@@ -467,9 +469,7 @@ def compact_openai(output: Path, errors: Path) -> None:
         if not lines and index == 1:
             path.unlink(missing_ok=True)
             continue
-        tmp = path.with_name(f".{path.name}.compact")
-        tmp.write_bytes(b"".join(line + b"\n" for line in lines))
-        os.replace(tmp, path)
+        replace_whole(path, b"".join(line + b"\n" for line in lines))
 
 
 def failure_status(line: dict[str, Any]) -> tuple[int, str, str | None]:
@@ -482,18 +482,18 @@ def failure_status(line: dict[str, Any]) -> tuple[int, str, str | None]:
         return 400, "context_length_exceeded", "body.messages"
     if line.get("error_kind") == "input":
         return 400, "invalid_request", None
+    if error.startswith("the conversation history cannot be used"):  # workflow.HISTORY_FAILED
+        return 500, "history_unavailable", None
     return 500, "generation_failed", None
 
 
 def _ensure_line_start(path: Path, fh: TextIO) -> None:
-    """A run killed mid-write may leave a partial last line; start on a fresh line."""
-    if path.stat().st_size == 0:
-        return
-    with path.open("rb") as raw:
-        raw.seek(-1, os.SEEK_END)
-        if raw.read(1) != b"\n":
-            fh.write("\n")
-            fh.flush()
+    """A run killed mid-write may leave a partial last line; start on a fresh line. (Read
+    through the open file, not the name: the name may have been swapped since.)"""
+    size = os.fstat(fh.fileno()).st_size
+    if size and os.pread(fh.fileno(), 1, size - 1) != b"\n":
+        fh.write("\n")
+        fh.flush()
 
 
 def provenance_of(result: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ from hpc_chat.batchfile import (
 )
 from hpc_chat.errors import InputError
 from hpc_chat.openai_batch import ROUTED_MODEL
+from hpc_chat.outputfiles import PRIVATE
 from hpc_chat.startup import follow_workers, run_scheduler
 from hpc_chat.stats import summarize
 
@@ -44,7 +45,8 @@ class BatchRun:
 
     def __init__(self, input_path: str, output: str, *, fmt: str = "auto",
                  output_format: str = "auto", resume: bool = False,
-                 retry_failed: bool = False, endpoint: str | None = None):
+                 retry_failed: bool = False, endpoint: str | None = None,
+                 mode: int = PRIVATE):
         self.output, self.resume, self.endpoint = output, resume or retry_failed, endpoint
         if output != STDIO and input_path != STDIO and Path(output).exists() and \
                 Path(input_path).exists() and os.path.samefile(input_path, output):
@@ -54,7 +56,7 @@ class BatchRun:
             ("openai" if self.items.format == "openai" else "native")
         if style == "openai" and self.items.format != "openai":
             _ids_as_custom_ids(self.items, input_path)
-        self.writer = OutputWriter(output, resume=self.resume, style=style)  # locked
+        self.writer = OutputWriter(output, resume=self.resume, style=style, mode=mode)  # locked
         # Read under the lock: another run cannot be appending to it now.
         previous = read_output(output) if self.resume and output != STDIO else {}
         answered = {line["prompt"]: line for line in previous.values()

@@ -22,16 +22,13 @@ import time
 from pathlib import Path
 
 from hpc_chat.errors import InputError
+from hpc_chat.outputfiles import open_lock
 
 
 class OutputLock:
     def __init__(self, output: Path):
         self.path = output.with_name(output.name + ".lock")
-        try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise InputError(f"{self.path}: cannot create the output's lock file: "
-                             f"{exc.strerror or exc}") from None
+        self._fd = open_lock(self.path)  # 0600, never through a link
         try:
             fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

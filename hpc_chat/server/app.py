@@ -232,8 +232,12 @@ MAX_CONVERSATION = 256
 
 
 def _status(task: asyncio.Task) -> str:
+    """For the metrics, from the done-callback: never raises (a raise there would keep the
+    request counted as in flight for good)."""
     if task.cancelled():
         return "cancelled"
+    if task.exception() is not None:
+        return "error"
     result = task.result()
     if result["ok"]:
         return "ok" if result.get("finish_reason") != "cancelled" else "cancelled"
@@ -241,7 +245,7 @@ def _status(task: asyncio.Task) -> str:
 
 
 def _result_of(task: asyncio.Task) -> dict | None:
-    return None if task.cancelled() else task.result()
+    return None if task.cancelled() or task.exception() is not None else task.result()
 
 
 async def _first_event(channel: Stream | None, task: asyncio.Task):

@@ -14,13 +14,13 @@ import secrets
 from pathlib import Path
 
 from hpc_chat.errors import ConfigError
-from hpc_chat.paths import hpc_chat_home
+from hpc_chat.paths import home_subdir
 
 ENV = "HPC_CHAT_API_KEY"
 
 
 def key_file() -> Path:
-    return hpc_chat_home() / "server" / "api-key"
+    return home_subdir("server") / "api-key"
 
 
 def load_key(*, new: bool = False) -> tuple[str, str]:

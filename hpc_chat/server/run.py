@@ -20,7 +20,7 @@ from pathlib import Path
 import uvicorn
 
 from hpc_chat.errors import ConfigError
-from hpc_chat.paths import hpc_chat_home
+from hpc_chat.paths import home_subdir
 from hpc_chat.server.app import create_app
 from hpc_chat.server.state import ServerState
 from hpc_chat.tokenstream import TokenHub
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def server_file() -> Path:
-    return hpc_chat_home() / "server" / "server.json"
+    return home_subdir("server") / "server.json"
 
 
 def is_loopback(host: str) -> bool:

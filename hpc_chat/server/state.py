@@ -76,7 +76,7 @@ class ServerState:
         self.metrics.in_flight.set(self.in_flight)
 
     def end(self, status: str, result: dict | None, seconds: float) -> None:
-        self.in_flight -= 1
+        self.in_flight -= 1  # first: whatever fails below, the slot is free
         self.metrics.in_flight.set(self.in_flight)
         self.metrics.requests.labels(status).inc()
         self.metrics.latency.observe(seconds)

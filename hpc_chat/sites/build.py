@@ -148,9 +148,12 @@ def build_executor(profile: schema.SiteProfile, *, allocation: bool = False,
         address = ex.address or ("127.0.0.1" if profile.scheduler == "local" else None)
     if address:
         kwargs["address"] = address
+    # CurveZMQ between the interchange and every worker, said here rather than left to
+    # Parsl's default: on a shared node anyone can reach the worker port, and an
+    # unencrypted one lets them register as a manager and send the driver a pickle.
     return HighThroughputExecutor(label=f"{profile.name}_htex",
                                   provider=build_provider(profile, allocation=allocation),
-                                  **kwargs)
+                                  encrypted=True, **kwargs)
 
 
 STRATEGY_PERIOD_S = 0.5

@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hpc_chat.paths import hpc_chat_home
+from hpc_chat.paths import home_subdir
 from hpc_chat.sites.schedulers import SCHEDULERS, job_ended
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,7 @@ INTERCHANGE_MARKERS = (b"interchange", b"parsl: HTEX")
 
 
 def ledger_dir() -> Path:
-    path = hpc_chat_home() / "runs"
-    path.mkdir(mode=0o700, exist_ok=True)
-    return path
+    return home_subdir("runs")
 
 
 def process_start(pid: int) -> int | None:

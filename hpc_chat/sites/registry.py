@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hpc_chat.configfile import PACKAGE_DIR, load_yaml, validate
 from hpc_chat.errors import ProfileError
-from hpc_chat.paths import hpc_chat_home
+from hpc_chat.paths import check_private_dir, hpc_chat_home
 from hpc_chat.sites.schema import SiteProfile
 
 SUFFIXES = (".yaml", ".yml")
@@ -32,7 +32,16 @@ def shipped_dir() -> Path:
 def search_path() -> list[Path]:
     dirs = [Path(p).expanduser() for p in os.environ.get("HPC_CHAT_SITE_PATH", "").split(":")
             if p]
-    return dirs + [hpc_chat_home() / "sites", shipped_dir()]
+    return dirs + [user_sites_dir(), shipped_dir()]
+
+
+def user_sites_dir() -> Path:
+    """``HOME/sites``: its profiles' worker_init lines run as the user, so the home and this
+    directory must be the user's own (:mod:`hpc_chat.paths`)."""
+    path = hpc_chat_home() / "sites"
+    if os.path.lexists(path):
+        check_private_dir(path, f"the profiles of {hpc_chat_home()}")
+    return path
 
 
 def find_profile(name_or_path: str) -> Path:
@@ -83,7 +92,7 @@ def new_profile(name: str, template: str, *, force: bool = False) -> tuple[Path,
                            f"with that name would hide it everywhere. Choose another name "
                            f"(or pass --force)")
     source = find_profile(template)
-    target = hpc_chat_home() / "sites" / f"{name}.yaml"
+    target = user_sites_dir() / f"{name}.yaml"
     if target.exists():
         raise ProfileError(f"{target} exists already; edit it, or choose another name")
     text = source.read_text(encoding="utf-8")
@@ -91,5 +100,6 @@ def new_profile(name: str, template: str, *, force: bool = False) -> tuple[Path,
     if not n:
         text = f"name: {name}\n" + text
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_private_dir(target.parent, f"the profiles of {hpc_chat_home()}")
     target.write_text(text, encoding="utf-8")
     return target, load_profile(target)

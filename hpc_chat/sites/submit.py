@@ -23,7 +23,7 @@ from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from hpc_chat.errors import HpcChatError, ProfileError, SubmitError
-from hpc_chat.paths import hpc_chat_home
+from hpc_chat.paths import home_subdir
 from hpc_chat.sites.schedulers import SCHEDULERS
 from hpc_chat.sites.schema import SiteProfile
 
@@ -37,7 +37,16 @@ def _env() -> SandboxedEnvironment:
     env = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True,
                                autoescape=False)
     env.filters["q"] = lambda value: shlex.quote(str(value))
+    env.filters["comment"] = comment_text
     return env
+
+
+def comment_text(value) -> str:
+    """``value`` fit for a ``#`` comment line: as it is when every character prints, else as
+    a JSON string (a newline in a profile's path would end the comment and start a command;
+    shlex quoting does not help there, the shell never parses a comment)."""
+    text = str(value)
+    return text if text.isprintable() else json.dumps(text)
 
 
 def _template(scheduler: str) -> str:
@@ -49,9 +58,7 @@ def _template(scheduler: str) -> str:
 
 
 def jobs_dir() -> Path:
-    d = hpc_chat_home() / "jobs"
-    d.mkdir(mode=0o700, exist_ok=True)
-    return d
+    return home_subdir("jobs")
 
 
 def _directive_path(path: Path, what: str) -> str:

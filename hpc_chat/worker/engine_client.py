@@ -5,9 +5,10 @@ In a Parsl worker, requests do not decode in the worker's own process: they go o
 socket to one engine per model spec on the node (:mod:`hpc_chat.worker.node_engine`), which
 decodes every worker's requests in one continuous batch. The socket lives in a directory only
 this user can open (``$TMPDIR/hpc_chat-UID``, or ``/tmp`` when that path is too long for a Unix
-socket) and is named after the host and the worker pool's manager (so each pilot job's pool
-has its own engine, which ends with it) and a hash of the model spec, the slots and the GPUs
-the worker may use (so each GPU of a node gets its own engine).
+socket; another user's directory of that name is passed over: :func:`socket_dir`) and is named
+after the host and the worker pool's manager (so each pilot job's pool has its own engine,
+which ends with it) and a hash of the model spec, the slots and the GPUs the worker may use
+(so each GPU of a node gets its own engine).
 
 The first worker that needs an engine starts it, holding a lock file so that only one does;
 the others wait on the lock and then connect. An engine that ends while it holds a request
@@ -20,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import socket
 import stat
@@ -42,6 +44,8 @@ from hpc_chat.worker.stream import TokenSender, streams_tokens
 
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK",
                  "HIP_VISIBLE_DEVICES")
+log = logging.getLogger(__name__)
+
 MAX_SOCKET_PATH = 100  # a Unix socket path must fit in 108 bytes
 START_POLL_S = 0.05
 WAIT_S = 0.2  # a task waits in Python, so Parsl's walltime (AppTimeout) can land
@@ -69,15 +73,72 @@ def wanted(engine: dict) -> bool:
 
 
 def socket_dir() -> Path:
-    base = Path(tempfile.gettempdir()) / f"hpc_chat-{os.getuid()}"
-    if len(str(base)) > MAX_SOCKET_PATH - 60:  # room for the engine's file name
-        base = Path("/tmp") / f"hpc_chat-{os.getuid()}"
-    base.mkdir(mode=0o700, exist_ok=True)
-    info = base.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise ConfigError(f"{base} must be a directory (not a link) that only you can open: "
-                          f"remove it, or chmod 700 it")
-    return base
+    """The node's meeting place for engine sockets: a directory only this user can open.
+
+    ``$TMPDIR/hpc_chat-UID`` (``/tmp`` when that is too long for a socket path). Another user
+    can create that name first on a shared node: then ``$XDG_RUNTIME_DIR/hpc_chat`` when the
+    node gives one, else a private ``hpc_chat-UID-XXXXXX`` made beside it with mkdtemp. Every
+    worker of the node finds the same one, the first of this user's in name order, so they
+    still meet at one engine; directories of that name that are not this user's private ones
+    are passed over, never used."""
+    uid = os.getuid()
+    base = Path(tempfile.gettempdir())
+    if len(str(base / f"hpc_chat-{uid}")) > MAX_SOCKET_PATH - 60:  # room for the file name
+        base = Path("/tmp")
+    plain = base / f"hpc_chat-{uid}"
+    if _private_dir(plain, create=True):
+        return plain
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and len(runtime) < MAX_SOCKET_PATH - 80 and _private_dir(Path(runtime)) and \
+            _private_dir(Path(runtime) / "hpc_chat", create=True):
+        found = Path(runtime) / "hpc_chat"
+    else:  # mkdtemp adds 9 characters to the name
+        spare = base if len(str(plain)) + 9 <= MAX_SOCKET_PATH - 60 else Path("/tmp")
+        found = _own_spare(spare, f"hpc_chat-{uid}-")
+    if found not in _warned:
+        _warned.add(found)
+        log.warning("%s is not a private directory of yours (made by another user?): engine "
+                    "sockets go to %s", plain, found)
+    return found
+
+
+_warned: set[Path] = set()
+
+
+def _private_dir(path: Path, *, create: bool = False) -> bool:
+    """A real directory (not a link) of this user that nobody else can open."""
+    if create:
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            return False
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and \
+        not info.st_mode & 0o077
+
+
+def _own_spare(base: Path, prefix: str) -> Path:
+    """The first private directory ``base/prefix*`` of this user, made when there is none.
+    Two workers that both make one converge on the first in name order; the other stays
+    empty."""
+    def own() -> list[Path]:
+        return sorted(p for p in base.glob(prefix + "*") if _private_dir(p))
+
+    found = own()
+    if not found:
+        try:
+            tempfile.mkdtemp(prefix=prefix, dir=base)  # 0700, a name nobody chose before
+        except OSError as exc:
+            raise ConfigError(f"{base}: cannot make a private directory for the engine's "
+                              f"socket: {exc.strerror or exc}; set TMPDIR to a directory of "
+                              f"yours") from None
+        found = own()
+    return found[0]
 
 
 def engine_path(spec: ModelSpec, slots: int) -> Path:
@@ -152,10 +213,12 @@ def engine_alive(path: Path) -> bool:
         return False
 
 
-def start(path: Path, spec: ModelSpec, slots: int) -> None:
+def start(path: Path, spec: ModelSpec, slots: int, *, again: bool = True) -> None:
     """Start an engine and wait until it listens (its model loaded), or say why it ended. When
     one is already loading (the worker that started it died, or its task timed out), wait for
-    that one instead: never two models in memory for one spec."""
+    that one instead: never two models in memory for one spec. One that ends while waited for
+    (a load that failed, or an engine whose socket was removed: it stops itself) is replaced
+    once by a fresh one."""
     proc = None
     if not engine_alive(path):
         path.unlink(missing_ok=True)  # a dead engine's socket
@@ -184,6 +247,8 @@ def start(path: Path, spec: ModelSpec, slots: int) -> None:
                              f"{proc.returncode} while starting ({log_path}): "
                              + " | ".join(tail))
         if proc is None and not engine_alive(path):
+            if again:
+                return start(path, spec, slots, again=False)
             raise EngineLost(f"the node engine for {spec.path} ended while loading "
                              f"({path.with_suffix('.log')})")
         time.sleep(START_POLL_S)

@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     binding.unlink(missing_ok=True)  # left by an engine that died right here
     listener = Listener(str(binding), family="AF_UNIX", backlog=BACKLOG)
     os.replace(binding, path)  # appears only when ready to answer
+    bound = path.stat().st_ino
     acceptor = threading.Thread(target=_serve, args=(listener, node), daemon=True)
     acceptor.start()
     code = 0
@@ -235,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(WATCH_S)
         if process_start(args.manager) != manager_start:
             log.info("the worker pool's manager (pid %d) has ended: stopping", args.manager)
+            break
+        if not _still_bound(path, bound):
+            # Nobody can reach this engine any more (a cleaner of /tmp, a user's rm): end,
+            # so the next worker starts a fresh one instead of waiting for this one for ever.
+            log.error("its socket %s was removed or replaced: stopping", path)
+            code = 4
             break
         if not decoder.is_alive() or not acceptor.is_alive():
             log.error("the %s stopped: stopping (the requests it held were failed)",
@@ -245,10 +252,18 @@ def main(argv: list[str] | None = None) -> int:
     _end(path, code)
 
 
-def _end(path: Path, code: int) -> None:
+def _still_bound(path: Path, inode: int) -> bool:
+    try:
+        return path.stat().st_ino == inode
+    except OSError:
+        return False
+
+
+def _end(path: Path, code: int, *, keep_socket: bool = False) -> None:
     """Remove the socket; a clean end leaves nothing else, a failure keeps its log (quoted by
     the next start's error, if that fails too)."""
-    path.unlink(missing_ok=True)
+    if not keep_socket:
+        path.unlink(missing_ok=True)
     if code == 0:
         for suffix in (".log", ".lock", ".alive"):
             path.with_suffix(suffix).unlink(missing_ok=True)

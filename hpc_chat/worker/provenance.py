@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from hpc_chat.paths import hpc_chat_home
+from hpc_chat.paths import home_subdir
 
 _CHUNK = 8 << 20
 _hashes: dict[tuple[str, int, int], str] = {}
@@ -30,7 +30,7 @@ _lock = threading.Lock()
 
 
 def _cache_file() -> Path:
-    return hpc_chat_home() / "cache" / "model-sha256.json"
+    return home_subdir("cache") / "model-sha256.json"
 
 
 def model_file(path: str) -> dict[str, Any]:

@@ -321,3 +321,31 @@ def test_an_answer_done_early_is_not_held_for_its_micro_batch(fixtures, tmp_path
     assert all(r["ok"] for r in results)
     assert max(ends[:3]) < ends[3] - 1.5, ends  # 10 tokens (2.5 s) before the long answer
     assert min(held_ends[:3]) > held_ends[3] - 0.5, held_ends  # held for the task's end
+
+
+def test_an_engine_whose_socket_is_removed_stops_and_the_next_client_starts_another(
+        tmp_path, monkeypatch):
+    """The socket file deleted under a serving engine (a /tmp cleaner, an rm): the engine,
+    which nobody can reach any more, stops itself, and a client that was about to wait for it
+    starts a fresh engine at the same path instead of waiting for ever."""
+    from hpc_chat.worker import engine_client
+
+    proc, sock = _start_engine(tmp_path, os.getpid())
+    new = None
+    try:
+        old = _status(sock)["pid"]
+        sock.unlink()
+        monkeypatch.setattr(os, "getppid", os.getpid)  # the test is the new engine's manager
+        engine_client.start(sock, ModelSpec(path="echo?token_s=0.05"), 1)
+        assert proc.wait(timeout=30) == 4  # it ended itself: its socket was gone
+        status = _status(sock)
+        new = status["pid"]
+        assert new != old and status["in_flight"] == 0
+        reply = _request(sock, 3, "still answered")
+        assert reply.poll(60) and json.loads(reply.recv_bytes())["done"]["text"] == \
+            "still answered"
+    finally:
+        if new:
+            os.kill(new, signal.SIGTERM)
+        if proc.poll() is None:
+            proc.kill()

@@ -357,3 +357,42 @@ def test_the_queue_bound_answers_429_with_retry_after(tmp_path, fixtures):
         assert later.choices[0].message.content.startswith("second second")
     finally:
         stop(server)
+
+
+def test_a_history_that_cannot_be_written_fails_that_request_and_frees_its_slot(tmp_path,
+                                                                               fixtures):
+    """history.db held locked by another process (a second `chat`, past SQLite's 5 s wait):
+    each request of a conversation fails with 500 history_unavailable, naming the history,
+    and never keeps its place in the queue: with --max-queue 2, three such failures in a
+    row are three 500s, not a 429, and once the lock is gone the next request is answered."""
+    import sqlite3
+
+    server = start_server(tmp_path, fixtures / "workflows" / "fast.yml",
+                          extra=("--max-queue", "2"))
+    try:
+        client = server.client()
+        client.chat.completions.create(model="balanced_agent", messages=[
+            {"role": "user", "content": "first"}], extra_headers={"X-Conversation-Id": "c"})
+        holder = sqlite3.connect(server.home / "history.db", timeout=30)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            for i in range(3):
+                try:
+                    client.chat.completions.create(
+                        model="balanced_agent", messages=[{"role": "user", "content": f"n {i}"}],
+                        extra_headers={"X-Conversation-Id": "c"})
+                    raise AssertionError("answered while the history was locked")
+                except openai.InternalServerError as exc:
+                    assert exc.status_code == 500, exc
+                    assert exc.body["code"] == "history_unavailable", exc.body
+                    assert "conversation history" in exc.body["message"]
+        finally:
+            holder.rollback()
+            holder.close()
+        _, state = server.get("/v1/status")
+        assert state["requests"]["running"] == 0
+        again = client.chat.completions.create(model="balanced_agent", messages=[
+            {"role": "user", "content": "after"}], extra_headers={"X-Conversation-Id": "c"})
+        assert again.choices[0].message.content.startswith("after")
+    finally:
+        stop(server)

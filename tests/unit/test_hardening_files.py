@@ -10,12 +10,13 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from hpc_chat.errors import ConfigError
 
-from .test_cli_conventions import LOCAL, hpc
+from .test_cli_conventions import FIXTURES, LOCAL, hpc
 
 
 def test_two_runs_cannot_write_one_output_the_second_names_the_first(tmp_path):
@@ -243,3 +244,77 @@ def test_a_broken_line_never_takes_the_id_of_a_real_line(tmp_path):
     assert [(x["id"], x["line"]) for x in broken] == [(None, 2)]
     stats = json.loads(hpc(home, "stats", str(out), "--json", config=None, model=None).stdout)
     assert stats["successful_requests"] == 2 and stats["failed_requests"] == 1
+
+
+def test_an_engine_socket_directory_of_another_user_is_passed_over(monkeypatch):
+    """$TMPDIR/hpc_chat-UID made first by someone else (here: a directory open to all, and
+    a link): every worker of the node agrees on one private directory of its own instead."""
+    import shutil
+    import tempfile
+
+    from hpc_chat.worker import engine_client
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="hcsock", dir="/tmp"))  # short: a socket's path
+    monkeypatch.setattr(engine_client.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    try:
+        _passed_over(engine_client, tmp_path)
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def _passed_over(engine_client, tmp_path):
+    taken = tmp_path / f"hpc_chat-{os.getuid()}"
+    taken.mkdir(mode=0o777)
+    taken.chmod(0o777)
+    decoy = tmp_path / f"hpc_chat-{os.getuid()}-aaaaaa"  # a look-alike, not private
+    decoy.symlink_to(taken)
+    first = engine_client.socket_dir()
+    assert first not in (taken, decoy) and first.parent == tmp_path
+    assert stat.S_IMODE(first.lstat().st_mode) == 0o700 and not first.is_symlink()
+    assert engine_client.socket_dir() == first  # found again: the workers meet there
+    taken.rmdir()
+    assert engine_client.socket_dir() == taken  # once the name is free, the plain one
+
+
+def test_a_driver_with_an_unencrypted_parsl_executor_refuses_to_start():
+    """Parsl's worker port without CurveZMQ: anyone on the network could register as a
+    manager. The executor refuses it, naming Parsl's version, before anything starts."""
+    import asyncio
+
+    import parsl
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor
+    from parsl.providers import LocalProvider
+
+    from hpc_chat.errors import ExecutorError
+    from hpc_chat.executors.parsl import ParslExecutor
+    from hpc_chat.sites.build import get_local_config
+
+    assert all(ex.encrypted for ex in get_local_config(2).executors)  # what profiles give
+    plain = Config(executors=[HighThroughputExecutor(label="plain", encrypted=False,
+                                                     provider=LocalProvider())])
+    executor = ParslExecutor(parsl_config=plain)
+    with pytest.raises(ExecutorError, match=f"'plain' is not encrypted \\(Parsl "
+                                            f"{parsl.__version__}\\)"):
+        asyncio.run(executor.initialize())
+    assert executor.dfk is None and executor.ledger is None
+
+
+def test_a_profile_path_with_a_newline_cannot_add_a_line_to_the_driver_script(tmp_path):
+    """The profile's path goes into a comment of the driver job script: a newline in it
+    would end the comment and run what follows. It is written as a JSON string instead."""
+    from hpc_chat.sites.registry import load_profile
+    from hpc_chat.sites.submit import render_driver_script
+
+    shipped = FIXTURES.parent.parent / "site_configs" / "local-slurm.yaml"
+    evil = tmp_path / "x\ntouch PWNED\n#"
+    evil.mkdir()
+    (evil / "local-slurm.yaml").write_text(shipped.read_text())
+    job = render_driver_script(load_profile(evil / "local-slurm.yaml"), tmp_path / "in.jsonl",
+                               tmp_path / "out.jsonl")
+    lines = job.script.splitlines()
+    assert lines[2].startswith('# "') and lines[2].endswith('\\ntouch PWNED\\n#/local-slurm.yaml".')
+    assert lines[3].startswith("# It answers every prompt")  # the header goes on as written
+    ran = subprocess.run(["bash", "-n"], input=job.script, text=True, capture_output=True)
+    assert ran.returncode == 0, ran.stderr
