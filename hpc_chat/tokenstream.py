@@ -19,8 +19,15 @@ a micro-batch (several requests in one Parsl task) is not held until the task's 
 ends (:func:`on_result`; the task's own result, when it comes, is ignored). A stream opened with
 ``tokens=False`` carries only that result, not the text as it grows.
 
-The port is open to whoever can reach the address, so a connection must say the key within
-a few seconds in a short first line, or it is closed; and there is a cap on connections.
+The port is open to whoever can reach the address (on a shared compute node, every user of
+it, loopback included). So the channel is TLS pinned to a certificate the hub makes when it
+starts (:mod:`hpc_chat.tls`): the stream's description, which reaches the worker inside its
+Parsl task, carries that certificate and a secret of that stream alone. A listener that is not
+this hub cannot finish the handshake, and learns nothing; a connection that does not say a
+stream's secret within a few seconds, in a short first line, is closed. The hub acknowledges a
+stream's connection (``{"ok": true}``), and only a connection it acknowledged can stop an
+answer by closing: connections that were never acknowledged (the hub at its cap of connections
+that have not said a secret yet, under a flood) cost the stream, never the answer.
 """
 
 from __future__ import annotations
@@ -35,11 +42,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpc_chat.tls import server_context
+
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 5.0
 HELLO_LIMIT = 4096  # bytes: a longer first line is not one of ours
 MAX_CONNECTIONS = 512
+MAX_UNAUTHENTICATED = 64  # connections that have not said a stream's secret yet
 RESTART = object()  # put in a stream's queue when a retried attempt takes the stream over
 _HUBS: dict[str, TokenHub] = {}  # the hubs of this process, by key: see on_result
 
@@ -50,6 +60,7 @@ class Stream:
     None when the current connection ended."""
 
     id: str
+    secret: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     closed: bool = False
     writer: asyncio.StreamWriter | None = None  # the current worker connection
@@ -62,7 +73,7 @@ def on_result(spec: dict[str, Any] | None, callback: Callable[[dict[str, Any]], 
     nothing: the result comes with its task only."""
     if not isinstance(spec, dict):
         return
-    hub = _HUBS.get(str(spec.get("key")))
+    hub = _HUBS.get(str(spec.get("hub")))
     stream = hub._streams.get(str(spec.get("id"))) if hub is not None else None
     if stream is not None:
         stream.result_callbacks.append(callback)
@@ -70,7 +81,9 @@ def on_result(spec: dict[str, Any] | None, callback: Callable[[dict[str, Any]], 
 
 class TokenHub:
     def __init__(self) -> None:
-        self.key = secrets.token_hex(16)
+        self.id = uuid.uuid4().hex  # names this hub in its streams' descriptions (not secret)
+        self._tls, self.certificate = server_context()
+        self._unauthenticated = 0
         self.addresses: list[str] = []
         self.port: int | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -79,13 +92,15 @@ class TokenHub:
 
     async def start(self, bind: str, addresses: list[str]) -> None:
         """Listen on ``bind``; workers are told to try ``addresses`` in order."""
-        self._server = await asyncio.start_server(self._connected, bind, 0, limit=1 << 20)
+        self._server = await asyncio.start_server(self._connected, bind, 0, limit=1 << 20,
+                                                  ssl=self._tls,
+                                                  ssl_handshake_timeout=HELLO_TIMEOUT_S)
         self.port = self._server.sockets[0].getsockname()[1]
         self.addresses = addresses
-        _HUBS[self.key] = self
+        _HUBS[self.id] = self
 
     async def stop(self) -> None:
-        _HUBS.pop(self.key, None)
+        _HUBS.pop(self.id, None)
         for stream in list(self._streams.values()):
             self.close(stream)
         for writer in list(self._writers):
@@ -102,7 +117,8 @@ class TokenHub:
         stream = Stream(uuid.uuid4().hex)
         self._streams[stream.id] = stream
         return stream, {"addresses": self.addresses, "port": self.port, "id": stream.id,
-                        "key": self.key, "tokens": tokens}
+                        "secret": stream.secret, "hub": self.id,
+                        "certificate": self.certificate, "tokens": tokens}
 
     def close(self, stream: Stream) -> None:
         """Nobody waits for this stream any more: its worker is told by a closed connection."""
@@ -113,26 +129,34 @@ class TokenHub:
 
     async def _connected(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
-        if len(self._writers) >= MAX_CONNECTIONS:
-            writer.close()
+        if len(self._writers) >= MAX_CONNECTIONS or \
+                self._unauthenticated >= MAX_UNAUTHENTICATED:
+            writer.close()  # never acknowledged: the worker keeps answering, without a stream
             return
         self._writers.add(writer)
+        self._unauthenticated += 1
         stream = None
         try:
-            hello = await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT_S)
+            try:
+                hello = await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT_S)
+            finally:
+                self._unauthenticated -= 1
             if len(hello) > HELLO_LIMIT:
                 return
             hello = json.loads(hello)
-            if not isinstance(hello, dict) or not hmac.compare_digest(
-                    str(hello.get("key")).encode(), self.key.encode()):
+            if not isinstance(hello, dict):
                 return
             stream = self._streams.get(str(hello.get("id")))
-            if stream is None:
+            if stream is None or not hmac.compare_digest(
+                    str(hello.get("secret")).encode(), stream.secret.encode()):
+                stream = None
                 return
             if stream.writer is not None:  # a retried attempt takes over
                 stream.writer.close()
                 stream.queue.put_nowait(RESTART)
             stream.writer = writer
+            writer.write(b'{"ok": true}\n')  # from now on, closing it stops the answer
+            await writer.drain()
             while not stream.closed and stream.writer is writer:
                 line = await reader.readline()
                 if not line:
@@ -147,7 +171,7 @@ class TokenHub:
                         callback(message["r"])
                 elif "t" in message:
                     stream.queue.put_nowait(str(message["t"]))
-        except (ValueError, AttributeError, OSError, asyncio.TimeoutError,
+        except (ValueError, AttributeError, OSError, asyncio.TimeoutError, RecursionError,
                 asyncio.LimitOverrunError) as exc:
             log.debug("token stream connection dropped: %s", exc)
         finally:

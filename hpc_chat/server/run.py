@@ -56,6 +56,10 @@ def stream_addresses(workflow) -> tuple[str, list[str]] | None:
             bind = "0.0.0.0"
         return bind, [htex.address]
     addresses = sorted(getattr(htex, "all_addresses", None) or [], key=lambda a: a != "127.0.0.1")
+    if workflow.executor.scheduler != "local":
+        # Pilot jobs run on other hosts: their loopback is not this one (and may be another
+        # user's listener: the pinned certificate would refuse it, but never offer it).
+        addresses = [a for a in addresses if not is_loopback(a)]
     return "0.0.0.0", [*addresses] or ["127.0.0.1"]
 
 

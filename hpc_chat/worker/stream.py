@@ -9,6 +9,12 @@ its result follows, so the driver need not wait for the rest of its task. A driv
 reached, or a write that fails, only costs the stream: the answer is computed and returned as
 usual. The driver's addresses are tried in order, a second each; an unreachable driver is
 remembered for the life of the process, so a batch does not wait for each of its streams.
+
+Each connection is TLS, trusting only the hub's own certificate from the stream's description
+(:mod:`hpc_chat.tls`): an address where something else listens (another user's program on
+this node's loopback) fails the handshake and the next address is tried, before anything is
+sent. Only after the hub has acknowledged the stream's secret does a closed connection mean
+"stop": a connection the hub refused (at its cap, under a flood) only costs the stream.
 """
 
 from __future__ import annotations
@@ -16,25 +22,44 @@ from __future__ import annotations
 import json
 import select
 import socket
+import ssl
+
+from hpc_chat.tls import client_context
 
 CONNECT_TIMEOUT_S = 1.0
+HELLO_TIMEOUT_S = 5.0
 SEND_TIMEOUT_S = 10.0
 _unreachable: set[tuple[tuple[str, ...], int]] = set()
 
 
-def _connect(spec: dict) -> socket.socket | None:
+def _connect(spec: dict) -> ssl.SSLSocket | None:
+    """A TLS connection to the hub, its stream acknowledged; None when no address gives one."""
     addresses = tuple(str(a) for a in spec.get("addresses") or ())
     port = int(spec["port"])
     if (addresses, port) in _unreachable:
         return None
+    tls = client_context(str(spec["certificate"]))
+    hello = json.dumps({"id": spec["id"], "secret": spec["secret"]}).encode() + b"\n"
+    refused = False
     for address in addresses:
         try:
-            sock = socket.create_connection((address, port), timeout=CONNECT_TIMEOUT_S)
+            raw = socket.create_connection((address, port), timeout=CONNECT_TIMEOUT_S)
         except OSError:
+            continue
+        try:
+            raw.settimeout(HELLO_TIMEOUT_S)
+            sock = tls.wrap_socket(raw)  # not the hub's certificate: ssl.SSLError
+            sock.sendall(hello)
+            if sock.recv(64) != b'{"ok": true}\n':
+                raise ConnectionError("the hub did not acknowledge the stream")
+        except (OSError, ValueError):  # ssl.SSLError is an OSError
+            raw.close()
+            refused = True
             continue
         sock.settimeout(SEND_TIMEOUT_S)
         return sock
-    _unreachable.add((addresses, port))
+    if not refused:  # nothing listens there: do not wait for it again in this process
+        _unreachable.add((addresses, port))
     return None
 
 
@@ -50,10 +75,9 @@ class TokenSender:
         self.tokens = streams_tokens(spec)
         self.hold = max((len(s) for s in stops if s), default=1) - 1
         self.cancelled = False  # the driver closed the stream: stop generating
-        self.sock: socket.socket | None = None
+        self.sock: ssl.SSLSocket | None = None
         try:
             self.sock = _connect(spec)
-            self._write({"id": spec["id"], "key": spec["key"]})
         except (OSError, KeyError, ValueError, TypeError):
             self.sock = None
 
@@ -94,16 +118,23 @@ class TokenSender:
         self._drop()
 
     def _closed_by_driver(self) -> bool:
-        """The driver never writes to us: readable means it closed the stream (poll, not
-        select: any descriptor number; and no wait: the socket's own timeout would block)."""
+        """After its acknowledgement the hub never writes to us: readable means it closed the
+        stream (poll, not select: any descriptor number; then a read that cannot wait: TLS
+        may have only a record of its own to read, which is not a close)."""
         poller = select.poll()
         poller.register(self.sock, select.POLLIN | select.POLLHUP)
-        if not poller.poll(0):
+        if not poller.poll(0) and not self.sock.pending():
             return False
+        self.sock.setblocking(False)
         try:
-            return self.sock.recv(1, socket.MSG_PEEK) == b""
+            return self.sock.recv(1) == b""
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return False
         except OSError:
             return True
+        finally:
+            if self.sock is not None:
+                self.sock.settimeout(SEND_TIMEOUT_S)
 
     def _write(self, message: dict) -> None:
         if self.sock is None:

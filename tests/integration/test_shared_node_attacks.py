@@ -22,6 +22,8 @@ pytestmark = [pytest.mark.skipif(os.getuid() != 0 or not shutil.which("useradd")
 ATTACKER = "hcattacker"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SHIPPED = Path(__file__).resolve().parents[2] / "site_configs"
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin") or "python3"  # the venv may be
+# where the other user cannot read
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +126,166 @@ def test_an_engine_socket_directory_taken_first_does_not_stop_the_run(attacker, 
     assert list(taken.iterdir()) == []
     own = [p for p in shared.glob(f"hpc_chat-{os.getuid()}-*") if p.stat().st_uid == os.getuid()]
     assert len(own) == 1 and oct(own[0].stat().st_mode & 0o777) == "0o700"
+
+
+# ------------------------------------------------------------------ the token hub, attacked
+LISTENER = """
+import socket, sys, time
+port, record = int(sys.argv[1]), sys.argv[2]
+s = socket.socket()
+s.bind(("127.0.0.1", port))
+s.listen(8)
+s.settimeout(1.0)
+open(record + ".ready", "w").close()
+got, deadline = b"", time.monotonic() + 20
+while time.monotonic() < deadline:
+    try:
+        conn, _ = s.accept()
+    except OSError:
+        continue
+    conn.settimeout(2.0)
+    try:
+        while True:
+            piece = conn.recv(65536)
+            if not piece:
+                break
+            got += piece
+            conn.sendall(b'{"ok": true}\\n')  # what a hub would say
+    except OSError:
+        pass
+    conn.close()
+    open(record, "wb").write(got)
+"""
+
+FLOOD = """
+import socket, ssl, sys, time
+port, count, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE  # anyone can shake hands
+held, deadline = [], time.monotonic() + seconds
+while time.monotonic() < deadline:
+    while len(held) < count and time.monotonic() < deadline:
+        try:
+            held.append(tls.wrap_socket(socket.create_connection(("127.0.0.2", port), 1)))
+        except OSError:
+            break
+    time.sleep(0.2)
+    for c in held[:count // 4]:  # the hub drops silent ones after 5 s: come again
+        c.close()
+    held = held[count // 4:]
+"""
+
+
+class Hub:
+    """A real token hub on its own event loop thread, listening on 127.0.0.2 only."""
+
+    def __init__(self, addresses: list[str]):
+        import asyncio
+        import threading
+
+        from hpc_chat.tokenstream import TokenHub
+
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.hub = TokenHub()
+        self.run(self.hub.start("127.0.0.2", addresses))
+
+    def run(self, coro, timeout: float = 30):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def open(self):
+        async def opened():
+            return self.hub.open()
+        return self.run(opened())
+
+    def text(self, stream, timeout: float = 10) -> str:
+        import asyncio
+
+        return self.run(asyncio.wait_for(stream.queue.get(), timeout))
+
+    def close(self):
+        self.run(self.hub.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def test_a_listener_on_the_workers_loopback_gets_nothing_of_the_stream(attacker, shared):
+    """A compute node's other user listens on 127.0.0.1 at the hub's port, which workers try
+    first: the worker's TLS handshake fails there (not the hub's certificate), so nothing of
+    the stream (secret, text, result) is sent to it, and the stream reaches the real hub."""
+    import time
+
+    from hpc_chat.worker.stream import TokenSender
+
+    hub = Hub(["127.0.0.1", "127.0.0.2"])
+    record = shared / "got"
+    listener = subprocess.Popen(["runuser", "-u", attacker, "--", SYSTEM_PYTHON, "-c",
+                                 LISTENER, str(hub.hub.port), str(record)])
+    try:
+        deadline = time.monotonic() + 30
+        while not (shared / "got.ready").exists():
+            assert listener.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        stream, spec = hub.open()
+        sender = TokenSender(spec, [])
+        assert sender("private words ") and sender("private words here")
+        sender.finish("private words here", {"ok": True, "response": "private words here"})
+        assert hub.text(stream).startswith("private")
+        deadline = time.monotonic() + 30
+        while not record.exists():  # written when its connection ended
+            assert time.monotonic() < deadline, "the worker never tried the listener"
+            time.sleep(0.05)
+        got = record.read_bytes()
+        assert got.startswith(b"\x16\x03")  # a TLS ClientHello, and nothing after it
+        assert spec["secret"].encode() not in got and b"private" not in got
+    finally:
+        listener.kill()
+        listener.wait()
+        hub.close()
+
+
+def test_a_flood_of_idle_connections_costs_streams_never_answers(attacker):
+    """Another user holds 600 TLS connections to the hub that never say a secret: a worker
+    that connects meanwhile gets no stream (the hub is at its cap of such connections), but
+    its answer is never told to stop; once the flood ends a stream works again. A deeply
+    nested first line is one more refused connection, not a crash of the hub."""
+    import socket
+    import ssl
+    import time
+
+    from hpc_chat.tokenstream import MAX_UNAUTHENTICATED
+    from hpc_chat.worker.stream import TokenSender
+
+    hub = Hub(["127.0.0.2"])
+    flood = subprocess.Popen(["runuser", "-u", attacker, "--", SYSTEM_PYTHON, "-c", FLOOD,
+                              str(hub.hub.port), "600", "8"])
+    refused = 0
+    try:
+        for _ in range(5):
+            deadline = time.monotonic() + 60
+            while hub.hub._unauthenticated < MAX_UNAUTHENTICATED:  # the flood is at its cap
+                assert flood.poll() is None and time.monotonic() < deadline
+                time.sleep(0.02)
+            _, spec = hub.open()
+            sender = TokenSender(spec, [])
+            refused += sender.sock is None
+            assert all(sender(f"word {i} " * i) for i in range(1, 20))  # never "stop"
+            assert not sender.cancelled
+            sender.finish("done")
+    finally:
+        flood.wait(60)
+    assert refused >= 1  # the flood did keep workers out
+    # Anyone may finish a TLS handshake (the certificate is no secret): then a hostile line.
+    insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+    with insecure.wrap_socket(socket.create_connection(("127.0.0.2", hub.hub.port))) as bad:
+        bad.sendall(b"[" * 3000 + b"\n")
+        assert bad.recv(64) == b""  # closed, without an answer
+    stream, spec = hub.open()
+    sender = TokenSender(spec, [])
+    assert sender.sock is not None, "no stream after the flood ended"
+    assert sender("after the flood ")
+    assert hub.text(stream) == "after the flood "
+    sender.finish("after the flood")
+    hub.close()
