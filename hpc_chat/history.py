@@ -92,12 +92,19 @@ class MemoryHistory:
         self._conversations.setdefault(conversation, []).extend(
             {**dict.fromkeys(TURN_KEYS), **t, "created_at": now} for t in turns)
 
-    async def messages(self, conversation: str) -> list[dict[str, Any]]:
-        return list(self._conversations.get(conversation, []))
+    async def messages(self, conversation: str, last: int | None = None
+                       ) -> list[dict[str, Any]]:
+        """The conversation's messages, oldest first (only the ``last`` ones when given)."""
+        found = self._conversations.get(conversation, [])
+        return list(found if last is None else found[-last:] if last > 0 else [])
 
     async def recent(self, conversation: str) -> list[dict[str, str]]:
-        return bound_turns(await self.messages(conversation), self.config.max_turns,
-                           self.config.max_tokens)
+        """What a new turn is answered with: only the rows it can use are read (a long
+        conversation costs each request its last turns, not the whole table)."""
+        if not self.config.max_turns:
+            return []
+        return bound_turns(await self.messages(conversation, last=2 * self.config.max_turns),
+                           self.config.max_turns, self.config.max_tokens)
 
     async def conversations(self) -> list[dict[str, Any]]:
         return [{"name": name, "messages": len(msgs), "created_at": self._created[name],
@@ -224,12 +231,14 @@ class SQLiteHistory(MemoryHistory):
         db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, cid))
         db.commit()
 
-    async def messages(self, conversation: str) -> list[dict[str, Any]]:
+    async def messages(self, conversation: str, last: int | None = None
+                       ) -> list[dict[str, Any]]:
         cid = self._conversation_id(conversation)
         if cid is None:
             return []
         rows = self._run("SELECT role, agent, content, prompt_tokens, completion_tokens, "
-                         "created_at FROM messages WHERE conversation_id = ? ORDER BY id", (cid,))
+                         "created_at FROM messages WHERE conversation_id = ? ORDER BY id DESC "
+                         "LIMIT ?", (cid, -1 if last is None else last))[::-1]
         keys = ("role", "agent", "content", "prompt_tokens", "completion_tokens", "created_at")
         return [dict(zip(keys, row)) for row in rows]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 
 import click
 
@@ -26,11 +27,13 @@ def with_site_options(fn):
 
 @cli.command()
 @with_site_options
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. Anything but loopback is reachable by others: "
-                   "prefer an SSH tunnel (docs/openai-api.md).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="Port (0: any free port).")
+@click.option("--host", default=None,
+              help="Listen on TCP at this address (with --port, default 8000) instead of the "
+                   "Unix socket only you can open. Any TCP port, loopback included, can be "
+                   "reached by every user of this node: prefer the socket, through an SSH "
+                   "tunnel from elsewhere (docs/openai-api.md).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Listen on TCP at this port (0: any free one), on --host or 127.0.0.1.")
 @click.option("--max-queue", type=click.IntRange(1, 100000), default=256, show_default=True,
               help="Requests answered at once; more get 429 with Retry-After.")
 @click.option("--new-key", is_flag=True,
@@ -42,15 +45,22 @@ def serve(config, site, endpoint, allocation, model, host, port, max_queue, new_
     'Authorization: Bearer KEY': $HPC_CHAT_API_KEY, else the key file it names. Stop with
     Ctrl-C or SIGTERM: workers and pilot jobs end with it."""
     from hpc_chat.server.auth import load_key
-    from hpc_chat.server.run import bind_socket, is_loopback
+    from hpc_chat.server.run import bind_socket, bind_unix, is_loopback
 
     key, source = load_key(new=new_key)  # there is always a key: a file is made if needed
-    if not is_loopback(host):
-        err_console.print(f"warning: listening on {host}: anyone who can reach it and has the "
-                          f"key can use it", markup=False, highlight=False)
+    tcp = host is not None or port is not None
+    if tcp:
+        host = host or "127.0.0.1"
+        port = 8000 if port is None else port
+        err_console.print(f"note: listening on TCP {host}: every user who can reach "
+                          f"{'this node' if is_loopback(host) else 'that address'} can "
+                          f"connect (the API key still guards every route but /health); "
+                          f"without --host/--port only you can reach the server",
+                          markup=False, highlight=False)
     session = Session(config, site, allocation=allocation, endpoint=endpoint, model=model)
     session.check()
-    sock = bind_socket(host, port)  # a port in use fails before any worker starts
+    # The socket is bound before any worker starts: a port in use fails at once.
+    sock = bind_socket(host, port) if tcp else bind_unix()
     # uvicorn stops serving on SIGINT/SIGTERM, then raises the signal again: ours turns it
     # into an exception, so the workflow shuts down (workers, pilot jobs) before the exit.
     previous = signal.signal(signal.SIGTERM, raise_interrupted)
@@ -72,5 +82,11 @@ def _serve(session, sock, key, source, max_queue) -> None:
             err_console.print(f"serving the OpenAI API on {url} (site {where}); API key: "
                               f"{source}. GET /health answers 200 once a model is loaded.",
                               markup=False, highlight=False)
+            if sock.family == socket.AF_UNIX:
+                path = sock.getsockname()
+                err_console.print(
+                    f"the socket {path} is yours alone; hpc-chat ask/chat/batch use it. From "
+                    f"elsewhere: ssh -N -L 8000:{path} {socket.gethostname()}, then "
+                    f"http://127.0.0.1:8000/v1 on your side", markup=False, highlight=False)
         s.run(run_server(s.workflow, sock=sock, key=key, max_queue=max_queue,
                          on_listening=listening))

@@ -59,7 +59,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if request.url.path not in OPEN_ROUTES and \
+        if request.scope["path"] not in OPEN_ROUTES and \
                 not authorized(request.headers.get("authorization"), state.key):
             return ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY' "
                                  "(the key is in $HPC_CHAT_API_KEY or the file hpc-chat serve "
@@ -160,12 +160,13 @@ async def complete(state: ServerState, request: Request, body: dict[str, Any]):
     if options is not None and not isinstance(options, dict):
         raise ApiError(400, "stream_options must be an object", code="invalid_request",
                        param="stream_options")
-    conversation = request.headers.get("x-conversation-id") or body.get("user")
-    if conversation is not None and (not isinstance(conversation, str) or
-                                     not 0 < len(conversation) <= MAX_CONVERSATION):
-        raise ApiError(400, f"user (the conversation id) must be a string of 1 to "
-                            f"{MAX_CONVERSATION} characters", code="invalid_request",
-                       param="user")
+    # Only our header names a stored conversation. OpenAI's `user` is the end user's id (a
+    # front end serving several people sends one per person): taking it as a conversation
+    # would splice their sessions, and let one read another's turns.
+    conversation = request.headers.get("x-conversation-id")
+    if conversation is not None and not 0 < len(conversation) <= MAX_CONVERSATION:
+        raise ApiError(400, f"X-Conversation-Id must be 1 to {MAX_CONVERSATION} characters",
+                       code="invalid_request", param="X-Conversation-Id")
     if req.agents and req.agents[0] not in wf.agents:
         known = ", ".join([*sorted(wf.agents), ROUTED_MODEL])
         raise ApiError(404, f"the model {req.model!r} does not exist; the models are: {known}",

@@ -14,12 +14,15 @@ and a stream is read line by line as the server sends it.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import os
+import pwd
 import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -176,6 +179,78 @@ def server_status(url: str) -> dict:
                                              headers=_headers()), timeout=60)
 
 
+def check_listener(url: str) -> None:
+    """Refuse to send the API key to a TCP port on this host that another user listens on.
+
+    Any user of a shared node can bind 127.0.0.1:8000 before your server does, or after it
+    stopped; the key sent there would be theirs. On this host the kernel says who owns each
+    listening socket (``/proc/net/tcp``): the key goes only to a listener of this user's.
+    Another host's listeners cannot be seen from here, and are not checked."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = socket.getaddrinfo(parts.hostname or "localhost", port,
+                                   type=socket.SOCK_STREAM)
+    except (OSError, ValueError):
+        return  # the connection itself will say what is wrong
+    local = local_addresses()
+    for family, _, _, _, address in infos:
+        ip = ipaddress.ip_address(address[0])
+        if ip.is_loopback or str(ip) in local:
+            owner = listener_uid(ip, port)
+            if owner is not None and owner != os.getuid():
+                raise HpcChatError(
+                    f"{url}: the program listening on port {port} of this host belongs to "
+                    f"{_user(owner)}, not to you: your API key is not sent to it. Your server "
+                    f"may not be running (hpc-chat status --server); start it without "
+                    f"--host/--port to use a socket only you can reach")
+            return
+
+
+def local_addresses() -> set[str]:
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+    except OSError:
+        return set()
+
+
+def listener_uid(ip, port: int) -> int | None:
+    """The uid of the socket listening on ``ip:port`` (or on every address), from
+    ``/proc/net/tcp`` and ``tcp6``; None when none is found there."""
+    wildcard = {False: "00000000", True: "0" * 32}
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        try:
+            rows = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        want = _proc_address(ip, v6)
+        for row in rows:
+            fields = row.split()
+            if len(fields) < 8 or fields[3] != "0A":  # 0A: LISTEN
+                continue
+            address, _, hexport = fields[1].partition(":")
+            if int(hexport, 16) == port and address in (want, wildcard[v6]):
+                return int(fields[7])
+    return None
+
+
+def _proc_address(ip, v6: bool) -> str | None:
+    """``ip`` as /proc/net/tcp(6) writes it (little-endian words), or None."""
+    if ip.version == 4 and v6:
+        ip = ipaddress.ip_address(f"::ffff:{ip}")
+    elif ip.version == 6 and not v6:
+        return None
+    packed = ip.packed
+    return "".join(packed[i:i + 4][::-1].hex().upper() for i in range(0, len(packed), 4))
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
 def _call(url: str, request: urllib.request.Request, timeout: float = TIMEOUT_S) -> dict:
     with _open(url, request, timeout) as answer:
         try:
@@ -193,9 +268,48 @@ def _call(url: str, request: urllib.request.Request, timeout: float = TIMEOUT_S)
     return body
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over the Unix socket ``path`` (a server that only this user can reach)."""
+
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class _UnixHandler(urllib.request.AbstractHTTPHandler):
+    """``http+unix://%2Fpath%2Fto.sock/v1/...`` URLs (as requests-unixsocket writes them)."""
+
+    def unix_open(self, request: urllib.request.Request):
+        path = urllib.parse.unquote(request.host)
+        return self.do_open(lambda _host, timeout=TIMEOUT_S, **_: _UnixConnection(path, timeout),
+                            request)
+
+    def unix_request(self, request: urllib.request.Request) -> urllib.request.Request:
+        request.add_unredirected_header("Host", "localhost")  # not the socket's path
+        return self.do_request_(request)
+
+
+_opener = urllib.request.build_opener()
+setattr(_UnixHandler, "http+unix_open", _UnixHandler.unix_open)
+setattr(_UnixHandler, "http+unix_request", _UnixHandler.unix_request)
+_opener.add_handler(_UnixHandler())
+
+
+def urlopen(request: urllib.request.Request | str, timeout: float = TIMEOUT_S):
+    """``urllib.request.urlopen``, for ``http+unix://`` URLs as well."""
+    return _opener.open(request, timeout=timeout)
+
+
 def _open(url: str, request: urllib.request.Request, timeout: float):
+    if urllib.parse.urlsplit(url).scheme in ("http", "https"):
+        check_listener(url)  # before the key goes out
     try:
-        return urllib.request.urlopen(request, timeout=timeout)
+        return _opener.open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         try:
             error = json.loads(exc.read())["error"]

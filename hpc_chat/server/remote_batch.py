@@ -110,12 +110,11 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
     start = time.time()
     if item.request is not None:
         model = item.request.model
-        # The line's own body, as the server would take it from any client; but each line is
-        # a request of its own, as with the batch's own workers: no stored conversation (the
-        # server would take ``user`` as one), no stream.
+        # The line's own body, as the server would take it from any client (its ``user`` is
+        # the end user's id, never a stored conversation); each line is a request of its
+        # own, as with the batch's own workers: no stream.
         body = {**options, **item.request.body, "stream": False}
-        for key in ("stream_options", "user"):
-            body.pop(key, None)
+        body.pop("stream_options", None)
     else:
         model = agent or ROUTED_MODEL
         body = {"model": model, "messages": [{"role": "user", "content": item.prompt}],

@@ -15,17 +15,22 @@ import json
 import logging
 import os
 import socket
+import urllib.parse
 from pathlib import Path
 
 import uvicorn
 
 from hpc_chat.errors import ConfigError
 from hpc_chat.paths import home_subdir
+from hpc_chat.rundir import runtime_dir
 from hpc_chat.server.app import create_app
 from hpc_chat.server.state import ServerState
 from hpc_chat.tokenstream import TokenHub
 
 log = logging.getLogger(__name__)
+
+CONNECTIONS_OVER_QUEUE = 64  # connections beyond --max-queue: health checks, status, refusals
+KEEP_ALIVE_S = 5  # an idle connection is closed after this
 
 
 def server_file() -> Path:
@@ -79,6 +84,30 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def bind_unix() -> socket.socket:
+    """A Unix socket in this user's runtime directory (0700, :mod:`hpc_chat.rundir`), mode
+    0600: only this user can connect, whatever listens on TCP."""
+    path = runtime_dir() / f"serve-{socket.gethostname().split('.')[0][:24]}-{os.getpid()}.sock"
+    path.unlink(missing_ok=True)  # a dead server's, with this PID: the directory is ours
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(old)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def unix_url(path: str) -> str:
+    """The URL of a server on a Unix socket, as requests-unixsocket writes it."""
+    return f"http+unix://{urllib.parse.quote(path, safe='')}/v1"
+
+
 async def serve(workflow, *, sock: socket.socket, key: str, max_queue: int,
                 on_listening=None) -> None:
     """Serve on ``sock`` until SIGINT/SIGTERM. ``on_listening(url)`` is called once it
@@ -89,9 +118,14 @@ async def serve(workflow, *, sock: socket.socket, key: str, max_queue: int,
         await hub.start(*where)
     state = ServerState(workflow, key, hub if where is not None else None,
                         max_queue=max_queue)
+    # Bounded connections (a TCP port is open to every user of the node): requests beyond
+    # the queue are refused at once by the app, connections beyond this by uvicorn (503).
     config = uvicorn.Config(create_app(state), log_level="warning", access_log=False,
-                            lifespan="off", timeout_graceful_shutdown=30)
+                            lifespan="off", timeout_graceful_shutdown=30,
+                            limit_concurrency=max_queue + CONNECTIONS_OVER_QUEUE,
+                            timeout_keep_alive=KEEP_ALIVE_S)
     server = uvicorn.Server(config)
+    unix_path = sock.getsockname() if sock.family == socket.AF_UNIX else None
     warm = asyncio.ensure_future(state.keep_warm())
     announce = asyncio.ensure_future(_announce(server, sock, on_listening))
     try:
@@ -101,6 +135,8 @@ async def serve(workflow, *, sock: socket.socket, key: str, max_queue: int,
             task.cancel()
         await hub.stop()
         _forget(server_file())
+        if unix_path:  # (uvicorn has closed the socket by now)
+            Path(unix_path).unlink(missing_ok=True)
 
 
 def _forget(path: Path) -> None:
@@ -115,8 +151,11 @@ def _forget(path: Path) -> None:
 async def _announce(server: uvicorn.Server, sock: socket.socket, on_listening) -> None:
     while not server.started:
         await asyncio.sleep(0.05)
-    host, port = sock.getsockname()[:2]
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/v1"
+    if sock.family == socket.AF_UNIX:
+        url = unix_url(sock.getsockname())
+    else:
+        host, port = sock.getsockname()[:2]
+        url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/v1"
     path = server_file()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.write_text(json.dumps({"url": url, "pid": os.getpid(),

@@ -5,8 +5,8 @@ In a Parsl worker, requests do not decode in the worker's own process: they go o
 socket to one engine per model spec on the node (:mod:`hpc_chat.worker.node_engine`), which
 decodes every worker's requests in one continuous batch. The socket lives in a directory only
 this user can open (``$TMPDIR/hpc_chat-UID``, or ``/tmp`` when that path is too long for a Unix
-socket; another user's directory of that name is passed over: :func:`socket_dir`) and is named
-after the host and the worker pool's manager (so each pilot job's pool has its own engine,
+socket; another user's directory of that name is passed over: :mod:`hpc_chat.rundir`) and
+is named after the host and the worker pool's manager (so each pilot job's pool has its own engine,
 which ends with it) and a hash of the model spec, the slots and the GPUs the worker may use
 (so each GPU of a node gets its own engine).
 
@@ -24,10 +24,8 @@ import json
 import logging
 import os
 import socket
-import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -36,17 +34,17 @@ from contextlib import contextmanager
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
 
-from hpc_chat.errors import ConfigError, PromptTooLongError
+from hpc_chat.errors import PromptTooLongError
 from hpc_chat.llm.engine import Completion
 from hpc_chat.llm.models import ModelSpec
 from hpc_chat.llm.request import GenRequest
+from hpc_chat.rundir import runtime_dir
 from hpc_chat.worker.stream import TokenSender, streams_tokens
 
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK",
                  "HIP_VISIBLE_DEVICES")
 log = logging.getLogger(__name__)
 
-MAX_SOCKET_PATH = 100  # a Unix socket path must fit in 108 bytes
 START_POLL_S = 0.05
 WAIT_S = 0.2  # a task waits in Python, so Parsl's walltime (AppTimeout) can land
 ENGINE_SPINCOUNT = 1000  # OpenMP's spins at a barrier before its threads sleep: see start()
@@ -72,80 +70,11 @@ def wanted(engine: dict) -> bool:
         os.getppid() != 1  # an orphaned worker has no manager to bound an engine's life
 
 
-def socket_dir() -> Path:
-    """The node's meeting place for engine sockets: a directory only this user can open.
-
-    ``$TMPDIR/hpc_chat-UID`` (``/tmp`` when that is too long for a socket path). Another user
-    can create that name first on a shared node: then ``$XDG_RUNTIME_DIR/hpc_chat`` when the
-    node gives one, else a private ``hpc_chat-UID-XXXXXX`` made beside it with mkdtemp. Every
-    worker of the node finds the same one, the first of this user's in name order, so they
-    still meet at one engine; directories of that name that are not this user's private ones
-    are passed over, never used."""
-    uid = os.getuid()
-    base = Path(tempfile.gettempdir())
-    if len(str(base / f"hpc_chat-{uid}")) > MAX_SOCKET_PATH - 60:  # room for the file name
-        base = Path("/tmp")
-    plain = base / f"hpc_chat-{uid}"
-    if _private_dir(plain, create=True):
-        return plain
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and len(runtime) < MAX_SOCKET_PATH - 80 and _private_dir(Path(runtime)) and \
-            _private_dir(Path(runtime) / "hpc_chat", create=True):
-        found = Path(runtime) / "hpc_chat"
-    else:  # mkdtemp adds 9 characters to the name
-        spare = base if len(str(plain)) + 9 <= MAX_SOCKET_PATH - 60 else Path("/tmp")
-        found = _own_spare(spare, f"hpc_chat-{uid}-")
-    if found not in _warned:
-        _warned.add(found)
-        log.warning("%s is not a private directory of yours (made by another user?): engine "
-                    "sockets go to %s", plain, found)
-    return found
-
-
-_warned: set[Path] = set()
-
-
-def _private_dir(path: Path, *, create: bool = False) -> bool:
-    """A real directory (not a link) of this user that nobody else can open."""
-    if create:
-        try:
-            path.mkdir(mode=0o700)
-        except FileExistsError:
-            pass
-        except OSError:
-            return False
-    try:
-        info = path.lstat()
-    except OSError:
-        return False
-    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and \
-        not info.st_mode & 0o077
-
-
-def _own_spare(base: Path, prefix: str) -> Path:
-    """The first private directory ``base/prefix*`` of this user, made when there is none.
-    Two workers that both make one converge on the first in name order; the other stays
-    empty."""
-    def own() -> list[Path]:
-        return sorted(p for p in base.glob(prefix + "*") if _private_dir(p))
-
-    found = own()
-    if not found:
-        try:
-            tempfile.mkdtemp(prefix=prefix, dir=base)  # 0700, a name nobody chose before
-        except OSError as exc:
-            raise ConfigError(f"{base}: cannot make a private directory for the engine's "
-                              f"socket: {exc.strerror or exc}; set TMPDIR to a directory of "
-                              f"yours") from None
-        found = own()
-    return found[0]
-
-
 def engine_path(spec: ModelSpec, slots: int) -> Path:
     gpus = {name: os.environ.get(name) for name in GPU_VARIABLES}
     key = hashlib.sha256(json.dumps([spec.model_dump(), slots, gpus],
                                     sort_keys=True).encode()).hexdigest()[:12]
-    return socket_dir() / f"engine-{_host()}-{os.getppid()}-{key}.sock"
+    return runtime_dir() / f"engine-{_host()}-{os.getppid()}-{key}.sock"
 
 
 def _host() -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from hpc_chat.server.client import urlopen
 from tests.integration.procs import wait_until_none_of_home
 
 pytestmark = [pytest.mark.parsl]
@@ -39,7 +40,7 @@ class Server:
         if key:
             request.add_header("Authorization", f"Bearer {self.key}")
         try:
-            with urllib.request.urlopen(request, timeout=30) as answer:
+            with urlopen(request, timeout=30) as answer:
                 body = answer.read().decode()
                 status = answer.status
         except urllib.error.HTTPError as exc:
@@ -51,10 +52,12 @@ class Server:
 
 
 def start_server(tmp_path: Path, config: Path, model: str | None = PACE,
-                 extra: tuple = (), wait_ready: bool = True) -> Server:
+                 extra: tuple = (), wait_ready: bool = True,
+                 listen: tuple = ("--port", "0")) -> Server:
+    """``hpc-chat serve`` on any free TCP port (``listen=()``: on its own Unix socket)."""
     home = tmp_path / "home"
     env = {**os.environ, "HPC_CHAT_HOME": str(home)}
-    argv = [sys.executable, "-m", "hpc_chat", "serve", "--config", str(config), "--port", "0",
+    argv = [sys.executable, "-m", "hpc_chat", "serve", "--config", str(config), *listen,
             *extra]
     if model:
         argv += ["--model", model]
@@ -396,3 +399,42 @@ def test_a_history_that_cannot_be_written_fails_that_request_and_frees_its_slot(
         assert again.choices[0].message.content.startswith("after")
     finally:
         stop(server)
+
+
+def test_by_default_the_server_listens_on_a_socket_only_its_user_can_open(tmp_path, fixtures):
+    """Without --host/--port: a Unix socket, mode 0600 in a 0700 directory of the user's
+    own (the API has no TCP port; the process's TCP listeners are the token hub, TLS, and
+    Parsl's interchange, CurveZMQ). `hpc-chat ask` finds and uses it, and the openai SDK speaks to
+    it through httpx's Unix-socket transport. OpenAI's `user` field names the end user, not a
+    stored conversation: only X-Conversation-Id stores turns."""
+    import stat
+    import urllib.parse
+
+    import httpx2
+
+    server = start_server(tmp_path, fixtures / "workflows" / "fast.yml", listen=(),
+                          model="echo")
+    try:
+        assert server.url.startswith("http+unix://")
+        path = urllib.parse.unquote(urllib.parse.urlsplit(server.url).netloc)
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+        assert stat.S_IMODE(os.lstat(os.path.dirname(path)).st_mode) == 0o700
+        env = {**os.environ, "HPC_CHAT_HOME": str(server.home)}
+        ask = subprocess.run([sys.executable, "-m", "hpc_chat", "ask", "over the socket"],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert ask.returncode == 0, ask.stderr
+        assert ask.stdout.strip() == "over the socket" and "answered by the server" in ask.stderr
+        client = openai.OpenAI(base_url="http://localhost/v1", api_key=server.key,
+                               max_retries=0, http_client=httpx2.Client(
+                                   transport=httpx2.HTTPTransport(uds=path)))
+        done = client.chat.completions.create(
+            model="balanced_agent", user="alice",
+            messages=[{"role": "user", "content": "alice asks"}])
+        assert done.choices[0].message.content == "alice asks"
+        stored = subprocess.run([sys.executable, "-m", "hpc_chat", "history"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert "alice" not in stored.stdout, stored.stdout  # `user` stored nothing
+    finally:
+        stop(server)
+    assert not os.path.exists(path)  # the socket goes with the server

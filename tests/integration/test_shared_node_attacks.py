@@ -289,3 +289,56 @@ def test_a_flood_of_idle_connections_costs_streams_never_answers(attacker):
     assert hub.text(stream) == "after the flood "
     sender.finish("after the flood")
     hub.close()
+
+
+SQUATTER = """
+import socket, sys, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(8)
+s.settimeout(1.0)
+open(sys.argv[1] + ".port", "w").write(str(s.getsockname()[1]))
+got, deadline = b"", time.monotonic() + 20
+while time.monotonic() < deadline:
+    try:
+        conn, _ = s.accept()
+    except OSError:
+        continue
+    conn.settimeout(2.0)
+    try:
+        got += conn.recv(65536)
+    except OSError:
+        pass
+    conn.close()
+    open(sys.argv[1], "wb").write(got)
+"""
+
+
+def test_a_port_squatted_by_another_user_never_gets_the_api_key(attacker, shared, tmp_path):
+    """Another user listens where $HPC_CHAT_SERVER points (their 127.0.0.1:PORT): `hpc-chat
+    ask` sees from the kernel's table that the listener is not the user's, says so, and sends
+    nothing; the squatter receives not a byte, the key least of all."""
+    import time
+
+    record = shared / "squat"
+    squatter = subprocess.Popen(["runuser", "-u", attacker, "--", SYSTEM_PYTHON, "-c",
+                                 SQUATTER, str(record)])
+    try:
+        deadline = time.monotonic() + 30
+        while not (shared / "squat.port").exists() or not (shared / "squat.port").read_text():
+            assert squatter.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        port = int((shared / "squat.port").read_text())
+        home = tmp_path / "home"
+        (home / "server").mkdir(parents=True, mode=0o700)
+        (home / "server" / "api-key").write_text("the-users-secret-key\n")
+        (home / "server" / "api-key").chmod(0o600)
+        ran = hpc_chat("ask", "hello", home=home, cwd=tmp_path,
+                       env={"HPC_CHAT_SERVER": f"http://127.0.0.1:{port}/v1"}, timeout=60)
+        assert ran.returncode == 2, ran.stdout + ran.stderr
+        assert f"the program listening on port {port} of this host belongs to {attacker}" \
+            in ran.stderr and "Traceback" not in ran.stderr
+        assert not record.exists(), "the client connected to the squatter"
+    finally:
+        squatter.kill()
+        squatter.wait()

@@ -252,29 +252,29 @@ def test_an_engine_socket_directory_of_another_user_is_passed_over(monkeypatch):
     import shutil
     import tempfile
 
-    from hpc_chat.worker import engine_client
+    from hpc_chat import rundir
 
     tmp_path = Path(tempfile.mkdtemp(prefix="hcsock", dir="/tmp"))  # short: a socket's path
-    monkeypatch.setattr(engine_client.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(rundir.tempfile, "gettempdir", lambda: str(tmp_path))
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     try:
-        _passed_over(engine_client, tmp_path)
+        _passed_over(rundir, tmp_path)
     finally:
         shutil.rmtree(tmp_path)
 
 
-def _passed_over(engine_client, tmp_path):
+def _passed_over(rundir, tmp_path):
     taken = tmp_path / f"hpc_chat-{os.getuid()}"
     taken.mkdir(mode=0o777)
     taken.chmod(0o777)
     decoy = tmp_path / f"hpc_chat-{os.getuid()}-aaaaaa"  # a look-alike, not private
     decoy.symlink_to(taken)
-    first = engine_client.socket_dir()
+    first = rundir.runtime_dir()
     assert first not in (taken, decoy) and first.parent == tmp_path
     assert stat.S_IMODE(first.lstat().st_mode) == 0o700 and not first.is_symlink()
-    assert engine_client.socket_dir() == first  # found again: the workers meet there
+    assert rundir.runtime_dir() == first  # found again: the workers meet there
     taken.rmdir()
-    assert engine_client.socket_dir() == taken  # once the name is free, the plain one
+    assert rundir.runtime_dir() == taken  # once the name is free, the plain one
 
 
 def test_a_driver_with_an_unencrypted_parsl_executor_refuses_to_start():
