@@ -63,6 +63,18 @@ def start_server(tmp_path: Path, config: Path, model: str | None = PACE,
         argv += ["--model", model]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
                             stderr=open(tmp_path / "serve.log", "w"))
+    try:
+        return _started(proc, home, tmp_path, wait_ready)
+    except BaseException:  # a server that did not come up is not left running
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+
+
+def _started(proc: subprocess.Popen, home: Path, tmp_path: Path, wait_ready: bool) -> Server:
     deadline = time.monotonic() + 120
     info = home / "server" / "server.json"
     while time.monotonic() < deadline and not info.exists():
