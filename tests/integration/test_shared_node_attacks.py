@@ -136,7 +136,7 @@ s = socket.socket()
 s.bind(("127.0.0.1", port))
 s.listen(8)
 s.settimeout(1.0)
-open(record + ".ready", "w").close()
+open(record + ".port", "w").write(str(s.getsockname()[1]))
 got, deadline = b"", time.monotonic() + 20
 while time.monotonic() < deadline:
     try:
@@ -156,6 +156,19 @@ while time.monotonic() < deadline:
     conn.close()
     open(record, "wb").write(got)
 """
+
+
+def listening_port(listener: subprocess.Popen, record: Path) -> int:
+    """The port the other user's listener has bound (it writes it beside its record)."""
+    import time
+
+    port_file = record.with_name(record.name + ".port")
+    deadline = time.monotonic() + 30
+    while not (port_file.exists() and port_file.read_text()):
+        assert listener.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    return int(port_file.read_text())
+
 
 FLOOD = """
 import socket, ssl, sys, time
@@ -223,10 +236,7 @@ def test_a_listener_on_the_workers_loopback_gets_nothing_of_the_stream(attacker,
     listener = subprocess.Popen(["runuser", "-u", attacker, "--", SYSTEM_PYTHON, "-c",
                                  LISTENER, str(hub.hub.port), str(record)])
     try:
-        deadline = time.monotonic() + 30
-        while not (shared / "got.ready").exists():
-            assert listener.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        listening_port(listener, record)
         stream, spec = hub.open()
         sender = TokenSender(spec, [])
         assert sender("private words ") and sender("private words here")
@@ -291,44 +301,16 @@ def test_a_flood_of_idle_connections_costs_streams_never_answers(attacker):
     hub.close()
 
 
-SQUATTER = """
-import socket, sys, time
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen(8)
-s.settimeout(1.0)
-open(sys.argv[1] + ".port", "w").write(str(s.getsockname()[1]))
-got, deadline = b"", time.monotonic() + 20
-while time.monotonic() < deadline:
-    try:
-        conn, _ = s.accept()
-    except OSError:
-        continue
-    conn.settimeout(2.0)
-    try:
-        got += conn.recv(65536)
-    except OSError:
-        pass
-    conn.close()
-    open(sys.argv[1], "wb").write(got)
-"""
-
-
 def test_a_port_squatted_by_another_user_never_gets_the_api_key(attacker, shared, tmp_path):
     """Another user listens where $HPC_CHAT_SERVER points (their 127.0.0.1:PORT): `hpc-chat
     ask` sees from the kernel's table that the listener is not the user's, says so, and sends
     nothing; the squatter receives not a byte, the key least of all."""
-    import time
 
     record = shared / "squat"
     squatter = subprocess.Popen(["runuser", "-u", attacker, "--", SYSTEM_PYTHON, "-c",
-                                 SQUATTER, str(record)])
+                                 LISTENER, "0", str(record)])
     try:
-        deadline = time.monotonic() + 30
-        while not (shared / "squat.port").exists() or not (shared / "squat.port").read_text():
-            assert squatter.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        port = int((shared / "squat.port").read_text())
+        port = listening_port(squatter, record)
         home = tmp_path / "home"
         (home / "server").mkdir(parents=True, mode=0o700)
         (home / "server" / "api-key").write_text("the-users-secret-key\n")
