@@ -62,6 +62,10 @@ def open_append(path: Path, *, mode: int = PRIVATE, what: str = "the output") ->
         raise InputError(f"{path}: {what} belongs to {_owner(st.st_uid)}, not to you: "
                          f"hpc_chat does not add your prompts to another user's file. "
                          f"Choose another output")
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:  # a hard link: another name for a file
+        os.close(fd)                                   # (one of yours, put there by someone?)
+        raise InputError(f"{path}: {what} has {st.st_nlink} names (hard links): hpc_chat "
+                         f"writes only to a file with one name. Choose another output")
     return fd
 
 

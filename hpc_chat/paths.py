@@ -5,10 +5,12 @@ On a shared login node another user may have created ``$HPC_CHAT_HOME`` first, o
 symlink, or be able to write to a directory above it. The home is on the site-profile search
 path (a profile's ``worker_init`` runs as the user) and holds ``models.yaml``, the job ids that
 reach ``scancel`` and the server's key, so, as OpenSSH's StrictModes does, hpc_chat refuses a
-home (or a directory in it) that is a symlink, is not owned by the user, or that others can
-write, and a home whose parent directories someone else could rename it from (writable by
-others without the sticky bit of /tmp). Group and other read bits on a home the user owns are
-taken away (reading is not planting); anything else is refused with what to do.
+home (or a directory in it) that is a symlink, is not owned by the user, or that its group or
+others can write, and a home inside a directory that every user can write without the sticky
+bit of /tmp (anyone could rename the home and put theirs in its place). A project directory
+its group can write (``/projects/GROUP``, mode 2770) is accepted above the home: the group is
+the project, and shares the data there anyway. Group and other read bits on a home the user
+owns are taken away (reading is not planting); anything else is refused with what to do.
 """
 
 from __future__ import annotations
@@ -52,25 +54,21 @@ def check_private_dir(path: Path, what: str) -> None:
 
 
 def check_parents(path: Path, what: str) -> None:
-    """Refuse a path that someone else could replace: a directory above it (after links are
-    resolved) that is owned by another user than root and this one, or that its group or
-    others can write without the sticky bit (/tmp has it: there only owners rename)."""
+    """Refuse a path that any user could replace: a directory above it (after links are
+    resolved) that every user can write without the sticky bit (/tmp has it: there only
+    owners rename)."""
     real = Path(os.path.realpath(path))
-    me = os.getuid()
     for parent in real.parents:
         try:
             info = parent.stat()
         except OSError:
             continue
-        if info.st_uid not in (0, me):
-            raise ConfigError(f"{path} ({what}) is inside {parent}, which belongs to "
-                              f"{_owner(info.st_uid)}: they could replace it. Set "
-                              f"HPC_CHAT_HOME to a directory under one only you (or root) own")
-        if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
-            raise ConfigError(f"{path} ({what}) is inside {parent}, which its group or others "
-                              f"can write (mode {stat.S_IMODE(info.st_mode):04o}, no sticky "
-                              f"bit): they could rename it and put their own in its place. Set "
-                              f"HPC_CHAT_HOME to a directory under one only you can write")
+        if info.st_mode & 0o002 and not info.st_mode & stat.S_ISVTX:
+            raise ConfigError(f"{path} ({what}) is inside {parent}, which every user can "
+                              f"write (mode {stat.S_IMODE(info.st_mode):04o}, no sticky bit): "
+                              f"anyone could rename it and put their own in its place. Set "
+                              f"HPC_CHAT_HOME to a directory under one that not everybody "
+                              f"can write")
 
 
 def _home_path() -> tuple[Path, str]:
@@ -80,8 +78,12 @@ def _home_path() -> tuple[Path, str]:
 
 
 def _checked(home: Path, source: str) -> Path:
-    check_private_dir(home, source)
-    check_parents(home, source)
+    try:
+        check_private_dir(home, source)
+        check_parents(home, source)
+    except PermissionError as exc:
+        raise ConfigError(f"{home} ({source}): cannot use it as hpc_chat's home: "
+                          f"{exc.strerror or exc}") from None
     mode = stat.S_IMODE(home.lstat().st_mode)
     if mode & 0o077:  # readable by others (made by hand, or by an older version)
         home.chmod(mode & 0o700)
@@ -113,6 +115,9 @@ def existing_home() -> Path | None:
         home.lstat()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise ConfigError(f"{home} ({source}): cannot use it as hpc_chat's home: "
+                          f"{exc.strerror or exc}") from None
     return _checked(home, source)
 
 

@@ -25,9 +25,11 @@ starts (:mod:`hpc_chat.tls`): the stream's description, which reaches the worker
 Parsl task, carries that certificate and a secret of that stream alone. A listener that is not
 this hub cannot finish the handshake, and learns nothing; a connection that does not say a
 stream's secret within a few seconds, in a short first line, is closed. The hub acknowledges a
-stream's connection (``{"ok": true}``), and only a connection it acknowledged can stop an
-answer by closing: connections that were never acknowledged (the hub at its cap of connections
-that have not said a secret yet, under a flood) cost the stream, never the answer.
+stream's connection (``{"ok": true}``), or says that it is closed already (``{"ok": false,
+"stop": true}``: its client went away while the request waited): only those two, which only
+this hub can send, stop an answer. Connections that were never answered (the hub at its cap of
+connections that have not said a secret yet, under a flood) cost the stream, never the
+answer.
 """
 
 from __future__ import annotations
@@ -92,9 +94,9 @@ class TokenHub:
 
     async def start(self, bind: str, addresses: list[str]) -> None:
         """Listen on ``bind``; workers are told to try ``addresses`` in order."""
-        self._server = await asyncio.start_server(self._connected, bind, 0, limit=1 << 20,
-                                                  ssl=self._tls,
-                                                  ssl_handshake_timeout=HELLO_TIMEOUT_S)
+        # Plain TCP first: a connection is counted against the caps before its TLS handshake
+        # (done in _connected), so handshakes cannot pile up beyond them.
+        self._server = await asyncio.start_server(self._connected, bind, 0, limit=1 << 20)
         self.port = self._server.sockets[0].getsockname()[1]
         self.addresses = addresses
         _HUBS[self.id] = self
@@ -138,7 +140,9 @@ class TokenHub:
         stream = None
         try:
             try:
-                hello = await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT_S)
+                async with asyncio.timeout(HELLO_TIMEOUT_S):  # handshake and hello together
+                    await writer.start_tls(self._tls)
+                    hello = await reader.readline()
             finally:
                 self._unauthenticated -= 1
             if len(hello) > HELLO_LIMIT:
@@ -147,8 +151,12 @@ class TokenHub:
             if not isinstance(hello, dict):
                 return
             stream = self._streams.get(str(hello.get("id")))
-            if stream is None or not hmac.compare_digest(
-                    str(hello.get("secret")).encode(), stream.secret.encode()):
+            if stream is None:  # closed: its client went away before the worker got here
+                writer.write(b'{"ok": false, "stop": true}\n')
+                await writer.drain()
+                return
+            if not hmac.compare_digest(str(hello.get("secret")).encode(),
+                                       stream.secret.encode()):
                 stream = None
                 return
             if stream.writer is not None:  # a retried attempt takes over

@@ -19,6 +19,7 @@ import json
 import os
 import pwd
 import socket
+import struct
 import threading
 import time
 import urllib.error
@@ -179,69 +180,87 @@ def server_status(url: str) -> dict:
                                              headers=_headers()), timeout=60)
 
 
-def check_listener(url: str) -> None:
-    """Refuse to send the API key to a TCP port on this host that another user listens on.
+def check_peer(sock: socket.socket, url: str) -> None:
+    """Refuse a TCP connection whose other end, on this host, is another user's socket.
 
-    Any user of a shared node can bind 127.0.0.1:8000 before your server does, or after it
-    stopped; the key sent there would be theirs. On this host the kernel says who owns each
-    listening socket (``/proc/net/tcp``): the key goes only to a listener of this user's.
-    Another host's listeners cannot be seen from here, and are not checked."""
-    parts = urllib.parse.urlsplit(url)
+    Any user of a shared node can bind 127.0.0.1:8000 (or ::1, or a port of the node's own
+    address) before your server does, or after it stopped; the key sent there would be
+    theirs. The kernel's tables (``/proc/net/tcp``, ``tcp6``) hold, for a connection whose
+    both ends are on this host, the accepting end with the uid of the socket it came from: the
+    key goes out only when that uid is this user's. Checked on the very connection the request
+    will use, after it is made, so no second name lookup or address can slip past. A
+    connection to another host has no such row here, and is not checked."""
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        infos = socket.getaddrinfo(parts.hostname or "localhost", port,
-                                   type=socket.SOCK_STREAM)
-    except (OSError, ValueError):
-        return  # the connection itself will say what is wrong
-    local = local_addresses()
-    for family, _, _, _, address in infos:
-        ip = ipaddress.ip_address(address[0])
-        if ip.is_loopback or str(ip) in local:
-            owner = listener_uid(ip, port)
-            if owner is not None and owner != os.getuid():
-                raise HpcChatError(
-                    f"{url}: the program listening on port {port} of this host belongs to "
-                    f"{_user(owner)}, not to you: your API key is not sent to it. Your server "
-                    f"may not be running (hpc-chat status --server); start it without "
-                    f"--host/--port to use a socket only you can reach")
-            return
-
-
-def local_addresses() -> set[str]:
-    try:
-        return {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+        ours, theirs = sock.getsockname()[:2], sock.getpeername()[:2]
     except OSError:
-        return set()
+        return
+    owner = accepting_uid(ours, theirs)
+    if owner is not None and owner != os.getuid():
+        sock.close()
+        raise HpcChatError(
+            f"{url}: the program listening at {theirs[0]} port {theirs[1]} of this host "
+            f"belongs to {_user(owner)}, not to you: your API key is not sent to it. Your "
+            f"server may not be running (hpc-chat status --server); start it without "
+            f"--host/--port to use a socket only you can reach")
 
 
-def listener_uid(ip, port: int) -> int | None:
-    """The uid of the socket listening on ``ip:port`` (or on every address), from
-    ``/proc/net/tcp`` and ``tcp6``; None when none is found there."""
-    wildcard = {False: "00000000", True: "0" * 32}
-    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+def accepting_uid(ours: tuple, theirs: tuple) -> int | None:
+    """The uid of this host's socket at ``theirs`` that is connected to ``ours``, or None."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        v6 = table.endswith("6")
+        local, remote = _proc_endpoint(theirs, v6), _proc_endpoint(ours, v6)
+        if local is None or remote is None:
+            continue
         try:
             rows = open(table).read().splitlines()[1:]
         except OSError:
             continue
-        want = _proc_address(ip, v6)
         for row in rows:
             fields = row.split()
-            if len(fields) < 8 or fields[3] != "0A":  # 0A: LISTEN
-                continue
-            address, _, hexport = fields[1].partition(":")
-            if int(hexport, 16) == port and address in (want, wildcard[v6]):
+            if len(fields) > 7 and fields[1] == local and fields[2] == remote:
                 return int(fields[7])
     return None
 
 
-def _proc_address(ip, v6: bool) -> str | None:
-    """``ip`` as /proc/net/tcp(6) writes it (little-endian words), or None."""
+def _proc_endpoint(endpoint: tuple, v6: bool) -> str | None:
+    """``(ip, port)`` as /proc/net/tcp (``v6``: tcp6) writes it: each 32-bit word of the
+    address in the host's byte order, in hex, then the port. None when the address cannot be
+    in that table (IPv6 in the IPv4 one)."""
+    ip = ipaddress.ip_address(endpoint[0])
     if ip.version == 4 and v6:
-        ip = ipaddress.ip_address(f"::ffff:{ip}")
+        ip = ipaddress.ip_address(f"::ffff:{ip}")  # a dual-stack socket's view of it
     elif ip.version == 6 and not v6:
-        return None
+        if ip.ipv4_mapped is None:
+            return None
+        ip = ip.ipv4_mapped
     packed = ip.packed
-    return "".join(packed[i:i + 4][::-1].hex().upper() for i in range(0, len(packed), 4))
+    words = "".join(f"{struct.unpack('=I', packed[i:i + 4])[0]:08X}"
+                    for i in range(0, len(packed), 4))
+    return f"{words}:{int(endpoint[1]):04X}"
+
+
+class _CheckedConnection(http.client.HTTPConnection):
+    """An HTTP connection that will not talk to another user's program on this host."""
+
+    def connect(self) -> None:
+        super().connect()
+        check_peer(self.sock, f"http://{self.host}:{self.port}")
+
+
+class _CheckedTLSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        check_peer(self.sock, f"https://{self.host}:{self.port}")
+
+
+class _CheckedHandler(urllib.request.HTTPHandler):
+    def http_open(self, request: urllib.request.Request):
+        return self.do_open(_CheckedConnection, request)
+
+
+class _CheckedTLSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, request: urllib.request.Request):
+        return self.do_open(_CheckedTLSConnection, request, context=self._context)
 
 
 def _user(uid: int) -> str:
@@ -294,9 +313,11 @@ class _UnixHandler(urllib.request.AbstractHTTPHandler):
         return self.do_request_(request)
 
 
-_opener = urllib.request.build_opener()
+_opener = urllib.request.build_opener(_CheckedHandler, _CheckedTLSHandler)
 setattr(_UnixHandler, "http+unix_open", _UnixHandler.unix_open)
 setattr(_UnixHandler, "http+unix_request", _UnixHandler.unix_request)
+# Error statuses become HTTPError for this scheme too, as for http (401, 429, 503 ...).
+setattr(_UnixHandler, "http+unix_response", urllib.request.HTTPErrorProcessor.http_response)
 _opener.add_handler(_UnixHandler())
 
 
@@ -306,8 +327,6 @@ def urlopen(request: urllib.request.Request | str, timeout: float = TIMEOUT_S):
 
 
 def _open(url: str, request: urllib.request.Request, timeout: float):
-    if urllib.parse.urlsplit(url).scheme in ("http", "https"):
-        check_listener(url)  # before the key goes out
     try:
         return _opener.open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:

@@ -24,6 +24,7 @@ from hpc_chat.errors import ConfigError
 from hpc_chat.paths import home_subdir
 from hpc_chat.rundir import runtime_dir
 from hpc_chat.server.app import create_app
+from hpc_chat.server.connections import BoundedH11Protocol
 from hpc_chat.server.state import ServerState
 from hpc_chat.tokenstream import TokenHub
 
@@ -61,9 +62,10 @@ def stream_addresses(workflow) -> tuple[str, list[str]] | None:
             bind = "0.0.0.0"
         return bind, [htex.address]
     addresses = sorted(getattr(htex, "all_addresses", None) or [], key=lambda a: a != "127.0.0.1")
-    if workflow.executor.scheduler != "local":
-        # Pilot jobs run on other hosts: their loopback is not this one (and may be another
-        # user's listener: the pinned certificate would refuse it, but never offer it).
+    if workflow.executor.scheduler != "local" or workflow.allocation:
+        # Pilot jobs, or an allocation's other nodes: their loopback is not this one (and may
+        # be another user's listener: the pinned certificate would refuse it, but never offer
+        # it; each try there would cost the stream a handshake timeout).
         addresses = [a for a in addresses if not is_loopback(a)]
     return "0.0.0.0", [*addresses] or ["127.0.0.1"]
 
@@ -119,11 +121,12 @@ async def serve(workflow, *, sock: socket.socket, key: str, max_queue: int,
     state = ServerState(workflow, key, hub if where is not None else None,
                         max_queue=max_queue)
     # Bounded connections (a TCP port is open to every user of the node): requests beyond
-    # the queue are refused at once by the app, connections beyond this by uvicorn (503).
+    # the queue are refused at once by the app, connections beyond this by uvicorn (503);
+    # connections that send no request are pushed out (server/connections.py).
     config = uvicorn.Config(create_app(state), log_level="warning", access_log=False,
                             lifespan="off", timeout_graceful_shutdown=30,
                             limit_concurrency=max_queue + CONNECTIONS_OVER_QUEUE,
-                            timeout_keep_alive=KEEP_ALIVE_S)
+                            timeout_keep_alive=KEEP_ALIVE_S, http=BoundedH11Protocol)
     server = uvicorn.Server(config)
     unix_path = sock.getsockname() if sock.family == socket.AF_UNIX else None
     warm = asyncio.ensure_future(state.keep_warm())

@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -84,6 +85,7 @@ class NodeEngine:
         self.feed = Feed()
         self.lock = threading.Lock()
         self.in_flight = 0
+        self.clients: dict[int, int] = {}  # worker pid -> its requests in flight here
         self.served = 0
         self.load_pending = True  # the first answer reports the model load
         self.info = {"pid": os.getpid(), "host": socket.gethostname(), "slots": slots}
@@ -91,6 +93,7 @@ class NodeEngine:
     def status(self) -> dict:
         with self.lock:
             return {**self.info, "model": self.spec.path, "in_flight": self.in_flight,
+                    "clients": {str(pid): n for pid, n in self.clients.items()},
                     "waiting": self.feed.waiting(), "served": self.served,
                     "load_s": self.engine.load_s}
 
@@ -130,8 +133,10 @@ class NodeEngine:
             self.feed.put(job)
         except RuntimeError:  # the decode loop has stopped: this engine is ending
             return _reply(conn, error=f"node engine {self.info['pid']} has stopped", kind="lost")
+        client = _peer_pid(conn)
         with self.lock:
             self.in_flight += 1
+            self.clients[client] = self.clients.get(client, 0) + 1
         try:
             self._follow(conn, job, answer, stream)
         except (EOFError, OSError):
@@ -142,6 +147,9 @@ class NodeEngine:
         finally:
             with self.lock:
                 self.in_flight -= 1
+                self.clients[client] -= 1
+                if not self.clients[client]:
+                    del self.clients[client]
         outcome = answer.outcome
         if isinstance(outcome, Completion):
             with self.lock:
@@ -249,7 +257,19 @@ def main(argv: list[str] | None = None) -> int:
             code = 3
             time.sleep(WAKE_S * 2)  # let the connections send their errors
             break
-    _end(path, code)
+    _end(path, code, keep_socket=code == 4)  # a socket there now is not this engine's
+
+
+def _peer_pid(conn: Connection) -> int:
+    """The PID of the process at the other end of a Unix-socket connection (the kernel's
+    SO_PEERCRED): which worker a request came from, in the status."""
+    try:
+        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                    struct.calcsize("3i"))
+        return struct.unpack("3i", creds)[0]
+    except OSError:
+        return 0
 
 
 def _still_bound(path: Path, inode: int) -> bool:

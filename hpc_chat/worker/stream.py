@@ -32,8 +32,12 @@ SEND_TIMEOUT_S = 10.0
 _unreachable: set[tuple[tuple[str, ...], int]] = set()
 
 
-def _connect(spec: dict) -> ssl.SSLSocket | None:
-    """A TLS connection to the hub, its stream acknowledged; None when no address gives one."""
+STOP = "stop"  # what _connect returns when the hub says the stream is closed already
+
+
+def _connect(spec: dict) -> ssl.SSLSocket | str | None:
+    """A TLS connection to the hub, its stream acknowledged; :data:`STOP` when the hub says
+    the stream is closed (its client is gone); None when no address gives either."""
     addresses = tuple(str(a) for a in spec.get("addresses") or ())
     port = int(spec["port"])
     if (addresses, port) in _unreachable:
@@ -50,7 +54,11 @@ def _connect(spec: dict) -> ssl.SSLSocket | None:
             raw.settimeout(HELLO_TIMEOUT_S)
             sock = tls.wrap_socket(raw)  # not the hub's certificate: ssl.SSLError
             sock.sendall(hello)
-            if sock.recv(64) != b'{"ok": true}\n':
+            answer = sock.recv(64)
+            if answer == b'{"ok": false, "stop": true}\n':
+                sock.close()
+                return STOP
+            if answer != b'{"ok": true}\n':
                 raise ConnectionError("the hub did not acknowledge the stream")
         except (OSError, ValueError):  # ssl.SSLError is an OSError
             raw.close()
@@ -77,9 +85,13 @@ class TokenSender:
         self.cancelled = False  # the driver closed the stream: stop generating
         self.sock: ssl.SSLSocket | None = None
         try:
-            self.sock = _connect(spec)
+            found = _connect(spec)
         except (OSError, KeyError, ValueError, TypeError):
-            self.sock = None
+            found = None
+        if found == STOP:
+            self.cancelled = True  # nobody waits for this answer any more
+        elif found is not None:
+            self.sock = found
 
     def __call__(self, text: str) -> bool:
         """Hear the text so far; False when nobody listens any more (stop generating)."""

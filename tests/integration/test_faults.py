@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -19,17 +20,31 @@ from .test_node_engine import _status
 pytestmark = [pytest.mark.model, pytest.mark.parsl]
 
 
-def engine_holds(requests: int, timeout: float = 60) -> None:
-    """Wait until this test's node engine is decoding ``requests`` requests at once."""
+def engine_status(worker: int, home=None) -> dict | None:
+    """The status of the node engine that the Parsl worker process ``worker`` uses (the one
+    of its pool's manager; processes of ``home``, default this session's), None while none
+    listens."""
+    try:
+        manager = (Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split())[1]
+    except (OSError, IndexError):
+        return None
+    for cmdline in processes_of_home(home or os.environ["HPC_CHAT_HOME"]).values():
+        if "hpc_chat.worker.node_engine" in cmdline and \
+                cmdline.endswith(f"--manager {manager}"):
+            try:
+                return _status(cmdline.split("--socket ")[1].split()[0])
+            except OSError:
+                pass  # still loading
+    return None
+
+
+def engine_holds(worker: int, requests: int, timeout: float = 60, home=None) -> None:
+    """Wait until ``worker``'s node engine is decoding ``requests`` requests at once."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for cmdline in processes_of_home(os.environ["HPC_CHAT_HOME"]).values():
-            if "hpc_chat.worker.node_engine" in cmdline:
-                try:
-                    if _status(cmdline.split("--socket ")[1].split()[0])["in_flight"] >= requests:
-                        return
-                except OSError:
-                    pass  # still loading
+        status = engine_status(worker, home)
+        if status and status["in_flight"] >= requests:
+            return
         time.sleep(0.02)
     raise AssertionError(f"the engine never held {requests} requests at once")
 
@@ -56,7 +71,7 @@ def test_worker_killed_mid_batch_every_request_answered_once(fixtures, tmp_path)
                 # The queue is full, so this worker takes its next task: the kill waits until
                 # the engine holds a request of each worker (this one's included), then lands
                 # in the middle of that answer (2 s), however long the pick-up took.
-                engine_holds(2)
+                engine_holds(pid, 2)
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
             return line

@@ -139,6 +139,20 @@ def test_workers_that_cannot_start_fail_the_command_with_their_own_output(tmp_pa
     assert wait_until_none_of_home(home, 30) == {}
 
 
+def engine_holds_for(worker: int, *, served: int, timeout: float = 60) -> None:
+    """Wait until this session's node engine has finished ``served`` requests and decodes at
+    least one request of the worker process ``worker`` (the engine's status says whose)."""
+    from .test_faults import engine_status
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = engine_status(worker)
+        if status and status["served"] >= served and status["clients"].get(str(worker)):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the engine never held a request of worker {worker}")
+
+
 def test_a_stalled_worker_has_its_micro_batch_retried_request_by_request(fixtures, tmp_path):
     """A worker stopped (SIGSTOP) for 3x the time limit in the middle of a micro-batch of 4:
     the batch times out, each of its requests is sent again on its own within its own limit,
@@ -162,9 +176,11 @@ def test_a_stalled_worker_has_its_micro_batch_retried_request_by_request(fixture
     class StallingWriter(OutputWriter):
         def write(self, item, result, *, finished_at):
             line = super().write(item, result, finished_at=finished_at)
-            if self.written == 1:  # that worker takes its next micro-batch at once (2 s)
+            if self.written == 1:  # that worker takes its next micro-batch (answers of 2 s)
                 pid = result["responses"][0]["worker"]["pid"]
-                time.sleep(0.5)
+                # Stopped once the engine has finished both first micro-batches (8) and holds
+                # requests of this worker: they are its next micro-batch, 2 s from done.
+                engine_holds_for(pid, served=8)
                 os.kill(pid, signal.SIGSTOP)
                 stalled.append(pid)
                 time.sleep(12)  # 3x the 4 s limit

@@ -20,6 +20,7 @@ import pytest
 
 from hpc_chat.server.client import urlopen
 from tests.integration.procs import wait_until_none_of_home
+from tests.integration.test_faults import engine_holds
 
 pytestmark = [pytest.mark.parsl]
 
@@ -309,7 +310,8 @@ def test_a_worker_killed_under_load_loses_no_request(tmp_path, fixtures):
             model="balanced_agent", messages=[{"role": "user", "content": "who answers"}])
         worker = first.model_extra["hpc_chat"]["agents"][0]["worker"]["pid"]
         clients = Clients(client, 16, "client")
-        time.sleep(1.5)  # both workers are in the middle of 1 s answers, with more queued
+        # Killed once the engine holds a request of each worker: in the middle of an answer.
+        engine_holds(worker, 2, home=server.home)
         os.kill(worker, signal.SIGKILL)
         assert clients.join() == {i: " ".join([f"client {i}"] * 5) for i in range(16)}
     finally:
