@@ -439,6 +439,11 @@ def test_by_default_the_server_listens_on_a_socket_only_its_user_can_open(tmp_pa
                              env=env, capture_output=True, text=True, timeout=120)
         assert ask.returncode == 0, ask.stderr
         assert ask.stdout.strip() == "over the socket" and "answered by the server" in ask.stderr
+        wrong = subprocess.run([sys.executable, "-m", "hpc_chat", "ask", "with a wrong key"],
+                               env={**env, "HPC_CHAT_API_KEY": "not-the-key"},
+                               capture_output=True, text=True, timeout=120)
+        assert wrong.returncode == 2, wrong.stdout + wrong.stderr  # an error, not an answer
+        assert "answered 401" in wrong.stderr and "Traceback" not in wrong.stderr
         client = openai.OpenAI(base_url="http://localhost/v1", api_key=server.key,
                                max_retries=0, http_client=httpx2.Client(
                                    transport=httpx2.HTTPTransport(uds=path)))
