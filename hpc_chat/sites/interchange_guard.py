@@ -5,7 +5,7 @@ process began. A driver killed in between (a ``kill -9`` while ``initialize`` ru
 session closed during start-up) used to leave an interchange that nothing knew of and that never
 exits by itself. So the HTEX's ``interchange_launch_cmd`` (a documented Parsl parameter) is this
 module in front of Parsl's own command. It writes its PID and process start time beside the
-driver's ledger (``runs/HOST-PID.interchange``), then checks that the driver is still its
+driver's ledger (``runs/HOST-PID-RUN.interchange``), then checks that the driver is still its
 parent, then execs the interchange (same PID, same start time, the same stdin with Parsl's
 configuration). Either the driver was alive after the record was written, and its watchdog or
 ``hpc-chat cleanup`` finds the record when it dies, or it was already gone, and the interchange

@@ -1,6 +1,7 @@
 """The run ledger: what each running driver started, so nothing outlives a driver that died.
 
-A driver that starts Parsl writes ``$HPC_CHAT_HOME/runs/HOST-PID.json`` and keeps it current:
+A driver that starts Parsl writes ``$HPC_CHAT_HOME/runs/HOST-PID-RUN.json`` (``RUN``: random, one
+file per Parsl start of the process) and keeps it current:
 its own process start time (a PID alone can be reused), the batch job it runs in (if any), the
 interchange's PID, and every pilot job (block) as soon as it is submitted. Its normal shutdown
 removes the file. A file whose driver is gone describes leftovers: the driver's watchdog
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -88,7 +90,9 @@ class LedgerEntry:
         entry = cls(host=socket.gethostname(), pid=pid, start=process_start(pid),
                     scheduler=scheduler, site=site, driver_job=driver_job,
                     driver_scheduler=driver_scheduler)
-        entry.path = ledger_dir() / f"{entry.host}-{pid}.json"
+        # One file per run, not per process: a Python program may run two workflows at once,
+        # and the first one's normal end must not remove the second one's record.
+        entry.path = ledger_dir() / f"{entry.host}-{pid}-{secrets.token_hex(4)}.json"
         return entry
 
     @classmethod

@@ -38,10 +38,27 @@ SCRIPT = textwrap.dedent("""\
     """)
 
 
-def start_script(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+# Two workflows in one program: the first one ends normally while the second one answers.
+TWO = textwrap.dedent("""\
+    import asyncio
+    from hpc_chat.workflow import ParslChatWorkflow
+
+    async def main():
+        first, second = ParslChatWorkflow(), ParslChatWorkflow()
+        await first.initialize("config/ParslChatWorkflow.yml")
+        await second.initialize("config/ParslChatWorkflow.yml")
+        await first.shutdown()
+        print(await second.process_user_input("Hello, explain quantum computing"))
+        await second.shutdown()
+
+    asyncio.run(main())
+    """)
+
+
+def start_script(tmp_path: Path, text: str = SCRIPT) -> tuple[subprocess.Popen, Path]:
     home = tmp_path / "home"
     script = tmp_path / "driver.py"
-    script.write_text(SCRIPT)
+    script.write_text(text)
     env = {**os.environ, "HPC_CHAT_HOME": str(home),
            "HPC_CHAT_MODEL": "echo?tokens=400&token_s=0.25"}  # 100 s
     proc = subprocess.Popen([sys.executable, str(script)], env=env, cwd=tmp_path,
@@ -97,6 +114,31 @@ def test_a_python_driver_killed_mid_answer_leaves_nothing(tmp_path):
         assert entry["pid"] == proc.pid
         running = processes_of_home(home, (entry["interchange_pid"],))
         assert any("hpc_chat.sites.watchdog" in c for c in running.values()), running
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left = wait_until_none_of_home(home, LEFTOVER_LIMIT_S, (entry["interchange_pid"],))
+    assert left == {}, f"still running after the kill: {left}"
+    assert ledger(home) == {}
+
+
+def test_a_python_driver_of_two_workflows_killed_after_one_ended_leaves_nothing(tmp_path):
+    """The first workflow's normal end removes its own run record only: the second one's
+    record and watchdog stay, and stop its processes when the program is killed."""
+    proc, home = start_script(tmp_path, TWO)
+    try:
+        deadline, records = time.monotonic() + 120, []
+        while records[-1:] != [1] or 2 not in records or not [
+                c for c in processes_of_home(home).values() if "process_worker_pool" in c]:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the second workflow never ran alone"
+            found = len(list((home / "runs").glob("*.json"))) if (home / "runs").is_dir() else 0
+            records += [found] if not records or records[-1] != found else []
+            time.sleep(0.05)  # both workflows started, then the first one ended
+        entry = ledger(home)
+        assert entry["pid"] == proc.pid and entry["interchange_pid"]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
