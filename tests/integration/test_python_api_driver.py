@@ -83,25 +83,31 @@ def children(pid: int) -> dict[int, str]:
     return found
 
 
+def sigkill_leaves_nothing(proc: subprocess.Popen, home: Path, interchanges: list[int]) -> None:
+    """SIGKILL the driver: within the CLI's bound nothing of its home is left running (nor
+    its interchanges, whose titles hide their environment), and no run record."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    left = wait_until_none_of_home(home, LEFTOVER_LIMIT_S, tuple(interchanges))
+    assert left == {}, f"still running after the kill: {left}"
+    assert ledger(home) == {}
+
+
 def test_a_python_driver_killed_while_parsl_starts_leaves_nothing(tmp_path):
     """Killed the moment Parsl has launched the interchange, before Parsl's start has returned
     its PID to the driver: the interchange is stopped anyway (it recorded itself)."""
     proc, home = start_script(tmp_path)
+    interchange: list[int] = []
     try:
         deadline = time.monotonic() + 120
-        interchange = []
         while not interchange:
             assert proc.poll() is None, proc.stderr.read()
             assert time.monotonic() < deadline, "no interchange was started"
             interchange = [p for p, c in children(proc.pid).items() if "interchange" in c]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    left = wait_until_none_of_home(home, LEFTOVER_LIMIT_S, tuple(interchange))
-    assert left == {}, f"still running after the kill: {left}"
-    assert ledger(home) == {}
+    except BaseException:
+        proc.kill()
+        raise
+    sigkill_leaves_nothing(proc, home, interchange)
     assert not list((home / "runs").glob("*.interchange"))
 
 
@@ -114,14 +120,10 @@ def test_a_python_driver_killed_mid_answer_leaves_nothing(tmp_path):
         assert entry["pid"] == proc.pid
         running = processes_of_home(home, (entry["interchange_pid"],))
         assert any("hpc_chat.sites.watchdog" in c for c in running.values()), running
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    left = wait_until_none_of_home(home, LEFTOVER_LIMIT_S, (entry["interchange_pid"],))
-    assert left == {}, f"still running after the kill: {left}"
-    assert ledger(home) == {}
+    except BaseException:
+        proc.kill()
+        raise
+    sigkill_leaves_nothing(proc, home, [entry["interchange_pid"]])
 
 
 def test_a_python_driver_of_two_workflows_killed_after_one_ended_leaves_nothing(tmp_path):
@@ -139,11 +141,7 @@ def test_a_python_driver_of_two_workflows_killed_after_one_ended_leaves_nothing(
             time.sleep(0.05)  # both workflows started, then the first one ended
         entry = ledger(home)
         assert entry["pid"] == proc.pid and entry["interchange_pid"]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    left = wait_until_none_of_home(home, LEFTOVER_LIMIT_S, (entry["interchange_pid"],))
-    assert left == {}, f"still running after the kill: {left}"
-    assert ledger(home) == {}
+    except BaseException:
+        proc.kill()
+        raise
+    sigkill_leaves_nothing(proc, home, [entry["interchange_pid"]])
