@@ -348,11 +348,12 @@ class OutputWriter:
                              f"{exc.strerror or exc}") from None
         # One run at a time appends to an output; a symlink to it (one of the user's own)
         # shares its lock.
-        for name in [self.path] + ([self.errors_path] if style == "openai" else []):
+        names = [self.path] + ([self.errors_path] if style == "openai" else [])
+        for name in names:
             own_link(name)
         self._lock = OutputLock(self.path.resolve())
         try:
-            for existing in [self.path] + ([self.errors_path] if style == "openai" else []):
+            for existing in names:
                 if existing.exists() and not resume and existing.stat().st_size > 0:
                     raise InputError(f"{existing}: the output file exists; pass --resume to "
                                      f"continue it, or choose another path")
@@ -472,6 +473,11 @@ def compact_openai(output: Path, errors: Path) -> None:
         replace_whole(path, b"".join(line + b"\n" for line in lines))
 
 
+# How the error of a request that failed on the conversation history begins (the workflow
+# writes it; the server answers it with 500 history_unavailable).
+HISTORY_FAILED = "the conversation history cannot be used"
+
+
 def failure_status(line: dict[str, Any]) -> tuple[int, str, str | None]:
     """The HTTP-like status, code and parameter of a request that failed while it was
     answered (an OpenAI batch error entry, and the server's error response)."""
@@ -482,7 +488,7 @@ def failure_status(line: dict[str, Any]) -> tuple[int, str, str | None]:
         return 400, "context_length_exceeded", "body.messages"
     if line.get("error_kind") == "input":
         return 400, "invalid_request", None
-    if error.startswith("the conversation history cannot be used"):  # workflow.HISTORY_FAILED
+    if error.startswith(HISTORY_FAILED):
         return 500, "history_unavailable", None
     return 500, "generation_failed", None
 

@@ -11,22 +11,15 @@ takes the original's mode before it replaces it.
 from __future__ import annotations
 
 import os
-import pwd
 import stat
 import tempfile
 from pathlib import Path
 
 from hpc_chat.errors import InputError
+from hpc_chat.paths import user_name
 
 PRIVATE = 0o600
 GROUP_READABLE = 0o640
-
-
-def _owner(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
 
 
 def own_link(path: Path, what: str = "the output") -> bool:
@@ -41,7 +34,7 @@ def own_link(path: Path, what: str = "the output") -> bool:
     if not stat.S_ISLNK(info.st_mode):
         return False
     if info.st_uid != os.getuid():
-        raise InputError(f"{path}: {what} is a symbolic link made by {_owner(info.st_uid)}, "
+        raise InputError(f"{path}: {what} is a symbolic link made by {user_name(info.st_uid)}, "
                          f"not by you: hpc_chat does not write through it. Remove it, or "
                          f"choose another output")
     return True
@@ -59,7 +52,7 @@ def open_append(path: Path, *, mode: int = PRIVATE, what: str = "the output") ->
     st = os.fstat(fd)
     if stat.S_ISREG(st.st_mode) and st.st_uid != os.getuid():
         os.close(fd)
-        raise InputError(f"{path}: {what} belongs to {_owner(st.st_uid)}, not to you: "
+        raise InputError(f"{path}: {what} belongs to {user_name(st.st_uid)}, not to you: "
                          f"hpc_chat does not add your prompts to another user's file. "
                          f"Choose another output")
     if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:  # a hard link: another name for a file
@@ -82,7 +75,7 @@ def open_lock(path: Path) -> int:
     if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_nlink != 1:
         os.close(fd)
         raise InputError(f"{path}: the output's lock file is not a plain file of yours "
-                         f"(owner {_owner(st.st_uid)}, {st.st_nlink} names): remove it")
+                         f"(owner {user_name(st.st_uid)}, {st.st_nlink} names): remove it")
     return fd
 
 

@@ -23,7 +23,9 @@ from pathlib import Path
 from hpc_chat.errors import ConfigError
 
 
-def _owner(uid: int) -> str:
+def user_name(uid: int) -> str:
+    """``alice (uid 1234)``, or ``uid 1234`` when the name is not known here: who owns what
+    hpc_chat refuses."""
     try:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except KeyError:
@@ -43,7 +45,7 @@ def check_private_dir(path: Path, what: str) -> None:
         raise ConfigError(f"{path} ({what}) is {kind}: move it away, or "
                           f"set HPC_CHAT_HOME to a directory")
     if info.st_uid != os.getuid():
-        raise ConfigError(f"{path} ({what}) belongs to {_owner(info.st_uid)}, not to you: "
+        raise ConfigError(f"{path} ({what}) belongs to {user_name(info.st_uid)}, not to you: "
                           f"whoever owns it can plant site profiles that run commands as you. "
                           f"Set HPC_CHAT_HOME to a directory of your own (the default is "
                           f"~/.hpc_chat)")
@@ -124,12 +126,13 @@ def existing_home() -> Path | None:
 def home_subdir(name: str) -> Path:
     """``HOME/name``, created 0700, and refused when it is a link, another user's, or
     writable by others."""
-    path = hpc_chat_home() / name
+    home = hpc_chat_home()
+    path = home / name
     try:
         path.mkdir(mode=0o700, exist_ok=True)
     except FileExistsError:
         pass
     except OSError as exc:
         raise ConfigError(f"{path}: cannot create it: {exc.strerror or exc}") from None
-    check_private_dir(path, f"in {hpc_chat_home()}")
+    check_private_dir(path, f"in {home}")
     return path

@@ -52,6 +52,10 @@ HELLO_TIMEOUT_S = 5.0
 HELLO_LIMIT = 4096  # bytes: a longer first line is not one of ours
 MAX_CONNECTIONS = 512
 MAX_UNAUTHENTICATED = 64  # connections that have not said a stream's secret yet
+# The hub's two answers to a worker's first line (worker/stream.py reads them): the stream is
+# this connection's now; the stream is closed already (its client left), stop the answer.
+ACKNOWLEDGED = b'{"ok": true}\n'
+CLOSED = b'{"ok": false, "stop": true}\n'
 RESTART = object()  # put in a stream's queue when a retried attempt takes the stream over
 _HUBS: dict[str, TokenHub] = {}  # the hubs of this process, by key: see on_result
 
@@ -152,7 +156,7 @@ class TokenHub:
                 return
             stream = self._streams.get(str(hello.get("id")))
             if stream is None:  # closed: its client went away before the worker got here
-                writer.write(b'{"ok": false, "stop": true}\n')
+                writer.write(CLOSED)
                 await writer.drain()
                 return
             if not hmac.compare_digest(str(hello.get("secret")).encode(),
@@ -163,7 +167,7 @@ class TokenHub:
                 stream.writer.close()
                 stream.queue.put_nowait(RESTART)
             stream.writer = writer
-            writer.write(b'{"ok": true}\n')  # from now on, closing it stops the answer
+            writer.write(ACKNOWLEDGED)  # from now on, closing it stops the answer
             await writer.drain()
             while not stream.closed and stream.writer is writer:
                 line = await reader.readline()

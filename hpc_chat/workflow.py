@@ -24,6 +24,7 @@ from hpc_chat.agents.aggregate import aggregate_responses
 from hpc_chat.agents.cache import ResponseCache, cache_key
 from hpc_chat.agents.collaborative import EnhancedCollaborativeAgent
 from hpc_chat.agents.routing import Route, route
+from hpc_chat.batchfile import HISTORY_FAILED
 from hpc_chat.errors import ConfigError, ExecutorError, HistoryError, HpcChatError
 from hpc_chat.executors.base import ChatExecutor
 from hpc_chat.executors.factory import build_parsl_config, make_executor
@@ -48,10 +49,6 @@ def describe_error(exc: BaseException) -> str:
         return "timed out (performance.timeout_seconds)"
     text = str(exc).strip() or name
     return text if isinstance(exc, HpcChatError) else f"{name}: {text}"
-
-# How a request that failed on the conversation history begins its error (the server answers
-# it with 500 history_unavailable: batchfile.failure_status).
-HISTORY_FAILED = "the conversation history cannot be used"
 
 
 class ParslChatWorkflow:

@@ -17,7 +17,6 @@ import http.client
 import ipaddress
 import json
 import os
-import pwd
 import socket
 import struct
 import threading
@@ -29,6 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from hpc_chat.errors import HpcChatError
+from hpc_chat.paths import user_name
 from hpc_chat.server.auth import ENV, key_file
 from hpc_chat.server.run import server_file
 
@@ -199,7 +199,7 @@ def check_peer(sock: socket.socket, url: str) -> None:
         sock.close()
         raise HpcChatError(
             f"{url}: the program listening at {theirs[0]} port {theirs[1]} of this host "
-            f"belongs to {_user(owner)}, not to you: your API key is not sent to it. Your "
+            f"belongs to {user_name(owner)}, not to you: your API key is not sent to it. Your "
             f"server may not be running (hpc-chat status --server); start it without "
             f"--host/--port to use a socket only you can reach")
 
@@ -239,18 +239,22 @@ def _proc_endpoint(endpoint: tuple, v6: bool) -> str | None:
     return f"{words}:{int(endpoint[1]):04X}"
 
 
-class _CheckedConnection(http.client.HTTPConnection):
-    """An HTTP connection that will not talk to another user's program on this host."""
+class _PeerChecked:
+    """Mixed into an HTTP(S) connection: it will not talk to another user's program on this
+    host (:func:`check_peer`, once connected, before any byte of the request)."""
 
     def connect(self) -> None:
         super().connect()
-        check_peer(self.sock, f"http://{self.host}:{self.port}")
+        scheme = "https" if isinstance(self, http.client.HTTPSConnection) else "http"
+        check_peer(self.sock, f"{scheme}://{self.host}:{self.port}")
 
 
-class _CheckedTLSConnection(http.client.HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        check_peer(self.sock, f"https://{self.host}:{self.port}")
+class _CheckedConnection(_PeerChecked, http.client.HTTPConnection):
+    pass
+
+
+class _CheckedTLSConnection(_PeerChecked, http.client.HTTPSConnection):
+    pass
 
 
 class _CheckedHandler(urllib.request.HTTPHandler):
@@ -261,13 +265,6 @@ class _CheckedHandler(urllib.request.HTTPHandler):
 class _CheckedTLSHandler(urllib.request.HTTPSHandler):
     def https_open(self, request: urllib.request.Request):
         return self.do_open(_CheckedTLSConnection, request, context=self._context)
-
-
-def _user(uid: int) -> str:
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
 
 
 def _call(url: str, request: urllib.request.Request, timeout: float = TIMEOUT_S) -> dict:
@@ -328,7 +325,7 @@ def urlopen(request: urllib.request.Request | str, timeout: float = TIMEOUT_S):
 
 def _open(url: str, request: urllib.request.Request, timeout: float):
     try:
-        return _opener.open(request, timeout=timeout)
+        return urlopen(request, timeout)
     except urllib.error.HTTPError as exc:
         try:
             error = json.loads(exc.read())["error"]

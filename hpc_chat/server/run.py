@@ -160,7 +160,6 @@ async def _announce(server: uvicorn.Server, sock: socket.socket, on_listening) -
         host, port = sock.getsockname()[:2]
         url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/v1"
     path = server_file()
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.write_text(json.dumps({"url": url, "pid": os.getpid(),
                                 "host": socket.gethostname()}))
     if on_listening is not None:

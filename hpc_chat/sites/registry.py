@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hpc_chat.configfile import PACKAGE_DIR, load_yaml, validate
 from hpc_chat.errors import ProfileError
-from hpc_chat.paths import check_private_dir, hpc_chat_home
+from hpc_chat.paths import check_private_dir, home_subdir, hpc_chat_home
 from hpc_chat.sites.schema import SiteProfile
 
 SUFFIXES = (".yaml", ".yml")
@@ -38,9 +38,10 @@ def search_path() -> list[Path]:
 def user_sites_dir() -> Path:
     """``HOME/sites``: its profiles' worker_init lines run as the user, so the home and this
     directory must be the user's own (:mod:`hpc_chat.paths`)."""
-    path = hpc_chat_home() / "sites"
+    home = hpc_chat_home()
+    path = home / "sites"
     if os.path.lexists(path):
-        check_private_dir(path, f"the profiles of {hpc_chat_home()}")
+        check_private_dir(path, f"in {home}")
     return path
 
 
@@ -92,14 +93,12 @@ def new_profile(name: str, template: str, *, force: bool = False) -> tuple[Path,
                            f"with that name would hide it everywhere. Choose another name "
                            f"(or pass --force)")
     source = find_profile(template)
-    target = user_sites_dir() / f"{name}.yaml"
+    target = home_subdir("sites") / f"{name}.yaml"  # made 0700, checked
     if target.exists():
         raise ProfileError(f"{target} exists already; edit it, or choose another name")
     text = source.read_text(encoding="utf-8")
     text, n = re.subn(r"(?m)^name:.*$", f"name: {name}", text, count=1)
     if not n:
         text = f"name: {name}\n" + text
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    check_private_dir(target.parent, f"the profiles of {hpc_chat_home()}")
     target.write_text(text, encoding="utf-8")
     return target, load_profile(target)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -43,8 +42,6 @@ from hpc_chat.worker.stream import TokenSender, streams_tokens
 
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK",
                  "HIP_VISIBLE_DEVICES")
-log = logging.getLogger(__name__)
-
 START_POLL_S = 0.05
 WAIT_S = 0.2  # a task waits in Python, so Parsl's walltime (AppTimeout) can land
 ENGINE_SPINCOUNT = 1000  # OpenMP's spins at a barrier before its threads sleep: see start()

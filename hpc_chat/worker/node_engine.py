@@ -84,7 +84,6 @@ class NodeEngine:
         self.batched = get_batched_engine(self.engine, slots)
         self.feed = Feed()
         self.lock = threading.Lock()
-        self.in_flight = 0
         self.clients: dict[int, int] = {}  # worker pid -> its requests in flight here
         self.served = 0
         self.load_pending = True  # the first answer reports the model load
@@ -92,7 +91,8 @@ class NodeEngine:
 
     def status(self) -> dict:
         with self.lock:
-            return {**self.info, "model": self.spec.path, "in_flight": self.in_flight,
+            return {**self.info, "model": self.spec.path,
+                    "in_flight": sum(self.clients.values()),
                     "clients": {str(pid): n for pid, n in self.clients.items()},
                     "waiting": self.feed.waiting(), "served": self.served,
                     "load_s": self.engine.load_s}
@@ -135,7 +135,6 @@ class NodeEngine:
             return _reply(conn, error=f"node engine {self.info['pid']} has stopped", kind="lost")
         client = _peer_pid(conn)
         with self.lock:
-            self.in_flight += 1
             self.clients[client] = self.clients.get(client, 0) + 1
         try:
             self._follow(conn, job, answer, stream)
@@ -146,7 +145,6 @@ class NodeEngine:
             raise
         finally:
             with self.lock:
-                self.in_flight -= 1
                 self.clients[client] -= 1
                 if not self.clients[client]:
                     del self.clients[client]

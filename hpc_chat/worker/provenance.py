@@ -22,15 +22,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from hpc_chat.paths import home_subdir
+from hpc_chat.errors import ConfigError
+from hpc_chat.paths import home_subdir, hpc_chat_home
 
 _CHUNK = 8 << 20
 _hashes: dict[tuple[str, int, int], str] = {}
 _lock = threading.Lock()
 
 
+CACHE_FILE = "model-sha256.json"
+
+
 def _cache_file() -> Path:
-    return home_subdir("cache") / "model-sha256.json"
+    """Where the hashes are read from (the checked home's ``cache/``; not made for a read)."""
+    return hpc_chat_home() / "cache" / CACHE_FILE
 
 
 def model_file(path: str) -> dict[str, Any]:
@@ -80,13 +85,12 @@ def _read_cache() -> dict[str, str]:
 
 def _write_cache(stored: dict[str, str]) -> None:
     """Best effort (a read-only home only costs a second hash); written whole and renamed."""
-    path = _cache_file()
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = home_subdir("cache") / CACHE_FILE  # made 0700, checked
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(stored))
         os.replace(tmp, path)
-    except OSError:
+    except (OSError, ConfigError):
         pass
 
 

@@ -25,6 +25,7 @@ import socket
 import ssl
 
 from hpc_chat.tls import client_context
+from hpc_chat.tokenstream import ACKNOWLEDGED, CLOSED
 
 CONNECT_TIMEOUT_S = 1.0
 HELLO_TIMEOUT_S = 5.0
@@ -55,10 +56,10 @@ def _connect(spec: dict) -> ssl.SSLSocket | str | None:
             sock = tls.wrap_socket(raw)  # not the hub's certificate: ssl.SSLError
             sock.sendall(hello)
             answer = sock.recv(64)
-            if answer == b'{"ok": false, "stop": true}\n':
+            if answer == CLOSED:
                 sock.close()
                 return STOP
-            if answer != b'{"ok": true}\n':
+            if answer != ACKNOWLEDGED:
                 raise ConnectionError("the hub did not acknowledge the stream")
         except (OSError, ValueError):  # ssl.SSLError is an OSError
             raw.close()

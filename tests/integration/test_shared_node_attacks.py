@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -101,7 +102,8 @@ def test_a_lock_or_output_symlinked_by_another_user_is_never_written_through(
         ran = hpc_chat("batch", str(prompts), "-o", str(out), *config, *extra,
                        home=tmp_path / "home")
         assert ran.returncode == 2, ran.stderr
-        assert f"is a symbolic link made by {attacker}, not by you" in ran.stderr
+        assert f"is a symbolic link made by {attacker} (uid {pwd.getpwnam(attacker).pw_uid}), " \
+               f"not by you" in ran.stderr
     assert precious.read_text() == "precious\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "p.txt", "precious.txt"]
     as_user(attacker, "rm", str(out))
