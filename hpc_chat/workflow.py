@@ -34,7 +34,7 @@ from hpc_chat.llm.models import model_location
 from hpc_chat.sites.build import site_model
 from hpc_chat.sites.registry import load_profile
 from hpc_chat.stats import PerformanceStats, RequestRecord
-from hpc_chat.worker.chat import build_messages, model_name
+from hpc_chat.worker.chat import build_messages, decoded_messages, model_name
 from hpc_chat.worker.retry import error_kind
 from hpc_chat.workflow_config import LoadedWorkflow, load_workflow
 
@@ -308,9 +308,9 @@ class ParslChatWorkflow:
             context = streamed(r.agent)
             agent = self.agents[r.agent].config
             perf = agent.config.performance
+            system = context.get("system_prompt") or agent.config.system_prompt
             key = None
             if perf.enable_caching:
-                system = context.get("system_prompt") or agent.config.system_prompt
                 key = cache_key(agent.to_dict(), build_messages(system, text, history),
                                 options.get("seed"), {"site": self.site_model,
                                                       "options": options})
@@ -338,6 +338,10 @@ class ParslChatWorkflow:
             if result.get("error"):  # this item of a batch failed on its own
                 return {"agent": r.agent, "error": result["error"],
                         "error_kind": result.get("error_kind", "runtime")}
+            if isinstance(result.get("provenance"), dict):  # the worker sent no messages back
+                result = {**result, "provenance": {**result["provenance"], "messages":
+                          decoded_messages(system, text, history,
+                                           result.get("history_turns_used", 0))}}
             if key is not None and result.get("finish_reason") != "cancelled":
                 self.cache.put(key, result)  # a stopped (partial) answer is never reused
             return {**result, "routing_score": r.score, "matched": list(r.matched)}

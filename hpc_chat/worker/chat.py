@@ -45,6 +45,19 @@ def build_messages(system_prompt: str, message: str,
     return msgs
 
 
+def decoded_messages(system_prompt: str, message: str, history: list[dict[str, str]] | None,
+                     history_turns_used: int) -> list[dict[str, str]]:
+    """The messages a worker decoded, rebuilt by the driver that sent them.
+
+    A result carries no copy of the conversation (it crosses Parsl's channel, Globus Compute's
+    cloud and the nodes' logs), only how many of the newest history turns fitted the context
+    (:func:`fit_to_context` drops the oldest); the driver puts the messages back into the
+    provenance from what it sent."""
+    msgs = build_messages(system_prompt, message, history)
+    turns = msgs[1:-1]
+    return [msgs[0], *turns[len(turns) - history_turns_used:], msgs[-1]]
+
+
 def fit_to_context(messages: list[dict[str, str]], count_tokens, n_ctx: int,
                    max_tokens: int, *, drop_history: bool = True) -> list[dict[str, str]]:
     """Drop the oldest history turns until the prompt and ``max_tokens`` fit in ``n_ctx``.
@@ -177,13 +190,14 @@ def _result(prep: Prepared, done: Decoded) -> dict:
 
 
 def provenance(prep: Prepared, decoded: GenRequest, result: dict) -> dict:
-    """How this answer was made (:mod:`hpc_chat.worker.provenance`): the exact messages and
-    sampler settings decoded, the model file, the software, and where and when it ran."""
+    """How this answer was made (:mod:`hpc_chat.worker.provenance`): the sampler settings
+    decoded, the model file, the software, and where and when it ran. The exact messages are
+    the driver's to add (:func:`decoded_messages`): it has them already."""
     return {
         "agent": prep.agent.name, "model": prep.model, **model_file(prep.spec.path),
         "model_spec": {k: v for k, v in prep.spec.model_dump().items() if k != "path"},
         **versions(),
-        "sampling": decoded.sampling(), "messages": decoded.messages,
+        "sampling": decoded.sampling(),
         "answer_sha256": hashlib.sha256(str(result["content"]).encode("utf-8",
                                                                      "replace")).hexdigest(),
         "job_id": job_id(), "host": result["worker"]["host"], "worker": result["worker"],

@@ -7,7 +7,7 @@ from hpc_chat.errors import PromptTooLongError
 from hpc_chat.llm import registry
 from hpc_chat.llm.models import ModelSpec, resolve_model
 from hpc_chat.llm.registry import get_engine
-from hpc_chat.worker.chat import process_chat_message
+from hpc_chat.worker.chat import decoded_messages, process_chat_message
 
 pytestmark = pytest.mark.model
 
@@ -88,6 +88,9 @@ def test_result_shape_and_json_safety():
     assert out["usage"]["completion_tokens"] <= 12
     assert out["history_turns_used"] == 2
     assert json.loads(json.dumps(out)) == out
+    # No copy of the conversation goes back: the driver has it (decoded_messages).
+    assert "messages" not in out["provenance"]
+    assert "Hello!" not in json.dumps(out), "the history travelled back in the result"
 
 
 def test_caching_marks_repeat_requests():
@@ -117,6 +120,9 @@ def test_oldest_history_is_dropped_to_fit():
     out = process_chat_message(agent, "And now?", {"history": history,
                                                    "options": {"seed": 1, "max_tokens": 8}})
     assert 0 < out["history_turns_used"] < len(history)
+    rebuilt = decoded_messages("sys", "And now?", history, out["history_turns_used"])
+    assert rebuilt[1:-1] == history[len(history) - out["history_turns_used"]:]
+    assert rebuilt[0]["content"] == "sys" and rebuilt[-1]["content"] == "And now?"
 
 
 def test_missing_model_is_a_config_error():

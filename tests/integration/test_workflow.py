@@ -155,7 +155,13 @@ def test_conversation_history_reaches_agents(loop, workflow):
         return await workflow.submit_request("What is my name?", conversation_id="t-hist")
 
     result = loop.run_until_complete(go())
-    assert result["responses"][0]["history_turns_used"] == 2
+    answer = result["responses"][0]
+    assert answer["history_turns_used"] == 2
+    first = loop.run_until_complete(workflow.history.messages("t-hist"))[1]["content"]
+    system = workflow.agents[answer["agent"]].config.config.system_prompt
+    assert answer["provenance"]["messages"] == [  # put back by the driver, not sent back
+        {"role": "system", "content": system}, {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": first}, {"role": "user", "content": "What is my name?"}]
     msgs = loop.run_until_complete(workflow.history.messages("t-hist"))
     assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
 
