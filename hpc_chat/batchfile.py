@@ -5,8 +5,8 @@ line) or OpenAI batch request lines (:mod:`hpc_chat.openai_batch`), detected per
 standard input. Every input line yields exactly one output line, in the native form::
 
     {"id", "prompt", "ok", "response", "agents", "latency_s", "completion_tokens",
-     "prompt_tokens", "finish_reason", "cached", "error", "error_kind", "finished_at",
-     "line", "provenance"}
+     "prompt_tokens", "finish_reason", "cached", "error", "error_kind", "error_code",
+     "finished_at", "line", "provenance"}
 
 or in OpenAI's batch output form (answers in the output, failures in ``OUT.errors.jsonl``).
 ``provenance`` says how the answer was made: the site, and for each agent the model file and
@@ -20,8 +20,12 @@ line too broken to have an id is written with ``"id": null``, and resume knows i
 
 ``error_kind`` says why a line failed: ``input`` (the line itself: malformed, empty, too long
 for the context; final until the line changes) or ``runtime`` (a worker, a timeout, the
-scheduler; worth another try). Readers (``hpc-chat stats``, resume) take the last line of each
-id; what resume skips is decided in :mod:`hpc_chat.batchrun`.
+scheduler; worth another try); ``error_code`` says what failed
+(:class:`hpc_chat.protocol.failure.FailureCode`: ``model_not_found``,
+``context_length_exceeded``, ``invalid_request``, ``history_unavailable``,
+``generation_failed``), and gives an OpenAI error entry its status. Readers
+(``hpc-chat stats``, resume) take the last line of each id; what resume skips is decided
+in :mod:`hpc_chat.batchrun`.
 """
 
 from __future__ import annotations
@@ -40,10 +44,11 @@ from hpc_chat import openai_batch as oa
 from hpc_chat.errors import InputError
 from hpc_chat.outputfiles import PRIVATE, open_append, own_link, replace_whole
 from hpc_chat.outputlock import OutputLock
+from hpc_chat.protocol.failure import FailureCode, code_of, failure_fields
 from hpc_chat.stats import RequestRecord, summarize
 
 OUTPUT_KEYS = ("id", "prompt", "ok", "response", "agents", "latency_s", "completion_tokens",
-               "prompt_tokens", "finish_reason", "cached", "error", "error_kind")
+               "prompt_tokens", "finish_reason", "cached", "error", "error_kind", "error_code")
 STDIO = "-"
 
 
@@ -280,19 +285,20 @@ def answered_ids(path: str | os.PathLike) -> set[str]:
     return {k for k, v in read_output(path).items() if v.get("ok") is True}
 
 
-def failed_result(error: str | None, kind: str, latency_s: float = 0.0) -> dict[str, Any]:
+def failed_result(error: str | None, code: FailureCode,
+                  latency_s: float = 0.0) -> dict[str, Any]:
     """A request's result when it failed before any agent answered, in the workflow's form
-    (``kind``: ``input`` or ``runtime``, see the module's docstring)."""
+    (its kind, ``input`` or ``runtime``, follows from the code: see the module's docstring)."""
     return {**dict.fromkeys(OUTPUT_KEYS), "ok": False, "agents": [], "latency_s": latency_s,
             "completion_tokens": 0, "prompt_tokens": 0, "cached": False, "error": error,
-            "error_kind": kind}
+            **failure_fields(code)}
 
 
 def unknown_model(model: str, known: Iterable[str]) -> dict[str, Any]:
     """The result of a line whose model is none of ``known`` (:func:`failure_status` reads
     it as a 404)."""
     return failed_result(f"unknown model {model!r}; the models are: {', '.join(known)}",
-                         "input")
+                         FailureCode.MODEL_NOT_FOUND)
 
 
 def _writable(line: dict[str, Any]) -> dict[str, Any]:
@@ -304,7 +310,8 @@ def _writable(line: dict[str, Any]) -> dict[str, Any]:
     except (TypeError, ValueError, RecursionError) as exc:
         return {**dict.fromkeys(OUTPUT_KEYS),
                 **{k: line.get(k) for k in ("id", "prompt", "finished_at")},
-                "ok": False, "agents": [], "error_kind": "runtime", "provenance": None,
+                "ok": False, "agents": [], "provenance": None,
+                **failure_fields(FailureCode.GENERATION_FAILED),
                 "error": f"the answer could not be written as JSON: "
                          f"{type(exc).__name__}: {exc}"}
 
@@ -373,7 +380,8 @@ class OutputWriter:
         native line, which the run's summary counts unless ``counted`` is false (an earlier
         answer copied to a new line number)."""
         if result is None:
-            line = {**failed_result(item.error, "input"), "id": item.id, "prompt": item.prompt}
+            line = {**failed_result(item.error, FailureCode.INVALID_REQUEST), "id": item.id,
+                    "prompt": item.prompt}
         else:
             line = {"id": item.id, **{k: result.get(k) for k in OUTPUT_KEYS if k != "id"}}
             line["prompt"] = item.prompt
@@ -473,24 +481,12 @@ def compact_openai(output: Path, errors: Path) -> None:
         replace_whole(path, b"".join(line + b"\n" for line in lines))
 
 
-# How the error of a request that failed on the conversation history begins (the workflow
-# writes it; the server answers it with 500 history_unavailable).
-HISTORY_FAILED = "the conversation history cannot be used"
-
-
 def failure_status(line: dict[str, Any]) -> tuple[int, str, str | None]:
     """The HTTP-like status, code and parameter of a request that failed while it was
-    answered (an OpenAI batch error entry, and the server's error response)."""
-    error = line.get("error") or ""
-    if "unknown agent" in error or "unknown model" in error:
-        return 404, "model_not_found", "body.model"
-    if "context window" in error:  # hpc_chat.llm.request.prompt_too_long
-        return 400, "context_length_exceeded", "body.messages"
-    if line.get("error_kind") == "input":
-        return 400, "invalid_request", None
-    if error.startswith(HISTORY_FAILED):
-        return 500, "history_unavailable", None
-    return 500, "generation_failed", None
+    answered (an OpenAI batch error entry, and the server's error response): from the code
+    the failure carries (:mod:`hpc_chat.protocol.failure`), never from its text."""
+    code = code_of(line)
+    return code.status, code.value, code.param
 
 
 def _ensure_line_start(path: Path, fh: TextIO) -> None:

@@ -24,19 +24,22 @@ from hpc_chat.agents.aggregate import aggregate_responses
 from hpc_chat.agents.cache import ResponseCache, cache_key
 from hpc_chat.agents.collaborative import EnhancedCollaborativeAgent
 from hpc_chat.agents.routing import Route, route
-from hpc_chat.batchfile import HISTORY_FAILED
 from hpc_chat.errors import ConfigError, ExecutorError, HistoryError, HpcChatError
 from hpc_chat.executors.base import ChatExecutor
 from hpc_chat.executors.factory import build_parsl_config, make_executor
 from hpc_chat.executors.grouping import RequestBatcher
 from hpc_chat.history import MemoryHistory, create_history
 from hpc_chat.llm.models import model_location
+from hpc_chat.protocol.failure import FailureCode, code_of, failure_code, failure_fields
+from hpc_chat.protocol.failure import combined as combined_code
 from hpc_chat.sites.build import site_model
 from hpc_chat.sites.registry import load_profile
 from hpc_chat.stats import PerformanceStats, RequestRecord
 from hpc_chat.worker.chat import build_messages, decoded_messages, model_name
-from hpc_chat.worker.retry import error_kind
 from hpc_chat.workflow_config import LoadedWorkflow, load_workflow
+
+# How the error of a request that failed on the conversation history begins.
+HISTORY_FAILED = "the conversation history cannot be used"
 
 __all__ = ["ParslChatWorkflow", "build_parsl_config", "create_parsl_chat_workflow",
            "describe_error"]
@@ -280,11 +283,15 @@ class ParslChatWorkflow:
         options = {**settings.generation.model_dump(exclude_none=True), **(options or {})}
         if not isinstance(text, str) or not text.strip():
             return self._finish(start, text, None, error="the prompt is empty",
-                                error_kind="input")
+                                code=FailureCode.INVALID_REQUEST)
         try:
             routes = self.choose_agents(text, agent_names)
+        except ConfigError as exc:  # an agent this workflow does not have
+            return self._finish(start, text, None, error=str(exc),
+                                code=FailureCode.MODEL_NOT_FOUND)
         except HpcChatError as exc:
-            return self._finish(start, text, None, error=str(exc), error_kind="input")
+            return self._finish(start, text, None, error=str(exc),
+                                code=FailureCode.INVALID_REQUEST)
         if given is not None:
             history = given["history"]
             context = {"history": history, "options": options, "model": self.site_model,
@@ -294,7 +301,7 @@ class ParslChatWorkflow:
                 history = await self.history.recent(conversation_id) if conversation_id else []
             except HistoryError as exc:  # locked by another process, unreadable: this request
                 return self._finish(start, text, None, error=f"{HISTORY_FAILED}: {exc}",
-                                    error_kind="runtime")
+                                    code=FailureCode.HISTORY_UNAVAILABLE)
             context = {"history": history, "options": options, "model": self.site_model}
 
         def streamed(agent: str) -> dict[str, Any]:
@@ -334,10 +341,10 @@ class ParslChatWorkflow:
                 raise
             except BaseException as exc:
                 return {"agent": r.agent, "error": describe_error(exc),
-                        "error_kind": error_kind(exc)}
+                        **failure_fields(failure_code(exc))}
             if result.get("error"):  # this item of a batch failed on its own
                 return {"agent": r.agent, "error": result["error"],
-                        "error_kind": result.get("error_kind", "runtime")}
+                        **failure_fields(code_of(result))}
             if isinstance(result.get("provenance"), dict):  # the worker sent no messages back
                 result = {**result, "provenance": {**result["provenance"], "messages":
                           decoded_messages(system, text, history,
@@ -359,20 +366,20 @@ class ParslChatWorkflow:
                      "completion_tokens": combined["usage"]["completion_tokens"]}])
             except HistoryError as exc:  # a full quota, a lock held too long: say so
                 return self._finish(start, text, None, error=f"{HISTORY_FAILED}: the answer "
-                                    f"was made but not stored: {exc}", error_kind="runtime")
+                                    f"was made but not stored: {exc}",
+                                    code=FailureCode.HISTORY_UNAVAILABLE)
         error = "; ".join(f"{e['agent']}: {e['error']}" for e in combined["errors"]) or None
         return self._finish(start, text, combined, error=None if combined["ok"] else error,
                             routes=routes)
 
     def _finish(self, start: float, text: Any, combined: dict | None, *, error: str | None,
                 routes: list[Route] | None = None,
-                error_kind: str | None = None) -> dict[str, Any]:
+                code: FailureCode | None = None) -> dict[str, Any]:
         end = time.time()
         ok = combined is not None and combined["ok"]
         responses = combined["responses"] if combined else []
-        if not ok and error_kind is None:  # input only when every agent failed on the input
-            kinds = {r.get("error_kind", "runtime") for r in responses if r.get("error")}
-            error_kind = "input" if kinds == {"input"} else "runtime"
+        if not ok and code is None:  # input only when every agent failed on the input
+            code = combined_code([code_of(r) for r in responses if r.get("error")])
         loads = sum(1 for r in responses
                     if not r.get("error") and r.get("timings", {}).get("model_loaded_now"))
         record = RequestRecord(
@@ -393,7 +400,8 @@ class ParslChatWorkflow:
             # "length" when any agent's answer was cut at max_tokens
             "finish_reason": (_finish_reason(responses) if ok else None),
             "error": error,
-            "error_kind": None if ok else error_kind,
+            "error_kind": None if ok else code.kind,
+            "error_code": None if ok else code.value,
             "cached": record.cached,
             "site": self.profile.name if self.profile is not None else None,
             "routes": [{"agent": r.agent, "score": round(r.score, 4), "matched": list(r.matched),

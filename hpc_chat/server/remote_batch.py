@@ -23,6 +23,7 @@ from typing import Any
 from hpc_chat.batchfile import OUTPUT_KEYS, BatchItem, OutputWriter, failed_result, unknown_model
 from hpc_chat.errors import HpcChatError
 from hpc_chat.openai_batch import ROUTED_MODEL
+from hpc_chat.protocol.failure import FailureCode
 from hpc_chat.server import client
 
 IN_FLIGHT = 32  # enough to fill the slots of a few nodes' engines; the server queues the rest
@@ -99,6 +100,15 @@ def answer_all(url: str, items: list[BatchItem], writer: OutputWriter, *, models
     return failed
 
 
+def server_failure(code: str | None, status: int) -> FailureCode:
+    """A server's error as the code its own workers' failure would carry: the code it
+    answered with (one of ours), else what its status says."""
+    try:
+        return FailureCode(code)
+    except ValueError:
+        return FailureCode.INVALID_REQUEST if status < 500 else FailureCode.GENERATION_FAILED
+
+
 class _Abandoned(Exception):
     """A request given up because the run is ending (not written: --resume asks it again)."""
 
@@ -129,7 +139,7 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
     except client.ServerError as exc:
         if exc.status == 401 or exc.code == "workers_failed":
             raise  # no line can be answered: the run ends (what came back is written)
-        return failed_result(exc.reason, "input" if exc.status < 500 else "runtime",
+        return failed_result(exc.reason, server_failure(exc.code, exc.status),
                              round(time.time() - start, 4))
     status("")
     try:
@@ -146,6 +156,6 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
                 "provenance": {**provenance, "server": url} if provenance else None}
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
         return failed_result(f"the server's answer is not a chat completion "
-                             f"({type(exc).__name__}: {exc})", "runtime",
+                             f"({type(exc).__name__}: {exc})", FailureCode.GENERATION_FAILED,
                              round(time.time() - start, 4))
 

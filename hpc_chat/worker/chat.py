@@ -25,9 +25,9 @@ from hpc_chat.llm.engine import Completion
 from hpc_chat.llm.models import ModelSpec, model_location
 from hpc_chat.llm.registry import get_batched_engine, get_engine
 from hpc_chat.llm.request import GenRequest, Sampling, prompt_too_long
+from hpc_chat.protocol.failure import failure_code, failure_fields
 from hpc_chat.worker import engine_client
 from hpc_chat.worker.provenance import job_id, model_file, versions
-from hpc_chat.worker.retry import error_kind
 from hpc_chat.worker.stream import TokenSender
 
 # Tokens kept free for the chat template's own markup around each message.
@@ -322,7 +322,7 @@ def process_chat_batch(agent_config: dict, items: list[dict],
     alone failed (e.g. its prompt does not fit). ``n_seq`` is the batched context's number of
     sequences (the workflow's batch size).
     """
-    return [{"error": str(r), "error_kind": error_kind(r), "agent": agent_config.get("name")}
+    return [{"error": str(r), **failure_fields(failure_code(r)), "agent": agent_config.get("name")}
             if isinstance(r, Exception) else r
             for r in answer(agent_config, items, n_seq or len(items))]
 
