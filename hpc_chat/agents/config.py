@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr, field_validator
 
 from hpc_chat.configfile import StrictModel, load_yaml, resolve_config_path, validate
-from hpc_chat.llm.request import Sampling
+from hpc_chat.protocol.request import Sampling
 
 
 class CollaborationConfig(StrictModel):
@@ -55,7 +55,7 @@ class AgentPerformanceConfig(StrictModel):
 
 class AgentSettings(Sampling):
     """The ``config:`` section of an agent file: the sampling settings (defaults and bounds in
-    :class:`~hpc_chat.llm.request.Sampling`), the model and the persona."""
+    :class:`~hpc_chat.protocol.request.Sampling`), the model and the persona."""
 
     model: str = "default"
     system_prompt: str

@@ -55,7 +55,7 @@ def chat_messages(agent, prompt: str) -> list[dict[str, str]]:
 def bench_request(agent, prompt: str, seed: int, max_tokens: int | None = MAX_TOKENS):
     """The request every case computes: the agent's own sampling, ``max_tokens`` (None: the
     agent's own, as the real workload has it), a seed."""
-    from hpc_chat.llm.request import GenRequest
+    from hpc_chat.protocol.request import GenRequest
 
     sampling = {**agent.sampling(), "seed": seed}
     if max_tokens is not None:

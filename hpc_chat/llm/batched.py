@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from hpc_chat.errors import PromptTooLongError
-from hpc_chat.llm.engine import ChatEngine, Completion
+from hpc_chat.llm.engine import ChatEngine
 from hpc_chat.llm.feed import Feed, Job
-from hpc_chat.llm.request import GenRequest, prompt_too_long
+from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
 
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size default
 MIN_P = 0.05  # create_chat_completion's default

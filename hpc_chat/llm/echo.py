@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hpc_chat.errors import ModelNotFoundError
 from hpc_chat.llm.feed import Feed, Job
-from hpc_chat.llm.request import GenRequest, prompt_too_long
+from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
 
 ECHO = "echo"
 
@@ -150,8 +150,6 @@ class EchoEngine:
              **sampling):
         """Answer like :meth:`ChatEngine.chat` (other sampling settings change nothing);
         ``on_text`` hears the text so far after each token, as there."""
-        from hpc_chat.llm.engine import Completion
-
         text, n, finish = self.answer(messages, max_tokens, stop)
         with self._lock:  # one answer at a time per engine, as with a real model
             start = time.perf_counter()
@@ -179,6 +177,7 @@ class EchoBatchedEngine:
         self.engine = engine
         self.n_seq = n_seq
         self.n_ctx_seq = engine.spec.n_ctx
+        self.template_stops: list[str] = []  # no chat template, so nothing to stop on
         self.lock = threading.Lock()
 
     def generate(self, requests: list[GenRequest], on_text: list | None = None) -> list:
@@ -192,8 +191,6 @@ class EchoBatchedEngine:
 
     def run(self, feed: Feed) -> None:
         """Answer the feed's jobs until it is closed and empty (as the real engine's ``run``)."""
-        from hpc_chat.llm.engine import Completion
-
         with self.lock:
             queue: deque = deque()
             active: dict[int, list] = {}  # id -> [prompt size, text, tokens, finish, left, t0, job]

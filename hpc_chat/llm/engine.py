@@ -13,39 +13,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from hpc_chat.errors import GenerationError, PromptTooLongError
 from hpc_chat.llm.models import ModelSpec
-from hpc_chat.llm.request import GenRequest, prompt_too_long
+from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Completion:
-    """One chat completion: the text, token usage and where the time went."""
-
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    model_load_s: float
-    model_loaded_now: bool
-    generation_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.completion_tokens / self.generation_s if self.generation_s > 0 else 0.0
-
-    def usage(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
-
-    def timings(self) -> dict[str, Any]:
-        return {"model_load_s": self.model_load_s, "model_loaded_now": self.model_loaded_now,
-                "generation_s": self.generation_s, "tokens_per_s": self.tokens_per_s}
 
 
 def default_threads() -> int:
@@ -181,7 +155,7 @@ class ChatEngine:
     def chat(self, messages: list[dict[str, str]], *, loaded_now: bool = False,
              on_text: Callable[[str], bool] | None = None, **sampling) -> Completion:
         """Answer a list of ``{"role", "content"}`` messages with the model's chat template;
-        ``sampling`` is any of :class:`~hpc_chat.llm.request.Sampling`'s settings.
+        ``sampling`` is any of :class:`~hpc_chat.protocol.request.Sampling`'s settings.
 
         With ``on_text``, the answer is streamed: it hears the text so far after each token
         (llama-cpp-python holds back what may be the start of a stop string), and returning

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hpc_chat.llm.request import GenRequest
+from hpc_chat.protocol.request import GenRequest
 
 
 @dataclass

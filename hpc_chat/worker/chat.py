@@ -21,11 +21,10 @@ from hpc_chat.agents.cache import cache_key, process_cache
 from hpc_chat.agents.config import AgentConfig
 from hpc_chat.configfile import format_validation_error
 from hpc_chat.errors import ConfigError, ModelNotFoundError, PromptTooLongError
-from hpc_chat.llm.engine import Completion
 from hpc_chat.llm.models import ModelSpec, model_location
 from hpc_chat.llm.registry import get_batched_engine, get_engine
-from hpc_chat.llm.request import GenRequest, Sampling, prompt_too_long
 from hpc_chat.protocol.failure import failure_code, failure_fields
+from hpc_chat.protocol.request import Completion, GenRequest, Sampling, prompt_too_long
 from hpc_chat.worker import engine_client
 from hpc_chat.worker.provenance import job_id, model_file, versions
 from hpc_chat.worker.stream import TokenSender
@@ -238,7 +237,7 @@ def decode_here(preps: list[Prepared], n_seq: int | None) -> list[Decoded | Exce
         except PromptTooLongError as exc:
             out[j] = exc
     batched = get_batched_engine(engine, n_seq) if n_seq is not None else None
-    stops = getattr(batched, "template_stops", [])  # what the engine stops on besides
+    stops = batched.template_stops if batched is not None else []  # the template's own
     senders = [TokenSender(prep.stream, [*decoded.stop, *stops]) if prep.stream else None
                for (_, prep, decoded) in fitted]
     completions: list = [None] * len(fitted)

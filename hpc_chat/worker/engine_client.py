@@ -34,9 +34,18 @@ from multiprocessing.connection import Client, Connection
 from pathlib import Path
 
 from hpc_chat.errors import PromptTooLongError
-from hpc_chat.llm.engine import Completion
 from hpc_chat.llm.models import ModelSpec
-from hpc_chat.llm.request import GenRequest
+from hpc_chat.protocol.engine import (
+    Done,
+    Failed,
+    FailKind,
+    Op,
+    Order,
+    Stops,
+    Text,
+    encode,
+    read_event,
+)
 from hpc_chat.rundir import runtime_dir
 from hpc_chat.worker.stream import TokenSender, streams_tokens
 
@@ -180,15 +189,12 @@ def start(path: Path, spec: ModelSpec, slots: int, *, again: bool = True) -> Non
         time.sleep(START_POLL_S)
 
 
-def _exception(msg: dict) -> Exception:
-    kind = msg.get("kind")
-    if kind == "lost":
-        raise EngineLost(msg["error"])  # the engine failed, not the request: retry the task
-    if kind == "too_long":
-        return PromptTooLongError(msg["error"])
-    if kind == "input":
-        return ValueError(msg["error"])
-    return RuntimeError(msg["error"])
+def _exception(failed: Failed) -> Exception:
+    if failed.kind is FailKind.LOST:
+        raise EngineLost(failed.error)  # the engine failed, not the request: retry the task
+    if failed.kind is FailKind.TOO_LONG:
+        return PromptTooLongError(failed.error)
+    return ValueError(failed.error)
 
 
 def _close(conn: Connection) -> None:
@@ -215,32 +221,30 @@ def _one(spec: ModelSpec, slots: int, prep, conns: list, finish: Callable):
         conn = connect(spec, slots)
         conns.append(conn)
         with conn:
-            conn.send_bytes(json.dumps({"op": "decode", "request": prep.request.model_dump(),
-                                        "exact": prep.exact,
-                                        "stream": tokens}).encode())
+            conn.send_bytes(encode(Order(op=Op.DECODE, request=prep.request, exact=prep.exact,
+                                         stream=tokens)))
             text = ""
             while True:
-                msg = json.loads(conn.recv_bytes())
-                if "stops" in msg and prep.stream:
-                    sender = TokenSender(prep.stream, [*prep.request.stop, *msg["stops"]])
-                elif "t" in msg:
-                    text += msg["t"]
+                event = read_event(conn.recv_bytes())
+                if isinstance(event, Stops) and prep.stream:
+                    sender = TokenSender(prep.stream, [*prep.request.stop, *event.stops])
+                elif isinstance(event, Text):
+                    text += event.t
                     if sender is not None and not sender(text):  # its client went away
-                        conn.send_bytes(b'{"op": "cancel"}')
-                elif "done" in msg:
-                    completion = Completion(**msg["done"])
-                    result = finish(prep, Decoded(
-                        completion, GenRequest.model_validate(msg["request"]),
-                        msg["n_threads"], msg["engine"]))
+                        conn.send_bytes(encode(Order(op=Op.CANCEL)))
+                elif isinstance(event, Done):
+                    completion = event.completion
+                    result = finish(prep, Decoded(completion, event.request, event.n_threads,
+                                                  event.engine.model_dump()))
                     if sender is None and prep.stream:  # the result only (tokens=False)
                         sender = TokenSender(prep.stream, [])
                     if sender is not None:  # the driver has it now, not at the task's end
                         sender.finish(completion.text, result)
                     return result
-                elif "error" in msg:
+                elif isinstance(event, Failed):
                     if sender is not None:
                         sender.finish(None)
-                    return _exception(msg)
+                    return _exception(event)
     except (EOFError, OSError) as exc:
         if sender is not None:
             sender.finish(None)

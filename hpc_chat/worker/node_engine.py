@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -30,18 +29,27 @@ import struct
 import sys
 import threading
 import time
-from dataclasses import asdict
 from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from hpc_chat.errors import PromptTooLongError
-from hpc_chat.llm.engine import Completion
 from hpc_chat.llm.feed import Feed, Job
 from hpc_chat.llm.models import ModelSpec
 from hpc_chat.llm.registry import get_batched_engine, get_engine
-from hpc_chat.llm.request import GenRequest
+from hpc_chat.protocol.engine import (
+    Done,
+    EngineInfo,
+    EngineStatus,
+    Failed,
+    FailKind,
+    Op,
+    Order,
+    Stops,
+    Text,
+    encode,
+    read_order,
+)
+from hpc_chat.protocol.request import Completion
 from hpc_chat.worker.chat import fit
 
 log = logging.getLogger("hpc_chat.node_engine")
@@ -87,15 +95,15 @@ class NodeEngine:
         self.clients: dict[int, int] = {}  # worker pid -> its requests in flight here
         self.served = 0
         self.load_pending = True  # the first answer reports the model load
-        self.info = {"pid": os.getpid(), "host": socket.gethostname(), "slots": slots}
+        self.info = EngineInfo(pid=os.getpid(), host=socket.gethostname(), slots=slots)
 
-    def status(self) -> dict:
+    def status(self) -> EngineStatus:
         with self.lock:
-            return {**self.info, "model": self.spec.path,
-                    "in_flight": sum(self.clients.values()),
-                    "clients": {str(pid): n for pid, n in self.clients.items()},
-                    "waiting": self.feed.waiting(), "served": self.served,
-                    "load_s": self.engine.load_s}
+            return EngineStatus(**self.info.model_dump(), model=self.spec.path,
+                                in_flight=sum(self.clients.values()),
+                                clients={str(pid): n for pid, n in self.clients.items()},
+                                waiting=self.feed.waiting(), served=self.served,
+                                load_s=self.engine.load_s)
 
     def run(self) -> None:
         self.batched.run(self.feed)
@@ -103,36 +111,37 @@ class NodeEngine:
     def handle(self, conn: Connection) -> None:
         with conn:
             try:
-                msg = json.loads(conn.recv_bytes())
-                if not isinstance(msg, dict):
-                    raise ValueError("not a JSON object")
-                if msg.get("op") == "status":
-                    conn.send_bytes(json.dumps(self.status()).encode())
-                elif msg.get("op") == "decode":
-                    self._decode(conn, msg)
+                raw = conn.recv_bytes()
+                try:
+                    order = read_order(raw)
+                    if order.op is Op.DECODE and order.request is None:
+                        raise ValueError("a decode order without a request")
+                except ValueError as exc:  # its first line only: no prompt text
+                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    return _reply(conn, Failed(error="not a request the engine can decode: "
+                                               f"{first}", kind=FailKind.INPUT))
+                if order.op is Op.STATUS:
+                    _reply(conn, self.status())
+                elif order.op is Op.DECODE:
+                    self._decode(conn, order)
             except (EOFError, OSError, ValueError) as exc:  # its type only: no prompt text
                 log.info("connection dropped (%s)", type(exc).__name__)
 
-    def _decode(self, conn: Connection, msg: dict) -> None:
+    def _decode(self, conn: Connection, order: Order) -> None:
         try:
-            req = GenRequest.model_validate(msg.get("request"))
-            decoded = fit(self.engine.count_tokens, self.spec.n_ctx, req, bool(msg.get("exact")))
+            decoded = fit(self.engine.count_tokens, self.spec.n_ctx, order.request, order.exact)
         except PromptTooLongError as exc:
-            return _reply(conn, error=str(exc), kind="too_long")
-        except (ValidationError, ValueError, TypeError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return _reply(conn, error=f"not a request the engine can decode: {first}",
-                          kind="input")
-        stream = bool(msg.get("stream"))
-        if stream:
-            stops = getattr(self.batched, "template_stops", [])  # the echo model has none
-            conn.send_bytes(json.dumps({"stops": stops}).encode())
+            return _reply(conn, Failed(error=str(exc), kind=FailKind.TOO_LONG))
+        stream = order.stream
+        if stream:  # what the engine stops on besides the request's own stop strings
+            _reply(conn, Stops(stops=self.batched.template_stops))
         answer = _Answer()
         job = Job(decoded, answer.finish, answer.grew if stream else None)
         try:
             self.feed.put(job)
         except RuntimeError:  # the decode loop has stopped: this engine is ending
-            return _reply(conn, error=f"node engine {self.info['pid']} has stopped", kind="lost")
+            return _reply(conn, Failed(error=f"node engine {self.info.pid} has stopped",
+                                       kind=FailKind.LOST))
         client = _peer_pid(conn)
         with self.lock:
             self.clients[client] = self.clients.get(client, 0) + 1
@@ -153,12 +162,12 @@ class NodeEngine:
             with self.lock:
                 self.served += 1
                 outcome.model_loaded_now, self.load_pending = self.load_pending, False
-            conn.send_bytes(json.dumps({"done": asdict(outcome), "request": decoded.model_dump(),
-                                        "n_threads": self.engine.n_threads,
-                                        "engine": self.info}).encode())
+            _reply(conn, Done(completion=outcome, request=decoded,
+                              n_threads=self.engine.n_threads, engine=self.info))
         else:  # too long for the context, or the decode loop failed (the engine ends)
-            kind = "too_long" if isinstance(outcome, PromptTooLongError) else "lost"
-            _reply(conn, error=f"node engine {self.info['pid']}: {outcome}", kind=kind)
+            kind = FailKind.TOO_LONG if isinstance(outcome, PromptTooLongError) \
+                else FailKind.LOST
+            _reply(conn, Failed(error=f"node engine {self.info.pid}: {outcome}", kind=kind))
 
     @staticmethod
     def _follow(conn: Connection, job: Job, answer: _Answer, stream: bool) -> None:
@@ -171,15 +180,15 @@ class NodeEngine:
             text = answer.text
             if stream and answer.outcome is None and len(text) > len(sent) and \
                     text.startswith(sent):  # what is new only
-                conn.send_bytes(json.dumps({"t": text[len(sent):]}).encode())
+                _reply(conn, Text(t=text[len(sent):]))
                 sent = text
             if conn.poll(0):
                 conn.recv_bytes()  # EOFError when the client is gone
                 job.cancelled.set()
 
 
-def _reply(conn: Connection, **message) -> None:
-    conn.send_bytes(json.dumps(message).encode())
+def _reply(conn: Connection, message) -> None:
+    conn.send_bytes(encode(message))
 
 
 def _serve(listener: Listener, node: NodeEngine) -> None:

@@ -11,7 +11,7 @@ from hpc_chat.errors import PromptTooLongError
 from hpc_chat.llm.batched import BatchedEngine
 from hpc_chat.llm.models import ModelSpec, resolve_model
 from hpc_chat.llm.registry import get_engine
-from hpc_chat.llm.request import GenRequest
+from hpc_chat.protocol.request import GenRequest
 from hpc_chat.workflow import ParslChatWorkflow
 
 pytestmark = pytest.mark.model

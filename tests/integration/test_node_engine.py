@@ -17,6 +17,17 @@ from multiprocessing.connection import Client
 import pytest
 
 from hpc_chat.llm.models import ModelSpec
+from hpc_chat.protocol.engine import (
+    Done,
+    EngineStatus,
+    Failed,
+    FailKind,
+    Op,
+    Order,
+    encode,
+    read_event,
+)
+from hpc_chat.protocol.request import GenRequest
 from hpc_chat.workflow import ParslChatWorkflow
 
 from .procs import processes_of_home
@@ -63,7 +74,6 @@ def test_one_engine_decodes_every_workers_requests_as_unbatched_decoding_would(f
     one engine of the pool, which loaded the model once, and each answer is the text the
     unbatched engine gives for the recorded messages and sampling (seed included)."""
     from hpc_chat.llm.registry import get_engine
-    from hpc_chat.llm.request import GenRequest
 
     workflow = tmp_path / "wf.yml"
     workflow.write_text((fixtures / "workflows" / "batched.yml").read_text()
@@ -147,17 +157,42 @@ def _start_engine(tmp_path, manager: int, slots: int = 1, model="echo?token_s=0.
 
 
 def _request(sock, max_tokens: int, message="one two three"):
+    """A decode order sent as any client would (the protocol's own types)."""
     conn = Client(str(sock), family="AF_UNIX")
-    conn.send_bytes(json.dumps({"op": "decode", "stream": False, "request": {
-        "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": message}],
-        "max_tokens": max_tokens}}).encode())
+    conn.send_bytes(encode(Order(op=Op.DECODE, request=GenRequest(
+        messages=[{"role": "system", "content": "s"}, {"role": "user", "content": message}],
+        max_tokens=max_tokens))))
     return conn
+
+
+def _answer(conn) -> Done:
+    event = read_event(conn.recv_bytes())
+    assert isinstance(event, Done), event
+    return event
 
 
 def _status(sock) -> dict:
     with Client(str(sock), family="AF_UNIX") as conn:
-        conn.send_bytes(b'{"op": "status"}')
-        return json.loads(conn.recv_bytes())
+        conn.send_bytes(encode(Order(op=Op.STATUS)))
+        return EngineStatus.model_validate_json(conn.recv_bytes()).model_dump()
+
+
+def test_an_order_that_is_not_the_protocols_is_refused_and_the_engine_serves_on(tmp_path):
+    """A message the engine's protocol does not declare gets one ``failed`` event of kind
+    ``input`` (no prompt text quoted back), and the next order is answered as usual."""
+    proc, sock = _start_engine(tmp_path, os.getpid())
+    try:
+        for bad in (b'{"op": "decode", "request": {"messages": "secret words"}}',
+                    b'{"op": "launch"}', b"not json", b'{"op": "decode"}'):
+            with Client(str(sock), family="AF_UNIX") as conn:
+                conn.send_bytes(bad)
+                event = read_event(conn.recv_bytes())
+            assert isinstance(event, Failed) and event.kind is FailKind.INPUT, (bad, event)
+            assert "secret" not in event.error
+        assert _answer(_request(sock, 3, "four five six")).completion.text == "four five six"
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_a_client_that_goes_away_frees_its_slot(tmp_path):
@@ -174,9 +209,9 @@ def test_a_client_that_goes_away_frees_its_slot(tmp_path):
         endless.close()
         second = _request(sock, 3, "four five six")
         assert second.poll(120), "the freed slot never took the next request"
-        reply = json.loads(second.recv_bytes())
-        assert reply["done"]["text"] == "four five six"
-        assert reply["engine"]["pid"] == proc.pid
+        reply = _answer(second)
+        assert reply.completion.text == "four five six"
+        assert reply.engine.pid == proc.pid
         status = _status(sock)
         assert status["in_flight"] == 0 and status["served"] == 1
     finally:
@@ -239,11 +274,10 @@ def test_the_decode_loop_waits_on_when_every_request_it_took_was_cancelled():
     """An open feed whose only waiting request was cancelled (its worker died): the loop tells
     it and waits for the next request, which it answers (it used to end, as if closed)."""
     from hpc_chat.llm.batched import BatchedEngine
-    from hpc_chat.llm.engine import Completion
     from hpc_chat.llm.feed import Feed, Job
     from hpc_chat.llm.models import resolve_model
     from hpc_chat.llm.registry import get_engine
-    from hpc_chat.llm.request import GenRequest
+    from hpc_chat.protocol.request import Completion, GenRequest
 
     engine, _ = get_engine(ModelSpec(path=str(resolve_model("default"))))
     batched = BatchedEngine(engine, 1)
@@ -342,8 +376,7 @@ def test_an_engine_whose_socket_is_removed_stops_and_the_next_client_starts_anot
         new = status["pid"]
         assert new != old and status["in_flight"] == 0
         reply = _request(sock, 3, "still answered")
-        assert reply.poll(60) and json.loads(reply.recv_bytes())["done"]["text"] == \
-            "still answered"
+        assert reply.poll(60) and _answer(reply).completion.text == "still answered"
     finally:
         if new:
             os.kill(new, signal.SIGTERM)

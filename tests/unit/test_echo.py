@@ -14,7 +14,7 @@ from hpc_chat.errors import ModelNotFoundError, ProfileError
 from hpc_chat.llm.echo import EchoPace, parse_echo
 from hpc_chat.llm.models import ModelSpec, model_location, resolve_model
 from hpc_chat.llm.registry import get_batched_engine, get_engine
-from hpc_chat.llm.request import GenRequest
+from hpc_chat.protocol.request import GenRequest
 from hpc_chat.sites.registry import load_profile
 from hpc_chat.worker.chat import process_chat_batch, process_chat_message
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from hpc_chat.llm.feed import Feed, Job
-from hpc_chat.llm.request import GenRequest
+from hpc_chat.protocol.request import GenRequest
 
 
 def job(outcomes: list, text="x") -> Job:

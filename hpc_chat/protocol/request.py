@@ -1,4 +1,5 @@
-"""One request type for every engine: the messages and the sampling settings.
+"""One request type for every engine, the messages and the sampling settings, and what every
+engine answers, a :class:`Completion`.
 
 :class:`Sampling` holds each setting's default and bounds once; an agent's YAML settings extend
 it (:class:`hpc_chat.agents.config.AgentSettings`), and :class:`GenRequest` is what the
@@ -8,6 +9,7 @@ prompt that does not fit the context window, wherever that is found.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,3 +48,28 @@ def prompt_too_long(prompt_tokens: int, max_tokens: int, n_ctx: int, *,
         f"the prompt ({about}{prompt_tokens} tokens) plus max_tokens={max_tokens} does not fit "
         f"the model's context window of {n_ctx} tokens; shorten the prompt or the history, "
         f"lower max_tokens, or raise n_ctx")
+
+
+@dataclass
+class Completion:
+    """One chat completion: the text, token usage and where the time went."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    model_load_s: float
+    model_loaded_now: bool
+    generation_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.generation_s if self.generation_s > 0 else 0.0
+
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+    def timings(self) -> dict[str, Any]:
+        return {"model_load_s": self.model_load_s, "model_loaded_now": self.model_loaded_now,
+                "generation_s": self.generation_s, "tokens_per_s": self.tokens_per_s}

@@ -1,0 +1,106 @@
+"""A worker and its node's engine: the messages on the engine's Unix socket.
+
+One JSON object per message (``multiprocessing.connection`` frames them). A worker opens a
+connection per request and sends one :class:`Order`: ``status`` (answered with an
+:class:`EngineStatus`) or ``decode`` (a :class:`~hpc_chat.protocol.request.GenRequest`). The
+engine answers a decode with events, each tagged by ``event``: :class:`Stops` first when the
+text is streamed (what the engine stops on besides the request's own ``stop``), then
+:class:`Text` as the answer grows, and last :class:`Done` or :class:`Failed`. A ``cancel``
+order on the same connection, or the connection's end, stops the answer.
+
+Both halves import this module (:mod:`hpc_chat.worker.node_engine`,
+:mod:`hpc_chat.worker.engine_client`), and the engine is started by the worker from the same
+installation, so both always speak the same version.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from hpc_chat.protocol.request import Completion, GenRequest
+
+
+class Op(str, Enum):
+    STATUS = "status"
+    DECODE = "decode"
+    CANCEL = "cancel"
+
+
+class Order(BaseModel):
+    """What a worker asks of the engine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: Op
+    request: GenRequest | None = None  # for ``decode``
+    exact: bool = False  # the caller's own messages: never shortened to fit the context
+    stream: bool = False  # send the text as it grows
+
+
+class EngineInfo(BaseModel):
+    """Which engine answered: it goes into the answer's provenance."""
+
+    pid: int
+    host: str
+    slots: int
+
+
+class EngineStatus(EngineInfo):
+    """What an engine holds now (``hpc-chat`` tests and the fault tests read it)."""
+
+    model: str
+    in_flight: int
+    clients: dict[str, int]  # worker pid -> its requests in flight here (SO_PEERCRED)
+    waiting: int
+    served: int
+    load_s: float
+
+
+class FailKind(str, Enum):
+    LOST = "lost"  # the engine failed, not the request: the task is retried on a fresh one
+    TOO_LONG = "too_long"  # the prompt does not fit the context
+    INPUT = "input"  # not a request the engine can decode
+
+
+class Stops(BaseModel):
+    event: Literal["stops"] = "stops"
+    stops: list[str]
+
+
+class Text(BaseModel):
+    event: Literal["text"] = "text"
+    t: str  # what is new since the last Text
+
+
+class Done(BaseModel):
+    event: Literal["done"] = "done"
+    completion: Completion
+    request: GenRequest  # as decoded: its messages fitted to the context
+    n_threads: int
+    engine: EngineInfo
+
+
+class Failed(BaseModel):
+    event: Literal["failed"] = "failed"
+    error: str
+    kind: FailKind
+
+
+Event = Annotated[Stops | Text | Done | Failed, Field(discriminator="event")]
+_EVENT = TypeAdapter(Event)
+
+
+def encode(message: BaseModel) -> bytes:
+    return message.model_dump_json().encode()
+
+
+def read_order(raw: bytes) -> Order:
+    """An order; pydantic's ValidationError (a ValueError) when it is not one."""
+    return Order.model_validate_json(raw)
+
+
+def read_event(raw: bytes) -> Stops | Text | Done | Failed:
+    return _EVENT.validate_json(raw)
