@@ -1,42 +1,40 @@
 """Tokens from the workers to the driver while an answer is generated.
 
-A Parsl task returns its result once, at the end; a streamed answer needs its text as it
-grows. The driver listens on a TCP port of its own; a request to stream gets an id and the
-hub's key, the worker connects to one of the driver's addresses, says both, and sends the
-answer's new text as JSON lines (``{"t": "..."}``) until ``{"done": true}``
-(:mod:`hpc_chat.worker.stream`). The result still comes back through Parsl: the stream only
-shows it early, and the final result is what counts.
+A Parsl task returns its result once, at the end; a streamed answer needs its text as it grows.
+The driver listens on a TCP port of its own; a request to stream gets an id and the hub's key,
+the worker connects to one of the driver's addresses, says both, and sends the answer's new
+text as JSON lines until the stream's end (:mod:`hpc_chat.worker.stream`; the messages are
+declared in :mod:`hpc_chat.protocol.stream`). The result still comes back through Parsl: the
+stream only shows it early, and the final result is what counts.
 
 One connection is current per stream: a retried task that connects again replaces the first
 attempt's connection (which its worker then sees closed: that attempt stops), and the reader
 hears :data:`RESTART`. When the one waiting for a stream goes away (an HTTP client that
-disconnected), the hub closes the worker's connection; the worker sees it at its next token
-and stops the answer, freeing its sequence slot.
+disconnected), the hub closes the worker's connection; the worker sees it at its next token and
+stops the answer, freeing its sequence slot.
 
-A worker whose request the node engine decoded also sends the answer's result
-(``{"r": {...}}``) before ``done``: the driver takes the first result it gets, so an answer of
-a micro-batch (several requests in one Parsl task) is not held until the task's slowest answer
-ends (:func:`on_result`; the task's own result, when it comes, is ignored). A stream opened with
-``tokens=False`` carries only that result, not the text as it grows.
+A worker whose request the node engine decoded also sends the answer's result before the end:
+the driver takes the first result it gets, so an answer of a micro-batch (several requests in
+one Parsl task) is not held until the task's slowest answer ends (:func:`on_result`; the task's
+own result, when it comes, is ignored). A stream opened with ``tokens=False`` carries only that
+result, not the text as it grows.
 
-The port is open to whoever can reach the address (on a shared compute node, every user of
-it, loopback included). So the channel is TLS pinned to a certificate the hub makes when it
-starts (:mod:`hpc_chat.tls`): the stream's description, which reaches the worker inside its
-Parsl task, carries that certificate and a secret of that stream alone. A listener that is not
-this hub cannot finish the handshake, and learns nothing; a connection that does not say a
-stream's secret within a few seconds, in a short first line, is closed. The hub acknowledges a
-stream's connection (``{"ok": true}``), or says that it is closed already (``{"ok": false,
-"stop": true}``: its client went away while the request waited): only those two, which only
-this hub can send, stop an answer. Connections that were never answered (the hub at its cap of
-connections that have not said a secret yet, under a flood) cost the stream, never the
-answer.
+The port is open to whoever can reach the address (on a shared compute node, every user of it,
+loopback included). So the channel is TLS pinned to a certificate the hub makes when it starts
+(:mod:`hpc_chat.tls`): the stream's description, which reaches the worker inside its Parsl
+task, carries that certificate and a secret of that stream alone. A listener that is not this
+hub cannot finish the handshake, and learns nothing; a connection that does not say a stream's
+secret within a few seconds, in a short first line, is closed. The hub acknowledges a stream's
+connection, or says that it is closed already (its client went away while the request waited):
+only those two answers, which only this hub can send, stop an answer. Connections that were
+never answered (the hub at its cap of connections that have not said a secret yet, under a
+flood) cost the stream, never the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import secrets
 import uuid
@@ -44,18 +42,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpc_chat.protocol.stream import (
+    ACKNOWLEDGED,
+    CLOSED,
+    HELLO_LIMIT,
+    End,
+    Result,
+    StreamSpec,
+    Text,
+    read_hello,
+    read_message,
+)
 from hpc_chat.tls import server_context
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 5.0
-HELLO_LIMIT = 4096  # bytes: a longer first line is not one of ours
 MAX_CONNECTIONS = 512
 MAX_UNAUTHENTICATED = 64  # connections that have not said a stream's secret yet
-# The hub's two answers to a worker's first line (worker/stream.py reads them): the stream is
-# this connection's now; the stream is closed already (its client left), stop the answer.
-ACKNOWLEDGED = b'{"ok": true}\n'
-CLOSED = b'{"ok": false, "stop": true}\n'
 RESTART = object()  # put in a stream's queue when a retried attempt takes the stream over
 _HUBS: dict[str, TokenHub] = {}  # the hubs of this process, by key: see on_result
 
@@ -122,9 +126,9 @@ class TokenHub:
             raise RuntimeError("the token hub is not started")
         stream = Stream(uuid.uuid4().hex)
         self._streams[stream.id] = stream
-        return stream, {"addresses": self.addresses, "port": self.port, "id": stream.id,
-                        "secret": stream.secret, "hub": self.id,
-                        "certificate": self.certificate, "tokens": tokens}
+        return stream, StreamSpec(addresses=self.addresses, port=self.port, id=stream.id,
+                                  secret=stream.secret, hub=self.id,
+                                  certificate=self.certificate, tokens=tokens).model_dump()
 
     def close(self, stream: Stream) -> None:
         """Nobody waits for this stream any more: its worker is told by a closed connection."""
@@ -151,16 +155,13 @@ class TokenHub:
                 self._unauthenticated -= 1
             if len(hello) > HELLO_LIMIT:
                 return
-            hello = json.loads(hello)
-            if not isinstance(hello, dict):
-                return
-            stream = self._streams.get(str(hello.get("id")))
+            hello = read_hello(hello)
+            stream = self._streams.get(hello.id)
             if stream is None:  # closed: its client went away before the worker got here
                 writer.write(CLOSED)
                 await writer.drain()
                 return
-            if not hmac.compare_digest(str(hello.get("secret")).encode(),
-                                       stream.secret.encode()):
+            if not hmac.compare_digest(hello.secret.encode(), stream.secret.encode()):
                 stream = None
                 return
             if stream.writer is not None:  # a retried attempt takes over
@@ -173,16 +174,16 @@ class TokenHub:
                 line = await reader.readline()
                 if not line:
                     break
-                message = json.loads(line)
-                if message.get("done"):
+                message = read_message(line)
+                if isinstance(message, End):
                     break
                 if stream.writer is not writer:
                     continue
-                if isinstance(message.get("r"), dict):
+                if isinstance(message, Result):
                     for callback in stream.result_callbacks:
-                        callback(message["r"])
-                elif "t" in message:
-                    stream.queue.put_nowait(str(message["t"]))
+                        callback(message.r)
+                elif isinstance(message, Text):
+                    stream.queue.put_nowait(message.t)
         except (ValueError, AttributeError, OSError, asyncio.TimeoutError, RecursionError,
                 asyncio.LimitOverrunError) as exc:
             log.debug("token stream connection dropped: %s", exc)

@@ -19,13 +19,23 @@ sent. Only after the hub has acknowledged the stream's secret does a closed conn
 
 from __future__ import annotations
 
-import json
 import select
 import socket
 import ssl
 
+from pydantic import BaseModel
+
+from hpc_chat.protocol.stream import (
+    ACKNOWLEDGED,
+    CLOSED,
+    End,
+    Hello,
+    Result,
+    StreamSpec,
+    Text,
+    line,
+)
 from hpc_chat.tls import client_context
-from hpc_chat.tokenstream import ACKNOWLEDGED, CLOSED
 
 CONNECT_TIMEOUT_S = 1.0
 HELLO_TIMEOUT_S = 5.0
@@ -36,15 +46,14 @@ _unreachable: set[tuple[tuple[str, ...], int]] = set()
 STOP = "stop"  # what _connect returns when the hub says the stream is closed already
 
 
-def _connect(spec: dict) -> ssl.SSLSocket | str | None:
+def _connect(spec: StreamSpec) -> ssl.SSLSocket | str | None:
     """A TLS connection to the hub, its stream acknowledged; :data:`STOP` when the hub says
     the stream is closed (its client is gone); None when no address gives either."""
-    addresses = tuple(str(a) for a in spec.get("addresses") or ())
-    port = int(spec["port"])
+    addresses, port = tuple(spec.addresses), spec.port
     if (addresses, port) in _unreachable:
         return None
-    tls = client_context(str(spec["certificate"]))
-    hello = json.dumps({"id": spec["id"], "secret": spec["secret"]}).encode() + b"\n"
+    tls = client_context(spec.certificate)
+    hello = line(Hello(id=spec.id, secret=spec.secret))
     refused = False
     for address in addresses:
         try:
@@ -86,8 +95,8 @@ class TokenSender:
         self.cancelled = False  # the driver closed the stream: stop generating
         self.sock: ssl.SSLSocket | None = None
         try:
-            found = _connect(spec)
-        except (OSError, KeyError, ValueError, TypeError):
+            found = _connect(StreamSpec.model_validate(spec))
+        except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
             found = None
         if found == STOP:
             self.cancelled = True  # nobody waits for this answer any more
@@ -111,7 +120,7 @@ class TokenSender:
             self.cancelled = True
             self._drop()
             return
-        self._write({"t": safe[len(self.sent):]})
+        self._write(Text(t=safe[len(self.sent):]))
         self.sent = safe
 
     def finish(self, final: str | None, result: dict | None = None) -> None:
@@ -121,13 +130,13 @@ class TokenSender:
             return
         if self.tokens and final is not None and final.startswith(self.sent) and \
                 len(final) > len(self.sent):
-            self._write({"t": final[len(self.sent):]})
+            self._write(Text(t=final[len(self.sent):]))
         if result is not None:
             try:
-                self._write({"r": result})
-            except (TypeError, ValueError):  # not JSON: it comes with the task's result
+                self._write(Result(r=result))
+            except ValueError:  # not JSON: it comes with the task's result
                 pass
-        self._write({"done": True})
+        self._write(End())
         self._drop()
 
     def _closed_by_driver(self) -> bool:
@@ -149,11 +158,11 @@ class TokenSender:
             if self.sock is not None:
                 self.sock.settimeout(SEND_TIMEOUT_S)
 
-    def _write(self, message: dict) -> None:
+    def _write(self, message: BaseModel) -> None:
         if self.sock is None:
             return
         try:
-            self.sock.sendall(json.dumps(message).encode() + b"\n")
+            self.sock.sendall(line(message))
         except OSError:
             self._drop()  # no more stream; the answer goes on
 
