@@ -30,8 +30,10 @@ from hpc_chat.executors.factory import build_parsl_config, make_executor
 from hpc_chat.executors.grouping import RequestBatcher
 from hpc_chat.history import MemoryHistory, create_history
 from hpc_chat.llm.models import model_location
+from hpc_chat.protocol.context import SiteModel, TaskContext
 from hpc_chat.protocol.failure import FailureCode, code_of, failure_code, failure_fields
 from hpc_chat.protocol.failure import combined as combined_code
+from hpc_chat.protocol.stream import StreamSpec
 from hpc_chat.sites.build import site_model
 from hpc_chat.sites.registry import load_profile
 from hpc_chat.stats import PerformanceStats, RequestRecord
@@ -94,7 +96,7 @@ class ParslChatWorkflow:
         self.loaded: LoadedWorkflow | None = None
         self.history: MemoryHistory | None = None
         self.agents: dict[str, EnhancedCollaborativeAgent] = {}
-        self.site_model: dict[str, Any] = {}
+        self.site_model = SiteModel()
         self.stats = PerformanceStats()
         self.cache = ResponseCache()
         self._pending: set[asyncio.Task] = set()
@@ -125,11 +127,11 @@ class ParslChatWorkflow:
         if not remote and (self.executor is None or self.site):
             self._load_site(loaded)
         if self.model:
-            self.site_model = {**self.site_model, "override": self.model}
+            self.site_model = self.site_model.model_copy(update={"override": self.model})
         for agent in ([] if remote else loaded.agents):  # remote models resolve remotely
             try:
                 model_location(model_name(agent.config.model_dump(), self.site_model),
-                               self.site_model.get("aliases"))
+                               self.site_model.aliases)
             except ConfigError as exc:
                 if self.model:
                     where = self.model_label  # --model, or $HPC_CHAT_MODEL
@@ -294,32 +296,33 @@ class ParslChatWorkflow:
                                 code=FailureCode.INVALID_REQUEST)
         if given is not None:
             history = given["history"]
-            context = {"history": history, "options": options, "model": self.site_model,
-                       "system_prompt": given["system_prompt"], "exact": True}
+            context = TaskContext(history=history, options=options, model=self.site_model,
+                                  system_prompt=given["system_prompt"], exact=True)
         else:
             try:
                 history = await self.history.recent(conversation_id) if conversation_id else []
             except HistoryError as exc:  # locked by another process, unreadable: this request
                 return self._finish(start, text, None, error=f"{HISTORY_FAILED}: {exc}",
                                     code=FailureCode.HISTORY_UNAVAILABLE)
-            context = {"history": history, "options": options, "model": self.site_model}
+            context = TaskContext(history=history, options=options, model=self.site_model)
 
-        def streamed(agent: str) -> dict[str, Any]:
+        def streamed(agent: str) -> TaskContext:
             if streams and agent in streams:
-                return {**context, "stream": streams[agent]}
+                return context.model_copy(update={"stream": StreamSpec(**streams[agent])})
             if stream is not None and len(routes) == 1:  # several would interleave in one
-                return {**context, "stream": stream}
+                return context.model_copy(update={"stream": StreamSpec(**stream)})
             return context
 
         async def ask(r: Route) -> dict[str, Any]:
-            context = streamed(r.agent)
+            sent = streamed(r.agent)
+            context = sent.model_dump()  # plain data: it crosses Parsl and Globus Compute
             agent = self.agents[r.agent].config
             perf = agent.config.performance
-            system = context.get("system_prompt") or agent.config.system_prompt
+            system = sent.system_prompt or agent.config.system_prompt
             key = None
             if perf.enable_caching:
                 key = cache_key(agent.to_dict(), build_messages(system, text, history),
-                                options.get("seed"), {"site": self.site_model,
+                                options.get("seed"), {"site": self.site_model.model_dump(),
                                                       "options": options})
                 hit = self.cache.get(key, perf.cache_ttl)
                 if hit is not None:

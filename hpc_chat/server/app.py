@@ -122,7 +122,7 @@ def model_list(wf) -> list[dict[str, Any]]:
 
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "hpc_chat",
              "hpc_chat": {"runs": model_name(agent.config.config.model_dump(),
-                                             wf.site_model or {}),
+                                             wf.site_model),
                           "description": agent.config.description}}
             for name, agent in sorted(wf.agents.items())]
     data.append({"id": ROUTED_MODEL, "object": "model", "created": 0, "owned_by": "hpc_chat",

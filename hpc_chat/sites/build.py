@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_chat.paths import hpc_chat_home
+from hpc_chat.protocol.context import SiteModel
 from hpc_chat.sites import schema
 
 PROVIDER_FIELDS_NOT_FOR_PARSL = {"type", "launcher", "status_polling_interval"}
@@ -191,9 +192,9 @@ def build_config(profile: schema.SiteProfile, *, allocation: bool = False,
     )
 
 
-def site_model(profile: schema.SiteProfile) -> dict[str, Any]:
+def site_model(profile: schema.SiteProfile) -> SiteModel:
     """The model defaults sent to workers in each task's context."""
-    return profile.model.model_dump()
+    return SiteModel(**profile.model.model_dump())
 
 
 def get_local_config(max_workers: int = 4, *, label: str | None = None,

@@ -27,6 +27,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_validator
 
 from hpc_chat.configfile import StrictModel
+from hpc_chat.protocol.context import ModelDefaults
 from hpc_chat.sites.schedulers import SCHEDULERS
 
 # A value inside a scheduler directive: no whitespace, quotes, newlines, `;`, `$` or backticks.
@@ -255,19 +256,9 @@ class ExecutorSettings(StrictModel):
         return self
 
 
-class ModelSettings(StrictModel):
-    """The site's default model for agents that say ``model: default``."""
-
-    model: str = "default"
-    n_ctx: int = Field(2048, ge=128)
-    n_threads: int | None = Field(None, ge=1)
-    n_gpu_layers: int = Field(0, ge=-1)
-    n_batch: int = Field(512, ge=1)
-    aliases: dict[str, str] = Field(default_factory=dict)
-    # node: one engine per model (per GPU) on each node decodes every worker's requests in one
-    # continuous batch of engine_slots sequences; worker: each worker decodes its own tasks.
-    engine: Literal["node", "worker"] = "node"
-    engine_slots: int = Field(8, ge=1, le=256)
+class ModelSettings(StrictModel, ModelDefaults):
+    """The site's default model for agents that say ``model: default`` (its fields are
+    declared once, in :class:`hpc_chat.protocol.context.ModelDefaults`)."""
 
     @field_validator("model")
     @classmethod

@@ -23,8 +23,10 @@ from hpc_chat.configfile import format_validation_error
 from hpc_chat.errors import ConfigError, ModelNotFoundError, PromptTooLongError
 from hpc_chat.llm.models import ModelSpec, model_location
 from hpc_chat.llm.registry import get_batched_engine, get_engine
+from hpc_chat.protocol.context import SiteModel, TaskContext
 from hpc_chat.protocol.failure import failure_code, failure_fields
 from hpc_chat.protocol.request import Completion, GenRequest, Sampling, prompt_too_long
+from hpc_chat.protocol.stream import StreamSpec
 from hpc_chat.worker import engine_client
 from hpc_chat.worker.provenance import job_id, model_file, versions
 from hpc_chat.worker.stream import TokenSender
@@ -78,27 +80,27 @@ def fit_to_context(messages: list[dict[str, str]], count_tokens, n_ctx: int,
     return msgs
 
 
-def model_name(settings: dict[str, Any], site_model: dict[str, Any]) -> str:
-    """The model an agent runs: ``--model`` (``site_model["override"]``) over the agent's own
+def model_name(settings: dict[str, Any], site_model: SiteModel) -> str:
+    """The model an agent runs: ``--model`` (``site_model.override``) over the agent's own
     ``model``, over the site's when the agent says ``default``."""
-    name = site_model.get("override") or settings.get("model") or "default"
+    name = site_model.override or settings.get("model") or "default"
     if name == "default":  # the agent defers to the site's choice of model
-        name = site_model.get("model") or "default"
+        name = site_model.model or "default"
     return name
 
 
-def model_spec(settings: dict[str, Any], site_model: dict[str, Any],
+def model_spec(settings: dict[str, Any], site_model: SiteModel,
                name: str | None = None) -> ModelSpec:
     """Agent settings override the site's model defaults; the name (``model_name`` unless
     given) is resolved on this host."""
-    def pick(key, default):
+    def pick(key):
         value = settings.get(key)
-        return value if value is not None else site_model.get(key, default)
+        return value if value is not None else getattr(site_model, key)
 
     name = name or model_name(settings, site_model)
-    path = model_location(name, site_model.get("aliases"))
-    return ModelSpec(path=path, n_ctx=pick("n_ctx", 2048), n_threads=pick("n_threads", None),
-                     n_gpu_layers=pick("n_gpu_layers", 0), n_batch=site_model.get("n_batch", 512))
+    path = model_location(name, site_model.aliases)
+    return ModelSpec(path=path, n_ctx=pick("n_ctx"), n_threads=pick("n_threads"),
+                     n_gpu_layers=pick("n_gpu_layers"), n_batch=site_model.n_batch)
 
 
 @dataclass
@@ -111,7 +113,7 @@ class Prepared:
     model: str
     key: str
     exact: bool = False  # the caller's own messages: never shortened to fit
-    stream: dict | None = None  # where to send the text as it grows (hpc_chat.tokenstream)
+    stream: StreamSpec | None = None  # where to send the text as it grows (tokenstream)
     engine: dict = field(default_factory=dict)  # the site's engine settings (engine_client)
     started: float = field(default_factory=time.time)
 
@@ -129,15 +131,19 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
         raise ConfigError(format_validation_error(f"agent {name}", exc)) from None
     if not isinstance(message, str) or not message.strip():
         raise ValueError("the message is empty")
+    try:
+        ctx = TaskContext.model_validate(context or {})
+    except ValidationError as exc:  # a hand-made context (the Python API) that is not one
+        raise ValueError(format_validation_error("context", exc).replace("\n", "; ")) from None
     settings = agent.config
-    options = {k: v for k, v in (context.get("options") or {}).items() if v is not None}
-    site_model = context.get("model") or {}
+    options = {k: v for k, v in ctx.options.items() if v is not None}
+    site_model = ctx.model
     sampling = {**settings.sampling(), **{k: v for k, v in options.items()
                                           if k in Sampling.model_fields}}
-    system_prompt = context.get("system_prompt") or settings.system_prompt
+    system_prompt = ctx.system_prompt or settings.system_prompt
     try:
-        request = GenRequest(messages=build_messages(system_prompt, message,
-                                                     context.get("history")), **sampling)
+        request = GenRequest(messages=build_messages(system_prompt, message, ctx.history),
+                             **sampling)
     except ValidationError as exc:  # e.g. an option out of range: the request's own fault
         raise ValueError(format_validation_error("options", exc).replace("\n", "; ")) from None
     settings_dict = settings.model_dump()
@@ -147,8 +153,8 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
                     {**spec.model_dump(), **request.sampling()})  # every setting counts
     if request.seed is None:  # drawn here and recorded, so that this answer can be replayed
         request = request.model_copy(update={"seed": random.getrandbits(31)})
-    return Prepared(agent, request, spec, name, key, exact=bool(context.get("exact")),
-                    stream=context.get("stream"), engine=engine_client.settings(site_model))
+    return Prepared(agent, request, spec, name, key, exact=ctx.exact, stream=ctx.stream,
+                    engine=engine_client.settings(site_model))
 
 
 def _cached(prep: Prepared) -> dict | None:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from hpc_chat.errors import PromptTooLongError
 from hpc_chat.llm.models import ModelSpec
+from hpc_chat.protocol.context import SiteModel
 from hpc_chat.protocol.engine import (
     Done,
     Failed,
@@ -62,11 +63,10 @@ class EngineLost(RuntimeError):
     """The node engine ended (killed, out of memory) while it held this request: retryable."""
 
 
-def settings(site_model: dict) -> dict:
+def settings(site_model: SiteModel) -> dict:
     """The site's engine settings from its ``model`` section: ``engine`` (``node`` or
     ``worker``) and ``engine_slots``."""
-    return {"mode": site_model.get("engine") or "node",
-            "slots": int(site_model.get("engine_slots") or DEFAULT_SLOTS)}
+    return {"mode": site_model.engine, "slots": site_model.engine_slots}
 
 
 def wanted(engine: dict) -> bool:

@@ -81,23 +81,24 @@ def _connect(spec: StreamSpec) -> ssl.SSLSocket | str | None:
     return None
 
 
-def streams_tokens(spec: dict | None) -> bool:
+def streams_tokens(spec: StreamSpec | None) -> bool:
     """Whether a stream wants the text as it grows (a stream opened with ``tokens=False``
     wants only the result)."""
-    return bool(spec) and spec.get("tokens", True) is not False
+    return spec is not None and spec.tokens
 
 
 class TokenSender:
-    def __init__(self, spec: dict, stops: list[str]):
+    def __init__(self, spec: StreamSpec | dict, stops: list[str]):
         self.sent = ""  # the text the driver has
-        self.tokens = streams_tokens(spec)
-        self.hold = max((len(s) for s in stops if s), default=1) - 1
         self.cancelled = False  # the driver closed the stream: stop generating
         self.sock: ssl.SSLSocket | None = None
+        self.hold = max((len(s) for s in stops if s), default=1) - 1
         try:
-            found = _connect(StreamSpec.model_validate(spec))
+            spec = StreamSpec.model_validate(spec)
+            self.tokens = spec.tokens
+            found = _connect(spec)
         except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
-            found = None
+            self.tokens, found = False, None
         if found == STOP:
             self.cancelled = True  # nobody waits for this answer any more
         elif found is not None:

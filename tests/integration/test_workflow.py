@@ -140,7 +140,7 @@ def test_everything_sent_to_workers_serializes(workflow):
 
     agent = workflow.agents["creative_agent"].config.to_dict()
     context = {"history": [{"role": "user", "content": "hi"}], "options": {"seed": 1},
-               "model": workflow.site_model}
+               "model": workflow.site_model.model_dump()}
     for obj in (agent, context, "message"):
         assert deserialize(serialize(obj)) == obj
     assert pickle.loads(pickle.dumps(chat_task)) is chat_task
