@@ -34,7 +34,7 @@ async def follow_workers(wf, report: Report, *, timeout: float,
     """Report each stage until a worker connects; returns the workers connected. Raises
     :class:`ExecutorError` with the reason when they cannot start (see the module docstring).
     Executors without pilot jobs (local threads, Globus Compute) return at once."""
-    if wf.profile is None or not hasattr(wf.executor, "block_output"):
+    if wf.profile is None or wf.executor.scheduler is None:
         return 0
     scheduler = run_scheduler(wf)
     job_id, last_state, running_since = None, None, None
@@ -85,7 +85,7 @@ async def follow_workers(wf, report: Report, *, timeout: float,
 def run_scheduler(wf) -> str:
     """Who runs this run's blocks: the profile's scheduler for pilot jobs, ``local`` for the
     local site and for the driver job's own allocation (its blocks are processes)."""
-    found = getattr(wf.executor, "scheduler", None)
+    found = wf.executor.scheduler if wf.executor is not None else None
     return found or (wf.profile.scheduler if wf.profile is not None else "local")
 
 

@@ -22,11 +22,22 @@ class ChatExecutor(Protocol):
     ``chat_function`` is what answers one request there (its call shape is that of
     :func:`hpc_chat.worker.tasks.chat_task`); ``supports_batching`` says whether the executor
     may also be given :func:`hpc_chat.worker.tasks.chat_batch_task` (several requests decoded
-    together).
+    together). ``scheduler`` says who runs its blocks (``slurm``, ``pbspro``, ``local`` for
+    processes), None for an executor without blocks whose start can be followed (threads of
+    this process, a Globus Compute endpoint); ``block_output`` names the files a block's
+    workers print to, and ``htex`` is Parsl's HighThroughputExecutor where there is one (its
+    addresses, its workers): callers ask these, never probe for members.
     """
 
     chat_function: Callable[..., dict]
     supports_batching: bool
+
+    @property
+    def scheduler(self) -> str | None: ...
+
+    def block_output(self, job_id: str) -> list[str]: ...
+
+    def htex(self) -> Any | None: ...
 
     async def initialize(self) -> None: ...
 

@@ -17,6 +17,13 @@ class LocalExecutor:
 
     chat_function = staticmethod(chat_task)
     supports_batching = True
+    scheduler = None  # no blocks: nothing to follow while it starts
+
+    def block_output(self, job_id: str) -> list[str]:
+        return []
+
+    def htex(self) -> None:
+        return None
 
     def __init__(self, config: ExecutorConfig | None = None):
         self.config = config or ExecutorConfig(executor_type="local")

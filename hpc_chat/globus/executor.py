@@ -60,6 +60,13 @@ class GlobusComputeExecutor:
 
     chat_function = staticmethod(remote_chat)
     supports_batching = False
+    scheduler = None  # no blocks: nothing to follow while it starts
+
+    def block_output(self, job_id: str) -> list[str]:
+        return []
+
+    def htex(self) -> None:
+        return None
 
     def __init__(self, endpoint_id: str, *, state_path: str | Path | None = None,
                  client=None, batch_size: int = 128):

@@ -52,7 +52,7 @@ def stream_addresses(workflow) -> tuple[str, list[str]] | None:
     cloud, not directly)."""
     if workflow.endpoint or getattr(workflow.loaded.settings.executor, "is_globus", False):
         return None
-    htex = workflow.executor.htex() if hasattr(workflow.executor, "htex") else None
+    htex = workflow.executor.htex()
     if htex is None:
         return "127.0.0.1", ["127.0.0.1"]  # threads of this process
     if getattr(htex, "address", None):
