@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hpc_chat.errors import ExecutorError
 from hpc_chat.sites.ledger import process_start
-from hpc_chat.sites.schedulers import job_ended
+from hpc_chat.sites.schedulers import SCHEDULERS, JobState, JobStatus, job_ended
 from hpc_chat.sites.submit import pilot_state
 
 POLL_S = 1.0
@@ -63,9 +63,9 @@ async def follow_workers(wf, report: Report, *, timeout: float,
                     f"worker pool (pid {job_id}) exited"
                 raise ExecutorError(f"the {what} before any worker connected"
                                     f"{output_tail(wf, job_id)}")
-            if running_since is None and state.startswith("RUNNING"):
+            if running_since is None and state.state is JobState.RUNNING:
                 running_since = time.monotonic()
-            if not state.startswith("UNKNOWN"):
+            if state.state is not JobState.UNKNOWN:
                 unplaced_since = None
         if unplaced_since is not None and time.monotonic() - unplaced_since > timeout:
             raise ExecutorError(
@@ -89,11 +89,11 @@ def run_scheduler(wf) -> str:
     return found or (wf.profile.scheduler if wf.profile is not None else "local")
 
 
-def _state(scheduler: str, job_id: str) -> str:
-    """The scheduler's words; a ``local`` block is a process group, running while it lives."""
+def _state(scheduler: str, job_id: str) -> JobStatus:
+    """The block's state; a ``local`` block is a process group, running while it lives."""
     if scheduler == "local":
         alive = job_id.isdigit() and process_start(int(job_id)) is not None
-        return "RUNNING" if alive else "FINISHED"
+        return SCHEDULERS["local"].status("RUNNING" if alive else "FINISHED")
     return pilot_state(scheduler, job_id)
 
 

@@ -74,12 +74,12 @@ def status(job_id, as_json, server):
     except HpcChatError:
         total = None
     if as_json:
-        click.echo(json.dumps({"job_id": job["job_id"], "site": job["site"], "state": state,
+        click.echo(json.dumps({"job_id": job["job_id"], "site": job["site"], "state": str(state),
                                "answered": done, "total": total, "input": job["input"],
                                "output": job["output"], "log": job["log"]}, indent=2))
         return
     table = Table("job", "site", "state", "answered", "output", "log")
-    table.add_row(Text(job["job_id"]), Text(job["site"]), Text(state),
+    table.add_row(Text(job["job_id"]), Text(job["site"]), Text(str(state)),
                   f"{done}/{total}" if total is not None else str(done), Text(job["output"]),
                   Text(job["log"]))
     console.print(table)

@@ -20,6 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from hpc_chat.sites.schedulers import SCHEDULERS, JobState, JobStatus
 from hpc_chat.startup import run_scheduler
 from hpc_chat.tokenstream import TokenHub
 
@@ -128,6 +129,8 @@ class ServerState:
         blocks = [{"job_id": str(job), "scheduler": scheduler,
                    "state": await self._job_state(scheduler, str(job))}
                   for job in stats.get("job_ids") or []]
+        queued = any(b["state"].state is JobState.PENDING for b in blocks)
+        blocks = [{**b, "state": str(b["state"])} for b in blocks]  # the scheduler's words
         workers = stats.get("active_workers", 0)
         self.metrics.workers.set(workers)
         self.metrics.blocks.set(len(blocks))
@@ -140,7 +143,7 @@ class ServerState:
             stage = "failed"
         elif workers:
             stage = "loading"
-        elif any(b["state"].startswith(("PENDING", "QUEUED")) for b in blocks):
+        elif queued:
             stage = "queued"
         else:
             stage = "starting"
@@ -156,9 +159,9 @@ class ServerState:
             "uptime_s": round(time.time() - self.started, 1),
         }
 
-    async def _job_state(self, scheduler: str, job: str) -> str:
+    async def _job_state(self, scheduler: str, job: str) -> JobStatus:
         if scheduler == "local":
-            return "RUNNING"
+            return SCHEDULERS["local"].status("RUNNING")
         from hpc_chat.sites.submit import pilot_state
 
         async with self._status_lock:

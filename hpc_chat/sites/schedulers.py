@@ -12,6 +12,48 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
+
+
+class JobState(str, Enum):
+    """Where a job is, in Parsl's words (``parsl.jobs.states.JobState``, by name: the CLI does
+    not load Parsl to ask a scheduler); each scheduler's row translates its own words."""
+
+    UNKNOWN = "UNKNOWN"
+    PENDING = "PENDING"
+    HELD = "HELD"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+    FAILED = "FAILED"
+    TIMEOUT = "TIMEOUT"
+    MISSING = "MISSING"  # no longer known to the scheduler: it ran, or never will again
+
+    @property
+    def ended(self) -> bool:
+        """Runs no more (Parsl's TERMINAL_STATES); any other state, UNKNOWN included, may
+        still run or start."""
+        return self in _ENDED
+
+
+_ENDED = {JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED, JobState.TIMEOUT,
+          JobState.MISSING}
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job's state, and the scheduler's own words for it as shown to the user:
+    ``PENDING (Priority, expected start 2026-12-01T04:00)``."""
+
+    state: JobState
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
+
+    @property
+    def ended(self) -> bool:
+        return self.state.ended
 
 
 def _slurm_state(queue_out: str, show_out: str) -> str | None:
@@ -42,15 +84,27 @@ def _pbs_state(queue_out: str, show_out: str) -> str | None:
     return f"{state} (expected start {start})" if code == "Q" and start else state
 
 
-# The states after which a job runs no more, as ``job_state`` gives them (Slurm's words, PBS's
-# codes spelled out, and our own ``FINISHED (no longer known to ...)``); any other state, an
-# unknown one included, may still run or start.
-ENDED_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                "BOOT_FAIL", "DEADLINE", "PREEMPTED", "FINISHED")
+_S = JobState
+# Each scheduler's words (as parse_state gives them) and the state they mean; Slurm's as
+# Parsl's SlurmProvider translates them, PBS's codes as spelled out above.
+SLURM_STATES = {
+    "PENDING": _S.PENDING, "CONFIGURING": _S.PENDING, "REQUEUED": _S.PENDING,
+    "REQUEUE_FED": _S.PENDING, "SUSPENDED": _S.HELD, "STOPPED": _S.HELD,
+    "REQUEUE_HOLD": _S.HELD, "RESV_DEL_HOLD": _S.HELD, "RUNNING": _S.RUNNING,
+    "COMPLETING": _S.RUNNING, "SIGNALING": _S.RUNNING, "STAGE_OUT": _S.RUNNING,
+    "RESIZING": _S.RUNNING, "COMPLETED": _S.COMPLETED, "CANCELLED": _S.CANCELLED,
+    "FAILED": _S.FAILED, "NODE_FAIL": _S.FAILED, "BOOT_FAIL": _S.FAILED,
+    "OUT_OF_MEMORY": _S.FAILED, "REVOKED": _S.FAILED, "SPECIAL_EXIT": _S.FAILED,
+    "TIMEOUT": _S.TIMEOUT, "DEADLINE": _S.TIMEOUT, "PREEMPTED": _S.TIMEOUT}
+PBS_WORDS = {
+    "QUEUED": _S.PENDING, "W": _S.PENDING, "T": _S.PENDING, "HELD": _S.HELD, "S": _S.HELD,
+    "U": _S.HELD, "RUNNING": _S.RUNNING, "EXITING": _S.RUNNING, "B": _S.RUNNING,
+    "FINISHED": _S.COMPLETED, "X": _S.COMPLETED}
+LOCAL_WORDS = {"RUNNING": _S.RUNNING, "FINISHED": _S.COMPLETED}  # a worker pool's process
 
 
-def job_ended(state: str) -> bool:
-    return state.startswith(ENDED_STATES)
+def job_ended(status: JobStatus) -> bool:
+    return status.ended
 
 
 @dataclass(frozen=True)
@@ -64,6 +118,11 @@ class Scheduler:
     cancel_command: tuple[str, ...]
     parse_state: Callable[[str, str], str | None]
     dry_run_answer: str               # what a submission prints (for `sites render`)
+    states: dict[str, JobState]       # its words (parse_state's first) -> the state
+
+    def status(self, words: str) -> JobStatus:
+        """What the scheduler's words mean: ``PENDING (Priority)`` is PENDING."""
+        return JobStatus(self.states.get(words.split(" ", 1)[0], JobState.UNKNOWN), words)
 
     def job_id(self, submit_stdout: str) -> str:
         """The job id in the submit command's answer (``123;cluster`` or ``123.server``)."""
@@ -74,10 +133,11 @@ SCHEDULERS = {
     "slurm": Scheduler(
         "slurm", "#SBATCH", "driver.slurm.j2", ("sbatch", "--parsable"),
         ("squeue", "-h", "-o", "%T %S %r", "-j"), ("scontrol", "show", "job"), ("scancel",),
-        _slurm_state, "Submitted batch job 0"),
+        _slurm_state, "Submitted batch job 0", SLURM_STATES),
     "pbspro": Scheduler(
         "pbspro", "#PBS", "driver.pbs.j2", ("qsub",), ("qstat", "-x", "-f", "-F", "json"),
-        (), ("qdel",), _pbs_state, "0.pbs"),
+        (), ("qdel",), _pbs_state, "0.pbs", PBS_WORDS),
     "local": Scheduler(
-        "local", None, None, (), (), (), (), lambda queue, show: "RUNNING", "PID:0"),
+        "local", None, None, (), (), (), (), lambda queue, show: "RUNNING", "PID:0",
+        LOCAL_WORDS),
 }

@@ -24,7 +24,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from hpc_chat.errors import HpcChatError, ProfileError, SubmitError
 from hpc_chat.paths import home_subdir
-from hpc_chat.sites.schedulers import SCHEDULERS
+from hpc_chat.sites.schedulers import SCHEDULERS, JobState, JobStatus
 from hpc_chat.sites.schema import SiteProfile
 
 log = logging.getLogger(__name__)
@@ -194,9 +194,9 @@ def find_job(job_id: str | None) -> dict:
                       f"{', '.join(j['job_id'] for j in jobs[-10:])}")
 
 
-def job_state(job: dict) -> str:
-    """The scheduler's word for the job now (PENDING, RUNNING, COMPLETED, ...); a pending
-    Slurm job also says why, as squeue does: ``PENDING (Priority)``."""
+def job_state(job: dict) -> JobStatus:
+    """The job's state now, with the scheduler's words for it (PENDING, RUNNING, COMPLETED,
+    ...); a pending Slurm job also says why, as squeue does: ``PENDING (Priority)``."""
     scheduler = SCHEDULERS[job["scheduler"]]
     queued = _run([*scheduler.queue_command, job["job_id"]]).stdout \
         if scheduler.queue_command else ""
@@ -204,10 +204,10 @@ def job_state(job: dict) -> str:
     if state is None and scheduler.show_command:
         state = scheduler.parse_state("", _run([*scheduler.show_command, job["job_id"]]).stdout)
     if state:
-        return state
+        return scheduler.status(state)
     if scheduler.show_command:
-        return f"FINISHED (no longer known to {scheduler.name})"
-    return f"UNKNOWN ({scheduler.queue_command[0]} gave no answer)"
+        return JobStatus(JobState.MISSING, f"FINISHED (no longer known to {scheduler.name})")
+    return JobStatus(JobState.UNKNOWN, f"UNKNOWN ({scheduler.queue_command[0]} gave no answer)")
 
 
 def cancel_job(job: dict) -> None:
@@ -218,10 +218,10 @@ def cancel_job(job: dict) -> None:
                           retcode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
 
 
-def pilot_state(scheduler: str, job_id: str) -> str:
+def pilot_state(scheduler: str, job_id: str) -> JobStatus:
     """The scheduler's state of a pilot job, never raising (``UNKNOWN (reason)`` instead); a
     local "job" is a process: running."""
     try:
         return job_state({"scheduler": scheduler, "job_id": job_id})
     except HpcChatError as exc:
-        return f"UNKNOWN ({str(exc).splitlines()[0]})"
+        return JobStatus(JobState.UNKNOWN, f"UNKNOWN ({str(exc).splitlines()[0]})")

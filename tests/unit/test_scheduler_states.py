@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hpc_chat.sites.schedulers import SCHEDULERS
+from hpc_chat.sites.schedulers import SCHEDULERS, JobState
 
 
 @pytest.mark.parametrize("squeue, shown", [
@@ -36,3 +36,22 @@ def test_pbs_queued_says_when_pbs_expects_it_to_start(job, shown):
     answer = json.dumps({"Jobs": {"12.pbs": job}})
     assert SCHEDULERS["pbspro"].parse_state(answer, "") == shown
     assert SCHEDULERS["pbspro"].parse_state("not json", "") is None
+
+
+@pytest.mark.parametrize("scheduler, words, state, ended", [
+    ("slurm", "PENDING (Priority, expected start 2026-12-01T04:00:00)", "PENDING", False),
+    ("slurm", "COMPLETING", "RUNNING", False),
+    ("slurm", "NODE_FAIL", "FAILED", True),
+    ("slurm", "PREEMPTED", "TIMEOUT", True),
+    ("slurm", "CANCELLED", "CANCELLED", True),
+    ("slurm", "SOMETHING_NEW", "UNKNOWN", False),  # may still run: never taken as ended
+    ("pbspro", "QUEUED (expected start Tue Dec  1 04:00:00 2026)", "PENDING", False),
+    ("pbspro", "EXITING", "RUNNING", False),
+    ("pbspro", "FINISHED", "COMPLETED", True),
+    ("local", "FINISHED", "COMPLETED", True),
+])
+def test_each_schedulers_words_translate_to_one_state_and_keep_the_words(scheduler, words,
+                                                                        state, ended):
+    status = SCHEDULERS[scheduler].status(words)
+    assert status.state is JobState(state) and status.ended is ended
+    assert str(status) == words  # what the user sees is the scheduler's own words
