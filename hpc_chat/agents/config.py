@@ -30,8 +30,8 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr, field_validator
 
-from hpc_chat.configfile import StrictModel, load_yaml, resolve_config_path, validate
 from hpc_chat.protocol.request import Sampling
+from hpc_chat.util.configfile import StrictModel, load_yaml, resolve_config_path, validate
 
 
 class CollaborationConfig(StrictModel):

@@ -20,171 +20,67 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import tempfile
 import time
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-MAX_TOKENS = 64
-SYSTEM_AGENT = "config/EnhancedCollaborativeAgent_3.yml"
-
-
-def prompts(n: int) -> list[str]:
-    lines = resources.files("hpc_chat.bench").joinpath("prompts.txt").read_text().splitlines()
-    return [lines[i % len(lines)] for i in range(n)]
-
-
-def median_of(repeats: int, fn: Callable[[], dict[str, float]]) -> dict[str, Any]:
-    """Run ``fn`` ``repeats`` times; the median of each number, and every run kept."""
-    runs = [fn() for _ in range(repeats)]
-    return {**{k: statistics.median(r[k] for r in runs) for k in runs[0]}, "runs": runs}
-
-
-def chat_messages(agent, prompt: str) -> list[dict[str, str]]:
-    """The one request every case sends: the agent's system prompt, then the prompt."""
-    return [{"role": "system", "content": agent.system_prompt},
-            {"role": "user", "content": prompt}]
-
-
-def bench_request(agent, prompt: str, seed: int, max_tokens: int | None = MAX_TOKENS):
-    """The request every case computes: the agent's own sampling, ``max_tokens`` (None: the
-    agent's own, as the real workload has it), a seed."""
-    from hpc_chat.protocol.request import GenRequest
-
-    sampling = {**agent.sampling(), "seed": seed}
-    if max_tokens is not None:
-        sampling["max_tokens"] = max_tokens
-    return GenRequest(messages=chat_messages(agent, prompt), **sampling)
-
-
-def noop(x):
-    """The stubbed task: Parsl's cost with no inference at all."""
-    return x
-
-
-# ----------------------------------------------------------------------------- baselines
-def direct_loop(n: int, threads: int, max_tokens: int | None = MAX_TOKENS) -> dict[str, Any]:
-    """A plain llama-cpp-python loop: what a user would write without hpc_chat."""
-    import llama_cpp
-
-    from hpc_chat.agents.config import AgentConfig
-    from hpc_chat.llm.models import resolve_model
-
-    agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
-    llama = llama_cpp.Llama(model_path=str(resolve_model("default")), n_ctx=2048,
-                            n_threads=threads, n_threads_batch=threads, flash_attn=True,
-                            verbose=False)
-    start = time.perf_counter()
-    lengths = []
-    for i, prompt in enumerate(prompts(n)):
-        req = bench_request(agent, prompt, i, max_tokens)
-        out = llama.create_chat_completion(messages=req.messages, **req.sampling())
-        lengths.append(out["usage"]["completion_tokens"])
-    wall = time.perf_counter() - start
-    tokens = sum(lengths)
-    return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall, "req_s": n / wall,
-            "median_answer_tokens": statistics.median(lengths)}
-
-
-def batched_profile(n: int, threads: int, n_seq: int = 8) -> dict[str, Any]:
-    """The batched engine alone (no Parsl) on the same requests, with its decode profile; and
-    the same engine with one sequence, for the cost of a token decoded alone."""
-    from hpc_chat.agents.config import AgentConfig
-    from hpc_chat.llm.batched import BatchedEngine
-    from hpc_chat.llm.engine import ChatEngine
-    from hpc_chat.llm.models import ModelSpec, resolve_model
-
-    agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
-    engine = ChatEngine(ModelSpec(path=str(resolve_model("default")), n_threads=threads))
-    reqs = [bench_request(agent, p, i) for i, p in enumerate(prompts(n))]
-    out = {}
-    for label, width, batch in (("batched", n_seq, reqs), ("single", 1, reqs[:8])):
-        engine_b = BatchedEngine(engine, width)
-        try:
-            done = engine_b.generate(batch)
-            prof = engine_b.profile.as_dict()
-            prof["n_seq"] = width
-            prof["tok_s"] = sum(c.completion_tokens for c in done) / prof["wall_s"]
-            out[label] = prof
-        finally:
-            engine_b.close()
-    return out
-
-
-def single_stream_generation(threads: int) -> dict[str, float]:
-    """Pure decode speed of one sequence (llama.cpp's own eval counters, prompt excluded)."""
-    import llama_cpp
-
-    from hpc_chat.llm.models import resolve_model
-
-    llama = llama_cpp.Llama(model_path=str(resolve_model("default")), n_ctx=2048,
-                            n_threads=threads, n_threads_batch=threads, flash_attn=True,
-                            verbose=False)
-    llama.create_completion("Once upon a time", max_tokens=128, temperature=0.0)
-    perf = llama_cpp.llama_perf_context(llama.ctx)
-    return {"tok_s": perf.n_eval / (perf.t_eval_ms / 1000.0), "n_eval": perf.n_eval}
-
-
-def copy_bandwidth(size_mb: int = 256) -> dict[str, float]:
-    """Bytes copied per second by numpy (each byte read once and written once)."""
-    import numpy as np
-
-    src = np.ones(size_mb * 1024 * 1024 // 8)
-    dst = np.empty_like(src)
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        np.copyto(dst, src)
-        times.append(time.perf_counter() - t)
-    return {"gb_s": src.nbytes / min(times) / 1e9}
+from hpc_chat.bench.measure import (
+    MAX_TOKENS,
+    SYSTEM_AGENT,
+    TWO_NODE_PROFILE,
+    batched_profile,
+    copy_bandwidth,
+    direct_loop,
+    machine_description,
+    median_of,
+    noop,
+    prompts,
+    single_stream_generation,
+    slurm_up,
+    two_nodes_up,
+)
+from hpc_chat.bench.peers import llama_batched_bench_run, llama_server_run, serve_run
 
 
 # ----------------------------------------------------------------------------- workflow runs
 def write_configs(tmp: Path, workers: int, threads: int, batch: int,
                   site: str = "local") -> tuple[str, str]:
-    """A workflow YAML and a site profile for one configuration."""
+    """A workflow YAML and a site profile for one configuration (built as data, written by
+    ``yaml.safe_dump``: a value never becomes YAML syntax)."""
+    import yaml
+
+    from hpc_chat.sites.registry import load_profile
+
     profile = tmp / f"bench-{Path(site).stem}-{workers}x{threads}.yaml"  # a name, or a path
     cores = len(os.sched_getaffinity(0))
     if site == "local":
-        profile.write_text(f"""name: bench-local
-provider: {{type: LocalProvider, init_blocks: 1, min_blocks: 1, max_blocks: 1}}
-executor:
-  address: 127.0.0.1
-  max_workers_per_node: {workers}
-  cores_per_worker: {cores / workers}
-model: {{n_threads: {threads}}}
-""")
+        data = {"name": "bench-local",
+                "provider": {"type": "LocalProvider", "init_blocks": 1, "min_blocks": 1,
+                             "max_blocks": 1},
+                "executor": {"address": "127.0.0.1", "max_workers_per_node": workers,
+                             "cores_per_worker": cores / workers},
+                "model": {"n_threads": threads}}
     else:
-        from hpc_chat.sites.registry import load_profile
-
-        base = load_profile(site)
-        data = base.model_dump(exclude_none=True)
+        data = load_profile(site).model_dump(exclude_none=True)
         data["name"] = "bench-slurm"
         data["executor"]["max_workers_per_node"] = workers
         data["model"]["n_threads"] = threads
-        import yaml
-        profile.write_text(yaml.safe_dump(data))
+    profile.write_text(yaml.safe_dump(data, sort_keys=False))
     workflow = tmp / f"bench-{workers}x{threads}-b{batch}.yml"
-    workflow.write_text(f"""name: bench
-config:
-  executor: {{type: parsl, max_workers: {workers}, timeout: 300}}
-  agents:
-    - {{name: balanced_agent, config_file: "{SYSTEM_AGENT}"}}
-  data_units: {{conversation_history: {{type: memory}}}}
-  performance: {{batch_size: {batch}, timeout_seconds: 600}}
-  generation: {{max_tokens: {MAX_TOKENS}}}
-""")
+    workflow.write_text(yaml.safe_dump({"name": "bench", "config": {
+        "executor": {"type": "parsl", "max_workers": workers, "timeout": 300},
+        "agents": [{"name": "balanced_agent", "config_file": SYSTEM_AGENT}],
+        "data_units": {"conversation_history": {"type": "memory"}},
+        "performance": {"batch_size": batch, "timeout_seconds": 600},
+        "generation": {"max_tokens": MAX_TOKENS}}}, sort_keys=False))
     return str(workflow), str(profile)
 
 
 async def _workflow_run(workflow: str, profile: str, n: int, workers: int) -> dict[str, Any]:
-    from hpc_chat.workflow import ParslChatWorkflow
+    from hpc_chat.driver.workflow import ParslChatWorkflow
 
     wf = ParslChatWorkflow(site=profile, history_path=None)
     await wf.initialize(workflow)
@@ -269,7 +165,7 @@ def hpc_chat_batch_run(n: int, agent_name: str = "balanced_agent") -> dict[str, 
 
 async def _first_token(wf, repeats: int = 5) -> float:
     """The median time from submitting a request to its first streamed text, warm workers."""
-    from hpc_chat.tokenstream import TokenHub
+    from hpc_chat.driver.token_hub import TokenHub
 
     hub = TokenHub()
     await hub.start("127.0.0.1", ["127.0.0.1"])  # the local site's workers
@@ -291,7 +187,7 @@ async def _first_token(wf, repeats: int = 5) -> float:
 
 def first_token_run(repeats: int = 5) -> dict[str, float]:
     """First streamed token of a request on warm workers (what ``hpc-chat ask`` shows)."""
-    from hpc_chat.workflow import ParslChatWorkflow
+    from hpc_chat.driver.workflow import ParslChatWorkflow
 
     async def go():
         wf = ParslChatWorkflow(history_path=None)
@@ -349,8 +245,8 @@ def real_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str,
 
 def stubbed_tasks(sequential: int = 300, concurrent: int = 2000) -> dict[str, float]:
     """Parsl round trips with a no-op task: per-task latency and tasks/s."""
-    from hpc_chat.executors.base import ExecutorConfig
-    from hpc_chat.executors.parsl import ParslExecutor
+    from hpc_chat.driver.executors.base import ExecutorConfig
+    from hpc_chat.driver.executors.parsl import ParslExecutor
     from hpc_chat.sites.build import get_local_config
 
     async def go():
@@ -376,158 +272,6 @@ def stubbed_tasks(sequential: int = 300, concurrent: int = 2000) -> dict[str, fl
                 "tasks_s": rate}
 
     return asyncio.run(go())
-
-
-# ----------------------------------------------------------------------------- llama-server
-def _clients_run(url: str, headers: dict, n: int, clients: int, body, max_tokens) -> dict:
-    """``n`` bench requests to an OpenAI-compatible ``url``, ``clients`` at a time (threads);
-    ``body(request)`` is the JSON each server takes. The servers' own per-request ``timings``
-    (llama-server has them) are kept as a cross-check of the client's clock."""
-    from hpc_chat.agents.config import AgentConfig
-
-    agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
-
-    def ask(i_prompt):
-        i, prompt = i_prompt
-        request = urllib.request.Request(
-            f"{url}/chat/completions",
-            data=json.dumps(body(bench_request(agent, prompt, i, max_tokens))).encode(),
-            headers={"Content-Type": "application/json", **headers})
-        with urllib.request.urlopen(request, timeout=600) as resp:
-            done = json.load(resp)
-            return done["usage"]["completion_tokens"], done.get("timings") or {}
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        answers = list(pool.map(ask, enumerate(prompts(n))))
-    wall = time.perf_counter() - start
-    tokens = sum(t for t, _ in answers)
-    own = [t.get("predicted_per_second") for _, t in answers if t.get("predicted_per_second")]
-    return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall, "req_s": n / wall,
-            "server_per_request_tok_s": statistics.median(own) if own else 0.0}
-
-
-def serve_run(n: int, clients: int, max_tokens: int | None = None) -> dict[str, float]:
-    """``hpc-chat serve`` (packaged defaults, local site) answering ``n`` requests from
-    ``clients`` concurrent clients, timed from the first request (the server is up and warm,
-    as llama-server is in its row): the same requests as the peers, the agent's system prompt
-    sent in the messages."""
-    import sys
-
-    with tempfile.TemporaryDirectory(prefix="hpc_chat_bench_") as home:
-        env = {**os.environ, "HPC_CHAT_HOME": home}
-        proc = subprocess.Popen([sys.executable, "-m", "hpc_chat", "serve", "--port", "0"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            info = Path(home) / "server" / "server.json"
-            deadline = time.monotonic() + 300
-            while not info.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("hpc-chat serve did not start")
-                time.sleep(0.2)
-            url = json.loads(info.read_text())["url"]
-            key = (Path(home) / "server" / "api-key").read_text().strip()
-            while True:
-                try:
-                    urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=5)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("hpc-chat serve never became ready") from None
-                    time.sleep(0.5)
-            return _clients_run(url, {"Authorization": f"Bearer {key}"}, n, clients,
-                                lambda req: {"model": "balanced_agent",
-                                             "messages": req.messages,
-                                             "temperature": req.temperature,
-                                             "top_p": req.top_p, "seed": req.seed,
-                                             "max_tokens": req.max_tokens}, max_tokens)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=120)
-
-
-def llama_server_run(binary: str, n: int, threads: int, slots: int = 8,
-                     max_tokens: int | None = MAX_TOKENS) -> dict[str, float]:
-    """llama.cpp's own server with parallel slots and continuous batching, as a peer: flash
-    attention on (as in hpc_chat's engines), the same requests ``slots`` at a time."""
-    from hpc_chat.llm.models import resolve_model
-
-    port = 18181
-    proc = subprocess.Popen([binary, "-m", str(resolve_model("default")), "-c",
-                             str(2048 * slots), "-np", str(slots), "-t", str(threads),
-                             "-fa", "on", "--port", str(port), "--host", "127.0.0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        return _clients_run(f"http://127.0.0.1:{port}/v1", {}, n, slots,
-                            lambda req: {"messages": req.messages, **req.sampling()},
-                            max_tokens)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def llama_batched_bench_run(binary: str, prompt_tokens: int, threads: int,
-                            widths: tuple[int, ...] = (1, 8, 16),
-                            generate: int = MAX_TOKENS) -> dict[str, Any]:
-    """llama.cpp's own batched decoding with no Python at all (``llama-batched-bench``): each
-    of B sequences evaluates a prompt of ``prompt_tokens`` and generates 64 tokens."""
-    from hpc_chat.llm.models import resolve_model
-
-    out = subprocess.run(
-        [binary, "-m", str(resolve_model("default")), "-c", str(2048 * max(widths)),
-         "-b", "2048", "-ub", "512", "-npp", str(prompt_tokens), "-ntg", str(generate),
-         "-npl", ",".join(map(str, widths)), "-t", str(threads), "-fa", "on",
-         "--output-format", "jsonl"], capture_output=True, text=True, timeout=900)
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0 or not rows:
-        raise RuntimeError(f"{binary} failed: {out.stderr[-400:]}")
-    return {str(r["pl"]): {"tg_tok_s": r["speed_tg"], "pp_tok_s": r["speed_pp"],
-                           "tok_s": r["pl"] * r["tg"] / r["t"]} for r in rows}
-
-
-def machine_description() -> str:
-    """The CPU model and host the figures were measured on (for the report and the plot)."""
-    import platform
-    import socket
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} (host {socket.gethostname()})"
-
-
-TWO_NODE_PROFILE = Path("tests/fixtures/sites/local-slurm-2n.yaml")  # in an hpc_chat checkout
-
-
-def two_nodes_up() -> bool:
-    """``scripts/local-slurm.sh up --nodes 2`` has run: partition ``multi`` has 2 usable nodes
-    (and this is a checkout, which has the profile)."""
-    if not (shutil.which("sinfo") and TWO_NODE_PROFILE.is_file()):
-        return False
-    out = subprocess.run(["sinfo", "-h", "-N", "-p", "multi", "-o", "%T"], capture_output=True,
-                         text=True)
-    states = out.stdout.split()
-    return out.returncode == 0 and len(states) == 2 and all(  # completing: a job just ended
-        s.startswith(("idle", "mixed", "allocated", "completing")) for s in states)
-
-
-def slurm_up() -> bool:
-    if not shutil.which("sinfo"):
-        return False
-    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True)
-    return out.returncode == 0 and any(s.startswith(("idle", "mixed", "allocated"))
-                                       for s in out.stdout.split())
 
 
 # ----------------------------------------------------------------------------- the suite

@@ -78,7 +78,7 @@ class Session:
                  allocation: bool = False, wait_for_workers: bool = False,
                  endpoint: str | None = None, globus_state: str | None = None,
                  model: str | None = None, agents: list[str] | None = None):
-        from hpc_chat.workflow import ParslChatWorkflow
+        from hpc_chat.driver.workflow import ParslChatWorkflow
 
         self.config, self.quiet, self.wait, self.agents = config, quiet, wait_for_workers, agents
         self.loop = asyncio.new_event_loop()
@@ -100,7 +100,7 @@ class Session:
         return self
 
     def __enter__(self) -> Session:
-        from hpc_chat.startup import follow_workers
+        from hpc_chat.driver.startup import follow_workers
 
         self.check()
         try:
@@ -197,6 +197,6 @@ def generation_options(seed, max_tokens) -> dict[str, Any]:
 @click.option("--debug", is_flag=True, help="Debug logging (hpc_chat, Parsl, llama.cpp).")
 def cli(debug: bool) -> None:
     """Multi-agent chat with local LLMs on HPC allocations, through Parsl."""
-    from hpc_chat.logs import set_debug_mode
+    from hpc_chat.util.logs import set_debug_mode
 
     set_debug_mode(debug)

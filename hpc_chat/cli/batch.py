@@ -24,7 +24,7 @@ from hpc_chat.cli.app import (
     with_common,
 )
 from hpc_chat.cli.output import print_stats, render_result
-from hpc_chat.outputfiles import GROUP_READABLE, PRIVATE
+from hpc_chat.util.outputfiles import GROUP_READABLE, PRIVATE
 
 
 @cli.command()
@@ -68,7 +68,7 @@ def batch(input_path, output, resume, retry_failed, check_only, show, summary_js
     is standard input) into OUTPUT. INPUT and OUTPUT may come from $HPC_CHAT_INPUT and
     $HPC_CHAT_OUTPUT (as in jobs/driver.sh). In an OpenAI file, each line's body.model names
     the agent ('auto': routed). Exit 0 when every line was answered, 1 when some failed."""
-    from hpc_chat.batchfile import read_batch
+    from hpc_chat.batch.input import read_batch
 
     if check_only:
         if not input_path:
@@ -92,7 +92,7 @@ def batch(input_path, output, resume, retry_failed, check_only, show, summary_js
         return
     session = Session(config, site, allocation=allocation, endpoint=endpoint, model=model,
                       agents=names).check()
-    from hpc_chat.batchrun import job_banner
+    from hpc_chat.batch.run import job_banner
 
     banner = job_banner(site, allocation)
     if banner:
@@ -115,7 +115,7 @@ def _report_check(items, input_path) -> None:
 
 def _workers_answer(session, agents, options):
     """Answer a run's prompts with this command's own workers; (perf, Parsl statistics)."""
-    from hpc_chat.batchrun import answer_all
+    from hpc_chat.batch.run import answer_all
 
     def answer(run, show):
         session.workflow.globus_state = run.globus_state()
@@ -134,7 +134,7 @@ def _workers_answer(session, agents, options):
 def _server_answer(target, options):
     """Answer a run's prompts through the server ``target`` (no Parsl statistics here: the
     server's are in ``hpc-chat status --server``)."""
-    from hpc_chat.server.remote_batch import answer_all
+    from hpc_chat.batch.through_server import answer_all
 
     def answer(run, show):
         with _progress(run, show) as (progress, on_result):
@@ -151,7 +151,7 @@ def _server_answer(target, options):
 @contextlib.contextmanager
 def _progress(run, show):
     """The progress bar (or periodic lines) of a run, and what each answer reports to it."""
-    from hpc_chat.progress import BatchProgress
+    from hpc_chat.util.progress import BatchProgress
 
     with BatchProgress(len(run.runnable)) as progress:
         def on_result(item, result):
@@ -163,7 +163,7 @@ def _progress(run, show):
 
 def _run(input_path, output, *, fmt, output_format, resume, retry_failed, show,
          summary_json, endpoint, mode, answer) -> None:
-    from hpc_chat.batchrun import BatchRun, summary
+    from hpc_chat.batch.run import BatchRun, summary
 
     run = BatchRun(input_path, output, fmt=fmt, output_format=output_format, resume=resume,
                    retry_failed=retry_failed, endpoint=endpoint, mode=mode)
@@ -216,7 +216,7 @@ def _run(input_path, output, *, fmt, output_format, resume, retry_failed, show,
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def stats(output, as_json):
     """Statistics of a batch OUTPUT file (the last line of each id counts)."""
-    from hpc_chat.batchfile import stats_from_output
+    from hpc_chat.batch.output import stats_from_output
 
     perf = stats_from_output(output)
     if as_json:
@@ -238,8 +238,8 @@ def replay(output, ident, config, site, model):
     """Answer ID of a batch OUTPUT again from its provenance (the exact messages, sampler
     settings and seed) and say whether the answer and the model file are the same.
     Exit 0 when every agent's answer is identical, 1 when one differs."""
-    from hpc_chat.replay import find_answer
-    from hpc_chat.replay import replay as replay_answer
+    from hpc_chat.batch.replay import find_answer
+    from hpc_chat.batch.replay import replay as replay_answer
 
     recorded = find_answer(output, ident)
     site = site or recorded.get("site")

@@ -126,7 +126,7 @@ def chat(config, site, endpoint, allocation, agents, seed, max_tokens, model, co
 def _show_history(name: str) -> None:
     """A conversation as stored in this user's history (a server of this user on this host
     stores its turns there too)."""
-    from hpc_chat.history import SQLiteHistory
+    from hpc_chat.driver.history import SQLiteHistory
 
     unit = SQLiteHistory()
     loop = asyncio.new_event_loop()
@@ -145,7 +145,7 @@ def _show_history(name: str) -> None:
 def history(action_or_name, name, as_json):
     """List conversations; print the conversation NAME; `history rm NAME` deletes it;
     `history export NAME` prints it as JSON lines (one message a line)."""
-    from hpc_chat.history import SQLiteHistory
+    from hpc_chat.driver.history import SQLiteHistory
 
     if action_or_name in ("rm", "export") and not name:
         raise CliError(f"give the conversation: hpc-chat history {action_or_name} NAME")

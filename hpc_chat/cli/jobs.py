@@ -60,7 +60,8 @@ def submit(input_path, output, site, dry_run, config, agents, seed, model):
 def status(job_id, as_json, server):
     """State of a job from 'hpc-chat submit' (default: the latest) and its progress; with
     --server, the state of a running server."""
-    from hpc_chat.batchfile import answered_ids, read_batch
+    from hpc_chat.batch.input import read_batch
+    from hpc_chat.batch.output import answered_ids
     from hpc_chat.sites.submit import find_job, job_state
 
     if server is not None:
@@ -87,7 +88,7 @@ def status(job_id, as_json, server):
 
 def _server_status(server: str, as_json: bool) -> None:
     from hpc_chat.cli.remote import print_server_status
-    from hpc_chat.server.client import running_server
+    from hpc_chat.client.http import running_server
 
     url = running_server() if server == "auto" else server
     if not url:

@@ -1,6 +1,6 @@
 """Answers shown as they are generated: one live panel per answering agent.
 
-The driver opens a token hub (:mod:`hpc_chat.tokenstream`) and one stream per routed agent;
+The driver opens a token hub (:mod:`hpc_chat.driver.token_hub`) and one stream per routed agent;
 the workers (through the node engine) send each answer's text as it grows, and the panels
 follow it. The result still comes back through Parsl and is printed as always once the
 request ends (the live panels are transient), so a pipe, ``--raw`` and ``--json`` get exactly
@@ -17,9 +17,9 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
+from hpc_chat.driver.token_hub import RESTART, TokenHub
 from hpc_chat.errors import HpcChatError
 from hpc_chat.server.run import stream_addresses
-from hpc_chat.tokenstream import RESTART, TokenHub
 
 REFRESH_PER_S = 12
 

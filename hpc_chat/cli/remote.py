@@ -3,7 +3,7 @@ start-up, as the ``ollama`` CLI talks to its daemon.
 
 A command uses the server named by ``--server URL`` (refused beside an option that asks for
 workers of its own). Otherwise it uses ``$HPC_CHAT_SERVER`` or the user's own server on this
-host (:func:`hpc_chat.server.client.running_server`) when it asks for nothing a server cannot
+host (:func:`hpc_chat.client.http.running_server`) when it asks for nothing a server cannot
 give: no ``--site``, ``--config``, ``--endpoint``, ``--in-allocation`` or ``--model`` (workers
 of its own, elsewhere or of another kind), not several ``--agents`` (a server answers one
 agent, or the routed ``auto``), and not inside a batch job (a job's commands run on the job's
@@ -29,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hpc_chat.cli.app import CliError, console, err_console, option_source
-from hpc_chat.server import client
+from hpc_chat.client import http as client
 
 REFRESH_PER_S = 12
 

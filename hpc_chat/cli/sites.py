@@ -160,7 +160,7 @@ def sites_test(name, n_requests, timeout, model, config):
     """Try a site end to end with the built-in echo model: submit a pilot job through the real
     scheduler and report each stage (submitted, pending, running, workers, answered).
     Exit 0 when every request was answered, 1 when a stage failed."""
-    from hpc_chat.site_check import DEFAULT_MODEL, check_site
+    from hpc_chat.driver.site_check import DEFAULT_MODEL, check_site
 
     def report(stage: str, detail: str) -> None:
         from rich.text import Text

@@ -6,4 +6,4 @@ from hpc_chat.agents.config import (  # noqa: F401
     AgentSettings,
     CollaborationConfig,
 )
-from hpc_chat.configfile import StrictModel  # noqa: F401
+from hpc_chat.util.configfile import StrictModel  # noqa: F401

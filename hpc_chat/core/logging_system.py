@@ -1,3 +1,3 @@
-"""Re-export: logging lives in :mod:`hpc_chat.logs`."""
+"""Re-export: logging lives in :mod:`hpc_chat.util.logs`."""
 
-from hpc_chat.logs import set_debug_mode  # noqa: F401
+from hpc_chat.util.logs import set_debug_mode  # noqa: F401

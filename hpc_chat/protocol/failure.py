@@ -83,3 +83,11 @@ def combined(codes: list[FailureCode]) -> FailureCode:
 def failure_fields(code: FailureCode) -> dict[str, str]:
     """What a failed result says of its failure besides the message: its kind and code."""
     return {"error_kind": code.kind, "error_code": code.value}
+
+
+def status_of(result: dict[str, Any]) -> tuple[int, str, str | None]:
+    """The HTTP status, code and parameter of a request that failed while it was answered
+    (the server's error response, an OpenAI batch error entry): from the code the failure
+    carries, never from its text."""
+    code = code_of(result)
+    return code.status, code.value, code.param

@@ -1,13 +1,13 @@
 """A worker and the driver's token hub: the messages of a streamed answer.
 
-The driver opens a stream (:meth:`hpc_chat.tokenstream.TokenHub.open`) and puts its
+The driver opens a stream (:meth:`hpc_chat.driver.token_hub.TokenHub.open`) and puts its
 :class:`StreamSpec` into the request's task context; the worker connects to one of its
 addresses over TLS pinned to the spec's certificate and sends a :class:`Hello` line. The hub
 answers with one of its two replies, :data:`ACKNOWLEDGED` or :data:`CLOSED` (only those, which
 only the hub can send, stop an answer); the worker then sends JSON lines tagged by ``event``:
 :class:`Text` as the answer grows, :class:`Result` when it is done, and :class:`End`.
 
-Both halves import this module (:mod:`hpc_chat.tokenstream`, :mod:`hpc_chat.worker.stream`).
+Both halves import this module (:mod:`hpc_chat.driver.token_hub`, :mod:`hpc_chat.worker.stream`).
 """
 
 from __future__ import annotations

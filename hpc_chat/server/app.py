@@ -1,10 +1,10 @@
 """The HTTP routes: OpenAI's chat completions and models, plus health, status and metrics.
 
 A chat completion request is checked by the same code as an OpenAI batch line
-(:func:`hpc_chat.openai_batch.parse_request`), so both accept and refuse the same things, then
+(:func:`hpc_chat.openai.batch.parse_request`), so both accept and refuse the same things, then
 answered by the workflow like any other request: routed (model ``auto``) or by the named
 agent, decoded in the workers' batches. ``stream: true`` sends OpenAI's chunks over
-server-sent events as the worker generates them (:mod:`hpc_chat.tokenstream`); a client that
+server-sent events as the worker generates them (:mod:`hpc_chat.driver.token_hub`); a client that
 disconnects stops its answer at the next token. Errors have OpenAI's shape and status.
 """
 
@@ -23,11 +23,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hpc_chat.batchfile import failure_status, provenance_of
-from hpc_chat.openai_batch import CHAT_URL, ROUTED_MODEL, RequestError, parse_request
+from hpc_chat.driver.token_hub import RESTART, Stream
+from hpc_chat.openai.batch import CHAT_URL, ROUTED_MODEL, RequestError, parse_request
+from hpc_chat.protocol.failure import status_of
+from hpc_chat.protocol.result import provenance_of
 from hpc_chat.server.auth import authorized
 from hpc_chat.server.state import ServerState
-from hpc_chat.tokenstream import RESTART, Stream
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ async def complete(state: ServerState, request: Request, body: dict[str, Any]):
     opts = dict(req.options)
     # Every request gets a stream when workers can reach the server: the text as it grows
     # when the client streams, else only the result, which the worker sends as soon as it is
-    # done (not when the last answer of its micro-batch is: hpc_chat.executors.grouping).
+    # done (not when the last answer of its micro-batch is: hpc_chat.driver.executors.grouping).
     channel, spec = state.hub.open(tokens=stream) if state.hub is not None else (None, None)
     if stream and channel is not None and "seed" not in opts:
         # Drawn here, so a retried task (a lost worker) writes the same text again.
@@ -275,7 +276,7 @@ async def _next(channel: Stream, task: asyncio.Task):
 
 def failure(result: dict[str, Any]) -> ApiError:
     """The same status and code as the failure's OpenAI batch error entry."""
-    status, code, param = failure_status(result)
+    status, code, param = status_of(result)
     return ApiError(status, result.get("error") or "the request failed", code=code,
                     param=(param or "").removeprefix("body.") or None,
                     kind="server_error" if status >= 500 else "invalid_request_error")

@@ -11,16 +11,9 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-from pathlib import Path
 
+from hpc_chat.client.files import ENV, key_file
 from hpc_chat.errors import ConfigError
-from hpc_chat.paths import home_subdir
-
-ENV = "HPC_CHAT_API_KEY"
-
-
-def key_file() -> Path:
-    return home_subdir("server") / "api-key"
 
 
 def load_key(*, new: bool = False) -> tuple[str, str]:

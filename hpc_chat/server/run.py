@@ -20,22 +20,18 @@ from pathlib import Path
 
 import uvicorn
 
+from hpc_chat.client.files import server_file
+from hpc_chat.driver.token_hub import TokenHub
 from hpc_chat.errors import ConfigError
-from hpc_chat.paths import home_subdir
-from hpc_chat.rundir import runtime_dir
 from hpc_chat.server.app import create_app
 from hpc_chat.server.connections import BoundedH11Protocol
 from hpc_chat.server.state import ServerState
-from hpc_chat.tokenstream import TokenHub
+from hpc_chat.util.rundir import runtime_dir
 
 log = logging.getLogger(__name__)
 
 CONNECTIONS_OVER_QUEUE = 64  # connections beyond --max-queue: health checks, status, refusals
 KEEP_ALIVE_S = 5  # an idle connection is closed after this
-
-
-def server_file() -> Path:
-    return home_subdir("server") / "server.json"
 
 
 def is_loopback(host: str) -> bool:
@@ -87,7 +83,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def bind_unix() -> socket.socket:
-    """A Unix socket in this user's runtime directory (0700, :mod:`hpc_chat.rundir`), mode
+    """A Unix socket in this user's runtime directory (0700, :mod:`hpc_chat.util.rundir`), mode
     0600: only this user can connect, whatever listens on TCP."""
     path = runtime_dir() / f"serve-{socket.gethostname().split('.')[0][:24]}-{os.getpid()}.sock"
     path.unlink(missing_ok=True)  # a dead server's, with this PID: the directory is ours

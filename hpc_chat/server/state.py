@@ -20,9 +20,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from hpc_chat.driver.startup import run_scheduler
+from hpc_chat.driver.token_hub import TokenHub
 from hpc_chat.sites.schedulers import SCHEDULERS, JobState, JobStatus
-from hpc_chat.startup import run_scheduler
-from hpc_chat.tokenstream import TokenHub
 
 TOKENS_WINDOW_S = 60.0
 STATUS_TTL_S = 3.0

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hpc_chat.paths import hpc_chat_home
 from hpc_chat.protocol.context import SiteModel
 from hpc_chat.sites import schema
+from hpc_chat.util.paths import hpc_chat_home
 
 PROVIDER_FIELDS_NOT_FOR_PARSL = {"type", "launcher", "status_polling_interval"}
 
@@ -220,8 +220,8 @@ def get_hpc_config(partition: str = "compute", nodes: int = 2, *, walltime: str 
     """Pilot jobs on a Slurm cluster: one block of ``nodes`` nodes, workers started by ``srun``
     (the original design's ``get_hpc_config``). The arguments become a site profile, so they
     are validated, and the pilot jobs drain before their walltime, as any profile's do."""
-    from hpc_chat.configfile import validate
     from hpc_chat.errors import ProfileError
+    from hpc_chat.util.configfile import validate
 
     provider = {"type": "SlurmProvider", "partition": partition, "account": account,
                 "nodes_per_block": nodes, "init_blocks": 1, "min_blocks": 0, "max_blocks": 1,

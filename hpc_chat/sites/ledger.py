@@ -31,8 +31,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hpc_chat.paths import home_subdir
 from hpc_chat.sites.schedulers import SCHEDULERS, job_ended
+from hpc_chat.util.paths import home_subdir
 
 log = logging.getLogger(__name__)
 

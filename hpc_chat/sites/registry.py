@@ -13,10 +13,10 @@ import re
 import sys
 from pathlib import Path
 
-from hpc_chat.configfile import PACKAGE_DIR, load_yaml, validate
 from hpc_chat.errors import ProfileError
-from hpc_chat.paths import check_private_dir, home_subdir, hpc_chat_home
 from hpc_chat.sites.schema import SiteProfile
+from hpc_chat.util.configfile import PACKAGE_DIR, load_yaml, validate
+from hpc_chat.util.paths import check_private_dir, home_subdir, hpc_chat_home
 
 SUFFIXES = (".yaml", ".yml")
 
@@ -37,7 +37,7 @@ def search_path() -> list[Path]:
 
 def user_sites_dir() -> Path:
     """``HOME/sites``: its profiles' worker_init lines run as the user, so the home and this
-    directory must be the user's own (:mod:`hpc_chat.paths`)."""
+    directory must be the user's own (:mod:`hpc_chat.util.paths`)."""
     home = hpc_chat_home()
     path = home / "sites"
     if os.path.lexists(path):

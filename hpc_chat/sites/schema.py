@@ -26,9 +26,9 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_validator
 
-from hpc_chat.configfile import StrictModel
 from hpc_chat.protocol.context import ModelDefaults
 from hpc_chat.sites.schedulers import SCHEDULERS
+from hpc_chat.util.configfile import StrictModel
 
 # A value inside a scheduler directive: no whitespace, quotes, newlines, `;`, `$` or backticks.
 # `&` and `|` are allowed because Slurm constraints use them ("gpu&hbm80g") and a directive

@@ -23,9 +23,9 @@ from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from hpc_chat.errors import HpcChatError, ProfileError, SubmitError
-from hpc_chat.paths import home_subdir
 from hpc_chat.sites.schedulers import SCHEDULERS, JobState, JobStatus
 from hpc_chat.sites.schema import SiteProfile
+from hpc_chat.util.paths import home_subdir
 
 log = logging.getLogger(__name__)
 

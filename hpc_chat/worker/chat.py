@@ -19,15 +19,16 @@ from pydantic import ValidationError
 
 from hpc_chat.agents.cache import cache_key, process_cache
 from hpc_chat.agents.config import AgentConfig
-from hpc_chat.configfile import format_validation_error
 from hpc_chat.errors import ConfigError, ModelNotFoundError, PromptTooLongError
 from hpc_chat.llm.models import ModelSpec, model_location
 from hpc_chat.llm.registry import get_batched_engine, get_engine
 from hpc_chat.protocol.context import SiteModel, TaskContext
 from hpc_chat.protocol.failure import failure_code, failure_fields
-from hpc_chat.protocol.request import Completion, GenRequest, Sampling, prompt_too_long
+from hpc_chat.protocol.request import GenRequest, Sampling, prompt_too_long
 from hpc_chat.protocol.stream import StreamSpec
+from hpc_chat.util.configfile import format_validation_error
 from hpc_chat.worker import engine_client
+from hpc_chat.worker.engine_client import Decoded
 from hpc_chat.worker.provenance import job_id, model_file, versions
 from hpc_chat.worker.stream import TokenSender
 
@@ -113,7 +114,7 @@ class Prepared:
     model: str
     key: str
     exact: bool = False  # the caller's own messages: never shortened to fit
-    stream: StreamSpec | None = None  # where to send the text as it grows (tokenstream)
+    stream: StreamSpec | None = None  # where to send the text as it grows (the token hub)
     engine: dict = field(default_factory=dict)  # the site's engine settings (engine_client)
     started: float = field(default_factory=time.time)
 
@@ -210,17 +211,6 @@ def provenance(prep: Prepared, decoded: GenRequest, result: dict) -> dict:
         "batched": result["batched"], "start": result["timings"]["start"],
         "end": result["timings"]["end"],
     }
-
-
-@dataclass
-class Decoded:
-    """One request's completion, the request as decoded (its messages fitted to the context),
-    and the engine that decoded it."""
-
-    completion: Completion
-    request: GenRequest
-    n_threads: int
-    engine: dict | None = None  # the node engine's pid, host and slots; None: this process
 
 
 def fit(count_tokens, n_ctx: int, req: GenRequest, exact: bool) -> GenRequest:

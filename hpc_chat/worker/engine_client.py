@@ -5,7 +5,7 @@ In a Parsl worker, requests do not decode in the worker's own process: they go o
 socket to one engine per model spec on the node (:mod:`hpc_chat.worker.node_engine`), which
 decodes every worker's requests in one continuous batch. The socket lives in a directory only
 this user can open (``$TMPDIR/hpc_chat-UID``, or ``/tmp`` when that path is too long for a Unix
-socket; another user's directory of that name is passed over: :mod:`hpc_chat.rundir`) and
+socket; another user's directory of that name is passed over: :mod:`hpc_chat.util.rundir`) and
 is named after the host and the worker pool's manager (so each pilot job's pool has its own engine,
 which ends with it) and a hash of the model spec, the slots and the GPUs the worker may use
 (so each GPU of a node gets its own engine).
@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
 
@@ -47,7 +48,8 @@ from hpc_chat.protocol.engine import (
     encode,
     read_event,
 )
-from hpc_chat.rundir import runtime_dir
+from hpc_chat.protocol.request import Completion, GenRequest
+from hpc_chat.util.rundir import runtime_dir
 from hpc_chat.worker.stream import TokenSender, streams_tokens
 
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK",
@@ -57,6 +59,17 @@ WAIT_S = 0.2  # a task waits in Python, so Parsl's walltime (AppTimeout) can lan
 ENGINE_SPINCOUNT = 1000  # OpenMP's spins at a barrier before its threads sleep: see start()
 ENGINE_FILES = (".sock", ".lock", ".alive", ".log")
 DEFAULT_SLOTS = 8
+
+
+@dataclass
+class Decoded:
+    """One request's completion, the request as decoded (its messages fitted to the context),
+    and the engine that decoded it."""
+
+    completion: Completion
+    request: GenRequest
+    n_threads: int
+    engine: dict | None = None  # the node engine's pid, host and slots; None: this process
 
 
 class EngineLost(RuntimeError):
@@ -213,8 +226,6 @@ def _close(conn: Connection) -> None:
 
 
 def _one(spec: ModelSpec, slots: int, prep, conns: list, finish: Callable):
-    from hpc_chat.worker.chat import Decoded
-
     sender = None
     tokens = streams_tokens(prep.stream)
     try:

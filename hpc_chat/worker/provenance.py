@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_chat.errors import ConfigError
-from hpc_chat.paths import home_subdir, hpc_chat_home
+from hpc_chat.util.paths import home_subdir, hpc_chat_home
 
 _CHUNK = 8 << 20
 _hashes: dict[tuple[str, int, int], str] = {}

@@ -11,7 +11,7 @@ context window, an empty message) cost the whole budget at once.
 A timeout is retried: a worker that stalled (stopped, swapping, a slow file system) answers on
 its next try. A micro-batch that timed out is not retried as a whole; the driver's batcher
 sends each of its requests again on its own, with its own time limit and retries
-(:mod:`hpc_chat.executors.grouping`).
+(:mod:`hpc_chat.driver.executors.grouping`).
 """
 
 from __future__ import annotations

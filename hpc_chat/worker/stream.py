@@ -1,6 +1,6 @@
 """The worker's side of a streamed answer: send its text to the driver as it grows.
 
-See :mod:`hpc_chat.tokenstream` for the driver's side. The engines call a sender with the
+See :mod:`hpc_chat.driver.token_hub` for the driver's side. The engines call a sender with the
 answer's text so far after each token; it sends what is new, holding back the last few
 characters that could still turn out to be the start of a stop string (they are sent when the
 answer ends, or never, if they were one). It answers False only when the driver has closed
@@ -11,7 +11,7 @@ usual. The driver's addresses are tried in order, a second each; an unreachable 
 remembered for the life of the process, so a batch does not wait for each of its streams.
 
 Each connection is TLS, trusting only the hub's own certificate from the stream's description
-(:mod:`hpc_chat.tls`): an address where something else listens (another user's program on
+(:mod:`hpc_chat.util.tls`): an address where something else listens (another user's program on
 this node's loopback) fails the handshake and the next address is tried, before anything is
 sent. Only after the hub has acknowledged the stream's secret does a closed connection mean
 "stop": a connection the hub refused (at its cap, under a flood) only costs the stream.
@@ -35,7 +35,7 @@ from hpc_chat.protocol.stream import (
     Text,
     line,
 )
-from hpc_chat.tls import client_context
+from hpc_chat.util.tls import client_context
 
 CONNECT_TIMEOUT_S = 1.0
 HELLO_TIMEOUT_S = 5.0

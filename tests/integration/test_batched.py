@@ -7,12 +7,12 @@ import asyncio
 
 import pytest
 
+from hpc_chat.driver.workflow import ParslChatWorkflow
 from hpc_chat.errors import PromptTooLongError
 from hpc_chat.llm.batched import BatchedEngine
 from hpc_chat.llm.models import ModelSpec, resolve_model
 from hpc_chat.llm.registry import get_engine
 from hpc_chat.protocol.request import GenRequest
-from hpc_chat.workflow import ParslChatWorkflow
 
 pytestmark = pytest.mark.model
 

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from hpc_chat.cli import cli
-from hpc_chat.paths import hpc_chat_home
+from hpc_chat.util.paths import hpc_chat_home
 
 pytestmark = [pytest.mark.model, pytest.mark.parsl]
 

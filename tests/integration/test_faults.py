@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hpc_chat.workflow import ParslChatWorkflow
+from hpc_chat.driver.workflow import ParslChatWorkflow
 
 from .procs import parsl_processes, processes_of_home, wait_gone
 from .test_node_engine import _status
@@ -54,8 +54,9 @@ def test_worker_killed_mid_batch_every_request_answered_once(fixtures, tmp_path)
     its in-flight task is lost, retried, and every prompt appears exactly once, answered.
     Each answer takes 2 s (the echo model), so the worker is busy with its next one. The
     node's engine is not the worker's: it goes on serving the other worker and the retry."""
-    from hpc_chat.batchfile import OutputWriter, read_batch
-    from hpc_chat.batchrun import answer_all
+    from hpc_chat.batch.input import read_batch
+    from hpc_chat.batch.output import OutputWriter
+    from hpc_chat.batch.run import answer_all
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"Say something short about the number {i}.\n"

@@ -178,9 +178,10 @@ def test_batch_through_an_endpoint_results_failures_and_stats(fake_sdk, fast, tm
 
 
 def test_resume_fetches_finished_results_instead_of_recomputing(fake_sdk, fast, tmp_path):
-    from hpc_chat.batchfile import OutputWriter, read_batch
-    from hpc_chat.batchrun import answer_all
-    from hpc_chat.workflow import ParslChatWorkflow
+    from hpc_chat.batch.input import read_batch
+    from hpc_chat.batch.output import OutputWriter
+    from hpc_chat.batch.run import answer_all
+    from hpc_chat.driver.workflow import ParslChatWorkflow
 
     prompts = tmp_path / "in.jsonl"
     prompts.write_text("".join(json.dumps({"id": i, "prompt": f"Name a color, {i}."}) + "\n"

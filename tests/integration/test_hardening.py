@@ -159,9 +159,10 @@ def test_a_stalled_worker_has_its_micro_batch_retried_request_by_request(fixture
     and every request is answered exactly once."""
     import asyncio
 
-    from hpc_chat.batchfile import OutputWriter, read_batch
-    from hpc_chat.batchrun import answer_all
-    from hpc_chat.workflow import ParslChatWorkflow
+    from hpc_chat.batch.input import read_batch
+    from hpc_chat.batch.output import OutputWriter
+    from hpc_chat.batch.run import answer_all
+    from hpc_chat.driver.workflow import ParslChatWorkflow
 
     cfg = (fixtures / "workflows" / "fast.yml").read_text()
     cfg = cfg.replace("batch_size: 1 ", "batch_size: 4 ").replace(

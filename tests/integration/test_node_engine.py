@@ -16,6 +16,7 @@ from multiprocessing.connection import Client
 
 import pytest
 
+from hpc_chat.driver.workflow import ParslChatWorkflow
 from hpc_chat.llm.models import ModelSpec
 from hpc_chat.protocol.engine import (
     Done,
@@ -28,15 +29,15 @@ from hpc_chat.protocol.engine import (
     read_event,
 )
 from hpc_chat.protocol.request import GenRequest
-from hpc_chat.workflow import ParslChatWorkflow
 
 from .procs import processes_of_home
 
 
 def _run_batch(fixtures, tmp_path, prompts: list[str], *, model=None, agents=None,
                workflow="batched.yml"):
-    from hpc_chat.batchfile import OutputWriter, read_batch
-    from hpc_chat.batchrun import answer_all
+    from hpc_chat.batch.input import read_batch
+    from hpc_chat.batch.output import OutputWriter
+    from hpc_chat.batch.run import answer_all
 
     path = tmp_path / "prompts.txt"
     path.write_text("".join(p + "\n" for p in prompts))
@@ -313,8 +314,8 @@ def test_an_answer_done_early_is_not_held_for_its_micro_batch(fixtures, tmp_path
     server and the live panels open), each short answer is delivered when the engine finishes
     it (~0.5 s), not when the long one ends (~3 s); the task's own result, later, changes
     nothing. Without a stream the short answers wait for their task."""
+    from hpc_chat.driver.token_hub import TokenHub
     from hpc_chat.server.run import stream_addresses
-    from hpc_chat.tokenstream import TokenHub
 
     async def go():
         wf = ParslChatWorkflow(history_path=str(tmp_path / "h.db"),

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.parsl]
 # The design document's usage, word for word but for the print.
 SCRIPT = textwrap.dedent("""\
     import asyncio
-    from hpc_chat.workflow import ParslChatWorkflow
+    from hpc_chat.driver.workflow import ParslChatWorkflow
 
     async def main():
         workflow = ParslChatWorkflow()
@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent("""\
 # Two workflows in one program: the first one ends normally while the second one answers.
 TWO = textwrap.dedent("""\
     import asyncio
-    from hpc_chat.workflow import ParslChatWorkflow
+    from hpc_chat.driver.workflow import ParslChatWorkflow
 
     async def main():
         first, second = ParslChatWorkflow(), ParslChatWorkflow()

@@ -18,7 +18,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from hpc_chat.server.client import urlopen
+from hpc_chat.client.http import urlopen
 from tests.integration.procs import wait_until_none_of_home
 from tests.integration.test_faults import engine_holds
 

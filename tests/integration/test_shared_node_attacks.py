@@ -197,7 +197,7 @@ class Hub:
         import asyncio
         import threading
 
-        from hpc_chat.tokenstream import TokenHub
+        from hpc_chat.driver.token_hub import TokenHub
 
         self.loop = asyncio.new_event_loop()
         self.errors: list[dict] = []  # what escaped a connection's handler
@@ -265,7 +265,7 @@ def test_a_flood_of_idle_connections_costs_streams_never_answers(attacker, share
     import socket
     import ssl
 
-    from hpc_chat.tokenstream import MAX_UNAUTHENTICATED
+    from hpc_chat.driver.token_hub import MAX_UNAUTHENTICATED
     from hpc_chat.worker.stream import TokenSender
 
     hub = Hub(["127.0.0.2"])
@@ -307,7 +307,7 @@ def test_a_worker_the_hub_refuses_answers_on_and_one_whose_client_left_stops(mon
     without a stream; a stream whose client went away while the request waited for a worker
     stops the answer at its first token (the hub says so: only it can, behind its
     certificate)."""
-    from hpc_chat import tokenstream
+    from hpc_chat.driver import token_hub as tokenstream
     from hpc_chat.worker.stream import TokenSender
 
     hub = Hub(["127.0.0.2"])

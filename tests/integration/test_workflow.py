@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from hpc_chat.workflow import ParslChatWorkflow, create_parsl_chat_workflow
+from hpc_chat.driver.workflow import ParslChatWorkflow, create_parsl_chat_workflow
 
 from .procs import parsl_processes, wait_gone
 
@@ -220,8 +220,8 @@ def test_persistent_history_survives_a_new_workflow(fast_config, tmp_path):
 
 
 def _local():
-    from hpc_chat.executors.base import ExecutorConfig
-    from hpc_chat.executors.local import LocalExecutor
+    from hpc_chat.driver.executors.base import ExecutorConfig
+    from hpc_chat.driver.executors.local import LocalExecutor
 
     return LocalExecutor(ExecutorConfig(executor_type="local", max_workers=1))
 

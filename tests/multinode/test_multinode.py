@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from hpc_chat.workflow import ParslChatWorkflow
+from hpc_chat.driver.workflow import ParslChatWorkflow
 from tests.slurm.conftest import wait_until
 
 from .conftest import HOST, NODE2, PARTITION, kill_node2, node_state, restart_node2, signal_node2

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from hpc_chat.cli import cli
-from hpc_chat.workflow import ParslChatWorkflow
+from hpc_chat.driver.workflow import ParslChatWorkflow
 
 from .conftest import slurm_state, squeue_ids, wait_until
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import parsl.providers.cluster_provider as cluster_provider
 import pytest
 
-from hpc_chat.workflow import ParslChatWorkflow
+from hpc_chat.driver.workflow import ParslChatWorkflow
 
 from .conftest import slurm_state, squeue_ids, wait_until
 

@@ -4,14 +4,8 @@ import json
 
 import pytest
 
-from hpc_chat.batchfile import (
-    OutputWriter,
-    answered_ids,
-    id_key,
-    read_batch,
-    read_output,
-    stats_from_output,
-)
+from hpc_chat.batch.input import id_key, read_batch
+from hpc_chat.batch.output import OutputWriter, answered_ids, read_output, stats_from_output
 from hpc_chat.errors import InputError
 
 
@@ -82,7 +76,7 @@ def test_resume_reads_last_line_per_id_and_skips_partial_lines(tmp_path):
 
 
 def read_batch_item(ident, prompt):
-    from hpc_chat.batchfile import BatchItem
+    from hpc_chat.batch.input import BatchItem
     return BatchItem(ident, prompt, 1, "bad")
 
 

@@ -154,9 +154,9 @@ def test_a_profile_may_name_echo_and_bad_options_name_the_key(tmp_path):
 
 
 def test_workflow_with_echo_keeps_history_and_statistics(fixtures, tmp_path):
-    from hpc_chat.executors.base import ExecutorConfig
-    from hpc_chat.executors.local import LocalExecutor
-    from hpc_chat.workflow import ParslChatWorkflow
+    from hpc_chat.driver.executors.base import ExecutorConfig
+    from hpc_chat.driver.executors.local import LocalExecutor
+    from hpc_chat.driver.workflow import ParslChatWorkflow
 
     async def go():
         wf = ParslChatWorkflow(executor=LocalExecutor(ExecutorConfig(executor_type="local")),
@@ -179,8 +179,8 @@ def test_workflow_with_echo_keeps_history_and_statistics(fixtures, tmp_path):
 
 
 def test_workflow_refuses_a_bad_model_override_before_starting(fixtures, tmp_path):
+    from hpc_chat.driver.workflow import ParslChatWorkflow
     from hpc_chat.errors import ConfigError
-    from hpc_chat.workflow import ParslChatWorkflow
 
     wf = ParslChatWorkflow(history_path=str(tmp_path / "h.db"), model="echo?bogus=1")
     with pytest.raises(ConfigError, match="--model: model 'echo[?]bogus=1'"):

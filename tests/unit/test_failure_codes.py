@@ -1,9 +1,10 @@
 """A failure's HTTP status and OpenAI code come from its code, chosen where it failed, never
 from the text of its error (which may quote a prompt)."""
 
-from hpc_chat.batchfile import failure_status, unknown_model
+from hpc_chat.batch.output import unknown_model
 from hpc_chat.errors import ConfigError, PromptTooLongError
 from hpc_chat.protocol.failure import FailureCode, code_of, combined, failure_code
+from hpc_chat.protocol.failure import status_of as failure_status
 
 
 class Wrapped(Exception):  # as Parsl wraps a worker's exception

@@ -11,7 +11,7 @@ import asyncio
 import pytest
 from parsl.app.errors import AppTimeout
 
-from hpc_chat.executors.grouping import RequestBatcher
+from hpc_chat.driver.executors.grouping import RequestBatcher
 from hpc_chat.worker.tasks import chat_batch_task, chat_task
 
 

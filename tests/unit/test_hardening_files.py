@@ -80,7 +80,7 @@ def test_resume_after_an_edited_input_answers_only_the_new_prompt(tmp_path):
 def test_a_running_drivers_run_directory_is_never_pruned(tmp_path, monkeypatch):
     """The oldest run directory belongs to a driver that still runs (this test process, per
     its run record): pruning skips it."""
-    from hpc_chat.executors.run_ledger import KEEP_RUNS, prepare_run_dir
+    from hpc_chat.driver.executors.run_ledger import KEEP_RUNS, prepare_run_dir
     from hpc_chat.sites.ledger import LedgerEntry
 
     monkeypatch.setenv("HPC_CHAT_HOME", str(tmp_path / "home"))
@@ -130,8 +130,8 @@ def test_the_packaged_workflow_is_used_whatever_the_current_directory_holds(tmp_
                                                                           monkeypatch):
     """An untrusted checkout with its own config/ files: without --config, the packaged
     workflow and the packaged agents are loaded; with --config, the named file is."""
-    from hpc_chat.configfile import PACKAGED_CONFIG_DIR
-    from hpc_chat.workflow_config import load_workflow
+    from hpc_chat.driver.workflow_config import load_workflow
+    from hpc_chat.util.configfile import PACKAGED_CONFIG_DIR
 
     hostile = tmp_path / "checkout"
     (hostile / "config").mkdir(parents=True)
@@ -149,7 +149,7 @@ def test_the_packaged_workflow_is_used_whatever_the_current_directory_holds(tmp_
 
 def test_the_home_is_private_and_a_file_in_its_place_is_one_clear_error(tmp_path,
                                                                         monkeypatch):
-    from hpc_chat.paths import hpc_chat_home
+    from hpc_chat.util.paths import hpc_chat_home
 
     loose = tmp_path / "loose"
     loose.mkdir(mode=0o755)
@@ -175,7 +175,7 @@ def test_a_home_with_a_space_is_refused_before_workers_start(tmp_path):
 
 
 def test_old_run_directories_are_pruned(tmp_path):
-    from hpc_chat.executors.run_ledger import KEEP_RUNS, prepare_run_dir
+    from hpc_chat.driver.executors.run_ledger import KEEP_RUNS, prepare_run_dir
 
     for i in range(KEEP_RUNS + 5):
         (tmp_path / f"{i:03d}").mkdir()
@@ -196,7 +196,8 @@ def test_a_corrupt_jobs_record_is_skipped_with_a_warning(tmp_path):
 
 
 def test_an_answer_that_cannot_be_json_becomes_an_error_line_and_the_batch_goes_on(tmp_path):
-    from hpc_chat.batchfile import BatchItem, OutputWriter
+    from hpc_chat.batch.input import BatchItem
+    from hpc_chat.batch.output import OutputWriter
 
     writer = OutputWriter(tmp_path / "out.jsonl", resume=False)
     bad = writer.write(BatchItem(1, "first", 1), {"ok": True, "response": {1, 2}},
@@ -212,7 +213,8 @@ def test_an_answer_that_cannot_be_json_becomes_an_error_line_and_the_batch_goes_
 
 def test_a_full_disk_is_one_clear_error_naming_what_was_written(tmp_path):
     """/dev/full: every write fails with ENOSPC."""
-    from hpc_chat.batchfile import BatchItem, OutputWriter
+    from hpc_chat.batch.input import BatchItem
+    from hpc_chat.batch.output import OutputWriter
     from hpc_chat.errors import InputError
 
     out = tmp_path / "out.jsonl"
@@ -252,7 +254,7 @@ def test_an_engine_socket_directory_of_another_user_is_passed_over(monkeypatch):
     import shutil
     import tempfile
 
-    from hpc_chat import rundir
+    from hpc_chat.util import rundir
 
     tmp_path = Path(tempfile.mkdtemp(prefix="hcsock", dir="/tmp"))  # short: a socket's path
     monkeypatch.setattr(rundir.tempfile, "gettempdir", lambda: str(tmp_path))
@@ -287,8 +289,8 @@ def test_a_driver_with_an_unencrypted_parsl_executor_refuses_to_start():
     from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
 
+    from hpc_chat.driver.executors.parsl import ParslExecutor
     from hpc_chat.errors import ExecutorError
-    from hpc_chat.executors.parsl import ParslExecutor
     from hpc_chat.sites.build import get_local_config
 
     assert all(ex.encrypted for ex in get_local_config(2).executors)  # what profiles give

@@ -5,8 +5,8 @@ import stat
 
 import pytest
 
+from hpc_chat.driver.history import HistoryConfig, MemoryHistory, SQLiteHistory, bound_turns
 from hpc_chat.errors import HistoryError
-from hpc_chat.history import HistoryConfig, MemoryHistory, SQLiteHistory, bound_turns
 
 
 def test_bound_turns_keeps_recent_pairs_and_token_budget():
@@ -84,7 +84,7 @@ def test_locked_database_is_a_clear_error(tmp_path, run):
 
 WRITER = """
 import asyncio, sys
-from hpc_chat.history import HistoryConfig, SQLiteHistory
+from hpc_chat.driver.history import HistoryConfig, SQLiteHistory
 
 async def main(path, tag):
     unit = SQLiteHistory(HistoryConfig(data_type="sqlite", path=path))

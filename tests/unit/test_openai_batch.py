@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpc_chat.openai_batch import (
+from hpc_chat.openai.batch import (
     ROUTED_MODEL,
     RequestError,
     answer_line,
@@ -111,7 +111,7 @@ def test_the_worker_cache_tells_requests_apart_by_every_sampling_setting():
     """Same prompt and seed, another stop or top_p: another answer, never a cache hit."""
     import yaml
 
-    from hpc_chat.configfile import PACKAGED_CONFIG_DIR
+    from hpc_chat.util.configfile import PACKAGED_CONFIG_DIR
     from hpc_chat.worker.chat import prepare
 
     agent = yaml.safe_load((PACKAGED_CONFIG_DIR / "EnhancedCollaborativeAgent_3.yml")
@@ -129,7 +129,7 @@ def test_the_worker_cache_tells_requests_apart_by_every_sampling_setting():
 def test_an_unseeded_request_gets_a_seed_recorded():
     import yaml
 
-    from hpc_chat.configfile import PACKAGED_CONFIG_DIR
+    from hpc_chat.util.configfile import PACKAGED_CONFIG_DIR
     from hpc_chat.worker.chat import prepare
 
     agent = yaml.safe_load((PACKAGED_CONFIG_DIR / "EnhancedCollaborativeAgent_3.yml")

@@ -162,8 +162,8 @@ def test_log_paths_that_cannot_be_directives_are_refused(tmp_path, monkeypatch):
 
 
 def test_missing_interface_is_a_clear_error(tmp_path):
-    from hpc_chat.workflow import build_parsl_config
-    from hpc_chat.workflow_config import load_workflow
+    from hpc_chat.driver.workflow import build_parsl_config
+    from hpc_chat.driver.workflow_config import load_workflow
 
     path = tmp_path / "iface.yaml"
     path.write_text("name: iface\nprovider: {type: LocalProvider}\n"

@@ -19,7 +19,7 @@ Every line also carries an ``hpc_chat`` object: the input line number, the reque
 fingerprint, the outcome kind and time (what ``--resume`` reads), and the provenance.
 
 This module only turns dicts into dicts; reading files and running requests are
-:mod:`hpc_chat.batchfile` and :mod:`hpc_chat.batchrun`.
+:mod:`hpc_chat.batch.input`, :mod:`hpc_chat.batch.output` and :mod:`hpc_chat.batch.run`.
 """
 
 from __future__ import annotations

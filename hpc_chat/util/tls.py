@@ -1,6 +1,6 @@
 """TLS for channels between hpc_chat's own processes, pinned to a certificate made for one run.
 
-The token hub (:mod:`hpc_chat.tokenstream`) listens on a TCP port that every user of the node
+The token hub (:mod:`hpc_chat.driver.token_hub`) listens on a TCP port that every user of the node
 can reach, and answers cross the cluster's network. So the hub makes a fresh self-signed
 certificate when it starts (an ECDSA P-256 key that never leaves its process, through the
 ``cryptography`` library), and every stream's description carries that certificate to the

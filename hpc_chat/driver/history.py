@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hpc_chat.configfile import load_yaml, resolve_config_path, validate
 from hpc_chat.errors import ConfigError, HistoryError
-from hpc_chat.paths import hpc_chat_home
+from hpc_chat.util.configfile import load_yaml, resolve_config_path, validate
+from hpc_chat.util.paths import hpc_chat_home
 
 # A rough characters-per-token ratio for budgeting history on the driver, which has no
 # tokenizer; the worker trims exactly with the model's tokenizer (worker.chat.fit_to_context).

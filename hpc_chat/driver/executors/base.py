@@ -1,9 +1,10 @@
 """The executor interface: what the workflow needs from wherever chat tasks run.
 
 Like submitit's ``Executor``, the interface is written down once, and each place tasks can run
-implements it: Parsl workers (:mod:`hpc_chat.executors.parsl`), threads in this process
-(:mod:`hpc_chat.executors.local`) and a Globus Compute endpoint
-(:mod:`hpc_chat.globus.executor`). :func:`hpc_chat.executors.factory.make_executor` picks one.
+implements it: Parsl workers (:mod:`hpc_chat.driver.executors.parsl`), threads in this process
+(:mod:`hpc_chat.driver.executors.local`) and a Globus Compute endpoint
+(:mod:`hpc_chat.globus.executor`). :func:`hpc_chat.driver.executors.factory.make_executor`
+picks one.
 """
 
 from __future__ import annotations

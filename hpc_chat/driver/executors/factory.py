@@ -7,10 +7,10 @@ builds (:func:`hpc_chat.sites.build.build_config`, the only Parsl config builder
 
 from __future__ import annotations
 
+from hpc_chat.driver.executors.base import ChatExecutor, ExecutorConfig
+from hpc_chat.driver.workflow_config import LoadedWorkflow, WorkflowSettings
 from hpc_chat.errors import ConfigError
-from hpc_chat.executors.base import ChatExecutor, ExecutorConfig
 from hpc_chat.sites.schema import SiteProfile
-from hpc_chat.workflow_config import LoadedWorkflow, WorkflowSettings
 
 
 def make_executor(loaded: LoadedWorkflow, profile: SiteProfile | None, *,
@@ -26,10 +26,10 @@ def make_executor(loaded: LoadedWorkflow, profile: SiteProfile | None, *,
                             max_workers=settings.executor.max_workers,
                             timeout=settings.executor.timeout)
     if config.executor_type == "local":
-        from hpc_chat.executors.local import LocalExecutor
+        from hpc_chat.driver.executors.local import LocalExecutor
 
         return LocalExecutor(config)
-    from hpc_chat.executors.parsl import ParslExecutor
+    from hpc_chat.driver.executors.parsl import ParslExecutor
     from hpc_chat.worker.retry import make_retry_handler
 
     budget = max((a.config.performance.retry_attempts for a in loaded.agents), default=0)

@@ -13,15 +13,15 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from hpc_chat.agents.config import AgentConfig
-from hpc_chat.configfile import (
+from hpc_chat.driver.history import HistoryConfig
+from hpc_chat.errors import ConfigError
+from hpc_chat.util.configfile import (
     PACKAGED_CONFIG_DIR,
     StrictModel,
     load_yaml,
     resolve_config_path,
     validate,
 )
-from hpc_chat.errors import ConfigError
-from hpc_chat.history import HistoryConfig
 
 DEFAULT_WORKFLOW = "config/ParslChatWorkflow.yml"
 

@@ -4,7 +4,7 @@ Each executor owns its own Parsl ``DataFlowKernel`` (never the global one that `
 manages), so several workflows in one process do not fight over Parsl, and ``shutdown()`` stops
 exactly what ``initialize()`` started: the interchange, the worker pools and the blocks.
 
-It is never silently replaced by local threads (:mod:`hpc_chat.executors.local`): when Parsl
+It is never silently replaced by local threads (:mod:`hpc_chat.driver.executors.local`): when Parsl
 fails to start, the user gets an :class:`ExecutorError`.
 """
 
@@ -18,10 +18,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from hpc_chat.driver.executors.base import ExecutorConfig
+from hpc_chat.driver.executors.futures import pass_outcome
+from hpc_chat.driver.executors.run_ledger import RunLedger, open_ledger, scheduler_of
 from hpc_chat.errors import ExecutorError
-from hpc_chat.executors.base import ExecutorConfig
-from hpc_chat.executors.futures import pass_outcome
-from hpc_chat.executors.run_ledger import RunLedger, open_ledger, scheduler_of
 from hpc_chat.worker.tasks import chat_task
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ SHUTDOWN_TIMEOUT_S = 20.0
 
 
 class ParslExecutor:
-    """Parsl behind an asyncio interface (a :class:`~hpc_chat.executors.base.ChatExecutor`)."""
+    """Parsl behind an asyncio interface (a
+    :class:`~hpc_chat.driver.executors.base.ChatExecutor`)."""
 
     chat_function = staticmethod(chat_task)
     supports_batching = True

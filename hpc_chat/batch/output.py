@@ -1,22 +1,17 @@
-"""Batch input and output: prompts in, one JSON line per prompt out, resumable.
+"""Batch output: one JSON line per prompt, written as soon as it is answered, resumable.
 
-Input is JSONL (``{"id": ..., "prompt": ...}``, ``id`` optional), plain text (one prompt per
-line) or OpenAI batch request lines (:mod:`hpc_chat.openai_batch`), detected per file; ``-`` is
-standard input. Every input line yields exactly one output line, in the native form::
+Every input line yields exactly one output line, in the native form::
 
     {"id", "prompt", "ok", "response", "agents", "latency_s", "completion_tokens",
      "prompt_tokens", "finish_reason", "cached", "error", "error_kind", "error_code",
      "finished_at", "line", "provenance"}
 
 or in OpenAI's batch output form (answers in the output, failures in ``OUT.errors.jsonl``).
-``provenance`` says how the answer was made: the site, and for each agent the model file and
-its sha256, the software versions, the exact messages and sampler settings with the seed, the
-job, host and worker, start and end (see :mod:`hpc_chat.worker.provenance`).
-
-written and flushed as soon as that prompt completes, so a killed run loses nothing finished.
-A line that cannot be used (bad JSON, no prompt, empty, duplicate id, undecodable bytes) becomes
-an ``ok: false`` line and the batch goes on. Lines without an ``id`` get their line number; a
-line too broken to have an id is written with ``"id": null``, and resume knows it by ``line``.
+Each line is written and flushed as soon as its prompt completes, so a killed run loses
+nothing finished. ``provenance`` says how the answer was made: the site, and for each agent
+the model file and its sha256, the software versions, the exact messages and sampler settings
+with the seed, the job, host and worker, start and end (see
+:mod:`hpc_chat.worker.provenance`).
 
 ``error_kind`` says why a line failed: ``input`` (the line itself: malformed, empty, too long
 for the context; final until the line changes) or ``runtime`` (a worker, a timeout, the
@@ -25,7 +20,7 @@ scheduler; worth another try); ``error_code`` says what failed
 ``context_length_exceeded``, ``invalid_request``, ``history_unavailable``,
 ``generation_failed``), and gives an OpenAI error entry its status. Readers
 (``hpc-chat stats``, resume) take the last line of each id; what resume skips is decided
-in :mod:`hpc_chat.batchrun`.
+in :mod:`hpc_chat.batch.run`.
 """
 
 from __future__ import annotations
@@ -33,203 +28,27 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from hpc_chat import openai_batch as oa
+from hpc_chat.batch.input import STDIO, BatchItem, id_key
+from hpc_chat.driver.stats import RequestRecord, summarize
 from hpc_chat.errors import InputError
-from hpc_chat.outputfiles import PRIVATE, open_append, own_link, replace_whole
-from hpc_chat.outputlock import OutputLock
-from hpc_chat.protocol.failure import FailureCode, code_of, failure_fields
-from hpc_chat.stats import RequestRecord, summarize
+from hpc_chat.openai import batch as oa
+from hpc_chat.protocol.failure import FailureCode, failure_fields, status_of
+from hpc_chat.protocol.result import provenance_of
+from hpc_chat.util.outputfiles import PRIVATE, open_append, own_link, replace_whole
+from hpc_chat.util.outputlock import OutputLock
 
 OUTPUT_KEYS = ("id", "prompt", "ok", "response", "agents", "latency_s", "completion_tokens",
                "prompt_tokens", "finish_reason", "cached", "error", "error_kind", "error_code")
-STDIO = "-"
-
-
-@dataclass
-class BatchItem:
-    """One input line: a prompt to answer, or the reason it cannot be answered."""
-
-    id: Any
-    prompt: Any
-    line: int
-    error: str | None = None
-    request: oa.ChatRequest | None = None  # an OpenAI batch line, checked
-    problem: oa.RequestError | None = None  # why that line cannot run: its key and status
-    key: str | None = None  # an OpenAI line's fingerprint: an edited line is another request
-
-    @property
-    def fingerprint(self) -> Any:
-        """What resume compares with the answered request: the prompt, or an OpenAI line's
-        fingerprint."""
-        return self.key if self.key is not None else self.prompt
-
-
-class BatchInput(list):
-    """The items of an input file, and the format they were read in."""
-
-    def __init__(self, items: list[BatchItem], fmt: str):
-        super().__init__(items)
-        self.format = fmt
-
-
-def id_key(value: Any) -> str:
-    """Ids compare by their JSON form, so ``7`` and ``"7"`` stay distinct but stable."""
-    return json.dumps(value, sort_keys=True)
-
-
-def item_key(item: BatchItem) -> str:
-    """What resume matches an input line with: its id, or, for a line too broken to have one
-    (its output line says ``"id": null``), its line number, which no id can clash with."""
-    return id_key(item.id) if item.id is not None else id_key({"line": item.line})
-
-
 def _line_key(obj: dict[str, Any]) -> str | None:
     """:func:`item_key` of the input line an output line (or an OpenAI outcome) answers."""
     if obj.get("id") is None:
         return id_key({"line": obj["line"]}) if isinstance(obj.get("line"), int) else None
     return id_key(obj["id"])
-
-
-def detect_format(path: Path, lines: list[bytes]) -> str:
-    """``openai`` when the first JSON object among the first lines is an OpenAI batch request;
-    else ``jsonl`` for a .jsonl name or a first line starting with ``{``; else ``text``."""
-    first = next((raw for raw in lines if raw.strip()), b"")
-    for raw in [raw for raw in lines[:20] if raw.strip()]:
-        try:
-            obj = json.loads(raw)
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(obj, dict):
-            if oa.is_request_line(obj):
-                return "openai"
-            break
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        return "jsonl"
-    return "jsonl" if first.lstrip().startswith(b"{") else "text"
-
-
-def read_batch(path: str | os.PathLike, fmt: str = "auto") -> BatchInput:
-    """Parse the input file (``-``: standard input); raises :class:`InputError` only when
-    nothing can be read, or when an OpenAI file repeats a ``custom_id`` (the answers could
-    not be told apart: nothing runs)."""
-    if str(path) == STDIO:
-        data, path = sys.stdin.buffer.read(), Path("<stdin>")
-    else:
-        path = Path(path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read the input: {exc.strerror or exc}") from None
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the final newline does not start another line
-    if not lines:
-        raise InputError(f"{path}: the input file is empty: nothing to do")
-    if fmt == "auto":
-        fmt = detect_format(path, lines)
-    items: list[BatchItem] = []
-    seen: dict[str, int] = {}
-    repeated: list[str] = []
-    for number, raw in enumerate(lines, start=1):
-        item = _parse_line(raw.rstrip(b"\r"), number, fmt)
-        key = id_key(item.id)
-        if fmt == "openai" and isinstance(item.id, str):  # a line with a custom_id claims it
-            if key in seen:
-                repeated.append(f"custom_id {item.id!r} is on line {seen[key]} and line "
-                                f"{number}")
-            seen.setdefault(key, number)
-        elif item.error is None:  # a line that cannot run claims no id
-            if key in seen:
-                item.error = (f"line {number}: duplicate id {item.id!r} (first used on line "
-                              f"{seen[key]})")
-            seen.setdefault(key, number)
-        items.append(item)
-    if repeated:
-        more = f" (and {len(repeated) - 10} more)" if len(repeated) > 10 else ""
-        raise InputError(f"{path}: each request needs its own custom_id: "
-                         + "; ".join(repeated[:10]) + more + ". Nothing was run")
-    return BatchInput(items, fmt)
-
-
-def _parse_line(raw: bytes, number: int, fmt: str) -> BatchItem:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return BatchItem(None, None, number, f"line {number}: not UTF-8 text")
-    if "\x00" in text:
-        return BatchItem(None, None, number, f"line {number}: contains NUL bytes (binary data?)")
-    if not text.strip():
-        return BatchItem(None, "", number, f"line {number}: empty line, no prompt")
-    if fmt == "text":
-        return BatchItem(number, text.strip(), number)
-    if fmt == "openai":
-        return _parse_openai(text, number)
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return BatchItem(None, None, number, f"line {number}: invalid JSON: {exc.msg} "
-                                               f"(column {exc.colno})")
-    except (ValueError, RecursionError) as exc:  # a huge number, nesting too deep
-        return BatchItem(None, None, number, f"line {number}: unusable JSON: "
-                                               f"{str(exc)[:120] or type(exc).__name__}")
-    if not isinstance(obj, dict):
-        return BatchItem(None, None, number,
-                         f"line {number}: expected a JSON object with a \"prompt\" key")
-    ident = obj.get("id", number)
-    if not isinstance(ident, (str, int)) or isinstance(ident, bool):
-        return BatchItem(None, obj.get("prompt"), number,
-                         f"line {number}: \"id\" must be a string or an integer")
-    if "prompt" not in obj:
-        return BatchItem(ident, None, number, f"line {number}: missing \"prompt\"")
-    prompt = obj["prompt"]
-    if not isinstance(prompt, str):
-        return BatchItem(ident, prompt, number,
-                         f"line {number}: \"prompt\" must be a string, not "
-                         f"{type(prompt).__name__}")
-    if not prompt.strip():
-        return BatchItem(ident, prompt, number, f"line {number}: empty prompt")
-    try:
-        prompt.encode("utf-8")
-        str(ident).encode("utf-8")
-    except UnicodeEncodeError:
-        return BatchItem(None, None, number, f"line {number}: invalid Unicode (a lone "
-                                               f"surrogate escape such as \\ud800)")
-    return BatchItem(ident, prompt, number)
-
-
-def _parse_openai(text: str, number: int) -> BatchItem:
-    """An OpenAI request line. A line that cannot run keeps its custom_id when it has one, so
-    its error entry can be matched to it."""
-    def bad(message: str, obj: Any = None, problem: oa.RequestError | None = None) -> BatchItem:
-        cid = obj.get("custom_id") if isinstance(obj, dict) else None
-        ident = cid if isinstance(cid, str) and cid else None
-        return BatchItem(ident, None, number, f"line {number}: {message}", problem=problem,
-                         key=oa.fingerprint(obj if obj is not None else text))
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return bad(f"invalid JSON: {exc.msg} (column {exc.colno})")
-    except (ValueError, RecursionError) as exc:
-        return bad(f"unusable JSON: {str(exc)[:120] or type(exc).__name__}")
-    if not isinstance(obj, dict):
-        return bad("expected a JSON object (an OpenAI batch request)")
-    try:
-        json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        req = oa.parse_request(obj)
-    except UnicodeEncodeError:
-        return bad("invalid Unicode (a lone surrogate escape such as \\ud800)", obj)
-    except oa.RequestError as exc:
-        return bad(str(exc), obj, exc)
-    except (RecursionError, ValueError) as exc:  # nested too deep to handle, huge numbers
-        return bad(f"unusable JSON: {str(exc)[:120] or type(exc).__name__}")
-    return BatchItem(req.custom_id, req.prompt, number, request=req, key=req.fingerprint)
 
 
 def errors_path(output: str | os.PathLike) -> Path:
@@ -295,8 +114,8 @@ def failed_result(error: str | None, code: FailureCode,
 
 
 def unknown_model(model: str, known: Iterable[str]) -> dict[str, Any]:
-    """The result of a line whose model is none of ``known`` (:func:`failure_status` reads
-    it as a 404)."""
+    """The result of a line whose model is none of ``known`` (a 404:
+    :func:`hpc_chat.protocol.failure.status_of`)."""
     return failed_result(f"unknown model {model!r}; the models are: {', '.join(known)}",
                          FailureCode.MODEL_NOT_FOUND)
 
@@ -336,7 +155,7 @@ class OutputWriter:
     def __init__(self, path: str | os.PathLike, *, resume: bool, style: str = "native",
                  mode: int = PRIVATE):
         self.written = 0
-        self.mode = mode  # of the files this run creates (:mod:`hpc_chat.outputfiles`)
+        self.mode = mode  # of the files this run creates (:mod:`hpc_chat.util.outputfiles`)
         self.style = style
         self.lines: list[dict[str, Any]] = []  # what this run wrote (native), for its summary
         self._errors: TextIO | None = None
@@ -420,7 +239,7 @@ class OutputWriter:
             return record, self._fh
         problem = item.problem
         status, code, param = (problem.status, problem.code, problem.param) if problem else \
-            failure_status(line)
+            status_of(line)
         custom_id = item.id if isinstance(item.id, str) else None
         record = oa.error_line(custom_id, line["error"] or "failed", line=item.line,
                                kind=line["error_kind"] or "runtime",
@@ -481,14 +300,6 @@ def compact_openai(output: Path, errors: Path) -> None:
         replace_whole(path, b"".join(line + b"\n" for line in lines))
 
 
-def failure_status(line: dict[str, Any]) -> tuple[int, str, str | None]:
-    """The HTTP-like status, code and parameter of a request that failed while it was
-    answered (an OpenAI batch error entry, and the server's error response): from the code
-    the failure carries (:mod:`hpc_chat.protocol.failure`), never from its text."""
-    code = code_of(line)
-    return code.status, code.value, code.param
-
-
 def _ensure_line_start(path: Path, fh: TextIO) -> None:
     """A run killed mid-write may leave a partial last line; start on a fresh line. (Read
     through the open file, not the name: the name may have been swapped since.)"""
@@ -496,21 +307,6 @@ def _ensure_line_start(path: Path, fh: TextIO) -> None:
     if size and os.pread(fh.fileno(), 1, size - 1) != b"\n":
         fh.write("\n")
         fh.flush()
-
-
-def provenance_of(result: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A result's provenance: the site and driver, and each agent's record from its worker
-    (:mod:`hpc_chat.worker.provenance`). None for a line that never ran."""
-    if result and "responses" not in result and "provenance" in result:
-        return result["provenance"]  # an earlier output line, copied to a new line number
-    if not result or not result.get("responses"):
-        return None
-    agents = [{"agent": r.get("agent"), "cached": bool(r.get("cached")),
-               **(r.get("provenance") or {})}
-              for r in result["responses"] if not r.get("error")]
-    version = next((a.get("hpc_chat") for a in agents if a.get("hpc_chat")), None)
-    return {"hpc_chat": version, "site": result.get("site"),
-            "driver_host": socket.gethostname(), "agents": agents}
 
 
 def records_from_lines(lines: Iterable[dict[str, Any]]) -> list[RequestRecord]:

@@ -11,7 +11,7 @@ The items of a micro-batch start together, so its time limit is each request's l
 long), the batch is not retried as a whole: each request is sent again as its own task, with
 its own limit and its own retries, so one slow answer does not fail the others.
 
-A request with a stream of this process (:func:`hpc_chat.tokenstream.on_result`) is resolved
+A request with a stream of this process (:func:`hpc_chat.driver.token_hub.on_result`) is resolved
 by its result as the worker finishes it, not when its micro-batch's last answer ends: a short
 answer is not held behind a long one (a client waiting for it sends its next request sooner).
 """
@@ -22,8 +22,8 @@ import asyncio
 from functools import partial
 from typing import Any
 
-from hpc_chat.executors.futures import pass_outcome
-from hpc_chat.tokenstream import on_result
+from hpc_chat.driver.executors.futures import pass_outcome
+from hpc_chat.driver.token_hub import on_result
 from hpc_chat.worker.retry import is_timeout
 from hpc_chat.worker.tasks import chat_batch_task, chat_task
 

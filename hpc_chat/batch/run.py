@@ -14,22 +14,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hpc_chat.batchfile import (
-    STDIO,
-    BatchItem,
-    OutputWriter,
-    id_key,
-    item_key,
-    read_batch,
-    read_output,
-    records_from_lines,
-    unknown_model,
-)
+from hpc_chat.batch.input import STDIO, BatchItem, id_key, item_key, read_batch
+from hpc_chat.batch.output import OutputWriter, read_output, records_from_lines, unknown_model
+from hpc_chat.driver.startup import follow_workers, run_scheduler
+from hpc_chat.driver.stats import summarize
 from hpc_chat.errors import InputError
-from hpc_chat.openai_batch import ROUTED_MODEL
-from hpc_chat.outputfiles import PRIVATE
-from hpc_chat.startup import follow_workers, run_scheduler
-from hpc_chat.stats import summarize
+from hpc_chat.openai.batch import ROUTED_MODEL
+from hpc_chat.util.outputfiles import PRIVATE
 
 
 class BatchRun:

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hpc_chat.driver.startup import follow_workers
 from hpc_chat.errors import ExecutorError
-from hpc_chat.startup import follow_workers
 
 DEFAULT_MODEL = "echo?tokens=8"
 
@@ -27,7 +27,7 @@ async def check_site(site: str, *, report: Callable[[str, str], None], requests:
                      config: str | None = None) -> bool:
     """Run ``requests`` echo requests on ``site``; ``report(stage, detail)`` is called as each
     stage is reached. True when every request was answered within ``timeout`` seconds."""
-    from hpc_chat.workflow import ParslChatWorkflow
+    from hpc_chat.driver.workflow import ParslChatWorkflow
 
     start = time.monotonic()
     deadline = start + timeout

@@ -1,5 +1,5 @@
 """A batch answered by a running server (``hpc-chat batch --server``): the same input, output,
-resume and summary as a batch with workers of its own (:mod:`hpc_chat.batchrun`), the
+resume and summary as a batch with workers of its own (:mod:`hpc_chat.batch.run`), the
 answers from the server's warm workers.
 
 Each prompt is one ``POST /v1/chat/completions``, ``IN_FLIGHT`` at a time from threads, so the
@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hpc_chat.batchfile import OUTPUT_KEYS, BatchItem, OutputWriter, failed_result, unknown_model
+from hpc_chat.batch.input import BatchItem
+from hpc_chat.batch.output import OUTPUT_KEYS, OutputWriter, failed_result, unknown_model
+from hpc_chat.client import http as client
 from hpc_chat.errors import HpcChatError
-from hpc_chat.openai_batch import ROUTED_MODEL
+from hpc_chat.openai.batch import ROUTED_MODEL
 from hpc_chat.protocol.failure import FailureCode
-from hpc_chat.server import client
 
 IN_FLIGHT = 32  # enough to fill the slots of a few nodes' engines; the server queues the rest
 POLL_S = 0.5

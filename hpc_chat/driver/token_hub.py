@@ -21,7 +21,7 @@ result, not the text as it grows.
 
 The port is open to whoever can reach the address (on a shared compute node, every user of it,
 loopback included). So the channel is TLS pinned to a certificate the hub makes when it starts
-(:mod:`hpc_chat.tls`): the stream's description, which reaches the worker inside its Parsl
+(:mod:`hpc_chat.util.tls`): the stream's description, which reaches the worker inside its Parsl
 task, carries that certificate and a secret of that stream alone. A listener that is not this
 hub cannot finish the handshake, and learns nothing; a connection that does not say a stream's
 secret within a few seconds, in a short first line, is closed. The hub acknowledges a stream's
@@ -53,7 +53,7 @@ from hpc_chat.protocol.stream import (
     read_hello,
     read_message,
 )
-from hpc_chat.tls import server_context
+from hpc_chat.util.tls import server_context
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import concurrent.futures
 from collections.abc import Callable
 from typing import Any
 
+from hpc_chat.driver.executors.base import ExecutorConfig
 from hpc_chat.errors import ExecutorError
-from hpc_chat.executors.base import ExecutorConfig
 from hpc_chat.worker.tasks import chat_task
 
 

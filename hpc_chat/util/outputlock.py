@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from hpc_chat.errors import InputError
-from hpc_chat.outputfiles import open_lock
+from hpc_chat.util.outputfiles import open_lock
 
 
 class OutputLock:

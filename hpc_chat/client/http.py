@@ -27,10 +27,9 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from hpc_chat.client.files import ENV, key_file, server_file
 from hpc_chat.errors import HpcChatError
-from hpc_chat.paths import user_name
-from hpc_chat.server.auth import ENV, key_file
-from hpc_chat.server.run import server_file
+from hpc_chat.util.paths import user_name
 
 TIMEOUT_S = 3600.0
 WAIT_CAP_S = 30.0  # the longest wait between tries while the server is busy or not ready

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from hpc_chat.errors import InputError
-from hpc_chat.paths import user_name
+from hpc_chat.util.paths import user_name
 
 PRIVATE = 0o600
 GROUP_READABLE = 0o640

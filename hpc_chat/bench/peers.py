@@ -1,0 +1,133 @@
+"""Requests sent the way a user's clients send them, to ``hpc-chat serve`` and to llama.cpp's
+own ``llama-server`` (same model file, same requests, same run), and llama.cpp's
+``llama-batched-bench``, the ceiling with no Python at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from hpc_chat.bench.measure import MAX_TOKENS, SYSTEM_AGENT, bench_request, prompts
+
+
+def _clients_run(url: str, headers: dict, n: int, clients: int, body, max_tokens) -> dict:
+    """``n`` bench requests to an OpenAI-compatible ``url``, ``clients`` at a time (threads);
+    ``body(request)`` is the JSON each server takes. The servers' own per-request ``timings``
+    (llama-server has them) are kept as a cross-check of the client's clock."""
+    from hpc_chat.agents.config import AgentConfig
+
+    agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
+
+    def ask(i_prompt):
+        i, prompt = i_prompt
+        request = urllib.request.Request(
+            f"{url}/chat/completions",
+            data=json.dumps(body(bench_request(agent, prompt, i, max_tokens))).encode(),
+            headers={"Content-Type": "application/json", **headers})
+        with urllib.request.urlopen(request, timeout=600) as resp:
+            done = json.load(resp)
+            return done["usage"]["completion_tokens"], done.get("timings") or {}
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        answers = list(pool.map(ask, enumerate(prompts(n))))
+    wall = time.perf_counter() - start
+    tokens = sum(t for t, _ in answers)
+    own = [t.get("predicted_per_second") for _, t in answers if t.get("predicted_per_second")]
+    return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall, "req_s": n / wall,
+            "server_per_request_tok_s": statistics.median(own) if own else 0.0}
+
+
+def serve_run(n: int, clients: int, max_tokens: int | None = None) -> dict[str, float]:
+    """``hpc-chat serve`` (packaged defaults, local site) answering ``n`` requests from
+    ``clients`` concurrent clients, timed from the first request (the server is up and warm,
+    as llama-server is in its row): the same requests as the peers, the agent's system prompt
+    sent in the messages."""
+    import sys
+
+    with tempfile.TemporaryDirectory(prefix="hpc_chat_bench_") as home:
+        env = {**os.environ, "HPC_CHAT_HOME": home}
+        proc = subprocess.Popen([sys.executable, "-m", "hpc_chat", "serve", "--port", "0"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            info = Path(home) / "server" / "server.json"
+            deadline = time.monotonic() + 300
+            while not info.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("hpc-chat serve did not start")
+                time.sleep(0.2)
+            url = json.loads(info.read_text())["url"]
+            key = (Path(home) / "server" / "api-key").read_text().strip()
+            while True:
+                try:
+                    urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=5)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("hpc-chat serve never became ready") from None
+                    time.sleep(0.5)
+            return _clients_run(url, {"Authorization": f"Bearer {key}"}, n, clients,
+                                lambda req: {"model": "balanced_agent",
+                                             "messages": req.messages,
+                                             "temperature": req.temperature,
+                                             "top_p": req.top_p, "seed": req.seed,
+                                             "max_tokens": req.max_tokens}, max_tokens)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+
+
+def llama_server_run(binary: str, n: int, threads: int, slots: int = 8,
+                     max_tokens: int | None = MAX_TOKENS) -> dict[str, float]:
+    """llama.cpp's own server with parallel slots and continuous batching, as a peer: flash
+    attention on (as in hpc_chat's engines), the same requests ``slots`` at a time."""
+    from hpc_chat.llm.models import resolve_model
+
+    port = 18181
+    proc = subprocess.Popen([binary, "-m", str(resolve_model("default")), "-c",
+                             str(2048 * slots), "-np", str(slots), "-t", str(threads),
+                             "-fa", "on", "--port", str(port), "--host", "127.0.0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        return _clients_run(f"http://127.0.0.1:{port}/v1", {}, n, slots,
+                            lambda req: {"messages": req.messages, **req.sampling()},
+                            max_tokens)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def llama_batched_bench_run(binary: str, prompt_tokens: int, threads: int,
+                            widths: tuple[int, ...] = (1, 8, 16),
+                            generate: int = MAX_TOKENS) -> dict[str, Any]:
+    """llama.cpp's own batched decoding with no Python at all (``llama-batched-bench``): each
+    of B sequences evaluates a prompt of ``prompt_tokens`` and generates 64 tokens."""
+    from hpc_chat.llm.models import resolve_model
+
+    out = subprocess.run(
+        [binary, "-m", str(resolve_model("default")), "-c", str(2048 * max(widths)),
+         "-b", "2048", "-ub", "512", "-npp", str(prompt_tokens), "-ntg", str(generate),
+         "-npl", ",".join(map(str, widths)), "-t", str(threads), "-fa", "on",
+         "--output-format", "jsonl"], capture_output=True, text=True, timeout=900)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not rows:
+        raise RuntimeError(f"{binary} failed: {out.stderr[-400:]}")
+    return {str(r["pl"]): {"tg_tok_s": r["speed_tg"], "pp_tok_s": r["speed_pp"],
+                           "tok_s": r["pl"] * r["tg"] / r["t"]} for r in rows}
+
+

@@ -1,0 +1,400 @@
+"""``ParslChatWorkflow``: route, answer in parallel on Parsl workers, aggregate, remember.
+
+The API of the original design, under ``hpc_chat``::
+
+    workflow = ParslChatWorkflow()
+    await workflow.initialize("config/ParslChatWorkflow.yml")
+    print(await workflow.process_user_input("Hello, explain quantum computing"))
+    print(await workflow.get_performance_stats())
+    await workflow.shutdown()
+
+One request becomes one Parsl task per chosen agent (agents answer in parallel, on any worker);
+the driver aggregates the answers, so aggregation costs no extra round trip to a worker.
+Only the driver touches the history database; workers get recent turns by value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from hpc_chat.agents.aggregate import aggregate_responses
+from hpc_chat.agents.cache import ResponseCache, cache_key
+from hpc_chat.agents.collaborative import EnhancedCollaborativeAgent
+from hpc_chat.agents.routing import Route, route
+from hpc_chat.driver.executors.base import ChatExecutor
+from hpc_chat.driver.executors.factory import build_parsl_config, make_executor
+from hpc_chat.driver.executors.grouping import RequestBatcher
+from hpc_chat.driver.history import MemoryHistory, create_history
+from hpc_chat.driver.result import describe_error, request_result
+from hpc_chat.driver.stats import PerformanceStats
+from hpc_chat.driver.workflow_config import LoadedWorkflow, load_workflow
+from hpc_chat.errors import ConfigError, ExecutorError, HistoryError, HpcChatError
+from hpc_chat.llm.models import model_location
+from hpc_chat.protocol.context import SiteModel, TaskContext
+from hpc_chat.protocol.failure import FailureCode, code_of, failure_code, failure_fields
+from hpc_chat.protocol.stream import StreamSpec
+from hpc_chat.sites.build import site_model
+from hpc_chat.sites.registry import load_profile
+from hpc_chat.worker.chat import build_messages, decoded_messages, model_name
+
+HISTORY_FAILED = "the conversation history cannot be used"  # how such an error begins
+
+__all__ = ["ParslChatWorkflow", "build_parsl_config", "create_parsl_chat_workflow",
+           "describe_error"]
+
+
+class ParslChatWorkflow:
+    """The chat workflow on a Parsl executor (local workers or pilot jobs from a site profile).
+
+    Parameters
+    ----------
+    site : str, optional
+        A site profile name or path; overrides the config's ``parsl`` section.
+    executor : ChatExecutor, optional
+        An executor to use instead of building one (it is started if needed, and shut down with
+        the workflow).
+    history_path : str, optional
+        Overrides where the SQLite history lives.
+    allocation : bool
+        Run inside the current batch job: workers start on its nodes with the profile's
+        launcher instead of being submitted as pilot jobs.
+    endpoint : str, optional
+        A Globus Compute endpoint id: tasks run there instead of in Parsl workers.
+    globus_state : str, optional
+        Where a batch keeps its Globus Compute task group, for ``--resume``.
+    model : str, optional
+        A model name, alias or ``.gguf`` path that every agent uses instead of its own
+        (``--model``); ``echo`` is the built-in test model. ``model_label`` names where it
+        came from in error messages.
+    """
+
+    def __init__(self, *, site: str | None = None, executor=None,
+                 history_path: str | None = None, allocation: bool = False,
+                 endpoint: str | None = None, globus_state: str | None = None,
+                 model: str | None = None, model_label: str = "--model"):
+        self.site = site
+        self.model, self.model_label = model, model_label
+        self.endpoint = endpoint
+        self.globus_state = globus_state
+        self.allocation = allocation
+        self.profile = None
+        self.executor: ChatExecutor | None = executor
+        self.history_path = history_path
+        self.loaded: LoadedWorkflow | None = None
+        self.history: MemoryHistory | None = None
+        self.agents: dict[str, EnhancedCollaborativeAgent] = {}
+        self.site_model = SiteModel()
+        self.stats = PerformanceStats()
+        self.cache = ResponseCache()
+        self._pending: set[asyncio.Task] = set()
+        self.batcher = None
+        self._checked: LoadedWorkflow | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+    async def initialize(self, config_path: str | os.PathLike | None = None) -> None:
+        """Load the config and agents, open the history, and start the executor once."""
+        if self.loaded is not None:
+            return
+        await self._start(self._checked or self.check(config_path))
+
+    def check(self, config_path: str | os.PathLike | None = None) -> LoadedWorkflow:
+        """Load and check the config, the agents, the site and every model name, without
+        starting anything: a mistake there costs no worker start-up. Done once."""
+        if self._checked is not None:
+            return self._checked
+        loaded = load_workflow(config_path)
+        settings = loaded.settings
+        remote = bool(self.endpoint) or settings.executor.is_globus
+        if remote and self.site:
+            raise ConfigError("--endpoint and --site exclude each other: with an endpoint the "
+                              "site is wherever the endpoint runs")
+        if remote and not (self.endpoint or settings.executor.endpoint_id):
+            raise ConfigError(f"{loaded.path}: config.executor.endpoint_id: needed with type "
+                              f"{settings.executor.type} (or pass --endpoint)")
+        if not remote and (self.executor is None or self.site):
+            self._load_site(loaded)
+        if self.model:
+            self.site_model = self.site_model.model_copy(update={"override": self.model})
+        for agent in ([] if remote else loaded.agents):  # remote models resolve remotely
+            try:
+                model_location(model_name(agent.config.model_dump(), self.site_model),
+                               self.site_model.aliases)
+            except ConfigError as exc:
+                if self.model:
+                    where = self.model_label  # --model, or $HPC_CHAT_MODEL
+                elif agent.config.model == "default" and self.profile is not None:
+                    where = f"{self.profile.source}: model.model"  # the site chose it
+                else:
+                    where = f"{agent.source}: config.model"
+                raise ConfigError(f"{where}: {exc}") from None
+        self._checked = loaded
+        return loaded
+
+    def check_agents(self, names: list[str] | None) -> None:
+        """Refuse agent names the workflow does not have (before anything starts)."""
+        loaded = self._checked or self.loaded
+        known = [a.name for a in loaded.agents]
+        unknown = [a for a in names or [] if a not in known]
+        if unknown:
+            raise ConfigError(f"unknown agent(s) {', '.join(unknown)}; this workflow has "
+                              f"{', '.join(known)}")
+
+    async def _start(self, loaded: LoadedWorkflow) -> None:
+        settings = loaded.settings
+        history_cfg = loaded.history
+        if self.history_path:
+            history_cfg = history_cfg.model_copy(update={"data_type": "sqlite",
+                                                         "path": self.history_path})
+        history = create_history(history_cfg)
+        await history.initialize()
+        if self.executor is None:
+            self.executor = make_executor(loaded, self.profile, endpoint=self.endpoint,
+                                          allocation=self.allocation,
+                                          globus_state=self.globus_state)
+        try:
+            await asyncio.wait_for(self.executor.initialize(), settings.executor.timeout)
+        except asyncio.TimeoutError:
+            await history.close()
+            raise ExecutorError(f"the executor did not start within executor.timeout="
+                                f"{settings.executor.timeout}s") from None
+        except BaseException:
+            await history.close()
+            raise
+        self.loaded, self.history = loaded, history
+        self.agents = {a.name: EnhancedCollaborativeAgent(a) for a in loaded.agents}
+        perf = settings.performance
+        if perf.batch_size > 1 and self.executor.supports_batching:
+            self.batcher = RequestBatcher(self.executor, perf.batch_size, perf.timeout_seconds)
+
+    def _load_site(self, loaded: LoadedWorkflow) -> None:
+        """The site profile this workflow runs on (``local`` unless one is named)."""
+        name = self.site or loaded.settings.parsl.site or "local"
+        profile = load_profile(name)
+        profile.refuse_placeholders("running on this site")
+        self.profile = profile
+        self.site_model = site_model(profile)
+
+    async def shutdown(self) -> None:
+        """Cancel what is still pending, stop Parsl and its workers, close the history."""
+        if self.batcher is not None:
+            self.batcher.cancel_all()
+        for task in list(self._pending):
+            task.cancel()
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self.executor is not None:
+            await self.executor.shutdown()
+        if self.history is not None:
+            await self.history.close()
+        self.loaded = None
+
+    async def __aenter__(self):
+        await self.initialize()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.shutdown()
+
+    # ----------------------------------------------------------------- requests
+    def _require(self) -> LoadedWorkflow:
+        if self.loaded is None:
+            raise HpcChatError("the workflow is not initialized; call 'await initialize()'")
+        return self.loaded
+
+    def choose_agents(self, text: str, agents: list[str] | None = None) -> list[Route]:
+        """The routes for ``text``: the named agents, or the keyword router's choice."""
+        loaded = self._require()
+        if agents:
+            self.check_agents(agents)
+            return [Route(a, 1.0, ()) for a in agents]
+        routes = route(text, loaded.agents, loaded.default_agent)
+        cap = loaded.settings.routing.max_agents
+        return routes[:cap] if cap else routes
+
+    def submit_request(self, text: str, *, conversation_id: str | None = None,
+                       agents: list[str] | None = None, options: dict[str, Any] | None = None,
+                       request_key: str | None = None,
+                       history: list[dict[str, str]] | None = None,
+                       system_prompt: str | None = None,
+                       stream: dict[str, Any] | None = None,
+                       streams: dict[str, dict[str, Any]] | None = None) -> asyncio.Task:
+        """Start one request; the task resolves to a result dict (never raises for a failed
+        answer: ``ok`` is false and ``error`` says why). Call it from a coroutine; outside
+        one, use ``loop.run_until_complete(workflow.process_request(...))``.
+
+        ``history`` (earlier ``{"role", "content"}`` turns) and ``system_prompt`` give the
+        whole conversation instead of a stored one, as an OpenAI request does: those messages
+        are decoded as given, never shortened to fit the context. ``stream`` (from
+        :meth:`hpc_chat.driver.token_hub.TokenHub.open`) has the worker send the answer's text as
+        it grows, when one agent answers; ``streams`` (agent name -> such a stream) sends each
+        of those agents' answers to its own."""
+        self._require()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise HpcChatError("submit_request/submit_message must be called from a coroutine "
+                               "(inside the event loop); outside one, run "
+                               "process_request(...) in your loop") from None
+        given = None if history is None and system_prompt is None else \
+            {"history": list(history or []), "system_prompt": system_prompt}
+        task = loop.create_task(self._run_request(text, conversation_id, agents, options,
+                                                  request_key, given, stream, streams))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    def submit_message(self, text: str, **kwargs) -> asyncio.Future:
+        """An awaitable that resolves to the reply string (the original design's API)."""
+        task = self.submit_request(text, **kwargs)
+
+        async def reply() -> str:
+            result = await task
+            if not result["ok"]:
+                raise HpcChatError(f"the request failed: {result['error']}")
+            return result["response"]
+
+        return asyncio.ensure_future(reply())
+
+    async def process_request(self, text: str, **kwargs) -> dict[str, Any]:
+        """Answer one request and return the full result dict (see :meth:`submit_request`)."""
+        return await self.submit_request(text, **kwargs)
+
+    async def process_user_input(self, text: str, conversation_id: str | None = None,
+                                 **kwargs) -> str:
+        return await self.submit_message(text, conversation_id=conversation_id, **kwargs)
+
+    async def _run_request(self, text, conversation_id, agent_names, options,
+                           request_key=None, given=None, stream=None,
+                           streams=None) -> dict[str, Any]:
+        loaded = self._require()
+        settings = loaded.settings
+        start = time.time()
+        options = {**settings.generation.model_dump(exclude_none=True), **(options or {})}
+        if not isinstance(text, str) or not text.strip():
+            return self._finish(start, text, None, error="the prompt is empty",
+                                code=FailureCode.INVALID_REQUEST)
+        try:
+            routes = self.choose_agents(text, agent_names)
+        except ConfigError as exc:  # an agent this workflow does not have
+            return self._finish(start, text, None, error=str(exc),
+                                code=FailureCode.MODEL_NOT_FOUND)
+        except HpcChatError as exc:
+            return self._finish(start, text, None, error=str(exc),
+                                code=FailureCode.INVALID_REQUEST)
+        if given is not None:
+            history = given["history"]
+            context = TaskContext(history=history, options=options, model=self.site_model,
+                                  system_prompt=given["system_prompt"], exact=True)
+        else:
+            try:
+                history = await self.history.recent(conversation_id) if conversation_id else []
+            except HistoryError as exc:  # locked by another process, unreadable: this request
+                return self._finish(start, text, None, error=f"{HISTORY_FAILED}: {exc}",
+                                    code=FailureCode.HISTORY_UNAVAILABLE)
+            context = TaskContext(history=history, options=options, model=self.site_model)
+
+        def streamed(agent: str) -> TaskContext:
+            if streams and agent in streams:
+                return context.model_copy(update={"stream": StreamSpec(**streams[agent])})
+            if stream is not None and len(routes) == 1:  # several would interleave in one
+                return context.model_copy(update={"stream": StreamSpec(**stream)})
+            return context
+
+        async def ask(r: Route) -> dict[str, Any]:
+            sent = streamed(r.agent)
+            context = sent.model_dump()  # plain data: it crosses Parsl and Globus Compute
+            agent = self.agents[r.agent].config
+            perf = agent.config.performance
+            system = sent.system_prompt or agent.config.system_prompt
+            key = None
+            if perf.enable_caching:
+                key = cache_key(agent.to_dict(), build_messages(system, text, history),
+                                options.get("seed"), {"site": self.site_model.model_dump(),
+                                                      "options": options})
+                hit = self.cache.get(key, perf.cache_ttl)
+                if hit is not None:
+                    return {**hit, "cached": True, "routing_score": r.score}
+            # A tag names this agent's task of this request, so a Globus Compute batch can
+            # be reattached on --resume; Parsl executors ignore it.
+            tag = f"{request_key}\t{r.agent}" if request_key is not None else None
+            fn = self.executor.chat_function
+            try:
+                if self.batcher is not None:
+                    result = await self.batcher.submit(agent.to_dict(), text, context,
+                                                       perf.retry_attempts)
+                else:
+                    result = await self.executor.submit(
+                        fn, agent.to_dict(), text, context,
+                        walltime=settings.performance.timeout_seconds,
+                        retry_attempts=perf.retry_attempts, tag=tag)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                return {"agent": r.agent, "error": describe_error(exc),
+                        **failure_fields(failure_code(exc))}
+            if result.get("error"):  # this item of a batch failed on its own
+                return {"agent": r.agent, "error": result["error"],
+                        **failure_fields(code_of(result))}
+            if isinstance(result.get("provenance"), dict):  # the worker sent no messages back
+                result = {**result, "provenance": {**result["provenance"], "messages":
+                          decoded_messages(system, text, history,
+                                           result.get("history_turns_used", 0))}}
+            if key is not None and result.get("finish_reason") != "cancelled":
+                self.cache.put(key, result)  # a stopped (partial) answer is never reused
+            return {**result, "routing_score": r.score, "matched": list(r.matched)}
+
+        responses = await asyncio.gather(*(ask(r) for r in routes))
+        combined = aggregate_responses(list(responses))
+        stopped = any(r.get("finish_reason") == "cancelled" for r in combined["responses"])
+        if combined["ok"] and conversation_id and not stopped:
+            try:
+                await self.history.append_turns(conversation_id, [
+                    {"role": "user", "content": text},
+                    {"role": "assistant", "content": combined["content"],
+                     "agent": ",".join(combined["agents"]),
+                     "prompt_tokens": combined["usage"]["prompt_tokens"],
+                     "completion_tokens": combined["usage"]["completion_tokens"]}])
+            except HistoryError as exc:  # a full quota, a lock held too long: say so
+                return self._finish(start, text, None, error=f"{HISTORY_FAILED}: the answer "
+                                    f"was made but not stored: {exc}",
+                                    code=FailureCode.HISTORY_UNAVAILABLE)
+        error = "; ".join(f"{e['agent']}: {e['error']}" for e in combined["errors"]) or None
+        return self._finish(start, text, combined, error=None if combined["ok"] else error,
+                            routes=routes)
+
+    def _finish(self, start: float, text: Any, combined: dict | None, *, error: str | None,
+                routes: list[Route] | None = None,
+                code: FailureCode | None = None) -> dict[str, Any]:
+        result, record = request_result(
+            start, text, combined, error=error, routes=routes, code=code,
+            site=self.profile.name if self.profile is not None else None)
+        self.stats.add(record)
+        return result
+
+    # ----------------------------------------------------------------- statistics
+    async def get_performance_stats(self) -> dict[str, Any]:
+        """Request counts, response times, throughput, tokens/s, cache hits and model loads."""
+        return self.stats.summary()
+
+    async def wait_for_workers(self, minimum: int = 1, timeout: float | None = None) -> int:
+        """Wait until workers are connected (default limit: ``executor.timeout``)."""
+        loaded = self._require()
+        return await self.executor.wait_for_workers(
+            minimum, timeout if timeout is not None else loaded.settings.executor.timeout)
+
+    async def get_parsl_stats(self) -> dict[str, Any]:
+        """Workers, blocks and task counts from the executor."""
+        if self.executor is None:
+            return {"active_workers": 0, "pending_tasks": 0, "completed_tasks": 0}
+        return await asyncio.to_thread(self.executor.stats)
+
+
+async def create_parsl_chat_workflow(config_path: str | os.PathLike | None = None,
+                                     **kwargs) -> ParslChatWorkflow:
+    """Create and initialize a workflow (the original design's helper)."""
+    workflow = ParslChatWorkflow(**kwargs)
+    await workflow.initialize(config_path)
+    return workflow
