@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hpc_chat.protocol.result import Usage
+
 
 def aggregate_responses(responses: list[dict]) -> dict:
     """Combine several agents' answers into one reply, keeping each answer in the metadata.
@@ -18,9 +20,7 @@ def aggregate_responses(responses: list[dict]) -> dict:
         content = good[0]["content"]
     else:
         content = "\n\n".join(f"[{r['agent']}]\n{r['content']}" for r in good)
-    usage = {"prompt_tokens": sum(r.get("usage", {}).get("prompt_tokens", 0) for r in good),
-             "completion_tokens": sum(r.get("usage", {}).get("completion_tokens", 0)
-                                      for r in good)}
+    usage = sum((Usage.of(r.get("usage") or {}) for r in good), Usage()).model_dump()
     return {
         "content": content,
         "ok": bool(good),

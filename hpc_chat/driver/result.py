@@ -17,6 +17,7 @@ from hpc_chat.driver.stats import RequestRecord
 from hpc_chat.errors import HpcChatError
 from hpc_chat.protocol.failure import FailureCode, code_of
 from hpc_chat.protocol.failure import combined as combined_code
+from hpc_chat.protocol.result import FinishReason, Usage
 
 
 def describe_error(exc: BaseException) -> str:
@@ -40,10 +41,10 @@ def request_result(start: float, text: Any, combined: dict | None, *, error: str
         code = combined_code([code_of(r) for r in responses if r.get("error")])
     loads = sum(1 for r in responses
                 if not r.get("error") and r.get("timings", {}).get("model_loaded_now"))
+    usage = Usage.of(combined["usage"]) if combined else Usage()
     record = RequestRecord(
         ok=ok, start=start, end=end,
-        completion_tokens=combined["usage"]["completion_tokens"] if combined else 0,
-        prompt_tokens=combined["usage"]["prompt_tokens"] if combined else 0,
+        completion_tokens=usage.completion_tokens, prompt_tokens=usage.prompt_tokens,
         agents=tuple(combined["agents"]) if combined else (),
         cached=bool(combined and combined["cached"]), model_loads=loads)
     return {
@@ -71,4 +72,5 @@ def finish_reason(responses: list[dict[str, Any]]) -> str:
     """``cancelled`` when an answer was stopped (its client went away), ``length`` when one
     was cut at max_tokens, else ``stop``."""
     reasons = {r.get("finish_reason") for r in responses if not r.get("error")}
-    return next((r for r in ("cancelled", "length") if r in reasons), "stop")
+    return next((r.value for r in (FinishReason.CANCELLED, FinishReason.LENGTH)
+                 if r.value in reasons), FinishReason.STOP.value)

@@ -1,1 +1,2 @@
-"""Globus Compute: run the chat function on a site's endpoint, and write that endpoint's config."""
+"""Globus Compute: the SDK's client, and a site's endpoint config (the executor that runs the
+chat function there is the driver's: :mod:`hpc_chat.driver.executors.globus`)."""

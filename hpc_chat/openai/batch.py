@@ -30,6 +30,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpc_chat.openai.chat import chat_completion
+
 ROUTED_MODEL = "auto"
 CHAT_URL = "/v1/chat/completions"
 USED_PARAMS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature",
@@ -196,34 +198,6 @@ def _is_int(value: Any) -> bool:
 
 def _ids() -> tuple[str, str]:
     return f"batch_req_{uuid.uuid4().hex}", f"req_{uuid.uuid4().hex}"
-
-
-def system_fingerprint(provenance: dict[str, Any] | None) -> str | None:
-    """hpc_chat's version and the model files' sha256 prefixes: equal fingerprints, same
-    software and weights."""
-    if not provenance:
-        return None
-    models = [a["model_sha256"][:12] if a.get("model_sha256") else str(a.get("model"))
-              for a in provenance.get("agents", [])]
-    return f"hpc_chat-{provenance.get('hpc_chat')}-" + "+".join(models)
-
-
-def chat_completion(model: str, result: dict[str, Any], created: float,
-                    provenance: dict[str, Any] | None) -> dict[str, Any]:
-    """A ``chat.completion`` object for an answered request."""
-    prompt, completion = result.get("prompt_tokens") or 0, result.get("completion_tokens") or 0
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
-        "created": int(created), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant",
-                                             "content": result.get("response"),
-                                             "refusal": None},
-                     "logprobs": None, "finish_reason": result.get("finish_reason") or "stop"}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                  "total_tokens": prompt + completion},
-        "system_fingerprint": system_fingerprint(provenance),
-        "hpc_chat": provenance,
-    }
 
 
 def answer_line(custom_id: str, model: str, result: dict[str, Any], *, line: int,

@@ -15,7 +15,6 @@ import json
 import logging
 import random
 import time
-import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,9 +23,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hpc_chat.driver.token_hub import RESTART, Stream
+from hpc_chat.openai import chat as openai_chat
 from hpc_chat.openai.batch import CHAT_URL, ROUTED_MODEL, RequestError, parse_request
 from hpc_chat.protocol.failure import status_of
-from hpc_chat.protocol.result import provenance_of
+from hpc_chat.protocol.result import FinishReason, provenance_of
 from hpc_chat.server.auth import authorized
 from hpc_chat.server.state import ServerState
 
@@ -282,28 +282,15 @@ def failure(result: dict[str, Any]) -> ApiError:
                     kind="server_error" if status >= 500 else "invalid_request_error")
 
 
-def _ids() -> tuple[str, int]:
-    return f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-
-
 def completion_object(model: str, result: dict[str, Any]) -> dict[str, Any]:
-    ident, created = _ids()
-    prompt, completion = result["prompt_tokens"], result["completion_tokens"]
-    return {"id": ident, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant",
-                                                 "content": result["response"],
-                                                 "refusal": None},
-                         "logprobs": None, "finish_reason": result["finish_reason"] or "stop"}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                      "total_tokens": prompt + completion},
-            "system_fingerprint": f"hpc_chat-{_version()}",
-            "hpc_chat": provenance_of(result)}
+    return openai_chat.chat_completion(model, result, time.time(), provenance_of(result),
+                                       fingerprint=_fingerprint())
 
 
-def _version() -> str:
+def _fingerprint() -> str:
     from hpc_chat import __version__
 
-    return __version__
+    return f"hpc_chat-{__version__}"
 
 
 def _event(data: dict[str, Any]) -> str:
@@ -320,13 +307,11 @@ async def stream_events(state: ServerState, model: str, task: asyncio.Task,
     The final result is what counts: text that did not stream (a cache hit, several routed
     agents, a retried task) is sent from it at the end; if the streamed text is not the start
     of the final answer (a retry decoded another way), an error event says so."""
-    ident, created = _ids()
+    ident, created, fingerprint = openai_chat.completion_id(), int(time.time()), _fingerprint()
 
     def chunk(delta: dict, finish: str | None = None, **extra) -> str:
-        return _event({"id": ident, "object": "chat.completion.chunk", "created": created,
-                       "model": model, "system_fingerprint": f"hpc_chat-{_version()}",
-                       "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                    "finish_reason": finish}], **extra})
+        return _event(openai_chat.chunk(ident, created, model, fingerprint, delta, finish,
+                                        **extra))
 
     sent = ""
     try:
@@ -354,13 +339,10 @@ async def stream_events(state: ServerState, model: str, task: asyncio.Task,
                                         "ask again", "server_error", "stream_mismatch"))
             # Who answered and how (an extension field, as on a whole completion): clients
             # that do not know it ignore it; `hpc-chat chat` names the agents from it.
-            yield chunk({}, result["finish_reason"] or "stop", hpc_chat=provenance_of(result))
+            yield chunk({}, result["finish_reason"] or FinishReason.STOP.value,
+                        hpc_chat=provenance_of(result))
             if usage:
-                p, c = result["prompt_tokens"], result["completion_tokens"]
-                yield _event({"id": ident, "object": "chat.completion.chunk",
-                              "created": created, "model": model, "choices": [],
-                              "usage": {"prompt_tokens": p, "completion_tokens": c,
-                                        "total_tokens": p + c}})
+                yield _event(openai_chat.usage_chunk(ident, created, model, result))
         yield "data: [DONE]\n\n"
     finally:  # also when the client went away: its worker stops at the next token
         if channel is not None:

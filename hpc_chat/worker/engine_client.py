@@ -36,18 +36,8 @@ from pathlib import Path
 
 from hpc_chat.errors import PromptTooLongError
 from hpc_chat.llm.models import ModelSpec
+from hpc_chat.protocol import engine as wire
 from hpc_chat.protocol.context import SiteModel
-from hpc_chat.protocol.engine import (
-    Done,
-    Failed,
-    FailKind,
-    Op,
-    Order,
-    Stops,
-    Text,
-    encode,
-    read_event,
-)
 from hpc_chat.protocol.request import Completion, GenRequest
 from hpc_chat.util.rundir import runtime_dir
 from hpc_chat.worker.stream import TokenSender, streams_tokens
@@ -202,10 +192,10 @@ def start(path: Path, spec: ModelSpec, slots: int, *, again: bool = True) -> Non
         time.sleep(START_POLL_S)
 
 
-def _exception(failed: Failed) -> Exception:
-    if failed.kind is FailKind.LOST:
+def _exception(failed: wire.Failed) -> Exception:
+    if failed.kind is wire.FailKind.LOST:
         raise EngineLost(failed.error)  # the engine failed, not the request: retry the task
-    if failed.kind is FailKind.TOO_LONG:
+    if failed.kind is wire.FailKind.TOO_LONG:
         return PromptTooLongError(failed.error)
     return ValueError(failed.error)
 
@@ -232,18 +222,18 @@ def _one(spec: ModelSpec, slots: int, prep, conns: list, finish: Callable):
         conn = connect(spec, slots)
         conns.append(conn)
         with conn:
-            conn.send_bytes(encode(Order(op=Op.DECODE, request=prep.request, exact=prep.exact,
-                                         stream=tokens)))
+            conn.send_bytes(wire.encode(wire.Order(op=wire.Op.DECODE, request=prep.request,
+                                                   exact=prep.exact, stream=tokens)))
             text = ""
             while True:
-                event = read_event(conn.recv_bytes())
-                if isinstance(event, Stops) and prep.stream:
+                event = wire.read_event(conn.recv_bytes())
+                if isinstance(event, wire.Stops) and prep.stream:
                     sender = TokenSender(prep.stream, [*prep.request.stop, *event.stops])
-                elif isinstance(event, Text):
+                elif isinstance(event, wire.Text):
                     text += event.t
                     if sender is not None and not sender(text):  # its client went away
-                        conn.send_bytes(encode(Order(op=Op.CANCEL)))
-                elif isinstance(event, Done):
+                        conn.send_bytes(wire.encode(wire.Order(op=wire.Op.CANCEL)))
+                elif isinstance(event, wire.Done):
                     completion = event.completion
                     result = finish(prep, Decoded(completion, event.request, event.n_threads,
                                                   event.engine.model_dump()))
@@ -252,7 +242,7 @@ def _one(spec: ModelSpec, slots: int, prep, conns: list, finish: Callable):
                     if sender is not None:  # the driver has it now, not at the task's end
                         sender.finish(completion.text, result)
                     return result
-                elif isinstance(event, Failed):
+                elif isinstance(event, wire.Failed):
                     if sender is not None:
                         sender.finish(None)
                     return _exception(event)

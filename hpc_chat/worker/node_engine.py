@@ -36,19 +36,7 @@ from hpc_chat.errors import PromptTooLongError
 from hpc_chat.llm.feed import Feed, Job
 from hpc_chat.llm.models import ModelSpec
 from hpc_chat.llm.registry import get_batched_engine, get_engine
-from hpc_chat.protocol.engine import (
-    Done,
-    EngineInfo,
-    EngineStatus,
-    Failed,
-    FailKind,
-    Op,
-    Order,
-    Stops,
-    Text,
-    encode,
-    read_order,
-)
+from hpc_chat.protocol import engine as wire
 from hpc_chat.protocol.request import Completion
 from hpc_chat.worker.chat import fit
 
@@ -95,11 +83,11 @@ class NodeEngine:
         self.clients: dict[int, int] = {}  # worker pid -> its requests in flight here
         self.served = 0
         self.load_pending = True  # the first answer reports the model load
-        self.info = EngineInfo(pid=os.getpid(), host=socket.gethostname(), slots=slots)
+        self.info = wire.EngineInfo(pid=os.getpid(), host=socket.gethostname(), slots=slots)
 
-    def status(self) -> EngineStatus:
+    def status(self) -> wire.EngineStatus:
         with self.lock:
-            return EngineStatus(**self.info.model_dump(), model=self.spec.path,
+            return wire.EngineStatus(**self.info.model_dump(), model=self.spec.path,
                                 in_flight=sum(self.clients.values()),
                                 clients={str(pid): n for pid, n in self.clients.items()},
                                 waiting=self.feed.waiting(), served=self.served,
@@ -113,35 +101,35 @@ class NodeEngine:
             try:
                 raw = conn.recv_bytes()
                 try:
-                    order = read_order(raw)
-                    if order.op is Op.DECODE and order.request is None:
+                    order = wire.read_order(raw)
+                    if order.op is wire.Op.DECODE and order.request is None:
                         raise ValueError("a decode order without a request")
                 except ValueError as exc:  # its first line only: no prompt text
                     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    return _reply(conn, Failed(error="not a request the engine can decode: "
-                                               f"{first}", kind=FailKind.INPUT))
-                if order.op is Op.STATUS:
+                    return _reply(conn, wire.Failed(error="not a request the engine can decode: "
+                                               f"{first}", kind=wire.FailKind.INPUT))
+                if order.op is wire.Op.STATUS:
                     _reply(conn, self.status())
-                elif order.op is Op.DECODE:
+                elif order.op is wire.Op.DECODE:
                     self._decode(conn, order)
             except (EOFError, OSError, ValueError) as exc:  # its type only: no prompt text
                 log.info("connection dropped (%s)", type(exc).__name__)
 
-    def _decode(self, conn: Connection, order: Order) -> None:
+    def _decode(self, conn: Connection, order: wire.Order) -> None:
         try:
             decoded = fit(self.engine.count_tokens, self.spec.n_ctx, order.request, order.exact)
         except PromptTooLongError as exc:
-            return _reply(conn, Failed(error=str(exc), kind=FailKind.TOO_LONG))
+            return _reply(conn, wire.Failed(error=str(exc), kind=wire.FailKind.TOO_LONG))
         stream = order.stream
         if stream:  # what the engine stops on besides the request's own stop strings
-            _reply(conn, Stops(stops=self.batched.template_stops))
+            _reply(conn, wire.Stops(stops=self.batched.template_stops))
         answer = _Answer()
         job = Job(decoded, answer.finish, answer.grew if stream else None)
         try:
             self.feed.put(job)
         except RuntimeError:  # the decode loop has stopped: this engine is ending
-            return _reply(conn, Failed(error=f"node engine {self.info.pid} has stopped",
-                                       kind=FailKind.LOST))
+            return _reply(conn, wire.Failed(error=f"node engine {self.info.pid} has stopped",
+                                       kind=wire.FailKind.LOST))
         client = _peer_pid(conn)
         with self.lock:
             self.clients[client] = self.clients.get(client, 0) + 1
@@ -162,12 +150,12 @@ class NodeEngine:
             with self.lock:
                 self.served += 1
                 outcome.model_loaded_now, self.load_pending = self.load_pending, False
-            _reply(conn, Done(completion=outcome, request=decoded,
+            _reply(conn, wire.Done(completion=outcome, request=decoded,
                               n_threads=self.engine.n_threads, engine=self.info))
         else:  # too long for the context, or the decode loop failed (the engine ends)
-            kind = FailKind.TOO_LONG if isinstance(outcome, PromptTooLongError) \
-                else FailKind.LOST
-            _reply(conn, Failed(error=f"node engine {self.info.pid}: {outcome}", kind=kind))
+            kind = wire.FailKind.TOO_LONG if isinstance(outcome, PromptTooLongError) \
+                else wire.FailKind.LOST
+            _reply(conn, wire.Failed(error=f"node engine {self.info.pid}: {outcome}", kind=kind))
 
     @staticmethod
     def _follow(conn: Connection, job: Job, answer: _Answer, stream: bool) -> None:
@@ -180,7 +168,7 @@ class NodeEngine:
             text = answer.text
             if stream and answer.outcome is None and len(text) > len(sent) and \
                     text.startswith(sent):  # what is new only
-                _reply(conn, Text(t=text[len(sent):]))
+                _reply(conn, wire.Text(t=text[len(sent):]))
                 sent = text
             if conn.poll(0):
                 conn.recv_bytes()  # EOFError when the client is gone
@@ -188,7 +176,7 @@ class NodeEngine:
 
 
 def _reply(conn: Connection, message) -> None:
-    conn.send_bytes(encode(message))
+    conn.send_bytes(wire.encode(message))
 
 
 def _serve(listener: Listener, node: NodeEngine) -> None:

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 
 from hpc_chat.agents.config import AgentConfig
 from hpc_chat.cli import cli
+from hpc_chat.driver.executors.globus import GlobusComputeExecutor
 from hpc_chat.errors import InputError
 from hpc_chat.globus.client import GlobusAuthError, make_client
-from hpc_chat.globus.executor import GlobusComputeExecutor
 from hpc_chat.worker.remote import remote_chat
 
 pytestmark = pytest.mark.model
@@ -247,7 +247,7 @@ def test_results_are_deserialized_from_json_only():
     from globus_compute_sdk.errors import DeserializationError
     from globus_compute_sdk.serialize import ComputeSerializer, DillCodeSource, DillDataBase64
 
-    from hpc_chat.globus.executor import json_results_serializer
+    from hpc_chat.driver.executors.globus import json_results_serializer
 
     ours = json_results_serializer()
     assert ours.deserialize(ours.serialize({"content": "hi"})) == {"content": "hi"}

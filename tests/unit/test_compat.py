@@ -86,9 +86,9 @@ def test_the_original_designs_examples_run(tmp_path):
 
 def test_every_executor_has_the_interface(tmp_path):
     from hpc_chat.driver.executors.base import ChatExecutor
+    from hpc_chat.driver.executors.globus import GlobusComputeExecutor
     from hpc_chat.driver.executors.local import LocalExecutor
     from hpc_chat.driver.executors.parsl import ParslExecutor
-    from hpc_chat.globus.executor import GlobusComputeExecutor
 
     endpoint = GlobusComputeExecutor("00000000-0000-0000-0000-000000000000",
                                      state_path=tmp_path / "s.json")

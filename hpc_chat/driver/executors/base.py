@@ -3,7 +3,7 @@
 Like submitit's ``Executor``, the interface is written down once, and each place tasks can run
 implements it: Parsl workers (:mod:`hpc_chat.driver.executors.parsl`), threads in this process
 (:mod:`hpc_chat.driver.executors.local`) and a Globus Compute endpoint
-(:mod:`hpc_chat.globus.executor`). :func:`hpc_chat.driver.executors.factory.make_executor`
+(:mod:`hpc_chat.driver.executors.globus`). :func:`hpc_chat.driver.executors.factory.make_executor`
 picks one.
 """
 
@@ -50,6 +50,19 @@ class ChatExecutor(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
     async def shutdown(self) -> None: ...
+
+
+class WithoutBlocks:
+    """The block members of an executor whose tasks run in no blocks that can be followed
+    while they start (threads of this process, a Globus Compute endpoint)."""
+
+    scheduler = None
+
+    def block_output(self, job_id: str) -> list[str]:
+        return []
+
+    def htex(self) -> None:
+        return None
 
 
 class ExecutorConfig(BaseModel):

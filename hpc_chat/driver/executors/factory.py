@@ -18,7 +18,7 @@ def make_executor(loaded: LoadedWorkflow, profile: SiteProfile | None, *,
                   globus_state: str | None = None) -> ChatExecutor:
     settings = loaded.settings
     if endpoint or settings.executor.is_globus:
-        from hpc_chat.globus.executor import GlobusComputeExecutor
+        from hpc_chat.driver.executors.globus import GlobusComputeExecutor
 
         return GlobusComputeExecutor(endpoint or settings.executor.endpoint_id,
                                      state_path=globus_state)

@@ -7,23 +7,16 @@ import concurrent.futures
 from collections.abc import Callable
 from typing import Any
 
-from hpc_chat.driver.executors.base import ExecutorConfig
+from hpc_chat.driver.executors.base import ExecutorConfig, WithoutBlocks
 from hpc_chat.errors import ExecutorError
 from hpc_chat.worker.tasks import chat_task
 
 
-class LocalExecutor:
+class LocalExecutor(WithoutBlocks):
     """Threads in this process; for debugging only (no Parsl, no isolation)."""
 
     chat_function = staticmethod(chat_task)
     supports_batching = True
-    scheduler = None  # no blocks: nothing to follow while it starts
-
-    def block_output(self, job_id: str) -> list[str]:
-        return []
-
-    def htex(self) -> None:
-        return None
 
     def __init__(self, config: ExecutorConfig | None = None):
         self.config = config or ExecutorConfig(executor_type="local")

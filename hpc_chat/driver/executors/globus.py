@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hpc_chat.driver.executors.base import WithoutBlocks
 from hpc_chat.errors import ExecutorError, InputError
 from hpc_chat.worker.remote import remote_chat
 
@@ -54,19 +55,12 @@ def json_results_serializer():
     return JSONResultsOnly(strategy_data=JSONData())
 
 
-class GlobusComputeExecutor:
+class GlobusComputeExecutor(WithoutBlocks):
     """Tasks on a Globus Compute endpoint (a :class:`~hpc_chat.driver.executors.base.ChatExecutor`);
     each request is its own task (no grouping: the endpoint's workers decide)."""
 
     chat_function = staticmethod(remote_chat)
     supports_batching = False
-    scheduler = None  # no blocks: nothing to follow while it starts
-
-    def block_output(self, job_id: str) -> list[str]:
-        return []
-
-    def htex(self) -> None:
-        return None
 
     def __init__(self, endpoint_id: str, *, state_path: str | Path | None = None,
                  client=None, batch_size: int = 128):
@@ -94,7 +88,7 @@ class GlobusComputeExecutor:
 
     # ------------------------------------------------------------------ lifecycle
     async def initialize(self) -> None:
-        if self._gce is not None:
+        if self.started:
             return
         from globus_compute_sdk import Executor
         from globus_compute_sdk.serialize import JSONData

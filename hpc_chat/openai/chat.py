@@ -1,0 +1,63 @@
+"""OpenAI's chat completion JSON, built in one place.
+
+A workflow result becomes a whole ``chat.completion`` (the server's reply to a request, the
+body of an OpenAI batch output line) or, streamed, ``chat.completion.chunk`` events: the
+server and the batch writer both call these, so a field added here reaches every client.
+``hpc_chat`` is our extension field: the answer's provenance (clients that do not know it
+ignore it).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from hpc_chat.protocol.result import FinishReason, Usage
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def system_fingerprint(provenance: dict[str, Any] | None) -> str | None:
+    """hpc_chat's version and the model files' sha256 prefixes: equal fingerprints, same
+    software and weights."""
+    if not provenance:
+        return None
+    models = [a["model_sha256"][:12] if a.get("model_sha256") else str(a.get("model"))
+              for a in provenance.get("agents", [])]
+    return f"hpc_chat-{provenance.get('hpc_chat')}-" + "+".join(models)
+
+
+def chat_completion(model: str, result: dict[str, Any], created: float,
+                    provenance: dict[str, Any] | None, *,
+                    fingerprint: str | None = None) -> dict[str, Any]:
+    """A ``chat.completion`` object for an answered request (``fingerprint``: the
+    ``system_fingerprint``, by default from the provenance's model files)."""
+    return {
+        "id": completion_id(), "object": "chat.completion", "created": int(created),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant",
+                                             "content": result.get("response"),
+                                             "refusal": None},
+                     "logprobs": None,
+                     "finish_reason": result.get("finish_reason") or FinishReason.STOP.value}],
+        "usage": Usage.of(result).openai(),
+        "system_fingerprint": fingerprint or system_fingerprint(provenance),
+        "hpc_chat": provenance,
+    }
+
+
+def chunk(ident: str, created: int, model: str, fingerprint: str, delta: dict[str, Any],
+          finish: str | None = None, **extra) -> dict[str, Any]:
+    """One ``chat.completion.chunk`` of a streamed answer (``extra``: our ``hpc_chat``)."""
+    return {"id": ident, "object": "chat.completion.chunk", "created": created,
+            "model": model, "system_fingerprint": fingerprint,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                         "finish_reason": finish}], **extra}
+
+
+def usage_chunk(ident: str, created: int, model: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The last chunk when the client asked for ``stream_options.include_usage``."""
+    return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [], "usage": Usage.of(result).openai()}
