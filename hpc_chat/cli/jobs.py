@@ -102,12 +102,11 @@ def _server_status(server: str, as_json: bool) -> None:
 def cancel(job_id):
     """Cancel a job from 'hpc-chat submit' (default: the latest). Exit 1 when the job had
     already ended."""
-    from hpc_chat.sites.schedulers import job_ended
     from hpc_chat.sites.submit import cancel_job, find_job, job_state
 
     job = find_job(job_id)
     state = job_state(job)
-    if job_ended(state):
+    if state.ended:
         err_console.print(f"job {job['job_id']} already ended ({state}); nothing to cancel. "
                           f"Answers are in {job['output']}", markup=False, highlight=False)
         sys.exit(1)

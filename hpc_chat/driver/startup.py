@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hpc_chat.errors import ExecutorError
 from hpc_chat.sites.ledger import process_start
-from hpc_chat.sites.schedulers import SCHEDULERS, JobState, JobStatus, job_ended
+from hpc_chat.sites.schedulers import SCHEDULERS, JobState, JobStatus
 from hpc_chat.sites.submit import pilot_state
 
 POLL_S = 1.0
@@ -58,7 +58,7 @@ async def follow_workers(wf, report: Report, *, timeout: float,
             if state != last_state:
                 report("scheduler", f"job {job_id} {state}")
                 last_state = state
-            if job_ended(state):
+            if state.ended:
                 what = f"pilot job {job_id} ended ({state})" if scheduler != "local" else \
                     f"worker pool (pid {job_id}) exited"
                 raise ExecutorError(f"the {what} before any worker connected"

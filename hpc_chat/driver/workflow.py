@@ -308,10 +308,11 @@ class ParslChatWorkflow:
             context = sent.model_dump()  # plain data: it crosses Parsl and Globus Compute
             agent = self.agents[r.agent].config
             perf = agent.config.performance
-            system = sent.system_prompt or agent.config.system_prompt
+            messages = build_messages(sent.system_prompt or agent.config.system_prompt, text,
+                                      history)
             key = None
             if perf.enable_caching:
-                key = cache_key(agent.to_dict(), build_messages(system, text, history),
+                key = cache_key(agent.to_dict(), messages,
                                 options.get("seed"), {"site": self.site_model.model_dump(),
                                                       "options": options})
                 hit = self.cache.get(key, perf.cache_ttl)
@@ -340,8 +341,7 @@ class ParslChatWorkflow:
                         **failure_fields(code_of(result))}
             if isinstance(result.get("provenance"), dict):  # the worker sent no messages back
                 result = {**result, "provenance": {**result["provenance"], "messages":
-                          decoded_messages(system, text, history,
-                                           result.get("history_turns_used", 0))}}
+                          decoded_messages(messages, result.get("history_turns_used", 0))}}
             if key is not None and result.get("finish_reason") != "cancelled":
                 self.cache.put(key, result)  # a stopped (partial) answer is never reused
             return {**result, "routing_score": r.score, "matched": list(r.matched)}

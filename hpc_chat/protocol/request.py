@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from hpc_chat.errors import PromptTooLongError
+from hpc_chat.protocol.result import Usage
 
 
 class Sampling(BaseModel):
@@ -68,7 +69,8 @@ class Completion:
         return self.completion_tokens / self.generation_s if self.generation_s > 0 else 0.0
 
     def usage(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        return Usage(prompt_tokens=self.prompt_tokens,
+                     completion_tokens=self.completion_tokens).model_dump()
 
     def timings(self) -> dict[str, Any]:
         return {"model_load_s": self.model_load_s, "model_loaded_now": self.model_loaded_now,

@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hpc_chat.sites.schedulers import SCHEDULERS, job_ended
+from hpc_chat.sites.schedulers import SCHEDULERS
 from hpc_chat.util.paths import home_subdir
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class LedgerEntry:
         if self.driver_job and self.driver_scheduler in SCHEDULERS:
             from hpc_chat.sites.submit import pilot_state
 
-            if job_ended(pilot_state(self.driver_scheduler, self.driver_job)):
+            if pilot_state(self.driver_scheduler, self.driver_job).ended:
                 return False
         return None
 
@@ -201,7 +201,7 @@ class LedgerEntry:
         # A non-zero answer also comes for jobs that had ended already: ask about each.
         from hpc_chat.sites.submit import pilot_state
 
-        alive = {i: s for i in ids if not job_ended(s := pilot_state(self.scheduler, i))}
+        alive = {i: s for i in ids if not (s := pilot_state(self.scheduler, i)).ended}
         if not alive:
             done.append(f"pilot jobs {', '.join(ids)} had ended")
             return done, True

@@ -103,10 +103,6 @@ PBS_WORDS = {
 LOCAL_WORDS = {"RUNNING": _S.RUNNING, "FINISHED": _S.COMPLETED}  # a worker pool's process
 
 
-def job_ended(status: JobStatus) -> bool:
-    return status.ended
-
-
 @dataclass(frozen=True)
 class Scheduler:
     name: str

@@ -47,15 +47,15 @@ def build_messages(system_prompt: str, message: str,
     return msgs
 
 
-def decoded_messages(system_prompt: str, message: str, history: list[dict[str, str]] | None,
+def decoded_messages(msgs: list[dict[str, str]],
                      history_turns_used: int) -> list[dict[str, str]]:
-    """The messages a worker decoded, rebuilt by the driver that sent them.
+    """The messages a worker decoded, rebuilt by the driver from those it sent
+    (:func:`build_messages`).
 
     A result carries no copy of the conversation (it crosses Parsl's channel, Globus Compute's
     cloud and the nodes' logs), only how many of the newest history turns fitted the context
     (:func:`fit_to_context` drops the oldest); the driver puts the messages back into the
     provenance from what it sent."""
-    msgs = build_messages(system_prompt, message, history)
     turns = msgs[1:-1]
     return [msgs[0], *turns[len(turns) - history_turns_used:], msgs[-1]]
 

@@ -19,15 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 from hpc_chat.errors import ConfigError, PromptTooLongError
-from hpc_chat.protocol.failure import failure_code
 
 NOT_RETRYABLE = (ConfigError, PromptTooLongError, ValueError, TypeError)
-
-
-def error_kind(exc: BaseException) -> str:
-    """``input`` when the request itself cannot be answered (empty, too long for the context):
-    final until the request changes; ``runtime`` for anything a later try may get past."""
-    return failure_code(exc).kind
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -7,7 +7,7 @@ from hpc_chat.errors import PromptTooLongError
 from hpc_chat.llm import registry
 from hpc_chat.llm.models import ModelSpec, resolve_model
 from hpc_chat.llm.registry import get_engine
-from hpc_chat.worker.chat import decoded_messages, process_chat_message
+from hpc_chat.worker.chat import build_messages, decoded_messages, process_chat_message
 
 pytestmark = pytest.mark.model
 
@@ -120,7 +120,8 @@ def test_oldest_history_is_dropped_to_fit():
     out = process_chat_message(agent, "And now?", {"history": history,
                                                    "options": {"seed": 1, "max_tokens": 8}})
     assert 0 < out["history_turns_used"] < len(history)
-    rebuilt = decoded_messages("sys", "And now?", history, out["history_turns_used"])
+    rebuilt = decoded_messages(build_messages("sys", "And now?", history),
+                               out["history_turns_used"])
     assert rebuilt[1:-1] == history[len(history) - out["history_turns_used"]:]
     assert rebuilt[0]["content"] == "sys" and rebuilt[-1]["content"] == "And now?"
 
