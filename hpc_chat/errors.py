@@ -28,6 +28,15 @@ class PromptTooLongError(HpcChatError):
     """
 
 
+class FormatError(HpcChatError, ValueError):
+    """A ``response_format`` or ``grammar`` that cannot be enforced (refused before anything
+    is decoded); ``param`` names the request key at fault."""
+
+    def __init__(self, message: str, *, param: str = "response_format"):
+        super().__init__(message)
+        self.param = param
+
+
 class GenerationError(HpcChatError):
     """llama.cpp failed while generating (not a user mistake; may succeed on retry)."""
 

@@ -28,9 +28,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from hpc_chat.errors import FormatError
+from hpc_chat.protocol.output_format import ResponseFormat
 from hpc_chat.protocol.request import Sampling
+from hpc_chat.structured.compile import output_format
 from hpc_chat.util.configfile import StrictModel, load_yaml, resolve_config_path, validate
 
 
@@ -65,6 +68,27 @@ class AgentSettings(Sampling):
     n_gpu_layers: int | None = Field(None, ge=-1)
     collaboration: CollaborationConfig = Field(default_factory=CollaborationConfig)
     performance: AgentPerformanceConfig = Field(default_factory=AgentPerformanceConfig)
+    # The format of every answer (an extractor agent), as OpenAI's response_format, or a raw
+    # GBNF grammar; a request's own response_format or grammar replaces it.
+    response_format: ResponseFormat | None = None
+    grammar: str | None = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _format_enforceable(cls, value: ResponseFormat | None) -> ResponseFormat | None:
+        try:  # a schema keyword the grammar would not enforce is refused at load
+            output_format(value)
+        except FormatError as exc:
+            raise ValueError(str(exc).removeprefix("response_format.")) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_format(self) -> AgentSettings:
+        if self.grammar is not None and self.response_format is not None:
+            raise ValueError("give either response_format or grammar, not both")
+        if self.grammar is not None and not self.grammar.strip():
+            raise ValueError("grammar is empty")
+        return self
 
     @field_validator("system_prompt")
     @classmethod

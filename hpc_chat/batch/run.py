@@ -20,6 +20,7 @@ from hpc_chat.driver.startup import follow_workers, run_scheduler
 from hpc_chat.driver.stats import summarize
 from hpc_chat.errors import InputError
 from hpc_chat.openai.batch import ROUTED_MODEL
+from hpc_chat.structured.compile import line_over_run
 from hpc_chat.util.outputfiles import PRIVATE
 
 
@@ -137,7 +138,7 @@ async def answer_all(workflow, items: list[BatchItem], writer: OutputWriter, *, 
         if req.agents and req.agents[0] not in workflow.agents:
             return item, unknown_model(req.model, [*sorted(workflow.agents), ROUTED_MODEL])
         return item, await workflow.submit_request(
-            req.prompt, agents=req.agents, options={**(options or {}), **req.options},
+            req.prompt, agents=req.agents, options=line_over_run(options or {}, req.options),
             request_key=id_key(item.id), history=req.history, system_prompt=req.system)
 
     status = on_status or (lambda text: None)

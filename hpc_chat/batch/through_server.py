@@ -26,6 +26,7 @@ from hpc_chat.client import http as client
 from hpc_chat.errors import HpcChatError
 from hpc_chat.openai.batch import ROUTED_MODEL
 from hpc_chat.protocol.failure import FailureCode
+from hpc_chat.structured.compile import line_over_run
 
 IN_FLIGHT = 32  # enough to fill the slots of a few nodes' engines; the server queues the rest
 POLL_S = 0.5
@@ -124,7 +125,7 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
         # The line's own body, as the server would take it from any client (its ``user`` is
         # the end user's id, never a stored conversation); each line is a request of its
         # own, as with the batch's own workers: no stream.
-        body = {**options, **item.request.body, "stream": False}
+        body = {**line_over_run(options, item.request.body), "stream": False}
         body.pop("stream_options", None)
     else:
         model = agent or ROUTED_MODEL

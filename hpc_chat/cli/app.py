@@ -183,13 +183,49 @@ def with_common(fn):
     return fn
 
 
-def generation_options(seed, max_tokens) -> dict[str, Any]:
+def generation_options(seed, max_tokens, schema: str | None = None) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     if seed is not None:
         opts["seed"] = seed
     if max_tokens is not None:
         opts["max_tokens"] = max_tokens
+    if schema is not None:
+        opts["response_format"] = schema_format(schema)
     return opts
+
+
+schema_option = click.option(
+    "--schema", default=None, metavar="FILE",
+    help="Every answer is JSON fitting this JSON Schema (a .json or .yaml file), enforced "
+         "while it is decoded; a keyword the grammar cannot enforce is refused up front.")
+
+
+def schema_format(path: str) -> dict[str, Any]:
+    """``--schema FILE`` as OpenAI's ``response_format``, checked now: an error names the file
+    and the keyword at fault."""
+    import json
+    import re
+    from pathlib import Path
+
+    from hpc_chat.structured.compile import output_format
+    from hpc_chat.util.configfile import load_yaml
+
+    file = Path(path)
+    try:
+        schema = json.loads(file.read_text()) if file.suffix == ".json" else load_yaml(file)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"--schema {path}: cannot read it ({exc})") from None
+    except ValueError as exc:
+        raise CliError(f"--schema {path}: not JSON ({exc})") from None
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", file.stem)[:64] or "schema"
+    fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schema,
+                                                  "strict": True}}
+    try:
+        output_format(fmt)
+    except HpcChatError as exc:
+        raise CliError(f"--schema {path}: {str(exc).removeprefix('response_format.json_schema.')}"
+                       ) from None
+    return fmt
 
 
 @click.group(cls=HpcChatGroup, context_settings={"help_option_names": ["-h", "--help"]})

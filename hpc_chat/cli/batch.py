@@ -20,6 +20,7 @@ from hpc_chat.cli.app import (
     err_console,
     generation_options,
     raise_interrupted,
+    schema_option,
     server_option,
     with_common,
 )
@@ -60,10 +61,11 @@ from hpc_chat.util.outputfiles import GROUP_READABLE, PRIVATE
               help="Create OUTPUT (and its errors file) readable by its group (0640); by "
                    "default only you can read them (0600): they hold every prompt.")
 @with_common
+@schema_option
 @server_option
 def batch(input_path, output, resume, retry_failed, check_only, show, summary_json, fmt,
           output_format, group_readable, config, site, endpoint, allocation, agents, seed,
-          max_tokens, model, server):
+          max_tokens, model, schema, server):
     """Answer every prompt in INPUT (JSONL, one prompt per line, or an OpenAI batch file; '-'
     is standard input) into OUTPUT. INPUT and OUTPUT may come from $HPC_CHAT_INPUT and
     $HPC_CHAT_OUTPUT (as in jobs/driver.sh). In an OpenAI file, each line's body.model names
@@ -79,7 +81,7 @@ def batch(input_path, output, resume, retry_failed, check_only, show, summary_js
         if not value]
     if missing:
         raise CliError("give " + " and ".join(missing))
-    names, options = agents_list(agents), generation_options(seed, max_tokens)
+    names, options = agents_list(agents), generation_options(seed, max_tokens, schema)
     target = remote.server_to_use(server, names, config, site, endpoint, allocation, model)
     run = dict(fmt=fmt, output_format=output_format, resume=resume, retry_failed=retry_failed,
                show=show, summary_json=summary_json, endpoint=endpoint,

@@ -20,6 +20,7 @@ from hpc_chat.cli.app import (
     console,
     err_console,
     generation_options,
+    schema_option,
     server_option,
     with_common,
 )
@@ -36,9 +37,10 @@ from hpc_chat.cli.repl import repl
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @click.option("-q", "--raw", is_flag=True,
               help="Only the answer on stdout; nothing on stderr but errors.")
+@schema_option
 @server_option
 def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, model,
-        conversation, as_json, raw, server):
+        conversation, as_json, raw, schema, server):
     """Ask one question; the routed agents answer in parallel, each in a live panel on a
     terminal. QUESTION '-' reads it from standard input (echo "What is MPI?" | hpc-chat ask -).
     A running 'hpc-chat serve' answers it from warm workers (see --server)."""
@@ -47,7 +49,7 @@ def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, 
     if not question.strip():
         raise CliError("the question is empty")
     names = agents_list(agents)
-    options = generation_options(seed, max_tokens)
+    options = generation_options(seed, max_tokens, schema)
     target = remote.server_to_use(server, names, config, site, endpoint, allocation, model)
     if target is not None:
         body = remote.request_body(target.model, question, options)

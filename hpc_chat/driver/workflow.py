@@ -31,13 +31,14 @@ from hpc_chat.driver.history import MemoryHistory, create_history
 from hpc_chat.driver.result import describe_error, request_result
 from hpc_chat.driver.stats import PerformanceStats
 from hpc_chat.driver.workflow_config import LoadedWorkflow, load_workflow
-from hpc_chat.errors import ConfigError, ExecutorError, HistoryError, HpcChatError
+from hpc_chat.errors import ConfigError, ExecutorError, FormatError, HistoryError, HpcChatError
 from hpc_chat.llm.models import model_location
 from hpc_chat.protocol.context import SiteModel, TaskContext
 from hpc_chat.protocol.failure import FailureCode, code_of, failure_code, failure_fields
 from hpc_chat.protocol.stream import StreamSpec
 from hpc_chat.sites.build import site_model
 from hpc_chat.sites.registry import load_profile
+from hpc_chat.structured.compile import output_format
 from hpc_chat.worker.chat import build_messages, decoded_messages, model_name
 
 HISTORY_FAILED = "the conversation history cannot be used"  # how such an error begins
@@ -49,26 +50,15 @@ __all__ = ["ParslChatWorkflow", "build_parsl_config", "create_parsl_chat_workflo
 class ParslChatWorkflow:
     """The chat workflow on a Parsl executor (local workers or pilot jobs from a site profile).
 
-    Parameters
-    ----------
-    site : str, optional
-        A site profile name or path; overrides the config's ``parsl`` section.
-    executor : ChatExecutor, optional
-        An executor to use instead of building one (it is started if needed, and shut down with
-        the workflow).
-    history_path : str, optional
-        Overrides where the SQLite history lives.
-    allocation : bool
-        Run inside the current batch job: workers start on its nodes with the profile's
-        launcher instead of being submitted as pilot jobs.
-    endpoint : str, optional
-        A Globus Compute endpoint id: tasks run there instead of in Parsl workers.
-    globus_state : str, optional
-        Where a batch keeps its Globus Compute task group, for ``--resume``.
-    model : str, optional
-        A model name, alias or ``.gguf`` path that every agent uses instead of its own
-        (``--model``); ``echo`` is the built-in test model. ``model_label`` names where it
-        came from in error messages.
+    ``site``: a site profile name or path, over the config's ``parsl`` section. ``executor``: a
+    :class:`ChatExecutor` to use instead of building one (started if needed, shut down with the
+    workflow). ``history_path``: where the SQLite history lives instead. ``allocation``: run
+    inside the current batch job, workers started on its nodes with the profile's launcher
+    rather than submitted as pilot jobs. ``endpoint``: a Globus Compute endpoint id, where tasks
+    run instead of Parsl workers; ``globus_state``: where a batch keeps its Globus Compute task
+    group, for ``--resume``. ``model``: a model name, alias or ``.gguf`` path every agent uses
+    instead of its own (``--model``; ``echo`` is the built-in test model), ``model_label``
+    naming where it came from in error messages.
     """
 
     def __init__(self, *, site: str | None = None, executor=None,
@@ -204,14 +194,16 @@ class ParslChatWorkflow:
             raise HpcChatError("the workflow is not initialized; call 'await initialize()'")
         return self.loaded
 
-    def choose_agents(self, text: str, agents: list[str] | None = None) -> list[Route]:
-        """The routes for ``text``: the named agents, or the keyword router's choice."""
+    def choose_agents(self, text: str, agents: list[str] | None = None, *,
+                      one_answer: bool = False) -> list[Route]:
+        """The routes for ``text``: the named agents, or the keyword router's choice (its
+        best alone with ``one_answer``: a reply with a ``response_format`` is one answer)."""
         loaded = self._require()
         if agents:
             self.check_agents(agents)
             return [Route(a, 1.0, ()) for a in agents]
         routes = route(text, loaded.agents, loaded.default_agent)
-        cap = loaded.settings.routing.max_agents
+        cap = 1 if one_answer else loaded.settings.routing.max_agents
         return routes[:cap] if cap else routes
 
     def submit_request(self, text: str, *, conversation_id: str | None = None,
@@ -276,8 +268,11 @@ class ParslChatWorkflow:
         if not isinstance(text, str) or not text.strip():
             return self._finish(start, text, None, error="the prompt is empty",
                                 code=FailureCode.INVALID_REQUEST)
-        try:
-            routes = self.choose_agents(text, agent_names)
+        try:  # a format that cannot be enforced is refused here, before any worker sees it
+            fmt = output_format(options.get("response_format"), options.get("grammar"))
+            routes = self.choose_agents(text, agent_names, one_answer=fmt is not None)
+        except FormatError as exc:
+            return self._finish(start, text, None, error=str(exc), code=failure_code(exc))
         except ConfigError as exc:  # an agent this workflow does not have
             return self._finish(start, text, None, error=str(exc),
                                 code=FailureCode.MODEL_NOT_FOUND)

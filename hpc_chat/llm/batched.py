@@ -5,7 +5,10 @@ spend every step on a single token. Here each ``llama_decode`` call carries the 
 every active request (and the prompts of newly admitted ones), each in its own sequence of the
 KV cache, and each request samples from its own row of logits with its own sampler chain.
 Requests join as soon as a sequence is free and leave when they finish (continuous batching),
-so the batch stays full until the queue runs dry.
+so the batch stays full until the queue runs dry. A request whose answer has a format
+(``response_format``, ``grammar``) carries llama.cpp's grammar sampler in its own chain
+(:mod:`hpc_chat.llm.grammar`), so constrained and free requests, and requests with different
+schemas, share one batch.
 
 Requests to one agent share their first prompt chunk (the system prompt, and the history when
 there is one): it is evaluated once, in a *holder* sequence, and its KV cache is copied into
@@ -34,7 +37,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from functools import partial
 
-from hpc_chat.errors import PromptTooLongError
+from hpc_chat.errors import FormatError, PromptTooLongError
 from hpc_chat.llm.engine import ChatEngine
 from hpc_chat.llm.feed import Feed, Job
 from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
@@ -135,6 +138,7 @@ class BatchedEngine:
         self.lock = threading.Lock()
         self.prefix_evals = 0  # holder fills: how often a shared chunk was evaluated
         self.profile = DecodeProfile()
+        self.grammars = engine.grammars  # parsed once per model, shared with the engine
 
     def close(self) -> None:
         if self.ctx:
@@ -184,11 +188,16 @@ class BatchedEngine:
         return seq_id
 
     def _sampler(self, req: GenRequest, seed: int):
+        """The request's own chain, in llama-cpp-python's order: penalties, the grammar (when
+        the answer has a format), then greedy or the stochastic samplers."""
         lc = self.lc
+        grammar = self.grammars.new(req.output) if req.output is not None else None
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_penalties(
             n_vocab, PENALTY_LAST_N, req.repeat_penalty, 0.0, 0.0))
+        if grammar is not None:
+            lc.llama_sampler_chain_add(chain, grammar)
         if req.temperature == 0.0:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
         else:
@@ -268,14 +277,19 @@ class BatchedEngine:
                     if n + len(tokens) - k > self.n_batch:
                         break
                     waiting.popleft()
+                    seed = req.seed if req.seed is not None else random.getrandbits(32)
+                    try:
+                        sampler = self._sampler(req, seed)
+                    except FormatError as exc:  # a grammar llama.cpp cannot parse
+                        job.done(exc)
+                        continue
                     seq_id = free.pop(0)  # the lowest free id keeps running ids contiguous
                     if k:  # the shared chunk: copy its cache instead of evaluating it
                         holder = self._holder(tokens[:k], prefix_batch)
                         lc.llama_memory_seq_cp(self.memory, holder, seq_id, -1, -1)
                     else:
                         lc.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
-                    seed = req.seed if req.seed is not None else random.getrandbits(32)
-                    active[seq_id] = _Seq(job, req, tokens, stops, self._sampler(req, seed),
+                    active[seq_id] = _Seq(job, req, tokens, stops, sampler,
                                           time.perf_counter(), pos=len(tokens), shared=k)
                     step_tokens[seq_id] = [(tokens[i], i, i == len(tokens) - 1)
                                            for i in range(k, len(tokens))]

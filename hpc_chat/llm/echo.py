@@ -16,10 +16,15 @@ engine, as a model load is.
 The engines here have the interface of :class:`~hpc_chat.llm.engine.ChatEngine` and
 :class:`~hpc_chat.llm.batched.BatchedEngine` that the worker logic uses, so an echo request goes
 through the same batching, retries, usage counts, statistics and history as a real one.
+
+With a ``response_format`` the answer is the smallest JSON the schema accepts, its strings taken
+from the message (:mod:`hpc_chat.structured.instance`), a token per space-separated piece; a raw
+``grammar`` is refused (the echo model has no vocabulary to constrain).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -29,9 +34,11 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hpc_chat.errors import ModelNotFoundError
+from hpc_chat.errors import FormatError, ModelNotFoundError
 from hpc_chat.llm.feed import Feed, Job
+from hpc_chat.protocol.output_format import FormatKind, OutputFormat
 from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
+from hpc_chat.structured.instance import instance
 
 ECHO = "echo"
 
@@ -80,6 +87,21 @@ def _words(text: str) -> list[str]:
     return text.split()
 
 
+def _formatted(words: list[str], max_tokens: int, output: OutputFormat) -> tuple[str, int, str]:
+    """The smallest JSON answer the format accepts, its strings from the message's words; a
+    token per space-separated piece, so ``max_tokens`` cuts it as it would a model's."""
+    if output.kind is FormatKind.GRAMMAR:
+        raise FormatError("grammar: the echo model cannot follow a raw GBNF grammar (it "
+                          "writes JSON for response_format); use a real model", param="grammar")
+    value = {"echo": " ".join(words)} if output.kind is FormatKind.JSON_OBJECT else \
+        instance(output.json_schema or {}, words)
+    text = json.dumps(value, ensure_ascii=False)
+    ends = [m.end() for m in re.finditer(r"\S+", text)]
+    if len(ends) > max_tokens:
+        return text[:ends[max_tokens - 1]], max_tokens, "length"
+    return text, len(ends), "stop"
+
+
 class Pace:
     """Decode steps of ``token_s`` each, on a schedule: each step ends at ``start + k x
     token_s``, so n steps last n x token_s, not that plus every sleep's overshoot.
@@ -122,10 +144,13 @@ class EchoEngine:
         return len(_words(text))
 
     def answer(self, messages: list[dict[str, str]], max_tokens: int,
-               stop: list[str] | None) -> tuple[str, int, str]:
+               stop: list[str] | None,
+               output: OutputFormat | None = None) -> tuple[str, int, str]:
         """The answer's text, its length in tokens and the finish reason."""
         last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
         words = _words(last) or [ECHO]
+        if output is not None:
+            return _formatted(words, max_tokens, output)
         want = self.pace.tokens or len(words)
         out = [words[i % len(words)] for i in range(min(want, max_tokens))]
         finish = "length" if want > max_tokens else "stop"
@@ -143,14 +168,14 @@ class EchoEngine:
 
     def complete(self, req: GenRequest, *, loaded_now: bool = False, on_text=None):
         return self.chat(req.messages, loaded_now=loaded_now, on_text=on_text,
-                         **req.sampling())
+                         output=req.output, **req.sampling())
 
     def chat(self, messages: list[dict[str, str]], *, max_tokens: int = 256,
              stop: list[str] | None = None, loaded_now: bool = False, on_text=None,
-             **sampling):
+             output: OutputFormat | None = None, **sampling):
         """Answer like :meth:`ChatEngine.chat` (other sampling settings change nothing);
         ``on_text`` hears the text so far after each token, as there."""
-        text, n, finish = self.answer(messages, max_tokens, stop)
+        text, n, finish = self.answer(messages, max_tokens, stop, output)
         with self._lock:  # one answer at a time per engine, as with a real model
             start = time.perf_counter()
             pace = Pace(self.pace.token_s)
@@ -203,9 +228,14 @@ class EchoBatchedEngine:
                     size = self.engine.prompt_size(req.messages)
                     if size + req.max_tokens > self.n_ctx_seq:
                         job.done(prompt_too_long(size, req.max_tokens, self.n_ctx_seq))
-                    else:
-                        queue.append((job, size, *self.engine.answer(req.messages,
-                                                                     req.max_tokens, req.stop)))
+                        continue
+                    try:
+                        made = self.engine.answer(req.messages, req.max_tokens, req.stop,
+                                                  req.output)
+                    except FormatError as exc:
+                        job.done(exc)
+                        continue
+                    queue.append((job, size, *made))
                 if not queue and not active:
                     if feed.closed:
                         return

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from hpc_chat.errors import GenerationError, PromptTooLongError
+from hpc_chat.llm.grammar import GrammarSamplers
 from hpc_chat.llm.models import ModelSpec
+from hpc_chat.protocol.output_format import OutputFormat
 from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ class ChatEngine:
         )
         self.load_s = time.perf_counter() - start
         self.calls = 0
+        self.grammars = GrammarSamplers(llama_cpp, llama_cpp.llama_model_get_vocab(
+            self.llama._model.model))
         self._formatter = None
         self._prefix: list[int] = []  # the tokens the KV cache holds, evaluated as one chunk
         log.debug("loaded %s in %.2fs with %d threads", spec.path, self.load_s, self.n_threads)
@@ -150,12 +154,15 @@ class ChatEngine:
                  on_text: Callable[[str], bool] | None = None) -> Completion:
         """Answer one request (the batched engine takes a list of the same type)."""
         return self.chat(req.messages, loaded_now=loaded_now, on_text=on_text,
-                         **req.sampling())
+                         output=req.output, **req.sampling())
 
     def chat(self, messages: list[dict[str, str]], *, loaded_now: bool = False,
-             on_text: Callable[[str], bool] | None = None, **sampling) -> Completion:
+             on_text: Callable[[str], bool] | None = None, output: OutputFormat | None = None,
+             **sampling) -> Completion:
         """Answer a list of ``{"role", "content"}`` messages with the model's chat template;
-        ``sampling`` is any of :class:`~hpc_chat.protocol.request.Sampling`'s settings.
+        ``sampling`` is any of :class:`~hpc_chat.protocol.request.Sampling`'s settings, and
+        ``output`` the format the answer is constrained to (llama.cpp's grammar sampler, after
+        the penalties, as the batched engine has it).
 
         With ``on_text``, the answer is streamed: it hears the text so far after each token
         (llama-cpp-python holds back what may be the start of a stop string), and returning
@@ -163,6 +170,12 @@ class ChatEngine:
         s = GenRequest(messages=messages, **sampling)
         temperature, max_tokens, seed, stop = s.temperature, s.max_tokens, s.seed, s.stop
         top_p, top_k, repeat_penalty = s.top_p, s.top_k, s.repeat_penalty
+        grammar = None
+        if output is not None:
+            from llama_cpp.llama_grammar import LlamaGrammar
+
+            self.grammars.check(output)  # a grammar llama.cpp cannot parse: refused here
+            grammar = LlamaGrammar.from_string(output.gbnf, verbose=False)
         with self._lock:
             start = time.perf_counter()
             self._prepare_cache(messages)
@@ -170,7 +183,8 @@ class ChatEngine:
                 out = self.llama.create_chat_completion(
                     messages=messages, temperature=temperature, max_tokens=max_tokens,
                     seed=seed, stop=stop or [], top_p=top_p, top_k=top_k,
-                    repeat_penalty=repeat_penalty, stream=on_text is not None)
+                    repeat_penalty=repeat_penalty, stream=on_text is not None,
+                    grammar=grammar)
                 if on_text is not None:
                     out = self._collect(out, on_text, messages)
             except ValueError as exc:

@@ -8,8 +8,11 @@ The format vLLM's ``run-batch``, ALCF FIRST's batch API and OpenAI itself read::
 ``body.model`` names an agent, or :data:`ROUTED_MODEL` (``auto``) for the routed multi-agent
 answer that ``hpc-chat ask`` gives. ``messages`` may hold several turns and their own system
 message (it replaces the agent's system prompt). ``max_tokens`` (or ``max_completion_tokens``),
-``temperature``, ``top_p``, ``seed`` and ``stop`` are used; ``n`` must be 1; any other body key
-is accepted, not used, and listed in the answer's provenance (``ignored_params``).
+``temperature``, ``top_p``, ``seed``, ``stop``, ``response_format`` (and, as llama-server,
+``top_k``, ``repeat_penalty`` and a GBNF ``grammar``) are used; ``n`` must be 1. Another OpenAI
+parameter is accepted only at a value that changes nothing, and is then listed in the answer's
+provenance (``ignored_params``); any other value, or an unknown key, is refused naming it
+(:mod:`hpc_chat.openai.params`).
 
 An answer is an output line in OpenAI's batch output shape, its body a ``chat.completion``; a
 request that failed is a line of the same shape in the errors file beside the output
@@ -30,12 +33,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpc_chat.errors import FormatError
 from hpc_chat.openai.chat import chat_completion
+from hpc_chat.openai.params import RequestError, ignored
+from hpc_chat.structured.compile import output_format
 
 ROUTED_MODEL = "auto"
 CHAT_URL = "/v1/chat/completions"
-USED_PARAMS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature",
-               "top_p", "seed", "stop", "n")
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP = 64  # characters of one stop string (a stream holds back that much text)
 MAX_SEED = 2**32 - 2  # llama.cpp's seeds are 32-bit, and 2**32 - 1 means "a random one"
@@ -50,16 +54,6 @@ def is_request_line(obj: Any) -> bool:
 
 def is_output_line(obj: Any) -> bool:
     return isinstance(obj, dict) and "custom_id" in obj and "response" in obj
-
-
-class RequestError(ValueError):
-    """What is wrong with a request line: ``param`` names the key, ``status`` the HTTP-like
-    status its error entry gets."""
-
-    def __init__(self, message: str, *, param: str | None = None, status: int = 400,
-                 code: str = "invalid_request"):
-        super().__init__(message)
-        self.param, self.status, self.code = param, status, code
 
 
 @dataclass
@@ -108,9 +102,9 @@ def parse_request(obj: dict[str, Any]) -> ChatRequest:
     if not isinstance(model, str) or not model:
         raise RequestError("body.model must name an agent (or \"auto\")", param="body.model")
     system, history, prompt = _messages(body.get("messages"))
+    unused = ignored(body)
     return ChatRequest(custom_id, model, prompt, history, system, _options(body),
-                       ignored=sorted(k for k in body if k not in USED_PARAMS),
-                       fingerprint=fingerprint(body), body=body)
+                       ignored=unused, fingerprint=fingerprint(body), body=body)
 
 
 def _messages(messages: Any) -> tuple[str | None, list[dict[str, str]], str]:
@@ -187,7 +181,30 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
             raise RequestError(f"body.stop must be a string or a list of up to 4 strings of "
                                f"1 to {MAX_STOP} characters", param="body.stop")
         options["stop"] = stop
+    for key, kind, low in (("top_k", int, 0), ("repeat_penalty", float, 0.0)):
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low or \
+                (kind is int and not _is_int(value)) or (key == "repeat_penalty" and not value):
+            raise RequestError(f"body.{key} must be {'an integer' if kind is int else 'a number'}"
+                               f" {'>= 0' if kind is int else 'above 0'}", param=f"body.{key}")
+        options[key] = kind(value)
+    options.update(_format(body))
     return options
+
+
+def _format(body: dict[str, Any]) -> dict[str, Any]:
+    """``response_format`` and ``grammar``, checked here (compiled, and every schema keyword
+    the grammar would not enforce refused) so a bad one never reaches a worker."""
+    given = {k: body[k] for k in ("response_format", "grammar") if body.get(k) is not None}
+    try:
+        fmt = output_format(given.get("response_format"), given.get("grammar"))
+    except FormatError as exc:
+        text = str(exc) if str(exc).startswith(exc.param) else f"{exc.param}: {exc}"
+        raise RequestError(f"body.{text}", param=f"body.{exc.param}",
+                           code=f"invalid_{exc.param}") from None
+    return given if fmt is not None else {}
 
 
 def _is_int(value: Any) -> bool:

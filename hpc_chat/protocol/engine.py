@@ -63,6 +63,7 @@ class FailKind(str, Enum):
     LOST = "lost"  # the engine failed, not the request: the task is retried on a fresh one
     TOO_LONG = "too_long"  # the prompt does not fit the context
     INPUT = "input"  # not a request the engine can decode
+    FORMAT = "format"  # a grammar llama.cpp cannot parse (``param`` names the request's key)
 
 
 class Stops(BaseModel):
@@ -87,6 +88,7 @@ class Failed(BaseModel):
     event: Literal["failed"] = "failed"
     error: str
     kind: FailKind
+    param: str | None = None
 
 
 Event = Annotated[Stops | Text | Done | Failed, Field(discriminator="event")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from hpc_chat.errors import ConfigError, PromptTooLongError
+from hpc_chat.errors import ConfigError, FormatError, PromptTooLongError
 
 
 class FailureCode(str, Enum):
@@ -21,6 +21,8 @@ class FailureCode(str, Enum):
 
     MODEL_NOT_FOUND = "model_not_found"
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    INVALID_RESPONSE_FORMAT = "invalid_response_format"
+    INVALID_GRAMMAR = "invalid_grammar"
     INVALID_REQUEST = "invalid_request"
     HISTORY_UNAVAILABLE = "history_unavailable"
     GENERATION_FAILED = "generation_failed"
@@ -39,21 +41,28 @@ class FailureCode(str, Enum):
 
 
 _STATUS = {FailureCode.MODEL_NOT_FOUND: 404, FailureCode.CONTEXT_LENGTH_EXCEEDED: 400,
+           FailureCode.INVALID_RESPONSE_FORMAT: 400, FailureCode.INVALID_GRAMMAR: 400,
            FailureCode.INVALID_REQUEST: 400, FailureCode.HISTORY_UNAVAILABLE: 500,
            FailureCode.GENERATION_FAILED: 500}
 _PARAM = {FailureCode.MODEL_NOT_FOUND: "body.model",
-          FailureCode.CONTEXT_LENGTH_EXCEEDED: "body.messages"}
+          FailureCode.CONTEXT_LENGTH_EXCEEDED: "body.messages",
+          FailureCode.INVALID_RESPONSE_FORMAT: "body.response_format",
+          FailureCode.INVALID_GRAMMAR: "body.grammar"}
 # When several agents failed differently, the code of the whole request: the first of these.
 _PRECEDENCE = list(FailureCode)
 
 
 def failure_code(exc: BaseException) -> FailureCode:
     """The code of a request that raised ``exc`` (Parsl may wrap a worker's exception in
-    ``e_value``): a prompt too long for the context, a request the engine cannot take (a
-    ``ValueError``), or anything else a later try may get past."""
+    ``e_value``): a prompt too long for the context, a format that cannot be enforced (by the
+    key at fault), a request the engine cannot take (a ``ValueError``), or anything else a
+    later try may get past."""
     inner = getattr(exc, "e_value", None) or exc
     if isinstance(inner, PromptTooLongError):
         return FailureCode.CONTEXT_LENGTH_EXCEEDED
+    if isinstance(inner, FormatError):
+        return FailureCode.INVALID_GRAMMAR if inner.param == "grammar" \
+            else FailureCode.INVALID_RESPONSE_FORMAT
     if isinstance(inner, ValueError) and not isinstance(inner, ConfigError):
         return FailureCode.INVALID_REQUEST
     return FailureCode.GENERATION_FAILED

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from hpc_chat.errors import PromptTooLongError
+from hpc_chat.protocol.output_format import OutputFormat
 from hpc_chat.protocol.result import Usage
 
 
@@ -37,9 +38,12 @@ class Sampling(BaseModel):
 
 
 class GenRequest(Sampling):
-    """One chat completion to compute: ``{"role", "content"}`` messages and their sampling."""
+    """One chat completion to compute: ``{"role", "content"}`` messages, their sampling, and
+    the format the answer is constrained to, when there is one (its grammar applies to this
+    request's sequence alone)."""
 
     messages: list[dict[str, str]]
+    output: OutputFormat | None = None
 
 
 def prompt_too_long(prompt_tokens: int, max_tokens: int, n_ctx: int, *,

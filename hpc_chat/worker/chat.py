@@ -19,13 +19,16 @@ from pydantic import ValidationError
 
 from hpc_chat.agents.cache import cache_key, process_cache
 from hpc_chat.agents.config import AgentConfig
-from hpc_chat.errors import ConfigError, ModelNotFoundError, PromptTooLongError
+from hpc_chat.errors import ConfigError, FormatError, ModelNotFoundError, PromptTooLongError
 from hpc_chat.llm.models import ModelSpec, model_location
 from hpc_chat.llm.registry import get_batched_engine, get_engine
 from hpc_chat.protocol.context import SiteModel, TaskContext
 from hpc_chat.protocol.failure import failure_code, failure_fields
-from hpc_chat.protocol.request import GenRequest, Sampling, prompt_too_long
+from hpc_chat.protocol.output_format import OutputFormat
+from hpc_chat.protocol.request import Completion, GenRequest, Sampling, prompt_too_long
 from hpc_chat.protocol.stream import StreamSpec
+from hpc_chat.structured.compile import output_format
+from hpc_chat.structured.validate import check
 from hpc_chat.util.configfile import format_validation_error
 from hpc_chat.worker import engine_client
 from hpc_chat.worker.engine_client import Decoded
@@ -142,20 +145,31 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
     sampling = {**settings.sampling(), **{k: v for k, v in options.items()
                                           if k in Sampling.model_fields}}
     system_prompt = ctx.system_prompt or settings.system_prompt
+    fmt = request_format(settings, options)
     try:
         request = GenRequest(messages=build_messages(system_prompt, message, ctx.history),
-                             **sampling)
+                             output=fmt, **sampling)
     except ValidationError as exc:  # e.g. an option out of range: the request's own fault
         raise ValueError(format_validation_error("options", exc).replace("\n", "; ")) from None
     settings_dict = settings.model_dump()
     name = model_name(settings_dict, site_model)
     spec = model_spec(settings_dict, site_model, name)
     key = cache_key(agent.to_dict(), request.messages, request.seed,
-                    {**spec.model_dump(), **request.sampling()})  # every setting counts
+                    {**spec.model_dump(), **request.sampling(),  # every setting counts
+                     "output": fmt.sha256 if fmt is not None else None})
     if request.seed is None:  # drawn here and recorded, so that this answer can be replayed
         request = request.model_copy(update={"seed": random.getrandbits(31)})
     return Prepared(agent, request, spec, name, key, exact=ctx.exact, stream=ctx.stream,
                     engine=engine_client.settings(site_model))
+
+
+def request_format(settings, options: dict[str, Any]) -> OutputFormat | None:
+    """The format the answer must have: the request's ``response_format`` or ``grammar``
+    over the agent's own (an extractor agent's YAML), compiled (cached per schema); a
+    :class:`~hpc_chat.errors.FormatError` (a ValueError) refuses the request."""
+    if "response_format" in options or "grammar" in options:
+        return output_format(options.get("response_format"), options.get("grammar"))
+    return output_format(settings.response_format, settings.grammar)
 
 
 def _cached(prep: Prepared) -> dict | None:
@@ -189,6 +203,10 @@ def _result(prep: Prepared, done: Decoded) -> dict:
         "batched": bool(completion.extra.get("batched")),
         "engine": done.engine,
     }
+    if decoded.output is not None:  # whether the answer fits its format, never assumed
+        result["output_format"] = {**decoded.output.record(),
+                                   **check(decoded.output, completion.text,
+                                           completion.finish_reason)}
     result["provenance"] = provenance(prep, decoded, result)
     if prep.caching and completion.finish_reason != "cancelled":  # a partial answer: never
         process_cache.put(prep.key, result)
@@ -210,6 +228,7 @@ def provenance(prep: Prepared, decoded: GenRequest, result: dict) -> dict:
         "engine": result["engine"],
         "batched": result["batched"], "start": result["timings"]["start"],
         "end": result["timings"]["end"],
+        **({"output_format": result["output_format"]} if "output_format" in result else {}),
     }
 
 
@@ -239,7 +258,7 @@ def decode_here(preps: list[Prepared], n_seq: int | None) -> list[Decoded | Exce
     completions: list = [None] * len(fitted)
     try:
         if batched is None:
-            completions = [engine.complete(d, on_text=sender)
+            completions = [_complete(engine, d, sender)
                            for (_, _, d), sender in zip(fitted, senders)]
         else:
             completions = batched.generate([d for _, _, d in fitted], on_text=senders)
@@ -255,6 +274,14 @@ def decode_here(preps: list[Prepared], n_seq: int | None) -> list[Decoded | Exce
         loaded_now = False  # count the load once, on the first answer
         out[j] = Decoded(completion, decoded, engine.n_threads)
     return out  # type: ignore[return-value]
+
+
+def _complete(engine, request: GenRequest, sender) -> Completion | Exception:
+    """One unbatched answer; a format the engine cannot parse fails this request alone."""
+    try:
+        return engine.complete(request, on_text=sender)
+    except FormatError as exc:
+        return exc
 
 
 def answer(agent_config: dict, items: list[dict],

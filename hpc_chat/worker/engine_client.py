@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
 
-from hpc_chat.errors import PromptTooLongError
+from hpc_chat.errors import FormatError, PromptTooLongError
 from hpc_chat.llm.models import ModelSpec
 from hpc_chat.protocol import engine as wire
 from hpc_chat.protocol.context import SiteModel
@@ -197,6 +197,8 @@ def _exception(failed: wire.Failed) -> Exception:
         raise EngineLost(failed.error)  # the engine failed, not the request: retry the task
     if failed.kind is wire.FailKind.TOO_LONG:
         return PromptTooLongError(failed.error)
+    if failed.kind is wire.FailKind.FORMAT:
+        return FormatError(failed.error, param=failed.param or "response_format")
     return ValueError(failed.error)
 
 

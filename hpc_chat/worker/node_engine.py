@@ -32,7 +32,7 @@ import time
 from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 
-from hpc_chat.errors import PromptTooLongError
+from hpc_chat.errors import FormatError, PromptTooLongError
 from hpc_chat.llm.feed import Feed, Job
 from hpc_chat.llm.models import ModelSpec
 from hpc_chat.llm.registry import get_batched_engine, get_engine
@@ -152,6 +152,9 @@ class NodeEngine:
                 outcome.model_loaded_now, self.load_pending = self.load_pending, False
             _reply(conn, wire.Done(completion=outcome, request=decoded,
                               n_threads=self.engine.n_threads, engine=self.info))
+        elif isinstance(outcome, FormatError):  # refused before decoding: this request only
+            _reply(conn, wire.Failed(error=str(outcome), kind=wire.FailKind.FORMAT,
+                                     param=outcome.param))
         else:  # too long for the context, or the decode loop failed (the engine ends)
             kind = wire.FailKind.TOO_LONG if isinstance(outcome, PromptTooLongError) \
                 else wire.FailKind.LOST

@@ -36,7 +36,7 @@ def test_a_multi_turn_request_with_its_own_system_message():
                            {"role": "assistant", "content": "Blue."}]
     assert req.options == {"max_tokens": 32, "temperature": 0.0, "top_p": 0.5, "seed": 7,
                            "stop": ["\n"]}
-    assert req.ignored == ["response_format"]
+    assert req.ignored == []  # a text response_format is plain text: used, nothing to add
     assert req.messages[0] == {"role": "system", "content": "Be brief."}
 
 

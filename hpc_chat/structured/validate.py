@@ -1,0 +1,45 @@
+"""A decoded answer checked against its format: the grammar makes a valid answer likely, this
+says whether it is one.
+
+An answer cut by ``max_tokens`` is never valid (its JSON is unfinished), and a grammar-valid
+answer can still miss what the grammar cannot say (a ``uniqueItems`` the converter refused
+never gets here; a number's range is one). The verdict goes into the answer's provenance and
+its ``hpc_chat`` record, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+from hpc_chat.protocol.output_format import OutputFormat
+
+
+@lru_cache(maxsize=64)
+def _validator(schema_text: str):
+    import jsonschema
+
+    schema = json.loads(schema_text)
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema)
+
+
+def check(fmt: OutputFormat, text: str, finish_reason: str) -> dict[str, Any]:
+    """``{"valid": bool, "error": str | None}`` for an answer of format ``fmt``; a raw
+    grammar's answer is valid by construction unless it was cut short."""
+    if finish_reason != "stop":
+        return {"valid": False, "error": f"the answer ended early ({finish_reason}): it is "
+                                         f"not complete"}
+    if not fmt.is_json:
+        return {"valid": True, "error": None}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return {"valid": False, "error": f"not JSON: {exc}"}
+    schema_text = json.dumps(fmt.json_schema, sort_keys=True)
+    error = next(iter(_validator(schema_text).iter_errors(value)), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(the answer)"
+        return {"valid": False, "error": f"{where}: {error.message[:300]}"}
+    return {"valid": True, "error": None}

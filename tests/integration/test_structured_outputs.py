@@ -1,0 +1,239 @@
+"""Structured outputs with the real embedded model, which cannot write JSON unaided: every
+answer here parses and fits its schema only because the grammar made it. Each schema bounds
+its strings and arrays, so a complete answer is at most ~150 tokens and ``max_tokens=256``
+always lets it finish: nothing here depends on how fast the machine is."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from hpc_chat.errors import FormatError
+from hpc_chat.llm.batched import BatchedEngine
+from hpc_chat.llm.models import ModelSpec, resolve_model
+from hpc_chat.llm.registry import get_engine
+from hpc_chat.protocol.request import GenRequest
+from hpc_chat.structured.compile import output_format
+
+pytestmark = pytest.mark.model
+
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+
+
+def city_schema(field: str = "city") -> dict:
+    return {"type": "object", "additionalProperties": False,
+            "required": [field, "population", "tags"],
+            "properties": {field: {"type": "string", "maxLength": 40},
+                           "population": {"type": "integer"},
+                           "tags": {"type": "array", "minItems": 1, "maxItems": 3,
+                                    "items": {"type": "string", "maxLength": 20}}}}
+
+
+def fmt_of(schema: dict, name: str = "city") -> dict:
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema,
+                                                   "strict": True}}
+
+
+def ask(text: str, schema: dict | None = None, **kw) -> GenRequest:
+    return GenRequest(messages=[SYSTEM, {"role": "user", "content": text}],
+                      output=output_format(fmt_of(schema)) if schema else None,
+                      **{"temperature": 0.0, "max_tokens": 256, **kw})
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return get_engine(ModelSpec(path=str(resolve_model("default")), n_threads=2))[0]
+
+
+def alone(engine, req: GenRequest):
+    return engine.chat(req.messages, temperature=req.temperature, max_tokens=req.max_tokens,
+                       seed=req.seed, top_p=req.top_p, top_k=req.top_k,
+                       repeat_penalty=req.repeat_penalty, output=req.output)
+
+
+def test_unaided_the_model_writes_no_json_and_constrained_it_fits_the_schema(engine):
+    schema = city_schema()
+    free = alone(engine, ask("Describe Paris as JSON with city, population and tags."))
+    with pytest.raises((ValueError, jsonschema.ValidationError)):
+        jsonschema.validate(json.loads(free.text), schema)
+    done = alone(engine, ask("Describe Paris as JSON with city, population and tags.",
+                             schema))
+    assert done.finish_reason == "stop"
+    jsonschema.validate(json.loads(done.text), schema)
+
+
+def test_eight_schemas_in_one_batch_each_fit_and_equal_their_answer_alone(engine):
+    """Eight requests, each with a schema of its own (another required key), and two without
+    one, decoded in one continuous batch: every constrained answer fits its own schema, and
+    every answer is the one the unbatched engine gives the same request."""
+    cities = ["Paris", "Tokyo", "Lima", "Cairo", "Oslo", "Delhi", "Quito", "Perth"]
+    reqs = [ask(f"Describe {c}.", city_schema(f"name_{i}")) for i, c in enumerate(cities)]
+    reqs[3:3] = [ask("Name a colour.", max_tokens=16)]
+    reqs.append(ask("Name a planet.", max_tokens=16))
+    batched = BatchedEngine(engine, n_seq=8)
+    together = batched.generate(reqs)
+    for req, got in zip(reqs, together):
+        assert not isinstance(got, Exception), got
+        if req.output is not None:
+            assert got.finish_reason == "stop", got.text
+            jsonschema.validate(json.loads(got.text), req.output.json_schema)
+    assert [c.text for c in together] == [alone(engine, r).text for r in reqs]
+    # one schema, parsed once per engine: eight schemas, eight parses, however many requests
+    before = batched.grammars.parsed
+    again = batched.generate([ask(f"Describe {c}.", city_schema("name_0")) for c in cities[:4]])
+    assert batched.grammars.parsed == before
+    assert [json.loads(c.text) for c in again]
+
+
+def test_a_grammar_llama_cpp_cannot_parse_fails_that_request_alone(engine):
+    bad = GenRequest(messages=[SYSTEM, {"role": "user", "content": "Yes or no?"}],
+                     output=output_format(None, "root ::= ( \"yes\" "), max_tokens=8)
+    good = GenRequest(messages=[SYSTEM, {"role": "user", "content": "Yes or no?"}],
+                      output=output_format(None, 'root ::= "yes" | "no"'), max_tokens=8,
+                      temperature=0.0)
+    out = BatchedEngine(engine, n_seq=2).generate([bad, good])
+    assert isinstance(out[0], FormatError) and out[0].param == "grammar"
+    assert out[1].text in ("yes", "no")
+    with pytest.raises(FormatError):
+        alone(engine, bad)
+
+
+# ----------------------------------------------------------------------------- through serve
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from tests.conftest import FIXTURES
+    from tests.integration.test_server import start_server, stop
+
+    started = start_server(tmp_path_factory.mktemp("server"),
+                           FIXTURES / "workflows" / "fast.yml", model=None)
+    yield started
+    stop(started)
+
+
+def test_the_sdks_parse_with_a_pydantic_model(server):
+    """``chat.completions.parse(response_format=Model)``: the SDK sends the model's strict
+    schema, and the answer parses into the model; provenance says it validated."""
+    import pydantic
+
+    class City(pydantic.BaseModel):
+        city: str = pydantic.Field(max_length=40)
+        population: int
+        tags: list[str] = pydantic.Field(min_length=1, max_length=3)
+
+    done = server.client().chat.completions.parse(
+        model="analytical_agent", response_format=City, max_tokens=256, seed=1,
+        messages=[{"role": "user", "content": "Describe Paris."}])
+    city = done.choices[0].message.parsed
+    assert isinstance(city, City) and city.city
+    record = done.model_extra["hpc_chat"]["agents"][0]["output_format"]
+    assert record["kind"] == "json_schema" and record["name"] == "City"
+    assert record["valid"] is True and len(record["sha256"]) == 64
+
+
+def test_streamed_deltas_join_into_the_json(server):
+    schema = city_schema()
+    pieces = [c.choices[0].delta.content or "" for c in server.client().chat.completions.create(
+        model="balanced_agent", stream=True, max_tokens=256, seed=2,
+        response_format=fmt_of(schema),
+        messages=[{"role": "user", "content": "Describe Tokyo."}]) if c.choices]
+    assert len([p for p in pieces if p]) > 3
+    jsonschema.validate(json.loads("".join(pieces)), schema)
+
+
+def test_eight_concurrent_requests_each_get_their_own_schema(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i):
+        schema = city_schema(f"field_{i}")
+        done = server.client().chat.completions.create(
+            model="analytical_agent", max_tokens=256, seed=i, response_format=fmt_of(schema),
+            messages=[{"role": "user", "content": f"Describe city number {i}."}])
+        return schema, done
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(8)))
+    for schema, done in answers:
+        assert done.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(done.choices[0].message.content), schema)
+
+
+def test_a_schema_that_cannot_be_enforced_and_tools_are_refused_naming_them(server):
+    import openai
+
+    client = server.client()
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="balanced_agent", messages=msgs,
+                                       response_format=fmt_of({"type": "integer",
+                                                               "minimum": 0}))
+    assert err.value.param == "response_format" and "'minimum'" in err.value.message
+    assert err.value.code == "invalid_response_format"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="balanced_agent", messages=msgs, logprobs=True)
+    assert err.value.param == "logprobs" and err.value.code == "unsupported_parameter"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="balanced_agent", messages=msgs, extra_body={
+            "grammar": "root ::= ("})
+    assert err.value.param == "grammar" and err.value.code == "invalid_grammar"
+
+
+def test_a_raw_grammar_as_llama_server_takes_it(server):
+    done = server.client().chat.completions.create(
+        model="balanced_agent", max_tokens=8, messages=[
+            {"role": "user", "content": "Is the sky blue? Answer yes or no."}],
+        extra_body={"grammar": 'root ::= "yes" | "no"'})
+    assert done.choices[0].message.content in ("yes", "no")
+
+
+# ----------------------------------------------------------------------------- batch files
+
+@pytest.mark.parsl
+def test_a_batch_of_schema_lines_validates_line_by_line(tmp_path, fixtures):
+    """An OpenAI batch file through ``hpc-chat batch`` on the real model: every schema line's
+    answer validates, a line whose schema cannot be enforced gets its own error entry naming
+    the keyword, and the rest of the batch runs. Native lines take ``--schema FILE``."""
+    from tests.unit.test_cli_conventions import hpc
+
+    fast = str(fixtures / "workflows" / "fast.yml")
+    schema = city_schema()
+    lines = [json.dumps({"custom_id": f"c{i}", "method": "POST",
+                         "url": "/v1/chat/completions",
+                         "body": {"model": "analytical_agent", "max_tokens": 256, "seed": i,
+                                  "response_format": fmt_of(schema),
+                                  "messages": [{"role": "user", "content": f"Describe {c}."}]}})
+             for i, c in enumerate(["Paris", "Lima", "Oslo"])]
+    lines.append(json.dumps({"custom_id": "bad", "method": "POST",
+                             "url": "/v1/chat/completions",
+                             "body": {"model": "analytical_agent",
+                                      "response_format": fmt_of({"type": "number",
+                                                                 "multipleOf": 2}),
+                                      "messages": [{"role": "user", "content": "x"}]}}))
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    home = tmp_path / "home"
+    run = hpc(home, "batch", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+              config=fast, model=None, timeout=900)
+    assert run.returncode == 1, run.stderr  # one line failed
+    out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sorted(o["custom_id"] for o in out) == ["c0", "c1", "c2"]
+    for o in out:
+        body = o["response"]["body"]
+        jsonschema.validate(json.loads(body["choices"][0]["message"]["content"]), schema)
+        assert body["hpc_chat"]["agents"][0]["output_format"]["valid"] is True
+    errors = [json.loads(x) for x in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
+    assert [e["custom_id"] for e in errors] == ["bad"]
+    error = errors[0]["response"]["body"]["error"]
+    assert errors[0]["response"]["status_code"] == 400 and "'multipleOf'" in error["message"]
+    assert error["param"] == "body.response_format"
+
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    (tmp_path / "native.jsonl").write_text('{"id": 1, "prompt": "Describe Rome."}\n')
+    native = hpc(home, "batch", str(tmp_path / "native.jsonl"), "-o",
+                 str(tmp_path / "native.out.jsonl"), "--schema", str(tmp_path / "schema.json"),
+                 "--max-tokens", "256", "--agents", "analytical_agent", config=fast,
+                 model=None, timeout=900)
+    assert native.returncode == 0, native.stderr
+    line = json.loads((tmp_path / "native.out.jsonl").read_text())
+    jsonschema.validate(json.loads(line["response"]), schema)

@@ -1,0 +1,260 @@
+"""Structured outputs without a model: schemas compiled or refused (fail closed, naming the
+keyword), answers validated, the echo model's instances, and the request parameters refused
+when they would change the answer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hpc_chat.errors import FormatError
+from hpc_chat.llm.echo import EchoBatchedEngine, EchoEngine
+from hpc_chat.llm.models import ModelSpec
+from hpc_chat.openai.batch import RequestError, parse_request
+from hpc_chat.protocol.failure import FailureCode, failure_code
+from hpc_chat.protocol.output_format import FormatKind
+from hpc_chat.protocol.request import GenRequest
+from hpc_chat.structured.compile import line_over_run, output_format
+from hpc_chat.structured.instance import instance
+from hpc_chat.structured.validate import check
+
+CITY = {"type": "object", "properties": {
+    "city": {"type": "string"}, "population": {"type": "integer"},
+    "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3}},
+    "required": ["city", "population", "tags"], "additionalProperties": False}
+
+
+def schema_format(schema, name="city"):
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema,
+                                                   "strict": True}}
+
+
+def test_a_schema_compiles_to_a_grammar_with_its_fingerprint():
+    fmt = output_format(schema_format(CITY))
+    assert fmt.kind is FormatKind.JSON_SCHEMA and fmt.name == "city"
+    assert fmt.gbnf.startswith("city-kv ::=") or "root ::=" in fmt.gbnf
+    assert '"\\"city\\""' in fmt.gbnf and fmt.json_schema == CITY and len(fmt.sha256) == 64
+    # one compile per schema: the same schema gives the same (cached) grammar
+    assert output_format(schema_format(json.loads(json.dumps(CITY)))).gbnf == fmt.gbnf
+    # the JSON string rule admits no raw control character (strict parsers refuse them)
+    assert "\\x00-\\x1F" in fmt.gbnf
+
+
+def test_text_and_json_object():
+    assert output_format({"type": "text"}) is None and output_format(None) is None
+    obj = output_format({"type": "json_object"})
+    assert obj.kind is FormatKind.JSON_OBJECT and "object ::=" in obj.gbnf
+    raw = output_format(None, 'root ::= "yes" | "no"')
+    assert raw.kind is FormatKind.GRAMMAR and raw.json_schema is None
+
+
+@pytest.mark.parametrize("schema, named", [
+    ({"type": "integer", "minimum": 0}, "'minimum'"),
+    ({"type": "object", "properties": {"n": {"type": "number", "maximum": 5}}},
+     "schema.properties.n: the keyword 'maximum'"),
+    ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "'uniqueItems'"),
+    ({"oneOf": [{"type": "string"}, {"type": "integer"}]}, "'oneOf'"),
+    ({"allOf": [{"type": "string"}]}, "'allOf'"),
+    ({"type": "string", "format": "email"}, "'email' is not enforced"),
+    ({"type": "string", "pattern": "^a+$", "minLength": 2}, "'minLength'"),
+    ({"type": "string", "pattern": "a+"}, "anchored with ^ and $"),
+    ({"type": "object", "properties": {}, "required": ["x"]}, "'x', which is not in"),
+    ({"type": "object", "patternProperties": {"^x": {}}}, "'patternProperties'"),
+    ({"type": "thing"}, "'thing' is not a JSON type"),
+    ({"$ref": "https://example.org/s.json"}, "only references inside the schema"),
+    ({"type": "object", "properties": {"a": True}}, "true/false schemas"),
+    ({"type": "array", "items": {"type": "string"}, "maxItems": 100000}, "maxItems"),
+])
+def test_a_keyword_the_grammar_does_not_enforce_is_refused_naming_it(schema, named):
+    with pytest.raises(FormatError) as err:
+        output_format(schema_format(schema))
+    assert named in str(err.value) and str(err.value).startswith("response_format.json_schema")
+    assert err.value.param == "response_format"
+    assert failure_code(err.value) is FailureCode.INVALID_RESPONSE_FORMAT
+
+
+@pytest.mark.parametrize("bad, named", [
+    ({"type": "xml"}, "response_format.type"),
+    ({"type": "json_schema"}, "needs a json_schema object"),
+    ({"type": "json_schema", "json_schema": {"name": "bad name!", "schema": {}}},
+     "response_format.json_schema.name"),
+    ({"type": "json_object", "json_schema": {"name": "x", "schema": {}}}, "type is"),
+])
+def test_a_malformed_response_format_is_refused(bad, named):
+    with pytest.raises(FormatError) as err:
+        output_format(bad)
+    assert named in str(err.value)
+
+
+def test_grammar_and_schema_together_or_empty_are_refused():
+    with pytest.raises(FormatError, match="not both") as err:
+        output_format({"type": "json_object"}, 'root ::= "x"')
+    assert failure_code(err.value) is FailureCode.INVALID_GRAMMAR
+    with pytest.raises(FormatError, match="non-empty"):
+        output_format(None, "  ")
+
+
+def test_pydantic_schemas_compile():
+    """The shapes the openai SDK's parse() sends: $defs and $ref, anyOf for Optional, enums."""
+    pydantic = pytest.importorskip("pydantic")
+    from enum import Enum
+
+    class Kind(str, Enum):
+        A = "a"
+        B = "b"
+
+    class Author(pydantic.BaseModel):
+        name: str
+        orcid: str | None = None
+
+    class Paper(pydantic.BaseModel):
+        title: str
+        kind: Kind
+        authors: list[Author]
+        year: int | None
+
+    fmt = output_format(schema_format(Paper.model_json_schema(), "Paper"))
+    assert "Author" in fmt.gbnf
+    value = instance(fmt.json_schema, ["Deep", "thought"])
+    assert check(fmt, json.dumps(value), "stop") == {"valid": True, "error": None}
+    Paper.model_validate(value)
+
+
+def test_answers_are_validated_and_a_cut_answer_is_never_valid():
+    fmt = output_format(schema_format(CITY))
+    good = '{"city": "Paris", "population": 2100000, "tags": ["capital"]}'
+    assert check(fmt, good, "stop")["valid"]
+    assert not check(fmt, good, "length")["valid"]
+    assert "length" in check(fmt, good[:20], "length")["error"]
+    wrong = check(fmt, '{"city": "Paris", "population": "many", "tags": []}', "stop")
+    assert not wrong["valid"] and "population" in wrong["error"]
+    assert "not JSON" in check(fmt, "Paris", "stop")["error"]
+
+
+def test_the_echo_model_writes_schema_valid_json_and_max_tokens_cuts_it():
+    engine = EchoEngine(ModelSpec(path="echo"))
+    fmt = output_format(schema_format(CITY))
+    msgs = [{"role": "user", "content": "Paris is big"}]
+    done = engine.complete(GenRequest(messages=msgs, output=fmt))
+    value = json.loads(done.text)
+    assert value == {"city": "Paris", "population": 0, "tags": ["is"]}
+    assert check(fmt, done.text, done.finish_reason)["valid"]
+    cut = engine.complete(GenRequest(messages=msgs, output=fmt, max_tokens=2))
+    assert cut.finish_reason == "length" and cut.completion_tokens == 2
+    assert not check(fmt, cut.text, cut.finish_reason)["valid"]
+    obj = engine.complete(GenRequest(messages=msgs, output=output_format(
+        {"type": "json_object"})))
+    assert json.loads(obj.text) == {"echo": "Paris is big"}
+
+
+def test_the_echo_batch_refuses_a_raw_grammar_alone():
+    engine = EchoEngine(ModelSpec(path="echo"))
+    batched = EchoBatchedEngine(engine, 4)
+    msgs = [{"role": "user", "content": "hi there"}]
+    out = batched.generate([GenRequest(messages=msgs, output=output_format(None, 'root ::= "x"')),
+                            GenRequest(messages=msgs)])
+    assert isinstance(out[0], FormatError) and out[0].param == "grammar"
+    assert out[1].text == "hi there"
+
+
+def test_request_lines_take_a_format_and_refuse_a_bad_one_naming_it():
+    body = {"model": "a", "messages": [{"role": "user", "content": "hi"}]}
+    line = {"custom_id": "q", "url": "/v1/chat/completions"}
+    req = parse_request({**line, "body": {**body, "response_format": schema_format(CITY)}})
+    assert req.options["response_format"]["json_schema"]["name"] == "city"
+    assert parse_request({**line, "body": {**body, "response_format": {"type": "text"}}}
+                         ).options == {}
+    with pytest.raises(RequestError) as err:
+        parse_request({**line, "body": {**body, "response_format": schema_format(
+            {"type": "integer", "minimum": 1})}})
+    assert err.value.param == "body.response_format" and "'minimum'" in str(err.value)
+    assert err.value.code == "invalid_response_format"
+    req = parse_request({**line, "body": {**body, "grammar": 'root ::= "x"', "top_k": 5,
+                                          "repeat_penalty": 1.2}})
+    assert req.options == {"grammar": 'root ::= "x"', "top_k": 5, "repeat_penalty": 1.2}
+
+
+@pytest.mark.parametrize("key, value", [
+    ("logprobs", True), ("frequency_penalty", 0.5), ("presence_penalty", 1),
+    ("logit_bias", {"1": 5}), ("tools", [{"type": "function"}]), ("tool_choice", "required"),
+    ("top_logprobs", 2), ("modalities", ["audio"]), ("reasoning_effort", "high"),
+    ("best_of", 2), ("guided_json", {}),
+])
+def test_a_parameter_that_would_change_the_answer_is_refused_naming_it(key, value):
+    body = {"model": "a", "messages": [{"role": "user", "content": "hi"}], key: value}
+    with pytest.raises(RequestError) as err:
+        parse_request({"custom_id": "q", "url": "/v1/chat/completions", "body": body})
+    assert err.value.param == f"body.{key}" and key in str(err.value)
+    assert err.value.code == "unsupported_parameter"
+
+
+def test_defaults_as_langchain_sends_them_are_accepted_and_listed():
+    body = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "n": 1,
+            "logprobs": False, "frequency_penalty": 0, "presence_penalty": 0.0, "user": "u1",
+            "stream": False, "tools": [], "tool_choice": "none", "logit_bias": {}}
+    req = parse_request({"custom_id": "q", "url": "/v1/chat/completions", "body": body})
+    assert req.ignored == ["frequency_penalty", "logit_bias", "logprobs", "presence_penalty",
+                           "stream", "tool_choice", "tools", "user"]
+
+
+def test_a_line_format_replaces_the_runs():
+    run = {"response_format": {"type": "json_object"}, "seed": 1}
+    assert line_over_run(run, {"grammar": "g"}) == {"seed": 1, "grammar": "g"}
+    assert line_over_run(run, {"seed": 2}) == {"response_format": {"type": "json_object"},
+                                               "seed": 2}
+
+
+# ----------------------------------------------------------------------------- the CLI, echo
+
+def test_ask_with_a_schema_file_prints_json_that_fits_it(tmp_path):
+    from tests.unit.test_cli_conventions import hpc
+
+    (tmp_path / "city.json").write_text(json.dumps(CITY))
+    out = hpc(tmp_path / "home", "ask", "Paris is lovely", "--agents", "balanced_agent",
+              "--schema", str(tmp_path / "city.json"), "--raw")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"city": "Paris", "population": 0, "tags": ["is"]}
+    full = hpc(tmp_path / "home", "ask", "Paris is lovely", "--agents", "balanced_agent",
+               "--schema", str(tmp_path / "city.json"), "--json")
+    record = json.loads(full.stdout)["responses"][0]["output_format"]
+    assert record == {"kind": "json_schema", "name": "city", "valid": True, "error": None,
+                      "sha256": output_format(schema_format(CITY)).sha256}
+
+
+def test_a_schema_file_that_cannot_be_enforced_is_refused_before_any_work(tmp_path):
+    from tests.unit.test_cli_conventions import hpc
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("type: object\nproperties:\n  n: {type: integer, exclusiveMinimum: 0}\n")
+    out = hpc(tmp_path / "home", "ask", "hi", "--schema", str(bad))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"--schema {bad}: schema.properties.n: the keyword 'exclusiveMinimum'" in \
+        " ".join(out.stderr.split())
+    missing = hpc(tmp_path / "home", "ask", "hi", "--schema", str(tmp_path / "none.json"))
+    assert missing.returncode == 2 and "cannot read it" in missing.stderr
+
+
+def test_an_extractor_agent_fixes_its_format_and_a_bad_one_names_the_file(tmp_path):
+    from hpc_chat.agents.config import AgentConfig
+    from hpc_chat.errors import ConfigError
+    from tests.unit.test_cli_conventions import hpc
+
+    agent = {"name": "extractor", "config": {
+        "model": "default", "temperature": 0.0, "system_prompt": "Extract.",
+        "response_format": schema_format(CITY)}}
+    (tmp_path / "extractor.yml").write_text(json.dumps(agent))
+    workflow = tmp_path / "wf.yml"
+    workflow.write_text(json.dumps({"name": "x", "config": {
+        "executor": {"type": "local", "max_workers": 1},
+        "agents": [{"name": "extractor", "config_file": str(tmp_path / "extractor.yml")}],
+        "routing": {"default_agent": "extractor"}}}))
+    out = hpc(tmp_path / "home", "ask", "Lima is far", "--raw", config=str(workflow))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["city"] == "Lima"
+    agent["config"]["response_format"] = schema_format({"type": "string", "format": "email"})
+    (tmp_path / "extractor.yml").write_text(json.dumps(agent))
+    with pytest.raises(ConfigError) as err:
+        AgentConfig.from_yaml(tmp_path / "extractor.yml")
+    assert str(tmp_path / "extractor.yml") in str(err.value)
+    assert "config.response_format" in str(err.value) and "'email'" in str(err.value)
