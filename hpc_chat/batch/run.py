@@ -121,16 +121,16 @@ class BatchRun:
         self.writer.close()
 
 
-async def answer_all(workflow, items: list[BatchItem], writer: OutputWriter, *, agents=None,
-                     options=None,
-                     on_result: Callable[[BatchItem, dict], None] | None = None,
-                     on_status: Callable[[str], None] | None = None) -> int:
+async def answer_with_workflow(workflow, items: list[BatchItem], writer: OutputWriter, *,
+                               agents=None, options=None,
+                               on_result: Callable[[BatchItem, dict], None] | None = None,
+                               on_status: Callable[[str], None] | None = None) -> int:
     """Submit every item, write each result as it completes; returns the number failed.
 
     Until the first worker connects, ``on_status`` hears what the workers are waiting for;
     workers that cannot start end the batch with an :class:`ExecutorError` (the lines written
     so far stay), instead of a wait without end."""
-    async def answer(item):
+    async def answer_item(item):
         req = item.request
         if req is None:
             return item, await workflow.submit_request(
@@ -157,7 +157,7 @@ async def answer_all(workflow, items: list[BatchItem], writer: OutputWriter, *, 
 
     watching.add_done_callback(watched)
     failed = 0
-    answers = [asyncio.ensure_future(answer(it)) for it in items]
+    answers = [asyncio.ensure_future(answer_item(it)) for it in items]
     try:
         for next_done in asyncio.as_completed(answers):
             item, result = await next_done

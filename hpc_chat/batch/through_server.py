@@ -36,11 +36,12 @@ class ServerGone(HpcChatError):
     """The server could not be reached in the middle of a batch."""
 
 
-def answer_all(url: str, items: list[BatchItem], writer: OutputWriter, *, models: list[str],
-               agent: str | None = None, options: dict[str, Any] | None = None,
-               on_result: Callable[[BatchItem, dict], None] | None = None,
-               on_status: Callable[[str], None] | None = None,
-               in_flight: int = IN_FLIGHT) -> int:
+def answer_through_server(url: str, items: list[BatchItem], writer: OutputWriter, *,
+                          models: list[str], agent: str | None = None,
+                          options: dict[str, Any] | None = None,
+                          on_result: Callable[[BatchItem, dict], None] | None = None,
+                          on_status: Callable[[str], None] | None = None,
+                          in_flight: int = IN_FLIGHT) -> int:
     """Answer every item through the server at ``url`` and write each result as it
     completes; returns the number failed. ``models``: the server's model ids (a line that
     names another fails on its input, before any request)."""

@@ -87,9 +87,11 @@ def serve_run(n: int, clients: int, max_tokens: int | None = None) -> dict[str, 
 
 
 def llama_server_run(binary: str, n: int, threads: int, slots: int = 8,
-                     max_tokens: int | None = MAX_TOKENS) -> dict[str, float]:
+                     max_tokens: int | None = MAX_TOKENS,
+                     extra: dict[str, Any] | None = None) -> dict[str, float]:
     """llama.cpp's own server with parallel slots and continuous batching, as a peer: flash
-    attention on (as in hpc_chat's engines), the same requests ``slots`` at a time."""
+    attention on (as in hpc_chat's engines), the same requests ``slots`` at a time, each body
+    with ``extra`` (a ``response_format``, say) added."""
     from hpc_chat.llm.models import resolve_model
 
     port = 18181
@@ -105,7 +107,8 @@ def llama_server_run(binary: str, n: int, threads: int, slots: int = 8,
             except OSError:
                 time.sleep(0.5)
         return _clients_run(f"http://127.0.0.1:{port}/v1", {}, n, slots,
-                            lambda req: {"messages": req.messages, **req.sampling()},
+                            lambda req: {"messages": req.messages, **req.sampling(),
+                                         **(extra or {})},
                             max_tokens)
     finally:
         proc.terminate()

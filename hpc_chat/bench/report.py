@@ -36,6 +36,7 @@ REAL_TARGETS = {  # the real workload: name: (description, bound, higher_is_bett
     "first_token_s": ("first streamed token on a warm worker (s)", 0.3, False),
 }
 REAL_DESCS = {desc for desc, _, _ in REAL_TARGETS.values()}
+SCHEMA_TARGET = "real workload with a json_schema: tokens/s / without one (same run)"
 
 
 @dataclass
@@ -81,6 +82,8 @@ def _verdicts(r: BenchResults) -> list[Verdict]:
             measured["real_vs_native"] = r.real.vs_direct / native_gain
         out = [Verdict(desc, measured[key], bound, higher)
                for key, (desc, bound, higher) in REAL_TARGETS.items() if key in measured] + out
+    if r.schema_ is not None:
+        out.append(Verdict(SCHEMA_TARGET, r.schema_.kept, 0.85, True))
     return out
 
 
@@ -125,7 +128,7 @@ def markdown(res: dict[str, Any] | BenchResults, plot_name: str) -> str:
     profile = "\n".join(profile_section(r))
     return _render("performance.md.j2", m=r.meta, o=r.overhead, t=r.throughput,
                    w=r.warm_start, s=r.slurm, s2=r.slurm_2n, lim=r.limit, plot_name=plot_name,
-                   real=r.real,
+                   real=r.real, sch=r.schema_,
                    verdicts=found, missed=missed,
                    profile=profile + "\n" if profile else "",
                    throughput_missed=any(v.desc == TARGETS["throughput_vs_direct"][0]

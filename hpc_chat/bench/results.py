@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, serialize_by_alias=True)
 
 
 class Meta(_Model):
@@ -163,6 +163,7 @@ class BatchRun(Rate):
     min_answer_tokens: float
     max_answer_tokens: float
     engines: float
+    valid_fraction: float | None = None  # answers with a format: the share that validated
 
 
 class LoopRate(Rate):
@@ -200,6 +201,24 @@ class RealWorkload(_Model):
         return self.hpc_chat.tok_s / self.direct.tok_s
 
 
+class SchemaWorkload(_Model):
+    """The real workload with a ``json_schema`` (:mod:`hpc_chat.bench.schema`)."""
+
+    requests: int
+    agent: str
+    date: str
+    machine: str
+    plain: BatchRun
+    schema_: BatchRun = Field(alias="schema")
+    llama_server_plain: Rate | None = None
+    llama_server: Rate | None = None
+
+    @property
+    def kept(self) -> float:
+        """Tokens/s with the schema / without it (1.0: the schema costs nothing)."""
+        return self.schema_.tok_s / self.plain.tok_s
+
+
 class BenchResults(_Model):
     meta: Meta
     real: RealWorkload | None = None
@@ -210,3 +229,4 @@ class BenchResults(_Model):
     slurm_2n: TwoNodeRate | None = None
     limit: Limit
     profile: Profile | None = None
+    schema_: SchemaWorkload | None = Field(None, alias="schema")

@@ -127,19 +127,21 @@ def workflow_run(n: int, workers: int, threads: int, batch: int,
         return asyncio.run(_workflow_run(wf, profile, n, workers))
 
 
-def hpc_chat_batch_run(n: int, agent_name: str = "balanced_agent") -> dict[str, Any]:
+def hpc_chat_batch_run(n: int, agent_name: str = "balanced_agent",
+                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """``hpc-chat batch`` with the packaged defaults, end to end, as a user runs it: a fresh
     process, the local site's workers and the node engine started, the model loaded, every
     answer written. The requests are an OpenAI batch file (so each line carries its seed, as
-    the peers' requests do) to ``agent_name`` with its own settings; ``start_s`` is the time
-    from launch until the first request began on a worker."""
+    the peers' requests do) to ``agent_name`` with its own settings, each body with ``extra``
+    added (a ``response_format``); ``start_s`` is the time from launch until the first request
+    began on a worker, ``valid_fraction`` the share of formatted answers that validated."""
     import sys
 
     with tempfile.TemporaryDirectory(prefix="hpc_chat_bench_") as tmp:
         src, out = Path(tmp) / "in.jsonl", Path(tmp) / "out.jsonl"
         src.write_text("".join(json.dumps({
             "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": agent_name, "seed": i,
+            "body": {"model": agent_name, "seed": i, **(extra or {}),
                      "messages": [{"role": "user", "content": p}]}}) + "\n"
             for i, p in enumerate(prompts(n))))
         launched = time.time()
@@ -156,11 +158,13 @@ def hpc_chat_batch_run(n: int, agent_name: str = "balanced_agent") -> dict[str, 
     agents = [a for b in bodies for a in b["hpc_chat"]["agents"]]
     first = min(a["start"] for a in agents)
     tokens = sum(lengths)
+    formatted = [a["output_format"]["valid"] for a in agents if "output_format" in a]
     return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall, "req_s": n / wall,
             "start_s": first - launched, "steady_tok_s": tokens / (wall - (first - launched)),
             "median_answer_tokens": statistics.median(lengths),
             "min_answer_tokens": min(lengths), "max_answer_tokens": max(lengths),
-            "engines": len({(a["engine"] or {}).get("pid") for a in agents})}
+            "engines": len({(a["engine"] or {}).get("pid") for a in agents}),
+            **({"valid_fraction": sum(formatted) / len(formatted)} if formatted else {})}
 
 
 async def _first_token(wf, repeats: int = 5) -> float:
@@ -294,6 +298,10 @@ def run_suite(repeats: int = 3, requests: int = 32, overhead_requests: int = 16,
         "machine": machine_description()}}
     log("the real workload")
     results["real"] = real_workload(real_requests, repeats, log)
+    log("the real workload with a json_schema")
+    from hpc_chat.bench.schema import schema_workload  # it runs this module's batch runs
+
+    results["schema"] = schema_workload(real_requests, repeats, log)
     log("1. orchestration overhead")
     direct16 = median_of(repeats, lambda: direct_loop(overhead_requests, 2))
     wf16 = median_of(repeats, lambda: workflow_run(overhead_requests, 1, 2, 1))

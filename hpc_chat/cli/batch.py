@@ -90,7 +90,7 @@ def batch(input_path, output, resume, retry_failed, check_only, show, summary_js
         err_console.print(f"answering through the server at {target.url} (its workers are "
                           f"warm; --server off starts workers of this command's own)",
                           markup=False, highlight=False)
-        _run(input_path, output, answer=_server_answer(target, options), **run)
+        _run(input_path, output, answer_run=_through_server(target, options), **run)
         return
     session = Session(config, site, allocation=allocation, endpoint=endpoint, model=model,
                       agents=names).check()
@@ -100,7 +100,7 @@ def batch(input_path, output, resume, retry_failed, check_only, show, summary_js
     if banner:
         err_console.print(banner, highlight=False, markup=False)
     try:
-        _run(input_path, output, answer=_workers_answer(session, names, options), **run)
+        _run(input_path, output, answer_run=_on_workers(session, names, options), **run)
     finally:
         if not session.loop.is_closed():
             session.loop.close()
@@ -115,39 +115,40 @@ def _report_check(items, input_path) -> None:
     sys.exit(2 if bad else 0)
 
 
-def _workers_answer(session, agents, options):
+def _on_workers(session, agents, options):
     """Answer a run's prompts with this command's own workers; (perf, Parsl statistics)."""
-    from hpc_chat.batch.run import answer_all
+    from hpc_chat.batch.run import answer_with_workflow
 
-    def answer(run, show):
+    def answer_run(run, show):
         session.workflow.globus_state = run.globus_state()
         with session as s, _progress(run, show) as (progress, on_result):
             try:
-                s.run(answer_all(s.workflow, run.runnable, run.writer, agents=agents,
-                                 options=options, on_result=on_result,
-                                 on_status=progress.status))
+                s.run(answer_with_workflow(s.workflow, run.runnable, run.writer,
+                                           agents=agents, options=options,
+                                           on_result=on_result, on_status=progress.status))
             finally:
                 progress.stop()
             return s.run(s.workflow.get_performance_stats()), \
                 s.run(s.workflow.get_parsl_stats())
-    return answer
+    return answer_run
 
 
-def _server_answer(target, options):
+def _through_server(target, options):
     """Answer a run's prompts through the server ``target`` (no Parsl statistics here: the
     server's are in ``hpc-chat status --server``)."""
-    from hpc_chat.batch.through_server import answer_all
+    from hpc_chat.batch.through_server import answer_through_server
 
-    def answer(run, show):
+    def answer_run(run, show):
         with _progress(run, show) as (progress, on_result):
             try:
-                answer_all(target.url, run.runnable, run.writer, models=target.models,
-                           agent=target.model, options=options, on_result=on_result,
-                           on_status=progress.status)
+                answer_through_server(target.url, run.runnable, run.writer,
+                                      models=target.models, agent=target.model,
+                                      options=options, on_result=on_result,
+                                      on_status=progress.status)
             finally:
                 progress.stop()
         return {}, None
-    return answer
+    return answer_run
 
 
 @contextlib.contextmanager
@@ -164,7 +165,7 @@ def _progress(run, show):
 
 
 def _run(input_path, output, *, fmt, output_format, resume, retry_failed, show,
-         summary_json, endpoint, mode, answer) -> None:
+         summary_json, endpoint, mode, answer_run) -> None:
     from hpc_chat.batch.run import BatchRun, summary
 
     run = BatchRun(input_path, output, fmt=fmt, output_format=output_format, resume=resume,
@@ -180,7 +181,7 @@ def _run(input_path, output, *, fmt, output_format, resume, retry_failed, show,
                 if run.writer.style == "openai" else "their output lines say why"
             err_console.print(f"{len(run.bad)} input lines cannot run ({where})", markup=False)
         if run.runnable:
-            perf, parsl_stats = answer(run, show)
+            perf, parsl_stats = answer_run(run, show)
     except (Interrupted, KeyboardInterrupt) as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         err_console.print(f"interrupted: {run.writer.written} results saved in {output}; "

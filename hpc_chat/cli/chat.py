@@ -57,7 +57,7 @@ def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, 
             click.echo(json.dumps(remote.completion(target.url, body, conversation), indent=2,
                                   ensure_ascii=False))
             return
-        remote.print_answer(target.url, remote.answer(
+        remote.print_answer(target.url, remote.streamed_answer(
             target.url, body, conversation, live=console.is_terminal and not raw), raw=raw)
         return
     session = Session(config, site, quiet=as_json or raw, allocation=allocation,
@@ -105,7 +105,7 @@ def chat(config, site, endpoint, allocation, agents, seed, max_tokens, model, co
         console.print(Text.assemble(("hpc-chat", "bold"), " conversation ", (name, "cyan"),
                                     f" with {', '.join(s.workflow.agents)}. /quit to end."))
 
-        def answer(line: str) -> None:
+        def answer_line(line: str) -> None:
             task = s.loop.create_task(
                 answer_live(s.workflow, line, console, **request) if console.is_terminal
                 else s.workflow.process_request(line, **request))
@@ -122,7 +122,7 @@ def chat(config, site, endpoint, allocation, agents, seed, max_tokens, model, co
                                             s.run(s.workflow.get_parsl_stats())),
               "/agents": lambda: print_agents(s.workflow),
               "/history": lambda: print_conversation(s.run(s.workflow.history.messages(name)))},
-             answer)
+             answer_line)
 
 
 def _show_history(name: str) -> None:

@@ -154,8 +154,11 @@ def cleanup(dry_run):
 @click.option("--no-slurm", is_flag=True, help="Skip the local-Slurm case.")
 @click.option("--report-only", is_flag=True,
               help="Rewrite the report from RESULTS_DIR/results.json without measuring.")
+@click.option("--only", type=click.Choice(["schema"]), default=None,
+              help="Measure this section alone into RESULTS_DIR/results.json (the others kept "
+                   "from the run that wrote it; the section says when and where it ran).")
 def bench(repeats, n_requests, real_requests, results_dir, update_docs, no_slurm,
-          report_only):
+          report_only, only):
     """Run the benchmark suite; write results JSON, a report (performance.md) and its plot."""
     from hpc_chat.bench.report import plotting_problem, typed, verdicts, write_report
     from hpc_chat.bench.suite import run_suite
@@ -166,7 +169,7 @@ def bench(repeats, n_requests, real_requests, results_dir, update_docs, no_slurm
         if not (docs.is_dir() and readme.is_file()):
             raise CliError("--update-docs writes docs/ and README.md of an hpc_chat checkout: "
                            "run it from the checkout's top directory")
-    if report_only:
+    if report_only or only:
         saved = Path(results_dir) / "results.json"
         if not saved.is_file():
             raise CliError(f"{saved}: no results to report; run 'hpc-chat bench' first")
@@ -175,6 +178,11 @@ def bench(repeats, n_requests, real_requests, results_dir, update_docs, no_slurm
         except (ValueError, HpcChatError) as exc:
             raise CliError(f"{saved}: not a results file of this version: "
                            f"{str(exc).splitlines()[0]}") from None
+        if only == "schema":
+            from hpc_chat.bench.schema import schema_workload
+
+            res = {**json.loads(saved.read_text()), "schema": schema_workload(
+                real_requests, repeats, lambda text: err_console.print(text, highlight=False))}
     else:
         problem = plotting_problem()
         if problem:  # say so before minutes of measuring, not after

@@ -124,8 +124,8 @@ def request_body(model: str, prompt: str, options: dict[str, Any]) -> dict[str, 
     return {"model": model, "messages": [{"role": "user", "content": prompt}], **options}
 
 
-def answer(url: str, body: dict[str, Any], conversation: str | None, *,
-           live: bool) -> dict[str, Any]:
+def streamed_answer(url: str, body: dict[str, Any], conversation: str | None, *,
+                    live: bool) -> dict[str, Any]:
     """One answer from the server, streamed (Ctrl-C closes the connection, which stops the
     answer at the server): ``text``, ``finish_reason``, ``usage``, ``agents``, ``latency_s``.
     ``live``: drawn in a transient panel as it grows, and a spinner while the server's
@@ -256,5 +256,6 @@ def chat_loop(url: str, name: str, model: str, options: dict[str, Any],
 
     repl({"/stats": lambda: print_server_status(url), "/agents": lambda: print_models(url),
           "/history": history},
-         lambda line: print_answer(url, answer(url, request_body(model, line, options), name,
-                                               live=console.is_terminal), raw=False))
+         lambda line: print_answer(url, streamed_answer(
+             url, request_body(model, line, options), name, live=console.is_terminal),
+             raw=False))

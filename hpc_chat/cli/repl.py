@@ -7,10 +7,10 @@ from collections.abc import Callable
 from hpc_chat.cli.app import CliError, console, err_console
 
 
-def repl(commands: dict[str, Callable[[], None]], answer: Callable[[str], None]) -> None:
+def repl(commands: dict[str, Callable[[], None]], answer_line: Callable[[str], None]) -> None:
     """Read lines at ``you>`` until ``/quit``, Ctrl-D, or Ctrl-C at the prompt. A line in
     ``commands`` (``/stats`` ...) runs it; any other line is answered. Ctrl-C while a line is
-    answered cancels that answer (``answer`` stops its own work) and the session goes on, as
+    answered cancels that answer (``answer_line`` stops its own work) and the session goes on, as
     does a turn that failed with a message of its own."""
     while True:
         try:
@@ -28,7 +28,7 @@ def repl(commands: dict[str, Callable[[], None]], answer: Callable[[str], None])
             elif line.startswith("/"):
                 console.print(f"commands: {' '.join(commands)} /quit")
             else:
-                answer(line)
+                answer_line(line)
         except KeyboardInterrupt:
             err_console.print("(answer cancelled)", style="dim")
         except CliError as exc:  # one failed turn (the server busy, a prompt too long)

@@ -1,6 +1,7 @@
 """One request's result, as the workflow returns it: the aggregated answer, or why it failed.
 
-Every caller reads this shape (the CLI, the batch writer, the server): ``prompt``, ``ok``,
+Every caller reads this shape, declared as :class:`~hpc_chat.protocol.result.RequestResult`
+(the CLI, the batch writer, the server): ``prompt``, ``ok``,
 ``response``, ``agents``, ``latency_s``, the token counts, ``finish_reason``, ``error`` with
 its ``error_kind`` and ``error_code`` (:mod:`hpc_chat.protocol.failure`), ``cached``, ``site``,
 the ``routes`` taken and each agent's own answer in ``responses``. The statistics get a
@@ -17,7 +18,7 @@ from hpc_chat.driver.stats import RequestRecord
 from hpc_chat.errors import HpcChatError
 from hpc_chat.protocol.failure import FailureCode, code_of
 from hpc_chat.protocol.failure import combined as combined_code
-from hpc_chat.protocol.result import FinishReason, Usage
+from hpc_chat.protocol.result import FinishReason, RequestResult, Usage
 
 
 def describe_error(exc: BaseException) -> str:
@@ -47,7 +48,7 @@ def request_result(start: float, text: Any, combined: dict | None, *, error: str
         completion_tokens=usage.completion_tokens, prompt_tokens=usage.prompt_tokens,
         agents=tuple(combined["agents"]) if combined else (),
         cached=bool(combined and combined["cached"]), model_loads=loads)
-    return {
+    return RequestResult.model_validate({
         "prompt": text,
         "ok": ok,
         "response": combined["content"] if ok else None,
@@ -65,7 +66,7 @@ def request_result(start: float, text: Any, combined: dict | None, *, error: str
         "routes": [{"agent": r.agent, "score": round(r.score, 4), "matched": list(r.matched),
                     "fallback": r.fallback} for r in routes or []],
         "responses": responses,
-    }, record
+    }).model_dump(mode="json"), record
 
 
 def finish_reason(responses: list[dict[str, Any]]) -> str:

@@ -38,8 +38,8 @@ from hpc_chat.protocol.failure import FailureCode, code_of, failure_code, failur
 from hpc_chat.protocol.stream import StreamSpec
 from hpc_chat.sites.build import site_model
 from hpc_chat.sites.registry import load_profile
-from hpc_chat.structured.compile import output_format
-from hpc_chat.worker.chat import build_messages, decoded_messages, model_name
+from hpc_chat.structured.compile import FORMAT_KEYS, output_format
+from hpc_chat.worker.chat import build_messages, decoded_messages, model_name, system_prompt_of
 
 HISTORY_FAILED = "the conversation history cannot be used"  # how such an error begins
 
@@ -269,7 +269,7 @@ class ParslChatWorkflow:
             return self._finish(start, text, None, error="the prompt is empty",
                                 code=FailureCode.INVALID_REQUEST)
         try:  # a format that cannot be enforced is refused here, before any worker sees it
-            fmt = output_format(options.get("response_format"), options.get("grammar"))
+            fmt = output_format(**{k: options.get(k) for k in FORMAT_KEYS})
             routes = self.choose_agents(text, agent_names, one_answer=fmt is not None)
         except FormatError as exc:
             return self._finish(start, text, None, error=str(exc), code=failure_code(exc))
@@ -303,8 +303,8 @@ class ParslChatWorkflow:
             context = sent.model_dump()  # plain data: it crosses Parsl and Globus Compute
             agent = self.agents[r.agent].config
             perf = agent.config.performance
-            messages = build_messages(sent.system_prompt or agent.config.system_prompt, text,
-                                      history)
+            messages = build_messages(system_prompt_of(
+                sent.system_prompt or agent.config.system_prompt, options), text, history)
             key = None
             if perf.enable_caching:
                 key = cache_key(agent.to_dict(), messages,

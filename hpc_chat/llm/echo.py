@@ -93,9 +93,12 @@ def _formatted(words: list[str], max_tokens: int, output: OutputFormat) -> tuple
     if output.kind is FormatKind.GRAMMAR:
         raise FormatError("grammar: the echo model cannot follow a raw GBNF grammar (it "
                           "writes JSON for response_format); use a real model", param="grammar")
-    value = {"echo": " ".join(words)} if output.kind is FormatKind.JSON_OBJECT else \
-        instance(output.json_schema or {}, words)
-    text = json.dumps(value, ensure_ascii=False)
+    if output.text_allowed:  # tool_choice auto: the echo model answers in words
+        text = " ".join(words)
+    else:
+        value = {"echo": " ".join(words)} if output.kind is FormatKind.JSON_OBJECT else \
+            instance(output.json_schema or {}, words)
+        text = json.dumps(value, ensure_ascii=False)
     ends = [m.end() for m in re.finditer(r"\S+", text)]
     if len(ends) > max_tokens:
         return text[:ends[max_tokens - 1]], max_tokens, "length"
@@ -143,7 +146,7 @@ class EchoEngine:
     def count_tokens(self, text: str) -> int:
         return len(_words(text))
 
-    def answer(self, messages: list[dict[str, str]], max_tokens: int,
+    def compose(self, messages: list[dict[str, str]], max_tokens: int,
                stop: list[str] | None,
                output: OutputFormat | None = None) -> tuple[str, int, str]:
         """The answer's text, its length in tokens and the finish reason."""
@@ -175,7 +178,7 @@ class EchoEngine:
              output: OutputFormat | None = None, **sampling):
         """Answer like :meth:`ChatEngine.chat` (other sampling settings change nothing);
         ``on_text`` hears the text so far after each token, as there."""
-        text, n, finish = self.answer(messages, max_tokens, stop, output)
+        text, n, finish = self.compose(messages, max_tokens, stop, output)
         with self._lock:  # one answer at a time per engine, as with a real model
             start = time.perf_counter()
             pace = Pace(self.pace.token_s)
@@ -205,6 +208,9 @@ class EchoBatchedEngine:
         self.template_stops: list[str] = []  # no chat template, so nothing to stop on
         self.lock = threading.Lock()
 
+    def close(self) -> None:
+        """Nothing to free (the real engine frees its llama.cpp context)."""
+
     def generate(self, requests: list[GenRequest], on_text: list | None = None) -> list:
         results: list = [None] * len(requests)
         listeners = on_text or [None] * len(requests)
@@ -230,7 +236,7 @@ class EchoBatchedEngine:
                         job.done(prompt_too_long(size, req.max_tokens, self.n_ctx_seq))
                         continue
                     try:
-                        made = self.engine.answer(req.messages, req.max_tokens, req.stop,
+                        made = self.engine.compose(req.messages, req.max_tokens, req.stop,
                                                   req.output)
                     except FormatError as exc:
                         job.done(exc)

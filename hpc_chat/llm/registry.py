@@ -11,15 +11,16 @@ import os
 import threading
 from typing import Any
 
+from hpc_chat.llm.interface import BatchEngine, Engine
 from hpc_chat.llm.models import ModelSpec
 
-_engines: dict[ModelSpec, Any] = {}
-_batched: dict[tuple[ModelSpec, int], Any] = {}
+_engines: dict[ModelSpec, Engine] = {}
+_batched: dict[tuple[ModelSpec, int], BatchEngine] = {}
 _lock = threading.Lock()
 _stats = {"hits": 0, "misses": 0}
 
 
-def get_engine(spec: ModelSpec):
+def get_engine(spec: ModelSpec) -> tuple[Engine, bool]:
     """The engine for ``spec`` and whether this call loaded it."""
     with _lock:
         engine = _engines.get(spec)
@@ -35,7 +36,7 @@ def get_engine(spec: ModelSpec):
         return engine, True
 
 
-def get_batched_engine(engine, n_seq: int):
+def get_batched_engine(engine: Engine, n_seq: int) -> BatchEngine:
     """The batched context over a loaded engine's model with ``n_seq`` sequences."""
     key = (engine.spec, n_seq)
     with _lock:
@@ -59,9 +60,7 @@ def clear_cache() -> None:
     """Drop every loaded model in this process (tests and memory pressure)."""
     with _lock:
         for batched in _batched.values():
-            close = getattr(batched, "close", None)
-            if close:
-                close()
+            batched.close()
         _batched.clear()
         _engines.clear()
         _stats.update(hits=0, misses=0)

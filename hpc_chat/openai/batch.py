@@ -36,11 +36,13 @@ from typing import Any
 from hpc_chat.errors import FormatError
 from hpc_chat.openai.chat import chat_completion
 from hpc_chat.openai.params import RequestError, ignored
-from hpc_chat.structured.compile import output_format
+from hpc_chat.protocol.failure import failure_code
+from hpc_chat.structured.compile import FORMAT_KEYS, output_format
+from hpc_chat.structured.tools import call_text, result_text
 
 ROUTED_MODEL = "auto"
 CHAT_URL = "/v1/chat/completions"
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 64  # characters of one stop string (a stream holds back that much text)
 MAX_SEED = 2**32 - 2  # llama.cpp's seeds are 32-bit, and 2**32 - 1 means "a random one"
 
@@ -112,13 +114,25 @@ def _messages(messages: Any) -> tuple[str | None, list[dict[str, str]], str]:
         raise RequestError("body.messages must be a non-empty list", param="body.messages")
     system: list[str] = []
     turns: list[dict[str, str]] = []
+    calls: dict[str, str] = {}  # an earlier call's id -> its function's name
     for i, msg in enumerate(messages):
         where = f"body.messages[{i}]"
         if not isinstance(msg, dict) or msg.get("role") not in ROLES:
             raise RequestError(f"{where} must be an object whose role is one of "
                                f"{', '.join(ROLES)}", param=where)
+        if msg["role"] == "assistant" and msg.get("tool_calls"):
+            turns.append({"role": "assistant", "content": _calls(msg["tool_calls"], where,
+                                                                 calls)})
+            continue
         content = _text(msg.get("content"), where)
-        if msg["role"] in ("system", "developer"):
+        if msg["role"] == "tool":  # a call's result, given to the model as a user turn
+            call_id = msg.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise RequestError(f"{where}.tool_call_id must name the call this answers",
+                                   param=f"{where}.tool_call_id")
+            turns.append({"role": "user", "content": result_text(calls.get(call_id), call_id,
+                                                                 content)})
+        elif msg["role"] in ("system", "developer"):
             if turns:
                 raise RequestError(f"{where}: a system message must come before the others",
                                    param=where)
@@ -126,12 +140,30 @@ def _messages(messages: Any) -> tuple[str | None, list[dict[str, str]], str]:
         else:
             turns.append({"role": msg["role"], "content": content})
     if not turns or turns[-1]["role"] != "user":
-        raise RequestError("body.messages must end with a user message",
+        raise RequestError("body.messages must end with a user or tool message",
                            param="body.messages")
     if not turns[-1]["content"].strip():
         raise RequestError("body.messages: the last user message is empty",
                            param="body.messages")
     return ("\n\n".join(system) or None), turns[:-1], turns[-1]["content"]
+
+
+def _calls(tool_calls: Any, where: str, calls: dict[str, str]) -> str:
+    """An assistant turn's tool calls, as the text of that turn (:func:`call_text`)."""
+    if not isinstance(tool_calls, list):
+        raise RequestError(f"{where}.tool_calls must be a list", param=f"{where}.tool_calls")
+    texts = []
+    for j, call in enumerate(tool_calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or \
+                not isinstance(fn.get("arguments", ""), (str, dict)):
+            raise RequestError(f"{where}.tool_calls[{j}] must be {{\"id\", \"type\": "
+                               f"\"function\", \"function\": {{\"name\", \"arguments\"}}}}",
+                               param=f"{where}.tool_calls[{j}]")
+        if isinstance(call.get("id"), str):
+            calls[call["id"]] = fn["name"]
+        texts.append(call_text(fn["name"], fn.get("arguments") or {}))
+    return "\n".join(texts)
 
 
 def _text(content: Any, where: str) -> str:
@@ -195,15 +227,16 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _format(body: dict[str, Any]) -> dict[str, Any]:
-    """``response_format`` and ``grammar``, checked here (compiled, and every schema keyword
-    the grammar would not enforce refused) so a bad one never reaches a worker."""
-    given = {k: body[k] for k in ("response_format", "grammar") if body.get(k) is not None}
+    """``response_format``, ``grammar``, ``tools`` and ``tool_choice``, checked here
+    (compiled, and every schema keyword the grammar would not enforce refused) so a bad one
+    never reaches a worker."""
+    given = {k: body[k] for k in FORMAT_KEYS if body.get(k) is not None}
     try:
-        fmt = output_format(given.get("response_format"), given.get("grammar"))
+        fmt = output_format(**{k: given.get(k) for k in FORMAT_KEYS})
     except FormatError as exc:
         text = str(exc) if str(exc).startswith(exc.param) else f"{exc.param}: {exc}"
         raise RequestError(f"body.{text}", param=f"body.{exc.param}",
-                           code=f"invalid_{exc.param}") from None
+                           code=failure_code(exc).value) from None
     return given if fmt is not None else {}
 
 

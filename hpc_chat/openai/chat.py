@@ -9,10 +9,12 @@ ignore it).
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
 from hpc_chat.protocol.result import FinishReason, Usage
+from hpc_chat.structured.tools import parse_call
 
 
 def completion_id() -> str:
@@ -34,18 +36,36 @@ def chat_completion(model: str, result: dict[str, Any], created: float,
                     fingerprint: str | None = None) -> dict[str, Any]:
     """A ``chat.completion`` object for an answered request (``fingerprint``: the
     ``system_fingerprint``, by default from the provenance's model files)."""
+    reply, finish = message(result, provenance)
     return {
         "id": completion_id(), "object": "chat.completion", "created": int(created),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant",
-                                             "content": result.get("response"),
-                                             "refusal": None},
-                     "logprobs": None,
-                     "finish_reason": result.get("finish_reason") or FinishReason.STOP.value}],
+        "choices": [{"index": 0, "message": reply, "logprobs": None, "finish_reason": finish}],
         "usage": Usage.of(result).openai(),
         "system_fingerprint": fingerprint or system_fingerprint(provenance),
         "hpc_chat": provenance,
     }
+
+
+def message(result: dict[str, Any],
+            provenance: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """The assistant's message and the finish reason: a tool call (``tool_calls``, finish
+    ``tool_calls``) when the request offered tools and the answer is a call to one, else the
+    answer's text."""
+    text = result.get("response")
+    finish = result.get("finish_reason") or FinishReason.STOP.value
+    agents = (provenance or {}).get("agents") or [{}]
+    if (agents[0].get("output_format") or {}).get("kind") == "tools" and \
+            finish == FinishReason.STOP.value:
+        call = parse_call(text or "")
+        if call is not None:
+            name, arguments = call
+            return {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
+                {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                 "function": {"name": name,
+                              "arguments": json.dumps(arguments, ensure_ascii=False)}}]}, \
+                FinishReason.TOOL_CALLS.value
+    return {"role": "assistant", "content": text, "refusal": None}, finish
 
 
 def chunk(ident: str, created: int, model: str, fingerprint: str, delta: dict[str, Any],

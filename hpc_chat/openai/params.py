@@ -26,7 +26,8 @@ class RequestError(ValueError):
 
 # Read and used by hpc_chat (openai.batch); top_k, repeat_penalty and grammar as llama-server.
 USED = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
-        "seed", "stop", "n", "response_format", "grammar", "top_k", "repeat_penalty")
+        "seed", "stop", "n", "response_format", "grammar", "tools", "tool_choice", "top_k",
+        "repeat_penalty")
 
 
 def _none_or(*values: Any):
@@ -47,14 +48,12 @@ INERT = {
     "safety_identifier": _anything,
     "stream": _anything,  # the server reads it; a batch line's answer comes whole
     "stream_options": _anything,
-    "parallel_tool_calls": _anything,  # means nothing without tools
+    "parallel_tool_calls": _anything,  # an answer makes at most one call either way
     "frequency_penalty": lambda v: v is None or (isinstance(v, (int, float)) and v == 0),
     "presence_penalty": lambda v: v is None or (isinstance(v, (int, float)) and v == 0),
     "logprobs": _none_or(False),
     "top_logprobs": lambda v: v is None or v == 0,
     "logit_bias": lambda v: v is None or v == {},
-    "tools": lambda v: v is None or v == [],
-    "tool_choice": _none_or("none"),
     "functions": lambda v: v is None or v == [],
     "function_call": _none_or("none"),
     "modalities": lambda v: v is None or v == ["text"],
@@ -79,8 +78,8 @@ def ignored(body: dict[str, Any], where: str = "body.") -> list[str]:
                                f"supported ones are listed in docs/openai-api.md",
                                param=f"{where}{key}", code="unsupported_parameter")
         if not inert(body[key]):
-            what = "tool calls are" if key in ("tools", "tool_choice", "functions",
-                                               "function_call") else f"{key} is"
+            what = "functions (the deprecated form of tools) are" if key in (
+                "functions", "function_call") else f"{key} is"
             raise RequestError(f"{where}{key}: {what} not supported by hpc_chat yet; send it "
                                f"at its default or leave it out (docs/openai-api.md)",
                                param=f"{where}{key}", code="unsupported_parameter")

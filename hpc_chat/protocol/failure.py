@@ -23,6 +23,7 @@ class FailureCode(str, Enum):
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     INVALID_RESPONSE_FORMAT = "invalid_response_format"
     INVALID_GRAMMAR = "invalid_grammar"
+    INVALID_TOOLS = "invalid_tools"
     INVALID_REQUEST = "invalid_request"
     HISTORY_UNAVAILABLE = "history_unavailable"
     GENERATION_FAILED = "generation_failed"
@@ -42,12 +43,14 @@ class FailureCode(str, Enum):
 
 _STATUS = {FailureCode.MODEL_NOT_FOUND: 404, FailureCode.CONTEXT_LENGTH_EXCEEDED: 400,
            FailureCode.INVALID_RESPONSE_FORMAT: 400, FailureCode.INVALID_GRAMMAR: 400,
+           FailureCode.INVALID_TOOLS: 400,
            FailureCode.INVALID_REQUEST: 400, FailureCode.HISTORY_UNAVAILABLE: 500,
            FailureCode.GENERATION_FAILED: 500}
 _PARAM = {FailureCode.MODEL_NOT_FOUND: "body.model",
           FailureCode.CONTEXT_LENGTH_EXCEEDED: "body.messages",
           FailureCode.INVALID_RESPONSE_FORMAT: "body.response_format",
-          FailureCode.INVALID_GRAMMAR: "body.grammar"}
+          FailureCode.INVALID_GRAMMAR: "body.grammar",
+          FailureCode.INVALID_TOOLS: "body.tools"}
 # When several agents failed differently, the code of the whole request: the first of these.
 _PRECEDENCE = list(FailureCode)
 
@@ -61,8 +64,9 @@ def failure_code(exc: BaseException) -> FailureCode:
     if isinstance(inner, PromptTooLongError):
         return FailureCode.CONTEXT_LENGTH_EXCEEDED
     if isinstance(inner, FormatError):
-        return FailureCode.INVALID_GRAMMAR if inner.param == "grammar" \
-            else FailureCode.INVALID_RESPONSE_FORMAT
+        return {"grammar": FailureCode.INVALID_GRAMMAR, "tools": FailureCode.INVALID_TOOLS,
+                "tool_choice": FailureCode.INVALID_TOOLS}.get(
+            inner.param, FailureCode.INVALID_RESPONSE_FORMAT)
     if isinstance(inner, ValueError) and not isinstance(inner, ConfigError):
         return FailureCode.INVALID_REQUEST
     return FailureCode.GENERATION_FAILED

@@ -3,12 +3,13 @@
 
 A request (an HTTP body, a batch line, an agent's YAML, ``ask --schema``) says
 ``response_format`` in OpenAI's words (:class:`ResponseFormat`: ``text``, ``json_object``, or
-``json_schema`` with a name, a schema and ``strict``), or gives a raw GBNF ``grammar`` (our
-extension, as llama-server's). :mod:`hpc_chat.structured` turns either into an
-:class:`OutputFormat`: the GBNF grammar that llama.cpp's grammar sampler applies to that one
-sequence, the schema the answer is validated against afterwards, and the schema's fingerprint
-that provenance records. It travels inside the :class:`~hpc_chat.protocol.request.GenRequest`
-to whichever engine decodes it.
+``json_schema`` with a name, a schema and ``strict``), gives a raw GBNF ``grammar`` (our
+extension, as llama-server's), or offers ``tools`` that the answer may or must call.
+:mod:`hpc_chat.structured` turns any of them into an :class:`OutputFormat`: the GBNF grammar
+that llama.cpp's grammar sampler applies to that one sequence, the schema the answer is
+validated against afterwards, and the schema's fingerprint that provenance records. It
+travels inside the :class:`~hpc_chat.protocol.request.GenRequest` to whichever engine decodes
+it.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class FormatKind(str, Enum):
     JSON_SCHEMA = "json_schema"
     JSON_OBJECT = "json_object"
     GRAMMAR = "grammar"
+    TOOLS = "tools"  # a call to one of the request's tools (or, with ``text_allowed``, text)
 
 
 class OutputFormat(BaseModel):
@@ -63,7 +65,8 @@ class OutputFormat(BaseModel):
     kind: FormatKind
     gbnf: str  # llama.cpp's grammar, root rule ``root``
     json_schema: dict[str, Any] | None = None  # validated against after decoding; None: grammar
-    name: str | None = None  # the schema's name, as the request gave it
+    name: str | None = None  # the schema's name, as the request gave it (a tool's, named)
+    text_allowed: bool = False  # tool_choice auto: plain text is an answer too
     sha256: str  # of the schema (canonical JSON) or of the grammar: provenance records it
 
     @property

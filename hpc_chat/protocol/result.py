@@ -12,16 +12,18 @@ import socket
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class FinishReason(str, Enum):
     """Why an answer ended: a stop (the model's end or a stop string), ``max_tokens``, or its
-    client went away (a partial answer: never cached, never stored)."""
+    client went away (a partial answer: never cached, never stored); OpenAI's reply says
+    ``tool_calls`` for a stop whose answer calls a tool."""
 
     STOP = "stop"
     LENGTH = "length"
     CANCELLED = "cancelled"
+    TOOL_CALLS = "tool_calls"  # OpenAI's: the answer is a call to one of the request's tools
 
 
 class Usage(BaseModel):
@@ -44,6 +46,95 @@ class Usage(BaseModel):
         """OpenAI's ``usage`` object."""
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+class WorkerIdentity(BaseModel):
+    """Where an answer was made: the host, the worker's pid, Parsl's rank and block."""
+
+    host: str
+    pid: int
+    rank: str | None = None
+    block: str | None = None
+
+
+class Timings(BaseModel):
+    model_load_s: float
+    model_loaded_now: bool
+    generation_s: float
+    tokens_per_s: float
+    start: float
+    end: float
+
+
+class FormatVerdict(BaseModel):
+    """The format an answer was decoded under, and whether the answer fits it."""
+
+    kind: str
+    name: str | None = None
+    sha256: str
+    valid: bool
+    error: str | None = None
+
+
+class AgentAnswer(BaseModel):
+    """One agent's answer as its worker sends it back (over Parsl, Globus Compute or the
+    token hub) and the driver, the cache and the batch writer read it. No copy of the
+    conversation: the driver rebuilds the decoded messages into the provenance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content: str
+    agent: str
+    model: str
+    model_path: str
+    finish_reason: FinishReason
+    usage: Usage
+    timings: Timings
+    history_turns_used: int
+    cached: bool = False
+    worker: WorkerIdentity
+    n_threads: int
+    batched: bool
+    engine: dict[str, Any] | None = None
+    output_format: FormatVerdict | None = None
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+    def wire(self) -> dict[str, Any]:
+        """Plain JSON data, as every channel carries it (``output_format`` only when the
+        answer had one)."""
+        return self.model_dump(mode="json", exclude={"output_format"} if
+                               self.output_format is None else None)
+
+
+class RouteTaken(BaseModel):
+    agent: str
+    score: float
+    matched: list[str]
+    fallback: bool
+
+
+class RequestResult(BaseModel):
+    """One request's result, as the workflow returns it to every caller (the CLI, the batch
+    writer, the server): the aggregated answer, or why it failed, and each agent's own answer
+    (an :class:`AgentAnswer`'s data, with the route that chose it, or that agent's failure)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Any
+    ok: bool
+    response: str | None
+    agents: list[str]
+    latency_s: float
+    completion_tokens: int
+    prompt_tokens: int
+    finish_reason: FinishReason | None  # None when it failed
+    error: str | None
+    error_kind: str | None
+    error_code: str | None
+    cached: bool
+    site: str | None
+    routes: list[RouteTaken]
+    responses: list[dict[str, Any]]
 
 
 def provenance_of(result: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -186,7 +186,11 @@ async def complete(state: ServerState, request: Request, body: dict[str, Any]):
     # Every request gets a stream when workers can reach the server: the text as it grows
     # when the client streams, else only the result, which the worker sends as soon as it is
     # done (not when the last answer of its micro-batch is: hpc_chat.driver.executors.grouping).
-    channel, spec = state.hub.open(tokens=stream) if state.hub is not None else (None, None)
+    # A tool call is sent whole, as OpenAI's tool_calls delta, once it is made: its text is
+    # not streamed as content.
+    calls = bool(opts.get("tools")) and opts.get("tool_choice") != "none"
+    channel, spec = state.hub.open(tokens=stream and not calls) if state.hub is not None \
+        else (None, None)
     if stream and channel is not None and "seed" not in opts:
         # Drawn here, so a retried task (a lost worker) writes the same text again.
         opts["seed"] = random.getrandbits(31)
@@ -327,6 +331,11 @@ async def stream_events(state: ServerState, model: str, task: asyncio.Task,
         if not result["ok"]:
             err = failure(result)
             yield _event(error_body(str(err), err.kind, err.code, err.param))
+        elif (calls := openai_chat.message(result, provenance_of(result))[0].get("tool_calls")):
+            yield chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]},
+                        FinishReason.TOOL_CALLS.value, hpc_chat=provenance_of(result))
+            if usage:
+                yield _event(openai_chat.usage_chunk(ident, created, model, result))
         else:
             text = result["response"] or ""
             if text.startswith(sent):

@@ -2,12 +2,7 @@
 :class:`~hpc_chat.protocol.output_format.OutputFormat`: the GBNF grammar llama.cpp's grammar
 sampler enforces on that one sequence.
 
-The JSON Schema to GBNF conversion is llama.cpp's own (``llama_cpp/llama_grammar.py``, the
-port llama-cpp-python ships of llama.cpp's ``json_schema_to_grammar``). That file is pure
-Python; it is loaded by its path, without the ``llama_cpp`` package around it, so a driver on
-a login node checks a schema without loading the native library. Its JSON string rule is
-tightened as llama.cpp's newer converter has it (no raw control characters inside a string,
-which strict JSON parsers refuse).
+The JSON Schema to GBNF conversion is llama.cpp's own (:mod:`hpc_chat.structured.converter`).
 
 Compiling is cached per schema: a batch of a million lines with one schema
 compiles it once per process. A raw grammar is checked by llama.cpp itself when the engine
@@ -17,47 +12,38 @@ builds the sequence's sampler (:class:`hpc_chat.errors.FormatError` before any d
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from functools import lru_cache
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from pydantic import ValidationError
 
 from hpc_chat.errors import FormatError
 from hpc_chat.protocol.output_format import FormatKind, OutputFormat, ResponseFormat
+from hpc_chat.structured.converter import converter
 from hpc_chat.structured.keywords import SchemaRefused, unenforced
+from hpc_chat.structured.tools import tools_format
 
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_GRAMMAR_BYTES = 256 * 1024
-# A JSON string's character: no quote, backslash or control character unescaped.
-STRICT_CHAR = (r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] '
-               r'[0-9a-fA-F] [0-9a-fA-F])')
-
-
-@lru_cache(maxsize=1)
-def _converter() -> ModuleType:
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or not spec.submodule_search_locations:
-        raise FormatError("structured outputs need llama-cpp-python installed (its JSON "
-                          "Schema converter)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "llama_grammar.py"
-    loader = importlib.util.spec_from_file_location("hpc_chat_llama_grammar", path)
-    module = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(module)
-    module.PRIMITIVE_RULES["char"] = module.BuiltinRule(STRICT_CHAR, [])
-    return module
 
 
 def canonical(schema: dict[str, Any]) -> str:
     return json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def output_format(response_format: Any = None, grammar: Any = None) -> OutputFormat | None:
+def output_format(response_format: Any = None, grammar: Any = None, tools: Any = None,
+                  tool_choice: Any = None) -> OutputFormat | None:
     """The format a request asks for, compiled; None for plain text. Raises
     :class:`FormatError` naming the key and, for a schema, the keyword at fault."""
+    if tools is not None or tool_choice is not None:
+        fmt = tools_format(tools, tool_choice)
+        if fmt is not None and (grammar is not None or _type_of(response_format)
+                                not in (None, "text")):
+            raise FormatError("tools with tool_choice other than none, and a response_format "
+                              "or grammar: give one of them", param="tools")
+        if fmt is not None:
+            return fmt
     if grammar is not None and response_format is not None and \
             _type_of(response_format) != "text":
         raise FormatError("give either response_format or grammar, not both", param="grammar")
@@ -106,7 +92,7 @@ def _compiled(kind: str, schema_text: str) -> OutputFormat:
     except SchemaRefused as exc:
         raise FormatError(f"{where}.{exc}") from None
     try:
-        gbnf = _converter().json_schema_to_gbnf(schema_text)
+        gbnf = converter().json_schema_to_gbnf(schema_text)
     except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise FormatError(f"{where}.schema: llama.cpp's converter cannot turn it into a "
                           f"grammar ({str(exc)[:200] or type(exc).__name__})") from None
@@ -117,12 +103,13 @@ def _compiled(kind: str, schema_text: str) -> OutputFormat:
                         sha256=hashlib.sha256(canonical(schema).encode()).hexdigest())
 
 
-FORMAT_KEYS = ("response_format", "grammar")
+FORMAT_KEYS = ("response_format", "grammar", "tools", "tool_choice")
 
 
 def line_over_run(run: dict[str, Any], line: dict[str, Any]) -> dict[str, Any]:
     """A batch line's options over the run's (``batch --schema``): a line that gives its own
-    ``response_format`` or ``grammar`` replaces the run's format, never adds to it."""
+    ``response_format``, ``grammar`` or ``tools`` replaces the run's format, never adds to
+    it."""
     if any(k in line for k in FORMAT_KEYS):
         run = {k: v for k, v in run.items() if k not in FORMAT_KEYS}
     return {**run, **line}

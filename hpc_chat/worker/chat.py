@@ -26,8 +26,10 @@ from hpc_chat.protocol.context import SiteModel, TaskContext
 from hpc_chat.protocol.failure import failure_code, failure_fields
 from hpc_chat.protocol.output_format import OutputFormat
 from hpc_chat.protocol.request import Completion, GenRequest, Sampling, prompt_too_long
+from hpc_chat.protocol.result import AgentAnswer
 from hpc_chat.protocol.stream import StreamSpec
-from hpc_chat.structured.compile import output_format
+from hpc_chat.structured.compile import FORMAT_KEYS, output_format
+from hpc_chat.structured.tools import tools_prompt
 from hpc_chat.structured.validate import check
 from hpc_chat.util.configfile import format_validation_error
 from hpc_chat.worker import engine_client
@@ -144,7 +146,7 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
     site_model = ctx.model
     sampling = {**settings.sampling(), **{k: v for k, v in options.items()
                                           if k in Sampling.model_fields}}
-    system_prompt = ctx.system_prompt or settings.system_prompt
+    system_prompt = system_prompt_of(ctx.system_prompt or settings.system_prompt, options)
     fmt = request_format(settings, options)
     try:
         request = GenRequest(messages=build_messages(system_prompt, message, ctx.history),
@@ -164,12 +166,22 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
 
 
 def request_format(settings, options: dict[str, Any]) -> OutputFormat | None:
-    """The format the answer must have: the request's ``response_format`` or ``grammar``
-    over the agent's own (an extractor agent's YAML), compiled (cached per schema); a
-    :class:`~hpc_chat.errors.FormatError` (a ValueError) refuses the request."""
-    if "response_format" in options or "grammar" in options:
-        return output_format(options.get("response_format"), options.get("grammar"))
+    """The format the answer must have: the request's ``response_format``, ``grammar`` or
+    ``tools`` over the agent's own (an extractor agent's YAML), compiled (cached per schema);
+    a :class:`~hpc_chat.errors.FormatError` (a ValueError) refuses the request."""
+    if any(k in options for k in FORMAT_KEYS):
+        return output_format(**{k: options.get(k) for k in FORMAT_KEYS})
     return output_format(settings.response_format, settings.grammar)
+
+
+def system_prompt_of(base: str, options: dict[str, Any]) -> str:
+    """The system prompt decoded: the agent's (or the caller's), and the request's tools
+    when it offers any (:func:`hpc_chat.structured.tools.tools_prompt`). The driver rebuilds
+    the decoded messages with the same function."""
+    if not options.get("tools"):
+        return base
+    offered = tools_prompt(options["tools"], options.get("tool_choice"))
+    return f"{base}\n\n{offered}" if offered else base
 
 
 def _cached(prep: Prepared) -> dict | None:
@@ -186,6 +198,7 @@ def _cached(prep: Prepared) -> dict | None:
 
 
 def _result(prep: Prepared, done: Decoded) -> dict:
+    """One answer as its :class:`~hpc_chat.protocol.result.AgentAnswer` (plain data)."""
     completion, decoded = done.completion, done.request
     history_turns = len(decoded.messages) - 2
     result = {
@@ -208,6 +221,7 @@ def _result(prep: Prepared, done: Decoded) -> dict:
                                    **check(decoded.output, completion.text,
                                            completion.finish_reason)}
     result["provenance"] = provenance(prep, decoded, result)
+    result = AgentAnswer.model_validate(result).wire()  # the declared shape, checked here
     if prep.caching and completion.finish_reason != "cancelled":  # a partial answer: never
         process_cache.put(prep.key, result)
     return result
@@ -284,7 +298,7 @@ def _complete(engine, request: GenRequest, sender) -> Completion | Exception:
         return exc
 
 
-def answer(agent_config: dict, items: list[dict],
+def answer_items(agent_config: dict, items: list[dict],
            n_seq: int | None = None) -> list[dict | Exception]:
     """Every item's result, or the exception that item alone failed with.
 
@@ -330,7 +344,7 @@ def process_chat_message(agent_config: dict, message: str, context: dict) -> dic
     ``--model``). Returns ``{"content", "agent", "model", "usage", "timings", "cached", ...}``;
     a request that cannot be answered raises (the retry handler decides about a retry).
     """
-    result = answer(agent_config, [{"message": message, "context": context}])[0]
+    result = answer_items(agent_config, [{"message": message, "context": context}])[0]
     if isinstance(result, Exception):
         raise result
     return result
@@ -346,7 +360,7 @@ def process_chat_batch(agent_config: dict, items: list[dict],
     """
     return [{"error": str(r), **failure_fields(failure_code(r)), "agent": agent_config.get("name")}
             if isinstance(r, Exception) else r
-            for r in answer(agent_config, items, n_seq or len(items))]
+            for r in answer_items(agent_config, items, n_seq or len(items))]
 
 
 def worker_identity() -> dict[str, Any]:

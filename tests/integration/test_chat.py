@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .procs import parsl_processes, wait_gone
+from tests.helpers.procs import parsl_processes, wait_gone
 
 pytestmark = [pytest.mark.model, pytest.mark.parsl]
 

@@ -8,45 +8,14 @@ import os
 import signal
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from hpc_chat.driver.workflow import ParslChatWorkflow
-
-from .procs import parsl_processes, processes_of_home, wait_gone
-from .test_node_engine import _status
+from tests.helpers.engines import engine_holds
+from tests.helpers.procs import parsl_processes, wait_gone
 
 pytestmark = [pytest.mark.model, pytest.mark.parsl]
-
-
-def engine_status(worker: int, home=None) -> dict | None:
-    """The status of the node engine that the Parsl worker process ``worker`` uses (the one
-    of its pool's manager; processes of ``home``, default this session's), None while none
-    listens."""
-    try:
-        manager = (Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split())[1]
-    except (OSError, IndexError):
-        return None
-    for cmdline in processes_of_home(home or os.environ["HPC_CHAT_HOME"]).values():
-        if "hpc_chat.worker.node_engine" in cmdline and \
-                cmdline.endswith(f"--manager {manager}"):
-            try:
-                return _status(cmdline.split("--socket ")[1].split()[0])
-            except OSError:
-                pass  # still loading
-    return None
-
-
-def engine_holds(worker: int, requests: int, timeout: float = 60, home=None) -> None:
-    """Wait until ``worker``'s node engine is decoding ``requests`` requests at once."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = engine_status(worker, home)
-        if status and status["in_flight"] >= requests:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"the engine never held {requests} requests at once")
 
 
 def test_worker_killed_mid_batch_every_request_answered_once(fixtures, tmp_path):
@@ -56,7 +25,7 @@ def test_worker_killed_mid_batch_every_request_answered_once(fixtures, tmp_path)
     node's engine is not the worker's: it goes on serving the other worker and the retry."""
     from hpc_chat.batch.input import read_batch
     from hpc_chat.batch.output import OutputWriter
-    from hpc_chat.batch.run import answer_all
+    from hpc_chat.batch.run import answer_with_workflow
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"Say something short about the number {i}.\n"
@@ -83,7 +52,7 @@ def test_worker_killed_mid_batch_every_request_answered_once(fixtures, tmp_path)
         await wf.initialize(str(fixtures / "workflows" / "fast.yml"))
         writer = KillingWriter(out, resume=False)
         try:
-            failed = await answer_all(wf, read_batch(prompts), writer, agents=None,
+            failed = await answer_with_workflow(wf, read_batch(prompts), writer, agents=None,
                                       options={"max_tokens": 16})
             return failed, await wf.get_parsl_stats()
         finally:

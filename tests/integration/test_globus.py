@@ -180,7 +180,7 @@ def test_batch_through_an_endpoint_results_failures_and_stats(fake_sdk, fast, tm
 def test_resume_fetches_finished_results_instead_of_recomputing(fake_sdk, fast, tmp_path):
     from hpc_chat.batch.input import read_batch
     from hpc_chat.batch.output import OutputWriter
-    from hpc_chat.batch.run import answer_all
+    from hpc_chat.batch.run import answer_with_workflow
     from hpc_chat.driver.workflow import ParslChatWorkflow
 
     prompts = tmp_path / "in.jsonl"
@@ -202,7 +202,7 @@ def test_resume_fetches_finished_results_instead_of_recomputing(fake_sdk, fast, 
 
         writer.write = write
         try:
-            await answer_all(wf, read_batch(prompts), writer, agents=None, options={})
+            await answer_with_workflow(wf, read_batch(prompts), writer, agents=None, options={})
         except KeyboardInterrupt:
             pass
         finally:

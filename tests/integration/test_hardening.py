@@ -14,50 +14,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from .procs import processes_of_home, wait_until_none_of_home
+from tests.helpers.procs import processes_of_home, wait_until_none_of_home
+from tests.helpers.runs import LEFTOVER_LIMIT_S, ledger, start_batch, wait_for_running_workers
 
 pytestmark = [pytest.mark.parsl]
-
-LEFTOVER_LIMIT_S = 120  # the issue's bound; the watchdog takes a few seconds
-
-
-def start_batch(tmp_path: Path, fixtures: Path, home: Path, *, site: str | None = None,
-                extra=()) -> tuple[subprocess.Popen, Path]:
-    """A batch of 20 answers of 10 s each (echo) on 2 workers: busy for 100 s."""
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"word {i}"}) + "\n"
-                               for i in range(20)))
-    out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "hpc_chat", "batch", str(prompts), "-o", str(out),
-           "--config", str(fixtures / "workflows" / "fast.yml"),
-           "--model", "echo?tokens=50&token_s=0.2", *(["--site", site] if site else []),
-           *extra]
-    env = {**os.environ, "HPC_CHAT_HOME": str(home)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    return proc, out
-
-
-def ledger(home: Path) -> dict:
-    files = list((home / "runs").glob("*.json")) if (home / "runs").is_dir() else []
-    return json.loads(files[0].read_text()) if files else {}
-
-
-def wait_for_running_workers(home: Path, timeout: float = 120) -> dict:
-    """Until the ledger lists the interchange and a block, and a worker pool runs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entry = ledger(home)
-        pools = [c for c in processes_of_home(home).values() if "process_worker_pool" in c]
-        if entry.get("interchange_pid") and entry.get("jobs") and pools:
-            return entry
-        time.sleep(0.5)
-    raise AssertionError(f"no running workers in {home} after {timeout} s")
-
 
 def test_a_driver_killed_alone_leaves_nothing_running(tmp_path, fixtures):
     """SIGKILL of the driver's PID only (as the OOM killer does): its watchdog stops the
@@ -142,7 +105,7 @@ def test_workers_that_cannot_start_fail_the_command_with_their_own_output(tmp_pa
 def engine_holds_for(worker: int, *, served: int, timeout: float = 60) -> None:
     """Wait until this session's node engine has finished ``served`` requests and decodes at
     least one request of the worker process ``worker`` (the engine's status says whose)."""
-    from .test_faults import engine_status
+    from tests.helpers.engines import engine_status
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -161,7 +124,7 @@ def test_a_stalled_worker_has_its_micro_batch_retried_request_by_request(fixture
 
     from hpc_chat.batch.input import read_batch
     from hpc_chat.batch.output import OutputWriter
-    from hpc_chat.batch.run import answer_all
+    from hpc_chat.batch.run import answer_with_workflow
     from hpc_chat.driver.workflow import ParslChatWorkflow
 
     cfg = (fixtures / "workflows" / "fast.yml").read_text()
@@ -194,7 +157,8 @@ def test_a_stalled_worker_has_its_micro_batch_retried_request_by_request(fixture
         await wf.initialize(str(config))
         writer = StallingWriter(out, resume=False)
         try:
-            failed = await answer_all(wf, read_batch(prompts), writer, agents=["balanced_agent"])
+            failed = await answer_with_workflow(wf, read_batch(prompts), writer,
+                                                agents=["balanced_agent"])
             return failed, wf.batcher.requests_split
         finally:
             writer.close()

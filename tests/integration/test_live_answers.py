@@ -3,42 +3,21 @@ through a pipe it prints the answer once, whole."""
 
 from __future__ import annotations
 
-import os
-import pty
 import re
 import subprocess
 import sys
 
 import pytest
 
+from tests.helpers.cli import on_terminal
+
 pytestmark = [pytest.mark.parsl]
 
 ECHO = "echo?tokens=12&token_s=0.25"  # 12 tokens, 3 s an answer: frames in between
 
 
-def _on_terminal(args: list[str], cwd) -> str:
-    """Run the CLI with a pseudo-terminal as its stdout and stderr; everything it drew."""
-    master, slave = pty.openpty()
-    env = {**os.environ, "COLUMNS": "100", "LINES": "40", "TERM": "xterm"}
-    proc = subprocess.Popen([sys.executable, "-m", "hpc_chat", *args], stdin=subprocess.DEVNULL,
-                            stdout=slave, stderr=slave, env=env, cwd=cwd)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    assert proc.wait(timeout=300) == 0, b"".join(chunks)[-2000:]
-    return b"".join(chunks).decode(errors="replace")
-
-
 def test_ask_on_a_terminal_shows_each_agents_answer_as_it_grows(fixtures, tmp_path):
-    drawn = _on_terminal(["ask", "--config", str(fixtures / "workflows" / "fast.yml"),
+    drawn = on_terminal(["ask", "--config", str(fixtures / "workflows" / "fast.yml"),
                           "--agents", "creative_agent,balanced_agent", "--model", ECHO,
                           "--max-tokens", "12", "alpha beta"], tmp_path)
     final = " ".join(["alpha beta"] * 6)

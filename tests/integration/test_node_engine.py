@@ -20,7 +20,6 @@ from hpc_chat.driver.workflow import ParslChatWorkflow
 from hpc_chat.llm.models import ModelSpec
 from hpc_chat.protocol.engine import (
     Done,
-    EngineStatus,
     Failed,
     FailKind,
     Op,
@@ -29,15 +28,15 @@ from hpc_chat.protocol.engine import (
     read_event,
 )
 from hpc_chat.protocol.request import GenRequest
-
-from .procs import processes_of_home
+from tests.helpers.engines import status_at
+from tests.helpers.procs import processes_of_home
 
 
 def _run_batch(fixtures, tmp_path, prompts: list[str], *, model=None, agents=None,
                workflow="batched.yml"):
     from hpc_chat.batch.input import read_batch
     from hpc_chat.batch.output import OutputWriter
-    from hpc_chat.batch.run import answer_all
+    from hpc_chat.batch.run import answer_with_workflow
 
     path = tmp_path / "prompts.txt"
     path.write_text("".join(p + "\n" for p in prompts))
@@ -55,7 +54,7 @@ def _run_batch(fixtures, tmp_path, prompts: list[str], *, model=None, agents=Non
         await wf.initialize(str(fixtures / "workflows" / workflow))
         writer = Writer(out, resume=False)
         try:
-            failed = await answer_all(wf, read_batch(path), writer, agents=agents,
+            failed = await answer_with_workflow(wf, read_batch(path), writer, agents=agents,
                                       options={"max_tokens": 24})
             return failed, await wf.get_parsl_stats()
         finally:
@@ -117,7 +116,7 @@ def test_engine_killed_mid_batch_its_requests_are_retried_on_a_fresh_engine(fixt
                     continue
                 sock = cmdline.split("--socket ")[1].split()[0]
                 try:
-                    busy = _status(sock)["in_flight"] > 0
+                    busy = status_at(sock)["in_flight"] > 0
                 except OSError:
                     continue  # still loading
                 if busy:
@@ -172,12 +171,6 @@ def _answer(conn) -> Done:
     return event
 
 
-def _status(sock) -> dict:
-    with Client(str(sock), family="AF_UNIX") as conn:
-        conn.send_bytes(encode(Order(op=Op.STATUS)))
-        return EngineStatus.model_validate_json(conn.recv_bytes()).model_dump()
-
-
 def test_an_order_that_is_not_the_protocols_is_refused_and_the_engine_serves_on(tmp_path):
     """A message the engine's protocol does not declare gets one ``failed`` event of kind
     ``input`` (no prompt text quoted back), and the next order is answered as usual."""
@@ -204,7 +197,7 @@ def test_a_client_that_goes_away_frees_its_slot(tmp_path):
     try:
         endless = _request(sock, 2000)
         deadline = time.monotonic() + 60
-        while _status(sock)["in_flight"] != 1:
+        while status_at(sock)["in_flight"] != 1:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         endless.close()
@@ -213,7 +206,7 @@ def test_a_client_that_goes_away_frees_its_slot(tmp_path):
         reply = _answer(second)
         assert reply.completion.text == "four five six"
         assert reply.engine.pid == proc.pid
-        status = _status(sock)
+        status = status_at(sock)
         assert status["in_flight"] == 0 and status["served"] == 1
     finally:
         proc.kill()
@@ -257,7 +250,7 @@ def test_a_task_timeout_lands_while_the_engine_decodes_and_frees_the_slot(fixtur
             deadline = time.monotonic() + 60
             while engines:
                 sock = engines[0].split("--socket ")[1].split()[0]
-                if _status(sock)["in_flight"] == 0:
+                if status_at(sock)["in_flight"] == 0:
                     break
                 assert time.monotonic() < deadline, "the timed-out answer kept its slot"
                 await asyncio.sleep(0.2)
@@ -368,12 +361,12 @@ def test_an_engine_whose_socket_is_removed_stops_and_the_next_client_starts_anot
     proc, sock = _start_engine(tmp_path, os.getpid())
     new = None
     try:
-        old = _status(sock)["pid"]
+        old = status_at(sock)["pid"]
         sock.unlink()
         monkeypatch.setattr(os, "getppid", os.getpid)  # the test is the new engine's manager
         engine_client.start(sock, ModelSpec(path="echo?token_s=0.05"), 1)
         assert proc.wait(timeout=30) == 4  # it ended itself: its socket was gone
-        status = _status(sock)
+        status = status_at(sock)
         new = status["pid"]
         assert new != old and status["in_flight"] == 0
         reply = _request(sock, 3, "still answered")

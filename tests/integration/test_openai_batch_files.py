@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 from openai.types.chat import ChatCompletion
 
-from tests.unit.test_cli_conventions import hpc
+from tests.helpers.cli import hpc
 
 pytestmark = [pytest.mark.model, pytest.mark.parsl]
 

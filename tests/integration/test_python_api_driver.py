@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from .procs import processes_of_home, wait_until_none_of_home
-from .test_hardening import LEFTOVER_LIMIT_S, ledger, wait_for_running_workers
+from tests.helpers.procs import processes_of_home, wait_until_none_of_home
+from tests.helpers.runs import LEFTOVER_LIMIT_S, ledger, wait_for_running_workers
 
 pytestmark = [pytest.mark.parsl]
 

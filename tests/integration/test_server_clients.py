@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_live_answers import _on_terminal
-from tests.integration.test_server import start_server, stop
+from tests.helpers.cli import on_terminal
+from tests.helpers.server import start_server, stop
 
 pytestmark = [pytest.mark.parsl]
 
@@ -133,7 +133,7 @@ def test_chat_through_the_server_keeps_the_conversation(server, tmp_path):
 def test_ask_through_the_server_streams_on_a_terminal(server, tmp_path, monkeypatch):
     """On a terminal the server's answer is drawn as it grows (12 tokens at 0.25 s)."""
     monkeypatch.setenv("HPC_CHAT_HOME", str(server.home))
-    drawn = _on_terminal(["ask", "--agents", "balanced_agent", "alpha beta"], tmp_path)
+    drawn = on_terminal(["ask", "--agents", "balanced_agent", "alpha beta"], tmp_path)
     final = " ".join(["alpha beta"] * 6)
     assert f"answered by the server at {server.url}: balanced_agent" in drawn
     assert final in drawn

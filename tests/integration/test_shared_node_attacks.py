@@ -380,7 +380,7 @@ def test_idle_connections_of_another_user_do_not_lock_the_tcp_server_out(attacke
     another user opens 200 connections that never send a request. The oldest waiting ones
     are pushed out as new ones come, so the server never reaches its bound: the user's
     request is answered."""
-    from .test_server import start_server, stop
+    from tests.helpers.server import start_server, stop
 
     server = start_server(tmp_path, fixtures / "workflows" / "fast.yml", model="echo",
                           extra=("--max-queue", "1"))

@@ -105,7 +105,7 @@ def test_a_grammar_llama_cpp_cannot_parse_fails_that_request_alone(engine):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from tests.conftest import FIXTURES
-    from tests.integration.test_server import start_server, stop
+    from tests.helpers.server import start_server, stop
 
     started = start_server(tmp_path_factory.mktemp("server"),
                            FIXTURES / "workflows" / "fast.yml", model=None)
@@ -195,7 +195,7 @@ def test_a_batch_of_schema_lines_validates_line_by_line(tmp_path, fixtures):
     """An OpenAI batch file through ``hpc-chat batch`` on the real model: every schema line's
     answer validates, a line whose schema cannot be enforced gets its own error entry naming
     the keyword, and the rest of the batch runs. Native lines take ``--schema FILE``."""
-    from tests.unit.test_cli_conventions import hpc
+    from tests.helpers.cli import hpc
 
     fast = str(fixtures / "workflows" / "fast.yml")
     schema = city_schema()
@@ -237,3 +237,70 @@ def test_a_batch_of_schema_lines_validates_line_by_line(tmp_path, fixtures):
     assert native.returncode == 0, native.stderr
     line = json.loads((tmp_path / "native.out.jsonl").read_text())
     jsonschema.validate(json.loads(line["response"]), schema)
+
+
+# ----------------------------------------------------------------------------- tool calls
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city.",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
+                   "properties": {"city": {"type": "string", "maxLength": 30},
+                                  "unit": {"enum": ["celsius", "fahrenheit"]}}}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "The local time in a time zone.",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["zone"],
+                   "properties": {"zone": {"type": "string", "maxLength": 30}}}}}
+
+
+def test_named_and_required_tool_calls_fit_their_parameters(server):
+    client = server.client()
+    ask_weather = [{"role": "user", "content": "What is the weather in Oslo?"}]
+    named = client.chat.completions.create(
+        model="analytical_agent", messages=ask_weather, tools=[WEATHER, TIME], max_tokens=128,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    choice = named.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    call = choice.message.tool_calls[0]
+    assert call.id.startswith("call_") and call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments),
+                        WEATHER["function"]["parameters"])
+    required = client.chat.completions.create(
+        model="analytical_agent", tools=[WEATHER, TIME], tool_choice="required",
+        max_tokens=128, messages=[{"role": "user", "content": "What time is it in Tokyo?"}])
+    call = required.choices[0].message.tool_calls[0]
+    assert call.function.name in ("get_weather", "get_time")
+    params = {"get_weather": WEATHER, "get_time": TIME}[call.function.name]
+    jsonschema.validate(json.loads(call.function.arguments), params["function"]["parameters"])
+
+
+def test_a_tool_result_goes_back_and_the_model_answers(server):
+    """The whole round trip, as an agent framework drives it: the model calls, the client runs
+    the tool, sends its result with the call's id, and the model answers in text."""
+    client = server.client()
+    msgs = [{"role": "user", "content": "What is the weather in Oslo?"}]
+    first = client.chat.completions.create(
+        model="analytical_agent", messages=msgs, tools=[WEATHER], tool_choice="required",
+        max_tokens=128)
+    call = first.choices[0].message.tool_calls[0]
+    msgs += [first.choices[0].message.model_dump(exclude_none=True),
+             {"role": "tool", "tool_call_id": call.id, "content": "-3 degrees and snow"}]
+    final = client.chat.completions.create(
+        model="analytical_agent", messages=msgs, tools=[WEATHER], tool_choice="none",
+        max_tokens=48, seed=4)
+    assert final.choices[0].finish_reason in ("stop", "length")
+    assert final.choices[0].message.content and not final.choices[0].message.tool_calls
+    decoded = final.model_extra["hpc_chat"]["agents"][0]["messages"]
+    assert decoded[-1]["content"] == (f"Result of the call {call.id} to get_weather:\n"
+                                      f"-3 degrees and snow")
+
+
+def test_a_streamed_tool_call_comes_as_one_tool_calls_delta(server):
+    chunks = list(server.client().chat.completions.create(
+        model="balanced_agent", stream=True, tools=[WEATHER], tool_choice="required",
+        max_tokens=128, messages=[{"role": "user", "content": "Weather in Lima?"}]))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    calls = [d.tool_calls for d in deltas if d.tool_calls]
+    assert len(calls) == 1 and calls[0][0].function.name == "get_weather"
+    json.loads(calls[0][0].function.arguments)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    assert not any(d.content for d in deltas)

@@ -8,8 +8,7 @@ import pickle
 import pytest
 
 from hpc_chat.driver.workflow import ParslChatWorkflow, create_parsl_chat_workflow
-
-from .procs import parsl_processes, wait_gone
+from tests.helpers.procs import parsl_processes, wait_gone
 
 pytestmark = [pytest.mark.model, pytest.mark.parsl]
 

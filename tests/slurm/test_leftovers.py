@@ -12,8 +12,8 @@ import sys
 import time
 from collections import Counter
 
-from tests.integration.procs import processes_of_home, wait_until_none_of_home
-from tests.integration.test_hardening import ledger, start_batch
+from tests.helpers.procs import processes_of_home, wait_until_none_of_home
+from tests.helpers.runs import ledger, start_batch
 
 from .conftest import squeue_ids, wait_until
 

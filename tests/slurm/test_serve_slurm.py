@@ -10,7 +10,7 @@ import subprocess
 
 import openai
 
-from tests.integration.test_server import start_server
+from tests.helpers.server import start_server
 
 from .conftest import squeue_ids, wait_until
 

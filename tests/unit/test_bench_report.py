@@ -128,3 +128,23 @@ def test_the_two_node_row_and_the_scaling_model():
     assert "caps the whole allocation near 3600 requests/s" in text
     assert "Not measured: the two-node" not in text
     assert "Not measured: the two-node local Slurm" in markdown(results(), "x.png")
+
+
+def test_the_schema_section_reports_what_the_schema_costs():
+    run = {"wall_s": 30.0, "tokens": 6000, "req_s": 2.1, "start_s": 4.0, "steady_tok_s": 230.0,
+           "median_answer_tokens": 90, "min_answer_tokens": 10, "max_answer_tokens": 256,
+           "engines": 1}
+    res = results()
+    assert "Not measured in this run (`hpc-chat bench --only schema`)" in markdown(res, "p.png")
+    res["schema"] = {"requests": 64, "agent": "balanced_agent", "date": "2026-12-02 15:00",
+                     "machine": "AMD EPYC (host vm)", "plain": {**run, "tok_s": 200.0},
+                     "schema": {**run, "tok_s": 180.0, "valid_fraction": 0.95},
+                     "llama_server_plain": {"wall_s": 25.0, "tok_s": 210.0, "req_s": 2.5},
+                     "llama_server": {"wall_s": 26.0, "tok_s": 150.0, "req_s": 2.4}}
+    text = markdown(res, "p.png")
+    assert "| `hpc-chat batch`, each request with the schema | 30.00 | 180.0 | 95% |" in text
+    assert "hpc-chat keeps 90% of its tokens/s (llama-server keeps 71% of its own; with the " \
+           "schema, hpc-chat runs at 1.20x llama-server)" in text
+    row = [v for v in verdicts(res) if "json_schema" in v[0]]
+    assert row == [("real workload with a json_schema: tokens/s / without one (same run)",
+                    0.9, "≥ 0.85", True)]

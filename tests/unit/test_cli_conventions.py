@@ -16,26 +16,12 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-LOCAL = str(FIXTURES / "workflows" / "local-echo.yml")
+from tests.helpers.cli import FIXTURES, hpc
 
 
 @pytest.fixture
 def home(tmp_path) -> Path:
     return tmp_path / "home"
-
-
-def hpc(home, *args, stdin: str | None = None, model: str | None = "echo",
-        config: str | None = LOCAL, timeout: float = 120) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "hpc_chat", *args]
-    if config:
-        argv += ["--config", config]
-    if model:
-        argv += ["--model", model]
-    env = {**os.environ, "HPC_CHAT_HOME": str(home), "COLUMNS": ""}
-    env.pop("COLUMNS")
-    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout,
-                          env=env)
 
 
 def test_piped_answer_is_exact_and_metadata_goes_to_stderr(home):

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from hpc_chat.errors import ConfigError
-
-from .test_cli_conventions import FIXTURES, LOCAL, hpc
+from tests.helpers.cli import FIXTURES, LOCAL, hpc
 
 
 def test_two_runs_cannot_write_one_output_the_second_names_the_first(tmp_path):

@@ -12,13 +12,7 @@ from hpc_chat.openai.batch import (
     fingerprint,
     parse_request,
 )
-
-
-def line(body=None, **top):
-    base = {"custom_id": "q1", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "balanced_agent",
-                     "messages": [{"role": "user", "content": "hi"}], **(body or {})}}
-    return {**base, **top}
+from tests.helpers.requests import line
 
 
 def test_a_multi_turn_request_with_its_own_system_message():
@@ -52,7 +46,12 @@ def test_the_routed_model_routes():
     (line(body=None) | {"body": "text"}, "body", 400),
     (line({"model": None}), "body.model", 400),
     (line({"messages": []}), "body.messages", 400),
-    (line({"messages": [{"role": "tool", "content": "x"}]}), "body.messages[0]", 400),
+    (line({"messages": [{"role": "tool", "content": "x"}]}), "body.messages[0].tool_call_id",
+     400),
+    (line({"messages": [{"role": "robot", "content": "x"}]}), "body.messages[0]", 400),
+    (line({"messages": [{"role": "assistant", "tool_calls": [{"id": "c"}]},
+                        {"role": "tool", "tool_call_id": "c", "content": "1"}]}),
+     "body.messages[0].tool_calls[0]", 400),
     (line({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
      "body.messages[0].content", 400),
     (line({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}),

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from .test_cli_conventions import hpc
-from .test_openai_batch import line
+from tests.helpers.cli import hpc
+from tests.helpers.requests import line
 
 
 def write(path, lines) -> None:

@@ -177,8 +177,8 @@ def test_request_lines_take_a_format_and_refuse_a_bad_one_naming_it():
 
 @pytest.mark.parametrize("key, value", [
     ("logprobs", True), ("frequency_penalty", 0.5), ("presence_penalty", 1),
-    ("logit_bias", {"1": 5}), ("tools", [{"type": "function"}]), ("tool_choice", "required"),
-    ("top_logprobs", 2), ("modalities", ["audio"]), ("reasoning_effort", "high"),
+    ("logit_bias", {"1": 5}), ("functions", [{"name": "f"}]), ("top_logprobs", 2),
+    ("modalities", ["audio"]), ("reasoning_effort", "high"),
     ("best_of", 2), ("guided_json", {}),
 ])
 def test_a_parameter_that_would_change_the_answer_is_refused_naming_it(key, value):
@@ -192,10 +192,10 @@ def test_a_parameter_that_would_change_the_answer_is_refused_naming_it(key, valu
 def test_defaults_as_langchain_sends_them_are_accepted_and_listed():
     body = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "n": 1,
             "logprobs": False, "frequency_penalty": 0, "presence_penalty": 0.0, "user": "u1",
-            "stream": False, "tools": [], "tool_choice": "none", "logit_bias": {}}
+            "stream": False, "functions": [], "parallel_tool_calls": True, "logit_bias": {}}
     req = parse_request({"custom_id": "q", "url": "/v1/chat/completions", "body": body})
-    assert req.ignored == ["frequency_penalty", "logit_bias", "logprobs", "presence_penalty",
-                           "stream", "tool_choice", "tools", "user"]
+    assert req.ignored == ["frequency_penalty", "functions", "logit_bias", "logprobs",
+                           "parallel_tool_calls", "presence_penalty", "stream", "user"]
 
 
 def test_a_line_format_replaces_the_runs():
@@ -208,7 +208,7 @@ def test_a_line_format_replaces_the_runs():
 # ----------------------------------------------------------------------------- the CLI, echo
 
 def test_ask_with_a_schema_file_prints_json_that_fits_it(tmp_path):
-    from tests.unit.test_cli_conventions import hpc
+    from tests.helpers.cli import hpc
 
     (tmp_path / "city.json").write_text(json.dumps(CITY))
     out = hpc(tmp_path / "home", "ask", "Paris is lovely", "--agents", "balanced_agent",
@@ -223,7 +223,7 @@ def test_ask_with_a_schema_file_prints_json_that_fits_it(tmp_path):
 
 
 def test_a_schema_file_that_cannot_be_enforced_is_refused_before_any_work(tmp_path):
-    from tests.unit.test_cli_conventions import hpc
+    from tests.helpers.cli import hpc
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("type: object\nproperties:\n  n: {type: integer, exclusiveMinimum: 0}\n")
@@ -238,7 +238,7 @@ def test_a_schema_file_that_cannot_be_enforced_is_refused_before_any_work(tmp_pa
 def test_an_extractor_agent_fixes_its_format_and_a_bad_one_names_the_file(tmp_path):
     from hpc_chat.agents.config import AgentConfig
     from hpc_chat.errors import ConfigError
-    from tests.unit.test_cli_conventions import hpc
+    from tests.helpers.cli import hpc
 
     agent = {"name": "extractor", "config": {
         "model": "default", "temperature": 0.0, "system_prompt": "Extract.",
@@ -258,3 +258,94 @@ def test_an_extractor_agent_fixes_its_format_and_a_bad_one_names_the_file(tmp_pa
         AgentConfig.from_yaml(tmp_path / "extractor.yml")
     assert str(tmp_path / "extractor.yml") in str(err.value)
     assert "config.response_format" in str(err.value) and "'email'" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- tool calls
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                   "properties": {"city": {"type": "string", "maxLength": 30},
+                                  "unit": {"enum": ["C", "F"]}}}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}}
+
+
+def test_tool_choice_required_named_auto_and_none():
+    from hpc_chat.structured.tools import tools_prompt
+
+    required = output_format(tools=[WEATHER, TIME], tool_choice="required")
+    assert required.kind is FormatKind.TOOLS and not required.text_allowed
+    assert [a["properties"]["name"]["const"] for a in required.json_schema["anyOf"]] == \
+        ["get_weather", "get_time"]
+    named = output_format(tools=[WEATHER, TIME],
+                          tool_choice={"type": "function", "function": {"name": "get_time"}})
+    assert named.json_schema["properties"]["name"] == {"const": "get_time"}
+    auto = output_format(tools=[WEATHER])
+    assert auto.text_allowed and "root ::= tool-call | answer-text" in auto.gbnf
+    assert check(auto, "It is sunny.", "stop")["valid"]
+    assert not check(auto, '{"name": "get_weather", "arguments": {}}', "stop")["valid"]
+    assert output_format(tools=[WEATHER], tool_choice="none") is None
+    assert tools_prompt([WEATHER], "none") == ""
+    assert "get_weather: The weather in a city." in tools_prompt([WEATHER], "auto")
+
+
+@pytest.mark.parametrize("tools, choice, param, named", [
+    ([WEATHER], {"type": "function", "function": {"name": "nope"}}, "tool_choice", "'nope'"),
+    ([WEATHER], "sometimes", "tool_choice", "tool_choice must be"),
+    ([{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}}}],
+     "required", "tools", "tools[0].function.parameters.properties.n: the keyword 'minimum'"),
+    ([{"type": "function"}], "auto", "tools", "tools[0].function"),
+    ([WEATHER, WEATHER], "auto", "tools", "same name"),
+    ([], "auto", "tools", "non-empty"),
+])
+def test_bad_tools_are_refused_naming_them(tools, choice, param, named):
+    with pytest.raises(FormatError) as err:
+        output_format(tools=tools, tool_choice=choice)
+    assert err.value.param == param and named in str(err.value)
+    assert failure_code(err.value) is FailureCode.INVALID_TOOLS
+    body = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "tools": tools,
+            "tool_choice": choice}
+    with pytest.raises(RequestError) as refused:
+        parse_request({"custom_id": "q", "url": "/v1/chat/completions", "body": body})
+    assert refused.value.param == f"body.{param}" and refused.value.code == "invalid_tools"
+
+
+def test_a_tool_round_trip_becomes_turns_the_template_knows():
+    body = {"model": "a", "tools": [WEATHER], "messages": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "-3 C, snow"}]}
+    req = parse_request({"custom_id": "q", "url": "/v1/chat/completions", "body": body})
+    assert req.history == [{"role": "user", "content": "Weather in Oslo?"}, {
+        "role": "assistant", "content": '{"name": "get_weather", "arguments": {"city": "Oslo"}}'}]
+    assert req.prompt == "Result of the call call_1 to get_weather:\n-3 C, snow"
+    assert req.options["tools"] == [WEATHER]
+
+
+def test_a_call_becomes_openais_tool_calls():
+    from hpc_chat.openai.chat import chat_completion
+
+    prov = {"agents": [{"output_format": {"kind": "tools"}}]}
+    call = chat_completion("a", {"response": '{"name": "get_weather", "arguments": '
+                                             '{"city": "Oslo"}}', "finish_reason": "stop"},
+                           0, prov)["choices"][0]
+    assert call["finish_reason"] == "tool_calls" and call["message"]["content"] is None
+    fn = call["message"]["tool_calls"][0]
+    assert fn["id"].startswith("call_") and fn["type"] == "function"
+    assert fn["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    text = chat_completion("a", {"response": "Sunny.", "finish_reason": "stop"}, 0,
+                           prov)["choices"][0]
+    assert text["finish_reason"] == "stop" and text["message"]["content"] == "Sunny."
+
+
+def test_the_echo_model_makes_the_required_call():
+    engine = EchoEngine(ModelSpec(path="echo"))
+    fmt = output_format(tools=[WEATHER], tool_choice="required")
+    done = engine.complete(GenRequest(messages=[{"role": "user", "content": "Oslo now"}],
+                                      output=fmt))
+    assert json.loads(done.text) == {"name": "get_weather", "arguments": {"city": "Oslo"}}
+    assert check(fmt, done.text, done.finish_reason)["valid"]

@@ -1,0 +1,179 @@
+"""Tool calls: OpenAI's ``tools`` and ``tool_choice`` as a format for the answer, and the
+words that tell a model about its tools.
+
+With ``tool_choice`` ``required`` or a named function, the answer is constrained to one call,
+``{"name": ..., "arguments": {...}}``, whose ``arguments`` fit that function's ``parameters``
+(each schema checked as a ``response_format``'s is: a keyword the grammar would not enforce is
+refused, naming the tool). With ``auto`` the grammar allows either such a call or plain text
+that does not begin with ``{``; with ``none`` nothing is constrained and the tools are not
+offered. One call per answer (``parallel_tool_calls`` is accepted; a second call is never
+made).
+
+A model learns of its tools from its system prompt (:func:`tools_prompt`): the GGUF chat
+templates hpc_chat meets (the embedded SmolLM2's among them) have no tool syntax of their own,
+so the same words are used for every model, and earlier calls and tool results travel as the
+assistant's call and a user turn that carries the result (:func:`call_text`,
+:func:`result_text`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hpc_chat.errors import FormatError
+from hpc_chat.protocol.output_format import FormatKind, OutputFormat
+from hpc_chat.structured.converter import converter
+from hpc_chat.structured.keywords import SchemaRefused, unenforced
+
+MAX_TOOLS = 64
+# Plain text, when a tool need not be called: anything that does not begin with "{".
+TEXT_RULE = r'answer-text ::= [^{\x00] [^\x00]*'
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object",
+                                                                "properties": {}})
+    strict: bool | None = None
+
+
+class ToolSpec(BaseModel):
+    """One entry of OpenAI's ``tools``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+def parse_tools(tools: Any, tool_choice: Any) -> tuple[list[ToolSpec], str | None]:
+    """The tools and the choice: ``none``, ``auto``, ``required``, or a function's name."""
+    if not isinstance(tools, list) or not tools:
+        raise FormatError("tools must be a non-empty list of functions", param="tools")
+    if len(tools) > MAX_TOOLS:
+        raise FormatError(f"tools: at most {MAX_TOOLS} functions", param="tools")
+    specs = []
+    for i, tool in enumerate(tools):
+        try:
+            specs.append(ToolSpec.model_validate(tool))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise FormatError(f"tools[{i}].{where}: {err['msg']}", param="tools") from None
+    names = [t.function.name for t in specs]
+    if len(set(names)) != len(names):
+        raise FormatError("tools: two functions have the same name", param="tools")
+    choice = "auto" if tool_choice is None else tool_choice
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" \
+            else None
+        if name not in names:
+            raise FormatError(f"tool_choice names the function {name!r}, which is not in "
+                              f"tools ({', '.join(names)})", param="tool_choice")
+        return specs, name
+    if choice not in ("none", "auto", "required"):
+        raise FormatError("tool_choice must be none, auto, required or "
+                          "{\"type\": \"function\", \"function\": {\"name\": ...}}",
+                          param="tool_choice")
+    return specs, choice
+
+
+def call_schema(tool: ToolSpec) -> dict[str, Any]:
+    """The JSON of one call to ``tool``."""
+    return {"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+            "properties": {"name": {"const": tool.function.name},
+                           "arguments": tool.function.parameters}}
+
+
+def tools_format(tools: Any, tool_choice: Any) -> OutputFormat | None:
+    """The format of an answer that may (``auto``) or must call a tool; None for ``none``.
+    Compiled once per set of tools and choice (a batch whose lines share them compiles them
+    once per process)."""
+    try:
+        key = json.dumps([tools, tool_choice], sort_keys=True)
+    except (TypeError, ValueError):
+        raise FormatError("tools must be JSON", param="tools") from None
+    return _tools_format(key)
+
+
+@lru_cache(maxsize=64)
+def _tools_format(key: str) -> OutputFormat | None:
+    tools, tool_choice = json.loads(key)
+    specs, choice = parse_tools(tools, tool_choice)
+    if choice == "none":
+        return None
+    for i, tool in enumerate(specs):
+        try:
+            unenforced(tool.function.parameters)
+        except SchemaRefused as exc:
+            raise FormatError(f"tools[{i}].function.parameters"
+                              f"{str(exc).removeprefix('schema')}", param="tools") from None
+    chosen = [t for t in specs if choice in ("auto", "required") or t.function.name == choice]
+    schema = call_schema(chosen[0]) if len(chosen) == 1 else \
+        {"anyOf": [call_schema(t) for t in chosen]}
+    try:
+        gbnf = converter().json_schema_to_gbnf(json.dumps(schema))
+    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise FormatError(f"tools: llama.cpp's converter cannot turn the parameters into a "
+                          f"grammar ({str(exc)[:200]})", param="tools") from None
+    optional = choice == "auto"
+    if optional:  # a call, or text: the call's own root renamed
+        gbnf = re.sub(r"(?m)^root ::=", "tool-call ::=", gbnf, count=1) + \
+            f"\nroot ::= tool-call | answer-text\n{TEXT_RULE}"
+    canonical = json.dumps({"schema": schema, "optional": optional}, sort_keys=True)
+    return OutputFormat(kind=FormatKind.TOOLS, gbnf=gbnf, json_schema=schema,
+                        text_allowed=optional, name=None if optional else str(choice),
+                        sha256=hashlib.sha256(canonical.encode()).hexdigest())
+
+
+def tools_prompt(tools: Any, tool_choice: Any) -> str:
+    """What the system prompt says of the tools ("" when none are offered)."""
+    specs, choice = parse_tools(tools, tool_choice)
+    if choice == "none":
+        return ""
+    lines = ["You can call these functions:"]
+    for t in specs:
+        about = f": {t.function.description}" if t.function.description else ""
+        lines.append(f"- {t.function.name}{about} Arguments (JSON Schema): "
+                     f"{json.dumps(t.function.parameters, ensure_ascii=False)}")
+    how = "To call one, answer with only" if choice == "auto" else "Answer with only"
+    lines.append(f'{how} a JSON object {{"name": <function name>, "arguments": {{...}}}}.')
+    return "\n".join(lines)
+
+
+def parse_call(text: str) -> tuple[str, dict[str, Any]] | None:
+    """The call an answer makes: (function name, arguments), or None for a text answer."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(value, dict) and isinstance(value.get("name"), str) and \
+            isinstance(value.get("arguments"), dict):
+        return value["name"], value["arguments"]
+    return None
+
+
+def call_text(name: str, arguments: str | dict[str, Any]) -> str:
+    """An earlier call, as the assistant's turn: the JSON the model writes for a call."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            pass
+    return json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+
+
+def result_text(name: str | None, call_id: str | None, content: str) -> str:
+    """A tool's result, as the user turn that gives it to the model."""
+    return f"Result of the call {call_id or ''} to {name or 'the function'}:\n{content}"

@@ -1,0 +1,1 @@
+"""What several test modules share: one place, imported by name (tests/helpers/*)."""
