@@ -34,9 +34,12 @@ def schema_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[st
                            "machine": machine_description()}
     log(f"   hpc-chat batch, {n} requests, no schema")
     out["plain"] = median_of(repeats, lambda: hpc_chat_batch_run(n, agent.name))
+    log(f"     {out['plain']['tok_s']:.1f} tokens/s")
     log(f"   hpc-chat batch, {n} requests, each with a json_schema")
     out["schema"] = median_of(repeats, lambda: hpc_chat_batch_run(
         n, agent.name, {"response_format": RESPONSE_FORMAT}))
+    log(f"     {out['schema']['tok_s']:.1f} tokens/s, "
+        f"{100 * out['schema'].get('valid_fraction', 0):.0f}% valid")
     out["llama_server"] = out["llama_server_plain"] = None
     server_bin = os.environ.get("HPC_CHAT_LLAMA_SERVER")
     if server_bin and Path(server_bin).is_file():
@@ -44,6 +47,7 @@ def schema_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[st
         log("   llama-server -np 8, no schema")
         out["llama_server_plain"] = median_of(repeats, lambda: llama_server_run(
             server_bin, n, cores, 8, max_tokens=None))
+        log(f"     {out['llama_server_plain']['tok_s']:.1f} tokens/s")
         log("   llama-server -np 8, the same json_schema")
         out["llama_server"] = median_of(repeats, lambda: llama_server_run(
             server_bin, n, cores, 8, max_tokens=None,
