@@ -196,14 +196,19 @@ class ParslChatWorkflow:
 
     def choose_agents(self, text: str, agents: list[str] | None = None, *,
                       one_answer: bool = False) -> list[Route]:
-        """The routes for ``text``: the named agents, or the keyword router's choice (its
-        best alone with ``one_answer``: a reply with a ``response_format`` is one answer)."""
+        """The routes for ``text``: the named agents, or the keyword router's choice; a reply
+        with a format (the request's, ``one_answer``, or a routed agent's) is one answer."""
         loaded = self._require()
         if agents:
             self.check_agents(agents)
+            if one_answer and len(agents) > 1:
+                raise HpcChatError("a response_format, grammar or tools gives one answer: "
+                                   "name one agent (or ask the routed 'auto')")
             return [Route(a, 1.0, ()) for a in agents]
         routes = route(text, loaded.agents, loaded.default_agent)
-        cap = 1 if one_answer else loaded.settings.routing.max_agents
+        cap = 1 if one_answer or any(self.agents[r.agent].config.config.response_format or
+                                     self.agents[r.agent].config.config.grammar
+                                     for r in routes) else loaded.settings.routing.max_agents
         return routes[:cap] if cap else routes
 
     def submit_request(self, text: str, *, conversation_id: str | None = None,
@@ -255,7 +260,7 @@ class ParslChatWorkflow:
         return await self.submit_request(text, **kwargs)
 
     async def process_user_input(self, text: str, conversation_id: str | None = None,
-                                 **kwargs) -> str:
+                                 **kwargs) -> str:  # the original design's name
         return await self.submit_message(text, conversation_id=conversation_id, **kwargs)
 
     async def _run_request(self, text, conversation_id, agent_names, options,

@@ -232,12 +232,12 @@ def _format(body: dict[str, Any]) -> dict[str, Any]:
     never reaches a worker."""
     given = {k: body[k] for k in FORMAT_KEYS if body.get(k) is not None}
     try:
-        fmt = output_format(**{k: given.get(k) for k in FORMAT_KEYS})
+        output_format(**{k: given.get(k) for k in FORMAT_KEYS})
     except FormatError as exc:
         text = str(exc) if str(exc).startswith(exc.param) else f"{exc.param}: {exc}"
         raise RequestError(f"body.{text}", param=f"body.{exc.param}",
                            code=failure_code(exc).value) from None
-    return given if fmt is not None else {}
+    return given  # a text format or tool_choice none too: it replaces an agent's own
 
 
 def _is_int(value: Any) -> bool:

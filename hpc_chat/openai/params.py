@@ -2,7 +2,7 @@
 changes nothing, and the refusal of any other.
 
 A parameter the server does not implement is refused, naming it, when its value would change
-the answer (``logprobs: true``, ``frequency_penalty: 0.5``, ``tools: [...]``): dropping it in
+the answer (``logprobs: true``, ``frequency_penalty: 0.5``, ``logit_bias``): dropping it in
 silence would return an answer the client did not ask for. A client that sends such a
 parameter at its default (as LangChain sends ``n: 1``, ``logprobs: false``, or OpenAI's SDK
 ``stream_options``) still works: those are accepted and listed in the answer's provenance as

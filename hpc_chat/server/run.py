@@ -46,7 +46,7 @@ def stream_addresses(workflow) -> tuple[str, list[str]] | None:
     interchange's address when the profile sets one, else every address of this host (as
     Parsl gives its workers); None for Globus Compute (its workers are reached through the
     cloud, not directly)."""
-    if workflow.endpoint or getattr(workflow.loaded.settings.executor, "is_globus", False):
+    if workflow.endpoint or workflow.loaded.settings.executor.is_globus:
         return None
     htex = workflow.executor.htex()
     if htex is None:

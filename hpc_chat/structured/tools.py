@@ -122,7 +122,7 @@ def _tools_format(key: str) -> OutputFormat | None:
         {"anyOf": [call_schema(t) for t in chosen]}
     try:
         gbnf = converter().json_schema_to_gbnf(json.dumps(schema))
-    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the converter raises: refused
         raise FormatError(f"tools: llama.cpp's converter cannot turn the parameters into a "
                           f"grammar ({str(exc)[:200]})", param="tools") from None
     optional = choice == "auto"

@@ -40,7 +40,11 @@ def check(fmt: OutputFormat, text: str, finish_reason: str) -> dict[str, Any]:
     except ValueError as exc:
         return {"valid": False, "error": f"not JSON: {exc}"}
     schema_text = json.dumps(fmt.json_schema, sort_keys=True)
-    error = next(iter(_validator(schema_text).iter_errors(value)), None)
+    try:
+        error = next(iter(_validator(schema_text).iter_errors(value)), None)
+    except Exception as exc:  # noqa: BLE001 - a schema jsonschema cannot apply: say so
+        return {"valid": False, "error": f"jsonschema could not check it: "
+                                         f"{type(exc).__name__}: {str(exc)[:200]}"}
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(the answer)"
         return {"valid": False, "error": f"{where}: {error.message[:300]}"}

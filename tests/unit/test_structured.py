@@ -62,9 +62,24 @@ def test_text_and_json_object():
     ({"type": "object", "properties": {}, "required": ["x"]}, "'x', which is not in"),
     ({"type": "object", "patternProperties": {"^x": {}}}, "'patternProperties'"),
     ({"type": "thing"}, "'thing' is not a JSON type"),
-    ({"$ref": "https://example.org/s.json"}, "only references inside the schema"),
+    ({"$ref": "https://example.org/s.json"}, "own definitions"),
     ({"type": "object", "properties": {"a": True}}, "true/false schemas"),
     ({"type": "array", "items": {"type": "string"}, "maxItems": 100000}, "maxItems"),
+    ({"type": "object", "properties": {"a": {"$ref": "#/default"}},
+      "default": {"type": "integer", "minimum": 5}}, "own definitions"),
+    ({"$ref": "#/$defs/missing"}, "own definitions"),
+    ({"type": "object", "properties": {"*": {"type": "integer"}}}, "may not be named '*'"),
+    ({"type": "string", "enum": ["a", 1]}, "1 is not of the type 'string'"),
+    ({"type": "integer", "const": True}, "is not of the type 'integer'"),
+    ({"type": "string", "pattern": "^\\d{3}$"}, "backslash escapes"),
+    ({"type": "string", "pattern": "^a.b$"}, "backslash escapes, '.'"),
+    ({"type": "string", "pattern": "^[^x]+$"}, "negated classes"),
+    ({"type": "array", "items": [{"type": "string"}]}, "write it as prefixItems"),
+    ({"type": {}}, "wrong type"),
+    ({"type": ["string", []]}, "wrong type"),
+    ({"type": "string", "format": ["date"]}, "wrong type"),
+    ({"type": "string", "pattern": "^*a$"}, "converter cannot"),
+    ({"type": "string", "pattern": "^a{2,1}$"}, "response_format.json_schema"),
 ])
 def test_a_keyword_the_grammar_does_not_enforce_is_refused_naming_it(schema, named):
     with pytest.raises(FormatError) as err:
@@ -115,7 +130,7 @@ def test_pydantic_schemas_compile():
         year: int | None
 
     fmt = output_format(schema_format(Paper.model_json_schema(), "Paper"))
-    assert "Author" in fmt.gbnf
+    assert "authors-item ::= def--" in fmt.gbnf  # the Author definition, renamed
     value = instance(fmt.json_schema, ["Deep", "thought"])
     assert check(fmt, json.dumps(value), "stop") == {"valid": True, "error": None}
     Paper.model_validate(value)
@@ -164,7 +179,7 @@ def test_request_lines_take_a_format_and_refuse_a_bad_one_naming_it():
     req = parse_request({**line, "body": {**body, "response_format": schema_format(CITY)}})
     assert req.options["response_format"]["json_schema"]["name"] == "city"
     assert parse_request({**line, "body": {**body, "response_format": {"type": "text"}}}
-                         ).options == {}
+                         ).options == {"response_format": {"type": "text"}}
     with pytest.raises(RequestError) as err:
         parse_request({**line, "body": {**body, "response_format": schema_format(
             {"type": "integer", "minimum": 1})}})
@@ -349,3 +364,38 @@ def test_the_echo_model_makes_the_required_call():
                                       output=fmt))
     assert json.loads(done.text) == {"name": "get_weather", "arguments": {"city": "Oslo"}}
     assert check(fmt, done.text, done.finish_reason)["valid"]
+
+
+def test_a_definition_named_like_a_property_keeps_its_own_rule():
+    """The converter names a definition's rule after its key and would reuse a property's rule
+    of that name: definitions are renamed first, so x is still only "a" or "b"."""
+    schema = {"type": "object", "required": ["code", "x"], "additionalProperties": False,
+              "properties": {"code": {"type": "string", "maxLength": 10},
+                             "x": {"$ref": "#/$defs/code"}},
+              "$defs": {"code": {"enum": ["a", "b"]}}}
+    fmt = output_format(schema_format(schema))
+    rules = dict(line.split(" ::= ", 1) for line in fmt.gbnf.splitlines())
+    assert rules["x"] != "code" and '"\\"a\\""' in rules[rules["x"]]
+    assert fmt.json_schema == schema  # validated, and fingerprinted, as the request gave it
+    named = {"type": "object", "required": ["definitions"], "additionalProperties": False,
+             "properties": {"definitions": {"$ref": "#/$defs/word"}},
+             "$defs": {"word": {"type": "string", "maxLength": 5}}}
+    assert '"\\"definitions\\""' in output_format(schema_format(named)).gbnf
+
+
+def test_a_validator_that_cannot_apply_the_schema_says_so_and_never_raises():
+    from hpc_chat.protocol.output_format import OutputFormat
+
+    odd = OutputFormat(kind=FormatKind.JSON_SCHEMA, gbnf="root ::= x", sha256="0" * 64,
+                       json_schema={"type": "string", "pattern": "(unclosed"})
+    verdict = check(odd, '"x"', "stop")
+    assert verdict["valid"] is False and "could not check" in verdict["error"]
+
+
+def test_several_named_agents_with_a_schema_are_refused(tmp_path):
+    from tests.helpers.cli import hpc
+
+    (tmp_path / "city.json").write_text(json.dumps(CITY))
+    out = hpc(tmp_path / "home", "ask", "Paris", "--agents", "balanced_agent,creative_agent",
+              "--schema", str(tmp_path / "city.json"))
+    assert out.returncode == 1 and "gives one answer: name one agent" in out.stderr
