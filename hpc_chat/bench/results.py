@@ -208,6 +208,7 @@ class SchemaWorkload(_Model):
     agent: str
     date: str
     machine: str
+    repeats: int = 3
     plain: BatchRun
     schema_: BatchRun = Field(alias="schema")
     llama_server_plain: Rate | None = None

@@ -29,7 +29,7 @@ def schema_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[st
     from hpc_chat.agents.config import AgentConfig
 
     agent = AgentConfig.from_yaml(SYSTEM_AGENT)
-    out: dict[str, Any] = {"requests": n, "agent": agent.name,
+    out: dict[str, Any] = {"requests": n, "agent": agent.name, "repeats": repeats,
                            "date": time.strftime("%Y-%m-%d %H:%M"),
                            "machine": machine_description()}
     log(f"   hpc-chat batch, {n} requests, no schema")
