@@ -331,9 +331,10 @@ async def stream_events(state: ServerState, model: str, task: asyncio.Task,
         if not result["ok"]:
             err = failure(result)
             yield _event(error_body(str(err), err.kind, err.code, err.param))
-        elif (calls := openai_chat.message(result, provenance_of(result))[0].get("tool_calls")):
+        elif (calls := openai_chat.message(result, prov := provenance_of(result))[0]
+              .get("tool_calls")):
             yield chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]},
-                        FinishReason.TOOL_CALLS.value, hpc_chat=provenance_of(result))
+                        FinishReason.TOOL_CALLS.value, hpc_chat=prov)
             if usage:
                 yield _event(openai_chat.usage_chunk(ident, created, model, result))
         else:
@@ -348,8 +349,7 @@ async def stream_events(state: ServerState, model: str, task: asyncio.Task,
                                         "ask again", "server_error", "stream_mismatch"))
             # Who answered and how (an extension field, as on a whole completion): clients
             # that do not know it ignore it; `hpc-chat chat` names the agents from it.
-            yield chunk({}, result["finish_reason"] or FinishReason.STOP.value,
-                        hpc_chat=provenance_of(result))
+            yield chunk({}, result["finish_reason"] or FinishReason.STOP.value, hpc_chat=prov)
             if usage:
                 yield _event(openai_chat.usage_chunk(ident, created, model, result))
         yield "data: [DONE]\n\n"

@@ -10,19 +10,26 @@ its ``hpc_chat`` record, never silently dropped.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from typing import Any
 
 from hpc_chat.protocol.output_format import OutputFormat
 
+_VALIDATORS: dict[str, Any] = {}  # by the format's sha256: built once per schema per process
+MAX_VALIDATORS = 64
 
-@lru_cache(maxsize=64)
-def _validator(schema_text: str):
-    import jsonschema
 
-    schema = json.loads(schema_text)
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return cls(schema)
+def _validator(fmt: OutputFormat):
+    validator = _VALIDATORS.get(fmt.sha256)
+    if validator is None:
+        import jsonschema
+
+        schema = fmt.json_schema
+        cls = jsonschema.validators.validator_for(schema,
+                                                  default=jsonschema.Draft202012Validator)
+        if len(_VALIDATORS) >= MAX_VALIDATORS:
+            _VALIDATORS.pop(next(iter(_VALIDATORS)))
+        validator = _VALIDATORS[fmt.sha256] = cls(schema)
+    return validator
 
 
 def check(fmt: OutputFormat, text: str, finish_reason: str) -> dict[str, Any]:
@@ -39,9 +46,8 @@ def check(fmt: OutputFormat, text: str, finish_reason: str) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as exc:
         return {"valid": False, "error": f"not JSON: {exc}"}
-    schema_text = json.dumps(fmt.json_schema, sort_keys=True)
     try:
-        error = next(iter(_validator(schema_text).iter_errors(value)), None)
+        error = next(iter(_validator(fmt).iter_errors(value)), None)
     except Exception as exc:  # noqa: BLE001 - a schema jsonschema cannot apply: say so
         return {"valid": False, "error": f"jsonschema could not check it: "
                                          f"{type(exc).__name__}: {str(exc)[:200]}"}
