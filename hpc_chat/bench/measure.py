@@ -24,9 +24,15 @@ def prompts(n: int) -> list[str]:
 
 
 def median_of(repeats: int, fn: Callable[[], dict[str, float]]) -> dict[str, Any]:
-    """Run ``fn`` ``repeats`` times; the median of each number, and every run kept."""
+    """Run ``fn`` ``repeats`` times; the median of each number, and every run kept. A count
+    (an int) takes the lower middle run's, so it stays a count with an even number of runs."""
     runs = [fn() for _ in range(repeats)]
-    return {**{k: statistics.median(r[k] for r in runs) for k in runs[0]}, "runs": runs}
+
+    def middle(values: list) -> Any:
+        whole = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        return statistics.median_low(values) if whole else statistics.median(values)
+
+    return {**{k: middle([r[k] for r in runs]) for k in runs[0]}, "runs": runs}
 
 
 def chat_messages(agent, prompt: str) -> list[dict[str, str]]:

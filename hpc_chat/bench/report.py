@@ -36,7 +36,8 @@ REAL_TARGETS = {  # the real workload: name: (description, bound, higher_is_bett
     "first_token_s": ("first streamed token on a warm worker (s)", 0.3, False),
 }
 REAL_DESCS = {desc for desc, _, _ in REAL_TARGETS.values()}
-SCHEMA_TARGET = "real workload with a json_schema: tokens/s / without one (same run)"
+SCHEMA_TARGET = ("real workload with a json_schema: tokens/s after the start / without "
+                 "one (same run)")
 
 
 @dataclass

@@ -34,16 +34,16 @@ import ctypes
 import threading
 import time
 from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
 from hpc_chat.errors import FormatError, PromptTooLongError
 from hpc_chat.llm.engine import ChatEngine
 from hpc_chat.llm.feed import Feed, Job
+from hpc_chat.llm.sampling import STEP_KINDS, ConstrainedSampler, VocabIndex, sampler_for
 from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
 
-PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size default
-MIN_P = 0.05  # create_chat_completion's default
 PREFIX_HOLDERS = 3  # shared prompt chunks kept at once (e.g. one per agent)
 
 
@@ -77,6 +77,8 @@ class DecodeProfile:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     generation: dict[int, list[float]] = field(default_factory=dict)
+    # how constrained draws were decided (hpc_chat.llm.sampling.STEP_KINDS)
+    grammar_steps: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STEP_KINDS, 0))
 
     def decoded(self, generating: int, prompt: int, seconds: float) -> None:
         self.decode_s += seconds
@@ -91,6 +93,7 @@ class DecodeProfile:
         return {"wall_s": self.wall_s, "decode_s": self.decode_s, "sample_s": self.sample_s,
                 "prefix_s": self.prefix_s, "prefix_tokens": self.prefix_tokens,
                 "prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens,
+                "grammar_steps": dict(self.grammar_steps),
                 # string keys, as they read back from the results JSON
                 "ms_per_token_by_batch": {str(b): 1000 * s / (c * b) for b, (c, s)
                                           in sorted(self.generation.items())}}
@@ -139,8 +142,13 @@ class BatchedEngine:
         self.prefix_evals = 0  # holder fills: how often a shared chunk was evaluated
         self.profile = DecodeProfile()
         self.grammars = engine.grammars  # parsed once per model, shared with the engine
+        self.pool: ThreadPoolExecutor | None = None  # drawing constrained tokens, when needed
+        self._vocab_index: VocabIndex | None = None
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
         if self.ctx:
             self.lc.llama_free(self.ctx)
             self.ctx = None
@@ -188,26 +196,12 @@ class BatchedEngine:
         return seq_id
 
     def _sampler(self, req: GenRequest, seed: int):
-        """The request's own chain, in llama-cpp-python's order: penalties, the grammar (when
-        the answer has a format), then greedy or the stochastic samplers."""
-        lc = self.lc
-        grammar = self.grammars.new(req.output) if req.output is not None else None
-        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        n_vocab = lc.llama_vocab_n_tokens(self.vocab)
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_penalties(
-            n_vocab, PENALTY_LAST_N, req.repeat_penalty, 0.0, 0.0))
-        if grammar is not None:
-            lc.llama_sampler_chain_add(chain, grammar)
-        if req.temperature == 0.0:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
-        else:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(req.top_k))
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_typical(1.0, 1))
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(req.top_p, 1))
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(MIN_P, 1))
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(req.temperature))
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed))
-        return chain
+        """The request's own sampler (:func:`~hpc_chat.llm.sampling.sampler_for`); the
+        vocabulary index is built once, by the first request with a format."""
+        if req.output is not None and self._vocab_index is None:
+            self._vocab_index = VocabIndex(self.lc, self.vocab,
+                                           self.lc.llama_vocab_n_tokens(self.vocab))
+        return sampler_for(self.lc, self.vocab, req, seed, self.grammars, self._vocab_index)
 
     def _piece(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(64)
@@ -316,12 +310,13 @@ class BatchedEngine:
                     raise RuntimeError(f"llama_decode failed with code {rc}")
                 decoded = time.perf_counter()
                 self.profile.decoded(generating, n - generating, decoded - step)
+                drawn = self._draw(active)
                 for seq_id in list(active):
                     s = active[seq_id]
-                    token = lc.llama_sampler_sample(s.sampler, self.ctx, s.logit_row)
+                    token = drawn[seq_id]
                     if self._finished(s, token):
                         del active[seq_id]
-                        lc.llama_sampler_free(s.sampler)
+                        self._retire(s)
                         bisect.insort(free, seq_id)
                         s.job.done(self._completion(s, started))
                     else:
@@ -329,10 +324,38 @@ class BatchedEngine:
                 self.profile.sample_s += time.perf_counter() - decoded
         finally:
             for s in active.values():
-                lc.llama_sampler_free(s.sampler)
+                self._retire(s)
             lc.llama_batch_free(batch)
             lc.llama_batch_free(prefix_batch)
             self.profile.wall_s += time.perf_counter() - started
+
+    def _draw(self, active: dict[int, _Seq]) -> dict[int, int]:
+        """Every active sequence's next token. Free requests draw in one C call each; requests
+        with a format draw in threads, one per core (their grammar work is C code that releases
+        the GIL, and the cores are otherwise idle between two decodes). llama.cpp's context is
+        read here, in this thread: the threads get only their row of logits."""
+        drawn: dict[int, int] = {}
+        constrained = []
+        for seq_id, s in active.items():
+            if isinstance(s.sampler, ConstrainedSampler):
+                constrained.append((seq_id, s.sampler,
+                                    self.lc.llama_get_logits_ith(self.ctx, s.logit_row)))
+            else:
+                drawn[seq_id] = s.sampler.sample(self.ctx, s.logit_row)
+        if len(constrained) > 1 and self.engine.n_threads > 1:
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(self.engine.n_threads,
+                                               thread_name_prefix="hpc-chat-sample")
+            tokens = self.pool.map(lambda c: c[1].sample(c[2]), constrained)
+        else:
+            tokens = [sampler.sample(logits) for _, sampler, logits in constrained]
+        drawn.update(zip((seq_id for seq_id, _, _ in constrained), tokens))
+        return drawn
+
+    def _retire(self, s: _Seq) -> None:
+        for kind, count in s.sampler.steps.items():
+            self.profile.grammar_steps[kind] += count
+        s.sampler.free()
 
     def _finished(self, s: _Seq, token: int) -> bool:
         if self.lc.llama_vocab_is_eog(self.vocab, token):

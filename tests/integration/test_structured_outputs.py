@@ -87,6 +87,25 @@ def test_eight_schemas_in_one_batch_each_fit_and_equal_their_answer_alone(engine
     assert [json.loads(c.text) for c in again]
 
 
+def test_sampled_answers_with_a_schema_equal_their_answer_alone(engine):
+    """At temperature 0.7 with seeds, the batched engine checks the grammar on a shortlist or
+    on the tokens whose first character it allows, not on the whole vocabulary
+    (hpc_chat.llm.sampling): both shortcuts are taken here, and every answer is still the one
+    the unbatched engine draws with the grammar on every token, and fits its schema."""
+    cities = ["Paris", "Tokyo", "Lima", "Cairo", "Oslo", "Delhi"]
+    reqs = [ask(f"Describe {c}.", city_schema(), temperature=0.7, seed=11 + i)
+            for i, c in enumerate(cities)]
+    batched = BatchedEngine(engine, n_seq=8)
+    together = batched.generate(reqs)
+    for got in together:
+        assert not isinstance(got, Exception), got
+        assert got.finish_reason == "stop", got.text
+        jsonschema.validate(json.loads(got.text), city_schema())
+    steps = batched.profile.grammar_steps
+    assert steps["shortlist"] > 0 and steps["first_character"] > 0, steps
+    assert [c.text for c in together] == [alone(engine, r).text for r in reqs]
+
+
 def test_a_grammar_llama_cpp_cannot_parse_fails_that_request_alone(engine):
     bad = GenRequest(messages=[SYSTEM, {"role": "user", "content": "Yes or no?"}],
                      output=output_format(None, "root ::= ( \"yes\" "), max_tokens=8)

@@ -399,3 +399,17 @@ def test_several_named_agents_with_a_schema_are_refused(tmp_path):
     out = hpc(tmp_path / "home", "ask", "Paris", "--agents", "balanced_agent,creative_agent",
               "--schema", str(tmp_path / "city.json"))
     assert out.returncode == 1 and "gives one answer: name one agent" in out.stderr
+
+
+def test_a_split_utf8_character_is_pending_until_its_last_byte():
+    """A constrained draw after a token that ends mid-character lets the grammar see every
+    token (hpc_chat.llm.sampling): the first-character shortcut needs whole characters."""
+    from hpc_chat.llm.sampling import VocabIndex
+
+    euro = "€".encode()  # three bytes
+    assert VocabIndex.pending(b"") == b""
+    assert VocabIndex.pending(b"abc") == b""
+    assert VocabIndex.pending(b"a" + euro[:1]) == euro[:1]
+    assert VocabIndex.pending(b"a" + euro[:2]) == euro[:2]
+    assert VocabIndex.pending(b"a" + euro) == b""
+    assert VocabIndex.pending("é".encode()[:1]) == "é".encode()[:1]
