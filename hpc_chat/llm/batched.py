@@ -41,7 +41,13 @@ from functools import partial
 from hpc_chat.errors import FormatError, PromptTooLongError
 from hpc_chat.llm.engine import ChatEngine
 from hpc_chat.llm.feed import Feed, Job
-from hpc_chat.llm.sampling import STEP_KINDS, ConstrainedSampler, VocabIndex, sampler_for
+from hpc_chat.llm.sampling import (
+    STEP_KINDS,
+    ConstrainedSampler,
+    VocabIndex,
+    draw_or_refuse,
+    sampler_for,
+)
 from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
 
 PREFIX_HOLDERS = 3  # shared prompt chunks kept at once (e.g. one per agent)
@@ -314,7 +320,12 @@ class BatchedEngine:
                 for seq_id in list(active):
                     s = active[seq_id]
                     token = drawn[seq_id]
-                    if self._finished(s, token):
+                    if isinstance(token, FormatError):  # a dead end of its grammar
+                        del active[seq_id]
+                        self._retire(s)
+                        bisect.insort(free, seq_id)
+                        s.job.done(token)
+                    elif self._finished(s, token):
                         del active[seq_id]
                         self._retire(s)
                         bisect.insort(free, seq_id)
@@ -329,11 +340,12 @@ class BatchedEngine:
             lc.llama_batch_free(prefix_batch)
             self.profile.wall_s += time.perf_counter() - started
 
-    def _draw(self, active: dict[int, _Seq]) -> dict[int, int]:
+    def _draw(self, active: dict[int, _Seq]) -> dict[int, int | FormatError]:
         """Every active sequence's next token. Free requests draw in one C call each; requests
         with a format draw in threads, one per core (their grammar work is C code that releases
         the GIL, and the cores are otherwise idle between two decodes). llama.cpp's context is
-        read here, in this thread: the threads get only their row of logits."""
+        read here, in this thread: the threads get only their row of logits. A sequence whose
+        grammar allows no token gets its :class:`FormatError` instead of a token."""
         drawn: dict[int, int] = {}
         constrained = []
         for seq_id, s in active.items():
@@ -346,9 +358,9 @@ class BatchedEngine:
             if self.pool is None:
                 self.pool = ThreadPoolExecutor(self.engine.n_threads,
                                                thread_name_prefix="hpc-chat-sample")
-            tokens = self.pool.map(lambda c: c[1].sample(c[2]), constrained)
+            tokens = self.pool.map(draw_or_refuse, constrained)
         else:
-            tokens = [sampler.sample(logits) for _, sampler, logits in constrained]
+            tokens = [draw_or_refuse(c) for c in constrained]
         drawn.update(zip((seq_id for seq_id, _, _ in constrained), tokens))
         return drawn
 
@@ -385,3 +397,4 @@ class BatchedEngine:
             model_loaded_now=False, generation_s=time.perf_counter() - s.admitted,
             extra={"batched": True, "batch_wall_s": time.perf_counter() - started,
                    "shared_prompt_tokens": s.shared})
+

@@ -28,6 +28,9 @@ import ctypes
 
 import numpy as np
 
+from hpc_chat.errors import FormatError
+from hpc_chat.llm.grammar import PARAM_OF
+
 STEP_KINDS = ("shortlist", "first_character", "vocabulary")
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size default
 MIN_P = 0.05  # create_chat_completion's default
@@ -59,7 +62,8 @@ def sampler_for(lc, vocab, req, seed: int, grammars, index: VocabIndex | None):
         lc.llama_sampler_chain_add(rest, lc.llama_sampler_init_dist(seed))
     if grammar is not None:
         keep = 1 if req.temperature == 0.0 else req.top_k
-        return ConstrainedSampler(lc, index, penalties, grammar, rest, keep)
+        param = PARAM_OF.get(req.output.kind, "response_format")
+        return ConstrainedSampler(lc, index, penalties, grammar, rest, keep, param)
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     lc.llama_sampler_chain_add(chain, penalties)
     lc.llama_sampler_chain_add(chain, rest)  # a chain owns and frees what it holds
@@ -134,10 +138,12 @@ class ConstrainedSampler:
     greedy, ``top_k`` otherwise; 0 when it keeps them all, which needs the whole vocabulary).
     ``steps`` counts the draws decided each way (:data:`STEP_KINDS`; the bench reports them)."""
 
-    def __init__(self, lc, index: VocabIndex, penalties, grammar, rest, keep: int):
+    def __init__(self, lc, index: VocabIndex, penalties, grammar, rest, keep: int,
+                 param: str = "response_format"):
         n_vocab = len(index.group)
         self.lc, self.n_vocab, self.index = lc, n_vocab, index
         self.tail = b""  # accepted bytes that do not yet make a whole character
+        self.param = param  # the request key a dead end of the grammar is blamed on
         self.penalties, self.grammar, self.rest = penalties, grammar, rest
         self.keep = keep if 0 < keep < SHORTLIST < n_vocab else 0
         self.ids = np.arange(n_vocab, dtype=np.int32)
@@ -170,6 +176,7 @@ class ConstrainedSampler:
             kind = "vocabulary"
             view = self._reset(self.all_view, self.n_vocab)
             lc.llama_sampler_apply(self.grammar, ctypes.byref(view))
+            self._check_not_dead_end(self.all)
             lc.llama_sampler_apply(self.rest, ctypes.byref(view))
             token = int(self.all["id"][view.selected])
         self.steps[kind] += 1
@@ -193,8 +200,18 @@ class ConstrainedSampler:
             data=candidates.ctypes.data_as(ctypes.POINTER(self.lc.llama_token_data)),
             size=len(candidates), selected=-1, sorted=False)
         self.lc.llama_sampler_apply(self.grammar, ctypes.byref(view))
+        self._check_not_dead_end(candidates)
         self.lc.llama_sampler_apply(self.rest, ctypes.byref(view))
         return int(candidates["id"][view.selected])
+
+    def _check_not_dead_end(self, tokens) -> None:
+        """Refuse to go on where the grammar allows no token: accepting one anyway would make
+        llama.cpp abort the whole engine (a raw grammar can demand a character no token
+        writes). Only this request fails."""
+        if not np.isfinite(tokens["logit"]).any():
+            raise FormatError(f"{self.param}: the grammar allows no token here and does not "
+                              f"end (it asks for text this model's tokens cannot write)",
+                              param=self.param)
 
     def _from_shortlist(self) -> int | None:
         """The token drawn from the shortlist, or None when the shortlist cannot decide."""
@@ -220,3 +237,13 @@ class ConstrainedSampler:
     def free(self) -> None:
         for sampler in (self.penalties, self.grammar, self.rest):
             self.lc.llama_sampler_free(sampler)
+
+
+def draw_or_refuse(constrained: tuple) -> int | FormatError:
+    """``(seq_id, sampler, logits)``'s next token, or the error of a grammar at a dead end
+    (returned, not raised: the other sequences drawing at the same time go on)."""
+    _, sampler, logits = constrained
+    try:
+        return sampler.sample(logits)
+    except FormatError as exc:
+        return exc

@@ -112,9 +112,16 @@ def test_a_grammar_llama_cpp_cannot_parse_fails_that_request_alone(engine):
     good = GenRequest(messages=[SYSTEM, {"role": "user", "content": "Yes or no?"}],
                       output=output_format(None, 'root ::= "yes" | "no"'), max_tokens=8,
                       temperature=0.0)
-    out = BatchedEngine(engine, n_seq=2).generate([bad, good])
+    # a grammar that parses but allows no character after "yes" (and no end): where llama.cpp
+    # would abort the engine on accepting a token anyway, that request fails alone
+    dead = GenRequest(messages=[SYSTEM, {"role": "user", "content": "Yes or no?"}],
+                      output=output_format(None, r'root ::= "yes" [^\x00-\U0010FFFF]'),
+                      max_tokens=8, temperature=0.0)
+    out = BatchedEngine(engine, n_seq=3).generate([bad, good, dead])
     assert isinstance(out[0], FormatError) and out[0].param == "grammar"
     assert out[1].text in ("yes", "no")
+    assert isinstance(out[2], FormatError) and out[2].param == "grammar"
+    assert "allows no token" in str(out[2])
     with pytest.raises(FormatError):
         alone(engine, bad)
 
