@@ -21,7 +21,8 @@ from pydantic import ValidationError
 from hpc_chat.errors import FormatError
 from hpc_chat.protocol.output_format import FormatKind, OutputFormat, ResponseFormat
 from hpc_chat.structured.converter import converter
-from hpc_chat.structured.keywords import RENAMED_DEF, SchemaRefused, unenforced
+from hpc_chat.structured.definitions import renamed_definitions
+from hpc_chat.structured.keywords import SchemaRefused, unenforced
 from hpc_chat.structured.tools import tools_format
 
 MAX_SCHEMA_BYTES = 64 * 1024
@@ -92,7 +93,7 @@ def _compiled(kind: str, schema_text: str) -> OutputFormat:
     except SchemaRefused as exc:
         raise FormatError(f"{where}.{exc}") from None
     try:
-        gbnf = converter().json_schema_to_gbnf(json.dumps(_renamed_definitions(schema)))
+        gbnf = converter().json_schema_to_gbnf(json.dumps(renamed_definitions(schema)))
     except Exception as exc:  # noqa: BLE001 - whatever the converter raises: refused
         if isinstance(exc, (MemoryError, KeyboardInterrupt)):
             raise
@@ -111,35 +112,6 @@ def _compiled(kind: str, schema_text: str) -> OutputFormat:
                           f"bytes (lower maxItems or maxLength)")
     return OutputFormat(kind=FormatKind(kind), gbnf=gbnf, json_schema=schema,
                         sha256=hashlib.sha256(canonical(schema).encode()).hexdigest())
-
-
-def _renamed_definitions(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema with its definitions renamed ``def--N`` (and their ``$ref``s with them):
-    the converter names a definition's rule after its key and reuses any rule of that name,
-    so a definition called like a property (or ``string``) would take that rule's place."""
-    names = {f"#/{key}/{name}": f"#/$defs/{RENAMED_DEF}{i}"
-             for key in ("$defs", "definitions") if isinstance(schema.get(key), dict)
-             for i, name in enumerate(schema[key], start=len(schema.get("$defs", {}))
-                                      if key == "definitions" else 0)}
-    if not names:
-        return schema
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, list):
-            return [walk(x) for x in node]
-        if not isinstance(node, dict):
-            return node
-        return {k: names.get(v, v) if k == "$ref" and isinstance(v, str) else walk(v)
-                for k, v in node.items()}
-
-    # Definitions sit at the root only (keywords refuses them deeper); a property may well be
-    # named "definitions", so nothing else is dropped.
-    renamed = {k: walk(v) for k, v in schema.items() if k not in ("$defs", "definitions")}
-    renamed["$defs"] = {names[f"#/{key}/{name}"].rsplit("/", 1)[1]: walk(sub)
-                        for key in ("$defs", "definitions")
-                        if isinstance(schema.get(key), dict)
-                        for name, sub in schema[key].items()}
-    return renamed
 
 
 FORMAT_KEYS = ("response_format", "grammar", "tools", "tool_choice")

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hpc_chat.errors import FormatError
 from hpc_chat.protocol.output_format import FormatKind, OutputFormat
 from hpc_chat.structured.converter import converter
+from hpc_chat.structured.definitions import renamed_definitions
 from hpc_chat.structured.keywords import SchemaRefused, unenforced
 
 MAX_TOOLS = 64
@@ -87,11 +88,26 @@ def parse_tools(tools: Any, tool_choice: Any) -> tuple[list[ToolSpec], str | Non
     return specs, choice
 
 
-def call_schema(tool: ToolSpec) -> dict[str, Any]:
-    """The JSON of one call to ``tool``."""
+def call_schema(tool: ToolSpec, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON of one call to ``tool`` (with ``parameters`` in place of its own)."""
     return {"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
             "properties": {"name": {"const": tool.function.name},
-                           "arguments": tool.function.parameters}}
+                           "arguments": tool.function.parameters if parameters is None
+                           else parameters}}
+
+
+def calls_schema(chosen: list[ToolSpec]) -> dict[str, Any]:
+    """The JSON of one call to any of ``chosen``. Each tool's ``$defs`` move to the root,
+    renamed apart (``$ref`` resolves from the root of the whole schema, and two tools may
+    both define ``Item``)."""
+    defs: dict[str, Any] = {}
+    calls = []
+    for i, tool in enumerate(chosen):
+        parameters = renamed_definitions(tool.function.parameters, prefix=f"{i}-")
+        defs.update(parameters.pop("$defs", {}))
+        calls.append(call_schema(tool, parameters))
+    schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    return {**schema, "$defs": defs} if defs else schema
 
 
 def tools_format(tools: Any, tool_choice: Any) -> OutputFormat | None:
@@ -118,8 +134,7 @@ def _tools_format(key: str) -> OutputFormat | None:
             raise FormatError(f"tools[{i}].function.parameters"
                               f"{str(exc).removeprefix('schema')}", param="tools") from None
     chosen = [t for t in specs if choice in ("auto", "required") or t.function.name == choice]
-    schema = call_schema(chosen[0]) if len(chosen) == 1 else \
-        {"anyOf": [call_schema(t) for t in chosen]}
+    schema = calls_schema(chosen)
     try:
         gbnf = converter().json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:  # noqa: BLE001 - whatever the converter raises: refused

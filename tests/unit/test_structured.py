@@ -413,3 +413,26 @@ def test_a_split_utf8_character_is_pending_until_its_last_byte():
     assert VocabIndex.pending(b"a" + euro[:2]) == euro[:2]
     assert VocabIndex.pending(b"a" + euro) == b""
     assert VocabIndex.pending("é".encode()[:1]) == "é".encode()[:1]
+
+
+def test_tool_parameters_with_their_own_definitions_compile_apart():
+    """Two tools whose parameters both define ``code`` (as pydantic models do): each call's
+    ``$ref`` reaches its own tool's definition, in the grammar and in the check after."""
+    import jsonschema
+
+    from hpc_chat.structured.tools import tools_format
+
+    def tool(name, key, code):
+        return {"type": "function", "function": {"name": name, "parameters": {
+            "type": "object", "required": [key], "properties": {key: {"$ref": "#/$defs/code"}},
+            "$defs": {"code": code}}}}
+
+    fmt = tools_format([tool("pick", "c", {"enum": ["a", "b"]}),
+                        tool("count", "n", {"type": "integer"})], "required")
+    assert '"\\"a\\"" | "\\"b\\""' in fmt.gbnf
+    jsonschema.validate({"name": "pick", "arguments": {"c": "a"}}, fmt.json_schema)
+    jsonschema.validate({"name": "count", "arguments": {"n": 3}}, fmt.json_schema)
+    for wrong in ({"name": "count", "arguments": {"n": "a"}},
+                  {"name": "pick", "arguments": {"c": 3}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(wrong, fmt.json_schema)
