@@ -30,24 +30,17 @@ near-tie may flip.)
 from __future__ import annotations
 
 import bisect
-import ctypes
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
 
 from hpc_chat.errors import FormatError, PromptTooLongError
+from hpc_chat.llm import sampling
 from hpc_chat.llm.engine import ChatEngine
 from hpc_chat.llm.feed import Feed, Job
-from hpc_chat.llm.sampling import (
-    STEP_KINDS,
-    ConstrainedSampler,
-    VocabIndex,
-    draw_or_refuse,
-    sampler_for,
-)
 from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
 
 PREFIX_HOLDERS = 3  # shared prompt chunks kept at once (e.g. one per agent)
@@ -83,8 +76,9 @@ class DecodeProfile:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     generation: dict[int, list[float]] = field(default_factory=dict)
-    # how constrained draws were decided (hpc_chat.llm.sampling.STEP_KINDS)
-    grammar_steps: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STEP_KINDS, 0))
+    # how constrained draws were decided (sampling.STEP_KINDS)
+    grammar_steps: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(sampling.STEP_KINDS, 0))
 
     def decoded(self, generating: int, prompt: int, seconds: float) -> None:
         self.decode_s += seconds
@@ -149,7 +143,7 @@ class BatchedEngine:
         self.profile = DecodeProfile()
         self.grammars = engine.grammars  # parsed once per model, shared with the engine
         self.pool: ThreadPoolExecutor | None = None  # drawing constrained tokens, when needed
-        self._vocab_index: VocabIndex | None = None
+        self._vocab_index: sampling.VocabIndex | None = None
 
     def close(self) -> None:
         if self.pool is not None:
@@ -205,14 +199,13 @@ class BatchedEngine:
         """The request's own sampler (:func:`~hpc_chat.llm.sampling.sampler_for`); the
         vocabulary index is built once, by the first request with a format."""
         if req.output is not None and self._vocab_index is None:
-            self._vocab_index = VocabIndex(self.lc, self.vocab,
-                                           self.lc.llama_vocab_n_tokens(self.vocab))
-        return sampler_for(self.lc, self.vocab, req, seed, self.grammars, self._vocab_index)
+            self._vocab_index = sampling.VocabIndex(self.lc, self.vocab,
+                                                    self.lc.llama_vocab_n_tokens(self.vocab))
+        return sampling.sampler_for(self.lc, self.vocab, req, seed, self.grammars,
+                                    self._vocab_index)
 
     def _piece(self, token: int) -> bytes:
-        buf = ctypes.create_string_buffer(64)
-        n = self.lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
-        return buf.raw[:n] if n > 0 else b""
+        return sampling.token_piece(self.lc, self.vocab, token, special=False)
 
     # ----------------------------------------------------------------- the loop
     def generate(self, requests: list[GenRequest],
@@ -285,7 +278,11 @@ class BatchedEngine:
                         continue
                     seq_id = free.pop(0)  # the lowest free id keeps running ids contiguous
                     if k:  # the shared chunk: copy its cache instead of evaluating it
-                        holder = self._holder(tokens[:k], prefix_batch)
+                        try:
+                            holder = self._holder(tokens[:k], prefix_batch)
+                        except BaseException:
+                            sampler.free()  # not active yet: nothing else would free it
+                            raise
                         lc.llama_memory_seq_cp(self.memory, holder, seq_id, -1, -1)
                     else:
                         lc.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
@@ -349,7 +346,7 @@ class BatchedEngine:
         drawn: dict[int, int] = {}
         constrained = []
         for seq_id, s in active.items():
-            if isinstance(s.sampler, ConstrainedSampler):
+            if isinstance(s.sampler, sampling.ConstrainedSampler):
                 constrained.append((seq_id, s.sampler,
                                     self.lc.llama_get_logits_ith(self.ctx, s.logit_row)))
             else:
@@ -358,9 +355,11 @@ class BatchedEngine:
             if self.pool is None:
                 self.pool = ThreadPoolExecutor(self.engine.n_threads,
                                                thread_name_prefix="hpc-chat-sample")
-            tokens = self.pool.map(draw_or_refuse, constrained)
+            futures = [self.pool.submit(sampling.draw_or_refuse, c) for c in constrained]
+            wait(futures)  # every draw ends before any error is raised: none outlives its sampler
+            tokens = [f.result() for f in futures]
         else:
-            tokens = [draw_or_refuse(c) for c in constrained]
+            tokens = [sampling.draw_or_refuse(c) for c in constrained]
         drawn.update(zip((seq_id for seq_id, _, _ in constrained), tokens))
         return drawn
 

@@ -78,11 +78,7 @@ class VocabIndex:
     UTF-8 character, and end-of-generation tokens, are always checked."""
 
     def __init__(self, lc, vocab, n_vocab: int):
-        buf = ctypes.create_string_buffer(256)
-        self.pieces: list[bytes] = []
-        for token in range(n_vocab):
-            n = lc.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
-            self.pieces.append(buf.raw[:n] if n > 0 else b"")
+        self.pieces = [token_piece(lc, vocab, token, special=True) for token in range(n_vocab)]
         first: dict[str, list[int]] = {}
         for token, piece in enumerate(self.pieces):
             char = _first_char(piece)
@@ -90,7 +86,8 @@ class VocabIndex:
                 first.setdefault(char, []).append(token)
         by_piece: dict[bytes, int] = {}
         for token, piece in enumerate(self.pieces):
-            by_piece.setdefault(piece, token)
+            if not lc.llama_vocab_is_eog(vocab, token):  # judged by the grammar's end, not text
+                by_piece.setdefault(piece, token)
         probes = {char: by_piece[char.encode("utf-8")] for char in first
                   if char.encode("utf-8") in by_piece}
         self.probe_ids = np.array(list(probes.values()), dtype=np.int32)
@@ -109,7 +106,19 @@ class VocabIndex:
         return tail[-4:]
 
 
+def token_piece(lc, vocab, token: int, special: bool) -> bytes:
+    """A token's text; llama.cpp says how long a piece is when the buffer is too short."""
+    buf = ctypes.create_string_buffer(128)
+    n = lc.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
+    if n < 0:
+        buf = ctypes.create_string_buffer(-n)
+        n = lc.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
+    return buf.raw[:n] if n > 0 else b""
+
+
 def _first_char(piece: bytes) -> str | None:
+    if not piece:
+        return None
     for size in (1, 2, 3, 4):
         try:
             return piece[:size].decode("utf-8")

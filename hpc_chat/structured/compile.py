@@ -54,6 +54,10 @@ def output_format(response_format: Any = None, grammar: Any = None, tools: Any =
                               param="grammar")
         if len(grammar.encode()) > MAX_GRAMMAR_BYTES:
             raise FormatError(f"grammar is over {MAX_GRAMMAR_BYTES} bytes", param="grammar")
+        if token_element_at(grammar) is not None:
+            raise FormatError(f"grammar: token elements (<[id]>, <token>, !<...>, at "
+                              f"character {token_element_at(grammar)}) are not supported; "
+                              f"write the text they stand for as a string", param="grammar")
         return OutputFormat(kind=FormatKind.GRAMMAR, gbnf=grammar,
                             sha256=hashlib.sha256(grammar.encode()).hexdigest())
     if response_format is None:
@@ -112,6 +116,31 @@ def _compiled(kind: str, schema_text: str) -> OutputFormat:
                           f"bytes (lower maxItems or maxLength)")
     return OutputFormat(kind=FormatKind(kind), gbnf=gbnf, json_schema=schema,
                         sha256=hashlib.sha256(canonical(schema).encode()).hexdigest())
+
+
+def token_element_at(gbnf: str) -> int | None:
+    """Where ``gbnf`` has a token element (``<[id]>``, ``<token>``, ``!<...>``), or None.
+
+    llama.cpp matches those by token id, not by text, which the batched engine's
+    first-character check relies on; and where a character rule meets one, llama.cpp can
+    accept a token its own check let through and then abort the whole engine. Outside string
+    literals, character classes and comments, ``<`` means nothing else in GBNF.
+    """
+    i, n = 0, len(gbnf)
+    while i < n:
+        c = gbnf[i]
+        if c == "#":  # a comment, to the end of the line
+            while i < n and gbnf[i] not in "\r\n":
+                i += 1
+        elif c in "\"[":  # a literal or a class: skip to its unescaped end
+            end = '"' if c == '"' else "]"
+            i += 1
+            while i < n and gbnf[i] != end:
+                i += 2 if gbnf[i] == "\\" else 1
+        elif c == "<":
+            return i
+        i += 1
+    return None
 
 
 FORMAT_KEYS = ("response_format", "grammar", "tools", "tool_choice")

@@ -121,3 +121,4 @@ def test_workflow_sends_requests_to_one_agent_as_one_task(fixtures, tmp_path):
     assert all(r["responses"][0]["batched"] for r in results)
     assert tasks_sent == 2 and stats["completed_tasks"] == 2  # 8 requests in 1 task, + 1
     assert not bad["ok"] and "context window" in bad["error"]
+

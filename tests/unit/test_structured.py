@@ -436,3 +436,19 @@ def test_tool_parameters_with_their_own_definitions_compile_apart():
                   {"name": "pick", "arguments": {"c": 3}}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(wrong, fmt.json_schema)
+
+
+@pytest.mark.parametrize("grammar", ['root ::= <[1]> "x"', 'root ::= !<[64]> [a-z]+ "."',
+                                     'root ::= "a" <|im_start|>'])
+def test_a_grammar_with_token_elements_is_refused_naming_where(grammar):
+    """llama.cpp matches token elements by id, and where a character rule meets one it can
+    abort the engine: such a grammar is refused before anything is decoded."""
+    with pytest.raises(FormatError, match="token elements") as refused:
+        output_format(None, grammar)
+    assert refused.value.param == "grammar"
+    assert f"at character {grammar.index('<')}" in str(refused.value)
+
+
+def test_angle_brackets_in_literals_classes_and_comments_are_text():
+    fmt = output_format(None, 'root ::= "a<b" [<>] "\\"<" # <[1]>\n')
+    assert fmt.kind is FormatKind.GRAMMAR
