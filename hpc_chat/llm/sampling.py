@@ -80,14 +80,14 @@ class VocabIndex:
     def __init__(self, lc, vocab, n_vocab: int):
         self.pieces = [token_piece(lc, vocab, token, special=True) for token in range(n_vocab)]
         first: dict[str, list[int]] = {}
-        for token, piece in enumerate(self.pieces):
-            char = _first_char(piece)
-            if char is not None and not lc.llama_vocab_is_eog(vocab, token):
-                first.setdefault(char, []).append(token)
         by_piece: dict[bytes, int] = {}
         for token, piece in enumerate(self.pieces):
-            if not lc.llama_vocab_is_eog(vocab, token):  # judged by the grammar's end, not text
-                by_piece.setdefault(piece, token)
+            if lc.llama_vocab_is_eog(vocab, token):  # judged by the grammar's end, not text
+                continue
+            by_piece.setdefault(piece, token)
+            char = _first_char(piece)
+            if char is not None:
+                first.setdefault(char, []).append(token)
         probes = {char: by_piece[char.encode("utf-8")] for char in first
                   if char.encode("utf-8") in by_piece}
         self.probe_ids = np.array(list(probes.values()), dtype=np.int32)
