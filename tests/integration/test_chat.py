@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -86,16 +88,33 @@ def test_ctrl_c_at_the_prompt_ends_cleanly(fast):
     assert wait_gone(parsl_processes() - before) == set()
 
 
+def started_interchange(pid: int, timeout: float) -> Path:
+    """Wait until the driver ``pid`` is starting Parsl: its interchange has recorded itself
+    (``runs/HOST-PID-RUN.interchange``, written before the interchange runs and before any
+    worker is started, so the chat cannot be at its prompt yet)."""
+    runs = Path(os.environ["HPC_CHAT_HOME"]) / "runs"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(runs.glob(f"{socket.gethostname()}-{pid}-*.interchange"))
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"driver {pid} recorded no interchange within {timeout} s")
+
+
 def test_ctrl_c_while_starting_ends_cleanly(fast):
+    """Ctrl-C while Parsl starts is never lost: the start ends, everything it started is
+    stopped, and the command ends with 130."""
     before = parsl_processes()
     proc = chat(fast)
     try:
-        time.sleep(1.5)  # Parsl is starting; the workers are not up yet
+        started_interchange(proc.pid, 120)
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode in (0, 130), err  # at the prompt already, or interrupted
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
     assert "Traceback" not in err and "Aborted" not in err
     assert wait_gone(parsl_processes() - before) == set()
 

@@ -11,7 +11,7 @@ fails to start, the user gets an :class:`ExecutorError`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import concurrent.futures
 import logging
 import signal
 import threading
@@ -43,6 +43,7 @@ class ParslExecutor:
         self.ledger: RunLedger | None = None
         self._apps: dict[Callable, Any] = {}
         self.lost = LostManagers()
+        self._starting: concurrent.futures.Future | None = None  # Parsl's start, until it ends
 
     @property
     def started(self) -> bool:
@@ -59,12 +60,17 @@ class ParslExecutor:
         refuse_unencrypted(config)
         self.ledger = await asyncio.to_thread(open_ledger, config)
         self.lost.watch(config)
+        self._starting = starting = start_parsl(config)
         try:
-            with sigint_ignored_in_children():
-                self.dfk = await asyncio.to_thread(_start_dfk, config)
+            dfk = await asyncio.wrap_future(starting)
         except Exception as exc:  # Parsl raises many kinds; the user needs the reason
+            self._starting = None
             self.ledger.close()
             raise ExecutorError(f"Parsl failed to start: {type(exc).__name__}: {exc}") from exc
+        if self._starting is not starting:  # shut down while starting: shutdown() stopped it
+            return
+        self._starting = None
+        self.dfk = dfk
         self.ledger.started(self.htex())
         self.parsl_config = config
 
@@ -90,12 +96,7 @@ class ParslExecutor:
 
     def htex(self):
         """The first HighThroughputExecutor, if any (for worker and block statistics)."""
-        if self.dfk is None:
-            return None
-        for ex in self.dfk.executors.values():
-            if hasattr(ex, "connected_managers"):
-                return ex
-        return None
+        return None if self.dfk is None else _htex_of(self.dfk)
 
     async def wait_for_workers(self, minimum: int = 1, timeout: float = 120.0) -> int:
         """Wait until ``minimum`` workers are connected (or ``timeout``); returns how many are.
@@ -172,7 +173,17 @@ class ParslExecutor:
         the provider directly, so shutdown always ends and leaves nothing behind.
         """
         dfk, self.dfk = self.dfk, None
+        starting, self._starting = self._starting, None
         self._apps.clear()
+        if dfk is None and starting is not None:
+            # Interrupted (Ctrl-C) while Parsl was starting: its start ends in seconds; then
+            # everything it started is stopped like any other run's, never left behind.
+            try:
+                dfk = await asyncio.wrap_future(starting)
+            except Exception:  # it failed to start: nothing of it runs
+                self.ledger.close()
+                return
+            self.ledger.started(_htex_of(dfk))
         if dfk is None:
             return
         try:
@@ -286,23 +297,37 @@ def _awaitable(fut) -> asyncio.Future:
     return out
 
 
-@contextlib.contextmanager
-def sigint_ignored_in_children():
-    """Start Parsl's helper processes with SIGINT ignored.
+def start_parsl(config) -> concurrent.futures.Future:
+    """Start Parsl's kernel in a thread of its own, with SIGINT blocked in that thread.
 
     Ctrl-C at a terminal signals the whole foreground process group. The interchange is a
     child of the driver in that group; if it died there, Parsl could not shut down cleanly.
-    Processes started while SIGINT is ignored inherit that, and the driver (which restores
-    its handler at once) stays the one that reacts to Ctrl-C and stops everything in order.
+    A blocked signal stays blocked in every process and thread started from this thread (the
+    interchange, through its launch command's exec, and Parsl's own threads), so none of them
+    is stopped by Ctrl-C. The driver's main thread keeps SIGINT: a Ctrl-C while Parsl starts
+    raises KeyboardInterrupt there at once, and :meth:`ParslExecutor.shutdown` waits for the
+    start to end and stops what it started. (Worker pools run in process groups of their
+    own: Parsl's providers start them with ``setpgrp``.)
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            future.set_result(_start_dfk(config))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever awaits the start
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="hpc_chat-parsl-start", daemon=True).start()
+    return future
+
+
+def _htex_of(dfk):
+    """A kernel's first HighThroughputExecutor, if any."""
+    for ex in dfk.executors.values():
+        if hasattr(ex, "connected_managers"):
+            return ex
+    return None
 
 
 def _force_stop(dfk) -> None:
