@@ -39,7 +39,7 @@ from hpc_chat.protocol.stream import StreamSpec
 from hpc_chat.sites.build import site_model
 from hpc_chat.sites.registry import load_profile
 from hpc_chat.structured.compile import FORMAT_KEYS, output_format
-from hpc_chat.worker.chat import build_messages, decoded_messages, model_name, system_prompt_of
+from hpc_chat.worker.chat import build_messages, decoded_messages, model_name
 
 HISTORY_FAILED = "the conversation history cannot be used"  # how such an error begins
 
@@ -308,8 +308,8 @@ class ParslChatWorkflow:
             context = sent.model_dump()  # plain data: it crosses Parsl and Globus Compute
             agent = self.agents[r.agent].config
             perf = agent.config.performance
-            messages = build_messages(system_prompt_of(
-                sent.system_prompt or agent.config.system_prompt, options), text, history)
+            messages = build_messages(sent.system_prompt or agent.config.system_prompt, text,
+                                      history, options.get("tool_result"))
             key = None
             if perf.enable_caching:
                 key = cache_key(agent.to_dict(), messages,

@@ -133,10 +133,9 @@ class BatchedEngine:
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create a batched context")
         self.memory = llama_cpp.llama_get_memory(self.ctx)
-        if not llama.metadata.get("tokenizer.chat_template"):
+        if engine.template is None:
             raise RuntimeError("the model has no chat template; batched mode needs one")
-        stop = engine.formatter(messages=[{"role": "user", "content": "x"}]).stop
-        self.template_stops = [stop] if isinstance(stop, str) else list(stop or [])
+        self.template_stops = engine.template.stops
         self.holders: OrderedDict[tuple[int, ...], int] = OrderedDict()  # prefix -> seq id
         self.lock = threading.Lock()
         self.prefix_evals = 0  # holder fills: how often a shared chunk was evaluated
@@ -156,7 +155,8 @@ class BatchedEngine:
     # ----------------------------------------------------------------- pieces
     def _prompt(self, req: GenRequest) -> tuple[list[int], int, list[str]]:
         """The prompt's tokens, the length of its shareable first chunk, and the stop strings."""
-        tokens, k = self.engine.prompt_tokens(req.messages)
+        tokens, k = self.engine.prompt_tokens(
+            req.messages, req.tools, req.output is not None and req.output.text_allowed)
         if len(tokens) + req.max_tokens > self.n_ctx_seq:
             raise prompt_too_long(len(tokens), req.max_tokens, self.n_ctx_seq)
         shared = k if self.n_holders and 0 < k < len(tokens) else 0

@@ -39,6 +39,7 @@ from hpc_chat.llm.feed import Feed, Job
 from hpc_chat.protocol.output_format import FormatKind, OutputFormat
 from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
 from hpc_chat.structured.instance import instance
+from hpc_chat.structured.tools import turn_text
 
 ECHO = "echo"
 
@@ -150,7 +151,8 @@ class EchoEngine:
                stop: list[str] | None,
                output: OutputFormat | None = None) -> tuple[str, int, str]:
         """The answer's text, its length in tokens and the finish reason."""
-        last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        last = next((m["content"] for m in reversed(messages)
+                     if m.get("role") in ("user", "tool")), "")
         words = _words(last) or [ECHO]
         if output is not None:
             return _formatted(words, max_tokens, output)
@@ -167,7 +169,7 @@ class EchoEngine:
         return text.strip(), len(out), finish
 
     def prompt_size(self, messages: list[dict[str, str]]) -> int:
-        return sum(self.count_tokens(m["content"]) for m in messages)
+        return sum(self.count_tokens(turn_text(m)) for m in messages)
 
     def complete(self, req: GenRequest, *, loaded_now: bool = False, on_text=None):
         return self.chat(req.messages, loaded_now=loaded_now, on_text=on_text,

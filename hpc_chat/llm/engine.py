@@ -18,8 +18,10 @@ from typing import Any
 from hpc_chat.errors import GenerationError, PromptTooLongError
 from hpc_chat.llm.grammar import GrammarSamplers
 from hpc_chat.llm.models import ModelSpec
+from hpc_chat.llm.template import ChatTemplate
 from hpc_chat.protocol.output_format import OutputFormat
 from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
+from hpc_chat.structured.tools import as_text_turns
 
 log = logging.getLogger(__name__)
 
@@ -70,31 +72,35 @@ class ChatEngine:
         self.calls = 0
         self.grammars = GrammarSamplers(llama_cpp, llama_cpp.llama_model_get_vocab(
             self.llama._model.model))
-        self._formatter = None
+        self.template: ChatTemplate | None = None  # a GGUF without one: llama-cpp-python's
+        if self.llama.metadata.get("tokenizer.chat_template"):
+            self.use_template(self.llama.metadata["tokenizer.chat_template"])
         self._prefix: list[int] = []  # the tokens the KV cache holds, evaluated as one chunk
         log.debug("loaded %s in %.2fs with %d threads", spec.path, self.load_s, self.n_threads)
 
-    @property
-    def formatter(self):
-        """The model's own chat template, as llama-cpp-python applies it (built once)."""
-        if self._formatter is None:
-            from llama_cpp import llama_chat_format
+    def use_template(self, template: str) -> None:
+        """Make prompts with ``template`` instead of the GGUF's own (a model whose file has
+        a wrong or no template; the tests of a template with tool syntax)."""
+        llama = self.llama
+        self.template = ChatTemplate(template,
+                                     eos_token=llama._model.token_get_text(llama.token_eos()),
+                                     bos_token=llama._model.token_get_text(llama.token_bos()))
+        llama.chat_handler = self.template.chat_handler()  # the same prompt, batched or not
+        self._prefix = []
 
-            llama = self.llama
-            self._formatter = llama_chat_format.Jinja2ChatFormatter(
-                template=llama.metadata["tokenizer.chat_template"],
-                eos_token=llama._model.token_get_text(llama.token_eos()),
-                bos_token=llama._model.token_get_text(llama.token_bos()))
-        return self._formatter
-
-    def prompt_tokens(self, messages: list[dict[str, str]]) -> tuple[list[int], int]:
+    def prompt_tokens(self, messages: list[dict[str, Any]],
+                      tools: list[dict[str, Any]] | None = None,
+                      optional: bool = False) -> tuple[list[int], int]:
         """The prompt's tokens, and how many come before the final message's content.
 
         That first part (system prompt and history) is what consecutive requests to one agent
         share; both this engine and the batched one evaluate it as a chunk of its own.
         """
+        if self.template is None:
+            raise GenerationError("the model has no chat template")
+
         def tokens(msgs):
-            prompt = self.formatter(messages=msgs).prompt
+            prompt = self.template.prompt(msgs, tools, optional)
             return self.llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
         full = tokens(messages)
@@ -104,7 +110,8 @@ class ChatEngine:
             k += 1
         return full, k
 
-    def _prepare_cache(self, messages: list[dict[str, str]]) -> None:
+    def _prepare_cache(self, messages: list[dict[str, Any]],
+                       tools: list[dict[str, Any]] | None, optional: bool) -> None:
         """Make every prompt's numbers independent of what this engine answered before.
 
         llama-cpp-python reuses the KV of whatever prefix the new prompt shares with the
@@ -114,10 +121,10 @@ class ChatEngine:
         message's content (system prompt and history), then the rest. The first chunk stays
         cached, so a run of requests with the same system prompt reads it only once.
         """
-        if "tokenizer.chat_template" not in self.llama.metadata:
+        if self.template is None:
             self.llama.reset()  # no template to split by: evaluate from scratch
             return
-        full, k = self.prompt_tokens(messages)
+        full, k = self.prompt_tokens(messages, tools, optional)
         prefix = full[:k]
         if prefix and prefix == self._prefix and self.llama.n_tokens >= k:
             self.llama.n_tokens = k  # drop everything after the shared chunk
@@ -129,7 +136,7 @@ class ChatEngine:
             self._prefix = prefix
 
     def _collect(self, chunks, on_text: Callable[[str], bool],
-                 messages: list[dict[str, str]]) -> dict[str, Any]:
+                 prompt_tokens: Callable[[], int]) -> dict[str, Any]:
         """A streamed completion gathered into the shape of a whole one."""
         text, finish = "", "stop"
         for chunk in chunks:
@@ -144,7 +151,7 @@ class ChatEngine:
             if choice.get("finish_reason"):
                 finish = choice["finish_reason"]
         return {"choices": [{"message": {"content": text}, "finish_reason": finish}],
-                "usage": {"prompt_tokens": len(self.prompt_tokens(messages)[0]),
+                "usage": {"prompt_tokens": prompt_tokens(),
                           "completion_tokens": self.count_tokens(text)}}
 
     def count_tokens(self, text: str) -> int:
@@ -154,20 +161,30 @@ class ChatEngine:
                  on_text: Callable[[str], bool] | None = None) -> Completion:
         """Answer one request (the batched engine takes a list of the same type)."""
         return self.chat(req.messages, loaded_now=loaded_now, on_text=on_text,
-                         output=req.output, **req.sampling())
+                         output=req.output, tools=req.tools, **req.sampling())
 
-    def chat(self, messages: list[dict[str, str]], *, loaded_now: bool = False,
+    def chat(self, messages: list[dict[str, Any]], *, loaded_now: bool = False,
              on_text: Callable[[str], bool] | None = None, output: OutputFormat | None = None,
-             **sampling) -> Completion:
-        """Answer a list of ``{"role", "content"}`` messages with the model's chat template;
-        ``sampling`` is any of :class:`~hpc_chat.protocol.request.Sampling`'s settings, and
-        ``output`` the format the answer is constrained to (llama.cpp's grammar sampler, after
-        the penalties, as the batched engine has it).
+             tools: list[dict[str, Any]] | None = None, **sampling) -> Completion:
+        """Answer a list of messages (:class:`~hpc_chat.protocol.request.GenRequest`'s) with
+        the model's chat template; ``sampling`` is any of
+        :class:`~hpc_chat.protocol.request.Sampling`'s settings, ``output`` the format the
+        answer is constrained to (llama.cpp's grammar sampler, after the penalties, as the
+        batched engine has it), and ``tools`` those offered to the model.
 
         With ``on_text``, the answer is streamed: it hears the text so far after each token
         (llama-cpp-python holds back what may be the start of a stop string), and returning
         False stops the answer there (``finish_reason: cancelled``: the client went away)."""
-        s = GenRequest(messages=messages, **sampling)
+        s = GenRequest(messages=messages, tools=tools, **sampling)
+        optional = output is not None and output.text_allowed
+        if self.template is not None:
+            msgs, offered = self.template.messages_for(messages, tools, optional)
+        else:
+            msgs, offered = as_text_turns(messages, tools, optional), None
+
+        def count_prompt() -> int:
+            return len(self.prompt_tokens(messages, tools, optional)[0])
+
         temperature, max_tokens, seed, stop = s.temperature, s.max_tokens, s.seed, s.stop
         top_p, top_k, repeat_penalty = s.top_p, s.top_k, s.repeat_penalty
         grammar = None
@@ -178,18 +195,18 @@ class ChatEngine:
             grammar = LlamaGrammar.from_string(output.gbnf, verbose=False)
         with self._lock:
             start = time.perf_counter()
-            self._prepare_cache(messages)
+            self._prepare_cache(messages, tools, optional)
             try:
                 out = self.llama.create_chat_completion(
-                    messages=messages, temperature=temperature, max_tokens=max_tokens,
+                    messages=msgs, tools=offered, temperature=temperature, max_tokens=max_tokens,
                     seed=seed, stop=stop or [], top_p=top_p, top_k=top_k,
                     repeat_penalty=repeat_penalty, stream=on_text is not None,
                     grammar=grammar)
                 if on_text is not None:
-                    out = self._collect(out, on_text, messages)
+                    out = self._collect(out, on_text, count_prompt)
             except ValueError as exc:
                 if "exceed context window" in str(exc):
-                    raise prompt_too_long(len(self.prompt_tokens(messages)[0]), max_tokens,
+                    raise prompt_too_long(count_prompt(), max_tokens,
                                           self.spec.n_ctx) from None
                 raise GenerationError(f"llama.cpp failed: {exc}") from exc
             elapsed = time.perf_counter() - start

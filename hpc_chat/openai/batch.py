@@ -38,7 +38,6 @@ from hpc_chat.openai.chat import chat_completion
 from hpc_chat.openai.params import RequestError, ignored
 from hpc_chat.protocol.failure import failure_code
 from hpc_chat.structured.compile import FORMAT_KEYS, output_format
-from hpc_chat.structured.tools import call_text, result_text
 
 ROUTED_MODEL = "auto"
 CHAT_URL = "/v1/chat/completions"
@@ -64,8 +63,8 @@ class ChatRequest:
 
     custom_id: str
     model: str
-    prompt: str  # the last user message
-    history: list[dict[str, str]]  # the turns before it
+    prompt: str  # the last message's text: the user's, or a tool's result
+    history: list[dict[str, Any]]  # the turns before it (OpenAI's tool fields kept)
     system: str | None  # the line's own system message, if any
     options: dict[str, Any]
     ignored: list[str] = field(default_factory=list)
@@ -76,10 +75,6 @@ class ChatRequest:
     def agents(self) -> list[str] | None:
         return None if self.model == ROUTED_MODEL else [self.model]
 
-    @property
-    def messages(self) -> list[dict[str, str]]:
-        system = [{"role": "system", "content": self.system}] if self.system else []
-        return [*system, *self.history, {"role": "user", "content": self.prompt}]
 
 
 def fingerprint(body: Any) -> str:
@@ -103,17 +98,24 @@ def parse_request(obj: dict[str, Any]) -> ChatRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise RequestError("body.model must name an agent (or \"auto\")", param="body.model")
-    system, history, prompt = _messages(body.get("messages"))
+    system, history, prompt, answers = _messages(body.get("messages"))
     unused = ignored(body)
-    return ChatRequest(custom_id, model, prompt, history, system, _options(body),
+    options = _options(body)
+    if answers is not None:  # the last message is a tool's result
+        options["tool_result"] = answers
+    return ChatRequest(custom_id, model, prompt, history, system, options,
                        ignored=unused, fingerprint=fingerprint(body), body=body)
 
 
-def _messages(messages: Any) -> tuple[str | None, list[dict[str, str]], str]:
+def _messages(messages: Any) -> tuple[str | None, list[dict[str, Any]], str,
+                                     dict[str, str] | None]:
+    """The system prompt, the turns before the last, the last message's text and, when the
+    last message is a tool's result, the call it answers (``{"tool_call_id", "name"}``).
+    Turns keep OpenAI's tool fields (:class:`~hpc_chat.protocol.request.GenRequest`)."""
     if not isinstance(messages, list) or not messages:
         raise RequestError("body.messages must be a non-empty list", param="body.messages")
     system: list[str] = []
-    turns: list[dict[str, str]] = []
+    turns: list[dict[str, Any]] = []
     calls: dict[str, str] = {}  # an earlier call's id -> its function's name
     for i, msg in enumerate(messages):
         where = f"body.messages[{i}]"
@@ -121,17 +123,19 @@ def _messages(messages: Any) -> tuple[str | None, list[dict[str, str]], str]:
             raise RequestError(f"{where} must be an object whose role is one of "
                                f"{', '.join(ROLES)}", param=where)
         if msg["role"] == "assistant" and msg.get("tool_calls"):
-            turns.append({"role": "assistant", "content": _calls(msg["tool_calls"], where,
-                                                                 calls)})
+            content = msg.get("content")
+            turns.append({"role": "assistant",
+                          "content": "" if content is None else _text(content, where),
+                          "tool_calls": _calls(msg["tool_calls"], where, calls)})
             continue
         content = _text(msg.get("content"), where)
-        if msg["role"] == "tool":  # a call's result, given to the model as a user turn
+        if msg["role"] == "tool":  # a call's result
             call_id = msg.get("tool_call_id")
             if not isinstance(call_id, str) or not call_id:
                 raise RequestError(f"{where}.tool_call_id must name the call this answers",
                                    param=f"{where}.tool_call_id")
-            turns.append({"role": "user", "content": result_text(calls.get(call_id), call_id,
-                                                                 content)})
+            turns.append({"role": "tool", "tool_call_id": call_id,
+                          "name": calls.get(call_id, ""), "content": content})
         elif msg["role"] in ("system", "developer"):
             if turns:
                 raise RequestError(f"{where}: a system message must come before the others",
@@ -139,20 +143,23 @@ def _messages(messages: Any) -> tuple[str | None, list[dict[str, str]], str]:
             system.append(content)
         else:
             turns.append({"role": msg["role"], "content": content})
-    if not turns or turns[-1]["role"] != "user":
+    if not turns or turns[-1]["role"] not in ("user", "tool"):
         raise RequestError("body.messages must end with a user or tool message",
                            param="body.messages")
-    if not turns[-1]["content"].strip():
-        raise RequestError("body.messages: the last user message is empty",
+    last = turns[-1]
+    if not last["content"].strip():
+        raise RequestError(f"body.messages: the last {last['role']} message is empty",
                            param="body.messages")
-    return ("\n\n".join(system) or None), turns[:-1], turns[-1]["content"]
+    answers = {"tool_call_id": last["tool_call_id"], "name": last["name"]} \
+        if last["role"] == "tool" else None
+    return ("\n\n".join(system) or None), turns[:-1], last["content"], answers
 
 
-def _calls(tool_calls: Any, where: str, calls: dict[str, str]) -> str:
-    """An assistant turn's tool calls, as the text of that turn (:func:`call_text`)."""
+def _calls(tool_calls: Any, where: str, calls: dict[str, str]) -> list[dict[str, Any]]:
+    """An assistant turn's tool calls, checked, each ``arguments`` as a JSON string."""
     if not isinstance(tool_calls, list):
         raise RequestError(f"{where}.tool_calls must be a list", param=f"{where}.tool_calls")
-    texts = []
+    out = []
     for j, call in enumerate(tool_calls):
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or \
@@ -160,10 +167,14 @@ def _calls(tool_calls: Any, where: str, calls: dict[str, str]) -> str:
             raise RequestError(f"{where}.tool_calls[{j}] must be {{\"id\", \"type\": "
                                f"\"function\", \"function\": {{\"name\", \"arguments\"}}}}",
                                param=f"{where}.tool_calls[{j}]")
-        if isinstance(call.get("id"), str):
-            calls[call["id"]] = fn["name"]
-        texts.append(call_text(fn["name"], fn.get("arguments") or {}))
-    return "\n".join(texts)
+        call_id = call.get("id") if isinstance(call.get("id"), str) else f"call_{j}"
+        calls[call_id] = fn["name"]
+        arguments = fn.get("arguments") or {}
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        out.append({"id": call_id, "type": "function",
+                    "function": {"name": fn["name"], "arguments": arguments}})
+    return out
 
 
 def _text(content: Any, where: str) -> str:

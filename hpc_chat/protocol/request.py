@@ -38,12 +38,20 @@ class Sampling(BaseModel):
 
 
 class GenRequest(Sampling):
-    """One chat completion to compute: ``{"role", "content"}`` messages, their sampling, and
-    the format the answer is constrained to, when there is one (its grammar applies to this
-    request's sequence alone)."""
+    """One chat completion to compute: the messages, their sampling, the format the answer is
+    constrained to, when there is one (its grammar applies to this request's sequence alone),
+    and the tools offered to the model.
 
-    messages: list[dict[str, str]]
+    Messages are in OpenAI's shape: ``{"role", "content"}``, an assistant turn that called
+    tools with ``tool_calls`` (``[{"id", "type": "function", "function": {"name",
+    "arguments"}}]``, ``arguments`` a JSON string), and a result as ``{"role": "tool",
+    "tool_call_id", "name", "content"}``. ``content`` is always text. How they and ``tools``
+    reach the model is the chat template's to decide
+    (:class:`hpc_chat.llm.template.ChatTemplate`)."""
+
+    messages: list[dict[str, Any]]
     output: OutputFormat | None = None
+    tools: list[dict[str, Any]] | None = None  # OpenAI's ``tools``, as offered (not ``none``)
 
 
 def prompt_too_long(prompt_tokens: int, max_tokens: int, n_ctx: int, *,

@@ -9,11 +9,15 @@ that does not begin with ``{``; with ``none`` nothing is constrained and the too
 offered. One call per answer (``parallel_tool_calls`` is accepted; a second call is never
 made).
 
-A model learns of its tools from its system prompt (:func:`tools_prompt`): the GGUF chat
-templates hpc_chat meets (the embedded SmolLM2's among them) have no tool syntax of their own,
-so the same words are used for every model, and earlier calls and tool results travel as the
-assistant's call and a user turn that carries the result (:func:`call_text`,
-:func:`result_text`).
+How a model learns of its tools, and sees earlier calls and their results, is decided where the
+prompt is made (:class:`hpc_chat.llm.template.ChatTemplate`), from the request's messages in
+OpenAI's shape (an assistant turn with ``tool_calls``, ``role: tool`` turns):
+- a GGUF chat template with tool syntax of its own (Qwen 2.5, Hermes, Llama 3.1, ...) is given
+  the tools and those turns as they are, and writes them in its own markup;
+- a template without any (the embedded SmolLM2's) gets the same words for every model: the
+  tools listed in the system prompt (:func:`tools_prompt`), an earlier call as the assistant's
+  JSON (:func:`call_text`) and a result as a user turn that names its call
+  (:func:`result_text`) (:func:`as_text_turns`).
 """
 
 from __future__ import annotations
@@ -150,19 +154,89 @@ def _tools_format(key: str) -> OutputFormat | None:
                         sha256=hashlib.sha256(canonical.encode()).hexdigest())
 
 
-def tools_prompt(tools: Any, tool_choice: Any) -> str:
-    """What the system prompt says of the tools ("" when none are offered)."""
+def offered_tools(tools: Any, tool_choice: Any) -> list[dict[str, Any]] | None:
+    """The tools a request offers the model, checked, in OpenAI's shape (None when it offers
+    none: no ``tools``, or ``tool_choice`` ``none``)."""
+    if not tools:
+        return None
     specs, choice = parse_tools(tools, tool_choice)
     if choice == "none":
-        return ""
+        return None
+    return [t.model_dump(exclude_none=True) for t in specs]
+
+
+def tools_prompt(tools: list[dict[str, Any]], optional: bool) -> str:
+    """What the system prompt says of the offered tools, for a template without tool syntax
+    (``optional``: the model may answer in text instead)."""
     lines = ["You can call these functions:"]
-    for t in specs:
-        about = f": {t.function.description}" if t.function.description else ""
-        lines.append(f"- {t.function.name}{about} Arguments (JSON Schema): "
-                     f"{json.dumps(t.function.parameters, ensure_ascii=False)}")
-    how = "To call one, answer with only" if choice == "auto" else "Answer with only"
+    for t in tools:
+        fn = t["function"]
+        about = f": {fn['description']}" if fn.get("description") else ""
+        lines.append(f"- {fn['name']}{about} Arguments (JSON Schema): "
+                     f"{json.dumps(fn.get('parameters', {}), ensure_ascii=False)}")
+    how = "To call one, answer with only" if optional else "Answer with only"
     lines.append(f'{how} a JSON object {{"name": <function name>, "arguments": {{...}}}}.')
     return "\n".join(lines)
+
+
+def as_text_turns(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                  optional: bool) -> list[dict[str, str]]:
+    """The messages for a template without tool syntax: plain ``{"role", "content"}`` turns,
+    the tools described in the system prompt, each earlier call written as the JSON the model
+    writes for one, and each result as a user turn that names its call."""
+    names: dict[str, str] = {}  # a call's id -> its function's name
+    out: list[dict[str, str]] = []
+    for msg in messages:
+        role, content = msg["role"], msg.get("content") or ""
+        if role == "assistant" and msg.get("tool_calls"):
+            calls = []
+            for call in msg["tool_calls"]:
+                names[call.get("id", "")] = call["function"]["name"]
+                calls.append(call_text(call["function"]["name"], call["function"]["arguments"]))
+            out.append({"role": "assistant", "content": "\n".join(calls)})
+        elif role == "tool":
+            call_id = msg.get("tool_call_id")
+            out.append({"role": "user", "content": result_text(
+                msg.get("name") or names.get(call_id or ""), call_id, content)})
+        else:
+            out.append({"role": role, "content": content})
+    if tools:
+        offered = tools_prompt(tools, optional)
+        if out and out[0]["role"] == "system":
+            base = out[0]["content"]
+            out[0] = {"role": "system", "content": f"{base}\n\n{offered}" if base else offered}
+        else:
+            out.insert(0, {"role": "system", "content": offered})
+    return out
+
+
+def as_template_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages for a template with tool syntax: as given, each call's ``arguments`` a
+    JSON object (chat templates, written for Hugging Face's, render it with ``tojson``)."""
+    out = []
+    for msg in messages:
+        if msg.get("role") == "assistant" and msg.get("tool_calls"):
+            calls = []
+            for call in msg["tool_calls"]:
+                fn = call["function"]
+                arguments = fn["arguments"]
+                if isinstance(arguments, str):
+                    try:
+                        arguments = json.loads(arguments)
+                    except ValueError:
+                        pass
+                calls.append({**call, "function": {**fn, "arguments": arguments}})
+            msg = {**msg, "tool_calls": calls}
+        out.append(msg)
+    return out
+
+
+def turn_text(msg: dict[str, Any]) -> str:
+    """A turn's text, for counting its tokens before the template is known: its content, or
+    its calls as the JSON a model writes for them."""
+    calls = [call_text(c["function"]["name"], c["function"]["arguments"])
+             for c in msg.get("tool_calls") or []]
+    return "\n".join([msg.get("content") or "", *calls])
 
 
 def parse_call(text: str) -> tuple[str, dict[str, Any]] | None:

@@ -29,7 +29,7 @@ from hpc_chat.protocol.request import Completion, GenRequest, Sampling, prompt_t
 from hpc_chat.protocol.result import AgentAnswer
 from hpc_chat.protocol.stream import StreamSpec
 from hpc_chat.structured.compile import FORMAT_KEYS, output_format
-from hpc_chat.structured.tools import tools_prompt
+from hpc_chat.structured.tools import offered_tools, turn_text
 from hpc_chat.structured.validate import check
 from hpc_chat.util.configfile import format_validation_error
 from hpc_chat.worker import engine_client
@@ -41,19 +41,34 @@ from hpc_chat.worker.stream import TokenSender
 TEMPLATE_OVERHEAD_PER_MESSAGE = 8
 
 
-def build_messages(system_prompt: str, message: str,
-                   history: list[dict[str, str]] | None) -> list[dict[str, str]]:
-    """System prompt, then the recent history turns, then the new user message."""
-    msgs = [{"role": "system", "content": system_prompt}]
+def build_messages(system_prompt: str, message: str, history: list[dict[str, Any]] | None,
+                   tool_result: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """System prompt, then the recent history turns, then the new message: the user's, or a
+    tool's result when ``tool_result`` names its call (``{"tool_call_id", "name"}``; the
+    message is the result). Turns keep OpenAI's tool fields
+    (:class:`~hpc_chat.protocol.request.GenRequest`)."""
+    msgs: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
     for turn in history or []:
-        if turn.get("role") in ("user", "assistant") and turn.get("content"):
-            msgs.append({"role": turn["role"], "content": str(turn["content"])})
-    msgs.append({"role": "user", "content": message})
+        role = turn.get("role")
+        if role == "assistant" and turn.get("tool_calls"):
+            msgs.append({"role": role, "content": str(turn.get("content") or ""),
+                         "tool_calls": turn["tool_calls"]})
+        elif role == "tool":
+            msgs.append(_tool_turn(str(turn.get("content") or ""), turn))
+        elif role in ("user", "assistant") and turn.get("content"):
+            msgs.append({"role": role, "content": str(turn["content"])})
+    msgs.append(_tool_turn(message, tool_result) if tool_result
+                else {"role": "user", "content": message})
     return msgs
 
 
-def decoded_messages(msgs: list[dict[str, str]],
-                     history_turns_used: int) -> list[dict[str, str]]:
+def _tool_turn(content: str, call: dict[str, Any]) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": str(call.get("tool_call_id") or ""),
+            "name": str(call.get("name") or ""), "content": content}
+
+
+def decoded_messages(msgs: list[dict[str, Any]],
+                     history_turns_used: int) -> list[dict[str, Any]]:
     """The messages a worker decoded, rebuilt by the driver from those it sent
     (:func:`build_messages`).
 
@@ -65,8 +80,8 @@ def decoded_messages(msgs: list[dict[str, str]],
     return [msgs[0], *turns[len(turns) - history_turns_used:], msgs[-1]]
 
 
-def fit_to_context(messages: list[dict[str, str]], count_tokens, n_ctx: int,
-                   max_tokens: int, *, drop_history: bool = True) -> list[dict[str, str]]:
+def fit_to_context(messages: list[dict[str, Any]], count_tokens, n_ctx: int,
+                   max_tokens: int, *, drop_history: bool = True) -> list[dict[str, Any]]:
     """Drop the oldest history turns until the prompt and ``max_tokens`` fit in ``n_ctx``.
 
     The system prompt and the new message are never dropped or cut: when they alone do not fit,
@@ -75,7 +90,7 @@ def fit_to_context(messages: list[dict[str, str]], count_tokens, n_ctx: int,
     (``drop_history=False``): they fit, or the request fails.
     """
     def size(msgs):
-        return sum(count_tokens(m["content"]) + TEMPLATE_OVERHEAD_PER_MESSAGE for m in msgs)
+        return sum(count_tokens(turn_text(m)) + TEMPLATE_OVERHEAD_PER_MESSAGE for m in msgs)
 
     budget = n_ctx - max_tokens
     msgs = list(messages)
@@ -146,11 +161,14 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
     site_model = ctx.model
     sampling = {**settings.sampling(), **{k: v for k, v in options.items()
                                           if k in Sampling.model_fields}}
-    system_prompt = system_prompt_of(ctx.system_prompt or settings.system_prompt, options)
     fmt = request_format(settings, options)
     try:
-        request = GenRequest(messages=build_messages(system_prompt, message, ctx.history),
-                             output=fmt, **sampling)
+        request = GenRequest(messages=build_messages(ctx.system_prompt or settings.system_prompt,
+                                                     message, ctx.history,
+                                                     options.get("tool_result")),
+                             output=fmt, tools=offered_tools(options.get("tools"),
+                                                             options.get("tool_choice")),
+                             **sampling)
     except ValidationError as exc:  # e.g. an option out of range: the request's own fault
         raise ValueError(format_validation_error("options", exc).replace("\n", "; ")) from None
     settings_dict = settings.model_dump()
@@ -172,16 +190,6 @@ def request_format(settings, options: dict[str, Any]) -> OutputFormat | None:
     if any(k in options for k in FORMAT_KEYS):
         return output_format(**{k: options.get(k) for k in FORMAT_KEYS})
     return output_format(settings.response_format, settings.grammar)
-
-
-def system_prompt_of(base: str, options: dict[str, Any]) -> str:
-    """The system prompt decoded: the agent's (or the caller's), and the request's tools
-    when it offers any (:func:`hpc_chat.structured.tools.tools_prompt`). The driver rebuilds
-    the decoded messages with the same function."""
-    if not options.get("tools"):
-        return base
-    offered = tools_prompt(options["tools"], options.get("tool_choice"))
-    return f"{base}\n\n{offered}" if offered else base
 
 
 def _cached(prep: Prepared) -> dict | None:

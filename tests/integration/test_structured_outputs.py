@@ -16,6 +16,8 @@ from hpc_chat.llm.models import ModelSpec, resolve_model
 from hpc_chat.llm.registry import get_engine
 from hpc_chat.protocol.request import GenRequest
 from hpc_chat.structured.compile import output_format
+from hpc_chat.structured.tools import parse_call
+from tests.helpers.templates import TOOL_TEMPLATE
 
 pytestmark = pytest.mark.model
 
@@ -316,8 +318,46 @@ def test_a_tool_result_goes_back_and_the_model_answers(server):
     assert final.choices[0].finish_reason in ("stop", "length")
     assert final.choices[0].message.content and not final.choices[0].message.tool_calls
     decoded = final.model_extra["hpc_chat"]["agents"][0]["messages"]
-    assert decoded[-1]["content"] == (f"Result of the call {call.id} to get_weather:\n"
-                                      f"-3 degrees and snow")
+    assert decoded[-1] == {"role": "tool", "tool_call_id": call.id, "name": "get_weather",
+                           "content": "-3 degrees and snow"}
+    assert decoded[-2]["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
+def test_a_template_with_tool_syntax_reads_the_round_trip_batched_as_alone(engine):
+    """A GGUF whose template has tool syntax (Qwen 2.5's, Hermes') is given the tools, the
+    call and its result as they are; the answer is still held to a call, and the batched
+    engine makes the same prompt and answer as the unbatched one."""
+    original = engine.llama.metadata["tokenizer.chat_template"]
+    engine.use_template(TOOL_TEMPLATE)
+    try:
+        msgs = [SYSTEM, {"role": "user", "content": "What is the weather in Oslo and Lima?"},
+                {"role": "assistant", "content": "", "tool_calls": [{
+                    "id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+                {"role": "tool", "tool_call_id": "call_1", "name": "get_weather",
+                 "content": "-3 degrees and snow"}]
+        req = GenRequest(messages=msgs, tools=[WEATHER], temperature=0.0, max_tokens=64,
+                         output=output_format(tools=[WEATHER], tool_choice="required"))
+        tokens, _ = engine.prompt_tokens(msgs, [WEATHER])
+        # Under 256 cells with the answer: past that, flash attention may sum a lone
+        # sequence's cells in another order than a batch's (docs/performance.md).
+        assert len(tokens) + req.max_tokens <= 256
+        prompt = engine.llama.detokenize(tokens, special=True).decode()
+        assert '<tools>{"type": "function", "function": {"name": "get_weather"' in prompt
+        assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}' in prompt
+        assert "<tool_response>\n-3 degrees and snow\n</tool_response>" in prompt
+        assert "You can call these functions" not in prompt
+        one = engine.complete(req)
+        together = BatchedEngine(engine, n_seq=2).generate([req, ask("Name a colour.",
+                                                                     max_tokens=16)])
+        assert together[0].text == one.text and one.prompt_tokens == len(tokens)
+        call = parse_call(one.text)
+        assert call is not None, one.text
+        name, arguments = call
+        assert name == "get_weather"
+        jsonschema.validate(arguments, WEATHER["function"]["parameters"])
+    finally:
+        engine.use_template(original)
 
 
 def test_a_streamed_tool_call_comes_as_one_tool_calls_delta(server):

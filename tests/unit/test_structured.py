@@ -287,7 +287,7 @@ TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
 
 
 def test_tool_choice_required_named_auto_and_none():
-    from hpc_chat.structured.tools import tools_prompt
+    from hpc_chat.structured.tools import offered_tools, tools_prompt
 
     required = output_format(tools=[WEATHER, TIME], tool_choice="required")
     assert required.kind is FormatKind.TOOLS and not required.text_allowed
@@ -301,8 +301,9 @@ def test_tool_choice_required_named_auto_and_none():
     assert check(auto, "It is sunny.", "stop")["valid"]
     assert not check(auto, '{"name": "get_weather", "arguments": {}}', "stop")["valid"]
     assert output_format(tools=[WEATHER], tool_choice="none") is None
-    assert tools_prompt([WEATHER], "none") == ""
-    assert "get_weather: The weather in a city." in tools_prompt([WEATHER], "auto")
+    assert offered_tools([WEATHER], "none") is None and offered_tools(None, "auto") is None
+    assert offered_tools([WEATHER], "required") == [WEATHER]
+    assert "get_weather: The weather in a city." in tools_prompt([WEATHER], optional=True)
 
 
 @pytest.mark.parametrize("tools, choice, param, named", [
@@ -327,18 +328,66 @@ def test_bad_tools_are_refused_naming_them(tools, choice, param, named):
     assert refused.value.param == f"body.{param}" and refused.value.code == "invalid_tools"
 
 
-def test_a_tool_round_trip_becomes_turns_the_template_knows():
-    body = {"model": "a", "tools": [WEATHER], "messages": [
-        {"role": "user", "content": "Weather in Oslo?"},
-        {"role": "assistant", "content": None, "tool_calls": [{
-            "id": "call_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "-3 C, snow"}]}
+ROUND_TRIP = [
+    {"role": "user", "content": "Weather in Oslo?"},
+    {"role": "assistant", "content": None, "tool_calls": [{
+        "id": "call_1", "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "-3 C, snow"}]
+
+
+def test_a_tool_round_trip_keeps_openais_turns():
+    body = {"model": "a", "tools": [WEATHER], "messages": ROUND_TRIP}
     req = parse_request({"custom_id": "q", "url": "/v1/chat/completions", "body": body})
     assert req.history == [{"role": "user", "content": "Weather in Oslo?"}, {
-        "role": "assistant", "content": '{"name": "get_weather", "arguments": {"city": "Oslo"}}'}]
-    assert req.prompt == "Result of the call call_1 to get_weather:\n-3 C, snow"
+        "role": "assistant", "content": "", "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}]
+    assert req.prompt == "-3 C, snow"  # the result is the last message
+    assert req.options["tool_result"] == {"tool_call_id": "call_1", "name": "get_weather"}
     assert req.options["tools"] == [WEATHER]
+
+
+def test_without_tool_syntax_the_turns_become_text_and_the_tools_a_paragraph():
+    from hpc_chat.structured.tools import as_text_turns
+    from hpc_chat.worker.chat import build_messages
+
+    req = parse_request({"custom_id": "q", "url": "/v1/chat/completions",
+                         "body": {"model": "a", "tools": [WEATHER], "messages": ROUND_TRIP}})
+    msgs = build_messages("Be brief.", req.prompt, req.history, req.options["tool_result"])
+    assert msgs[-1] == {"role": "tool", "tool_call_id": "call_1", "name": "get_weather",
+                        "content": "-3 C, snow"}
+    turns = as_text_turns(msgs, [WEATHER], optional=False)
+    assert all(set(t) == {"role", "content"} for t in turns)
+    assert turns[0]["content"].startswith("Be brief.\n\nYou can call these functions:\n"
+                                          "- get_weather: The weather in a city.")
+    assert turns[2] == {"role": "assistant",
+                        "content": '{"name": "get_weather", "arguments": {"city": "Oslo"}}'}
+    assert turns[3] == {"role": "user",
+                        "content": "Result of the call call_1 to get_weather:\n-3 C, snow"}
+    assert as_text_turns(msgs[:2], None, False) == msgs[:2]  # no tools: unchanged
+
+
+def test_a_template_with_tool_syntax_writes_the_tools_calls_and_results_itself():
+    from hpc_chat.llm.template import ChatTemplate
+    from hpc_chat.worker.chat import build_messages
+    from tests.helpers.templates import PLAIN_TEMPLATE, TOOL_TEMPLATE
+
+    native = ChatTemplate(TOOL_TEMPLATE, eos_token="<|im_end|>", bos_token="")
+    plain = ChatTemplate(PLAIN_TEMPLATE, eos_token="<|im_end|>", bos_token="")
+    assert native.tool_syntax and not plain.tool_syntax
+    req = parse_request({"custom_id": "q", "url": "/v1/chat/completions",
+                         "body": {"model": "a", "tools": [WEATHER], "messages": ROUND_TRIP}})
+    msgs = build_messages("Be brief.", req.prompt, req.history, req.options["tool_result"])
+    prompt = native.prompt(msgs, [WEATHER])
+    assert '<tools>{"type": "function", "function": {"name": "get_weather"' in prompt
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n' in prompt
+    assert "<tool_response>\n-3 C, snow\n</tool_response>" in prompt
+    assert "You can call these functions" not in prompt and "Result of the call" not in prompt
+    text = plain.prompt(msgs, [WEATHER])
+    assert "You can call these functions" in text and "<tool_response>" not in text
+    assert "Result of the call call_1 to get_weather:\n-3 C, snow" in text
+    assert "<tools>" not in native.prompt(msgs[:2])  # no tools offered: none listed
 
 
 def test_a_call_becomes_openais_tool_calls():
