@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from hpc_chat.errors import FormatError
+from hpc_chat.protocol.embedding import Pooling
 from hpc_chat.protocol.output_format import ResponseFormat
 from hpc_chat.protocol.request import Sampling
 from hpc_chat.structured.compile import output_format
@@ -72,6 +73,9 @@ class AgentSettings(Sampling):
     # GBNF grammar; a request's own response_format or grammar replaces it.
     response_format: ResponseFormat | None = None
     grammar: str | None = None
+    # How the model's token states become one embedding (mean, cls, last); unset: the
+    # GGUF's own pooling, or mean for a generative model (hpc_chat.llm.embedding).
+    pooling: Pooling | None = None
 
     @field_validator("response_format")
     @classmethod

@@ -24,7 +24,9 @@ from the message (:mod:`hpc_chat.structured.instance`), a token per space-separa
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 import threading
 import time
@@ -34,8 +36,9 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hpc_chat.errors import FormatError, ModelNotFoundError
+from hpc_chat.errors import FormatError, ModelNotFoundError, PromptTooLongError
 from hpc_chat.llm.feed import Feed, Job
+from hpc_chat.protocol.embedding import Embeddings, Pooling
 from hpc_chat.protocol.output_format import FormatKind, OutputFormat
 from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
 from hpc_chat.structured.instance import instance
@@ -268,3 +271,41 @@ class EchoBatchedEngine:
                             completion_tokens=n, model_load_s=self.engine.load_s,
                             model_loaded_now=False, generation_s=time.perf_counter() - t0,
                             extra={"batched": True, "echo": True}))
+
+
+ECHO_DIMENSIONS = 64
+
+
+class EchoEmbedder:
+    """Embeddings without a model, for tests of the plumbing: each word (each token id of a
+    token array) adds a signed unit to one of 64 dimensions chosen by its sha256, and the sum is
+    scaled to length 1. The same input always gives the same vector; inputs with no word in
+    common are orthogonal more often than not."""
+
+    def __init__(self, engine: EchoEngine, pooling=None):
+        self.engine = engine
+        self.n_ctx = engine.spec.n_ctx
+
+    def close(self) -> None:
+        """Nothing to free."""
+
+    def embed(self, inputs: list) -> Embeddings:
+        start = time.perf_counter()
+        vectors, counts = [], []
+        for i, item in enumerate(inputs):
+            words = _words(item) if isinstance(item, str) else [str(t) for t in item]
+            if not words:
+                raise ValueError(f"input[{i}] is empty")
+            if len(words) > self.n_ctx:
+                raise PromptTooLongError(
+                    f"input[{i}] has {len(words)} tokens; the model's context holds "
+                    f"{self.n_ctx}: shorten or split it (or raise n_ctx)")
+            vector = [0.0] * ECHO_DIMENSIONS
+            for word in words:
+                digest = hashlib.sha256(word.lower().encode()).digest()
+                vector[digest[0] % ECHO_DIMENSIONS] += 1.0 if digest[1] & 1 else -1.0
+            norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+            vectors.append([x / norm for x in vector])
+            counts.append(len(words))
+        return Embeddings(vectors=vectors, tokens=counts, dimensions=ECHO_DIMENSIONS,
+                          pooling=Pooling.MEAN, seconds=time.perf_counter() - start)

@@ -49,6 +49,23 @@ def get_batched_engine(engine: Engine, n_seq: int) -> BatchEngine:
         return _batched[key]
 
 
+_embedders: dict[tuple[ModelSpec, Any], Any] = {}
+
+
+def get_embedder(engine: Engine, pooling=None):
+    """The embedding context over a loaded engine's model (:mod:`hpc_chat.llm.embedding`),
+    made once per pooling."""
+    key = (engine.spec, pooling)
+    with _lock:
+        if key not in _embedders:
+            if engine.spec.is_echo:
+                from hpc_chat.llm.echo import EchoEmbedder as cls
+            else:
+                from hpc_chat.llm.embedding import Embedder as cls
+            _embedders[key] = cls(engine, pooling)
+        return _embedders[key]
+
+
 def cache_info() -> dict[str, Any]:
     """Hits, misses and the specs loaded in this process."""
     with _lock:
@@ -62,5 +79,8 @@ def clear_cache() -> None:
         for batched in _batched.values():
             batched.close()
         _batched.clear()
+        for embedder in _embedders.values():
+            embedder.close()
+        _embedders.clear()
         _engines.clear()
         _stats.update(hits=0, misses=0)

@@ -2,7 +2,9 @@
 
 One JSON object per message (``multiprocessing.connection`` frames them). A worker opens a
 connection per request and sends one :class:`Order`: ``status`` (answered with an
-:class:`EngineStatus`) or ``decode`` (a :class:`~hpc_chat.protocol.request.GenRequest`). The
+:class:`EngineStatus`), ``decode`` (a :class:`~hpc_chat.protocol.request.GenRequest`) or
+``embed`` (an :class:`~hpc_chat.protocol.embedding.EmbedRequest`, answered with
+:class:`Embedded` or :class:`Failed`). The
 engine answers a decode with events, each tagged by ``event``: :class:`Stops` first when the
 text is streamed (what the engine stops on besides the request's own ``stop``), then
 :class:`Text` as the answer grows, and last :class:`Done` or :class:`Failed`. A ``cancel``
@@ -20,6 +22,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from hpc_chat.protocol.embedding import Embeddings, EmbedRequest
 from hpc_chat.protocol.request import Completion, GenRequest
 
 
@@ -27,6 +30,7 @@ class Op(str, Enum):
     STATUS = "status"
     DECODE = "decode"
     CANCEL = "cancel"
+    EMBED = "embed"
 
 
 class Order(BaseModel):
@@ -36,6 +40,7 @@ class Order(BaseModel):
 
     op: Op
     request: GenRequest | None = None  # for ``decode``
+    embed: EmbedRequest | None = None  # for ``embed``
     exact: bool = False  # the caller's own messages: never shortened to fit the context
     stream: bool = False  # send the text as it grows
 
@@ -84,6 +89,12 @@ class Done(BaseModel):
     engine: EngineInfo
 
 
+class Embedded(BaseModel):
+    event: Literal["embedded"] = "embedded"
+    embeddings: Embeddings
+    engine: EngineInfo
+
+
 class Failed(BaseModel):
     event: Literal["failed"] = "failed"
     error: str
@@ -91,7 +102,7 @@ class Failed(BaseModel):
     param: str | None = None
 
 
-Event = Annotated[Stops | Text | Done | Failed, Field(discriminator="event")]
+Event = Annotated[Stops | Text | Done | Embedded | Failed, Field(discriminator="event")]
 _EVENT = TypeAdapter(Event)
 
 
@@ -104,5 +115,5 @@ def read_order(raw: bytes) -> Order:
     return Order.model_validate_json(raw)
 
 
-def read_event(raw: bytes) -> Stops | Text | Done | Failed:
+def read_event(raw: bytes) -> Stops | Text | Done | Embedded | Failed:
     return _EVENT.validate_json(raw)

@@ -1,4 +1,5 @@
-"""The HTTP routes: OpenAI's chat completions and models, plus health, status and metrics.
+"""The HTTP routes: OpenAI's chat completions, embeddings (:mod:`hpc_chat.server.embeddings`)
+and models, plus health, status and metrics.
 
 A chat completion request is checked by the same code as an OpenAI batch line
 (:func:`hpc_chat.openai.batch.parse_request`), so both accept and refuse the same things, then
@@ -28,30 +29,13 @@ from hpc_chat.openai.batch import CHAT_URL, ROUTED_MODEL, RequestError, parse_re
 from hpc_chat.protocol.failure import status_of
 from hpc_chat.protocol.result import FinishReason, provenance_of
 from hpc_chat.server.auth import authorized
+from hpc_chat.server.embeddings import embeddings
+from hpc_chat.server.errors import ApiError, error_body
 from hpc_chat.server.state import ServerState
 
 log = logging.getLogger(__name__)
 
 OPEN_ROUTES = {"/health"}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, code: str, param: str | None = None,
-                 kind: str = "invalid_request_error", headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.param, self.kind = status, code, param, kind
-        self.headers = headers or {}
-
-    def response(self, metrics=None) -> JSONResponse:
-        """The OpenAI error body; a refusal (a 4xx) is counted in ``metrics`` when given."""
-        if metrics is not None and self.status < 500:
-            metrics.refused.labels(str(self.status)).inc()
-        return JSONResponse(error_body(str(self), self.kind, self.code, self.param),
-                            status_code=self.status, headers=self.headers)
-
-
-def error_body(message: str, kind: str, code: str, param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -114,21 +98,28 @@ def create_app(state: ServerState) -> FastAPI:
         body = await read_json(request, state.max_body)
         return await complete(state, request, body)
 
+    @app.post("/v1/embeddings")
+    async def create_embeddings(request: Request):
+        return await embeddings(state, await read_json(request, state.max_body))
+
     return app
 
 
 def model_list(wf) -> list[dict[str, Any]]:
-    """Every agent as a model id, and ``auto`` for the routed multi-agent answer."""
+    """Every agent as a model id, and ``auto`` for the routed multi-agent answer; what each
+    can do: every agent's model chats and embeds, ``auto`` only chats."""
     from hpc_chat.worker.chat import model_name
 
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "hpc_chat",
              "hpc_chat": {"runs": model_name(agent.config.config.model_dump(),
                                              wf.site_model),
-                          "description": agent.config.description}}
+                          "description": agent.config.description,
+                          "capabilities": ["chat", "embeddings"]}}
             for name, agent in sorted(wf.agents.items())]
     data.append({"id": ROUTED_MODEL, "object": "model", "created": 0, "owned_by": "hpc_chat",
                  "hpc_chat": {"runs": "routed to the agents by keywords, answers aggregated",
-                              "description": "the multi-agent answer of 'hpc-chat ask'"}})
+                              "description": "the multi-agent answer of 'hpc-chat ask'",
+                              "capabilities": ["chat"]}})
     return data
 
 

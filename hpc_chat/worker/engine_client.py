@@ -38,6 +38,7 @@ from hpc_chat.errors import FormatError, PromptTooLongError
 from hpc_chat.llm.models import ModelSpec
 from hpc_chat.protocol import engine as wire
 from hpc_chat.protocol.context import SiteModel
+from hpc_chat.protocol.embedding import Embeddings, EmbedRequest
 from hpc_chat.protocol.request import Completion, GenRequest
 from hpc_chat.util.rundir import runtime_dir
 from hpc_chat.worker.stream import TokenSender, streams_tokens
@@ -279,3 +280,24 @@ def decode(spec: ModelSpec, engine: dict, preps: list, finish: Callable) -> list
         raise
     pool.shutdown(wait=False)
     return [f.result() for f in futures]
+
+
+def embed(spec: ModelSpec, engine: dict, request: EmbedRequest) -> tuple[Embeddings, dict]:
+    """Embeddings from the node's engine for ``spec`` (started when needed), and which engine
+    made them. An input it refuses raises :class:`PromptTooLongError` or ``ValueError``
+    naming it; a lost engine :class:`EngineLost` (the task is retried)."""
+    slots = int(engine.get("slots") or DEFAULT_SLOTS)
+    try:
+        with connect(spec, slots) as conn:
+            conn.send_bytes(wire.encode(wire.Order(op=wire.Op.EMBED, embed=request)))
+            event = wire.read_event(conn.recv_bytes())
+    except (EOFError, OSError) as exc:
+        raise EngineLost(f"the node engine for {spec.path} ended while it held these inputs "
+                         f"({type(exc).__name__}: {exc}); they are retried on a new "
+                         f"engine") from None
+    if isinstance(event, wire.Embedded):
+        return event.embeddings, event.engine.model_dump()
+    if isinstance(event, wire.Failed):
+        raise _exception(event)
+    raise EngineLost(f"the node engine for {spec.path} answered an embed order with "
+                     f"{event.event!r}")

@@ -35,7 +35,7 @@ from pathlib import Path
 from hpc_chat.errors import FormatError, PromptTooLongError
 from hpc_chat.llm.feed import Feed, Job
 from hpc_chat.llm.models import ModelSpec
-from hpc_chat.llm.registry import get_batched_engine, get_engine
+from hpc_chat.llm.registry import get_batched_engine, get_embedder, get_engine
 from hpc_chat.protocol import engine as wire
 from hpc_chat.protocol.request import Completion
 from hpc_chat.worker.chat import fit
@@ -104,6 +104,8 @@ class NodeEngine:
                     order = wire.read_order(raw)
                     if order.op is wire.Op.DECODE and order.request is None:
                         raise ValueError("a decode order without a request")
+                    if order.op is wire.Op.EMBED and order.embed is None:
+                        raise ValueError("an embed order without inputs")
                 except ValueError as exc:  # its first line only: no prompt text
                     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                     return _reply(conn, wire.Failed(error="not a request the engine can decode: "
@@ -112,6 +114,8 @@ class NodeEngine:
                     _reply(conn, self.status())
                 elif order.op is wire.Op.DECODE:
                     self._decode(conn, order)
+                elif order.op is wire.Op.EMBED:
+                    _reply(conn, self._embed(order.embed))
             except (EOFError, OSError, ValueError) as exc:  # its type only: no prompt text
                 log.info("connection dropped (%s)", type(exc).__name__)
 
@@ -159,6 +163,23 @@ class NodeEngine:
             kind = wire.FailKind.TOO_LONG if isinstance(outcome, PromptTooLongError) \
                 else wire.FailKind.LOST
             _reply(conn, wire.Failed(error=f"node engine {self.info.pid}: {outcome}", kind=kind))
+
+    def _embed(self, request) -> wire.Embedded | wire.Failed:
+        """Embed on this connection's thread, in the embedding context (its own lock), beside
+        the decode loop: answers keep being decoded meanwhile."""
+        try:
+            embedder = get_embedder(self.engine, request.pooling)
+            out = embedder.embed(request.inputs)
+        except PromptTooLongError as exc:
+            return wire.Failed(error=str(exc), kind=wire.FailKind.TOO_LONG)
+        except ValueError as exc:  # an input that is not one (an unknown token id)
+            return wire.Failed(error=str(exc), kind=wire.FailKind.INPUT)
+        except RuntimeError as exc:
+            return wire.Failed(error=f"node engine {self.info.pid}: {exc}",
+                               kind=wire.FailKind.LOST)
+        with self.lock:
+            self.served += 1
+        return wire.Embedded(embeddings=out, engine=self.info)
 
     @staticmethod
     def _follow(conn: Connection, job: Job, answer: _Answer, stream: bool) -> None:

@@ -7,6 +7,7 @@ the model they load stays loaded in the worker process for the next task.
 from __future__ import annotations
 
 from hpc_chat.worker.chat import process_chat_batch, process_chat_message
+from hpc_chat.worker.embed import process_embed
 
 
 def chat_task(agent_config: dict, message: str, context: dict, *, walltime: float | None = None,
@@ -20,3 +21,10 @@ def chat_batch_task(agent_config: dict, items: list[dict], *, n_seq: int | None 
                     walltime: float | None = None, retry_attempts: int = 0) -> list[dict]:
     """What a worker runs for several requests to one agent, decoded together."""
     return process_chat_batch(agent_config, items, n_seq)
+
+
+def embed_task(agent_config: dict, items: list, context: dict, *,
+               walltime: float | None = None, retry_attempts: int = 0) -> dict:
+    """What a worker runs for one slice of an embedding request's inputs, in order. (Not
+    named ``inputs``: Parsl reads an app's ``inputs`` as files it depends on.)"""
+    return process_embed(agent_config, items, context)
