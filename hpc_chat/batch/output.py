@@ -37,6 +37,7 @@ from hpc_chat.batch.input import STDIO, BatchItem, id_key
 from hpc_chat.driver.stats import RequestRecord, summarize
 from hpc_chat.errors import InputError
 from hpc_chat.openai import batch as oa
+from hpc_chat.openai.embeddings import EmbeddingLine
 from hpc_chat.protocol.failure import FailureCode, failure_fields, status_of
 from hpc_chat.protocol.result import provenance_of
 from hpc_chat.util.outputfiles import PRIVATE, open_append, own_link, replace_whole
@@ -190,7 +191,7 @@ class OutputWriter:
 
     def _open(self, path: Path) -> TextIO:
         fh = os.fdopen(open_append(path, mode=self.mode), "a", encoding="utf-8")
-        _ensure_line_start(path, fh)
+        ensure_line_start(path, fh)
         return fh
 
     def write(self, item: BatchItem, result: dict[str, Any] | None, *, finished_at: float,
@@ -209,6 +210,8 @@ class OutputWriter:
         if item.key is not None:  # an OpenAI request: resume compares its fingerprint
             line["request"] = item.key
         line["provenance"] = provenance_of(result)
+        if result is not None and result.get("embedding") is not None:
+            line["embedding"] = result["embedding"]  # OpenAI's list: /v1/embeddings lines
         if line["provenance"] and item.request and item.request.ignored:
             line["provenance"]["ignored_params"] = item.request.ignored  # accepted, not used
         line = _writable(line)
@@ -222,8 +225,8 @@ class OutputWriter:
                              f"{self.written} lines were written before; free space and rerun "
                              f"with --resume") from None
         self.written += 1
-        if counted:
-            self.lines.append(line)
+        if counted:  # without the vectors: the summary counts, and memory stays small
+            self.lines.append({k: v for k, v in line.items() if k != "embedding"})
         return line
 
     def _openai_record(self, item: BatchItem,
@@ -231,6 +234,10 @@ class OutputWriter:
         finished = line["finished_at"]
         model = item.request.model if item.request else \
             ",".join(line.get("agents") or []) or oa.ROUTED_MODEL
+        if line["ok"] and line.get("embedding") is not None:
+            return oa.embedding_answer_line(item.id, line["embedding"], line=item.line,
+                                            request_fingerprint=item.fingerprint,
+                                            finished_at=finished), self._fh
         if line["ok"]:
             record = oa.answer_line(item.id, model, line, line=item.line,
                                     request_fingerprint=item.fingerprint, finished_at=finished,
@@ -240,6 +247,8 @@ class OutputWriter:
         problem = item.problem
         status, code, param = (problem.status, problem.code, problem.param) if problem else \
             status_of(line)
+        if isinstance(item.request, EmbeddingLine) and param == "body.messages":
+            param = "body.input"  # an input too long for the context
         custom_id = item.id if isinstance(item.id, str) else None
         record = oa.error_line(custom_id, line["error"] or "failed", line=item.line,
                                kind=line["error_kind"] or "runtime",
@@ -300,7 +309,7 @@ def compact_openai(output: Path, errors: Path) -> None:
         replace_whole(path, b"".join(line + b"\n" for line in lines))
 
 
-def _ensure_line_start(path: Path, fh: TextIO) -> None:
+def ensure_line_start(path: Path, fh: TextIO) -> None:
     """A run killed mid-write may leave a partial last line; start on a fresh line. (Read
     through the open file, not the name: the name may have been swapped since.)"""
     size = os.fstat(fh.fileno()).st_size

@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hpc_chat.batch.embed import embedding_result
 from hpc_chat.batch.input import STDIO, BatchItem, id_key, item_key, read_batch
 from hpc_chat.batch.output import OutputWriter, read_output, records_from_lines, unknown_model
 from hpc_chat.driver.startup import follow_workers, run_scheduler
 from hpc_chat.driver.stats import summarize
 from hpc_chat.errors import InputError
 from hpc_chat.openai.batch import ROUTED_MODEL
+from hpc_chat.openai.embeddings import EmbeddingLine
 from hpc_chat.structured.compile import line_over_run
 from hpc_chat.util.outputfiles import PRIVATE
 
@@ -137,6 +139,8 @@ async def answer_with_workflow(workflow, items: list[BatchItem], writer: OutputW
                 item.prompt, agents=agents, options=options, request_key=id_key(item.id))
         if req.agents and req.agents[0] not in workflow.agents:
             return item, unknown_model(req.model, [*sorted(workflow.agents), ROUTED_MODEL])
+        if isinstance(req, EmbeddingLine):
+            return item, await embedding_result(workflow, req)
         return item, await workflow.submit_request(
             req.prompt, agents=req.agents, options=line_over_run(options or {}, req.options),
             request_key=id_key(item.id), history=req.history, system_prompt=req.system)

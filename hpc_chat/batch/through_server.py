@@ -20,11 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hpc_chat.batch.embed import embedding_answer
 from hpc_chat.batch.input import BatchItem
 from hpc_chat.batch.output import OUTPUT_KEYS, OutputWriter, failed_result, unknown_model
 from hpc_chat.client import http as client
 from hpc_chat.errors import HpcChatError
 from hpc_chat.openai.batch import ROUTED_MODEL
+from hpc_chat.openai.embeddings import EmbeddingLine
 from hpc_chat.protocol.failure import FailureCode
 from hpc_chat.structured.compile import line_over_run
 
@@ -121,6 +123,8 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
         stop: threading.Event) -> dict[str, Any]:
     """One item's result, in the form the workflow gives (what :class:`OutputWriter` writes)."""
     start = time.time()
+    if isinstance(item.request, EmbeddingLine):
+        return _embed(url, item.request, models, status, stop, start)
     if item.request is not None:
         model = item.request.model
         # The line's own body, as the server would take it from any client (its ``user`` is
@@ -162,3 +166,26 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
                              f"({type(exc).__name__}: {exc})", FailureCode.GENERATION_FAILED,
                              round(time.time() - start, 4))
 
+
+
+def _embed(url: str, req: EmbeddingLine, models: list[str], status: Callable[[str], None],
+           stop: threading.Event, start: float) -> dict[str, Any]:
+    """A ``/v1/embeddings`` line answered by the server."""
+    if req.model not in models:
+        return unknown_model(req.model, models)
+    body = {"model": req.model, "input": req.inputs, "encoding_format": req.encoding}
+    try:
+        done = client.until_ready(url, lambda: client.embeddings(url, body), on_wait=status,
+                                  stop=stop)
+    except client.Stopped:
+        raise _Abandoned() from None
+    except client.ServerError as exc:
+        if exc.status == 401 or exc.code == "workers_failed":
+            raise
+        return failed_result(exc.reason, server_failure(exc.code, exc.status),
+                             round(time.time() - start, 4))
+    status("")
+    if not isinstance(done, dict) or not isinstance(done.get("data"), list):
+        return failed_result("the server's answer is not a list of embeddings",
+                             FailureCode.GENERATION_FAILED, round(time.time() - start, 4))
+    return embedding_answer(done, req.model, start)

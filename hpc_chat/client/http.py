@@ -85,6 +85,13 @@ def complete(url: str, body: dict[str, Any], conversation: str | None = None) ->
         headers=_headers(conversation)))
 
 
+def embeddings(url: str, body: dict[str, Any]) -> dict:
+    """POST /embeddings; OpenAI's embedding list, or :class:`ServerError`."""
+    return _call(url, urllib.request.Request(
+        f"{url.rstrip('/')}/embeddings", data=json.dumps(body).encode(),
+        headers=_headers(None)))
+
+
 def stream(url: str, body: dict[str, Any], conversation: str | None = None
            ) -> Iterator[dict[str, Any]]:
     """POST /chat/completions with ``stream: true``. The request is sent now (a refusal

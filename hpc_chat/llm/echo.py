@@ -290,9 +290,12 @@ class EchoEmbedder:
         """Nothing to free."""
 
     def embed(self, inputs: list) -> Embeddings:
+        """One step of the echo pace per input (``echo?token_s=0.05``: 20 inputs a second)."""
         start = time.perf_counter()
+        pace = Pace(self.engine.pace.token_s)
         vectors, counts = [], []
         for i, item in enumerate(inputs):
+            pace.step()
             words = _words(item) if isinstance(item, str) else [str(t) for t in item]
             if not words:
                 raise ValueError(f"input[{i}] is empty")

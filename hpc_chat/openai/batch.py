@@ -35,6 +35,12 @@ from typing import Any
 
 from hpc_chat.errors import FormatError
 from hpc_chat.openai.chat import chat_completion
+from hpc_chat.openai.embeddings import (
+    EMBEDDINGS_URL,
+    EmbeddingLine,
+    EmbeddingRequestError,
+    embedding_line,
+)
 from hpc_chat.openai.params import RequestError, ignored
 from hpc_chat.protocol.failure import failure_code
 from hpc_chat.structured.compile import FORMAT_KEYS, output_format
@@ -83,18 +89,25 @@ def fingerprint(body: Any) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def parse_request(obj: dict[str, Any]) -> ChatRequest:
-    """Check one request line; raises :class:`RequestError` naming the key at fault."""
+def parse_request(obj: dict[str, Any]) -> ChatRequest | EmbeddingLine:
+    """Check one request line (a chat completion, or embeddings); raises
+    :class:`RequestError` naming the key at fault."""
     custom_id = obj.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
         raise RequestError("\"custom_id\" must be a non-empty string", param="custom_id")
     method, url = obj.get("method", "POST"), obj.get("url")
-    if method != "POST" or url != CHAT_URL:
-        raise RequestError(f"only POST {CHAT_URL} is supported here, not {method} {url}",
-                           param="url", status=404, code="unsupported_url")
+    if method != "POST" or url not in (CHAT_URL, EMBEDDINGS_URL):
+        raise RequestError(f"only POST {CHAT_URL} and POST {EMBEDDINGS_URL} are supported "
+                           f"here, not {method} {url}", param="url", status=404,
+                           code="unsupported_url")
     body = obj.get("body")
     if not isinstance(body, dict):
         raise RequestError("\"body\" must be a JSON object", param="body")
+    if url == EMBEDDINGS_URL:
+        try:
+            return embedding_line(custom_id, body, fingerprint(body))
+        except EmbeddingRequestError as exc:
+            raise RequestError(str(exc), param=exc.param, code=exc.code) from None
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise RequestError("body.model must name an agent (or \"auto\")", param="body.model")
@@ -268,6 +281,17 @@ def answer_line(custom_id: str, model: str, result: dict[str, Any], *, line: int
     return {"id": line_id, "custom_id": custom_id,
             "response": {"status_code": 200, "request_id": request_id,
                          "body": chat_completion(model, result, finished_at, provenance)},
+            "error": None,
+            "hpc_chat": {"line": line, "request": request_fingerprint, "ok": True,
+                         "finished_at": finished_at}}
+
+
+def embedding_answer_line(custom_id: str, body: dict[str, Any], *, line: int,
+                          request_fingerprint: str, finished_at: float) -> dict[str, Any]:
+    """An answered ``/v1/embeddings`` line: OpenAI's embedding list as the body."""
+    line_id, request_id = _ids()
+    return {"id": line_id, "custom_id": custom_id,
+            "response": {"status_code": 200, "request_id": request_id, "body": body},
             "error": None,
             "hpc_chat": {"line": line, "request": request_fingerprint, "ok": True,
                          "finished_at": finished_at}}

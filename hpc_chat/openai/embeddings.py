@@ -1,5 +1,5 @@
 """OpenAI's embeddings request and response: ``POST /v1/embeddings`` and batch lines whose
-``url`` is ``/v1/embeddings``.
+``url`` is ``/v1/embeddings`` (:class:`EmbeddingLine`, read by :mod:`hpc_chat.openai.batch`).
 
 ``input`` is a string, a list of strings, a list of token ids, or a list of such lists (at most
 2048 inputs, none empty). ``encoding_format`` is ``float`` or ``base64`` (little-endian float32,
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hpc_chat.protocol.embedding import MAX_INPUTS
@@ -103,3 +103,35 @@ def embedding_list(model: str, vectors: list[list[float]], prompt_tokens: int,
     if extra:
         body["hpc_chat"] = extra
     return body
+
+
+@dataclass
+class EmbeddingLine:
+    """One ``/v1/embeddings`` line of an OpenAI batch file, checked."""
+
+    custom_id: str
+    model: str
+    inputs: list[str | list[int]]
+    encoding: str
+    fingerprint: str
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def agents(self) -> list[str]:
+        return [self.model]
+
+    @property
+    def prompt(self) -> str:
+        """What a native output line shows as its prompt: the first input's text."""
+        first = self.inputs[0]
+        return first if isinstance(first, str) else f"<{len(first)} tokens>"
+
+
+def embedding_line(custom_id: str, body: Any, fingerprint: str) -> EmbeddingLine:
+    """A batch line's body as an :class:`EmbeddingLine`; its faults name ``body.KEY``."""
+    try:
+        req = parse_embedding_request(body)
+    except EmbeddingRequestError as exc:
+        raise EmbeddingRequestError(str(exc), param=f"body.{exc.param}" if exc.param
+                                    else "body", code=exc.code) from None
+    return EmbeddingLine(custom_id, req.model, req.inputs, req.encoding, fingerprint)

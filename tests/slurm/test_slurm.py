@@ -65,6 +65,32 @@ def test_login_node_driver_runs_through_slurm_pilot_jobs(fast, tmp_path):
     wait_until(lambda: job_ids[0] not in squeue_ids(), 60, "the pilot job to end at shutdown")
 
 
+def test_embeddings_on_slurm_pilot_jobs(fast, tmp_path):
+    """A corpus embedded by the real model in a Slurm pilot job's node engine, in order."""
+    from hpc_chat.driver.embeddings import embed
+
+    texts = [f"Fact number {i} about parallel file systems." for i in range(80)]
+
+    async def go():
+        wf = ParslChatWorkflow(site="local-slurm", history_path=str(tmp_path / "h.db"))
+        await wf.initialize(fast)
+        try:
+            out = await embed(wf, "balanced_agent", texts)
+            stats = await wf.get_parsl_stats()
+            running = set(squeue_ids())
+        finally:
+            await wf.shutdown()
+        return out, stats, running
+
+    out, stats, running = asyncio.run(go())
+    assert len(out.vectors) == 80 and out.dimensions == 576 and out.pooling == "mean"
+    assert len(out.tasks) == 2  # two slices of at most 64, each a task
+    assert {t["worker"]["block"] for t in out.tasks} == {"0"}
+    assert stats["job_ids"][0] in running  # embedded inside the pilot job
+    norms = [sum(x * x for x in v) for v in out.vectors]
+    assert all(abs(n - 1.0) < 1e-4 for n in norms)
+
+
 @pytest.mark.parametrize("mode", ["allocation", "pilot"])
 def test_sbatch_driver_script_runs_a_batch(mode, fast, tmp_path):
     prompts = prompts_file(tmp_path, 5)

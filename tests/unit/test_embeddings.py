@@ -72,3 +72,18 @@ def test_a_slice_error_names_the_input_by_its_place_in_the_whole_request():
         "input[64] has 9 tokens"
     assert isinstance(_renumbered(PromptTooLongError("input[0] x"), 64), PromptTooLongError)
     assert str(_renumbered(RuntimeError("engine lost"), 64)) == "engine lost"
+
+
+def test_an_embeddings_line_of_an_openai_batch_file():
+    from hpc_chat.openai.batch import parse_request
+    from hpc_chat.openai.embeddings import EmbeddingLine
+    from hpc_chat.openai.params import RequestError
+
+    req = parse_request({"custom_id": "e1", "method": "POST", "url": "/v1/embeddings",
+                         "body": {"model": "balanced_agent", "input": ["a", "b"]}})
+    assert isinstance(req, EmbeddingLine) and req.inputs == ["a", "b"]
+    assert req.agents == ["balanced_agent"] and req.fingerprint.startswith("sha256:")
+    with pytest.raises(RequestError) as err:
+        parse_request({"custom_id": "e2", "url": "/v1/embeddings",
+                       "body": {"model": "m", "input": [""]}})
+    assert err.value.param == "body.input" and err.value.status == 400
