@@ -37,7 +37,7 @@ def test_a_mixed_file_gives_answers_error_entries_and_replays(tmp_path, fixtures
         request("seeded", "Name three colours.", max_tokens=24, seed=7, temperature=0.8,
                 logprobs=False),
         '{"custom_id": "broken", "body": ',
-        json.dumps({"custom_id": "embed", "method": "POST", "url": "/v1/embeddings",
+        json.dumps({"custom_id": "speech", "method": "POST", "url": "/v1/audio/speech",
                     "body": {"model": "balanced_agent", "input": "hi"}}),
         json.dumps({"custom_id": "nomessages", "method": "POST",
                     "url": "/v1/chat/completions", "body": {"model": "balanced_agent"}}),
@@ -93,7 +93,7 @@ def test_a_mixed_file_gives_answers_error_entries_and_replays(tmp_path, fixtures
         return by_line[n]["custom_id"], by_line[n]["response"]["status_code"], \
             by_line[n]["response"]["body"]["error"]["code"], \
             by_line[n]["response"]["body"]["error"]["param"]
-    assert error_of(3) == ("embed", 404, "unsupported_url", "url")
+    assert error_of(3) == ("speech", 404, "unsupported_url", "url")
     assert error_of(4) == ("nomessages", 400, "invalid_request", "body.messages")
     assert error_of(5) == ("toolong", 400, "context_length_exceeded", "body.messages")
     assert error_of(6) == ("unknown", 404, "model_not_found", "body.model")
