@@ -17,6 +17,7 @@ and private (0600) unless asked otherwise, as ``batch``'s is.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import time
@@ -30,7 +31,7 @@ from hpc_chat.driver.embeddings import SLICE, embed
 from hpc_chat.errors import InputError
 from hpc_chat.openai.embeddings import EmbeddingLine, embedding_list
 from hpc_chat.protocol.failure import FailureCode, failure_code, failure_fields
-from hpc_chat.util.outputfiles import PRIVATE, open_append, own_link
+from hpc_chat.util.outputfiles import PRIVATE, open_append, own_link, replace_whole
 from hpc_chat.util.outputlock import OutputLock
 
 WINDOW = 16  # slices in flight
@@ -125,7 +126,8 @@ async def embed_items(workflow, agent: str, items: list[BatchItem]) -> list[dict
             inner = getattr(exc, "e_value", None) or exc
             at = _named_input(str(inner))
             if code.kind == "input" and at is not None and at < len(todo):
-                lines[todo.pop(at)] = _failed(str(inner).split("]", 1)[-1].lstrip(": "), code)
+                why = str(inner).split("]", 1)[-1].lstrip(": ")
+                lines[todo.pop(at)] = _failed(f"the input {why}", code)
                 continue
             for i in todo:  # the whole slice failed at run time: --resume runs it again
                 lines[i] = _failed(str(inner), code)
@@ -161,8 +163,16 @@ def write_npy(output: Path, target: Path) -> int:
             ids.append(line["id"])
     if not rows:
         raise InputError(f"{output}: no embedded line to write to {target}")
-    np.save(target, np.asarray(rows, dtype=np.float32))
-    Path(f"{target}.ids").write_text("".join(json.dumps(i) + "\n" for i in ids))
+    data = io.BytesIO()
+    np.save(data, np.asarray(rows, dtype=np.float32))
+    listed = Path(f"{target}.ids")
+    for path, content in ((target, data.getvalue()),
+                          (listed, "".join(json.dumps(i) + "\n" for i in ids).encode())):
+        own_link(path, "the --npy output")  # never through another user's link
+        try:
+            replace_whole(path, content)  # new files private (0600), written whole
+        except OSError as exc:
+            raise InputError(f"{path}: cannot write it: {exc.strerror or exc}") from None
     return len(rows)
 
 

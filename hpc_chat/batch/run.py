@@ -137,10 +137,12 @@ async def answer_with_workflow(workflow, items: list[BatchItem], writer: OutputW
         if req is None:
             return item, await workflow.submit_request(
                 item.prompt, agents=agents, options=options, request_key=id_key(item.id))
+        if isinstance(req, EmbeddingLine):  # every agent embeds; the routed 'auto' does not
+            if req.model not in workflow.agents:
+                return item, unknown_model(req.model, sorted(workflow.agents))
+            return item, await embedding_result(workflow, req)
         if req.agents and req.agents[0] not in workflow.agents:
             return item, unknown_model(req.model, [*sorted(workflow.agents), ROUTED_MODEL])
-        if isinstance(req, EmbeddingLine):
-            return item, await embedding_result(workflow, req)
         return item, await workflow.submit_request(
             req.prompt, agents=req.agents, options=line_over_run(options or {}, req.options),
             request_key=id_key(item.id), history=req.history, system_prompt=req.system)

@@ -39,7 +39,7 @@ from hpc_chat.protocol.stream import StreamSpec
 from hpc_chat.sites.build import site_model
 from hpc_chat.sites.registry import load_profile
 from hpc_chat.structured.compile import FORMAT_KEYS, output_format
-from hpc_chat.worker.chat import build_messages, decoded_messages, model_name
+from hpc_chat.worker.chat import build_messages, decoded_messages, model_name, stored_turn
 
 HISTORY_FAILED = "the conversation history cannot be used"  # how such an error begins
 
@@ -352,7 +352,7 @@ class ParslChatWorkflow:
         if combined["ok"] and conversation_id and not stopped:
             try:
                 await self.history.append_turns(conversation_id, [
-                    {"role": "user", "content": text},
+                    {"role": "user", "content": stored_turn(text, options.get("tool_result"))},
                     {"role": "assistant", "content": combined["content"],
                      "agent": ",".join(combined["agents"]),
                      "prompt_tokens": combined["usage"]["prompt_tokens"],

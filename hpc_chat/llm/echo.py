@@ -301,8 +301,8 @@ class EchoEmbedder:
                 raise ValueError(f"input[{i}] is empty")
             if len(words) > self.n_ctx:
                 raise PromptTooLongError(
-                    f"input[{i}] has {len(words)} tokens; the model's context holds "
-                    f"{self.n_ctx}: shorten or split it (or raise n_ctx)")
+                    f"input[{i}] has {len(words)} tokens; the model embeds at most "
+                    f"{self.n_ctx}: shorten or split it")
             vector = [0.0] * ECHO_DIMENSIONS
             for word in words:
                 digest = hashlib.sha256(word.lower().encode()).digest()

@@ -24,6 +24,7 @@ from hpc_chat.llm.engine import ChatEngine
 from hpc_chat.protocol.embedding import Embeddings, Pooling
 
 MAX_SEQS = 32  # sequences in one decode
+MAX_INPUT_TOKENS = 8192  # tokens of one input, at most
 
 
 class Embedder:
@@ -35,18 +36,26 @@ class Embedder:
 
         self.lc = llama_cpp
         self.engine = engine
-        self.n_ctx = engine.spec.n_ctx
-        self.max_seqs = max_seqs
         self.model = engine.llama._model.model
+        # The longest input: the context's, within the positions the model was trained on (a
+        # BERT-style model has 512), and a bound on the compute buffer of a whole-input batch.
+        self.n_ctx = min(engine.spec.n_ctx, MAX_INPUT_TOKENS,
+                         llama_cpp.llama_model_n_ctx_train(self.model) or engine.spec.n_ctx)
+        self.max_seqs = max_seqs
         self.n_embd = llama_cpp.llama_model_n_embd(self.model)
         self.lock = threading.Lock()
         self.ctx = self._context(pooling)
-        kind = llama_cpp.llama_pooling_type(self.ctx)
-        if kind == llama_cpp.LLAMA_POOLING_TYPE_NONE:  # a generative model: mean pooling
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = self._context(Pooling.MEAN)
+        try:
             kind = llama_cpp.llama_pooling_type(self.ctx)
-        self.pooling = Pooling.of_llama(kind)
+            if kind == llama_cpp.LLAMA_POOLING_TYPE_NONE:  # a generative model: mean pooling
+                llama_cpp.llama_free(self.ctx)
+                self.ctx = None
+                self.ctx = self._context(Pooling.MEAN)
+                kind = llama_cpp.llama_pooling_type(self.ctx)
+            self.pooling = Pooling.of_llama(kind)  # rank pooling (a reranker): refused
+        except BaseException:
+            self.close()
+            raise
         self.memory = llama_cpp.llama_get_memory(self.ctx)
 
     def _context(self, pooling: Pooling | None):
@@ -56,7 +65,8 @@ class Embedder:
         params.pooling_type = pooling.llama if pooling is not None else \
             lc.LLAMA_POOLING_TYPE_UNSPECIFIED
         params.n_ctx = self.n_ctx
-        params.n_batch = params.n_ubatch = self.n_ctx  # a whole input in one micro-batch
+        # A whole input in one micro-batch: its vector is pooled over one pass.
+        params.n_batch = params.n_ubatch = self.n_ctx
         params.n_seq_max = self.max_seqs
         params.kv_unified = True  # the inputs of a decode share the cells: n_ctx in all
         ctx = lc.llama_init_from_model(self.model, params)
@@ -86,9 +96,9 @@ class Embedder:
             if not toks:
                 raise ValueError(f"input[{i}] is empty")
             if len(toks) > self.n_ctx:
-                raise PromptTooLongError(
-                    f"input[{i}] has {len(toks)} tokens; the model's context holds "
-                    f"{self.n_ctx}: shorten or split it (or raise n_ctx)")
+                    raise PromptTooLongError(
+                    f"input[{i}] has {len(toks)} tokens; the model embeds at most "
+                    f"{self.n_ctx}: shorten or split it")
             out.append(toks)
         return out
 

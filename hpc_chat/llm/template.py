@@ -29,7 +29,8 @@ _PROBE_TURNS = [
     {"role": "user", "content": "u"},
     {"role": "assistant", "content": "", "tool_calls": [{
         "id": "call_probe", "type": "function",
-        "function": {"name": "hpc_chat_probe_fn", "arguments": '{"hpc_chat_probe_arg": "a"}'}}]},
+        "function": {"name": "hpc_chat_probe_fn",
+                     "arguments": '{"hpc_chat_probe_arg": "hpc_chat_probe_value"}'}}]},
     {"role": "tool", "tool_call_id": "call_probe", "name": "hpc_chat_probe_fn",
      "content": "hpc_chat_probe_result"},
 ]
@@ -42,7 +43,7 @@ def has_tool_syntax(render) -> bool:
         text = render(as_template_turns(_PROBE_TURNS), [_PROBE_TOOL])
     except Exception:  # noqa: BLE001 - a template that cannot render tool turns has no syntax
         return False
-    return all(mark in text for mark in ("hpc_chat_probe_about", "hpc_chat_probe_arg",
+    return all(mark in text for mark in ("hpc_chat_probe_about", "hpc_chat_probe_value",
                                          "hpc_chat_probe_result"))
 
 

@@ -180,7 +180,7 @@ def _calls(tool_calls: Any, where: str, calls: dict[str, str]) -> list[dict[str,
             raise RequestError(f"{where}.tool_calls[{j}] must be {{\"id\", \"type\": "
                                f"\"function\", \"function\": {{\"name\", \"arguments\"}}}}",
                                param=f"{where}.tool_calls[{j}]")
-        call_id = call.get("id") if isinstance(call.get("id"), str) else f"call_{j}"
+        call_id = call.get("id") if isinstance(call.get("id"), str) else f"call_{len(calls)}"
         calls[call_id] = fn["name"]
         arguments = fn.get("arguments") or {}
         if not isinstance(arguments, str):

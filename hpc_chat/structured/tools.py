@@ -4,10 +4,11 @@ words that tell a model about its tools.
 With ``tool_choice`` ``required`` or a named function, the answer is constrained to one call,
 ``{"name": ..., "arguments": {...}}``, whose ``arguments`` fit that function's ``parameters``
 (each schema checked as a ``response_format``'s is: a keyword the grammar would not enforce is
-refused, naming the tool). With ``auto`` the grammar allows either such a call or plain text
-that does not begin with ``{``; with ``none`` nothing is constrained and the tools are not
-offered. One call per answer (``parallel_tool_calls`` is accepted; a second call is never
-made).
+refused, naming the tool). With ``auto`` the grammar allows either such a call (bare, or
+wrapped in ``<tool_call>...</tool_call>`` as templates with tool syntax teach models to write
+it) or plain text that begins with neither ``{`` nor ``<``; with ``none`` nothing is
+constrained and the tools are not offered. One call per answer (``parallel_tool_calls`` is
+accepted; a second call is never made).
 
 How a model learns of its tools, and sees earlier calls and their results, is decided where the
 prompt is made (:class:`hpc_chat.llm.template.ChatTemplate`), from the request's messages in
@@ -37,8 +38,11 @@ from hpc_chat.structured.definitions import renamed_definitions
 from hpc_chat.structured.keywords import SchemaRefused, unenforced
 
 MAX_TOOLS = 64
-# Plain text, when a tool need not be called: anything that does not begin with "{".
-TEXT_RULE = r'answer-text ::= [^{\x00] [^\x00]*'
+# Plain text, when a tool need not be called: anything that begins with neither "{" nor "<".
+TEXT_RULE = r'answer-text ::= [^{<\x00] [^\x00]*'
+# A call wrapped as the templates with tool syntax teach (Hermes, Qwen 2.5): also enforced.
+WRAPPED_RULE = r'wrapped-call ::= "<tool_call>" [ \t\n]* tool-call [ \t\n]* "</tool_call>"'
+WRAPPED = re.compile(r"\s*<tool_call>\s*(.*?)\s*</tool_call>\s*", re.S)
 
 
 class FunctionSpec(BaseModel):
@@ -145,9 +149,9 @@ def _tools_format(key: str) -> OutputFormat | None:
         raise FormatError(f"tools: llama.cpp's converter cannot turn the parameters into a "
                           f"grammar ({str(exc)[:200]})", param="tools") from None
     optional = choice == "auto"
-    if optional:  # a call, or text: the call's own root renamed
+    if optional:  # a call (bare or wrapped), or text: the call's own root renamed
         gbnf = re.sub(r"(?m)^root ::=", "tool-call ::=", gbnf, count=1) + \
-            f"\nroot ::= tool-call | answer-text\n{TEXT_RULE}"
+            f"\nroot ::= tool-call | wrapped-call | answer-text\n{WRAPPED_RULE}\n{TEXT_RULE}"
     canonical = json.dumps({"schema": schema, "optional": optional}, sort_keys=True)
     return OutputFormat(kind=FormatKind.TOOLS, gbnf=gbnf, json_schema=schema,
                         text_allowed=optional, name=None if optional else str(choice),
@@ -239,8 +243,16 @@ def turn_text(msg: dict[str, Any]) -> str:
     return "\n".join([msg.get("content") or "", *calls])
 
 
+def unwrap_call(text: str) -> str:
+    """An answer without the ``<tool_call>...</tool_call>`` around a call, if it has them."""
+    wrapped = WRAPPED.fullmatch(text)
+    return wrapped.group(1) if wrapped else text
+
+
 def parse_call(text: str) -> tuple[str, dict[str, Any]] | None:
-    """The call an answer makes: (function name, arguments), or None for a text answer."""
+    """The call an answer makes, bare or wrapped in ``<tool_call>``: (function name,
+    arguments), or None for a text answer."""
+    text = unwrap_call(text)
     if not text.lstrip().startswith("{"):
         return None
     try:

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from hpc_chat.protocol.output_format import OutputFormat
+from hpc_chat.structured.tools import unwrap_call
 
 _VALIDATORS: dict[str, Any] = {}  # by the format's sha256: built once per schema per process
 MAX_VALIDATORS = 64
@@ -40,8 +41,10 @@ def check(fmt: OutputFormat, text: str, finish_reason: str) -> dict[str, Any]:
                                          f"not complete"}
     if not fmt.is_json:
         return {"valid": True, "error": None}
-    if fmt.text_allowed and not text.lstrip().startswith("{"):
-        return {"valid": True, "error": None}  # tool_choice auto: a text answer
+    if fmt.text_allowed:
+        text = unwrap_call(text)  # a call as a template with tool syntax writes it
+        if not text.lstrip().startswith("{"):
+            return {"valid": True, "error": None}  # tool_choice auto: a text answer
     try:
         value = json.loads(text)
     except ValueError as exc:

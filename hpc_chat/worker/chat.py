@@ -8,6 +8,7 @@ loads stays loaded in the process for the next call.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import socket
@@ -29,7 +30,7 @@ from hpc_chat.protocol.request import Completion, GenRequest, Sampling, prompt_t
 from hpc_chat.protocol.result import AgentAnswer
 from hpc_chat.protocol.stream import StreamSpec
 from hpc_chat.structured.compile import FORMAT_KEYS, output_format
-from hpc_chat.structured.tools import offered_tools, turn_text
+from hpc_chat.structured.tools import offered_tools, result_text, turn_text
 from hpc_chat.structured.validate import check
 from hpc_chat.util.configfile import format_validation_error
 from hpc_chat.worker import engine_client
@@ -62,6 +63,14 @@ def build_messages(system_prompt: str, message: str, history: list[dict[str, Any
     return msgs
 
 
+def stored_turn(message: str, tool_result: dict[str, Any] | None) -> str:
+    """The new message as a conversation's history keeps it (text turns only): a tool's
+    result says which call it answers."""
+    if not tool_result:
+        return message
+    return result_text(tool_result.get("name"), tool_result.get("tool_call_id"), message)
+
+
 def _tool_turn(content: str, call: dict[str, Any]) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": str(call.get("tool_call_id") or ""),
             "name": str(call.get("name") or ""), "content": content}
@@ -81,21 +90,27 @@ def decoded_messages(msgs: list[dict[str, Any]],
 
 
 def fit_to_context(messages: list[dict[str, Any]], count_tokens, n_ctx: int,
-                   max_tokens: int, *, drop_history: bool = True) -> list[dict[str, Any]]:
-    """Drop the oldest history turns until the prompt and ``max_tokens`` fit in ``n_ctx``.
+                   max_tokens: int, *, drop_history: bool = True,
+                   extra_tokens: int = 0) -> list[dict[str, Any]]:
+    """Drop the oldest history turns until the prompt (with ``extra_tokens``: the tools the
+    template lists) and ``max_tokens`` fit in ``n_ctx``.
 
     The system prompt and the new message are never dropped or cut: when they alone do not fit,
     the request fails with :class:`PromptTooLongError` (retrying would not help). Messages a
     caller gave whole (an OpenAI request, a replay) are never shortened either
-    (``drop_history=False``): they fit, or the request fails.
+    (``drop_history=False``): they fit, or the request fails. A call's results go with the
+    call: no ``role: tool`` turn is left without the turn that made its call.
     """
     def size(msgs):
-        return sum(count_tokens(turn_text(m)) + TEMPLATE_OVERHEAD_PER_MESSAGE for m in msgs)
+        return extra_tokens + sum(count_tokens(turn_text(m)) + TEMPLATE_OVERHEAD_PER_MESSAGE
+                                  for m in msgs)
 
     budget = n_ctx - max_tokens
     msgs = list(messages)
     while drop_history and size(msgs) > budget and len(msgs) > 2:
         del msgs[1]
+        while len(msgs) > 2 and msgs[1].get("role") == "tool":  # results of a dropped call
+            del msgs[1]
     if size(msgs) > budget:
         raise prompt_too_long(size(msgs), max_tokens, n_ctx, estimate=True)
     return msgs
@@ -251,13 +266,16 @@ def provenance(prep: Prepared, decoded: GenRequest, result: dict) -> dict:
         "batched": result["batched"], "start": result["timings"]["start"],
         "end": result["timings"]["end"],
         **({"output_format": result["output_format"]} if "output_format" in result else {}),
+        **({"tools": decoded.tools} if decoded.tools else {}),  # offered: the template's
     }
 
 
 def fit(count_tokens, n_ctx: int, req: GenRequest, exact: bool) -> GenRequest:
     """The request with its messages fitted to the context window (:func:`fit_to_context`)."""
+    tools = count_tokens(json.dumps(req.tools)) + TEMPLATE_OVERHEAD_PER_MESSAGE \
+        if req.tools else 0
     msgs = fit_to_context(req.messages, count_tokens, n_ctx, req.max_tokens,
-                          drop_history=not exact)
+                          drop_history=not exact, extra_tokens=tools)
     return req.model_copy(update={"messages": msgs})
 
 

@@ -174,9 +174,9 @@ class NodeEngine:
             return wire.Failed(error=str(exc), kind=wire.FailKind.TOO_LONG)
         except ValueError as exc:  # an input that is not one (an unknown token id)
             return wire.Failed(error=str(exc), kind=wire.FailKind.INPUT)
-        except RuntimeError as exc:
-            return wire.Failed(error=f"node engine {self.info.pid}: {exc}",
-                               kind=wire.FailKind.LOST)
+        except Exception as exc:  # noqa: BLE001 - a failed context: the task is retried
+            return wire.Failed(error=f"node engine {self.info.pid}: {type(exc).__name__}: "
+                                     f"{exc}", kind=wire.FailKind.LOST)
         with self.lock:
             self.served += 1
         return wire.Embedded(embeddings=out, engine=self.info)

@@ -370,3 +370,18 @@ def test_a_streamed_tool_call_comes_as_one_tool_calls_delta(server):
     json.loads(calls[0][0].function.arguments)
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
     assert not any(d.content for d in deltas)
+
+
+def test_auto_answers_in_text_or_a_call_the_same_batched_as_alone(engine):
+    """tool_choice auto: llama.cpp parses the grammar (a call, a call wrapped in
+    <tool_call>, or text), and whatever the model chose fits it."""
+    from hpc_chat.structured.validate import check
+
+    fmt = output_format(tools=[WEATHER])
+    req = GenRequest(messages=[SYSTEM, {"role": "user", "content": "Weather in Oslo?"}],
+                     tools=[WEATHER], output=fmt, temperature=0.0, max_tokens=96)
+    one = engine.complete(req)
+    assert BatchedEngine(engine, n_seq=2).generate([req])[0].text == one.text
+    assert one.text and one.text.lstrip()[0] not in "<{" or parse_call(one.text), one.text
+    if one.finish_reason == "stop":
+        assert check(fmt, one.text, one.finish_reason)["valid"], one.text

@@ -297,7 +297,7 @@ def test_tool_choice_required_named_auto_and_none():
                           tool_choice={"type": "function", "function": {"name": "get_time"}})
     assert named.json_schema["properties"]["name"] == {"const": "get_time"}
     auto = output_format(tools=[WEATHER])
-    assert auto.text_allowed and "root ::= tool-call | answer-text" in auto.gbnf
+    assert auto.text_allowed and "root ::= tool-call | wrapped-call | answer-text" in auto.gbnf
     assert check(auto, "It is sunny.", "stop")["valid"]
     assert not check(auto, '{"name": "get_weather", "arguments": {}}', "stop")["valid"]
     assert output_format(tools=[WEATHER], tool_choice="none") is None
@@ -501,3 +501,46 @@ def test_a_grammar_with_token_elements_is_refused_naming_where(grammar):
 def test_angle_brackets_in_literals_classes_and_comments_are_text():
     fmt = output_format(None, 'root ::= "a<b" [<>] "\\"<" # <[1]>\n')
     assert fmt.kind is FormatKind.GRAMMAR
+
+
+def test_auto_takes_a_call_wrapped_as_templates_with_tool_syntax_teach():
+    from hpc_chat.structured.tools import parse_call
+
+    auto = output_format(tools=[WEATHER])
+    assert "root ::= tool-call | wrapped-call | answer-text" in auto.gbnf
+    wrapped = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    assert parse_call(wrapped) == ("get_weather", {"city": "Oslo"})
+    assert check(auto, wrapped, "stop")["valid"]
+    bad = '<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>'  # no city
+    assert not check(auto, bad, "stop")["valid"] and parse_call("<b>bold</b>") is None
+
+
+def test_a_template_that_drops_earlier_calls_has_no_tool_syntax():
+    from hpc_chat.llm.template import ChatTemplate
+    from tests.helpers.templates import TOOL_TEMPLATE
+
+    no_calls = TOOL_TEMPLATE.replace("{{ call.function.arguments | tojson }}", "{}")
+    assert not ChatTemplate(no_calls, eos_token="<|im_end|>", bos_token="").tool_syntax
+
+
+def test_history_dropped_to_fit_takes_a_calls_results_with_it_and_counts_the_tools():
+    from hpc_chat.errors import PromptTooLongError
+    from hpc_chat.worker.chat import build_messages, fit_to_context, stored_turn
+
+    req = parse_request({"custom_id": "q", "url": "/v1/chat/completions",
+                         "body": {"model": "a", "tools": [WEATHER], "messages": [
+                             *ROUND_TRIP, {"role": "assistant", "content": "Cold."},
+                             {"role": "user", "content": "And Lima?"}]}})
+    msgs = build_messages("Be brief.", req.prompt, req.history)
+
+    def words(text):
+        return len(text.split())
+
+    budget = sum(words(m.get("content") or "") + 8 for m in [msgs[0], *msgs[-2:]]) + 12
+    kept = fit_to_context(msgs, words, budget + 100, 100)  # room for the last turns only
+    assert [m["role"] for m in kept] == ["system", "assistant", "user"]  # no orphan result
+    with pytest.raises(PromptTooLongError):
+        fit_to_context(msgs[:1] + msgs[-1:], words, 40, 10, extra_tokens=31)
+    assert stored_turn("-3 C", {"tool_call_id": "c1", "name": "f"}) == \
+        "Result of the call c1 to f:\n-3 C"
+    assert stored_turn("hello", None) == "hello"

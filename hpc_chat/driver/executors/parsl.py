@@ -179,7 +179,12 @@ class ParslExecutor:
             # Interrupted (Ctrl-C) while Parsl was starting: its start ends in seconds; then
             # everything it started is stopped like any other run's, never left behind.
             try:
-                dfk = await asyncio.wrap_future(starting)
+                dfk = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(starting)),
+                                             timeout)
+            except asyncio.TimeoutError:  # a scheduler command that hangs, say
+                log.warning("Parsl did not finish starting in %.0f s; what it started is "
+                            "cancelled by this run's watchdog when this process ends", timeout)
+                return  # the ledger stays: the watchdog stops what it lists
             except Exception:  # it failed to start: nothing of it runs
                 self.ledger.close()
                 return
@@ -312,6 +317,8 @@ def start_parsl(config) -> concurrent.futures.Future:
     future: concurrent.futures.Future = concurrent.futures.Future()
 
     def run() -> None:
+        if not future.set_running_or_notify_cancel():  # cancelled before it began
+            return
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             future.set_result(_start_dfk(config))
