@@ -138,17 +138,9 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
                 **options}
     if model not in models:
         return unknown_model(model, models)
-    try:
-        done = client.until_ready(url, lambda: client.complete(url, body), on_wait=status,
-                                  stop=stop)
-    except client.Stopped:
-        raise _Abandoned() from None
-    except client.ServerError as exc:
-        if exc.status == 401 or exc.code == "workers_failed":
-            raise  # no line can be answered: the run ends (what came back is written)
-        return failed_result(exc.reason, server_failure(exc.code, exc.status),
-                             round(time.time() - start, 4))
-    status("")
+    done = _call(url, lambda: client.complete(url, body), status, stop, start)
+    if done.get("ok") is False:
+        return done
     try:
         choice, usage = done["choices"][0], done.get("usage") or {}
         provenance = done.get("hpc_chat") or {}
@@ -168,24 +160,33 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
 
 
 
+def _call(url: str, call: Callable[[], dict], status: Callable[[str], None],
+          stop: threading.Event, start: float) -> dict[str, Any]:
+    """The server's answer to ``call`` once it is ready, or the failed result of a request it
+    refused; a refusal no line can get past (a wrong key, workers that failed) ends the run."""
+    try:
+        done = client.until_ready(url, call, on_wait=status, stop=stop)
+    except client.Stopped:
+        raise _Abandoned() from None
+    except client.ServerError as exc:
+        if exc.status == 401 or exc.code == "workers_failed":
+            raise  # no line can be answered: the run ends (what came back is written)
+        return failed_result(exc.reason, server_failure(exc.code, exc.status),
+                             round(time.time() - start, 4))
+    status("")
+    return done if isinstance(done, dict) else {}
+
+
 def _embed(url: str, req: EmbeddingLine, models: list[str], status: Callable[[str], None],
            stop: threading.Event, start: float) -> dict[str, Any]:
     """A ``/v1/embeddings`` line answered by the server."""
     if req.model not in models:
         return unknown_model(req.model, models)
     body = {"model": req.model, "input": req.inputs, "encoding_format": req.encoding}
-    try:
-        done = client.until_ready(url, lambda: client.embeddings(url, body), on_wait=status,
-                                  stop=stop)
-    except client.Stopped:
-        raise _Abandoned() from None
-    except client.ServerError as exc:
-        if exc.status == 401 or exc.code == "workers_failed":
-            raise
-        return failed_result(exc.reason, server_failure(exc.code, exc.status),
-                             round(time.time() - start, 4))
-    status("")
-    if not isinstance(done, dict) or not isinstance(done.get("data"), list):
+    done = _call(url, lambda: client.embeddings(url, body), status, stop, start)
+    if done.get("ok") is False:
+        return done
+    if not isinstance(done.get("data"), list):
         return failed_result("the server's answer is not a list of embeddings",
                              FailureCode.GENERATION_FAILED, round(time.time() - start, 4))
     return embedding_answer(done, req.model, start)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 from typing import Any
 
@@ -64,6 +65,14 @@ class Interrupted(Exception):
 
 def raise_interrupted(signum, frame):
     raise Interrupted(signum)
+
+
+def exit_interrupted(exc: BaseException, saved: str) -> None:
+    """End a resumable command stopped by SIGINT or SIGTERM: say what is saved, exit
+    128 + the signal."""
+    signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+    err_console.print(f"interrupted: {saved}; rerun with --resume to finish", markup=False)
+    sys.exit(128 + int(signum))
 
 
 class Session:

@@ -18,6 +18,7 @@ from hpc_chat.cli.app import (
     agents_list,
     cli,
     err_console,
+    exit_interrupted,
     generation_options,
     raise_interrupted,
     schema_option,
@@ -183,10 +184,7 @@ def _run(input_path, output, *, fmt, output_format, resume, retry_failed, show,
         if run.runnable:
             perf, parsl_stats = answer_run(run, show)
     except (Interrupted, KeyboardInterrupt) as exc:
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        err_console.print(f"interrupted: {run.writer.written} results saved in {output}; "
-                          f"rerun with --resume to finish", markup=False)
-        sys.exit(128 + int(signum))
+        exit_interrupted(exc, f"{run.writer.written} results saved in {output}")
     finally:
         run.close()
         for s_, h in previous.items():

@@ -14,6 +14,7 @@ from hpc_chat.cli.app import (
     Session,
     cli,
     err_console,
+    exit_interrupted,
     model_option,
     raise_interrupted,
     site_options,
@@ -66,10 +67,7 @@ def embed(input_path, output, agent, resume, npy, fmt, group_readable, config, s
         if run.todo:
             _embed_on_workers(run, config, site, endpoint, allocation, model, agent)
     except (Interrupted, KeyboardInterrupt) as exc:
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        err_console.print(f"interrupted: {run.written} lines saved in {output}; rerun with "
-                          f"--resume to finish", markup=False)
-        sys.exit(128 + int(signum))
+        exit_interrupted(exc, f"{run.written} lines saved in {output}")
     finally:
         run.close()
         signal.signal(signal.SIGTERM, previous)

@@ -36,9 +36,9 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hpc_chat.errors import FormatError, ModelNotFoundError, PromptTooLongError
+from hpc_chat.errors import FormatError, ModelNotFoundError
 from hpc_chat.llm.feed import Feed, Job
-from hpc_chat.protocol.embedding import Embeddings, Pooling
+from hpc_chat.protocol.embedding import Embeddings, Pooling, input_too_long
 from hpc_chat.protocol.output_format import FormatKind, OutputFormat
 from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
 from hpc_chat.structured.instance import instance
@@ -300,9 +300,7 @@ class EchoEmbedder:
             if not words:
                 raise ValueError(f"input[{i}] is empty")
             if len(words) > self.n_ctx:
-                raise PromptTooLongError(
-                    f"input[{i}] has {len(words)} tokens; the model embeds at most "
-                    f"{self.n_ctx}: shorten or split it")
+                raise input_too_long(i, len(words), self.n_ctx)
             vector = [0.0] * ECHO_DIMENSIONS
             for word in words:
                 digest = hashlib.sha256(word.lower().encode()).digest()

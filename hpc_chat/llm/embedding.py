@@ -19,9 +19,8 @@ import threading
 import time
 from typing import Any
 
-from hpc_chat.errors import PromptTooLongError
 from hpc_chat.llm.engine import ChatEngine
-from hpc_chat.protocol.embedding import Embeddings, Pooling
+from hpc_chat.protocol.embedding import Embeddings, Pooling, input_too_long
 
 MAX_SEQS = 32  # sequences in one decode
 MAX_INPUT_TOKENS = 8192  # tokens of one input, at most
@@ -96,9 +95,7 @@ class Embedder:
             if not toks:
                 raise ValueError(f"input[{i}] is empty")
             if len(toks) > self.n_ctx:
-                    raise PromptTooLongError(
-                    f"input[{i}] has {len(toks)} tokens; the model embeds at most "
-                    f"{self.n_ctx}: shorten or split it")
+                    raise input_too_long(i, len(toks), self.n_ctx)
             out.append(toks)
         return out
 

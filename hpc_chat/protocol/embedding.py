@@ -13,6 +13,8 @@ from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hpc_chat.errors import PromptTooLongError
+
 MAX_INPUTS = 2048  # OpenAI's limit for one request
 
 
@@ -52,3 +54,9 @@ class Embeddings(BaseModel):
     @property
     def prompt_tokens(self) -> int:
         return sum(self.tokens)
+
+
+def input_too_long(index: int, tokens: int, limit: int) -> PromptTooLongError:
+    """The one message for an input longer than a model embeds, wherever that is found."""
+    return PromptTooLongError(f"input[{index}] has {tokens} tokens; the model embeds at most "
+                              f"{limit}: shorten or split it")

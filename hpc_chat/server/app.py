@@ -30,7 +30,7 @@ from hpc_chat.protocol.failure import status_of
 from hpc_chat.protocol.result import FinishReason, provenance_of
 from hpc_chat.server.auth import authorized
 from hpc_chat.server.embeddings import embeddings
-from hpc_chat.server.errors import ApiError, error_body
+from hpc_chat.server.errors import ApiError, admit, error_body
 from hpc_chat.server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -163,15 +163,7 @@ async def complete(state: ServerState, request: Request, body: dict[str, Any]):
         known = ", ".join([*sorted(wf.agents), ROUTED_MODEL])
         raise ApiError(404, f"the model {req.model!r} does not exist; the models are: {known}",
                        code="model_not_found", param="model")
-    if not state.ready:
-        status = await state.status()
-        raise ApiError(503, f"no worker has its model loaded yet ({status['state']}); wait "
-                            f"for GET /health to answer 200", code="model_not_ready",
-                       kind="server_error", headers={"Retry-After": "5"})
-    if state.in_flight >= state.max_queue:
-        raise ApiError(429, f"{state.in_flight} requests are being answered (the bound is "
-                            f"{state.max_queue}); retry later", code="queue_full",
-                       kind="rate_limit_error", headers={"Retry-After": "2"})
+    await admit(state)
     log.debug("chat completion for %s: %r", req.model, req.prompt)
     opts = dict(req.options)
     # Every request gets a stream when workers can reach the server: the text as it grows

@@ -19,7 +19,7 @@ from hpc_chat.openai.embeddings import (
     parse_embedding_request,
 )
 from hpc_chat.protocol.failure import FailureCode, failure_code
-from hpc_chat.server.errors import ApiError
+from hpc_chat.server.errors import ApiError, admit
 
 
 async def embeddings(state, body: dict[str, Any]) -> dict[str, Any]:
@@ -34,15 +34,7 @@ async def embeddings(state, body: dict[str, Any]) -> dict[str, Any]:
         raise ApiError(404, f"the model {req.model!r} does not embed here; {why}the models "
                             f"that do: {', '.join(sorted(wf.agents))}",
                        code="model_not_found", param="model")
-    if not state.ready:
-        status = await state.status()
-        raise ApiError(503, f"no worker has its model loaded yet ({status['state']}); wait "
-                            f"for GET /health to answer 200", code="model_not_ready",
-                       kind="server_error", headers={"Retry-After": "5"})
-    if state.in_flight >= state.max_queue:
-        raise ApiError(429, f"{state.in_flight} requests are being answered (the bound is "
-                            f"{state.max_queue}); retry later", code="queue_full",
-                       kind="rate_limit_error", headers={"Retry-After": "2"})
+    await admit(state)
     start = time.perf_counter()
     state.begin()
     outcome: dict[str, Any] | None = None

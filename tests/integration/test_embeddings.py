@@ -145,3 +145,26 @@ def test_a_long_list_spreads_in_order_and_answers_are_not_disturbed(server):
 def test_base64_as_the_sdk_decodes_it():
     raw = base64.b64encode(struct.pack("<2f", 1.5, -2.0)).decode()
     assert np.frombuffer(base64.b64decode(raw), dtype="<f4").tolist() == [1.5, -2.0]
+
+
+@pytest.mark.parsl
+def test_embedding_lines_of_a_batch_file_through_the_server(server, tmp_path):
+    import json
+
+    from tests.helpers.cli import hpc
+
+    batch = tmp_path / "lines.jsonl"
+    batch.write_text("".join(json.dumps({"custom_id": cid, "method": "POST",
+                                         "url": "/v1/embeddings", "body": body}) + "\n"
+                             for cid, body in [
+                                 ("e1", {"model": "balanced_agent", "input": TEXTS[:2]}),
+                                 ("e2", {"model": "auto", "input": "x"})]))
+    out = tmp_path / "out.jsonl"
+    done = hpc(server.home, "batch", str(batch), "-o", str(out), "--server", server.url,
+               config=None, model=None, timeout=300)
+    assert done.returncode == 1, done.stderr  # e2: 'auto' does not embed
+    assert "answering through the server" in done.stderr
+    body = json.loads(out.read_text())["response"]["body"]
+    assert [d["index"] for d in body["data"]] == [0, 1] and len(body["data"][0]["embedding"]) == 576
+    error = json.loads((tmp_path / "out.errors.jsonl").read_text())["response"]
+    assert error["status_code"] == 404 and error["body"]["error"]["code"] == "model_not_found"
