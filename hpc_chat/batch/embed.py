@@ -30,6 +30,7 @@ from hpc_chat.batch.output import OUTPUT_KEYS, ensure_line_start, failed_result,
 from hpc_chat.driver.embeddings import SLICE, embed
 from hpc_chat.errors import InputError
 from hpc_chat.openai.embeddings import EmbeddingLine, embedding_list
+from hpc_chat.protocol.embedding import named_input
 from hpc_chat.protocol.failure import FailureCode, failure_code, failure_fields
 from hpc_chat.util.outputfiles import PRIVATE, open_append, own_link, replace_whole
 from hpc_chat.util.outputlock import OutputLock
@@ -122,28 +123,18 @@ async def embed_items(workflow, agent: str, items: list[BatchItem]) -> list[dict
         try:
             out = await embed(workflow, agent, [items[i].prompt for i in todo])
         except Exception as exc:  # noqa: BLE001 - every failure becomes an output line
-            code = failure_code(exc)
-            inner = getattr(exc, "e_value", None) or exc
-            at = _named_input(str(inner))
-            if code.kind == "input" and at is not None and at < len(todo):
-                why = str(inner).split("]", 1)[-1].lstrip(": ")
-                lines[todo.pop(at)] = _failed(f"the input {why}", code)
+            code, named = failure_code(exc), named_input(str(exc))
+            if code.kind == "input" and named is not None and named[0] < len(todo):
+                lines[todo.pop(named[0])] = _failed(f"the input {named[1].lstrip(': ')}", code)
                 continue
             for i in todo:  # the whole slice failed at run time: --resume runs it again
-                lines[i] = _failed(str(inner), code)
+                lines[i] = _failed(str(exc), code)
             break
         for i, vector, tokens in zip(todo, out.vectors, out.tokens):
             lines[i] = {"ok": True, "embedding": vector, "tokens": tokens, "agent": agent,
                         "model": out.model, "dimensions": out.dimensions}
         break
     return lines  # type: ignore[return-value]
-
-
-def _named_input(message: str) -> int | None:
-    if not message.startswith("input["):
-        return None
-    index = message[len("input["):].split("]", 1)[0]
-    return int(index) if index.isdigit() else None
 
 
 def _failed(error: str, code: FailureCode) -> dict[str, Any]:
@@ -185,8 +176,7 @@ async def embedding_result(workflow, req: EmbeddingLine) -> dict[str, Any]:
     try:
         out = await embed(workflow, req.model, req.inputs)
     except Exception as exc:  # noqa: BLE001 - the line's error entry says why
-        inner = getattr(exc, "e_value", None) or exc
-        return failed_result(str(inner), failure_code(exc), round(time.time() - start, 4))
+        return failed_result(str(exc), failure_code(exc), round(time.time() - start, 4))
     body = embedding_list(req.model, out.vectors, out.prompt_tokens, req.encoding,
                           extra={"model": out.model, "dimensions": out.dimensions,
                                  "pooling": out.pooling})

@@ -14,7 +14,7 @@ from typing import Any
 
 from hpc_chat.errors import HpcChatError
 from hpc_chat.protocol.context import TaskContext
-from hpc_chat.protocol.embedding import Embeddings
+from hpc_chat.protocol.embedding import Embeddings, named_input
 from hpc_chat.worker.tasks import embed_task
 
 SLICE = 64  # inputs per task: enough to fill a decode, few enough to spread a long list
@@ -38,7 +38,8 @@ class EmbeddingResult:
 
 async def embed(workflow, agent: str, inputs: list) -> EmbeddingResult:
     """Embed ``inputs`` with ``agent``'s model on the workflow's workers. An input the model
-    refuses raises its error, naming the input by its index in the whole request."""
+    refuses raises the worker's own error (never Parsl's wrapper), naming the input by its
+    index in the whole request."""
     workflow.check_agents([agent])
     config = workflow.agents[agent].config
     context = TaskContext(model=workflow.site_model).model_dump()
@@ -70,16 +71,14 @@ async def embed(workflow, agent: str, inputs: list) -> EmbeddingResult:
 
 
 def _renumbered(exc: BaseException, start: int) -> BaseException:
-    """A slice's error with its ``input[i]`` counted from the start of the whole request."""
-    exc = getattr(exc, "e_value", None) or exc  # Parsl may wrap a worker's exception
-    text = str(exc)
-    prefix = "input["
-    if not text.startswith(prefix):
+    """A slice's error, unwrapped from Parsl's, with its ``input[i]`` counted from the start
+    of the whole request."""
+    exc = getattr(exc, "e_value", None) or exc
+    named = named_input(str(exc))
+    if named is None or not start:
         return exc
-    index, _, rest = text[len(prefix):].partition("]")
-    if not index.isdigit() or not start:
-        return exc
+    index, rest = named
     try:
-        return type(exc)(f"{prefix}{int(index) + start}]{rest}")
+        return type(exc)(f"input[{index + start}]{rest}")
     except TypeError:  # an exception type that takes other arguments: as it is
         return exc

@@ -155,8 +155,7 @@ class BatchedEngine:
     # ----------------------------------------------------------------- pieces
     def _prompt(self, req: GenRequest) -> tuple[list[int], int, list[str]]:
         """The prompt's tokens, the length of its shareable first chunk, and the stop strings."""
-        tokens, k = self.engine.prompt_tokens(
-            req.messages, req.tools, req.output is not None and req.output.text_allowed)
+        tokens, k = self.engine.prompt_tokens(req.messages, req.tools, req.text_allowed)
         if len(tokens) + req.max_tokens > self.n_ctx_seq:
             raise prompt_too_long(len(tokens), req.max_tokens, self.n_ctx_seq)
         shared = k if self.n_holders and 0 < k < len(tokens) else 0

@@ -175,8 +175,8 @@ class ChatEngine:
         With ``on_text``, the answer is streamed: it hears the text so far after each token
         (llama-cpp-python holds back what may be the start of a stop string), and returning
         False stops the answer there (``finish_reason: cancelled``: the client went away)."""
-        s = GenRequest(messages=messages, tools=tools, **sampling)
-        optional = output is not None and output.text_allowed
+        s = GenRequest(messages=messages, tools=tools, output=output, **sampling)
+        optional = s.text_allowed
         if self.template is not None:
             msgs, offered = self.template.messages_for(messages, tools, optional)
         else:

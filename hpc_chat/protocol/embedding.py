@@ -60,3 +60,12 @@ def input_too_long(index: int, tokens: int, limit: int) -> PromptTooLongError:
     """The one message for an input longer than a model embeds, wherever that is found."""
     return PromptTooLongError(f"input[{index}] has {tokens} tokens; the model embeds at most "
                               f"{limit}: shorten or split it")
+
+
+def named_input(message: str) -> tuple[int, str] | None:
+    """The input an error message names (:func:`input_too_long` and the embedders' other
+    refusals begin ``input[i]``) and what it says of it; None when it names none."""
+    if not message.startswith("input["):
+        return None
+    index, found, rest = message[len("input["):].partition("]")
+    return (int(index), rest) if found and index.isdigit() else None

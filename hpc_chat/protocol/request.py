@@ -53,6 +53,11 @@ class GenRequest(Sampling):
     output: OutputFormat | None = None
     tools: list[dict[str, Any]] | None = None  # OpenAI's ``tools``, as offered (not ``none``)
 
+    @property
+    def text_allowed(self) -> bool:
+        """Whether the answer may be text rather than a call (``tool_choice`` auto)."""
+        return self.output is not None and self.output.text_allowed
+
 
 def prompt_too_long(prompt_tokens: int, max_tokens: int, n_ctx: int, *,
                     estimate: bool = False) -> PromptTooLongError:

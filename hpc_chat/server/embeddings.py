@@ -43,10 +43,9 @@ async def embeddings(state, body: dict[str, Any]) -> dict[str, Any]:
         outcome = {"ok": True, "prompt_tokens": result.prompt_tokens, "completion_tokens": 0}
     except Exception as exc:  # noqa: BLE001 - every failure gets OpenAI's error shape
         code = failure_code(exc)
-        inner = getattr(exc, "e_value", None) or exc
         if code.kind == "input":
-            raise ApiError(code.status, str(inner), code=code.value, param="input") from None
-        raise ApiError(500, f"embedding failed: {inner}", kind="server_error",
+            raise ApiError(code.status, str(exc), code=code.value, param="input") from None
+        raise ApiError(500, f"embedding failed: {exc}", kind="server_error",
                        code=FailureCode.GENERATION_FAILED.value) from None
     finally:
         state.end("ok" if outcome else "error", outcome, time.perf_counter() - start)

@@ -92,3 +92,14 @@ def stop(server: Server) -> None:
             server.proc.kill()
             server.proc.wait(30)
             raise
+
+
+def real_model_server(tmp_path_factory):
+    """A module's ``hpc-chat serve`` on the packaged agents with the real embedded model
+    (``fast.yml``), stopped when the module is done: ``yield from`` it in a fixture."""
+    from tests.conftest import FIXTURES
+
+    started = start_server(tmp_path_factory.mktemp("server"),
+                           FIXTURES / "workflows" / "fast.yml", model=None)
+    yield started
+    stop(started)

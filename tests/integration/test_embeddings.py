@@ -71,13 +71,9 @@ def test_an_input_longer_than_the_context_is_refused_naming_it(embedder):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tests.conftest import FIXTURES
-    from tests.helpers.server import start_server, stop
+    from tests.helpers.server import real_model_server
 
-    started = start_server(tmp_path_factory.mktemp("server"),
-                           FIXTURES / "workflows" / "fast.yml", model=None)
-    yield started
-    stop(started)
+    yield from real_model_server(tmp_path_factory)
 
 
 @pytest.mark.parsl

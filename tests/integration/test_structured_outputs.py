@@ -132,13 +132,9 @@ def test_a_grammar_llama_cpp_cannot_parse_fails_that_request_alone(engine):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tests.conftest import FIXTURES
-    from tests.helpers.server import start_server, stop
+    from tests.helpers.server import real_model_server
 
-    started = start_server(tmp_path_factory.mktemp("server"),
-                           FIXTURES / "workflows" / "fast.yml", model=None)
-    yield started
-    stop(started)
+    yield from real_model_server(tmp_path_factory)
 
 
 def test_the_sdks_parse_with_a_pydantic_model(server):
