@@ -57,15 +57,16 @@ def test_a_corpus_in_input_order_with_its_bad_lines_named(tmp_path):
 
 
 def test_killed_and_resumed_nothing_lost_nothing_doubled(tmp_path):
-    """300 inputs at 0.02 s each (the echo pace): SIGKILL once the first slice is written,
-    then --resume; every id is embedded exactly once."""
+    """300 inputs at 0.05 s each (the echo pace; two workers): SIGKILL once the first slice
+    of 64 is written, when at least 236 inputs (about 6 s of sleeps, at any machine speed) are
+    still to do; then --resume: every id is embedded exactly once."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(f"text {i}\n" for i in range(300)))
     out = tmp_path / "vectors.jsonl"
     home = tmp_path / "home"
     before = parsl_processes()
     argv = [sys.executable, "-m", "hpc_chat", "embed", str(corpus), "-o", str(out),
-            "--config", FAST, "--model", "echo?token_s=0.02"]
+            "--config", FAST, "--model", "echo?token_s=0.05"]
     env = {**os.environ, "HPC_CHAT_HOME": str(home)}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
