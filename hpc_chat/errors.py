@@ -41,6 +41,11 @@ class GenerationError(HpcChatError):
     """llama.cpp failed while generating (not a user mistake; may succeed on retry)."""
 
 
+class TaskTimeout(HpcChatError):
+    """A task ran past its time limit (``performance.timeout_seconds``): retryable, since a
+    stalled worker answers on its next try (:mod:`hpc_chat.worker.time_limit`)."""
+
+
 class InputError(HpcChatError):
     """Batch input or an output path cannot be used."""
 

@@ -47,7 +47,7 @@ async def embed(workflow, agent: str, inputs: list) -> EmbeddingResult:
     timeout = workflow.loaded.settings.performance.timeout_seconds
     starts = list(range(0, len(inputs), SLICE))
     tasks = [workflow.executor.submit(embed_task, config.to_dict(), inputs[s:s + SLICE],
-                                      context, walltime=timeout,
+                                      context, time_limit=timeout,
                                       retry_attempts=perf.retry_attempts) for s in starts]
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     vectors: list[list[float]] = []

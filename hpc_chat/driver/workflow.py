@@ -329,7 +329,7 @@ class ParslChatWorkflow:
                 else:
                     result = await self.executor.submit(
                         fn, agent.to_dict(), text, context,
-                        walltime=settings.performance.timeout_seconds,
+                        time_limit=settings.performance.timeout_seconds,
                         retry_attempts=perf.retry_attempts, tag=tag)
             except asyncio.CancelledError:
                 raise

@@ -33,7 +33,7 @@ from hpc_chat.structured.compile import FORMAT_KEYS, output_format
 from hpc_chat.structured.tools import offered_tools, result_text, turn_text
 from hpc_chat.structured.validate import check
 from hpc_chat.util.configfile import format_validation_error
-from hpc_chat.worker import engine_client
+from hpc_chat.worker import engine_client, time_limit
 from hpc_chat.worker.engine_client import Decoded
 from hpc_chat.worker.provenance import job_id, model_file, versions
 from hpc_chat.worker.stream import TokenSender
@@ -171,9 +171,8 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
         ctx = TaskContext.model_validate(context or {})
     except ValidationError as exc:  # a hand-made context (the Python API) that is not one
         raise ValueError(format_validation_error("context", exc).replace("\n", "; ")) from None
-    settings = agent.config
+    settings, site_model = agent.config, ctx.model
     options = {k: v for k, v in ctx.options.items() if v is not None}
-    site_model = ctx.model
     sampling = {**settings.sampling(), **{k: v for k, v in options.items()
                                           if k in Sampling.model_fields}}
     fmt = request_format(settings, options)
@@ -281,7 +280,8 @@ def fit(count_tokens, n_ctx: int, req: GenRequest, exact: bool) -> GenRequest:
 
 def decode_here(preps: list[Prepared], n_seq: int | None) -> list[Decoded | Exception]:
     """Decode in this process's own engine: batched with ``n_seq`` sequences, or one at a time
-    (``n_seq`` None)."""
+    (``n_seq`` None); past the task's limit, stopped at the next token (``time_limit``)."""
+    limit = time_limit.in_process()
     engine, loaded_now = get_engine(preps[0].spec)
     out: list[Decoded | Exception | None] = [None] * len(preps)
     fitted = []
@@ -295,17 +295,21 @@ def decode_here(preps: list[Prepared], n_seq: int | None) -> list[Decoded | Exce
     stops = batched.template_stops if batched is not None else []  # the template's own
     senders = [TokenSender(prep.stream, [*decoded.stop, *stops]) if prep.stream else None
                for (_, prep, decoded) in fitted]
+    listeners = [time_limit.watch(limit, sender) for sender in senders]
     completions: list = [None] * len(fitted)
     try:
         if batched is None:
-            completions = [_complete(engine, d, sender)
-                           for (_, _, d), sender in zip(fitted, senders)]
+            completions = [_complete(engine, d, on_text)
+                           for (_, _, d), on_text in zip(fitted, listeners)]
         else:
-            completions = batched.generate([d for _, _, d in fitted], on_text=senders)
+            completions = batched.generate([d for _, _, d in fitted], on_text=listeners)
     finally:  # every stream ends, with the rest of its answer when there is one
+        late = time_limit.passed(limit)
         for sender, done in zip(senders, completions):
             if sender is not None:
-                sender.finish(getattr(done, "text", None))
+                sender.finish(None if late else getattr(done, "text", None))
+    if late:
+        raise time_limit.timed_out(limit)  # type: ignore[arg-type]
     for (j, _, decoded), completion in zip(fitted, completions):
         if isinstance(completion, Exception):
             out[j] = completion
@@ -316,10 +320,10 @@ def decode_here(preps: list[Prepared], n_seq: int | None) -> list[Decoded | Exce
     return out  # type: ignore[return-value]
 
 
-def _complete(engine, request: GenRequest, sender) -> Completion | Exception:
+def _complete(engine, request: GenRequest, on_text) -> Completion | Exception:
     """One unbatched answer; a format the engine cannot parse fails this request alone."""
     try:
-        return engine.complete(request, on_text=sender)
+        return engine.complete(request, on_text=on_text)
     except FormatError as exc:
         return exc
 

@@ -18,7 +18,7 @@ from hpc_chat.llm.registry import get_embedder, get_engine
 from hpc_chat.protocol.context import TaskContext
 from hpc_chat.protocol.embedding import EmbedRequest
 from hpc_chat.util.configfile import format_validation_error
-from hpc_chat.worker import engine_client
+from hpc_chat.worker import engine_client, time_limit
 from hpc_chat.worker.chat import model_name, model_spec, worker_identity
 
 
@@ -42,6 +42,8 @@ def process_embed(agent_config: dict, inputs: list, context: dict) -> dict[str, 
         out, made_by = engine_client.embed(spec, engine, request)
     else:
         loaded, _ = get_engine(spec)
+        limit = time_limit.in_process()
         out, made_by = get_embedder(loaded, request.pooling).embed(request.inputs), None
+        time_limit.check(limit)  # one llama.cpp call: it cannot be stopped half-way
     return {"embeddings": out.model_dump(), "agent": agent.name, "model": name,
             "model_path": spec.path, "engine": made_by, "worker": worker_identity()}

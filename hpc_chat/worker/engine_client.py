@@ -41,12 +41,13 @@ from hpc_chat.protocol.context import SiteModel
 from hpc_chat.protocol.embedding import Embeddings, EmbedRequest
 from hpc_chat.protocol.request import Completion, GenRequest
 from hpc_chat.util.rundir import runtime_dir
+from hpc_chat.worker import time_limit
 from hpc_chat.worker.stream import TokenSender, streams_tokens
 
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK",
                  "HIP_VISIBLE_DEVICES")
 START_POLL_S = 0.05
-WAIT_S = 0.2  # a task waits in Python, so Parsl's walltime (AppTimeout) can land
+WAIT_S = 0.2  # how often a task waiting for its answers looks at its time limit
 ENGINE_SPINCOUNT = 1000  # OpenMP's spins at a barrier before its threads sleep: see start()
 ENGINE_FILES = (".sock", ".lock", ".alive", ".log")
 DEFAULT_SLOTS = 8
@@ -112,8 +113,9 @@ def _try_connect(path: Path) -> Connection | None:
         return None
 
 
-def connect(spec: ModelSpec, slots: int) -> Connection:
-    """A connection to this node's engine for ``spec``, starting the engine when needed."""
+def connect(spec: ModelSpec, slots: int, limit: time_limit.Limit = None) -> Connection:
+    """A connection to this node's engine for ``spec``, starting the engine when needed (and
+    waiting for its model to load at most until the task's ``limit``)."""
     path = engine_path(spec, slots)
     conn = _try_connect(path)
     if conn is not None:
@@ -121,7 +123,7 @@ def connect(spec: ModelSpec, slots: int) -> Connection:
     with _locked(path.with_suffix(".lock")):
         conn = _try_connect(path)  # another worker started it while we waited
         if conn is None:
-            start(path, spec, slots)
+            start(path, spec, slots, limit=limit)
             conn = _try_connect(path)
         if conn is None:
             raise EngineLost(f"the node engine at {path} ended as soon as it started")
@@ -152,7 +154,8 @@ def engine_alive(path: Path) -> bool:
         return False
 
 
-def start(path: Path, spec: ModelSpec, slots: int, *, again: bool = True) -> None:
+def start(path: Path, spec: ModelSpec, slots: int, *, again: bool = True,
+          limit: time_limit.Limit = None) -> None:
     """Start an engine and wait until it listens (its model loaded), or say why it ended. When
     one is already loading (the worker that started it died, or its task timed out), wait for
     that one instead: never two models in memory for one spec. One that ends while waited for
@@ -178,7 +181,8 @@ def start(path: Path, spec: ModelSpec, slots: int, *, again: bool = True) -> Non
                  "--manager", str(os.getppid())],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 close_fds=True)
-    while not path.exists():  # the model load: as long as it takes (the task has a walltime)
+    while not path.exists():  # the model load: as long as it takes, within the task's limit
+        time_limit.check(limit)
         if proc is not None and proc.poll() is not None:
             log_path = path.with_suffix(".log")
             tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
@@ -187,7 +191,7 @@ def start(path: Path, spec: ModelSpec, slots: int, *, again: bool = True) -> Non
                              + " | ".join(tail))
         if proc is None and not engine_alive(path):
             if again:
-                return start(path, spec, slots, again=False)
+                return start(path, spec, slots, again=False, limit=limit)
             raise EngineLost(f"the node engine for {spec.path} ended while loading "
                              f"({path.with_suffix('.log')})")
         time.sleep(START_POLL_S)
@@ -218,11 +222,12 @@ def _close(conn: Connection) -> None:
         dup.close()
 
 
-def _one(spec: ModelSpec, slots: int, prep, conns: list, finish: Callable):
+def _one(spec: ModelSpec, slots: int, prep, conns: list, finish: Callable,
+         limit: time_limit.Limit):
     sender = None
     tokens = streams_tokens(prep.stream)
     try:
-        conn = connect(spec, slots)
+        conn = connect(spec, slots, limit)
         conns.append(conn)
         with conn:
             conn.send_bytes(wire.encode(wire.Order(op=wire.Op.DECODE, request=prep.request,
@@ -237,6 +242,8 @@ def _one(spec: ModelSpec, slots: int, prep, conns: list, finish: Callable):
                     if sender is not None and not sender(text):  # its client went away
                         conn.send_bytes(wire.encode(wire.Order(op=wire.Op.CANCEL)))
                 elif isinstance(event, wire.Done):
+                    if _late(limit, sender):  # e.g. its worker was stopped past the limit
+                        raise time_limit.timed_out(limit)
                     completion = event.completion
                     result = finish(prep, Decoded(completion, event.request, event.n_threads,
                                                   event.engine.model_dump()))
@@ -256,21 +263,36 @@ def _one(spec: ModelSpec, slots: int, prep, conns: list, finish: Callable):
                          f"({type(exc).__name__}: {exc}); it is retried on a new engine") from None
 
 
+def _late(limit: time_limit.Limit, sender: TokenSender | None) -> bool:
+    """Whether an answer arrived past the task's limit (its stream, if any, is ended)."""
+    late = limit is not None and time_limit.left(limit) <= 0
+    if late and sender is not None:
+        sender.finish(None)
+    return late
+
+
 def decode(spec: ModelSpec, engine: dict, preps: list, finish: Callable) -> list:
     """Each request's result, ``finish(prep, Decoded)``, or its own exception, decoded by the
     node's engine; a lost engine fails them all (:class:`EngineLost`, retried by Parsl). A
     request with a stream sends its result on it as soon as it is done.
 
-    The wait is a Python loop, so Parsl's walltime can interrupt it; then, or on any other
-    failure, every connection is closed and the engine stops those answers at its next step."""
+    The whole task fails with :class:`~hpc_chat.errors.TaskTimeout` when an answer has not been
+    received by the task's time limit (:mod:`hpc_chat.worker.time_limit`): checked here every
+    :data:`WAIT_S`, and when each answer arrives, so a worker stopped past its limit fails the
+    same way whichever of its threads wakes first. Then, or on any other failure, every
+    connection is closed and the engine stops those answers at its next step."""
     slots = int(engine.get("slots") or DEFAULT_SLOTS)
+    limit = time_limit.deadline()  # read here: the pool's threads do not share the context
     conns: list[Connection] = []
     pool = ThreadPoolExecutor(max_workers=len(preps))
-    futures = [pool.submit(_one, spec, slots, prep, conns, finish) for prep in preps]
+    futures = [pool.submit(_one, spec, slots, prep, conns, finish, limit) for prep in preps]
     try:
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, timeout=WAIT_S, return_when=FIRST_EXCEPTION)
+            time_limit.check(limit)
+            left = time_limit.left(limit)
+            done, pending = wait(pending, timeout=WAIT_S if left is None else
+                                 min(WAIT_S, max(left, 0.0)), return_when=FIRST_EXCEPTION)
             for future in done:
                 future.result()  # an EngineLost ends the wait for the others
     except BaseException:
@@ -287,10 +309,15 @@ def embed(spec: ModelSpec, engine: dict, request: EmbedRequest) -> tuple[Embeddi
     made them. An input it refuses raises :class:`PromptTooLongError` or ``ValueError``
     naming it; a lost engine :class:`EngineLost` (the task is retried)."""
     slots = int(engine.get("slots") or DEFAULT_SLOTS)
+    limit = time_limit.deadline()
     try:
-        with connect(spec, slots) as conn:
+        with connect(spec, slots, limit) as conn:
             conn.send_bytes(wire.encode(wire.Order(op=wire.Op.EMBED, embed=request)))
+            left = time_limit.left(limit)
+            if left is not None and not conn.poll(max(left, 0.0)):
+                raise time_limit.timed_out(limit)  # closing the connection stops the order
             event = wire.read_event(conn.recv_bytes())
+            time_limit.check(limit)
     except (EOFError, OSError) as exc:
         raise EngineLost(f"the node engine for {spec.path} ended while it held these inputs "
                          f"({type(exc).__name__}: {exc}); they are retried on a new "

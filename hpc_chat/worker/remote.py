@@ -7,9 +7,12 @@ as in a Parsl worker: an endpoint worker loads each model once.
 """
 
 
-def remote_chat(agent_config, message, context, walltime=None, retry_attempts=0):
-    """``process_chat_message`` on an endpoint worker (``walltime``/``retry_attempts`` are
-    accepted for the same call shape as Parsl tasks; the endpoint's own limits apply)."""
+def remote_chat(agent_config, message, context, time_limit=None, retry_attempts=0):
+    """``process_chat_message`` on an endpoint worker, under the task's ``time_limit``
+    (``retry_attempts`` is accepted for the same call shape as Parsl tasks; the endpoint's own
+    retries apply)."""
     from hpc_chat.worker.chat import process_chat_message
+    from hpc_chat.worker.time_limit import limited
 
-    return process_chat_message(agent_config, message, context)
+    with limited(time_limit):
+        return process_chat_message(agent_config, message, context)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpc_chat.errors import ConfigError, PromptTooLongError
+from hpc_chat.errors import ConfigError, PromptTooLongError, TaskTimeout
 
 NOT_RETRYABLE = (ConfigError, PromptTooLongError, ValueError, TypeError)
 
@@ -29,9 +29,11 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def is_timeout(exc: BaseException) -> bool:
+    """A task past its limit: its own :class:`TaskTimeout`, or Parsl's ``AppTimeout`` (the
+    limit of decoding in the worker's own process, :mod:`hpc_chat.worker.time_limit`)."""
     from parsl.app.errors import AppTimeout
 
-    return isinstance(getattr(exc, "e_value", None) or exc, AppTimeout)
+    return isinstance(getattr(exc, "e_value", None) or exc, (TaskTimeout, AppTimeout))
 
 
 class RetryHandler:

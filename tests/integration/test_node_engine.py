@@ -232,8 +232,9 @@ def test_the_engine_ends_with_the_worker_pools_manager(tmp_path):
 @pytest.mark.parsl
 def test_a_task_timeout_lands_while_the_engine_decodes_and_frees_the_slot(fixtures, tmp_path):
     """An answer of 20 s at the echo pace against performance.timeout_seconds: 2. The task
-    waits for its engine in Python, so Parsl's timeout lands; its connection is closed and the
-    engine stops that answer (nothing left in flight), instead of a task hung in a C wait."""
+    keeps its own limit while it waits for its engine (hpc_chat.worker.time_limit): at 2 s it
+    fails, its connection is closed and the engine stops that answer (nothing left in flight),
+    instead of a task hung in a C wait."""
     workflow = tmp_path / "wf.yml"
     workflow.write_text((fixtures / "workflows" / "fast.yml").read_text()
                         .replace("timeout_seconds: 60", "timeout_seconds: 2"))

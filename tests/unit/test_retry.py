@@ -4,7 +4,13 @@ import pytest
 from parsl.app.errors import AppTimeout
 from parsl.executors.high_throughput.errors import WorkerLost
 
-from hpc_chat.errors import ConfigError, GenerationError, ModelNotFoundError, PromptTooLongError
+from hpc_chat.errors import (
+    ConfigError,
+    GenerationError,
+    ModelNotFoundError,
+    PromptTooLongError,
+    TaskTimeout,
+)
 from hpc_chat.worker.retry import is_retryable, make_retry_handler
 
 
@@ -17,6 +23,7 @@ from hpc_chat.worker.retry import is_retryable, make_retry_handler
     (PromptTooLongError("too long"), False),
     (ValueError("the message is empty"), False),
     (AppTimeout(), True),  # a stalled worker answers on its next try
+    (TaskTimeout("timed out after 4 s"), True),
 ])
 def test_is_retryable(exc, retry):
     assert is_retryable(exc) is retry
@@ -32,9 +39,10 @@ def test_each_agent_gets_the_retries_it_asks_for():
     assert (handler.failures, handler.hopeless) == (4, 2)
 
 
-def test_a_timed_out_micro_batch_is_left_to_the_batcher_a_single_request_is_retried():
+@pytest.mark.parametrize("timeout", [TaskTimeout("timed out after 4 s"), AppTimeout()])
+def test_a_timed_out_micro_batch_is_left_to_the_batcher_a_single_request_is_retried(timeout):
     handler = make_retry_handler(budget=3)
-    assert handler(AppTimeout(), {"kwargs": {"retry_attempts": 3}}) == 1.0
+    assert handler(timeout, {"kwargs": {"retry_attempts": 3}}) == 1.0
     # A micro-batch (n_seq in its kwargs) is not retried whole: the batcher resends each item.
-    assert handler(AppTimeout(), {"kwargs": {"retry_attempts": 3, "n_seq": 8}}) > 3
+    assert handler(timeout, {"kwargs": {"retry_attempts": 3, "n_seq": 8}}) > 3
     assert handler(WorkerLost(1, "n"), {"kwargs": {"retry_attempts": 3, "n_seq": 8}}) == 1.0

@@ -29,8 +29,8 @@ from hpc_chat.worker.tasks import chat_batch_task, chat_task
 
 
 class RequestBatcher:
-    def __init__(self, executor, batch_size: int, walltime: float, linger_s: float = 0.01):
-        self.executor, self.batch_size, self.walltime = executor, batch_size, walltime
+    def __init__(self, executor, batch_size: int, time_limit: float, linger_s: float = 0.01):
+        self.executor, self.batch_size, self.time_limit = executor, batch_size, time_limit
         self.linger_s = linger_s
         self._pending: dict[str, list[tuple[dict, asyncio.Future]]] = {}
         self._agent: dict[str, tuple[dict, int]] = {}
@@ -64,7 +64,7 @@ class RequestBatcher:
         agent_config, retry_attempts = self._agent[name]
         self.tasks_sent += 1
         task = self.executor.submit(chat_batch_task, agent_config, [item for item, _ in group],
-                                    n_seq=self.batch_size, walltime=self.walltime,
+                                    n_seq=self.batch_size, time_limit=self.time_limit,
                                     retry_attempts=retry_attempts)
         task.add_done_callback(
             lambda t: self._deliver(t, group, agent_config, retry_attempts))
@@ -83,7 +83,7 @@ class RequestBatcher:
             for item, fut in group:
                 if not fut.done():
                     single = self.executor.submit(chat_task, agent_config, item["message"],
-                                                  item["context"], walltime=self.walltime,
+                                                  item["context"], time_limit=self.time_limit,
                                                   retry_attempts=retry_attempts)
                     single.add_done_callback(partial(pass_outcome, target=fut))
             return
