@@ -10,6 +10,7 @@ directories on clusters are often on NFS or Lustre where WAL's shared memory doe
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import threading
@@ -73,6 +74,7 @@ class MemoryHistory:
         self.config = config or HistoryConfig()
         self._conversations: dict[str, list[dict[str, Any]]] = {}
         self._created: dict[str, float] = {}
+        self._responses: dict[str, dict[str, Any]] = {}
 
     async def initialize(self) -> None:
         return None
@@ -116,6 +118,14 @@ class MemoryHistory:
         self._created.pop(conversation, None)
         return self._conversations.pop(conversation, None) is not None
 
+    async def save_response(self, ident: str, record: dict[str, Any]) -> None:
+        """Keep a ``/v1/responses`` answer (its object and its own turns) under its id."""
+        self._responses[ident] = json.loads(json.dumps(record))
+
+    async def response(self, ident: str) -> dict[str, Any] | None:
+        """A kept response's record, or None when no response has that id."""
+        return self._responses.get(ident)
+
     async def close(self) -> None:
         return None
 
@@ -138,6 +148,11 @@ CREATE TABLE IF NOT EXISTS messages (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
+CREATE TABLE IF NOT EXISTS responses (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    record TEXT NOT NULL
+);
 """
 
 
@@ -261,6 +276,25 @@ class SQLiteHistory(MemoryHistory):
             except sqlite3.Error as exc:
                 raise HistoryError(self._explain(exc)) from None
         return True
+
+    async def save_response(self, ident: str, record: dict[str, Any]) -> None:
+        if self._db is None:
+            raise HistoryError("the history unit is not initialized")
+        text = json.dumps(record, ensure_ascii=False)
+
+        def write() -> None:
+            with self._lock:
+                try:
+                    with self._db:
+                        self._db.execute("INSERT INTO responses (name, created_at, record) "
+                                         "VALUES (?, ?, ?)", (ident, time.time(), text))
+                except sqlite3.Error as exc:
+                    raise HistoryError(self._explain(exc)) from None
+        await asyncio.to_thread(write)
+
+    async def response(self, ident: str) -> dict[str, Any] | None:
+        rows = self._run("SELECT record FROM responses WHERE name = ?", (ident,))
+        return json.loads(rows[0][0]) if rows else None
 
     async def close(self) -> None:
         db, self._db = self._db, None

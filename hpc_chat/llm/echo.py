@@ -174,15 +174,17 @@ class EchoEngine:
     def prompt_size(self, messages: list[dict[str, str]]) -> int:
         return sum(self.count_tokens(turn_text(m)) for m in messages)
 
-    def complete(self, req: GenRequest, *, loaded_now: bool = False, on_text=None):
+    def complete(self, req: GenRequest, *, loaded_now: bool = False, on_text=None,
+                 until=None):
         return self.chat(req.messages, loaded_now=loaded_now, on_text=on_text,
-                         output=req.output, **req.sampling())
+                         output=req.output, until=until, **req.sampling())
 
     def chat(self, messages: list[dict[str, str]], *, max_tokens: int = 256,
              stop: list[str] | None = None, loaded_now: bool = False, on_text=None,
-             output: OutputFormat | None = None, **sampling):
+             output: OutputFormat | None = None, until=None, **sampling):
         """Answer like :meth:`ChatEngine.chat` (other sampling settings change nothing);
-        ``on_text`` hears the text so far after each token, as there."""
+        ``on_text`` hears the text so far after each token, and ``until`` stops it, as
+        there."""
         text, n, finish = self.compose(messages, max_tokens, stop, output)
         with self._lock:  # one answer at a time per engine, as with a real model
             start = time.perf_counter()
@@ -191,8 +193,10 @@ class EchoEngine:
             for i in range(n):
                 if self.pace.token_s:
                     pace.step()  # a step per token: a timeout lands between them
-                if on_text is not None and i < len(ends) and not on_text(text[:ends[i]]):
-                    text, n, finish = text[:ends[i]], i + 1, "cancelled"
+                if (on_text is not None and i < len(ends) and not on_text(text[:ends[i]])) \
+                        or (until is not None and until()):
+                    cut = ends[min(i, len(ends) - 1)] if ends else 0
+                    text, n, finish = text[:cut], i + 1, "cancelled"
                     break
             self.calls += 1
             elapsed = time.perf_counter() - start

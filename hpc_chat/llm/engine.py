@@ -158,14 +158,16 @@ class ChatEngine:
         return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     def complete(self, req: GenRequest, *, loaded_now: bool = False,
-                 on_text: Callable[[str], bool] | None = None) -> Completion:
+                 on_text: Callable[[str], bool] | None = None,
+                 until: Callable[[], bool] | None = None) -> Completion:
         """Answer one request (the batched engine takes a list of the same type)."""
         return self.chat(req.messages, loaded_now=loaded_now, on_text=on_text,
-                         output=req.output, tools=req.tools, **req.sampling())
+                         output=req.output, tools=req.tools, until=until, **req.sampling())
 
     def chat(self, messages: list[dict[str, Any]], *, loaded_now: bool = False,
              on_text: Callable[[str], bool] | None = None, output: OutputFormat | None = None,
-             tools: list[dict[str, Any]] | None = None, **sampling) -> Completion:
+             tools: list[dict[str, Any]] | None = None,
+             until: Callable[[], bool] | None = None, **sampling) -> Completion:
         """Answer a list of messages (:class:`~hpc_chat.protocol.request.GenRequest`'s) with
         the model's chat template; ``sampling`` is any of
         :class:`~hpc_chat.protocol.request.Sampling`'s settings, ``output`` the format the
@@ -174,7 +176,10 @@ class ChatEngine:
 
         With ``on_text``, the answer is streamed: it hears the text so far after each token
         (llama-cpp-python holds back what may be the start of a stop string), and returning
-        False stops the answer there (``finish_reason: cancelled``: the client went away)."""
+        False stops the answer there (``finish_reason: cancelled``: the client went away).
+        ``until`` returning True also stops it at its next token (a task's time limit:
+        :mod:`hpc_chat.worker.time_limit`); the answer is then decoded as a stream, whose
+        ``completion_tokens`` are its text's tokens."""
         s = GenRequest(messages=messages, tools=tools, output=output, **sampling)
         optional = s.text_allowed
         if self.template is not None:
@@ -193,6 +198,8 @@ class ChatEngine:
 
             self.grammars.check(output)  # a grammar llama.cpp cannot parse: refused here
             grammar = LlamaGrammar.from_string(output.gbnf, verbose=False)
+        if until is not None:  # llama-cpp-python's chat call stops only a stream early
+            on_text = _stopped_by(until, on_text)
         with self._lock:
             start = time.perf_counter()
             self._prepare_cache(messages, tools, optional)
@@ -222,6 +229,11 @@ class ChatEngine:
             model_loaded_now=loaded_now,
             generation_s=elapsed,
         )
+
+
+def _stopped_by(until: Callable[[], bool],
+                on_text: Callable[[str], bool] | None) -> Callable[[str], bool]:
+    return lambda text: not until() and (on_text is None or on_text(text))
 
 
 __all__ = ["ChatEngine", "Completion", "GenerationError", "PromptTooLongError",

@@ -1,5 +1,5 @@
-"""The HTTP routes: OpenAI's chat completions, embeddings (:mod:`hpc_chat.server.embeddings`)
-and models, plus health, status and metrics.
+"""The HTTP routes: OpenAI's chat completions, responses (:mod:`hpc_chat.server.responses`),
+embeddings (:mod:`hpc_chat.server.embeddings`) and models, plus health, status and metrics.
 
 A chat completion request is checked by the same code as an OpenAI batch line
 (:func:`hpc_chat.openai.batch.parse_request`), so both accept and refuse the same things, then
@@ -11,10 +11,8 @@ disconnects stops its answer at the next token. Errors have OpenAI's shape and s
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import random
 import time
 from typing import Any
 
@@ -23,14 +21,22 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hpc_chat.driver.token_hub import RESTART, Stream
 from hpc_chat.openai import chat as openai_chat
-from hpc_chat.openai.batch import CHAT_URL, ROUTED_MODEL, RequestError, parse_request
-from hpc_chat.protocol.failure import status_of
+from hpc_chat.openai.batch import ROUTED_MODEL
 from hpc_chat.protocol.result import FinishReason, provenance_of
 from hpc_chat.server.auth import authorized
+from hpc_chat.server.chat import (
+    STREAM_MISMATCH,
+    Started,
+    close,
+    failure,
+    pieces,
+    remainder,
+    start_chat,
+)
 from hpc_chat.server.embeddings import embeddings
-from hpc_chat.server.errors import ApiError, admit, error_body
+from hpc_chat.server.errors import ApiError, error_body
+from hpc_chat.server.responses import create_response, get_response
 from hpc_chat.server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -102,6 +108,14 @@ def create_app(state: ServerState) -> FastAPI:
     async def create_embeddings(request: Request):
         return await embeddings(state, await read_json(request, state.max_body))
 
+    @app.post("/v1/responses")
+    async def create_response_route(request: Request):
+        return await create_response(state, await read_json(request, state.max_body))
+
+    @app.get("/v1/responses/{ident}")
+    async def get_response_route(ident: str):
+        return await get_response(state, ident)
+
     return app
 
 
@@ -138,16 +152,6 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
 
 
 async def complete(state: ServerState, request: Request, body: dict[str, Any]):
-    wf = state.workflow
-    try:
-        req = parse_request({"custom_id": "http", "url": CHAT_URL, "body": body})
-    except RequestError as exc:  # named as the HTTP body names them: "temperature"
-        raise ApiError(400, str(exc).replace("body.", ""), code=exc.code,
-                       param=(exc.param or "").removeprefix("body.") or None) from None
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise ApiError(400, "stream must be true or false", code="invalid_request",
-                       param="stream")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise ApiError(400, "stream_options must be an object", code="invalid_request",
@@ -159,114 +163,17 @@ async def complete(state: ServerState, request: Request, body: dict[str, Any]):
     if conversation is not None and not 0 < len(conversation) <= MAX_CONVERSATION:
         raise ApiError(400, f"X-Conversation-Id must be 1 to {MAX_CONVERSATION} characters",
                        code="invalid_request", param="X-Conversation-Id")
-    if req.agents and req.agents[0] not in wf.agents:
-        known = ", ".join([*sorted(wf.agents), ROUTED_MODEL])
-        raise ApiError(404, f"the model {req.model!r} does not exist; the models are: {known}",
-                       code="model_not_found", param="model")
-    await admit(state)
-    log.debug("chat completion for %s: %r", req.model, req.prompt)
-    opts = dict(req.options)
-    # Every request gets a stream when workers can reach the server: the text as it grows
-    # when the client streams, else only the result, which the worker sends as soon as it is
-    # done (not when the last answer of its micro-batch is: hpc_chat.driver.executors.grouping).
-    # A tool call is sent whole, as OpenAI's tool_calls delta, once it is made: its text is
-    # not streamed as content.
-    calls = bool(opts.get("tools")) and opts.get("tool_choice") != "none"
-    channel, spec = state.hub.open(tokens=stream and not calls) if state.hub is not None \
-        else (None, None)
-    if stream and channel is not None and "seed" not in opts:
-        # Drawn here, so a retried task (a lost worker) writes the same text again.
-        opts["seed"] = random.getrandbits(31)
-    start = time.perf_counter()
-    state.begin()
-    # One message and a conversation id: that conversation goes on from its stored turns
-    # (as `hpc-chat chat --conversation`); otherwise the request's messages are the whole of it.
-    stored = conversation is not None and not req.history and req.system is None
-    task = wf.submit_request(req.prompt, agents=req.agents, options=opts,
-                             history=None if stored else req.history,
-                             system_prompt=req.system, conversation_id=conversation,
-                             stream=spec)
-    task.add_done_callback(lambda t: state.end(_status(t), _result_of(t),
-                                               time.perf_counter() - start))
-    if not stream:
-        try:
-            result = await task
-        finally:
-            if channel is not None:
-                state.hub.close(channel)
-        if not result["ok"]:
-            raise failure(result)
-        return completion_object(req.model, result)
-    try:  # the status line waits for the first piece: an early failure gets its own status
-        first = await _first_event(channel, task)
-    except BaseException:
-        task.cancel()
-        if channel is not None:
-            state.hub.close(channel)
-        raise
-    if first is None:  # nothing streamed: the answer comes whole, as without streaming
-        await asyncio.wait({task})
-    if first is None and not task.result()["ok"]:
-        if channel is not None:
-            state.hub.close(channel)
-        raise failure(task.result())
+    started = await start_chat(state, body, conversation=conversation,
+                               stored=conversation is not None)
+    if body.get("stream") is not True:
+        return completion_object(started.req.model, started.task.result())
     usage = bool(options and options.get("include_usage") is True)
-    return StreamingResponse(stream_events(state, req.model, task, channel, first, usage,
-                                           start),
+    return StreamingResponse(stream_events(state, started, usage),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
 
 
 MAX_CONVERSATION = 256
-
-
-def _status(task: asyncio.Task) -> str:
-    """For the metrics, from the done-callback: never raises (a raise there would keep the
-    request counted as in flight for good)."""
-    if task.cancelled():
-        return "cancelled"
-    if task.exception() is not None:
-        return "error"
-    result = task.result()
-    if result["ok"]:
-        return "ok" if result.get("finish_reason") != "cancelled" else "cancelled"
-    return "bad_request" if result.get("error_kind") == "input" else "error"
-
-
-def _result_of(task: asyncio.Task) -> dict | None:
-    return None if task.cancelled() or task.exception() is not None else task.result()
-
-
-async def _first_event(channel: Stream | None, task: asyncio.Task):
-    """The first streamed piece, or None when the answer ended first (or is not streamed)."""
-    if channel is None:
-        await asyncio.wait({task})
-        return None
-    while True:
-        piece = await _next(channel, task)
-        if piece is not RESTART:
-            return piece
-
-
-async def _next(channel: Stream, task: asyncio.Task):
-    """The next piece, :data:`RESTART`, or None when the stream (or the task) ended."""
-    getter = asyncio.ensure_future(channel.queue.get())
-    try:
-        done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not getter.done():
-            getter.cancel()
-    if getter in done:
-        return getter.result()
-    return None
-
-
-def failure(result: dict[str, Any]) -> ApiError:
-    """The same status and code as the failure's OpenAI batch error entry."""
-    status, code, param = status_of(result)
-    return ApiError(status, result.get("error") or "the request failed", code=code,
-                    param=(param or "").removeprefix("body.") or None,
-                    kind="server_error" if status >= 500 else "invalid_request_error")
 
 
 def completion_object(model: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -284,9 +191,7 @@ def _event(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def stream_events(state: ServerState, model: str, task: asyncio.Task,
-                        channel: Stream | None, first: str | None, usage: bool,
-                        start: float):
+async def stream_events(state: ServerState, started: Started, usage: bool):
     """OpenAI's chat.completion.chunk events: the role, the text as the worker sends it, the
     finish reason, the usage (when asked), ``[DONE]``.
 
@@ -295,6 +200,7 @@ async def stream_events(state: ServerState, model: str, task: asyncio.Task,
     agents, a retried task) is sent from it at the end; if the streamed text is not the start
     of the final answer (a retry decoded another way), an error event says so."""
     ident, created, fingerprint = openai_chat.completion_id(), int(time.time()), _fingerprint()
+    model, task = started.req.model, started.task
 
     def chunk(delta: dict, finish: str | None = None, **extra) -> str:
         return _event(openai_chat.chunk(ident, created, model, fingerprint, delta, finish,
@@ -303,13 +209,9 @@ async def stream_events(state: ServerState, model: str, task: asyncio.Task,
     sent = ""
     try:
         yield chunk({"role": "assistant", "content": ""})
-        piece = first
-        while piece is not None and piece is not RESTART:
-            if sent == "":
-                state.metrics.first_token.observe(time.perf_counter() - start)
+        async for piece in pieces(state, started):
             sent += piece
             yield chunk({"content": piece})
-            piece = await _next(channel, task)
         result = await task
         if not result["ok"]:
             err = failure(result)
@@ -321,15 +223,11 @@ async def stream_events(state: ServerState, model: str, task: asyncio.Task,
             if usage:
                 yield _event(openai_chat.usage_chunk(ident, created, model, result))
         else:
-            text = result["response"] or ""
-            if text.startswith(sent):
-                if len(text) > len(sent):
-                    yield chunk({"content": text[len(sent):]})
-            elif sent.rstrip() != text:
-                log.warning("streamed text is not the start of the final answer")
-                yield _event(error_body("the answer was computed again after a worker "
-                                        "failure and differs from the text streamed so far; "
-                                        "ask again", "server_error", "stream_mismatch"))
+            rest = remainder(sent, result["response"] or "")
+            if rest is None:
+                yield _event(error_body(STREAM_MISMATCH, "server_error", "stream_mismatch"))
+            elif rest:
+                yield chunk({"content": rest})
             # Who answered and how (an extension field, as on a whole completion): clients
             # that do not know it ignore it; `hpc-chat chat` names the agents from it.
             yield chunk({}, result["finish_reason"] or FinishReason.STOP.value, hpc_chat=prov)
@@ -337,7 +235,4 @@ async def stream_events(state: ServerState, model: str, task: asyncio.Task,
                 yield _event(openai_chat.usage_chunk(ident, created, model, result))
         yield "data: [DONE]\n\n"
     finally:  # also when the client went away: its worker stops at the next token
-        if channel is not None:
-            state.hub.close(channel)
-        if not task.done():
-            task.cancel()
+        close(state, started)

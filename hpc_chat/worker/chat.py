@@ -295,14 +295,14 @@ def decode_here(preps: list[Prepared], n_seq: int | None) -> list[Decoded | Exce
     stops = batched.template_stops if batched is not None else []  # the template's own
     senders = [TokenSender(prep.stream, [*decoded.stop, *stops]) if prep.stream else None
                for (_, prep, decoded) in fitted]
-    listeners = [time_limit.watch(limit, sender) for sender in senders]
     completions: list = [None] * len(fitted)
     try:
-        if batched is None:
-            completions = [_complete(engine, d, on_text)
-                           for (_, _, d), on_text in zip(fitted, listeners)]
+        if batched is None:  # after the limit, the rest are not started
+            completions = [None if time_limit.passed(limit) else _complete(
+                engine, d, s, time_limit.stopper(limit)) for (_, _, d), s in zip(fitted, senders)]
         else:
-            completions = batched.generate([d for _, _, d in fitted], on_text=listeners)
+            completions = batched.generate([d for _, _, d in fitted], on_text=[
+                time_limit.watch(limit, sender) for sender in senders])
     finally:  # every stream ends, with the rest of its answer when there is one
         late = time_limit.passed(limit)
         for sender, done in zip(senders, completions):
@@ -320,10 +320,10 @@ def decode_here(preps: list[Prepared], n_seq: int | None) -> list[Decoded | Exce
     return out  # type: ignore[return-value]
 
 
-def _complete(engine, request: GenRequest, on_text) -> Completion | Exception:
+def _complete(engine, request: GenRequest, on_text, until) -> Completion | Exception:
     """One unbatched answer; a format the engine cannot parse fails this request alone."""
     try:
-        return engine.complete(request, on_text=on_text)
+        return engine.complete(request, on_text=on_text, until=until)
     except FormatError as exc:
         return exc
 

@@ -97,13 +97,25 @@ _threads = threading.Lock()  # lockf excludes other processes only, not this one
 
 
 @contextmanager
-def _locked(path: Path):
-    with _threads, open(path, "a") as handle:
-        fcntl.lockf(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.lockf(handle, fcntl.LOCK_UN)
+def _locked(path: Path, limit: time_limit.Limit = None):
+    """The start lock, waited for (while another worker loads the model) within ``limit``."""
+    while not _threads.acquire(timeout=START_POLL_S):
+        time_limit.check(limit)
+    try:
+        with open(path, "a") as handle:
+            while True:
+                try:
+                    fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:  # held by another process
+                    time_limit.check(limit)
+                    time.sleep(START_POLL_S)
+            try:
+                yield
+            finally:
+                fcntl.lockf(handle, fcntl.LOCK_UN)
+    finally:
+        _threads.release()
 
 
 def _try_connect(path: Path) -> Connection | None:
@@ -120,7 +132,7 @@ def connect(spec: ModelSpec, slots: int, limit: time_limit.Limit = None) -> Conn
     conn = _try_connect(path)
     if conn is not None:
         return conn
-    with _locked(path.with_suffix(".lock")):
+    with _locked(path.with_suffix(".lock"), limit):
         conn = _try_connect(path)  # another worker started it while we waited
         if conn is None:
             start(path, spec, slots, limit=limit)
@@ -222,13 +234,36 @@ def _close(conn: Connection) -> None:
         dup.close()
 
 
-def _one(spec: ModelSpec, slots: int, prep, conns: list, finish: Callable,
+class _Connections:
+    """A task's connections to its engine. Once :meth:`close_all` ran (the task failed or ran
+    out of time), one still being opened by its thread is closed as it is added: no answer
+    nobody waits for is decoded, and no stream of a retried request is taken over."""
+
+    def __init__(self):
+        self._lock, self._open, self.closed = threading.Lock(), [], False
+
+    def add(self, conn: Connection) -> None:
+        with self._lock:
+            if not self.closed:
+                self._open.append(conn)
+                return
+        conn.close()
+        raise EngineLost("the task ended before this request was sent")  # heard by no one
+
+    def close_all(self) -> None:
+        with self._lock:
+            self.closed, conns = True, list(self._open)
+        for conn in conns:
+            _close(conn)
+
+
+def _one(spec: ModelSpec, slots: int, prep, conns: _Connections, finish: Callable,
          limit: time_limit.Limit):
     sender = None
     tokens = streams_tokens(prep.stream)
     try:
         conn = connect(spec, slots, limit)
-        conns.append(conn)
+        conns.add(conn)
         with conn:
             conn.send_bytes(wire.encode(wire.Order(op=wire.Op.DECODE, request=prep.request,
                                                    exact=prep.exact, stream=tokens)))
@@ -283,7 +318,7 @@ def decode(spec: ModelSpec, engine: dict, preps: list, finish: Callable) -> list
     connection is closed and the engine stops those answers at its next step."""
     slots = int(engine.get("slots") or DEFAULT_SLOTS)
     limit = time_limit.deadline()  # read here: the pool's threads do not share the context
-    conns: list[Connection] = []
+    conns = _Connections()
     pool = ThreadPoolExecutor(max_workers=len(preps))
     futures = [pool.submit(_one, spec, slots, prep, conns, finish, limit) for prep in preps]
     try:
@@ -296,8 +331,7 @@ def decode(spec: ModelSpec, engine: dict, preps: list, finish: Callable) -> list
             for future in done:
                 future.result()  # an EngineLost ends the wait for the others
     except BaseException:
-        for conn in list(conns):
-            _close(conn)
+        conns.close_all()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=False)
@@ -315,7 +349,7 @@ def embed(spec: ModelSpec, engine: dict, request: EmbedRequest) -> tuple[Embeddi
             conn.send_bytes(wire.encode(wire.Order(op=wire.Op.EMBED, embed=request)))
             left = time_limit.left(limit)
             if left is not None and not conn.poll(max(left, 0.0)):
-                raise time_limit.timed_out(limit)  # closing the connection stops the order
+                raise time_limit.timed_out(limit)  # the engine finishes it, unheard
             event = wire.read_event(conn.recv_bytes())
             time_limit.check(limit)
     except (EOFError, OSError) as exc:

@@ -29,8 +29,9 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def is_timeout(exc: BaseException) -> bool:
-    """A task past its limit: its own :class:`TaskTimeout`, or Parsl's ``AppTimeout`` (the
-    limit of decoding in the worker's own process, :mod:`hpc_chat.worker.time_limit`)."""
+    """A task past its limit: its own :class:`TaskTimeout`
+    (:mod:`hpc_chat.worker.time_limit`), or Parsl's ``AppTimeout``, which hpc_chat no longer
+    asks for (no ``walltime``) but a task of other code may raise."""
     from parsl.app.errors import AppTimeout
 
     return isinstance(getattr(exc, "e_value", None) or exc, (TaskTimeout, AppTimeout))

@@ -14,9 +14,11 @@ thread, and the task keeps its limit where it waits. A request decoded by the no
 with :class:`~hpc_chat.errors.TaskTimeout` when its answer has not been received by the deadline
 (``engine_client`` checks in its wait loop and when each answer arrives), and its connection is
 closed so the engine stops that answer. An answer decoded in the worker's own process
-(``model.engine: worker``) is stopped at its next token once the limit has run out
-(:func:`watch`, through the engines' own ``on_text``) and the task fails the same way; an
-embedding there cannot be stopped half-way (one llama.cpp call) and fails when it returns late.
+(``model.engine: worker``) is stopped at its next token once the limit has run out (the
+batched engine's ``on_text``, :func:`watch`; the unbatched engine's ``until``, which llama.cpp
+checks as a stopping criterion, :func:`stopper`) and the task fails the same way; the model's
+load there and an embedding (one llama.cpp call) cannot be stopped half-way and fail when they
+end late.
 """
 
 from __future__ import annotations
@@ -75,6 +77,12 @@ def in_process() -> Limit:
 
 def passed(limit: Limit) -> bool:
     return limit is not None and time.monotonic() >= limit[0]
+
+
+def stopper(limit: Limit) -> Callable[[], bool] | None:
+    """An unbatched engine's ``until``: True once ``limit`` has run out (it stops the answer
+    at its next token without streaming it); None for no limit."""
+    return None if limit is None else (lambda: passed(limit))
 
 
 def watch(limit: Limit, listener: Callable[[str], bool] | None) -> Callable[[str], bool] | None:

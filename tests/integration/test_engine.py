@@ -55,6 +55,21 @@ def test_max_tokens_is_respected(spec):
     assert out.finish_reason == "length"
 
 
+def test_until_stops_an_unstreamed_answer_at_its_next_token(spec):
+    """A task's time limit in the worker's own process (hpc_chat.worker.time_limit): the
+    answer stops a few tokens after ``until`` turns true, not at max_tokens."""
+    engine, _ = get_engine(spec)
+    asked = []
+
+    def until():
+        asked.append(1)
+        return len(asked) > 3
+
+    out = engine.chat([{"role": "user", "content": "Write a very long essay about rivers."}],
+                      temperature=0.7, max_tokens=200, seed=3, until=until)
+    assert out.finish_reason == "cancelled" and out.completion_tokens < 10, out
+
+
 def test_personas_answer_differently():
     context = {"options": {"seed": 5, "max_tokens": 40}}
     creative = process_chat_message(agent_dict(i=1), QUESTION, context)

@@ -1,8 +1,8 @@
 """A micro-batch that runs out of time is resent request by request, whatever its size.
 
 The executor here is a stand-in at the narrowest seam (``submit``): the batch task fails with
-the task's own ``TaskTimeout``, as it does when a worker stalls (or Parsl's ``AppTimeout``, as
-decoding in the worker's own process does); the single tasks then answer. The
+the task's own ``TaskTimeout``, as it does when a worker stalls (or Parsl's ``AppTimeout``,
+which a Parsl ``walltime`` raises); the single tasks then answer. The
 real stall, with real workers, is ``tests/integration/test_hardening.py``."""
 
 from __future__ import annotations
