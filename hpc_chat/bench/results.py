@@ -105,7 +105,7 @@ class Throughput(_Model):
 
 
 class Decode(_Model):
-    """The batched engine's own counters (:class:`hpc_chat.llm.batched.DecodeProfile`)."""
+    """The batched engine's own counters (:class:`hpc_chat.llm.profile.DecodeProfile`)."""
 
     wall_s: float
     decode_s: float

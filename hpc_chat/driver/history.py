@@ -25,7 +25,7 @@ from hpc_chat.util.configfile import load_yaml, resolve_config_path, validate
 from hpc_chat.util.paths import hpc_chat_home
 
 # A rough characters-per-token ratio for budgeting history on the driver, which has no
-# tokenizer; the worker trims exactly with the model's tokenizer (worker.chat.fit_to_context).
+# tokenizer; the worker trims exactly with the model's tokenizer (worker.fitting.fit_to_context).
 CHARS_PER_TOKEN = 4
 
 

@@ -37,10 +37,13 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
 
+import numpy as np
+
 from hpc_chat.errors import FormatError, PromptTooLongError
-from hpc_chat.llm import sampling
+from hpc_chat.llm import logprobs, sampling
 from hpc_chat.llm.engine import ChatEngine
 from hpc_chat.llm.feed import Feed, Job
+from hpc_chat.llm.profile import DecodeProfile
 from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
 
 PREFIX_HOLDERS = 3  # shared prompt chunks kept at once (e.g. one per agent)
@@ -60,43 +63,7 @@ class _Seq:
     text: bytes = b""
     logit_row: int = -1
     next_token: int | None = None
-
-
-@dataclass
-class DecodeProfile:
-    """Where a batched engine's time goes: what the benchmark report shows to explain its
-    figures. ``generation`` maps a number of sequences to (decode calls, seconds) for steps
-    that carried only generated tokens, which gives the cost of a token at each batch size."""
-
-    wall_s: float = 0.0
-    decode_s: float = 0.0
-    sample_s: float = 0.0
-    prefix_s: float = 0.0
-    prefix_tokens: int = 0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    generation: dict[int, list[float]] = field(default_factory=dict)
-    # how constrained draws were decided (sampling.STEP_KINDS)
-    grammar_steps: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(sampling.STEP_KINDS, 0))
-
-    def decoded(self, generating: int, prompt: int, seconds: float) -> None:
-        self.decode_s += seconds
-        self.prompt_tokens += prompt
-        self.generated_tokens += generating
-        if generating and not prompt:
-            calls = self.generation.setdefault(generating, [0, 0.0])
-            calls[0] += 1
-            calls[1] += seconds
-
-    def as_dict(self) -> dict:
-        return {"wall_s": self.wall_s, "decode_s": self.decode_s, "sample_s": self.sample_s,
-                "prefix_s": self.prefix_s, "prefix_tokens": self.prefix_tokens,
-                "prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens,
-                "grammar_steps": dict(self.grammar_steps),
-                # string keys, as they read back from the results JSON
-                "ms_per_token_by_batch": {str(b): 1000 * s / (c * b) for b, (c, s)
-                                          in sorted(self.generation.items())}}
+    logprobs: list[dict] = field(default_factory=list)  # one per drawn token, when asked
 
 
 class BatchedEngine:
@@ -316,6 +283,8 @@ class BatchedEngine:
                 for seq_id in list(active):
                     s = active[seq_id]
                     token = drawn[seq_id]
+                    if s.req.logprobs is not None and not isinstance(token, FormatError):
+                        s.logprobs.append(self._logprob(s, token))
                     if isinstance(token, FormatError):  # a dead end of its grammar
                         del active[seq_id]
                         self._retire(s)
@@ -362,6 +331,13 @@ class BatchedEngine:
         drawn.update(zip((seq_id for seq_id, _, _ in constrained), tokens))
         return drawn
 
+    def _logprob(self, s: _Seq, token: int) -> dict:
+        """``token``'s log-probability and the alternatives, from the row it was drawn from
+        (the samplers read the row and leave it as the model wrote it)."""
+        row = np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, s.logit_row),
+                                    shape=(self.lc.llama_vocab_n_tokens(self.vocab),))
+        return logprobs.entry(row, token, s.req.logprobs or 0, self._piece)
+
     def _retire(self, s: _Seq) -> None:
         for kind, count in s.sampler.steps.items():
             self.profile.grammar_steps[kind] += count
@@ -394,5 +370,8 @@ class BatchedEngine:
             completion_tokens=len(s.out), model_load_s=self.engine.load_s,
             model_loaded_now=False, generation_s=time.perf_counter() - s.admitted,
             extra={"batched": True, "batch_wall_s": time.perf_counter() - started,
-                   "shared_prompt_tokens": s.shared})
+                   "shared_prompt_tokens": s.shared,
+                   # the end-of-generation token is not part of the answer
+                   **({"logprobs": s.logprobs[:len(s.out)]} if s.req.logprobs is not None
+                      else {})})
 

@@ -274,7 +274,20 @@ class EchoBatchedEngine:
                             text=text, finish_reason=finish, prompt_tokens=size,
                             completion_tokens=n, model_load_s=self.engine.load_s,
                             model_loaded_now=False, generation_s=time.perf_counter() - t0,
-                            extra={"batched": True, "echo": True}))
+                            extra={"batched": True, "echo": True,
+                                   **_logprobs(text, job.req.logprobs)}))
+
+
+def _logprobs(text: str, top: int | None) -> dict:
+    """The echo model is sure of each token it writes (its words): log-probability 0, and no
+    other token is likely (``top_logprobs`` holds the token itself)."""
+    if top is None:
+        return {}
+    tokens = [w if i == 0 else f" {w}" for i, w in enumerate(_words(text))]
+    return {"logprobs": [{"token": t, "logprob": 0.0, "bytes": list(t.encode()),
+                          "top_logprobs": [{"token": t, "logprob": 0.0,
+                                            "bytes": list(t.encode())}][:top]}
+                         for t in tokens]}
 
 
 ECHO_DIMENSIONS = 64

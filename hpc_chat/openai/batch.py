@@ -49,6 +49,7 @@ ROUTED_MODEL = "auto"
 CHAT_URL = "/v1/chat/completions"
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 64  # characters of one stop string (a stream holds back that much text)
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound
 MAX_SEED = 2**32 - 2  # llama.cpp's seeds are 32-bit, and 2**32 - 1 means "a random one"
 
 
@@ -247,7 +248,22 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
                                f" {'>= 0' if kind is int else 'above 0'}", param=f"body.{key}")
         options[key] = kind(value)
     options.update(_format(body))
+    options.update(_logprobs(body))
     return options
+
+
+def _logprobs(body: dict[str, Any]) -> dict[str, Any]:
+    """``logprobs: true`` with ``top_logprobs`` (0 to 20 alternatives per token)."""
+    wanted, top = body.get("logprobs"), body.get("top_logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise RequestError("body.logprobs must be true or false", param="body.logprobs")
+    if top is not None and (not _is_int(top) or not 0 <= top <= MAX_TOP_LOGPROBS):
+        raise RequestError(f"body.top_logprobs must be an integer from 0 to "
+                           f"{MAX_TOP_LOGPROBS}", param="body.top_logprobs")
+    if top is not None and not wanted:
+        raise RequestError("body.top_logprobs needs body.logprobs: true",
+                           param="body.top_logprobs")
+    return {"logprobs": top or 0} if wanted else {}
 
 
 def _format(body: dict[str, Any]) -> dict[str, Any]:

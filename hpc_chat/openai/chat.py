@@ -40,11 +40,22 @@ def chat_completion(model: str, result: dict[str, Any], created: float,
     return {
         "id": completion_id(), "object": "chat.completion", "created": int(created),
         "model": model,
-        "choices": [{"index": 0, "message": reply, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": reply, "logprobs": logprobs_of(result),
+                     "finish_reason": finish}],
         "usage": Usage.of(result).openai(),
         "system_fingerprint": fingerprint or system_fingerprint(provenance),
         "hpc_chat": provenance,
     }
+
+
+def logprobs_of(result: dict[str, Any]) -> dict[str, Any] | None:
+    """``choices[].logprobs``: each token's, when the request asked for them and one agent
+    answered (the routed answer of several agents is their texts joined: no one model's
+    tokens)."""
+    good = [r for r in result.get("responses") or [] if not r.get("error")]
+    if len(good) == 1 and good[0].get("logprobs") is not None:
+        return {"content": good[0]["logprobs"], "refusal": None}
+    return None
 
 
 def message(result: dict[str, Any],
@@ -69,11 +80,12 @@ def message(result: dict[str, Any],
 
 
 def chunk(ident: str, created: int, model: str, fingerprint: str, delta: dict[str, Any],
-          finish: str | None = None, **extra) -> dict[str, Any]:
+          finish: str | None = None, logprobs: dict[str, Any] | None = None,
+          **extra) -> dict[str, Any]:
     """One ``chat.completion.chunk`` of a streamed answer (``extra``: our ``hpc_chat``)."""
     return {"id": ident, "object": "chat.completion.chunk", "created": created,
             "model": model, "system_fingerprint": fingerprint,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
                          "finish_reason": finish}], **extra}
 
 

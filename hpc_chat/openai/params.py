@@ -27,7 +27,7 @@ class RequestError(ValueError):
 # Read and used by hpc_chat (openai.batch); top_k, repeat_penalty and grammar as llama-server.
 USED = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
         "seed", "stop", "n", "response_format", "grammar", "tools", "tool_choice", "top_k",
-        "repeat_penalty")
+        "repeat_penalty", "logprobs", "top_logprobs")
 
 
 def _none_or(*values: Any):
@@ -51,8 +51,6 @@ INERT = {
     "parallel_tool_calls": _anything,  # an answer makes at most one call either way
     "frequency_penalty": lambda v: v is None or (isinstance(v, (int, float)) and v == 0),
     "presence_penalty": lambda v: v is None or (isinstance(v, (int, float)) and v == 0),
-    "logprobs": _none_or(False),
-    "top_logprobs": lambda v: v is None or v == 0,
     "logit_bias": lambda v: v is None or v == {},
     "functions": lambda v: v is None or v == [],
     "function_call": _none_or("none"),

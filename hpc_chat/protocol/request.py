@@ -52,6 +52,9 @@ class GenRequest(Sampling):
     messages: list[dict[str, Any]]
     output: OutputFormat | None = None
     tools: list[dict[str, Any]] | None = None  # OpenAI's ``tools``, as offered (not ``none``)
+    # Not how tokens are drawn but what is reported of each: None, nothing; N, each token's
+    # log-probability and its N likeliest alternatives (hpc_chat.llm.logprobs).
+    logprobs: int | None = Field(None, ge=0, le=20)
 
     @property
     def text_allowed(self) -> bool:

@@ -97,13 +97,15 @@ class AgentAnswer(BaseModel):
     batched: bool
     engine: dict[str, Any] | None = None
     output_format: FormatVerdict | None = None
+    # each token's, when asked (OpenAI's choices[].logprobs.content: hpc_chat.llm.logprobs)
+    logprobs: list[dict[str, Any]] | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     def wire(self) -> dict[str, Any]:
-        """Plain JSON data, as every channel carries it (``output_format`` only when the
-        answer had one)."""
-        return self.model_dump(mode="json", exclude={"output_format"} if
-                               self.output_format is None else None)
+        """Plain JSON data, as every channel carries it (``output_format`` and ``logprobs``
+        only when the answer has them)."""
+        return self.model_dump(mode="json", exclude={k for k in ("output_format", "logprobs")
+                                                     if getattr(self, k) is None})
 
 
 class RouteTaken(BaseModel):

@@ -229,8 +229,11 @@ async def stream_events(state: ServerState, started: Started, usage: bool):
             elif rest:
                 yield chunk({"content": rest})
             # Who answered and how (an extension field, as on a whole completion): clients
-            # that do not know it ignore it; `hpc-chat chat` names the agents from it.
-            yield chunk({}, result["finish_reason"] or FinishReason.STOP.value, hpc_chat=prov)
+            # that do not know it ignore it; `hpc-chat chat` names the agents from it. The
+            # tokens' logprobs, when asked, come whole with it (the text streams as pieces
+            # that are not token by token).
+            yield chunk({}, result["finish_reason"] or FinishReason.STOP.value,
+                        logprobs=openai_chat.logprobs_of(result), hpc_chat=prov)
             if usage:
                 yield _event(openai_chat.usage_chunk(ident, created, model, result))
         yield "data: [DONE]\n\n"

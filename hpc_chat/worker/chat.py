@@ -8,7 +8,6 @@ loads stays loaded in the process for the next call.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import socket
@@ -26,20 +25,18 @@ from hpc_chat.llm.registry import get_batched_engine, get_engine
 from hpc_chat.protocol.context import SiteModel, TaskContext
 from hpc_chat.protocol.failure import failure_code, failure_fields
 from hpc_chat.protocol.output_format import OutputFormat
-from hpc_chat.protocol.request import Completion, GenRequest, Sampling, prompt_too_long
+from hpc_chat.protocol.request import Completion, GenRequest, Sampling
 from hpc_chat.protocol.result import AgentAnswer
 from hpc_chat.protocol.stream import StreamSpec
 from hpc_chat.structured.compile import FORMAT_KEYS, output_format
-from hpc_chat.structured.tools import offered_tools, result_text, turn_text
+from hpc_chat.structured.tools import offered_tools, result_text
 from hpc_chat.structured.validate import check
 from hpc_chat.util.configfile import format_validation_error
 from hpc_chat.worker import engine_client, time_limit
 from hpc_chat.worker.engine_client import Decoded
+from hpc_chat.worker.fitting import fit
 from hpc_chat.worker.provenance import job_id, model_file, versions
 from hpc_chat.worker.stream import TokenSender
-
-# Tokens kept free for the chat template's own markup around each message.
-TEMPLATE_OVERHEAD_PER_MESSAGE = 8
 
 
 def build_messages(system_prompt: str, message: str, history: list[dict[str, Any]] | None,
@@ -87,33 +84,6 @@ def decoded_messages(msgs: list[dict[str, Any]],
     provenance from what it sent."""
     turns = msgs[1:-1]
     return [msgs[0], *turns[len(turns) - history_turns_used:], msgs[-1]]
-
-
-def fit_to_context(messages: list[dict[str, Any]], count_tokens, n_ctx: int,
-                   max_tokens: int, *, drop_history: bool = True,
-                   extra_tokens: int = 0) -> list[dict[str, Any]]:
-    """Drop the oldest history turns until the prompt (with ``extra_tokens``: the tools the
-    template lists) and ``max_tokens`` fit in ``n_ctx``.
-
-    The system prompt and the new message are never dropped or cut: when they alone do not fit,
-    the request fails with :class:`PromptTooLongError` (retrying would not help). Messages a
-    caller gave whole (an OpenAI request, a replay) are never shortened either
-    (``drop_history=False``): they fit, or the request fails. A call's results go with the
-    call: no ``role: tool`` turn is left without the turn that made its call.
-    """
-    def size(msgs):
-        return extra_tokens + sum(count_tokens(turn_text(m)) + TEMPLATE_OVERHEAD_PER_MESSAGE
-                                  for m in msgs)
-
-    budget = n_ctx - max_tokens
-    msgs = list(messages)
-    while drop_history and size(msgs) > budget and len(msgs) > 2:
-        del msgs[1]
-        while len(msgs) > 2 and msgs[1].get("role") == "tool":  # results of a dropped call
-            del msgs[1]
-    if size(msgs) > budget:
-        raise prompt_too_long(size(msgs), max_tokens, n_ctx, estimate=True)
-    return msgs
 
 
 def model_name(settings: dict[str, Any], site_model: SiteModel) -> str:
@@ -182,7 +152,7 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
                                                      options.get("tool_result")),
                              output=fmt, tools=offered_tools(options.get("tools"),
                                                              options.get("tool_choice")),
-                             **sampling)
+                             logprobs=options.get("logprobs"), **sampling)
     except ValidationError as exc:  # e.g. an option out of range: the request's own fault
         raise ValueError(format_validation_error("options", exc).replace("\n", "; ")) from None
     settings_dict = settings.model_dump()
@@ -190,7 +160,8 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
     spec = model_spec(settings_dict, site_model, name)
     key = cache_key(agent.to_dict(), request.messages, request.seed,
                     {**spec.model_dump(), **request.sampling(),  # every setting counts
-                     "output": fmt.sha256 if fmt is not None else None})
+                     "output": fmt.sha256 if fmt is not None else None,
+                     "logprobs": request.logprobs})
     if request.seed is None:  # drawn here and recorded, so that this answer can be replayed
         request = request.model_copy(update={"seed": random.getrandbits(31)})
     return Prepared(agent, request, spec, name, key, exact=ctx.exact, stream=ctx.stream,
@@ -238,6 +209,8 @@ def _result(prep: Prepared, done: Decoded) -> dict:
         "batched": bool(completion.extra.get("batched")),
         "engine": done.engine,
     }
+    if "logprobs" in completion.extra:
+        result["logprobs"] = completion.extra["logprobs"]
     if decoded.output is not None:  # whether the answer fits its format, never assumed
         result["output_format"] = {**decoded.output.record(),
                                    **check(decoded.output, completion.text,
@@ -269,15 +242,6 @@ def provenance(prep: Prepared, decoded: GenRequest, result: dict) -> dict:
     }
 
 
-def fit(count_tokens, n_ctx: int, req: GenRequest, exact: bool) -> GenRequest:
-    """The request with its messages fitted to the context window (:func:`fit_to_context`)."""
-    tools = count_tokens(json.dumps(req.tools)) + TEMPLATE_OVERHEAD_PER_MESSAGE \
-        if req.tools else 0
-    msgs = fit_to_context(req.messages, count_tokens, n_ctx, req.max_tokens,
-                          drop_history=not exact, extra_tokens=tools)
-    return req.model_copy(update={"messages": msgs})
-
-
 def decode_here(preps: list[Prepared], n_seq: int | None) -> list[Decoded | Exception]:
     """Decode in this process's own engine: batched with ``n_seq`` sequences, or one at a time
     (``n_seq`` None); past the task's limit, stopped at the next token (``time_limit``)."""
@@ -291,6 +255,8 @@ def decode_here(preps: list[Prepared], n_seq: int | None) -> list[Decoded | Exce
                                         prep.exact)))
         except PromptTooLongError as exc:
             out[j] = exc
+    if n_seq is None and any(p.request.logprobs is not None for p in preps):
+        n_seq = 1  # logprobs come from the batched engine's logits (the same answers)
     batched = get_batched_engine(engine, n_seq) if n_seq is not None else None
     stops = batched.template_stops if batched is not None else []  # the template's own
     senders = [TokenSender(prep.stream, [*decoded.stop, *stops]) if prep.stream else None

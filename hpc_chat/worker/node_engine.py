@@ -38,7 +38,7 @@ from hpc_chat.llm.models import ModelSpec
 from hpc_chat.llm.registry import get_batched_engine, get_embedder, get_engine
 from hpc_chat.protocol import engine as wire
 from hpc_chat.protocol.request import Completion
-from hpc_chat.worker.chat import fit
+from hpc_chat.worker.fitting import fit
 
 log = logging.getLogger("hpc_chat.node_engine")
 WATCH_S = 1.0  # how often the manager is checked

@@ -59,6 +59,25 @@ def test_eight_at_once_are_well_formed_and_identical_to_unbatched_decoding(engin
     assert [c.text for c in together] == [c.text for c in single]
 
 
+def test_logprobs_are_the_models_own_and_change_nothing_of_the_answer(engine):
+    """Each generated token's log-probability from its row of logits, with its likeliest
+    alternatives: at temperature 0 without penalties the token drawn is the likeliest, the
+    tokens spell the answer, and asking for them leaves the answers as they were."""
+    plain = requests(3, repeat_penalty=1.0)
+    asked = [r.model_copy(update={"logprobs": 3}) for r in plain]
+    together = BatchedEngine(engine, n_seq=3).generate(plain + asked)
+    for without, with_ in zip(together[:3], together[3:]):
+        assert with_.text == without.text and "logprobs" not in without.extra
+        content = with_.extra["logprobs"]
+        assert len(content) == with_.completion_tokens
+        assert "".join(t["token"] for t in content).strip() == with_.text
+        for t in content:
+            assert t["logprob"] <= 0.0 and len(t["top_logprobs"]) == 3
+            assert t["top_logprobs"][0]["token"] == t["token"]  # greedy: the likeliest
+            assert t["top_logprobs"][0]["logprob"] == t["logprob"]
+            assert bytes(t["bytes"]).decode("utf-8", "replace") == t["token"]
+
+
 def test_a_shared_system_prompt_is_evaluated_once_per_worker(engine):
     """The system prompt's cache is copied into every request's sequence, not re-evaluated,
     and stays in its holder for the next batch."""

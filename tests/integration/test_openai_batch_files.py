@@ -35,7 +35,7 @@ def test_a_mixed_file_gives_answers_error_entries_and_replays(tmp_path, fixtures
     home = tmp_path / "home"
     lines = [
         request("seeded", "Name three colours.", max_tokens=24, seed=7, temperature=0.8,
-                logprobs=False),
+                frequency_penalty=0),
         '{"custom_id": "broken", "body": ',
         json.dumps({"custom_id": "speech", "method": "POST", "url": "/v1/audio/speech",
                     "body": {"model": "balanced_agent", "input": "hi"}}),
@@ -70,7 +70,7 @@ def test_a_mixed_file_gives_answers_error_entries_and_replays(tmp_path, fixtures
     prov = answers["seeded"]["response"]["body"]["hpc_chat"]
     agent = prov["agents"][0]
     assert prov["site"] == "local" and agent["agent"] == "balanced_agent"
-    assert prov["ignored_params"] == ["logprobs"]
+    assert prov["ignored_params"] == ["frequency_penalty"]
     assert agent["sampling"]["seed"] == 7 and agent["sampling"]["max_tokens"] == 24
     assert agent["sampling"]["temperature"] == 0.8
     assert agent["model_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and agent["model_size"] > 0

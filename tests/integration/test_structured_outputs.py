@@ -157,6 +157,27 @@ def test_the_sdks_parse_with_a_pydantic_model(server):
     assert record["valid"] is True and len(record["sha256"]) == 64
 
 
+def test_chat_logprobs_through_the_sdk_whole_and_streamed(server):
+    """``logprobs: true, top_logprobs: 2`` in OpenAI's shape: a token per generated token;
+    streamed, they come with the finish chunk. The provenance is unchanged by them."""
+    ask = dict(model="balanced_agent", max_tokens=12, seed=5, temperature=0.0, logprobs=True,
+               top_logprobs=2, messages=[{"role": "user", "content": "Name a planet."}])
+    done = server.client().chat.completions.create(**ask)
+    content = done.choices[0].logprobs.content
+    assert len(content) == done.usage.completion_tokens
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)
+    assert "".join(t.token for t in content).strip() == done.choices[0].message.content
+    assert "logprobs" not in done.model_extra["hpc_chat"]["agents"][0]["sampling"]
+    plain = server.client().chat.completions.create(**{**ask, "logprobs": False,
+                                                       "top_logprobs": None})
+    assert plain.choices[0].logprobs is None
+    assert plain.choices[0].message.content == done.choices[0].message.content
+    chunks = list(server.client().chat.completions.create(**ask, stream=True))
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs
+                for t in c.choices[0].logprobs.content]
+    assert [t.token for t in streamed] == [t.token for t in content]
+
+
 def test_streamed_deltas_join_into_the_json(server):
     schema = city_schema()
     pieces = [c.choices[0].delta.content or "" for c in server.client().chat.completions.create(
@@ -196,8 +217,9 @@ def test_a_schema_that_cannot_be_enforced_and_tools_are_refused_naming_them(serv
     assert err.value.param == "response_format" and "'minimum'" in err.value.message
     assert err.value.code == "invalid_response_format"
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model="balanced_agent", messages=msgs, logprobs=True)
-    assert err.value.param == "logprobs" and err.value.code == "unsupported_parameter"
+        client.chat.completions.create(model="balanced_agent", messages=msgs,
+                                       logit_bias={"1": 5})
+    assert err.value.param == "logit_bias" and err.value.code == "unsupported_parameter"
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="balanced_agent", messages=msgs, extra_body={
             "grammar": "root ::= ("})

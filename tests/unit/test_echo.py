@@ -186,3 +186,17 @@ def test_workflow_refuses_a_bad_model_override_before_starting(fixtures, tmp_pat
     with pytest.raises(ConfigError, match="--model: model 'echo[?]bogus=1'"):
         asyncio.run(wf.initialize(str(fixtures / "workflows" / "fast.yml")))
     assert wf.executor is None  # nothing was started
+
+
+def test_the_echo_model_reports_a_logprob_per_token_when_asked():
+    """Sure of each word it writes: log-probability 0, the word its own likeliest."""
+    engine, _ = get_engine(ModelSpec(path="echo"))
+    batched = get_batched_engine(engine, 2)
+    msgs = [{"role": "user", "content": "one two three"}]
+    asked, plain = batched.generate([GenRequest(messages=msgs, logprobs=2),
+                                     GenRequest(messages=msgs)])
+    content = asked.extra["logprobs"]
+    assert [t["token"] for t in content] == ["one", " two", " three"]
+    assert all(t["logprob"] == 0.0 and t["top_logprobs"][0]["token"] == t["token"]
+               for t in content)
+    assert len(content) == asked.completion_tokens and "logprobs" not in plain.extra

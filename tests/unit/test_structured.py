@@ -191,8 +191,8 @@ def test_request_lines_take_a_format_and_refuse_a_bad_one_naming_it():
 
 
 @pytest.mark.parametrize("key, value", [
-    ("logprobs", True), ("frequency_penalty", 0.5), ("presence_penalty", 1),
-    ("logit_bias", {"1": 5}), ("functions", [{"name": "f"}]), ("top_logprobs", 2),
+    ("frequency_penalty", 0.5), ("presence_penalty", 1),
+    ("logit_bias", {"1": 5}), ("functions", [{"name": "f"}]),
     ("modalities", ["audio"]), ("reasoning_effort", "high"),
     ("best_of", 2), ("guided_json", {}),
 ])
@@ -209,8 +209,27 @@ def test_defaults_as_langchain_sends_them_are_accepted_and_listed():
             "logprobs": False, "frequency_penalty": 0, "presence_penalty": 0.0, "user": "u1",
             "stream": False, "functions": [], "parallel_tool_calls": True, "logit_bias": {}}
     req = parse_request({"custom_id": "q", "url": "/v1/chat/completions", "body": body})
-    assert req.ignored == ["frequency_penalty", "functions", "logit_bias", "logprobs",
+    assert req.ignored == ["frequency_penalty", "functions", "logit_bias",
                            "parallel_tool_calls", "presence_penalty", "stream", "user"]
+    assert "logprobs" not in req.options  # false: none asked for
+
+
+@pytest.mark.parametrize("extra, options, param", [
+    ({"logprobs": True}, {"logprobs": 0}, None),
+    ({"logprobs": True, "top_logprobs": 5}, {"logprobs": 5}, None),
+    ({"logprobs": "yes"}, None, "body.logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, None, "body.top_logprobs"),
+    ({"top_logprobs": 3}, None, "body.top_logprobs"),
+])
+def test_logprobs_are_asked_for_as_openai_does(extra, options, param):
+    body = {"model": "a", "messages": [{"role": "user", "content": "hi"}], **extra}
+    line = {"custom_id": "q", "url": "/v1/chat/completions", "body": body}
+    if param is None:
+        assert parse_request(line).options == options
+    else:
+        with pytest.raises(RequestError) as err:
+            parse_request(line)
+        assert err.value.param == param
 
 
 def test_a_line_format_replaces_the_runs():
@@ -525,7 +544,8 @@ def test_a_template_that_drops_earlier_calls_has_no_tool_syntax():
 
 def test_history_dropped_to_fit_takes_a_calls_results_with_it_and_counts_the_tools():
     from hpc_chat.errors import PromptTooLongError
-    from hpc_chat.worker.chat import build_messages, fit_to_context, stored_turn
+    from hpc_chat.worker.chat import build_messages, stored_turn
+    from hpc_chat.worker.fitting import fit_to_context
 
     req = parse_request({"custom_id": "q", "url": "/v1/chat/completions",
                          "body": {"model": "a", "tools": [WEATHER], "messages": [
