@@ -121,12 +121,17 @@ class BatchedEngine:
 
     # ----------------------------------------------------------------- pieces
     def _prompt(self, req: GenRequest) -> tuple[list[int], int, list[str]]:
-        """The prompt's tokens, the length of its shareable first chunk, and the stop strings."""
-        tokens, k = self.engine.prompt_tokens(req.messages, req.tools, req.text_allowed)
+        """The prompt's tokens, the length of its shareable first chunk, and the stop strings
+        (a text completion's: its own only, no chat template)."""
+        if req.prompt is not None:
+            tokens, k = self.engine.text_tokens(req.prompt), 0
+        else:
+            tokens, k = self.engine.prompt_tokens(req.messages, req.tools, req.text_allowed)
         if len(tokens) + req.max_tokens > self.n_ctx_seq:
             raise prompt_too_long(len(tokens), req.max_tokens, self.n_ctx_seq)
         shared = k if self.n_holders and 0 < k < len(tokens) else 0
-        return tokens, shared, list(req.stop) + self.template_stops
+        return tokens, shared, list(req.stop) + ([] if req.prompt is not None
+                                                 else self.template_stops)
 
     def _holder(self, prefix: list[int], batch) -> int:
         """The holder sequence whose KV cache holds ``prefix``, evaluating it when needed.
@@ -364,8 +369,9 @@ class BatchedEngine:
         return False
 
     def _completion(self, s: _Seq, started: float) -> Completion:
-        return Completion(
-            text=s.text.decode("utf-8", errors="ignore").strip(),
+        text = s.text.decode("utf-8", errors="ignore")
+        return Completion(  # a text completion's continuation as written (its leading space)
+            text=text if s.req.prompt is not None else text.strip(),
             finish_reason=s.finish, prompt_tokens=len(s.prompt),
             completion_tokens=len(s.out), model_load_s=self.engine.load_s,
             model_loaded_now=False, generation_s=time.perf_counter() - s.admitted,

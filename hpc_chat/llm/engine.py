@@ -110,6 +110,11 @@ class ChatEngine:
             k += 1
         return full, k
 
+    def text_tokens(self, text: str) -> list[int]:
+        """A text completion's prompt: the text as it is, with the tokens the model puts
+        before any text (its BOS, when its vocabulary says so), as llama-server does."""
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
     def _prepare_cache(self, messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]] | None, optional: bool) -> None:
         """Make every prompt's numbers independent of what this engine answered before.

@@ -55,6 +55,9 @@ class GenRequest(Sampling):
     # Not how tokens are drawn but what is reported of each: None, nothing; N, each token's
     # log-probability and its N likeliest alternatives (hpc_chat.llm.logprobs).
     logprobs: int | None = Field(None, ge=0, le=20)
+    # A text completion (/v1/completions): this text is continued as it is, without the chat
+    # template; ``messages`` then hold it as the one user message, for the record.
+    prompt: str | None = None
 
     @property
     def text_allowed(self) -> bool:

@@ -1,4 +1,5 @@
 """The HTTP routes: OpenAI's chat completions, responses (:mod:`hpc_chat.server.responses`),
+text completions (:mod:`hpc_chat.server.completions`),
 embeddings (:mod:`hpc_chat.server.embeddings`) and models, plus health, status and metrics.
 
 A chat completion request is checked by the same code as an OpenAI batch line
@@ -34,6 +35,7 @@ from hpc_chat.server.chat import (
     remainder,
     start_chat,
 )
+from hpc_chat.server.completions import create_completion
 from hpc_chat.server.embeddings import embeddings
 from hpc_chat.server.errors import ApiError, error_body
 from hpc_chat.server.responses import create_response, get_response
@@ -108,6 +110,11 @@ def create_app(state: ServerState) -> FastAPI:
     async def create_embeddings(request: Request):
         return await embeddings(state, await read_json(request, state.max_body))
 
+    @app.post("/v1/completions")
+    async def create_completion_route(request: Request):
+        return await create_completion(state, await read_json(request, state.max_body),
+                                       _fingerprint())
+
     @app.post("/v1/responses")
     async def create_response_route(request: Request):
         return await create_response(state, await read_json(request, state.max_body))
@@ -121,14 +128,14 @@ def create_app(state: ServerState) -> FastAPI:
 
 def model_list(wf) -> list[dict[str, Any]]:
     """Every agent as a model id, and ``auto`` for the routed multi-agent answer; what each
-    can do: every agent's model chats and embeds, ``auto`` only chats."""
+    can do: every agent's model chats, completes text and embeds, ``auto`` only chats."""
     from hpc_chat.worker.chat import model_name
 
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "hpc_chat",
              "hpc_chat": {"runs": model_name(agent.config.config.model_dump(),
                                              wf.site_model),
                           "description": agent.config.description,
-                          "capabilities": ["chat", "embeddings"]}}
+                          "capabilities": ["chat", "completions", "embeddings"]}}
             for name, agent in sorted(wf.agents.items())]
     data.append({"id": ROUTED_MODEL, "object": "model", "created": 0, "owned_by": "hpc_chat",
                  "hpc_chat": {"runs": "routed to the agents by keywords, answers aggregated",

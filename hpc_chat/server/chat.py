@@ -39,10 +39,12 @@ class Started:
 
 
 async def start_chat(state: ServerState, body: dict[str, Any], *,
-                     conversation: str | None = None, stored: bool = False) -> Started:
+                     conversation: str | None = None, stored: bool = False,
+                     options: dict[str, Any] | None = None) -> Started:
     """Check ``body`` (a chat completion's), start its answer and, streamed, wait for its first
     piece; a failure known by then is raised as an :class:`ApiError`. ``conversation`` with
-    ``stored`` goes on from that conversation's stored turns (``X-Conversation-Id``)."""
+    ``stored`` goes on from that conversation's stored turns (``X-Conversation-Id``);
+    ``options`` are the route's own (a text completion's)."""
     wf = state.workflow
     try:
         req = parse_request({"custom_id": "http", "url": CHAT_URL, "body": body})
@@ -59,7 +61,7 @@ async def start_chat(state: ServerState, body: dict[str, Any], *,
                        code="model_not_found", param="model")
     await admit(state)
     log.debug("chat completion for %s: %r", req.model, req.prompt)
-    opts = dict(req.options)
+    opts = {**req.options, **(options or {})}
     # Every request gets a stream when workers can reach the server: the text as it grows
     # when the client streams, else only the result, which the worker sends as soon as it is
     # done (not when the last answer of its micro-batch is: hpc_chat.driver.executors.grouping).

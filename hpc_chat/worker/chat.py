@@ -81,7 +81,10 @@ def decoded_messages(msgs: list[dict[str, Any]],
     A result carries no copy of the conversation (it crosses Parsl's channel, Globus Compute's
     cloud and the nodes' logs), only how many of the newest history turns fitted the context
     (:func:`fit_to_context` drops the oldest); the driver puts the messages back into the
-    provenance from what it sent."""
+    provenance from what it sent. A text completion decoded its prompt alone (-1 turns: no
+    system prompt either)."""
+    if history_turns_used < 0:
+        return [msgs[-1]]
     turns = msgs[1:-1]
     return [msgs[0], *turns[len(turns) - history_turns_used:], msgs[-1]]
 
@@ -147,12 +150,13 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
                                           if k in Sampling.model_fields}}
     fmt = request_format(settings, options)
     try:
-        request = GenRequest(messages=build_messages(ctx.system_prompt or settings.system_prompt,
-                                                     message, ctx.history,
-                                                     options.get("tool_result")),
+        raw = message if options.get("text_completion") else None  # no chat template
+        request = GenRequest(messages=[{"role": "user", "content": message}] if raw else
+                             build_messages(ctx.system_prompt or settings.system_prompt,
+                                            message, ctx.history, options.get("tool_result")),
                              output=fmt, tools=offered_tools(options.get("tools"),
                                                              options.get("tool_choice")),
-                             logprobs=options.get("logprobs"), **sampling)
+                             logprobs=options.get("logprobs"), prompt=raw, **sampling)
     except ValidationError as exc:  # e.g. an option out of range: the request's own fault
         raise ValueError(format_validation_error("options", exc).replace("\n", "; ")) from None
     settings_dict = settings.model_dump()
@@ -255,8 +259,9 @@ def decode_here(preps: list[Prepared], n_seq: int | None) -> list[Decoded | Exce
                                         prep.exact)))
         except PromptTooLongError as exc:
             out[j] = exc
-    if n_seq is None and any(p.request.logprobs is not None for p in preps):
-        n_seq = 1  # logprobs come from the batched engine's logits (the same answers)
+    if n_seq is None and any(p.request.logprobs is not None or p.request.prompt is not None
+                             for p in preps):  # logprobs and text completions: the batched
+        n_seq = 1  # engine's (its answers are the unbatched engine's)
     batched = get_batched_engine(engine, n_seq) if n_seq is not None else None
     stops = batched.template_stops if batched is not None else []  # the template's own
     senders = [TokenSender(prep.stream, [*decoded.stop, *stops]) if prep.stream else None

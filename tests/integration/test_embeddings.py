@@ -91,7 +91,8 @@ def test_the_sdk_embeds_through_the_node_engine(server):
     assert extra["pooling"] == "mean" and extra["model_path"].endswith(".gguf")
     assert len(extra["engines"]) == 1  # the node's engine, not the workers
     models = {m["id"]: m["hpc_chat"]["capabilities"] for m in server.get("/v1/models")[1]["data"]}
-    assert models["balanced_agent"] == ["chat", "embeddings"] and models["auto"] == ["chat"]
+    assert models["balanced_agent"] == ["chat", "completions", "embeddings"]
+    assert models["auto"] == ["chat"]
 
 
 @pytest.mark.parsl

@@ -124,3 +124,43 @@ def test_what_cannot_be_served_is_refused_naming_its_key(server, extra, param):
     with pytest.raises(openai.BadRequestError) as caught:
         server.client().responses.create(**{"model": "balanced_agent", "input": "hi", **extra})
     assert caught.value.body["param"] == param, caught.value.body
+
+
+# ------------------------------------------------------------ /v1/completions, on the same server
+
+def test_text_completions_one_choice_per_prompt_echo_and_logprobs(server):
+    """The echo model continues a prompt with its words: each prompt of a list gets its own
+    choice, in order; ``echo`` puts the prompt first; the legacy logprobs shape."""
+    client = server.client()
+    done = client.completions.create(model="balanced_agent", prompt=["alpha beta", "gamma"],
+                                      max_tokens=5, logprobs=2)
+    assert [c.index for c in done.choices] == [0, 1]
+    assert [c.text for c in done.choices] == ["alpha beta", "gamma"]
+    first = done.choices[0].logprobs
+    assert first.tokens == ["alpha", " beta"] and first.token_logprobs == [0.0, 0.0]
+    assert first.text_offset == [0, 5] and first.top_logprobs[1] == {" beta": 0.0}
+    assert done.usage.completion_tokens == 3
+    # No chat template and no system prompt: the prompt is decoded alone.
+    assert done.model_extra["hpc_chat"]["prompts"][0]["agents"][0]["messages"] == [
+        {"role": "user", "content": "alpha beta"}]
+    echoed = client.completions.create(model="balanced_agent", prompt="one two", echo=True)
+    assert echoed.choices[0].text == "one twoone two"
+    pieces = [c.choices[0].text for c in client.completions.create(
+        model="balanced_agent", prompt="a b c d e f", stream=True, max_tokens=6)]
+    assert "".join(pieces) == "a b c d e f" and len([p for p in pieces if p]) > 1
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"suffix": "end"}, "suffix"),
+    ({"model": "auto"}, "model"),
+    ({"echo": True, "logprobs": 1}, "echo"),
+    ({"logprobs": 6}, "logprobs"),
+    ({"prompt": ["a", "b"], "stream": True}, "prompt"),
+    ({"prompt": [1, 2, 3]}, "prompt"),
+    ({"best_of": 3}, "best_of"),
+])
+def test_a_completion_that_cannot_be_served_is_refused_naming_its_key(server, extra, param):
+    with pytest.raises(openai.BadRequestError) as caught:
+        server.client().completions.create(**{"model": "balanced_agent", "prompt": "hi",
+                                              **extra})
+    assert caught.value.body["param"] == param, caught.value.body

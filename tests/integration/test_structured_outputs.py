@@ -178,6 +178,23 @@ def test_chat_logprobs_through_the_sdk_whole_and_streamed(server):
     assert [t.token for t in streamed] == [t.token for t in content]
 
 
+def test_a_text_completion_continues_the_prompt_without_the_chat_template(server):
+    """``/v1/completions`` on the real model: the prompt alone is decoded (fewer prompt tokens
+    than the same text as a chat message, which has the template and the system prompt), the
+    continuation keeps its leading space, and its tokens' logprobs spell it."""
+    client = server.client()
+    prompt = "The capital of France is"
+    done = client.completions.create(model="balanced_agent", prompt=prompt, max_tokens=6,
+                                      temperature=0.0, logprobs=2, seed=1)
+    text = done.choices[0].text
+    assert text.strip() and text[0].isspace(), text
+    assert "".join(done.choices[0].logprobs.tokens) == text
+    assert all(len(t) == 2 for t in done.choices[0].logprobs.top_logprobs)
+    chat = client.chat.completions.create(model="balanced_agent", max_tokens=6, seed=1,
+                                          messages=[{"role": "user", "content": prompt}])
+    assert done.usage.prompt_tokens < chat.usage.prompt_tokens - 5
+
+
 def test_streamed_deltas_join_into_the_json(server):
     schema = city_schema()
     pieces = [c.choices[0].delta.content or "" for c in server.client().chat.completions.create(
