@@ -293,7 +293,8 @@ class SQLiteHistory(MemoryHistory):
         await asyncio.to_thread(write)
 
     async def response(self, ident: str) -> dict[str, Any] | None:
-        rows = self._run("SELECT record FROM responses WHERE name = ?", (ident,))
+        rows = await asyncio.to_thread(self._run, "SELECT record FROM responses WHERE name = ?",
+                                       (ident,))
         return json.loads(rows[0][0]) if rows else None
 
     async def close(self) -> None:

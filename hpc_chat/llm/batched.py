@@ -377,7 +377,6 @@ class BatchedEngine:
             model_loaded_now=False, generation_s=time.perf_counter() - s.admitted,
             extra={"batched": True, "batch_wall_s": time.perf_counter() - started,
                    "shared_prompt_tokens": s.shared,
-                   # the end-of-generation token is not part of the answer
-                   **({"logprobs": s.logprobs[:len(s.out)]} if s.req.logprobs is not None
-                      else {})})
+                   **({"logprobs": logprobs.within(s.logprobs, len(s.text))}
+                      if s.req.logprobs is not None else {})})
 

@@ -34,6 +34,18 @@ def entry(logits: np.ndarray, token: int, top: int,
             "top_logprobs": [_token(t, float(row[t]) - norm, piece) for t in best]}
 
 
+def within(entries: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
+    """The entries of the tokens that begin within the answer's first ``size`` bytes: not the
+    end-of-generation token, nor those after a stop string cut the text."""
+    kept, at = [], 0
+    for e in entries:
+        if at >= size:
+            break
+        kept.append(e)
+        at += len(e["bytes"])
+    return kept
+
+
 def _token(token: int, logprob: float, piece: Callable[[int], bytes]) -> dict[str, Any]:
     raw = piece(token)
     return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob,

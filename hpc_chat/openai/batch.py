@@ -260,7 +260,7 @@ def _logprobs(body: dict[str, Any]) -> dict[str, Any]:
     if top is not None and (not _is_int(top) or not 0 <= top <= MAX_TOP_LOGPROBS):
         raise RequestError(f"body.top_logprobs must be an integer from 0 to "
                            f"{MAX_TOP_LOGPROBS}", param="body.top_logprobs")
-    if top is not None and not wanted:
+    if top and not wanted:
         raise RequestError("body.top_logprobs needs body.logprobs: true",
                            param="body.top_logprobs")
     return {"logprobs": top or 0} if wanted else {}

@@ -73,16 +73,17 @@ def choice(index: int, prompt: str, result: dict[str, Any], echo: bool,
     """One prompt's choice: its continuation (after the prompt, with ``echo``)."""
     text = result.get("response") or ""
     return {"index": index, "text": (prompt + text) if echo else text,
-            "logprobs": legacy_logprobs(logprobs), "finish_reason":
+            "logprobs": legacy_logprobs(logprobs, len(prompt)), "finish_reason":
             result.get("finish_reason") or FinishReason.STOP.value}
 
 
-def legacy_logprobs(chat: dict[str, Any] | None) -> dict[str, Any] | None:
+def legacy_logprobs(chat: dict[str, Any] | None, start: int) -> dict[str, Any] | None:
     """The chat shape's ``{"content": [...]}`` in this API's: ``tokens``, ``token_logprobs``,
-    ``top_logprobs`` (a token -> logprob map per token) and ``text_offset``."""
+    ``top_logprobs`` (a token -> logprob map per token) and ``text_offset`` (counted from the
+    prompt's start, ``start`` being its length, as OpenAI's, echo or not)."""
     if not chat:
         return None
-    content, offsets, at = chat["content"], [], 0
+    content, offsets, at = chat["content"], [], start
     for t in content:
         offsets.append(at)
         at += len(t["token"])
@@ -103,10 +104,10 @@ def completion_object(model: str, choices: list[dict[str, Any]], results: list[d
 
 
 def chunk(ident: str, created: int, model: str, fingerprint: str, text: str,
-          finish: str | None = None, logprobs: dict[str, Any] | None = None,
+          finish: str | None = None, logprobs: dict[str, Any] | None = None, start: int = 0,
           **extra) -> dict[str, Any]:
     """One streamed ``text_completion`` event."""
     return {"id": ident, "object": "text_completion", "created": created, "model": model,
             "system_fingerprint": fingerprint,
-            "choices": [{"index": 0, "text": text, "logprobs": legacy_logprobs(logprobs),
+            "choices": [{"index": 0, "text": text, "logprobs": legacy_logprobs(logprobs, start),
                          "finish_reason": finish}], **extra}

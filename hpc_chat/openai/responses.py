@@ -137,9 +137,9 @@ def response_object(ident: str, body: dict[str, Any], created: float, *,
     output: list[dict[str, Any]] = []
     incomplete = None
     if result is not None:
-        output = [message_item(ident, result.get("response") or "", "completed")]
         if result.get("finish_reason") == FinishReason.LENGTH.value:
             status, incomplete = "incomplete", {"reason": "max_output_tokens"}
+        output = [message_item(ident, result.get("response") or "", status)]
     usage = Usage.of(result) if result is not None else None
     text = body.get("text") if isinstance(body.get("text"), dict) else None
     return {
@@ -166,7 +166,7 @@ def response_object(ident: str, body: dict[str, Any], created: float, *,
 
 def message_item(ident: str, text: str, status: str) -> dict[str, Any]:
     """The answer as an output message item (its id derived from the response's)."""
-    content = [output_text(text)] if status == "completed" else []
+    content = [output_text(text)] if status != "in_progress" else []
     return {"type": "message", "id": item_id(ident), "status": status, "role": "assistant",
             "content": content}
 

@@ -15,7 +15,7 @@ from hpc_chat.openai import chat as openai_chat
 from hpc_chat.openai import completions as shapes
 from hpc_chat.openai.batch import ROUTED_MODEL
 from hpc_chat.openai.params import RequestError
-from hpc_chat.protocol.result import FinishReason, provenance_of
+from hpc_chat.protocol.result import FinishReason, Usage, provenance_of
 from hpc_chat.server.chat import (
     STREAM_MISMATCH,
     Started,
@@ -44,7 +44,9 @@ async def create_completion(state: ServerState, body: dict[str, Any], fingerprin
     echo = body.get("echo") is True
     if body.get("stream") is True:
         started = await start_chat(state, bodies[0], options=OPTIONS)
-        return StreamingResponse(events(state, started, prompts[0], echo, fingerprint),
+        options = body.get("stream_options")
+        usage = isinstance(options, dict) and options.get("include_usage") is True
+        return StreamingResponse(events(state, started, prompts[0], echo, fingerprint, usage),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     tasks = [asyncio.ensure_future(start_chat(state, b, options=OPTIONS)) for b in bodies]
@@ -63,9 +65,10 @@ async def create_completion(state: ServerState, body: dict[str, Any], fingerprin
 
 
 async def events(state: ServerState, started: Started, prompt: str, echo: bool,
-                 fingerprint: str):
+                 fingerprint: str, usage: bool):
     """The continuation as ``text_completion`` events: the text as the worker sends it, the
-    finish reason with the provenance (and the logprobs, whole, when asked), ``[DONE]``."""
+    finish reason with the provenance (and the logprobs, whole, when asked), the usage (when
+    ``stream_options.include_usage``), ``[DONE]``."""
     ident, created, model = shapes.completion_id(), int(time.time()), started.req.model
 
     def event(text: str, finish: str | None = None, **extra) -> str:
@@ -92,8 +95,12 @@ async def events(state: ServerState, started: Started, prompt: str, echo: bool,
                 if rest:
                     yield event(rest)
                 yield event("", result["finish_reason"] or FinishReason.STOP.value,
-                            logprobs=openai_chat.logprobs_of(result),
-                            hpc_chat=provenance_of(result))
+                            logprobs=openai_chat.logprobs_of(result), start=len(prompt),
+                            hpc_chat={"prompts": [provenance_of(result)]})
+                if usage:
+                    data = {**shapes.chunk(ident, created, model, fingerprint, ""),
+                            "choices": [], "usage": Usage.of(result).openai()}
+                    yield f"data: {json.dumps(data)}\n\n"
         yield "data: [DONE]\n\n"
     finally:
         close(state, started)

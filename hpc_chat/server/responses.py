@@ -35,13 +35,16 @@ from hpc_chat.server.errors import ApiError
 from hpc_chat.server.state import ServerState
 
 MAX_ID = 256
-MAX_CHAIN = 10_000  # responses followed back from one previous_response_id
+MAX_CHAIN = 1000  # responses followed back from one previous_response_id
 
 
 async def create_response(state: ServerState, body: dict[str, Any]):
     store = body.get("store", True)
     if not isinstance(store, bool):
         raise ApiError(400, "store must be true or false", code="invalid_request", param="store")
+    if not isinstance(body.get("metadata", {}), dict | None):
+        raise ApiError(400, "metadata must be an object", code="invalid_request",
+                       param="metadata")
     history = state.workflow.history
     keep = store and history is not None
     previous = body.get("previous_response_id")
@@ -75,7 +78,12 @@ async def earlier_turns(state: ServerState, previous: Any) -> list[dict[str, str
                        code="invalid_request", param="previous_response_id")
     chain: list[list[dict[str, str]]] = []
     ident: str | None = previous
-    while ident is not None and len(chain) < MAX_CHAIN:
+    while ident is not None:
+        if len(chain) == MAX_CHAIN:
+            raise ApiError(400, f"the conversation of {previous!r} is over {MAX_CHAIN} "
+                                f"responses long; start a new one (send the turns you need "
+                                f"as input)", code="invalid_request",
+                           param="previous_response_id")
         record = await _record(state, ident, param="previous_response_id")
         chain.append(record["turns"])
         ident = record["response"].get("previous_response_id")
@@ -99,8 +107,13 @@ async def _record(state: ServerState, ident: str, *, param: str | None) -> dict[
 
 
 async def _save(history, ident: str, obj: dict[str, Any], turns: list[dict[str, str]]) -> None:
+    """Keep the response and its own turns; its provenance without the messages decoded
+    (the whole conversation in every response of a chain would grow as its square)."""
+    prov = obj.get("hpc_chat") or {}
+    agents = [{k: v for k, v in a.items() if k != "messages"} for a in prov.get("agents", [])]
+    kept = {**obj, "hpc_chat": {**prov, "agents": agents} if prov else None}
     try:
-        await history.save_response(ident, {"response": obj, "turns": turns})
+        await history.save_response(ident, {"response": kept, "turns": turns})
     except HistoryError as exc:
         raise ApiError(500, f"the answer could not be stored: {exc}",
                        code="history_unavailable", kind="server_error") from None

@@ -271,7 +271,8 @@ def _one(spec: ModelSpec, slots: int, prep, conns: _Connections, finish: Callabl
             while True:
                 event = wire.read_event(conn.recv_bytes())
                 if isinstance(event, wire.Stops) and prep.stream:
-                    sender = TokenSender(prep.stream, [*prep.request.stop, *event.stops])
+                    sender = TokenSender(prep.stream, [*prep.request.stop, *event.stops],
+                                         strip=prep.request.prompt is None)
                 elif isinstance(event, wire.Text):
                     text += event.t
                     if sender is not None and not sender(text):  # its client went away

@@ -126,7 +126,8 @@ class NodeEngine:
             return _reply(conn, wire.Failed(error=str(exc), kind=wire.FailKind.TOO_LONG))
         stream = order.stream
         if stream:  # what the engine stops on besides the request's own stop strings
-            _reply(conn, wire.Stops(stops=self.batched.template_stops))
+            _reply(conn, wire.Stops(stops=self.batched.template_stops if
+                                    decoded.prompt is None else []))  # a text completion
         answer = _Answer()
         job = Job(decoded, answer.finish, answer.grew if stream else None)
         try:

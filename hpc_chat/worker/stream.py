@@ -88,7 +88,11 @@ def streams_tokens(spec: StreamSpec | None) -> bool:
 
 
 class TokenSender:
-    def __init__(self, spec: StreamSpec | dict, stops: list[str]):
+    """Sends an answer's text as it grows. A chat answer's leading whitespace is dropped, as
+    its final text is stripped; a text completion's (``strip=False``) is part of it."""
+
+    def __init__(self, spec: StreamSpec | dict, stops: list[str], *, strip: bool = True):
+        self.strip = strip
         self.sent = ""  # the text the driver has
         self.cancelled = False  # the driver closed the stream: stop generating
         self.sock: ssl.SSLSocket | None = None
@@ -107,7 +111,7 @@ class TokenSender:
     def __call__(self, text: str) -> bool:
         """Hear the text so far; False when nobody listens any more (stop generating)."""
         try:
-            self._send(text.lstrip())
+            self._send(text.lstrip() if self.strip else text)
         except Exception:  # noqa: BLE001 - a stream must never fail the answer
             self._drop()
         return not self.cancelled

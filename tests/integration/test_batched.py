@@ -78,6 +78,19 @@ def test_logprobs_are_the_models_own_and_change_nothing_of_the_answer(engine):
             assert bytes(t["bytes"]).decode("utf-8", "replace") == t["token"]
 
 
+def test_logprobs_end_where_a_stop_string_cuts_the_answer(engine):
+    [free] = BatchedEngine(engine, n_seq=1).generate(requests(1, repeat_penalty=1.0,
+                                                             logprobs=1))
+    words = free.text.split()
+    assert len(words) > 3, free.text
+    stop = words[2]  # the answer is cut before its third word
+    [cut] = BatchedEngine(engine, n_seq=1).generate(requests(1, repeat_penalty=1.0, logprobs=1,
+                                                            stop=[stop]))
+    tokens = "".join(t["token"] for t in cut.extra["logprobs"])
+    assert cut.finish_reason == "stop" and tokens.strip().startswith(cut.text)
+    assert len(tokens.strip()) < len(cut.text) + len(stop)  # nothing listed past the cut
+
+
 def test_a_shared_system_prompt_is_evaluated_once_per_worker(engine):
     """The system prompt's cache is copied into every request's sequence, not re-evaluated,
     and stays in its holder for the next batch."""

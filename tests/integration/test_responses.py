@@ -138,7 +138,8 @@ def test_text_completions_one_choice_per_prompt_echo_and_logprobs(server):
     assert [c.text for c in done.choices] == ["alpha beta", "gamma"]
     first = done.choices[0].logprobs
     assert first.tokens == ["alpha", " beta"] and first.token_logprobs == [0.0, 0.0]
-    assert first.text_offset == [0, 5] and first.top_logprobs[1] == {" beta": 0.0}
+    # offsets count from the prompt's start (its 10 characters), as OpenAI's
+    assert first.text_offset == [10, 15] and first.top_logprobs[1] == {" beta": 0.0}
     assert done.usage.completion_tokens == 3
     # No chat template and no system prompt: the prompt is decoded alone.
     assert done.model_extra["hpc_chat"]["prompts"][0]["agents"][0]["messages"] == [

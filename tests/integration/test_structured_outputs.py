@@ -193,6 +193,11 @@ def test_a_text_completion_continues_the_prompt_without_the_chat_template(server
     chat = client.chat.completions.create(model="balanced_agent", max_tokens=6, seed=1,
                                           messages=[{"role": "user", "content": prompt}])
     assert done.usage.prompt_tokens < chat.usage.prompt_tokens - 5
+    # Streamed, the pieces keep the leading space and join into the same continuation.
+    pieces = [c.choices[0].text for c in client.completions.create(
+        model="balanced_agent", prompt=prompt, max_tokens=6, temperature=0.0, seed=1,
+        stream=True, stream_options={"include_usage": True}) if c.choices]
+    assert "".join(pieces) == text
 
 
 def test_streamed_deltas_join_into_the_json(server):
