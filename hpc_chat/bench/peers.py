@@ -12,7 +12,9 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +49,10 @@ def _clients_run(url: str, headers: dict, n: int, clients: int, body, max_tokens
             "server_per_request_tok_s": statistics.median(own) if own else 0.0}
 
 
-def serve_run(n: int, clients: int, max_tokens: int | None = None) -> dict[str, float]:
-    """``hpc-chat serve`` (packaged defaults, local site) answering ``n`` requests from
-    ``clients`` concurrent clients, timed from the first request (the server is up and warm,
-    as llama-server is in its row): the same requests as the peers, the agent's system prompt
-    sent in the messages."""
+@contextmanager
+def serving() -> Iterator[tuple[str, dict[str, str]]]:
+    """``hpc-chat serve`` (packaged defaults, local site) in a home of its own, up and with a
+    model loaded: its URL and the headers that carry its key; stopped at the end."""
     import sys
 
     with tempfile.TemporaryDirectory(prefix="hpc_chat_bench_") as home:
@@ -75,29 +76,22 @@ def serve_run(n: int, clients: int, max_tokens: int | None = None) -> dict[str, 
                     if time.monotonic() > deadline:
                         raise RuntimeError("hpc-chat serve never became ready") from None
                     time.sleep(0.5)
-            return _clients_run(url, {"Authorization": f"Bearer {key}"}, n, clients,
-                                lambda req: {"model": "balanced_agent",
-                                             "messages": req.messages,
-                                             "temperature": req.temperature,
-                                             "top_p": req.top_p, "seed": req.seed,
-                                             "max_tokens": req.max_tokens}, max_tokens)
+            yield url, {"Authorization": f"Bearer {key}"}
         finally:
             proc.terminate()
             proc.wait(timeout=120)
 
 
-def llama_server_run(binary: str, n: int, threads: int, slots: int = 8,
-                     max_tokens: int | None = MAX_TOKENS,
-                     extra: dict[str, Any] | None = None) -> dict[str, float]:
-    """llama.cpp's own server with parallel slots and continuous batching, as a peer: flash
-    attention on (as in hpc_chat's engines), the same requests ``slots`` at a time, each body
-    with ``extra`` (a ``response_format``, say) added."""
+@contextmanager
+def llama_server(binary: str, threads: int, slots: int, *extra: str,
+                 port: int = 18181) -> Iterator[str]:
+    """llama.cpp's own server on the same model file, flash attention on (as in hpc_chat's
+    engines), with ``slots`` parallel slots: its base URL once it answers; stopped at the end."""
     from hpc_chat.llm.models import resolve_model
 
-    port = 18181
     proc = subprocess.Popen([binary, "-m", str(resolve_model("default")), "-c",
                              str(2048 * slots), "-np", str(slots), "-t", str(threads),
-                             "-fa", "on", "--port", str(port), "--host", "127.0.0.1"],
+                             "-fa", "on", "--port", str(port), "--host", "127.0.0.1", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(120):
@@ -106,13 +100,35 @@ def llama_server_run(binary: str, n: int, threads: int, slots: int = 8,
                 break
             except OSError:
                 time.sleep(0.5)
-        return _clients_run(f"http://127.0.0.1:{port}/v1", {}, n, slots,
-                            lambda req: {"messages": req.messages, **req.sampling(),
-                                         **(extra or {})},
-                            max_tokens)
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def serve_run(n: int, clients: int, max_tokens: int | None = None) -> dict[str, float]:
+    """``hpc-chat serve`` answering ``n`` requests from ``clients`` concurrent clients, timed
+    from the first request (the server is up and warm, as llama-server is in its row): the
+    same requests as the peers, the agent's system prompt sent in the messages."""
+    with serving() as (url, headers):
+        return _clients_run(url, headers, n, clients,
+                            lambda req: {"model": "balanced_agent", "messages": req.messages,
+                                         "temperature": req.temperature, "top_p": req.top_p,
+                                         "seed": req.seed, "max_tokens": req.max_tokens},
+                            max_tokens)
+
+
+def llama_server_run(binary: str, n: int, threads: int, slots: int = 8,
+                     max_tokens: int | None = MAX_TOKENS,
+                     extra: dict[str, Any] | None = None) -> dict[str, float]:
+    """llama.cpp's own server with parallel slots and continuous batching, as a peer: the
+    same requests ``slots`` at a time, each body with ``extra`` (a ``response_format``, say)
+    added."""
+    with llama_server(binary, threads, slots) as url:
+        return _clients_run(url, {}, n, slots,
+                            lambda req: {"messages": req.messages, **req.sampling(),
+                                         **(extra or {})},
+                            max_tokens)
 
 
 def llama_batched_bench_run(binary: str, prompt_tokens: int, threads: int,

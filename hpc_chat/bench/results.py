@@ -228,6 +228,25 @@ class SchemaWorkload(_Model):
         return self.schema_.tok_s / self.plain.tok_s
 
 
+class EmbedRate(Rate):
+    inputs_s: float
+    dimensions: int
+
+
+class EmbeddingWorkload(_Model):
+    """A corpus embedded through ``/v1/embeddings`` (:mod:`hpc_chat.bench.embeddings`)."""
+
+    inputs: int
+    per_request: int
+    clients: int
+    agent: str
+    date: str
+    machine: str
+    repeats: int = 3
+    hpc_chat: EmbedRate
+    llama_server: EmbedRate | None = None
+
+
 class BenchResults(_Model):
     meta: Meta
     real: RealWorkload | None = None
@@ -239,3 +258,4 @@ class BenchResults(_Model):
     limit: Limit
     profile: Profile | None = None
     schema_: SchemaWorkload | None = Field(None, alias="schema")
+    embeddings: EmbeddingWorkload | None = None

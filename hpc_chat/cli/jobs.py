@@ -154,7 +154,7 @@ def cleanup(dry_run):
 @click.option("--no-slurm", is_flag=True, help="Skip the local-Slurm case.")
 @click.option("--report-only", is_flag=True,
               help="Rewrite the report from RESULTS_DIR/results.json without measuring.")
-@click.option("--only", type=click.Choice(["schema"]), default=None,
+@click.option("--only", type=click.Choice(["schema", "embeddings"]), default=None,
               help="Measure this section alone into RESULTS_DIR/results.json (the others kept "
                    "from the run that wrote it; the section says when and where it ran).")
 def bench(repeats, n_requests, real_requests, results_dir, update_docs, no_slurm,
@@ -178,11 +178,17 @@ def bench(repeats, n_requests, real_requests, results_dir, update_docs, no_slurm
         except (ValueError, HpcChatError) as exc:
             raise CliError(f"{saved}: not a results file of this version: "
                            f"{str(exc).splitlines()[0]}") from None
+        log = lambda text: err_console.print(text, highlight=False)  # noqa: E731
         if only == "schema":
             from hpc_chat.bench.schema import schema_workload
 
-            res = {**json.loads(saved.read_text()), "schema": schema_workload(
-                real_requests, repeats, lambda text: err_console.print(text, highlight=False))}
+            res = {**json.loads(saved.read_text()),
+                   "schema": schema_workload(real_requests, repeats, log)}
+        elif only == "embeddings":
+            from hpc_chat.bench.embeddings import EMBED_INPUTS, embedding_workload
+
+            res = {**json.loads(saved.read_text()),
+                   "embeddings": embedding_workload(EMBED_INPUTS, repeats, log)}
     else:
         problem = plotting_problem()
         if problem:  # say so before minutes of measuring, not after

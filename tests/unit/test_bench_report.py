@@ -157,6 +157,24 @@ def test_the_schema_section_reports_what_the_schema_costs():
                     0.9, "≥ 0.85", True)]
 
 
+def test_the_embeddings_section_compares_inputs_per_second_with_llama_server():
+    res = results()
+    assert "Not measured in this run (`hpc-chat bench --only embeddings`)" in markdown(
+        res, "p.png")
+    rate = {"wall_s": 4.0, "tok_s": 3000.0, "req_s": 4.0, "tokens": 12000, "inputs_s": 128.0,
+            "dimensions": 576}
+    res["embeddings"] = {"inputs": 512, "per_request": 32, "clients": 4,
+                         "agent": "balanced_agent", "date": "2026-12-03 18:00",
+                         "machine": "AMD EPYC (host vm)", "hpc_chat": rate,
+                         "llama_server": {**rate, "wall_s": 5.0, "inputs_s": 102.4}}
+    text = markdown(res, "p.png")
+    assert "| `hpc-chat serve` (`balanced_agent`, the node engine's embedding context) | 4.00 "            "| 128.0 | 3000 |" in text
+    assert "hpc-chat embeds at 1.25x llama-server's inputs/s" in text
+    res["embeddings"]["llama_server"] = None
+    assert "| llama-server | | | not measured: `make llama-tools` builds it |" in markdown(
+        res, "p.png")
+
+
 def test_a_median_of_an_even_number_of_runs_keeps_counts_whole():
     """Two runs of 4138 and 4139 tokens: the count is a run's count, the rate the median."""
     from hpc_chat.bench.measure import median_of
