@@ -15,14 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.procs import parsl_processes, wait_gone
+from tests.helpers.signals import default_sigint
 
 pytestmark = [pytest.mark.model, pytest.mark.parsl]
-
-
-def default_sigint():
-    """A shell starts background jobs with SIGINT ignored, and children inherit that; in a
-    terminal it is on. Restore it, so Ctrl-C is tested as a user at a terminal sends it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def chat(fast, *extra):

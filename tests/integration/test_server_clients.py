@@ -18,6 +18,7 @@ import pytest
 
 from tests.helpers.cli import on_terminal
 from tests.helpers.server import start_server, stop
+from tests.helpers.signals import default_sigint
 
 pytestmark = [pytest.mark.parsl]
 
@@ -238,7 +239,7 @@ def _ctrl_c_in_a_chat(server, tmp_path):
            "TERM": "xterm"}
     proc = subprocess.Popen([sys.executable, "-m", "hpc_chat", "chat", "--agents",
                              "balanced_agent"], stdin=slave, stdout=slave, stderr=slave,
-                            env=env, cwd=tmp_path)
+                            env=env, cwd=tmp_path, preexec_fn=default_sigint)
     os.close(slave)
     seen = b""
 

@@ -168,7 +168,8 @@ def test_the_embeddings_section_compares_inputs_per_second_with_llama_server():
                          "machine": "AMD EPYC (host vm)", "hpc_chat": rate,
                          "llama_server": {**rate, "wall_s": 5.0, "inputs_s": 102.4}}
     text = markdown(res, "p.png")
-    assert "| `hpc-chat serve` (`balanced_agent`, the node engine's embedding context) | 4.00 "            "| 128.0 | 3000 |" in text
+    assert ("| `hpc-chat serve` (`balanced_agent`, the node engine's embedding context) | 4.00 "
+            "| 128.0 | 3000 |") in text
     assert "hpc-chat embeds at 1.25x llama-server's inputs/s" in text
     res["embeddings"]["llama_server"] = None
     assert "| llama-server | | | not measured: `make llama-tools` builds it |" in markdown(

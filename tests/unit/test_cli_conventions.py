@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import FIXTURES, hpc
+from tests.helpers.signals import default_sigint
 
 
 @pytest.fixture
@@ -213,7 +214,7 @@ def test_ctrl_c_while_answering_cancels_that_answer_and_the_chat_goes_on(home):
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=default_sigint)
     try:
         seen = ""
         deadline = time.monotonic() + 60
