@@ -4,10 +4,12 @@
 The inputs are the shipped prompts, each made distinct (``(i)`` appended), sent
 :data:`PER_REQUEST` to a request by :data:`CLIENTS` concurrent clients, as a corpus script
 sends them. Both servers are up with the model loaded before the clock starts (one request
-each first), and both pool by the mean of the token states (``--pooling mean``: what
-hpc_chat does for a generative model). Reported: inputs/s and prompt tokens/s (each server's
-own ``usage.prompt_tokens``). ``hpc-chat bench --only embeddings`` measures this section alone
-into an existing results file.
+each first), both pool by the mean of the token states (``--pooling mean``: what hpc_chat
+does for a generative model), and both can put a whole request's inputs in one decode:
+llama-server gets :data:`PER_REQUEST` slots (it takes one input per slot), as hpc_chat's
+embedding context takes up to 32 inputs per decode. Reported: inputs/s and prompt tokens/s
+(each server's own ``usage.prompt_tokens``). ``hpc-chat bench --only embeddings`` measures
+this section alone into an existing results file.
 """
 
 from __future__ import annotations
@@ -62,8 +64,10 @@ def embed_run(url: str, headers: dict[str, str], inputs: list[str],
 
 def embedding_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
     inputs = corpus(n)
+    cores = len(os.sched_getaffinity(0))
     out: dict[str, Any] = {"inputs": n, "per_request": PER_REQUEST, "clients": CLIENTS,
-                           "agent": AGENT, "repeats": repeats,
+                           "agent": AGENT, "repeats": repeats, "cores": cores,
+                           "llama_server_slots": PER_REQUEST,
                            "date": time.strftime("%Y-%m-%d %H:%M"),
                            "machine": machine_description(), "llama_server": None}
     log(f"   hpc-chat serve /v1/embeddings, {n} inputs")
@@ -72,9 +76,8 @@ def embedding_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict
     log(f"     {out['hpc_chat']['inputs_s']:.1f} inputs/s")
     binary = os.environ.get("HPC_CHAT_LLAMA_SERVER")
     if binary and Path(binary).is_file():
-        cores = len(os.sched_getaffinity(0))
-        log(f"   llama-server --embedding --pooling mean -np {CLIENTS}, {n} inputs")
-        with llama_server(binary, cores, CLIENTS, "--embedding", "--pooling", "mean",
+        log(f"   llama-server --embedding --pooling mean -np {PER_REQUEST}, {n} inputs")
+        with llama_server(binary, cores, PER_REQUEST, "--embedding", "--pooling", "mean",
                           port=18182) as url:
             out["llama_server"] = median_of(repeats, lambda: embed_run(url, {}, inputs, None))
         log(f"     {out['llama_server']['inputs_s']:.1f} inputs/s")

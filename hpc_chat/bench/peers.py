@@ -51,8 +51,9 @@ def _clients_run(url: str, headers: dict, n: int, clients: int, body, max_tokens
 
 @contextmanager
 def serving() -> Iterator[tuple[str, dict[str, str]]]:
-    """``hpc-chat serve`` (packaged defaults, local site) in a home of its own, up and with a
-    model loaded: its URL and the headers that carry its key; stopped at the end."""
+    """``hpc-chat serve`` (packaged defaults, local site) in a home of its own, once its
+    ``/health`` answers (a worker has started): its URL and the headers that carry its key;
+    stopped at the end. A caller that times it sends one request first (the engine's load)."""
     import sys
 
     with tempfile.TemporaryDirectory(prefix="hpc_chat_bench_") as home:

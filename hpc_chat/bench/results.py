@@ -242,7 +242,9 @@ class EmbeddingWorkload(_Model):
     agent: str
     date: str
     machine: str
+    cores: int
     repeats: int = 3
+    llama_server_slots: int
     hpc_chat: EmbedRate
     llama_server: EmbedRate | None = None
 

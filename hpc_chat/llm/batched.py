@@ -355,9 +355,10 @@ class BatchedEngine:
         s.out.append(token)
         s.text += self._piece(token)
         text = s.text.decode("utf-8", errors="ignore")
-        for stop in s.stop:
+        for stop in s.stop:  # the first in the list that appears, as llama-cpp-python
             if stop and stop in text:
-                s.text = text[:text.index(stop)].encode("utf-8")
+                at = s.text.find(stop.encode("utf-8"))  # the bytes kept as decoded
+                s.text = s.text[:at] if at >= 0 else text[:text.index(stop)].encode("utf-8")
                 s.finish = "stop"
                 return True
         if len(s.out) >= s.req.max_tokens:

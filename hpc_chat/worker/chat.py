@@ -264,7 +264,8 @@ def decode_here(preps: list[Prepared], n_seq: int | None) -> list[Decoded | Exce
         n_seq = 1  # engine's (its answers are the unbatched engine's)
     batched = get_batched_engine(engine, n_seq) if n_seq is not None else None
     stops = batched.template_stops if batched is not None else []  # the template's own
-    senders = [TokenSender(prep.stream, [*decoded.stop, *([] if decoded.prompt else stops)],
+    senders = [TokenSender(prep.stream, [*decoded.stop, *(stops if decoded.prompt is None
+                                                          else [])],
                            strip=decoded.prompt is None) if prep.stream else None
                for (_, prep, decoded) in fitted]
     completions: list = [None] * len(fitted)

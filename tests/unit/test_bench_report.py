@@ -163,7 +163,8 @@ def test_the_embeddings_section_compares_inputs_per_second_with_llama_server():
         res, "p.png")
     rate = {"wall_s": 4.0, "tok_s": 3000.0, "req_s": 4.0, "tokens": 12000, "inputs_s": 128.0,
             "dimensions": 576}
-    res["embeddings"] = {"inputs": 512, "per_request": 32, "clients": 4,
+    res["embeddings"] = {"inputs": 512, "per_request": 32, "clients": 4, "cores": 2,
+                         "llama_server_slots": 32,
                          "agent": "balanced_agent", "date": "2026-12-03 18:00",
                          "machine": "AMD EPYC (host vm)", "hpc_chat": rate,
                          "llama_server": {**rate, "wall_s": 5.0, "inputs_s": 102.4}}

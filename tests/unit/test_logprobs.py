@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from hpc_chat.llm.logprobs import entry
+from hpc_chat.llm.logprobs import entry, within
 
 
 def piece(token: int) -> bytes:
@@ -29,3 +29,10 @@ def test_a_row_of_a_real_vocabulary_size_stays_finite():
     assert got["logprob"] == got["top_logprobs"][0]["logprob"] <= 0.0
     assert all(math.isfinite(t["logprob"]) for t in got["top_logprobs"])
     assert len(got["top_logprobs"]) == 20
+
+
+def test_the_entries_kept_are_those_of_the_tokens_that_begin_within_the_answer():
+    entries = [{"token": t, "bytes": list(t.encode())} for t in ("ab", "c", "STOP", "x")]
+    assert [e["token"] for e in within(entries, 3)] == ["ab", "c"]
+    assert [e["token"] for e in within(entries, 4)] == ["ab", "c", "STOP"]  # begins in it
+    assert within(entries, 0) == []
