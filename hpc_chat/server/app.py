@@ -26,18 +26,10 @@ from hpc_chat.openai import chat as openai_chat
 from hpc_chat.openai.batch import ROUTED_MODEL
 from hpc_chat.protocol.result import FinishReason, provenance_of
 from hpc_chat.server.auth import authorized
-from hpc_chat.server.chat import (
-    STREAM_MISMATCH,
-    Started,
-    close,
-    failure,
-    pieces,
-    remainder,
-    start_chat,
-)
+from hpc_chat.server.chat import Started, close, ending, pieces, start_chat
 from hpc_chat.server.completions import create_completion
 from hpc_chat.server.embeddings import embeddings
-from hpc_chat.server.errors import ApiError, error_body
+from hpc_chat.server.errors import ApiError
 from hpc_chat.server.responses import create_response, get_response
 from hpc_chat.server.state import ServerState
 
@@ -207,7 +199,7 @@ async def stream_events(state: ServerState, started: Started, usage: bool):
     agents, a retried task) is sent from it at the end; if the streamed text is not the start
     of the final answer (a retry decoded another way), an error event says so."""
     ident, created, fingerprint = openai_chat.completion_id(), int(time.time()), _fingerprint()
-    model, task = started.req.model, started.task
+    model = started.req.model
 
     def chunk(delta: dict, finish: str | None = None, **extra) -> str:
         return _event(openai_chat.chunk(ident, created, model, fingerprint, delta, finish,
@@ -219,10 +211,10 @@ async def stream_events(state: ServerState, started: Started, usage: bool):
         async for piece in pieces(state, started):
             sent += piece
             yield chunk({"content": piece})
-        result = await task
-        if not result["ok"]:
-            err = failure(result)
-            yield _event(error_body(str(err), err.kind, err.code, err.param))
+        end = await ending(started, sent)
+        result = end.result
+        if end.error is not None:
+            yield _event(end.error.body())
         elif (calls := openai_chat.message(result, prov := provenance_of(result))[0]
               .get("tool_calls")):
             yield chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]},
@@ -230,11 +222,8 @@ async def stream_events(state: ServerState, started: Started, usage: bool):
             if usage:
                 yield _event(openai_chat.usage_chunk(ident, created, model, result))
         else:
-            rest = remainder(sent, result["response"] or "")
-            if rest is None:
-                yield _event(error_body(STREAM_MISMATCH, "server_error", "stream_mismatch"))
-            elif rest:
-                yield chunk({"content": rest})
+            if end.rest:
+                yield chunk({"content": end.rest})
             # Who answered and how (an extension field, as on a whole completion): clients
             # that do not know it ignore it; `hpc-chat chat` names the agents from it. The
             # tokens' logprobs, when asked, come whole with it (the text streams as pieces

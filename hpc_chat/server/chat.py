@@ -182,12 +182,29 @@ STREAM_MISMATCH = ("the answer was computed again after a worker failure and dif
                    "text streamed so far; ask again")
 
 
-def remainder(sent: str, text: str) -> str | None:
-    """What of the final ``text`` was not streamed yet; None when the streamed text is not the
-    start of it (a retried task decoded another way)."""
+@dataclass
+class Ending:
+    """How a streamed answer ends, for every route's stream: its ``result``, the text of it
+    not streamed yet (``rest``), or the ``error`` to send instead: the answer failed, or the
+    streamed text is not the start of the final one (a retried task decoded another way)."""
+
+    result: dict[str, Any]
+    rest: str = ""
+    error: ApiError | None = None
+
+
+async def ending(started: Started, sent: str) -> Ending:
+    """The end of ``started``'s answer once ``sent`` has been streamed. The final result is
+    what counts: text that did not stream (a cache hit, several routed agents, a retried
+    task) is sent from it."""
+    result = await started.task
+    if not result["ok"]:
+        return Ending(result, error=failure(result))
+    text = result["response"] or ""
     if text.startswith(sent):
-        return text[len(sent):]
+        return Ending(result, text[len(sent):])
     if sent.rstrip() == text:
-        return ""
+        return Ending(result)
     log.warning("streamed text is not the start of the final answer")
-    return None
+    return Ending(result, error=ApiError(500, STREAM_MISMATCH, code="stream_mismatch",
+                                         kind="server_error"))

@@ -16,16 +16,8 @@ from hpc_chat.openai import completions as shapes
 from hpc_chat.openai.batch import ROUTED_MODEL
 from hpc_chat.openai.params import RequestError
 from hpc_chat.protocol.result import FinishReason, Usage, provenance_of
-from hpc_chat.server.chat import (
-    STREAM_MISMATCH,
-    Started,
-    close,
-    failure,
-    pieces,
-    remainder,
-    start_chat,
-)
-from hpc_chat.server.errors import ApiError, error_body
+from hpc_chat.server.chat import Started, close, ending, pieces, start_chat
+from hpc_chat.server.errors import ApiError
 from hpc_chat.server.state import ServerState
 
 OPTIONS = {"text_completion": True}
@@ -82,25 +74,20 @@ async def events(state: ServerState, started: Started, prompt: str, echo: bool,
         async for piece in pieces(state, started):
             sent += piece
             yield event(piece)
-        result = await started.task
-        if not result["ok"]:
-            err = failure(result)
-            yield f"data: {json.dumps(error_body(str(err), err.kind, err.code, err.param))}\n\n"
+        end = await ending(started, sent)
+        result = end.result
+        if end.error is not None:
+            yield f"data: {json.dumps(end.error.body())}\n\n"
         else:
-            rest = remainder(sent, result["response"] or "")
-            if rest is None:
-                body = error_body(STREAM_MISMATCH, "server_error", "stream_mismatch")
-                yield f"data: {json.dumps(body)}\n\n"
-            else:
-                if rest:
-                    yield event(rest)
-                yield event("", result["finish_reason"] or FinishReason.STOP.value,
-                            logprobs=openai_chat.logprobs_of(result), start=len(prompt),
-                            hpc_chat={"prompts": [provenance_of(result)]})
-                if usage:
-                    data = {**shapes.chunk(ident, created, model, fingerprint, ""),
-                            "choices": [], "usage": Usage.of(result).openai()}
-                    yield f"data: {json.dumps(data)}\n\n"
+            if end.rest:
+                yield event(end.rest)
+            yield event("", result["finish_reason"] or FinishReason.STOP.value,
+                        logprobs=openai_chat.logprobs_of(result), start=len(prompt),
+                        hpc_chat={"prompts": [provenance_of(result)]})
+            if usage:
+                data = {**shapes.chunk(ident, created, model, fingerprint, ""),
+                        "choices": [], "usage": Usage.of(result).openai()}
+                yield f"data: {json.dumps(data)}\n\n"
         yield "data: [DONE]\n\n"
     finally:
         close(state, started)

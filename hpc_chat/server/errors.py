@@ -18,8 +18,11 @@ class ApiError(Exception):
         """The OpenAI error body; a refusal (a 4xx) is counted in ``metrics`` when given."""
         if metrics is not None and self.status < 500:
             metrics.refused.labels(str(self.status)).inc()
-        return JSONResponse(error_body(str(self), self.kind, self.code, self.param),
-                            status_code=self.status, headers=self.headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+    def body(self) -> dict:
+        """``{"error": {...}}``: the response's body, or a stream's error event."""
+        return error_body(str(self), self.kind, self.code, self.param)
 
 
 def error_body(message: str, kind: str, code: str, param: str | None = None) -> dict:

@@ -22,15 +22,7 @@ from hpc_chat.errors import HistoryError
 from hpc_chat.openai import responses as shapes
 from hpc_chat.openai.params import RequestError
 from hpc_chat.protocol.result import provenance_of
-from hpc_chat.server.chat import (
-    STREAM_MISMATCH,
-    Started,
-    close,
-    failure,
-    pieces,
-    remainder,
-    start_chat,
-)
+from hpc_chat.server.chat import Started, close, ending, pieces, start_chat
 from hpc_chat.server.errors import ApiError
 from hpc_chat.server.state import ServerState
 
@@ -144,20 +136,19 @@ async def events(state: ServerState, started: Started, ident: str, body: dict[st
         async for piece in pieces(state, started):
             sent += piece
             yield event("response.output_text.delta", delta=piece, logprobs=[], **where)
-        result = await started.task
-        if not result["ok"]:
-            err = failure(result)
+        end = await ending(started, sent)
+        result, err = end.result, end.error
+        if err is not None and not result["ok"]:
             yield event("response.failed", response=shapes.response_object(
                 ident, body, created, status="failed",
                 error={"code": err.code, "message": str(err)}))
             return
-        text = result["response"] or ""
-        rest = remainder(sent, text)
-        if rest is None:
-            yield event("error", code="stream_mismatch", message=STREAM_MISMATCH, param=None)
+        if err is not None:  # the streamed text is not the start of the answer
+            yield event("error", code=err.code, message=str(err), param=None)
             return
-        if rest:
-            yield event("response.output_text.delta", delta=rest, logprobs=[], **where)
+        text = result["response"] or ""
+        if end.rest:
+            yield event("response.output_text.delta", delta=end.rest, logprobs=[], **where)
         yield event("response.output_text.done", text=text, logprobs=[], **where)
         yield event("response.content_part.done", part=shapes.output_text(text), **where)
         final = shapes.response_object(ident, body, created, result=result,
