@@ -135,7 +135,7 @@ def _parse_line(raw: bytes, number: int, fmt: str) -> BatchItem:
     if fmt == "text":
         return BatchItem(number, text.strip(), number)
     if fmt == "openai":
-        return _parse_openai(text, number)
+        return parse_openai_line(text, number)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -169,9 +169,9 @@ def _parse_line(raw: bytes, number: int, fmt: str) -> BatchItem:
     return BatchItem(ident, prompt, number)
 
 
-def _parse_openai(text: str, number: int) -> BatchItem:
-    """An OpenAI request line. A line that cannot run keeps its custom_id when it has one, so
-    its error entry can be matched to it."""
+def parse_openai_line(text: str, number: int) -> BatchItem:
+    """An OpenAI request line (``number``: its line number, from 1). A line that cannot run
+    keeps its custom_id when it has one, so its error entry can be matched to it."""
     def bad(message: str, obj: Any = None, problem: oa.RequestError | None = None) -> BatchItem:
         cid = obj.get("custom_id") if isinstance(obj, dict) else None
         ident = cid if isinstance(cid, str) and cid else None

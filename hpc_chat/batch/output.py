@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hpc_chat.batch.input import STDIO, BatchItem, id_key
-from hpc_chat.driver.stats import RequestRecord, summarize
+from hpc_chat.driver.stats import RequestRecord, Summary, summarize
 from hpc_chat.errors import InputError
 from hpc_chat.openai import batch as oa
 from hpc_chat.openai.embeddings import EmbeddingLine
@@ -136,7 +136,9 @@ def _writable(line: dict[str, Any]) -> dict[str, Any]:
                          f"{type(exc).__name__}: {exc}"}
 
 
-def _dumps(record: dict[str, Any]) -> str:
+def dumps_line(record: dict[str, Any]) -> str:
+    """One output line's JSON, without its newline (a lone surrogate from the input is
+    escaped)."""
     text = json.dumps(record, ensure_ascii=False)
     try:
         text.encode("utf-8")
@@ -158,7 +160,7 @@ class OutputWriter:
         self.written = 0
         self.mode = mode  # of the files this run creates (:mod:`hpc_chat.util.outputfiles`)
         self.style = style
-        self.lines: list[dict[str, Any]] = []  # what this run wrote (native), for its summary
+        self.totals = Summary()  # what this run wrote, for its summary (not the lines)
         self._errors: TextIO | None = None
         if str(path) == STDIO:
             if resume:
@@ -199,66 +201,30 @@ class OutputWriter:
         """Write the outcome of ``item`` (``result`` None: the line cannot run); returns the
         native line, which the run's summary counts unless ``counted`` is false (an earlier
         answer copied to a new line number)."""
-        if result is None:
-            line = {**failed_result(item.error, FailureCode.INVALID_REQUEST), "id": item.id,
-                    "prompt": item.prompt}
+        line = native_line(item, result, finished_at)
+        if self.style == "openai":
+            record, failed = openai_record(item, line)
+            fh = self._errors_file() if failed else self._fh
         else:
-            line = {"id": item.id, **{k: result.get(k) for k in OUTPUT_KEYS if k != "id"}}
-            line["prompt"] = item.prompt
-        line["finished_at"] = round(finished_at, 3)
-        line["line"] = item.line  # the input line it answers
-        if item.key is not None:  # an OpenAI request: resume compares its fingerprint
-            line["request"] = item.key
-        line["provenance"] = provenance_of(result)
-        if result is not None and result.get("embedding") is not None:
-            line["embedding"] = result["embedding"]  # OpenAI's list: /v1/embeddings lines
-        if line["provenance"] and item.request and item.request.ignored:
-            line["provenance"]["ignored_params"] = item.request.ignored  # accepted, not used
-        line = _writable(line)
-        record, fh = self._openai_record(item, line) if self.style == "openai" \
-            else (line, self._fh)
+            record, fh = line, self._fh
         try:
-            fh.write(_dumps(record) + "\n")
+            fh.write(dumps_line(record) + "\n")
             fh.flush()
         except OSError as exc:
             raise InputError(f"{self.path}: cannot write the output ({exc.strerror or exc}); "
                              f"{self.written} lines were written before; free space and rerun "
                              f"with --resume") from None
         self.written += 1
-        if counted:  # without the vectors: the summary counts, and memory stays small
-            self.lines.append({k: v for k, v in line.items() if k != "embedding"})
+        if counted:
+            for record in records_from_lines([line]):
+                self.totals.add(record)
         return line
 
-    def _openai_record(self, item: BatchItem,
-                       line: dict[str, Any]) -> tuple[dict[str, Any], TextIO]:
-        finished = line["finished_at"]
-        model = item.request.model if item.request else \
-            ",".join(line.get("agents") or []) or oa.ROUTED_MODEL
-        if line["ok"] and line.get("embedding") is not None:
-            return oa.embedding_answer_line(item.id, line["embedding"], line=item.line,
-                                            request_fingerprint=item.fingerprint,
-                                            finished_at=finished), self._fh
-        if line["ok"]:
-            record = oa.answer_line(item.id, model, line, line=item.line,
-                                    request_fingerprint=item.fingerprint, finished_at=finished,
-                                    provenance=line["provenance"])
-            record["hpc_chat"]["latency_s"] = line["latency_s"]
-            return record, self._fh
-        problem = item.problem
-        status, code, param = (problem.status, problem.code, problem.param) if problem else \
-            status_of(line)
-        if isinstance(item.request, EmbeddingLine) and param == "body.messages":
-            param = "body.input"  # an input too long for the context
-        custom_id = item.id if isinstance(item.id, str) else None
-        record = oa.error_line(custom_id, line["error"] or "failed", line=item.line,
-                               kind=line["error_kind"] or "runtime",
-                               request_fingerprint=item.fingerprint, finished_at=finished,
-                               status=status, code=code, param=param,
-                               provenance=line["provenance"])
+    def _errors_file(self) -> TextIO:
         if self._errors is None:
             self._errors = self._fh if self.path == self.errors_path \
                 else self._open(self.errors_path)
-        return record, self._errors
+        return self._errors
 
     def close(self) -> None:
         if self._fh is not sys.stdout:
@@ -270,6 +236,56 @@ class OutputWriter:
                     compact_openai(self.path, self.errors_path)
             finally:
                 self._lock.release()
+
+
+def native_line(item: BatchItem, result: dict[str, Any] | None,
+                finished_at: float) -> dict[str, Any]:
+    """The native output line of ``item``'s outcome (``result`` None: the line cannot run)."""
+    if result is None:
+        line = {**failed_result(item.error, FailureCode.INVALID_REQUEST), "id": item.id,
+                "prompt": item.prompt}
+    else:
+        line = {"id": item.id, **{k: result.get(k) for k in OUTPUT_KEYS if k != "id"}}
+        line["prompt"] = item.prompt
+    line["finished_at"] = round(finished_at, 3)
+    line["line"] = item.line  # the input line it answers
+    if item.key is not None:  # an OpenAI request: resume compares its fingerprint
+        line["request"] = item.key
+    line["provenance"] = provenance_of(result)
+    if result is not None and result.get("embedding") is not None:
+        line["embedding"] = result["embedding"]  # OpenAI's list: /v1/embeddings lines
+    if line["provenance"] and item.request and item.request.ignored:
+        line["provenance"]["ignored_params"] = item.request.ignored  # accepted, not used
+    return _writable(line)
+
+
+def openai_record(item: BatchItem, line: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """A native line in OpenAI's batch output shape, and whether it is a failure (which goes
+    to the errors file)."""
+    finished = line["finished_at"]
+    model = item.request.model if item.request else \
+        ",".join(line.get("agents") or []) or oa.ROUTED_MODEL
+    if line["ok"] and line.get("embedding") is not None:
+        return oa.embedding_answer_line(item.id, line["embedding"], line=item.line,
+                                        request_fingerprint=item.fingerprint,
+                                        finished_at=finished), False
+    if line["ok"]:
+        record = oa.answer_line(item.id, model, line, line=item.line,
+                                request_fingerprint=item.fingerprint, finished_at=finished,
+                                provenance=line["provenance"])
+        record["hpc_chat"]["latency_s"] = line["latency_s"]
+        return record, False
+    problem = item.problem
+    status, code, param = (problem.status, problem.code, problem.param) if problem else \
+        status_of(line)
+    if isinstance(item.request, EmbeddingLine) and param == "body.messages":
+        param = "body.input"  # an input too long for the context
+    custom_id = item.id if isinstance(item.id, str) else None
+    return oa.error_line(custom_id, line["error"] or "failed", line=item.line,
+                         kind=line["error_kind"] or "runtime",
+                         request_fingerprint=item.fingerprint, finished_at=finished,
+                         status=status, code=code, param=param,
+                         provenance=line["provenance"]), True
 
 
 def compact_openai(output: Path, errors: Path) -> None:

@@ -8,6 +8,7 @@ the same code through ``hpc-chat batch``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import socket
 import time
@@ -16,14 +17,20 @@ from pathlib import Path
 
 from hpc_chat.batch.embed import embedding_result
 from hpc_chat.batch.input import STDIO, BatchItem, id_key, item_key, read_batch
-from hpc_chat.batch.output import OutputWriter, read_output, records_from_lines, unknown_model
+from hpc_chat.batch.output import OutputWriter, read_output, unknown_model
 from hpc_chat.driver.startup import follow_workers, run_scheduler
-from hpc_chat.driver.stats import summarize
+from hpc_chat.driver.stats import Summary
 from hpc_chat.errors import InputError
 from hpc_chat.openai.batch import ROUTED_MODEL
 from hpc_chat.openai.embeddings import EmbeddingLine
 from hpc_chat.structured.compile import line_over_run
 from hpc_chat.util.outputfiles import PRIVATE
+
+# Requests of a batch in flight at once. Each costs the driver its task, its Parsl record and
+# its micro-batch entry until it is answered, so a million-line batch submitted whole would
+# hold them all; this many keeps every worker of a large allocation busy (and shows Parsl's
+# scaling strategy the demand for more blocks) at a bounded cost.
+IN_FLIGHT = 4096
 
 
 class BatchRun:
@@ -127,26 +134,12 @@ async def answer_with_workflow(workflow, items: list[BatchItem], writer: OutputW
                                agents=None, options=None,
                                on_result: Callable[[BatchItem, dict], None] | None = None,
                                on_status: Callable[[str], None] | None = None) -> int:
-    """Submit every item, write each result as it completes; returns the number failed.
+    """Submit the items, at most :data:`IN_FLIGHT` at a time, and write each result as it
+    completes; returns the number failed.
 
     Until the first worker connects, ``on_status`` hears what the workers are waiting for;
     workers that cannot start end the batch with an :class:`ExecutorError` (the lines written
     so far stay), instead of a wait without end."""
-    async def answer_item(item):
-        req = item.request
-        if req is None:
-            return item, await workflow.submit_request(
-                item.prompt, agents=agents, options=options, request_key=id_key(item.id))
-        if isinstance(req, EmbeddingLine):  # every agent embeds; the routed 'auto' does not
-            if req.model not in workflow.agents:
-                return item, unknown_model(req.model, sorted(workflow.agents))
-            return item, await embedding_result(workflow, req)
-        if req.agents and req.agents[0] not in workflow.agents:
-            return item, unknown_model(req.model, [*sorted(workflow.agents), ROUTED_MODEL])
-        return item, await workflow.submit_request(
-            req.prompt, agents=req.agents, options=line_over_run(options or {}, req.options),
-            request_key=id_key(item.id), history=req.history, system_prompt=req.system)
-
     status = on_status or (lambda text: None)
     watching = asyncio.ensure_future(follow_workers(
         workflow, _status_line(workflow, status),
@@ -163,23 +156,59 @@ async def answer_with_workflow(workflow, items: list[BatchItem], writer: OutputW
 
     watching.add_done_callback(watched)
     failed = 0
-    answers = [asyncio.ensure_future(answer_item(it)) for it in items]
+    waiting = iter(items)
+    running: set[asyncio.Future] = set()
+
+    def refill() -> None:
+        for it in itertools.islice(waiting, IN_FLIGHT - len(running)):
+            running.add(asyncio.ensure_future(
+                _paired(it, answer_one(workflow, it, agents, options))))
     try:
-        for next_done in asyncio.as_completed(answers):
-            item, result = await next_done
-            writer.write(item, result, finished_at=time.time())
-            failed += not result["ok"]
-            if on_result is not None:
-                on_result(item, result)
-    except asyncio.CancelledError:
-        if watching.done() and not watching.cancelled() and watching.exception():
-            for task in answers:  # no worker will come: nothing is left waiting for one
-                task.cancel()
+        refill()
+        while running:
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            running.difference_update(done)
+            for next_done in done:
+                item, result = next_done.result()
+                writer.write(item, result, finished_at=time.time())
+                failed += not result["ok"]
+                if on_result is not None:
+                    on_result(item, result)
+            refill()
+    except BaseException as exc:
+        for task in running:  # nothing is left waiting for an answer nobody will write
+            task.cancel()
+        if isinstance(exc, asyncio.CancelledError) and watching.done() and \
+                not watching.cancelled() and watching.exception():
             raise watching.exception() from None
         raise
     finally:
         watching.cancel()
     return failed
+
+
+async def answer_one(workflow, item: BatchItem, agents=None, options=None) -> dict:
+    """The workflow's result for one runnable line: a native prompt (asked of ``agents``), an
+    OpenAI chat request (its own model and options over the run's), or an embeddings line
+    (every agent embeds; the routed ``auto`` does not). An unknown model is the line's own
+    failure."""
+    req = item.request
+    if req is None:
+        return await workflow.submit_request(item.prompt, agents=agents, options=options,
+                                             request_key=id_key(item.id))
+    if isinstance(req, EmbeddingLine):
+        if req.model not in workflow.agents:
+            return unknown_model(req.model, sorted(workflow.agents))
+        return await embedding_result(workflow, req)
+    if req.agents and req.agents[0] not in workflow.agents:
+        return unknown_model(req.model, [*sorted(workflow.agents), ROUTED_MODEL])
+    return await workflow.submit_request(
+        req.prompt, agents=req.agents, options=line_over_run(options or {}, req.options),
+        request_key=id_key(item.id), history=req.history, system_prompt=req.system)
+
+
+async def _paired(item: BatchItem, answer) -> tuple[BatchItem, dict]:
+    return item, await answer
 
 
 def _status_line(workflow, on_status: Callable[[str], None]):
@@ -232,10 +261,10 @@ def _ids_as_custom_ids(items: list[BatchItem], input_path: str) -> None:
         seen.setdefault(it.id, it.line)
 
 
-def summary(lines: list[dict], *, model_loads: int | None = None) -> dict:
+def summary(totals: Summary, *, model_loads: int | None = None) -> dict:
     """The statistics of the lines one run wrote (what its summary table and its last line
     both count), with the model loads the workflow saw."""
-    result = summarize(records_from_lines(lines))
+    result = totals.result()
     if model_loads is None:
         del result["model_loads"]
     else:

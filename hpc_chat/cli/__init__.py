@@ -12,7 +12,7 @@ import sys
 
 
 def _group():
-    from hpc_chat.cli import batch, chat, embed, jobs, models, serve, sites  # noqa: F401
+    from hpc_chat.cli import batch, batches, chat, embed, jobs, models, serve, sites  # noqa: F401
     from hpc_chat.cli.app import cli
 
     return cli

@@ -189,7 +189,7 @@ def _run(input_path, output, *, fmt, output_format, resume, retry_failed, show,
         run.close()
         for s_, h in previous.items():
             signal.signal(s_, h)
-    result = summary(run.writer.lines, model_loads=perf.get("model_loads"))
+    result = summary(run.writer.totals, model_loads=perf.get("model_loads"))
     print_stats(result, parsl_stats, title=f"Batch {Path(input_path).name}")
     if summary_json:
         text = json.dumps({**result, "parsl": parsl_stats}, indent=2)

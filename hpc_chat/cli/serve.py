@@ -36,11 +36,17 @@ def with_site_options(fn):
               help="Listen on TCP at this port (0: any free one), on --host or 127.0.0.1.")
 @click.option("--max-queue", type=click.IntRange(1, 100000), default=256, show_default=True,
               help="Requests answered at once; more get 429 with Retry-After.")
+@click.option("--max-upload-mb", type=click.IntRange(1, 1 << 20), default=1024,
+              show_default=True,
+              help="Largest file POST /v1/files takes for the Batch API (it is streamed to "
+                   "$HPC_CHAT_HOME/batches, never held in memory).")
 @click.option("--new-key", is_flag=True,
               help="Write a new API key to $HPC_CHAT_HOME/server/api-key first (the old one "
                    "stops working).")
-def serve(config, site, endpoint, allocation, model, host, port, max_queue, new_key):
-    """Serve the OpenAI API (/v1/models, /v1/chat/completions with streaming) and /health,
+def serve(config, site, endpoint, allocation, model, host, port, max_queue, max_upload_mb,
+          new_key):
+    """Serve the OpenAI API (/v1/models, /v1/chat/completions with streaming, /v1/files and
+    /v1/batches: batches run on these workers and go on after a restart) and /health,
     /v1/status, /metrics, answered by this site's workers. Every route but /health needs
     'Authorization: Bearer KEY': $HPC_CHAT_API_KEY, else the key file it names. Stop with
     Ctrl-C or SIGTERM: workers and pilot jobs end with it."""
@@ -65,14 +71,14 @@ def serve(config, site, endpoint, allocation, model, host, port, max_queue, new_
     # into an exception, so the workflow shuts down (workers, pilot jobs) before the exit.
     previous = signal.signal(signal.SIGTERM, raise_interrupted)
     try:
-        _serve(session, sock, key, source, max_queue)
+        _serve(session, sock, key, source, max_queue, max_upload_mb << 20)
     except (Interrupted, KeyboardInterrupt):
         err_console.print("server stopped; workers and pilot jobs ended", markup=False)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _serve(session, sock, key, source, max_queue) -> None:
+def _serve(session, sock, key, source, max_queue, max_upload) -> None:
     from hpc_chat.server.run import serve as run_server
 
     with session as s:
@@ -89,4 +95,4 @@ def _serve(session, sock, key, source, max_queue) -> None:
                     f"elsewhere: ssh -N -L 8000:{path} {socket.gethostname()}, then "
                     f"http://127.0.0.1:8000/v1 on your side", markup=False, highlight=False)
         s.run(run_server(s.workflow, sock=sock, key=key, max_queue=max_queue,
-                         on_listening=listening))
+                         max_upload=max_upload, on_listening=listening))

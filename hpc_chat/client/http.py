@@ -179,6 +179,14 @@ def models(url: str) -> list[dict[str, Any]]:
                  timeout=60)["data"]
 
 
+def api(url: str, path: str, body: dict[str, Any] | None = None) -> dict:
+    """GET ``path`` (POST ``body`` when given) under the server's ``/v1`` URL: the JSON
+    answer, or :class:`ServerError` with the server's message."""
+    data = json.dumps(body).encode() if body is not None else None
+    return _call(url, urllib.request.Request(f"{url.rstrip('/')}/{path.lstrip('/')}",
+                                             data=data, headers=_headers()), timeout=60)
+
+
 def server_status(url: str) -> dict:
     """GET /status (what ``hpc-chat status --server`` shows): the server's stage, its blocks
     with their scheduler states, workers, model, requests, tokens/s."""

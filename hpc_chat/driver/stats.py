@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ class RequestRecord:
         return self.end - self.start
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values, q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty list."""
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
@@ -43,45 +44,76 @@ def percentile(values: list[float], q: float) -> float:
 
 @dataclass
 class PerformanceStats:
-    """Thread-safe accumulator of :class:`RequestRecord`."""
+    """Thread-safe accumulator of :class:`RequestRecord` (kept as a :class:`Summary`, not
+    as the records: a server's or a corpus batch's millions of requests cost 8 bytes each)."""
 
-    records: list[RequestRecord] = field(default_factory=list)
+    totals: Summary = field(default_factory=lambda: Summary())
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, record: RequestRecord) -> None:
         with self._lock:
-            self.records.append(record)
+            self.totals.add(record)
 
     def summary(self) -> dict[str, Any]:
-        with self._lock:
-            records = list(self.records)
-        return summarize(records)
+        with self._lock:  # a copy: the percentiles' sort does not hold the workers' adds
+            totals = self.totals.copy()
+        return totals.result()
 
 
-def summarize(records: list[RequestRecord]) -> dict[str, Any]:
-    ok = [r for r in records if r.ok]
-    latencies = [r.latency for r in ok]
-    wall = (max(r.end for r in records) - min(r.start for r in records)) if records else 0.0
-    tokens = sum(r.completion_tokens for r in ok)
-    agent_counts: dict[str, int] = {}
-    for r in ok:
+class Summary:
+    """The running statistics of requests: counts and sums, and one array of the successful
+    requests' response times (8 bytes each) for the percentiles."""
+
+    def __init__(self) -> None:
+        self.total = self.model_loads = self.tokens = self.prompt_tokens = self.cached = 0
+        self.first, self.last = math.inf, -math.inf
+        self.latencies = array("d")
+        self.agents: dict[str, int] = {}
+
+    def copy(self) -> Summary:
+        other = Summary()
+        other.__dict__.update({**self.__dict__, "latencies": array("d", self.latencies),
+                               "agents": dict(self.agents)})
+        return other
+
+    def add(self, r: RequestRecord) -> None:
+        self.total += 1
+        self.model_loads += r.model_loads
+        self.first, self.last = min(self.first, r.start), max(self.last, r.end)
+        if not r.ok:
+            return
+        self.latencies.append(r.latency)
+        self.tokens += r.completion_tokens
+        self.prompt_tokens += r.prompt_tokens
+        self.cached += r.cached
         for a in r.agents:
-            agent_counts[a] = agent_counts.get(a, 0) + 1
-    return {
-        "total_requests": len(records),
-        "successful_requests": len(ok),
-        "failed_requests": len(records) - len(ok),
-        "avg_response_time": sum(latencies) / len(latencies) if latencies else 0.0,
-        "min_response_time": min(latencies) if latencies else 0.0,
-        "max_response_time": max(latencies) if latencies else 0.0,
-        "p50_response_time": percentile(latencies, 50) if latencies else 0.0,
-        "p95_response_time": percentile(latencies, 95) if latencies else 0.0,
-        "throughput": len(ok) / wall if wall > 0 else 0.0,
-        "wall_time": wall,
-        "completion_tokens": tokens,
-        "prompt_tokens": sum(r.prompt_tokens for r in ok),
-        "tokens_per_s": tokens / wall if wall > 0 else 0.0,
-        "cache_hits": sum(1 for r in ok if r.cached),
-        "model_loads": sum(r.model_loads for r in records),
-        "agent_answers": agent_counts,
-    }
+            self.agents[a] = self.agents.get(a, 0) + 1
+
+    def result(self) -> dict[str, Any]:
+        latencies, ok = self.latencies, len(self.latencies)
+        wall = self.last - self.first if self.total else 0.0
+        return {
+            "total_requests": self.total,
+            "successful_requests": ok,
+            "failed_requests": self.total - ok,
+            "avg_response_time": sum(latencies) / ok if ok else 0.0,
+            "min_response_time": min(latencies) if ok else 0.0,
+            "max_response_time": max(latencies) if ok else 0.0,
+            "p50_response_time": percentile(latencies, 50) if ok else 0.0,
+            "p95_response_time": percentile(latencies, 95) if ok else 0.0,
+            "throughput": ok / wall if wall > 0 else 0.0,
+            "wall_time": wall,
+            "completion_tokens": self.tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "tokens_per_s": self.tokens / wall if wall > 0 else 0.0,
+            "cache_hits": self.cached,
+            "model_loads": self.model_loads,
+            "agent_answers": dict(self.agents),
+        }
+
+
+def summarize(records) -> dict[str, Any]:
+    totals = Summary()
+    for r in records:
+        totals.add(r)
+    return totals.result()

@@ -1,6 +1,7 @@
 """The HTTP routes: OpenAI's chat completions, responses (:mod:`hpc_chat.server.responses`),
 text completions (:mod:`hpc_chat.server.completions`),
-embeddings (:mod:`hpc_chat.server.embeddings`) and models, plus health, status and metrics.
+embeddings (:mod:`hpc_chat.server.embeddings`), files and batches
+(:mod:`hpc_chat.server.batch_api`) and models, plus health, status and metrics.
 
 A chat completion request is checked by the same code as an OpenAI batch line
 (:func:`hpc_chat.openai.batch.parse_request`), so both accept and refuse the same things, then
@@ -26,6 +27,7 @@ from hpc_chat.openai import chat as openai_chat
 from hpc_chat.openai.batch import ROUTED_MODEL
 from hpc_chat.protocol.result import FinishReason, provenance_of
 from hpc_chat.server.auth import authorized
+from hpc_chat.server.batch_api import add_batch_routes
 from hpc_chat.server.chat import Started, close, ending, pieces, start_chat
 from hpc_chat.server.completions import create_completion
 from hpc_chat.server.embeddings import embeddings
@@ -50,6 +52,8 @@ def create_app(state: ServerState) -> FastAPI:
                                  "(the key is in $HPC_CHAT_API_KEY or the file hpc-chat serve "
                                  "named)", code="invalid_api_key").response(state.metrics)
         size = request.headers.get("content-length")
+        if request.scope["path"] == "/v1/files" and request.method == "POST":
+            size = None  # an upload has a limit of its own (server/uploads.py)
         if size is not None and size.isdigit() and int(size) > state.max_body:
             return ApiError(413, f"the request body is over {state.max_body} bytes",
                             code="request_too_large").response(state.metrics)
@@ -115,6 +119,7 @@ def create_app(state: ServerState) -> FastAPI:
     async def get_response_route(ident: str):
         return await get_response(state, ident)
 
+    add_batch_routes(app, state)
     return app
 
 

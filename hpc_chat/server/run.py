@@ -24,6 +24,8 @@ from hpc_chat.client.files import server_file
 from hpc_chat.driver.token_hub import TokenHub
 from hpc_chat.errors import ConfigError
 from hpc_chat.server.app import create_app
+from hpc_chat.server.batch_runner import BatchRunner
+from hpc_chat.server.batch_store import BatchStore
 from hpc_chat.server.connections import BoundedH11Protocol
 from hpc_chat.server.state import ServerState
 from hpc_chat.util.rundir import runtime_dir
@@ -107,15 +109,22 @@ def unix_url(path: str) -> str:
 
 
 async def serve(workflow, *, sock: socket.socket, key: str, max_queue: int,
-                on_listening=None) -> None:
+                max_upload: int = 1 << 30, on_listening=None) -> None:
     """Serve on ``sock`` until SIGINT/SIGTERM. ``on_listening(url)`` is called once it
-    serves."""
+    serves. Batches of the Batch API left unfinished by an earlier server go on."""
     hub = TokenHub()
     where = stream_addresses(workflow)
     if where is not None:
         await hub.start(*where)
     state = ServerState(workflow, key, hub if where is not None else None,
-                        max_queue=max_queue)
+                        max_queue=max_queue, max_upload=max_upload, store=BatchStore())
+    state.batches_elsewhere = state.store.take_lock()
+    if state.batches_elsewhere is None:
+        state.batches = BatchRunner(state.store, state)
+        state.batches.start()
+    else:
+        log.warning("the Batch API is off on this server: %s runs this home's batches",
+                    state.batches_elsewhere)
     # Bounded connections (a TCP port is open to every user of the node): requests beyond
     # the queue are refused at once by the app, connections beyond this by uvicorn (503);
     # connections that send no request are pushed out (server/connections.py).
@@ -132,6 +141,9 @@ async def serve(workflow, *, sock: socket.socket, key: str, max_queue: int,
     finally:
         for task in (warm, announce):
             task.cancel()
+        if state.batches is not None:
+            await state.batches.stop()
+        state.store.close()
         await hub.stop()
         _forget(server_file())
         if unix_path:  # (uvicorn has closed the socket by now)

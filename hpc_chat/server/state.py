@@ -54,6 +54,11 @@ class Metrics:
         self.blocks = Gauge("hpc_chat_blocks", "Parsl blocks (pilot jobs)", registry=r)
         self.ready = Gauge("hpc_chat_ready", "1 when a worker has its model loaded",
                            registry=r)
+        self.batch_requests = Gauge("hpc_chat_batch_requests", "Requests of the Batch API's "
+                                    "running batches by state (total, completed, failed)",
+                                    ["state"], registry=r)
+        self.batches_running = Gauge("hpc_chat_batches_running", "Batches being answered",
+                                     registry=r)
 
 
 @dataclass
@@ -63,6 +68,10 @@ class ServerState:
     hub: TokenHub | None  # None: answers are not streamed (Globus Compute)
     max_queue: int = 256
     max_body: int = 1 << 20
+    max_upload: int = 1 << 30  # bytes of a file uploaded for the Batch API
+    store: Any = None  # the Batch API's files and batches (server/batch_store.py)
+    batches: Any = None  # the runner of those batches (server/batch_runner.py)
+    batches_elsewhere: str | None = None  # who runs them when another server does
     metrics: Metrics = field(default_factory=Metrics)
     in_flight: int = 0
     ready: bool = False
@@ -156,8 +165,17 @@ class ServerState:
                          "parsl_tasks_pending": stats.get("pending_tasks"),
                          "parsl_tasks_submitted": stats.get("submitted_tasks")},
             "tokens_per_s_last_minute": self.tokens_per_s(),
+            "batches": self._batches(),
             "uptime_s": round(time.time() - self.started, 1),
         }
+
+    def _batches(self) -> list[dict[str, Any]]:
+        """The Batch API's running batches: counts, rate, time left (and their gauges)."""
+        running = self.batches.status() if self.batches is not None else []
+        self.metrics.batches_running.set(len(running))
+        for key in ("total", "completed", "failed"):
+            self.metrics.batch_requests.labels(key).set(sum(b[key] for b in running))
+        return running
 
     async def _job_state(self, scheduler: str, job: str) -> JobStatus:
         if scheduler == "local":

@@ -45,10 +45,12 @@ class Server:
 
 def start_server(tmp_path: Path, config: Path, model: str | None = PACE,
                  extra: tuple = (), wait_ready: bool = True,
-                 listen: tuple = ("--port", "0")) -> Server:
-    """``hpc-chat serve`` on any free TCP port (``listen=()``: on its own Unix socket)."""
-    home = tmp_path / "home"
-    env = {**os.environ, "HPC_CHAT_HOME": str(home)}
+                 listen: tuple = ("--port", "0"), env: dict | None = None) -> Server:
+    """``hpc-chat serve`` on any free TCP port (``listen=()``: on its own Unix socket);
+    ``env`` over the test's environment (``HPC_CHAT_HOME``: another server's home)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HPC_CHAT_HOME": str(tmp_path / "home"), **(env or {})}
+    home = Path(env["HPC_CHAT_HOME"])
     argv = [sys.executable, "-m", "hpc_chat", "serve", "--config", str(config), *listen,
             *extra]
     if model:
@@ -69,7 +71,7 @@ def start_server(tmp_path: Path, config: Path, model: str | None = PACE,
 def _started(proc: subprocess.Popen, home: Path, tmp_path: Path, wait_ready: bool) -> Server:
     deadline = time.monotonic() + 120
     info = home / "server" / "server.json"
-    while time.monotonic() < deadline and not info.exists():
+    while time.monotonic() < deadline and _announced(info) != proc.pid:
         assert proc.poll() is None, (tmp_path / "serve.log").read_text()
         time.sleep(0.2)
     server = Server(home, proc, json.loads(info.read_text())["url"])
@@ -79,6 +81,14 @@ def _started(proc: subprocess.Popen, home: Path, tmp_path: Path, wait_ready: boo
         time.sleep(0.5)
     assert server.get("/health", key=False)[0] == 200, (tmp_path / "serve.log").read_text()
     return server
+
+
+def _announced(info: Path) -> int | None:
+    """The pid of the server that wrote ``server.json`` (another may share the home)."""
+    try:
+        return json.loads(info.read_text()).get("pid")
+    except (OSError, ValueError):
+        return None
 
 
 def stop(server: Server) -> None:
