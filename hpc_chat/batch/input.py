@@ -11,6 +11,8 @@ number; a line too broken to have an id is written with ``"id": null``, and resu
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import sys
@@ -24,9 +26,10 @@ from hpc_chat.openai import batch as oa
 STDIO = "-"
 
 
-@dataclass
+@dataclass(slots=True)
 class BatchItem:
-    """One input line: a prompt to answer, or the reason it cannot be answered."""
+    """One input line: a prompt to answer, or the reason it cannot be answered. (Slots: a
+    million-line batch holds a million of them.)"""
 
     id: Any
     prompt: Any
@@ -85,25 +88,35 @@ def read_batch(path: str | os.PathLike, fmt: str = "auto") -> BatchInput:
     nothing can be read, or when an OpenAI file repeats a ``custom_id`` (the answers could
     not be told apart: nothing runs)."""
     if str(path) == STDIO:
-        data, path = sys.stdin.buffer.read(), Path("<stdin>")
+        fh, path = sys.stdin.buffer, Path("<stdin>")
     else:
         path = Path(path)
         try:
-            data = path.read_bytes()
+            fh = path.open("rb")
         except OSError as exc:
             raise InputError(f"{path}: cannot read the input: {exc.strerror or exc}") from None
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the final newline does not start another line
-    if not lines:
+    # Read a line at a time (the file is never held whole); the format from the first lines.
+    head = list(itertools.islice(fh, 20))
+    if not head:
+        if fh is not sys.stdin.buffer:
+            fh.close()
         raise InputError(f"{path}: the input file is empty: nothing to do")
     if fmt == "auto":
-        fmt = detect_format(path, lines)
+        fmt = detect_format(path, [_unterminated(raw) for raw in head])
+    with fh if fh is not sys.stdin.buffer else contextlib.nullcontext(fh):
+        return _read_items(itertools.chain(head, fh), path, fmt)
+
+
+def _unterminated(raw: bytes) -> bytes:
+    return (raw[:-1] if raw.endswith(b"\n") else raw).rstrip(b"\r")
+
+
+def _read_items(lines, path: Path, fmt: str) -> BatchInput:
     items: list[BatchItem] = []
     seen: dict[str, int] = {}
     repeated: list[str] = []
     for number, raw in enumerate(lines, start=1):
-        item = _parse_line(raw.rstrip(b"\r"), number, fmt)
+        item = _parse_line(_unterminated(raw), number, fmt)
         key = id_key(item.id)
         if fmt == "openai" and isinstance(item.id, str):  # a line with a custom_id claims it
             if key in seen:

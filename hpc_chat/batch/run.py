@@ -158,22 +158,23 @@ async def answer_with_workflow(workflow, items: list[BatchItem], writer: OutputW
     failed = 0
     waiting = iter(items)
     running: set[asyncio.Future] = set()
+    finished: asyncio.Queue = asyncio.Queue()  # each answer as it completes: O(1) a line
 
     def refill() -> None:
         for it in itertools.islice(waiting, IN_FLIGHT - len(running)):
-            running.add(asyncio.ensure_future(
-                _paired(it, answer_one(workflow, it, agents, options))))
+            task = asyncio.ensure_future(_paired(it, answer_one(workflow, it, agents, options)))
+            running.add(task)
+            task.add_done_callback(finished.put_nowait)
     try:
         refill()
         while running:
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            running.difference_update(done)
-            for next_done in done:
-                item, result = next_done.result()
-                writer.write(item, result, finished_at=time.time())
-                failed += not result["ok"]
-                if on_result is not None:
-                    on_result(item, result)
+            next_done = await finished.get()
+            running.discard(next_done)
+            item, result = next_done.result()
+            writer.write(item, result, finished_at=time.time())
+            failed += not result["ok"]
+            if on_result is not None:
+                on_result(item, result)
             refill()
     except BaseException as exc:
         for task in running:  # nothing is left waiting for an answer nobody will write

@@ -129,7 +129,7 @@ def markdown(res: dict[str, Any] | BenchResults, plot_name: str) -> str:
     profile = "\n".join(profile_section(r))
     return _render("performance.md.j2", m=r.meta, o=r.overhead, t=r.throughput,
                    w=r.warm_start, s=r.slurm, s2=r.slurm_2n, lim=r.limit, plot_name=plot_name,
-                   real=r.real, sch=r.schema_, emb=r.embeddings,
+                   real=r.real, sch=r.schema_, emb=r.embeddings, scale=r.scale,
                    verdicts=found, missed=missed,
                    profile=profile + "\n" if profile else "",
                    throughput_missed=any(v.desc == TARGETS["throughput_vs_direct"][0]

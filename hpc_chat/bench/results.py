@@ -249,6 +249,23 @@ class EmbeddingWorkload(_Model):
     llama_server: EmbedRate | None = None
 
 
+class ScaleRun(_Model):
+    lines: int
+    wall_s: float
+    lines_s: float
+    peak_rss_mb: float
+
+
+class ScaleWorkload(_Model):
+    """``hpc-chat batch`` at corpus scale with the echo model (:mod:`hpc_chat.bench.scale`)."""
+
+    model: str
+    date: str
+    machine: str
+    cores: int
+    runs: list[ScaleRun]
+
+
 class BenchResults(_Model):
     meta: Meta
     real: RealWorkload | None = None
@@ -261,3 +278,4 @@ class BenchResults(_Model):
     profile: Profile | None = None
     schema_: SchemaWorkload | None = Field(None, alias="schema")
     embeddings: EmbeddingWorkload | None = None
+    scale: ScaleWorkload | None = None

@@ -306,6 +306,10 @@ def run_suite(repeats: int = 3, requests: int = 32, overhead_requests: int = 16,
     from hpc_chat.bench.embeddings import EMBED_INPUTS, embedding_workload
 
     results["embeddings"] = embedding_workload(EMBED_INPUTS, repeats, log)
+    log("corpus scale: hpc-chat batch with the echo model")
+    from hpc_chat.bench.scale import scale_workload
+
+    results["scale"] = scale_workload(log)
     log("1. orchestration overhead")
     direct16 = median_of(repeats, lambda: direct_loop(overhead_requests, 2))
     wf16 = median_of(repeats, lambda: workflow_run(overhead_requests, 1, 2, 1))

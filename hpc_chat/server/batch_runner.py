@@ -3,7 +3,7 @@
 A batch goes ``validating`` -> ``in_progress`` -> ``finalizing`` -> ``completed`` (or
 ``failed`` when its file does not validate, ``cancelling`` -> ``cancelled``, ``expired`` after
 its 24 h window). Its input file is read a line at a time, twice (once to validate, once to
-answer), never held: memory stays flat in the number of lines.
+answer), never held: what a batch keeps is 8 bytes a line (its custom_ids' hashes).
 
 - **Validation** refuses the whole file, naming each bad line (up to :data:`MAX_ERRORS`), for
   what no request could be made of: a line that is not JSON, not an object, without a
@@ -17,17 +17,21 @@ answer), never held: memory stays flat in the number of lines.
   flight: what the workers decode at once and one micro-batch more (:meth:`Gate.capacity`),
   less the interactive requests being answered. A chat therefore waits at most for one
   micro-batch of the batch ahead of it, never behind the rest of the file. No request is sent
-  while no model is loaded (a pilot job ended): the batch waits instead of failing its lines.
+  while no model is loaded (a pilot job ended), and a request that failed because the workers
+  went away under it is asked again once they are back.
 - **Restart**: what is written is the record. A server started again reads the custom_ids in
   the batch's output and error files (a line cut short by a kill is cut off) and answers only
   the others: nothing lost, nothing twice. The ids are kept as 64-bit hashes.
 - **Cancel**: no new request is sent; those in flight finish and are written; the output file
   keeps every answer made.
+- **One runner per home**: the server that holds ``batches/runner.lock`` runs them
+  (:meth:`BatchStore.take_lock`); two would answer each line twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -251,7 +255,8 @@ class BatchRunner:
                     task.cancel()
                 raise
             finally:
-                chunks.close()
+                with contextlib.suppress(ValueError):  # still being read by a cancelled thread
+                    chunks.close()
                 self.store.save_batch(record)
 
     async def _answered(self, item, stopping: Callable[[], bool]) -> dict[str, Any]:

@@ -177,6 +177,20 @@ def test_the_embeddings_section_compares_inputs_per_second_with_llama_server():
         res, "p.png")
 
 
+def test_the_scale_section_lists_lines_per_second_and_peak_memory_by_size():
+    res = results()
+    assert "Not measured in this run (`hpc-chat bench --only scale`)" in markdown(res, "p.png")
+    res["scale"] = {"model": "echo?tokens=4&token_s=0", "date": "2026-12-03 22:00",
+                    "machine": "AMD EPYC (host vm)", "cores": 2,
+                    "runs": [{"lines": 10000, "wall_s": 15.6, "lines_s": 641.0,
+                              "peak_rss_mb": 155.2},
+                             {"lines": 100000, "wall_s": 121.6, "lines_s": 822.4,
+                              "peak_rss_mb": 182.0}]}
+    text = markdown(res, "p.png")
+    assert "| 10000 | 15.6 | 641 | 155 |" in text and "| 100000 | 121.6 | 822 | 182 |" in text
+    assert "`echo?tokens=4&token_s=0`" in text
+
+
 def test_a_median_of_an_even_number_of_runs_keeps_counts_whole():
     """Two runs of 4138 and 4139 tokens: the count is a run's count, the rate the median."""
     from hpc_chat.bench.measure import median_of
