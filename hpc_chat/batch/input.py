@@ -11,7 +11,7 @@ number; a line too broken to have an id is written with ``"id": null``, and resu
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import itertools
 import json
 import os
@@ -87,53 +87,104 @@ def read_batch(path: str | os.PathLike, fmt: str = "auto") -> BatchInput:
     """Parse the input file (``-``: standard input); raises :class:`InputError` only when
     nothing can be read, or when an OpenAI file repeats a ``custom_id`` (the answers could
     not be told apart: nothing runs)."""
+    fmt, items = iter_batch(path, fmt)
+    return BatchInput(list(items), fmt)
+
+
+def iter_batch(path: str | os.PathLike, fmt: str = "auto"):
+    """``(format, items)``: the file's format (from its first lines) and its items, read a line
+    at a time as they are iterated (the file is never held whole). What :func:`read_batch`
+    raises is raised by the iteration, at its end for repeated custom_ids; a duplicate
+    native id is marked on the later line's item."""
     if str(path) == STDIO:
         fh, path = sys.stdin.buffer, Path("<stdin>")
-    else:
-        path = Path(path)
-        try:
-            fh = path.open("rb")
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read the input: {exc.strerror or exc}") from None
-    # Read a line at a time (the file is never held whole); the format from the first lines.
+        head = _head(fh, path)
+        fmt = detect_format(path, [_unterminated(r) for r in head]) if fmt == "auto" else fmt
+        return fmt, _items(itertools.chain(head, fh), path, fmt)
+    path = Path(path)
+    with _open(path) as fh:
+        head = _head(fh, path)
+    fmt = detect_format(path, [_unterminated(r) for r in head]) if fmt == "auto" else fmt
+    return fmt, _file_items(path, fmt)
+
+
+def _open(path: Path):
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the input: {exc.strerror or exc}") from None
+
+
+def _head(fh, path: Path) -> list[bytes]:
     head = list(itertools.islice(fh, 20))
     if not head:
-        if fh is not sys.stdin.buffer:
-            fh.close()
         raise InputError(f"{path}: the input file is empty: nothing to do")
-    if fmt == "auto":
-        fmt = detect_format(path, [_unterminated(raw) for raw in head])
-    with fh if fh is not sys.stdin.buffer else contextlib.nullcontext(fh):
-        return _read_items(itertools.chain(head, fh), path, fmt)
+    return head
+
+
+def _file_items(path: Path, fmt: str):
+    with _open(path) as fh:
+        yield from _items(fh, path, fmt)
 
 
 def _unterminated(raw: bytes) -> bytes:
     return (raw[:-1] if raw.endswith(b"\n") else raw).rstrip(b"\r")
 
 
-def _read_items(lines, path: Path, fmt: str) -> BatchInput:
-    items: list[BatchItem] = []
-    seen: dict[str, int] = {}
+def _items(lines, path: Path, fmt: str):
+    seen: dict[int, int] = {}  # a 64-bit hash of each id's key -> its first line
     repeated: list[str] = []
+    count = 0
     for number, raw in enumerate(lines, start=1):
         item = _parse_line(_unterminated(raw), number, fmt)
-        key = id_key(item.id)
+        key = _hashed(id_key(item.id))
         if fmt == "openai" and isinstance(item.id, str):  # a line with a custom_id claims it
             if key in seen:
-                repeated.append(f"custom_id {item.id!r} is on line {seen[key]} and line "
-                                f"{number}")
+                count += 1
+                if len(repeated) < 10:
+                    repeated.append(f"custom_id {item.id!r} is on line {seen[key]} and line "
+                                    f"{number}")
             seen.setdefault(key, number)
         elif item.error is None:  # a line that cannot run claims no id
             if key in seen:
                 item.error = (f"line {number}: duplicate id {item.id!r} (first used on line "
                               f"{seen[key]})")
             seen.setdefault(key, number)
-        items.append(item)
+        yield item
     if repeated:
-        more = f" (and {len(repeated) - 10} more)" if len(repeated) > 10 else ""
+        more = f" (and {count - 10} more)" if count > 10 else ""
         raise InputError(f"{path}: each request needs its own custom_id: "
-                         + "; ".join(repeated[:10]) + more + ". Nothing was run")
-    return BatchInput(items, fmt)
+                         + "; ".join(repeated) + more + ". Nothing was run")
+
+
+def _hashed(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"),
+                                          digest_size=8).digest(), "big")
+
+
+class LinesOf:
+    """Some lines of an input file, by number, parsed again each time they are iterated."""
+
+    def __init__(self, path: Path, fmt: str, lines, adjust=None):
+        self.path, self.fmt, self.lines, self.adjust = path, fmt, lines, adjust
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __iter__(self):
+        wanted = iter(self.lines)
+        want = next(wanted, None)
+        with self.path.open("rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                if want is None:
+                    return
+                if number != want:
+                    continue
+                item = _parse_line(_unterminated(raw), number, self.fmt)
+                if self.adjust is not None:
+                    self.adjust(item)
+                yield item
+                want = next(wanted, None)
 
 
 def _parse_line(raw: bytes, number: int, fmt: str) -> BatchItem:

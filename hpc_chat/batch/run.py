@@ -12,11 +12,12 @@ import itertools
 import os
 import socket
 import time
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 
 from hpc_chat.batch.embed import embedding_result
-from hpc_chat.batch.input import STDIO, BatchItem, id_key, item_key, read_batch
+from hpc_chat.batch.input import STDIO, BatchItem, LinesOf, id_key, item_key, iter_batch
 from hpc_chat.batch.output import OutputWriter, read_output, unknown_model
 from hpc_chat.driver.startup import follow_workers, run_scheduler
 from hpc_chat.driver.stats import Summary
@@ -52,21 +53,40 @@ class BatchRun:
         if output != STDIO and input_path != STDIO and Path(output).exists() and \
                 Path(input_path).exists() and os.path.samefile(input_path, output):
             raise InputError(f"{output}: the output is the input file; choose another output")
-        self.items = read_batch(input_path, fmt)
+        fmt, stream = iter_batch(input_path, fmt)
+        if input_path == STDIO:  # standard input cannot be read again: held
+            held = list(stream)
+            again = lambda: iter(held)  # noqa: E731
+        else:
+            if fmt == "openai":  # read once to check: a repeated custom_id raises before any
+                for _ in stream:  # output exists
+                    pass
+            again = lambda: iter_batch(input_path, fmt)[1]  # noqa: E731
+        self.format = fmt
         style = output_format if output_format != "auto" else \
-            ("openai" if self.items.format == "openai" else "native")
-        if style == "openai" and self.items.format != "openai":
-            _ids_as_custom_ids(self.items, input_path)
+            ("openai" if fmt == "openai" else "native")
+        adjust = None
+        if style == "openai" and fmt != "openai":
+            _ids_as_custom_ids(again(), input_path)
+            adjust = _as_custom_id
         self.writer = OutputWriter(output, resume=self.resume, style=style, mode=mode)  # locked
         # Read under the lock: another run cannot be appending to it now.
         previous = read_output(output) if self.resume and output != STDIO else {}
         answered = {line["prompt"]: line for line in previous.values()
                     if line.get("ok") is True and isinstance(line.get("prompt"), str)}
+        self.total = 0
         self.skipped = {"answered": 0, "input": 0, "runtime": 0}
-        self.changed: list[BatchItem] = []  # answered before, but the prompt is not the same
+        self.changed: list[BatchItem] = []  # answered, but the prompt is not the same (5 kept)
+        self.changed_count = 0
         self.moved: list[tuple[BatchItem, dict]] = []  # answered before under another line
-        todo = []
-        for it in self.items:
+        self.bad: list[BatchItem] = []
+        # What runs is kept as line numbers and read again when it is answered: a corpus is
+        # not held in memory (standard input excepted).
+        lines, held_runnable = array("I"), []
+        for it in again():
+            self.total += 1
+            if adjust is not None:
+                adjust(it)
             last = previous.get(item_key(it))
             if (last is None or last.get("prompt") != it.prompt) and it.id == it.line and \
                     isinstance(it.prompt, str) and it.prompt in answered:
@@ -77,25 +97,32 @@ class BatchRun:
             reason = _skip_reason(last, it, retry_failed) if last else None
             if reason:
                 self.skipped[reason] += 1
-            else:
-                if last and last.get("ok") is True:
+                continue
+            if last and last.get("ok") is True:
+                self.changed_count += 1
+                if len(self.changed) < 5:
                     self.changed.append(it)
-                todo.append(it)
-        self.bad = [it for it in todo if it.error]
-        self.runnable = [it for it in todo if not it.error]
+            if it.error:
+                self.bad.append(it)
+            elif input_path == STDIO:
+                held_runnable.append(it)
+            else:
+                lines.append(it.line)
+        self.runnable = held_runnable if input_path == STDIO else \
+            LinesOf(Path(input_path), fmt, lines, adjust)
 
     def describe_skipped(self) -> str | None:
         s = self.skipped
         if not any(s.values()) and not self.changed and not self.moved:
             return None
-        parts = [f"{s['answered']} of {len(self.items)} prompts already answered"]
+        parts = [f"{s['answered']} of {self.total} prompts already answered"]
         if self.moved:
             parts.append(f"{len(self.moved)} answered before on another line (their answers "
                          f"are copied to their new line numbers)")
         if self.changed:
             ids = ", ".join(str(it.id) for it in self.changed[:5])
-            more = f" and {len(self.changed) - 5} more" if len(self.changed) > 5 else ""
-            parts.append(f"{len(self.changed)} whose prompt is not the one answered under its "
+            more = f" and {self.changed_count - 5} more" if self.changed_count > 5 else ""
+            parts.append(f"{self.changed_count} whose prompt is not the one answered under its "
                          f"id (id {ids}{more}: answered now; the later line is the answer)")
         if s["input"]:
             parts.append(f"{s['input']} unchanged lines that failed on their input")
@@ -162,7 +189,7 @@ async def answer_with_workflow(workflow, items: list[BatchItem], writer: OutputW
 
     def refill() -> None:
         for it in itertools.islice(waiting, IN_FLIGHT - len(running)):
-            task = asyncio.ensure_future(_paired(it, answer_one(workflow, it, agents, options)))
+            task = asyncio.ensure_future(_paired(workflow, it, agents, options))
             running.add(task)
             task.add_done_callback(finished.put_nowait)
     try:
@@ -208,8 +235,10 @@ async def answer_one(workflow, item: BatchItem, agents=None, options=None) -> di
         request_key=id_key(item.id), history=req.history, system_prompt=req.system)
 
 
-async def _paired(item: BatchItem, answer) -> tuple[BatchItem, dict]:
-    return item, await answer
+async def _paired(workflow, item: BatchItem, agents, options) -> tuple[BatchItem, dict]:
+    """The item with its answer (the answer's coroutine made here: a task cancelled before
+    it starts leaves none behind unawaited)."""
+    return item, await answer_one(workflow, item, agents, options)
 
 
 def _status_line(workflow, on_status: Callable[[str], None]):
@@ -248,18 +277,23 @@ def _skip_reason(last: dict, item: BatchItem, retry_failed: bool) -> str | None:
     return "input" if last.get("error_kind") == "input" else "runtime"
 
 
-def _ids_as_custom_ids(items: list[BatchItem], input_path: str) -> None:
-    """Native ids become OpenAI custom_ids (strings); ids that become the same string (``7``
-    and ``"7"``) are refused, as a repeated custom_id is."""
+def _ids_as_custom_ids(items, input_path: str) -> None:
+    """Native ids become OpenAI custom_ids (strings, :func:`_as_custom_id`); ids that become
+    the same string (``7`` and ``"7"``) are refused, as a repeated custom_id is."""
     seen: dict[str, int] = {}
     for it in items:
         if it.id is None:
             continue
-        it.id = str(it.id)
-        if it.error is None and it.id in seen:
-            raise InputError(f"{input_path}: ids on line {seen[it.id]} and line {it.line} "
-                             f"are both {it.id!r} as OpenAI custom_ids; make them distinct")
-        seen.setdefault(it.id, it.line)
+        ident = str(it.id)
+        if it.error is None and ident in seen:
+            raise InputError(f"{input_path}: ids on line {seen[ident]} and line {it.line} "
+                             f"are both {ident!r} as OpenAI custom_ids; make them distinct")
+        seen.setdefault(ident, it.line)
+
+
+def _as_custom_id(item: BatchItem) -> None:
+    if item.id is not None:
+        item.id = str(item.id)
 
 
 def summary(totals: Summary, *, model_loads: int | None = None) -> dict:

@@ -102,3 +102,35 @@ def test_stats_of_non_output_file(tmp_path):
     f.write_text("hello\n")
     with pytest.raises(InputError, match="no result lines"):
         stats_from_output(f)
+
+
+def test_a_run_keeps_the_line_numbers_of_what_it_answers_and_reads_them_again(tmp_path):
+    """A corpus is not held in memory: the run keeps the runnable lines' numbers and parses
+    them again when they are answered, with the same ids (as custom_ids for OpenAI output)."""
+    from hpc_chat.batch.input import LinesOf
+    from hpc_chat.batch.run import BatchRun
+
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"id": 7, "prompt": "one"}\n\n{"id": 7, "prompt": "again"}\n'
+                 '{"prompt": "four"}\n')
+    run = BatchRun(str(f), str(tmp_path / "out.jsonl"), output_format="openai")
+    try:
+        assert isinstance(run.runnable, LinesOf) and len(run.runnable) == 2
+        assert [(i.id, i.prompt, i.line) for i in run.runnable] == [("7", "one", 1),
+                                                                   ("4", "four", 4)]
+        assert [i.line for i in run.bad] == [2, 3] and run.total == 4
+        assert "duplicate id" in run.bad[1].error
+    finally:
+        run.close()
+
+
+def test_a_repeated_custom_id_refuses_the_run_before_any_output_exists(tmp_path):
+    from hpc_chat.batch.run import BatchRun
+
+    line = {"custom_id": "x", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}}
+    f = tmp_path / "in.jsonl"
+    f.write_text(json.dumps(line) + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(InputError, match="custom_id 'x' is on line 1 and line 2"):
+        BatchRun(str(f), str(tmp_path / "out.jsonl"))
+    assert not (tmp_path / "out.jsonl").exists()
