@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +103,31 @@ def iter_batch(path: str | os.PathLike, fmt: str = "auto"):
         fmt = detect_format(path, [_unterminated(r) for r in head]) if fmt == "auto" else fmt
         return fmt, _items(itertools.chain(head, fh), path, fmt)
     path = Path(path)
-    with _open(path) as fh:
+    fh = _open(path)
+    try:
         head = _head(fh, path)
+    except BaseException:
+        fh.close()
+        raise
     fmt = detect_format(path, [_unterminated(r) for r in head]) if fmt == "auto" else fmt
+    if not rereadable(path):  # a pipe (<(zcat ...)): read once, through this one handle
+        return fmt, _held_items(fh, head, path, fmt)
+    fh.close()
     return fmt, _file_items(path, fmt)
+
+
+def rereadable(path: str | os.PathLike) -> bool:
+    """Whether the input can be read again (a regular file, not ``-`` or a pipe): a run then
+    keeps line numbers, not the lines (:class:`LinesOf`)."""
+    try:
+        return str(path) != STDIO and stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _held_items(fh, head: list[bytes], path: Path, fmt: str):
+    with fh:
+        yield from _items(itertools.chain(head, fh), path, fmt)
 
 
 def _open(path: Path):
@@ -174,7 +196,7 @@ class LinesOf:
     def __iter__(self):
         wanted = iter(self.lines)
         want = next(wanted, None)
-        with self.path.open("rb") as fh:
+        with _open(self.path) as fh:
             for number, raw in enumerate(fh, start=1):
                 if want is None:
                     return
@@ -183,8 +205,14 @@ class LinesOf:
                 item = _parse_line(_unterminated(raw), number, self.fmt)
                 if self.adjust is not None:
                     self.adjust(item)
+                if item.error is not None:  # the line is not what it was when it was read
+                    raise InputError(f"{self.path}: line {number} changed while the batch "
+                                     f"ran; rerun with --resume")
                 yield item
                 want = next(wanted, None)
+        if want is not None:
+            raise InputError(f"{self.path}: the input is shorter than when the batch started "
+                             f"(line {want} is gone); rerun with --resume")
 
 
 def _parse_line(raw: bytes, number: int, fmt: str) -> BatchItem:

@@ -25,6 +25,7 @@ in :mod:`hpc_chat.batch.run`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -295,34 +296,62 @@ def compact_openai(output: Path, errors: Path) -> None:
     answered again); OpenAI batch readers expect each custom_id once, so at the end of a run,
     still under the output's lock, both files are rewritten (whole, then renamed) without the
     superseded lines and without lines cut short by a killed run.
+
+    Both files are read twice, a line at a time, never held: the first pass keeps each
+    request's last outcome (a 64-bit hash of its key and where it is), the second copies the
+    lines kept.
     """
-    entries: list[tuple[float, int, int, bytes, str | None]] = []
+    last: dict[int, tuple[float, int]] = {}  # key hash -> (finished_at, sequence) of the last
+    keyed = dropped = 0
+    for _, seq, _, key, finished in _outcome_lines(output, errors):
+        if key is False:
+            dropped += 1  # cut short: dropped
+        elif key is not None:
+            keyed += 1
+            if (finished, seq) > last.get(key, (-math.inf, 0)):
+                last[key] = (finished, seq)
+    if not dropped and len(last) == keyed:
+        return  # nothing superseded, nothing cut short
+
+    def kept(index: int):
+        for at, seq, raw, key, _ in _outcome_lines(output, errors):
+            if at == index and key is not False and (key is None or last[key][1] == seq):
+                yield raw.rstrip(b"\r\n") + b"\n"
+    # The errors file first: the output's lines come first in the sequence, so rewriting the
+    # errors file leaves the output's sequence numbers as the first pass counted them.
+    for index, path in ((1, errors), (0, output)):
+        if not path.exists():
+            continue
+        if index == 1 and next(kept(1), None) is None:
+            path.unlink(missing_ok=True)
+            continue
+        replace_whole(path, kept(index))
+
+
+def _outcome_lines(output: Path, errors: Path):
+    """``(file index, sequence, raw line, key, finished_at)`` of both files' lines in order:
+    key False for a line that cannot be read, None for one that is no request's outcome,
+    else the 64-bit hash of the request's key."""
     seq = 0
     for index, path in enumerate((output, errors)):
         if not path.exists():
             continue
-        for raw in path.read_bytes().splitlines():
-            seq += 1
-            try:
-                obj = json.loads(raw)
-            except (ValueError, RecursionError):
-                continue  # cut short: dropped
-            found = oa.outcome(obj) if oa.is_output_line(obj) else None
-            try:
-                key = _line_key(found) if found else None
-            except (ValueError, TypeError, RecursionError):
-                key = None
-            entries.append((found["finished_at"] if found else 0.0, seq, index, raw, key))
-    last = {e[4]: e[1] for e in sorted(entries, key=lambda e: (e[0], e[1])) if e[4]}
-    kept = [e for e in entries if e[4] is None or last[e[4]] == e[1]]
-    if len(kept) == seq:
-        return
-    for index, path in enumerate((output, errors)):
-        lines = [e[3] for e in sorted(kept, key=lambda e: e[1]) if e[2] == index]
-        if not lines and index == 1:
-            path.unlink(missing_ok=True)
-            continue
-        replace_whole(path, b"".join(line + b"\n" for line in lines))
+        with path.open("rb") as fh:
+            for raw in fh:
+                seq += 1
+                try:
+                    obj = json.loads(raw)
+                except (ValueError, RecursionError):
+                    yield index, seq, raw, False, 0.0
+                    continue
+                found = oa.outcome(obj) if oa.is_output_line(obj) else None
+                try:
+                    key = _line_key(found) if found else None
+                except (ValueError, TypeError, RecursionError):
+                    key = None
+                hashed = None if key is None else int.from_bytes(hashlib.blake2b(
+                    key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+                yield index, seq, raw, hashed, found["finished_at"] if found else 0.0
 
 
 def ensure_line_start(path: Path, fh: TextIO) -> None:

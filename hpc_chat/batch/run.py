@@ -17,7 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hpc_chat.batch.embed import embedding_result
-from hpc_chat.batch.input import STDIO, BatchItem, LinesOf, id_key, item_key, iter_batch
+from hpc_chat.batch.input import (
+    STDIO,
+    BatchItem,
+    LinesOf,
+    id_key,
+    item_key,
+    iter_batch,
+    rereadable,
+)
 from hpc_chat.batch.output import OutputWriter, read_output, unknown_model
 from hpc_chat.driver.startup import follow_workers, run_scheduler
 from hpc_chat.driver.stats import Summary
@@ -54,7 +62,8 @@ class BatchRun:
                 Path(input_path).exists() and os.path.samefile(input_path, output):
             raise InputError(f"{output}: the output is the input file; choose another output")
         fmt, stream = iter_batch(input_path, fmt)
-        if input_path == STDIO:  # standard input cannot be read again: held
+        again_readable = rereadable(input_path)
+        if not again_readable:  # standard input, a pipe: they cannot be read again: held
             held = list(stream)
             again = lambda: iter(held)  # noqa: E731
         else:
@@ -70,6 +79,14 @@ class BatchRun:
             _ids_as_custom_ids(again(), input_path)
             adjust = _as_custom_id
         self.writer = OutputWriter(output, resume=self.resume, style=style, mode=mode)  # locked
+        try:
+            self._decide(output, retry_failed, again, adjust, again_readable, input_path, fmt)
+        except BaseException:
+            self.writer.close()  # the lock is not held on by a run that did not start
+            raise
+
+    def _decide(self, output, retry_failed, again, adjust, again_readable, input_path, fmt):
+        """What runs, what is skipped, and why (see the class)."""
         # Read under the lock: another run cannot be appending to it now.
         previous = read_output(output) if self.resume and output != STDIO else {}
         answered = {line["prompt"]: line for line in previous.values()
@@ -104,12 +121,12 @@ class BatchRun:
                     self.changed.append(it)
             if it.error:
                 self.bad.append(it)
-            elif input_path == STDIO:
+            elif not again_readable:
                 held_runnable.append(it)
             else:
                 lines.append(it.line)
-        self.runnable = held_runnable if input_path == STDIO else \
-            LinesOf(Path(input_path), fmt, lines, adjust)
+        self.runnable = LinesOf(Path(input_path), fmt, lines, adjust) if again_readable \
+            else held_runnable
 
     def describe_skipped(self) -> str | None:
         s = self.skipped

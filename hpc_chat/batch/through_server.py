@@ -47,9 +47,7 @@ def answer_through_server(url: str, items: list[BatchItem], writer: OutputWriter
     """Answer every item through the server at ``url`` and write each result as it
     completes; returns the number failed. ``models``: the server's model ids (a line that
     names another fails on its input, before any request)."""
-    todo: queue.SimpleQueue = queue.SimpleQueue()
-    for it in items:
-        todo.put(it)
+    todo, taking = iter(items), threading.Lock()  # read as it is taken: never held whole
     done: queue.SimpleQueue = queue.SimpleQueue()
     stop = threading.Event()
     status = on_status or (lambda text: None)
@@ -57,8 +55,12 @@ def answer_through_server(url: str, items: list[BatchItem], writer: OutputWriter
     def work() -> None:
         while not stop.is_set():
             try:
-                it = todo.get_nowait()
-            except queue.Empty:
+                with taking:
+                    it = next(todo, None)
+            except BaseException as exc:  # noqa: BLE001 - the input failed: the run ends
+                done.put((None, exc))
+                return
+            if it is None:
                 return
             try:
                 done.put((it, ask(url, it, models, agent, options or {}, status, stop)))
@@ -72,17 +74,15 @@ def answer_through_server(url: str, items: list[BatchItem], writer: OutputWriter
                for n in range(min(in_flight, len(items)))]
     for t in threads:
         t.start()
-    failed, left, gone = 0, len(items), None
+    failed, gone = 0, None
     try:
-        while left:
+        while True:
             try:
                 it, result = done.get(timeout=POLL_S)  # Ctrl-C and SIGTERM land here
             except queue.Empty:
-                if stop.is_set() and not any(t.is_alive() for t in threads) and \
-                        done.empty():
-                    break  # every request that was in flight has come back
+                if not any(t.is_alive() for t in threads) and done.empty():
+                    break  # every item was taken, and every request has come back
                 continue
-            left -= 1
             if isinstance(result, BaseException):
                 # No new requests; those in flight still come back (a server stopped with
                 # SIGTERM finishes them) and are written before the run ends.
@@ -94,6 +94,8 @@ def answer_through_server(url: str, items: list[BatchItem], writer: OutputWriter
             failed += not result["ok"]
             if on_result is not None:
                 on_result(it, result)
+            if done.empty() and not any(t.is_alive() for t in threads):
+                break
     finally:
         stop.set()
     if isinstance(gone, ConnectionError):

@@ -60,7 +60,7 @@ def submit(input_path, output, site, dry_run, config, agents, seed, model):
 def status(job_id, as_json, server):
     """State of a job from 'hpc-chat submit' (default: the latest) and its progress; with
     --server, the state of a running server."""
-    from hpc_chat.batch.input import read_batch
+    from hpc_chat.batch.input import iter_batch
     from hpc_chat.batch.output import answered_ids
     from hpc_chat.sites.submit import find_job, job_state
 
@@ -71,7 +71,7 @@ def status(job_id, as_json, server):
     state = job_state(job)
     done = len(answered_ids(job["output"])) if Path(job["output"]).exists() else 0
     try:
-        total = len(read_batch(job["input"]))
+        total = sum(1 for _ in iter_batch(job["input"])[1])  # counted, not held
     except HpcChatError:
         total = None
     if as_json:

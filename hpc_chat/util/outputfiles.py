@@ -79,9 +79,10 @@ def open_lock(path: Path) -> int:
     return fd
 
 
-def replace_whole(path: Path, data: bytes) -> None:
-    """Write ``data`` as ``path``'s new content: a fresh private temporary file beside it,
-    given ``path``'s mode, then renamed over it (a reader never sees half)."""
+def replace_whole(path: Path, data) -> None:
+    """Write ``data`` (bytes, or an iterable of bytes: written as it comes) as ``path``'s new
+    content: a fresh private temporary file beside it, given ``path``'s mode, then renamed
+    over it (a reader never sees half)."""
     try:
         keep = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
@@ -90,7 +91,11 @@ def replace_whole(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as out:
             os.fchmod(out.fileno(), keep)
-            out.write(data)
+            if isinstance(data, bytes):
+                out.write(data)
+            else:
+                for chunk in data:
+                    out.write(chunk)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -134,3 +134,38 @@ def test_a_repeated_custom_id_refuses_the_run_before_any_output_exists(tmp_path)
     with pytest.raises(InputError, match="custom_id 'x' is on line 1 and line 2"):
         BatchRun(str(f), str(tmp_path / "out.jsonl"))
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_pipe_is_read_once_and_held(tmp_path):
+    """``<(zcat corpus.jsonl.gz)`` cannot be read twice: its lines are held, none lost."""
+    import os
+    import threading
+
+    from hpc_chat.batch.run import BatchRun
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    lines = "".join(json.dumps({"id": i, "prompt": f"p{i}"}) + "\n" for i in range(5000))
+    feeder = threading.Thread(target=lambda: fifo.write_text(lines))
+    feeder.start()
+    run = BatchRun(str(fifo), str(tmp_path / "out.jsonl"), fmt="jsonl")
+    try:
+        feeder.join(10)
+        got = list(run.runnable)
+        assert isinstance(run.runnable, list) and len(got) == 5000
+        assert (got[0].id, got[-1].prompt) == (0, "p4999")
+    finally:
+        run.close()
+
+
+def test_lines_read_again_must_be_the_lines_decided_on(tmp_path):
+    from hpc_chat.batch.input import LinesOf
+
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"prompt": "one"}\n{"prompt": "two"}\n')
+    assert [i.prompt for i in LinesOf(f, "jsonl", [2])] == ["two"]
+    with pytest.raises(InputError, match="line 3 is gone"):
+        list(LinesOf(f, "jsonl", [2, 3]))
+    f.write_text('{"prompt": "one"}\n{"no prompt": 1}\n')
+    with pytest.raises(InputError, match="line 2 changed while the batch ran"):
+        list(LinesOf(f, "jsonl", [2]))
