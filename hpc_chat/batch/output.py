@@ -61,7 +61,7 @@ def errors_path(output: str | os.PathLike) -> Path:
     return p.with_name(f"{stem}.errors{p.suffix or '.jsonl'}")
 
 
-def _json_lines(path: Path):
+def json_lines(path: Path):
     """The JSON objects of a file, skipping what cannot be read (a line cut short by a kill,
     huge numbers, deep nesting): that request simply runs again."""
     if not path.exists():
@@ -83,7 +83,7 @@ def read_output(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     path = Path(path)
     last: dict[str, dict[str, Any]] = {}
     found: list[tuple[float, int, dict[str, Any]]] = []
-    lines = [*_json_lines(path), *(o for o in _json_lines(errors_path(path))
+    lines = [*json_lines(path), *(o for o in json_lines(errors_path(path))
                                    if oa.is_output_line(o))]
     for n, obj in enumerate(lines):
         if oa.is_output_line(obj):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_chat.batch.input import parse_openai_line
+from hpc_chat.batch.output import json_lines
 
 MAX_ERRORS = 1000  # bad lines named in a failed batch's errors (the count says how many)
 
@@ -153,20 +154,14 @@ def written(work: Path) -> tuple[IdSet, tuple[int, int], dict[str, Any]]:
     usage = empty_usage()
     for index, name in enumerate(("output.jsonl", "errors.jsonl")):
         path = work / name
-        if not path.exists():
-            continue
-        cut_partial_line(path)
-        with path.open("rb") as fh:
-            for raw in fh:
-                try:
-                    obj = json.loads(raw)
-                except (ValueError, RecursionError):
-                    continue
-                if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str):
-                    done.append(id_hash(obj["custom_id"]))
-                    counts[index] += 1
-                    if index == 0:
-                        add_usage(usage, obj)
+        if path.exists():
+            cut_partial_line(path)
+        for obj in json_lines(path):
+            if isinstance(obj.get("custom_id"), str):
+                done.append(id_hash(obj["custom_id"]))
+                counts[index] += 1
+                if index == 0:
+                    add_usage(usage, obj)
     return IdSet(done), (counts[0], counts[1]), usage
 
 
