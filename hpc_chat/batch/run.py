@@ -220,11 +220,13 @@ async def answer_with_workflow(workflow, items: list[BatchItem], writer: OutputW
             if on_result is not None:
                 on_result(item, result)
             refill()
-    except BaseException as exc:
-        for task in running:  # nothing is left waiting for an answer nobody will write
+    except asyncio.CancelledError:
+        # Cancelled (the workers cannot start, or the run is stopped): nothing is left waiting
+        # for an answer nobody will write. (A Ctrl-C leaves the answers submitted running: on
+        # Globus Compute, --resume fetches them instead of asking again.)
+        for task in running:
             task.cancel()
-        if isinstance(exc, asyncio.CancelledError) and watching.done() and \
-                not watching.cancelled() and watching.exception():
+        if watching.done() and not watching.cancelled() and watching.exception():
             raise watching.exception() from None
         raise
     finally:
