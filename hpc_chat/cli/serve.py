@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import sys
 
 import click
 
@@ -40,20 +41,28 @@ def with_site_options(fn):
               show_default=True,
               help="Largest file POST /v1/files takes for the Batch API (it is streamed to "
                    "$HPC_CHAT_HOME/batches, never held in memory).")
+@click.option("--root-path", default="", metavar="PATH",
+              help="The path the browser reaches this server under, behind a proxy that "
+                   "strips it (Open OnDemand: /rnode/HOST/PORT): the login link and the "
+                   "session cookie are for that path only.")
 @click.option("--new-key", is_flag=True,
               help="Write a new API key to $HPC_CHAT_HOME/server/api-key first (the old one "
                    "stops working).")
 def serve(config, site, endpoint, allocation, model, host, port, max_queue, max_upload_mb,
-          new_key):
+          root_path, new_key):
     """Serve the OpenAI API (/v1/models, /v1/chat/completions with streaming, /v1/files and
     /v1/batches: batches run on these workers and go on after a restart) and /health,
-    /v1/status, /metrics, answered by this site's workers. Every route but /health needs
-    'Authorization: Bearer KEY': $HPC_CHAT_API_KEY, else the key file it names. Stop with
-    Ctrl-C or SIGTERM: workers and pilot jobs end with it."""
+    /v1/status, /metrics, answered by this site's workers, and a chat page and a status page
+    for a browser (/ and /status). Every API route needs 'Authorization: Bearer KEY':
+    $HPC_CHAT_API_KEY, else the key file it names; a browser logs in once with the one-time
+    link serve prints (also in $HPC_CHAT_HOME/server/login-url). Stop with Ctrl-C or
+    SIGTERM: workers and pilot jobs end with it."""
     from hpc_chat.server.auth import load_key
     from hpc_chat.server.run import bind_socket, bind_unix, is_loopback
+    from hpc_chat.server.web_login import WebLogin
 
     key, source = load_key(new=new_key)  # there is always a key: a file is made if needed
+    login = WebLogin(root_path)  # a bad --root-path or $HPC_CHAT_LOGIN_TOKEN stops here
     tcp = host is not None or port is not None
     if tcp:
         host = host or "127.0.0.1"
@@ -71,15 +80,16 @@ def serve(config, site, endpoint, allocation, model, host, port, max_queue, max_
     # into an exception, so the workflow shuts down (workers, pilot jobs) before the exit.
     previous = signal.signal(signal.SIGTERM, raise_interrupted)
     try:
-        _serve(session, sock, key, source, max_queue, max_upload_mb << 20)
+        _serve(session, sock, key, source, max_queue, max_upload_mb << 20, login)
     except (Interrupted, KeyboardInterrupt):
         err_console.print("server stopped; workers and pilot jobs ended", markup=False)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _serve(session, sock, key, source, max_queue, max_upload) -> None:
+def _serve(session, sock, key, source, max_queue, max_upload, login) -> None:
     from hpc_chat.server.run import serve as run_server
+    from hpc_chat.server.web_login import login_file
 
     with session as s:
         where = s.workflow.profile.name if s.workflow.profile is not None else "local"
@@ -94,5 +104,12 @@ def _serve(session, sock, key, source, max_queue, max_upload) -> None:
                     f"the socket {path} is yours alone; hpc-chat ask/chat/batch use it. From "
                     f"elsewhere: ssh -N -L 8000:{path} {socket.gethostname()}, then "
                     f"http://127.0.0.1:8000/v1 on your side", markup=False, highlight=False)
+            # The link is a login: shown on a terminal, never into a job's log (often
+            # readable by others) nor when the caller chose the token (Open OnDemand).
+            shown = sys.stderr.isatty() and not login.chosen
+            err_console.print(f"in a browser: {login.link() if shown else 'the link in'} "
+                              f"{'(once; the next one is in ' if shown else ''}{login_file()}"
+                              f"{')' if shown else ' (0600; good once)'}",
+                              markup=False, highlight=False)
         s.run(run_server(s.workflow, sock=sock, key=key, max_queue=max_queue,
-                         max_upload=max_upload, on_listening=listening))
+                         max_upload=max_upload, on_listening=listening, login=login))

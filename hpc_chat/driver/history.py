@@ -100,6 +100,16 @@ class MemoryHistory:
         found = self._conversations.get(conversation, [])
         return list(found if last is None else found[-last:] if last > 0 else [])
 
+    async def titled(self, limit: int, chars: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` conversations (as :meth:`conversations`), each with the first
+        ``chars`` characters of its first user message as ``title`` (a list to pick from)."""
+        found = (await self.conversations())[:limit]
+        for entry in found:
+            entry["title"] = next((m["content"][:chars] for m in
+                                   self._conversations.get(entry["name"], [])
+                                   if m["role"] == "user"), None)
+        return found
+
     async def recent(self, conversation: str) -> list[dict[str, str]]:
         """What a new turn is answered with: only the rows it can use are read (a long
         conversation costs each request its last turns, not the whole table)."""
@@ -109,9 +119,11 @@ class MemoryHistory:
                            self.config.max_turns, self.config.max_tokens)
 
     async def conversations(self) -> list[dict[str, Any]]:
-        return [{"name": name, "messages": len(msgs), "created_at": self._created[name],
-                 "updated_at": msgs[-1]["created_at"] if msgs else self._created[name]}
-                for name, msgs in self._conversations.items()]
+        """Newest (last changed) first."""
+        found = [{"name": name, "messages": len(msgs), "created_at": self._created[name],
+                  "updated_at": msgs[-1]["created_at"] if msgs else self._created[name]}
+                 for name, msgs in self._conversations.items()]
+        return sorted(found, key=lambda c: c["updated_at"], reverse=True)
 
     async def remove(self, conversation: str) -> bool:
         """Forget a conversation; False when there was none of that name."""
@@ -256,6 +268,17 @@ class SQLiteHistory(MemoryHistory):
                          "LIMIT ?", (cid, -1 if last is None else last))[::-1]
         keys = ("role", "agent", "content", "prompt_tokens", "completion_tokens", "created_at")
         return [dict(zip(keys, row)) for row in rows]
+
+    async def titled(self, limit: int, chars: int) -> list[dict[str, Any]]:
+        """One query, off the event loop (a page asks for this after every answer)."""
+        rows = await asyncio.to_thread(
+            self._run, "SELECT c.name, (SELECT COUNT(*) FROM messages m WHERE "
+            "m.conversation_id = c.id), c.created_at, c.updated_at, (SELECT substr(m.content, "
+            "1, ?) FROM messages m WHERE m.conversation_id = c.id AND m.role = 'user' ORDER BY "
+            "m.id LIMIT 1) FROM conversations c ORDER BY c.updated_at DESC LIMIT ?",
+            (chars, limit))
+        return [{"name": n, "messages": k, "created_at": c, "updated_at": u, "title": t}
+                for n, k, c, u, t in rows]
 
     async def conversations(self) -> list[dict[str, Any]]:
         rows = self._run("SELECT c.name, COUNT(m.id), c.created_at, c.updated_at FROM "

@@ -81,12 +81,22 @@ class Text(BaseModel):
     t: str  # what is new since the last Text
 
 
+class EngineLoad(BaseModel):
+    """How busy the engine was as an answer ended: the server's status page shows each
+    node's engine from the answers it sent last (asking the engines would need a task that
+    waits behind the work)."""
+
+    running: int  # sequences in the batch, this answer's included
+    waiting: int  # requests waiting for a slot
+
+
 class Done(BaseModel):
     event: Literal["done"] = "done"
     completion: Completion
     request: GenRequest  # as decoded: its messages fitted to the context
     n_threads: int
     engine: EngineInfo
+    load: EngineLoad | None = None
 
 
 class Embedded(BaseModel):

@@ -96,16 +96,19 @@ class AgentAnswer(BaseModel):
     n_threads: int
     batched: bool
     engine: dict[str, Any] | None = None
+    # the node engine's sequences and waiting requests as this answer ended (the server's
+    # status page); not provenance: it says nothing of how the answer was made
+    engine_load: dict[str, int] | None = None
     output_format: FormatVerdict | None = None
     # each token's, when asked (OpenAI's choices[].logprobs.content: hpc_chat.llm.logprobs)
     logprobs: list[dict[str, Any]] | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     def wire(self) -> dict[str, Any]:
-        """Plain JSON data, as every channel carries it (``output_format`` and ``logprobs``
-        only when the answer has them)."""
-        return self.model_dump(mode="json", exclude={k for k in ("output_format", "logprobs")
-                                                     if getattr(self, k) is None})
+        """Plain JSON data, as every channel carries it (``output_format``, ``logprobs`` and
+        ``engine_load`` only when the answer has them)."""
+        return self.model_dump(mode="json", exclude={
+            k for k in ("output_format", "logprobs", "engine_load") if getattr(self, k) is None})
 
 
 class RouteTaken(BaseModel):

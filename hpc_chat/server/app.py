@@ -30,10 +30,13 @@ from hpc_chat.server.auth import authorized
 from hpc_chat.server.batch_api import add_batch_routes
 from hpc_chat.server.chat import Started, close, ending, pieces, start_chat
 from hpc_chat.server.completions import create_completion
+from hpc_chat.server.conversations import add_conversation_routes
 from hpc_chat.server.embeddings import embeddings
 from hpc_chat.server.errors import ApiError
 from hpc_chat.server.responses import create_response, get_response
 from hpc_chat.server.state import ServerState
+from hpc_chat.server.web import OPEN_PATHS, add_web_routes
+from hpc_chat.server.web_login import cookie_may
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +49,9 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if request.scope["path"] not in OPEN_ROUTES and \
-                not authorized(request.headers.get("authorization"), state.key):
-            return ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY' "
-                                 "(the key is in $HPC_CHAT_API_KEY or the file hpc-chat serve "
-                                 "named)", code="invalid_api_key").response(state.metrics)
+        refused = who_may(state, request)
+        if refused is not None:
+            return refused.response(state.metrics)
         size = request.headers.get("content-length")
         if request.scope["path"] == "/v1/files" and request.method == "POST":
             size = None  # an upload has a limit of its own (server/uploads.py)
@@ -120,7 +121,29 @@ def create_app(state: ServerState) -> FastAPI:
         return await get_response(state, ident)
 
     add_batch_routes(app, state)
+    add_conversation_routes(app, state)
+    add_web_routes(app, state.login)
     return app
+
+
+def who_may(state: ServerState, request: Request) -> ApiError | None:
+    """None when the request may go on: an open route (health, the pages and their assets,
+    the login), the API key, or a browser's session cookie (a change also needs the page's
+    header: :func:`hpc_chat.server.web_login.cookie_may`)."""
+    path = request.scope["path"]
+    if path in OPEN_ROUTES or path in OPEN_PATHS:
+        return None
+    if authorized(request.headers.get("authorization"), state.key):
+        return None
+    if state.login.valid(state.login.session_of(request.cookies)):
+        if cookie_may(request.method, request.headers):
+            return None
+        return ApiError(403, "a change from a browser comes from this server's own page (the "
+                             "X-HPC-Chat header)", code="forbidden")
+    return ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY' (the key "
+                         "is in $HPC_CHAT_API_KEY or the file hpc-chat serve named), or log in "
+                         "with the link in $HPC_CHAT_HOME/server/login-url",
+                    code="invalid_api_key")
 
 
 def model_list(wf) -> list[dict[str, Any]]:
@@ -191,6 +214,16 @@ def _fingerprint() -> str:
     return f"hpc_chat-{__version__}"
 
 
+def each_agent(result: dict[str, Any]) -> dict[str, Any]:
+    """A routed answer from several agents: each one's own text (``hpc_chat_answers``), so a
+    page can show them side by side (the content has them joined under headers)."""
+    responses = result.get("responses") or []
+    if len(responses) < 2:
+        return {}
+    return {"hpc_chat_answers": [{"agent": r.get("agent"), "content": r.get("content"),
+                                  "error": r.get("error")} for r in responses]}
+
+
 def _event(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -234,7 +267,8 @@ async def stream_events(state: ServerState, started: Started, usage: bool):
             # tokens' logprobs, when asked, come whole with it (the text streams as pieces
             # that are not token by token).
             yield chunk({}, result["finish_reason"] or FinishReason.STOP.value,
-                        logprobs=openai_chat.logprobs_of(result), hpc_chat=prov)
+                        logprobs=openai_chat.logprobs_of(result), hpc_chat=prov,
+                        **each_agent(result))
             if usage:
                 yield _event(openai_chat.usage_chunk(ident, created, model, result))
         yield "data: [DONE]\n\n"

@@ -267,6 +267,7 @@ class BatchRunner:
         for attempt in range(RETRIES + 1):
             try:
                 result = await answer_one(wf, item)
+                self.state.board.saw(result)  # the status page's engines and tokens
             except Exception as exc:  # noqa: BLE001 - the line's outcome, not the batch's end
                 log.exception("batch line %s", item.line)
                 return failed_result(f"the request could not be run: {type(exc).__name__}: "

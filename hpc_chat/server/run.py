@@ -28,12 +28,14 @@ from hpc_chat.server.batch_runner import BatchRunner
 from hpc_chat.server.batch_store import BatchStore
 from hpc_chat.server.connections import BoundedH11Protocol
 from hpc_chat.server.state import ServerState
+from hpc_chat.server.web_login import WebLogin
 from hpc_chat.util.rundir import runtime_dir
 
 log = logging.getLogger(__name__)
 
 CONNECTIONS_OVER_QUEUE = 64  # connections beyond --max-queue: health checks, status, refusals
 KEEP_ALIVE_S = 5  # an idle connection is closed after this
+TUNNEL_PORT = 8000  # the local port of the SSH tunnel serve suggests for its Unix socket
 
 
 def is_loopback(host: str) -> bool:
@@ -109,15 +111,18 @@ def unix_url(path: str) -> str:
 
 
 async def serve(workflow, *, sock: socket.socket, key: str, max_queue: int,
-                max_upload: int = 1 << 30, on_listening=None) -> None:
+                max_upload: int = 1 << 30, on_listening=None,
+                login: WebLogin | None = None) -> None:
     """Serve on ``sock`` until SIGINT/SIGTERM. ``on_listening(url)`` is called once it
-    serves. Batches of the Batch API left unfinished by an earlier server go on."""
+    serves (the browser's login link is written by then). Batches of the Batch API left
+    unfinished by an earlier server go on."""
     hub = TokenHub()
     where = stream_addresses(workflow)
     if where is not None:
         await hub.start(*where)
     state = ServerState(workflow, key, hub if where is not None else None,
-                        max_queue=max_queue, max_upload=max_upload, store=BatchStore())
+                        max_queue=max_queue, max_upload=max_upload, store=BatchStore(),
+                        login=login or WebLogin())
     state.batches_elsewhere = state.store.take_lock()
     if state.batches_elsewhere is None:
         state.batches = BatchRunner(state.store, state)
@@ -135,7 +140,7 @@ async def serve(workflow, *, sock: socket.socket, key: str, max_queue: int,
     server = uvicorn.Server(config)
     unix_path = sock.getsockname() if sock.family == socket.AF_UNIX else None
     warm = asyncio.ensure_future(state.keep_warm())
-    announce = asyncio.ensure_future(_announce(server, sock, on_listening))
+    announce = asyncio.ensure_future(_announce(server, sock, state.login, on_listening))
     try:
         await server.serve(sockets=[sock])
     finally:
@@ -159,14 +164,23 @@ def _forget(path: Path) -> None:
         pass
 
 
-async def _announce(server: uvicorn.Server, sock: socket.socket, on_listening) -> None:
+async def _announce(server: uvicorn.Server, sock: socket.socket, login: WebLogin,
+                    on_listening) -> None:
     while not server.started:
         await asyncio.sleep(0.05)
     if sock.family == socket.AF_UNIX:
         url = unix_url(sock.getsockname())
+        base = f"http://127.0.0.1:{TUNNEL_PORT}"  # through the tunnel serve prints
     else:
         host, port = sock.getsockname()[:2]
         url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/v1"
+        page = socket.gethostname() if host in ("0.0.0.0", "::") else host
+        base = f"http://{page if ':' not in page else f'[{page}]'}:{port}"
+    # Behind a proxy (--root-path) only the proxy's host is the browser's: the path alone.
+    try:
+        login.write_link("" if login.root_path else base)
+    except OSError as exc:  # the API works without it; the pages need a new start
+        log.warning("could not write the browser's login link: %s", exc)
     path = server_file()
     path.write_text(json.dumps({"url": url, "pid": os.getpid(),
                                 "host": socket.gethostname()}))

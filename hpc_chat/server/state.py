@@ -22,6 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from hpc_chat.driver.startup import run_scheduler
 from hpc_chat.driver.token_hub import TokenHub
+from hpc_chat.server.board import EngineBoard
+from hpc_chat.server.web_login import WebLogin
 from hpc_chat.sites.schedulers import SCHEDULERS, JobState, JobStatus
 
 TOKENS_WINDOW_S = 60.0
@@ -73,6 +75,8 @@ class ServerState:
     batches: Any = None  # the runner of those batches (server/batch_runner.py)
     batches_elsewhere: str | None = None  # who runs them when another server does
     metrics: Metrics = field(default_factory=Metrics)
+    login: WebLogin = field(default_factory=WebLogin)  # the browser's (server/web_login.py)
+    board: EngineBoard = field(default_factory=EngineBoard)  # engines seen, tokens over time
     in_flight: int = 0
     ready: bool = False
     failed: str | None = None  # why the warm-up failed
@@ -94,6 +98,7 @@ class ServerState:
             self.metrics.tokens.labels("prompt").inc(result.get("prompt_tokens") or 0)
             self.metrics.tokens.labels("completion").inc(result.get("completion_tokens") or 0)
             self._tokens.append((time.time(), result.get("completion_tokens") or 0))
+            self.board.saw(result)
 
     def tokens_per_s(self) -> float:
         now = time.time()
@@ -135,11 +140,17 @@ class ServerState:
         wf = self.workflow
         stats = await wf.get_parsl_stats()
         scheduler = run_scheduler(wf)
-        blocks = [{"job_id": str(job), "scheduler": scheduler,
-                   "state": await self._job_state(scheduler, str(job))}
-                  for job in stats.get("job_ids") or []]
+        jobs = stats.get("block_jobs") or {str(i): str(j)
+                                            for i, j in enumerate(stats.get("job_ids") or [])}
+        connected = stats.get("by_block") or {}
+        blocks = [{"job_id": job, "block": block, "scheduler": scheduler,
+                   "state": await self._job_state(scheduler, job),
+                   **connected.get(block, {"managers": 0, "workers": 0, "tasks": 0})}
+                  for block, job in jobs.items()]
         queued = any(b["state"].state is JobState.PENDING for b in blocks)
-        blocks = [{**b, "state": str(b["state"])} for b in blocks]  # the scheduler's words
+        # the scheduler's words ("PENDING (Priority, expected start ...)") and the state alone
+        blocks = [{**b, "state": str(b["state"]), "phase": b["state"].state.value}
+                  for b in blocks]
         workers = stats.get("active_workers", 0)
         self.metrics.workers.set(workers)
         self.metrics.blocks.set(len(blocks))
@@ -165,6 +176,8 @@ class ServerState:
                          "parsl_tasks_pending": stats.get("pending_tasks"),
                          "parsl_tasks_submitted": stats.get("submitted_tasks")},
             "tokens_per_s_last_minute": self.tokens_per_s(),
+            "tokens_per_s_history": self.board.tokens_history(),
+            "engines": self.board.engines(),
             "batches": self._batches(),
             "uptime_s": round(time.time() - self.started, 1),
         }

@@ -212,6 +212,7 @@ def _result(prep: Prepared, done: Decoded) -> dict:
         "n_threads": done.n_threads,
         "batched": bool(completion.extra.get("batched")),
         "engine": done.engine,
+        "engine_load": done.load,
     }
     if "logprobs" in completion.extra:
         result["logprobs"] = completion.extra["logprobs"]

@@ -62,6 +62,7 @@ class Decoded:
     request: GenRequest
     n_threads: int
     engine: dict | None = None  # the node engine's pid, host and slots; None: this process
+    load: dict | None = None  # how busy it was as the answer ended (not provenance)
 
 
 class EngineLost(RuntimeError):
@@ -281,8 +282,9 @@ def _one(spec: ModelSpec, slots: int, prep, conns: _Connections, finish: Callabl
                     if _late(limit, sender):  # e.g. its worker was stopped past the limit
                         raise time_limit.timed_out(limit)
                     completion = event.completion
-                    result = finish(prep, Decoded(completion, event.request, event.n_threads,
-                                                  event.engine.model_dump()))
+                    result = finish(prep, Decoded(
+                        completion, event.request, event.n_threads, event.engine.model_dump(),
+                        event.load.model_dump() if event.load else None))
                     if sender is None and prep.stream:  # the result only (tokens=False)
                         sender = TokenSender(prep.stream, [])
                     if sender is not None:  # the driver has it now, not at the task's end

@@ -147,6 +147,9 @@ class NodeEngine:
             raise
         finally:
             with self.lock:
+                waiting = self.feed.waiting()
+                load = wire.EngineLoad(running=max(min(self.slots, sum(self.clients.values())
+                                                       - waiting), 1), waiting=waiting)
                 self.clients[client] -= 1
                 if not self.clients[client]:
                     del self.clients[client]
@@ -156,7 +159,8 @@ class NodeEngine:
                 self.served += 1
                 outcome.model_loaded_now, self.load_pending = self.load_pending, False
             _reply(conn, wire.Done(completion=outcome, request=decoded,
-                              n_threads=self.engine.n_threads, engine=self.info))
+                              n_threads=self.engine.n_threads, engine=self.info,
+                              load=load))
         elif isinstance(outcome, FormatError):  # refused before decoding: this request only
             _reply(conn, wire.Failed(error=str(outcome), kind=wire.FailKind.FORMAT,
                                      param=outcome.param))

@@ -108,6 +108,10 @@ def test_a_batch_is_answered_into_its_output_and_error_files(server, tmp_path):
     assert errors["bad-param"]["body"]["error"]["param"] == "body.temperature"
     output = client.files.retrieve(done.output_file_id)
     assert output.purpose == "batch_output" and output.bytes > 0
+    # The status page's engines and tokens count a batch's answers too (no chat was sent).
+    status = server.get("/v1/status")[1]
+    assert sum(e["answers"] for e in status["engines"]) == 6, status["engines"]
+    assert sum(t for _, t in status["tokens_per_s_history"]) * 10 == pytest.approx(12)
 
     # The input file is kept (another batch may read it); the output can be deleted.
     assert client.files.delete(done.output_file_id).deleted is True

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -400,4 +401,63 @@ def test_idle_connections_of_another_user_do_not_lock_the_tcp_server_out(attacke
     finally:
         flag.touch()
         idle.wait(30)
+        stop(server)
+
+
+PROBE = """
+import json, sys, urllib.error, urllib.request
+base, home = sys.argv[1], sys.argv[2]
+def status(method, path, body=None, headers=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+try:
+    open(home + "/server/login-url").read()
+    link = "read"
+except OSError:
+    link = "refused"
+print(json.dumps({
+    "link": link, "page": status("GET", "/"), "status": status("GET", "/v1/status"),
+    "conversations": status("GET", "/v1/conversations"),
+    "logins": [status("POST", "/login", {"token": "A" * 32 + str(i)}, {"X-HPC-Chat": "1"})
+               for i in range(20)],
+    "forged": status("GET", "/v1/models", headers={"Cookie": "; ".join(
+        f"hpc_chat_session{s}={'A' * 43}" for s in ("", "_00000000"))}),
+}))
+"""
+
+
+@pytest.mark.parsl
+def test_another_user_gets_the_pages_but_no_data_no_login_link_and_no_session(
+        attacker, tmp_path, fixtures):
+    """`serve --port`: another user of the node can load the pages (they hold no data), but
+    cannot read the login link, reaches no API route, gets no session from guessed tokens or
+    a forged cookie, and their tries do not spend the user's link."""
+    from tests.helpers.server import start_server, stop
+
+    tmp_path.chmod(0o755)  # the attacker may walk to the home, not into it
+    server = start_server(tmp_path, fixtures / "workflows" / "fast.yml", model="echo")
+    try:
+        link = (server.home / "server" / "login-url").read_text().strip()
+        probe = subprocess.run(["runuser", "-u", attacker, "--", SYSTEM_PYTHON, "-c", PROBE,
+                                server.url.removesuffix("/v1"), str(server.home)],
+                               capture_output=True, text=True, timeout=120)
+        assert probe.returncode == 0, probe.stderr
+        got = json.loads(probe.stdout)
+        assert got == {"link": "refused", "page": 200, "status": 401, "conversations": 401,
+                       "logins": [403] * 20, "forged": 401}, got
+        assert (server.home / "server" / "login-url").read_text().strip() == link
+        token = link.rsplit("token=", 1)[1]
+        request = urllib.request.Request(server.url.removesuffix("/v1") + "/login",
+                                         data=json.dumps({"token": token}).encode(),
+                                         headers={"X-HPC-Chat": "1",
+                                                  "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:  # still the user's
+            assert answer.status == 200 and "hpc_chat_session_" in answer.headers["set-cookie"]
+    finally:
         stop(server)

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from hpc_chat.batch.input import BatchItem
 from hpc_chat.server import batch_runner
 from hpc_chat.server.batch_runner import BatchRunner, Gate
+from hpc_chat.server.board import EngineBoard
 
 
 class Workflow:
@@ -31,7 +32,7 @@ class Workflow:
 
 
 def state(wf, ready=True, in_flight=0):
-    return SimpleNamespace(workflow=wf, ready=ready, in_flight=in_flight)
+    return SimpleNamespace(workflow=wf, ready=ready, in_flight=in_flight, board=EngineBoard())
 
 
 def test_the_window_is_the_engine_slots_and_a_micro_batch_less_interactive_requests():

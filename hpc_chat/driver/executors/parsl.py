@@ -137,6 +137,7 @@ class ParslExecutor:
                 managers = ex.connected_managers()
                 out["active_workers"] = sum(m["worker_count"] for m in managers if m["active"])
                 out["managers"] = len(managers)
+                out["by_block"] = by_block(managers)
                 out["connected_blocks"] = len({m["block_id"] for m in managers})
                 outstanding = ex.outstanding  # a method in recent Parsl, a property before
                 out["outstanding"] = outstanding() if callable(outstanding) else outstanding
@@ -144,6 +145,7 @@ class ParslExecutor:
                 log.debug("could not query the interchange: %s", exc)
             out["blocks"] = len(ex.blocks_to_job_id)
             out["job_ids"] = list(ex.blocks_to_job_id.values())
+            out["block_jobs"] = {str(b): str(j) for b, j in ex.blocks_to_job_id.items()}
             out["block_failures"] = block_failures(ex)
         out["lost_hosts"] = self.lost.hosts()
         return out
@@ -383,3 +385,15 @@ def _start_dfk(config):
     from parsl.dataflow.dflow import DataFlowKernel
 
     return DataFlowKernel(config)
+
+
+def by_block(managers: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per block: its connected managers (one per node), their workers and running tasks."""
+    out: dict[str, dict[str, int]] = {}
+    for m in managers:
+        block = out.setdefault(str(m.get("block_id")), {"managers": 0, "workers": 0,
+                                                         "tasks": 0})
+        block["managers"] += 1
+        block["workers"] += m.get("worker_count") or 0
+        block["tasks"] += m.get("tasks") or 0
+    return out
