@@ -18,7 +18,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -42,6 +41,7 @@ from tests.helpers.ood import (
 )
 from tests.helpers.rnode_proxy import RnodeProxy
 from tests.slurm.conftest import skip_or_fail, slurm_problem, slurm_state, squeue_ids
+from tests.slurm.conftest import wait_until as wait_for
 
 ECHO = "echo?tokens=4&token_s=0"
 
@@ -228,19 +228,6 @@ def assert_relative_links_work(url: str, page: bytes, headers: dict) -> None:
         assert urlsplit(urljoin(url, ref)).path.startswith(prefix), f"{ref} leaves {prefix}"
         status, _, body = request("GET", urljoin(url, ref), headers=headers)
         assert status == 200, (ref, body)
-
-
-def wait_for(predicate, timeout: float, what, interval: float = 0.5):
-    """``predicate()``'s first true value, polled; ``what`` (or ``what()``, asked only on a
-    timeout) says what was awaited."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for "
-                         f"{what() if callable(what) else what}")
 
 
 @pytest.mark.usefixtures("ruby")

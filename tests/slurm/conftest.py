@@ -74,14 +74,17 @@ def squeue_ids() -> set[str]:
     return set(proc.stdout.split())
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
+def wait_until(predicate, timeout: float, what, interval: float = 0.5):
+    """``predicate()``'s first true value, polled; ``what`` (or ``what()``, asked only on a
+    timeout) says what was awaited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for "
+                         f"{what() if callable(what) else what}")
 
 
 def slurm_state(job_id: str) -> str:
