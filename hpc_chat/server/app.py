@@ -23,9 +23,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hpc_chat.driver.token_hub import RESTART
 from hpc_chat.openai import chat as openai_chat
 from hpc_chat.openai.batch import ROUTED_MODEL
 from hpc_chat.protocol.result import FinishReason, provenance_of
+from hpc_chat.server.agent_streams import AGENTS_HEADER, agent_pieces
 from hpc_chat.server.auth import authorized
 from hpc_chat.server.batch_api import add_batch_routes
 from hpc_chat.server.chat import Started, close, ending, pieces, start_chat
@@ -191,7 +193,8 @@ async def complete(state: ServerState, request: Request, body: dict[str, Any]):
         raise ApiError(400, f"X-Conversation-Id must be 1 to {MAX_CONVERSATION} characters",
                        code="invalid_request", param="X-Conversation-Id")
     started = await start_chat(state, body, conversation=conversation,
-                               stored=conversation is not None)
+                               stored=conversation is not None,
+                               each_agent=request.headers.get(AGENTS_HEADER) == "stream")
     if body.get("stream") is not True:
         return completion_object(started.req.model, started.task.result())
     usage = bool(options and options.get("include_usage") is True)
@@ -246,6 +249,14 @@ async def stream_events(state: ServerState, started: Started, usage: bool):
     sent = ""
     try:
         yield chunk({"role": "assistant", "content": ""})
+        if started.agents:  # each routed agent's text, as an extension beside the content
+            first = True
+            async for agent, piece in agent_pieces(started.agents, started.task):
+                if first:
+                    state.metrics.first_token.observe(time.perf_counter() - started.start)
+                    first = False
+                yield chunk({}, hpc_chat_agent={"agent": agent, "restart": True}
+                            if piece is RESTART else {"agent": agent, "content": piece})
         async for piece in pieces(state, started):
             sent += piece
             yield chunk({"content": piece})

@@ -19,6 +19,7 @@ from typing import Any
 from hpc_chat.driver.token_hub import RESTART, Stream
 from hpc_chat.openai.batch import CHAT_URL, ROUTED_MODEL, ChatRequest, RequestError, parse_request
 from hpc_chat.protocol.failure import status_of
+from hpc_chat.server.agent_streams import open_streams
 from hpc_chat.server.errors import ApiError, admit
 from hpc_chat.server.state import ServerState
 
@@ -36,15 +37,18 @@ class Started:
     channel: Stream | None
     first: str | None
     start: float
+    agents: dict[str, Stream] | None = None  # each routed agent's (server/agent_streams.py)
 
 
 async def start_chat(state: ServerState, body: dict[str, Any], *,
                      conversation: str | None = None, stored: bool = False,
-                     options: dict[str, Any] | None = None) -> Started:
+                     options: dict[str, Any] | None = None,
+                     each_agent: bool = False) -> Started:
     """Check ``body`` (a chat completion's), start its answer and, streamed, wait for its first
     piece; a failure known by then is raised as an :class:`ApiError`. ``conversation`` with
     ``stored`` goes on from that conversation's stored turns (``X-Conversation-Id``);
-    ``options`` are the route's own (a text completion's)."""
+    ``options`` are the route's own (a text completion's); ``each_agent``: a routed answer's
+    agents are streamed side by side (:mod:`hpc_chat.server.agent_streams`)."""
     wf = state.workflow
     try:
         req = parse_request({"custom_id": "http", "url": CHAT_URL, "body": body})
@@ -68,9 +72,11 @@ async def start_chat(state: ServerState, body: dict[str, Any], *,
     # A tool call is sent whole, as OpenAI's tool_calls delta, once it is made: its text is
     # not streamed as content.
     calls = bool(opts.get("tools")) and opts.get("tool_choice") != "none"
-    channel, spec = state.hub.open(tokens=stream and not calls) if state.hub is not None \
-        else (None, None)
-    if stream and channel is not None and "seed" not in opts:
+    each = open_streams(state, req, opts) if stream and each_agent and not calls and \
+        state.hub is not None else None
+    channel, spec = state.hub.open(tokens=stream and not calls) \
+        if state.hub is not None and each is None else (None, None)
+    if stream and (channel is not None or each) and "seed" not in opts:
         # Drawn here, so a retried task (a lost worker) writes the same text again.
         opts["seed"] = random.getrandbits(31)
     start = time.perf_counter()
@@ -81,9 +87,12 @@ async def start_chat(state: ServerState, body: dict[str, Any], *,
     task = wf.submit_request(req.prompt, agents=req.agents, options=opts,
                              history=None if stored else req.history,
                              system_prompt=req.system, conversation_id=conversation,
-                             stream=spec)
+                             stream=spec,
+                             streams={a: s for a, (_, s) in each.items()} if each else None)
     task.add_done_callback(lambda t: state.end(_status(t), _result_of(t),
                                                time.perf_counter() - start))
+    if each:  # the agents' pieces go out as they come; a failure as the stream's error
+        return Started(req, task, None, None, start, {a: c for a, (c, _) in each.items()})
     if not stream:
         try:
             result = await task
@@ -123,8 +132,9 @@ async def pieces(state: ServerState, started: Started):
 
 def close(state: ServerState, started: Started) -> None:
     """Also when the client went away: its worker stops at the next token."""
-    if started.channel is not None:
-        state.hub.close(started.channel)
+    for channel in [started.channel, *(started.agents or {}).values()]:
+        if channel is not None:
+            state.hub.close(channel)
     if not started.task.done():
         started.task.cancel()
 

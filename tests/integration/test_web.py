@@ -143,6 +143,12 @@ def panel_texts(browser) -> list[str]:
             for p in browser.find_elements(By.CSS_SELECTOR, ".turn.assistant .panel")]
 
 
+def agent_names(browser) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [a.text for a in browser.find_elements(By.CSS_SELECTOR, ".turn.assistant .agent")]
+
+
 def send(browser, question: str, model: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -219,13 +225,21 @@ def test_the_chat_page_streams_stops_reopens_and_shows_html_as_text(server, tmp_
         messages = browser.find_element(By.ID, "messages")
         assert not messages.find_elements(By.CSS_SELECTOR, "img, script, a")
 
-        # Several agents (model auto, routed by keywords): a panel each.
+        # Several agents (model auto, routed by keywords): a panel each, each growing as its
+        # agent's answer is generated, then the final texts.
         send(browser, "imagine a story and analyze the data", "auto")
+        growing = wait_for(lambda: browser.find_element(By.ID, "stop").is_enabled() and
+                           len(panel_texts(browser)) == 5 and all(panel_texts(browser)[-2:])
+                           and (panel_texts(browser)[-2:], agent_names(browser)[-2:]), 60,
+                           "both agents' answers growing")
         wait_for(lambda: answered(browser) and len(panel_texts(browser)) == 5, 120,
                  "a panel per routed agent")
-        agents = [a.text for a in browser.find_elements(By.CSS_SELECTOR,
-                                                        ".turn.assistant .agent")][-2:]
-        assert sorted(agents) == ["analytical_agent", "creative_agent"]
+        assert sorted(agent_names(browser)[-2:]) == ["analytical_agent", "creative_agent"]
+        assert sorted(growing[1]) == ["analytical_agent", "creative_agent"]
+        finals = dict(zip(agent_names(browser)[-2:], panel_texts(browser)[-2:]))
+        for text, agent in zip(*growing):
+            assert finals[agent].startswith(text) and len(finals[agent].split()) == 40
+        assert any(len(text) < len(finals[agent]) for text, agent in zip(*growing)), growing
 
         # Reopened from the list and continued: the stored turns come back, and a new
         # message goes on from them.

@@ -184,15 +184,28 @@
     let text = "";
     let pending = false;
     let finished = false;
+    // A routed answer: each agent's text in its own panel as it grows (the first panel is
+    // the first agent's).
+    const agents = new Map();
     const paint = () => {
       pending = false;
-      first.show(text);
+      if (agents.size) {
+        for (const [, a] of agents) a.panel.show(a.text);
+      } else {
+        first.show(text);
+      }
       scrollDown();
+    };
+    const later = () => {
+      if (!pending) {
+        pending = true;
+        requestAnimationFrame(paint);
+      }
     };
     try {
       const response = await HPC.api("v1/chat/completions", {
         method: "POST", signal: running.signal,
-        headers: {"X-Conversation-Id": conversation},
+        headers: {"X-Conversation-Id": conversation, "X-HPC-Chat-Agents": "stream"},
         body: JSON.stringify({model, stream: true,
                               messages: [{role: "user", content: question}]}),
       });
@@ -205,17 +218,28 @@
       }
       for await (const event of events(response)) {
         if (event.error) throw new Error(event.error.message);
+        const piece = event.hpc_chat_agent;
+        if (piece) {
+          if (!agents.has(piece.agent)) {
+            const panel = agents.size ? answerPanel(piece.agent) : first;
+            panel.name(piece.agent);
+            if (agents.size) panels.append(panel);
+            agents.set(piece.agent, {panel, text: ""});
+          }
+          const a = agents.get(piece.agent);
+          a.text = piece.restart ? "" : a.text + (piece.content || "");
+          later();
+          continue;
+        }
         const choice = (event.choices || [])[0];
         if (choice && choice.delta && choice.delta.content) {
           text += choice.delta.content;
-          if (!pending) {
-            pending = true;
-            requestAnimationFrame(paint);
-          }
+          if (!agents.size) later();
         }
         if (choice && choice.finish_reason) {
           finished = true;
-          paint();
+          pending = false;
+          if (!agents.size) first.show(text);
           const who = ((event.hpc_chat || {}).agents || []).map((a) => a.agent);
           if (event.hpc_chat_answers) {  // several agents: a panel each
             HPC.clear(panels);
