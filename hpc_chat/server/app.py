@@ -1,7 +1,9 @@
 """The HTTP routes: OpenAI's chat completions, responses (:mod:`hpc_chat.server.responses`),
 text completions (:mod:`hpc_chat.server.completions`),
 embeddings (:mod:`hpc_chat.server.embeddings`), files and batches
-(:mod:`hpc_chat.server.batch_api`) and models, plus health, status and metrics.
+(:mod:`hpc_chat.server.batch_api`) and models, plus health, status and metrics, the stored
+conversations (:mod:`hpc_chat.server.conversations`) and the browser's pages and login
+(:mod:`hpc_chat.server.web`, :mod:`hpc_chat.server.web_login`).
 
 A chat completion request is checked by the same code as an OpenAI batch line
 (:func:`hpc_chat.openai.batch.parse_request`), so both accept and refuse the same things, then

@@ -4,8 +4,9 @@ Every asset is a file of this package (``server/static/``), served by the server
 pages work on a compute node with no internet, and nothing is built at install time. Pages
 hold no data: their scripts ask the API (with the session cookie, :mod:`.web_login`) and
 render what comes back with DOM calls that set text, never HTML, so nothing a model writes
-can run. Every URL the pages use is relative, so they work under a path prefix (Open
-OnDemand's ``/rnode/HOST/PORT/``) as at the root.
+can run. The pages' URLs start from the server's ``--root-path`` when it has one (Open
+OnDemand's ``/rnode/HOST/PORT``, which the proxy strips), relative otherwise: they work under
+such a prefix, with or without its final slash, as at the root.
 
 The pages are sent with a Content-Security-Policy that allows scripts, styles and requests
 from this server only (no inline script, no ``eval``, no other origin, no framing).
