@@ -25,7 +25,6 @@ in :mod:`hpc_chat.batch.run`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -34,7 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
-from hpc_chat.batch.input import STDIO, BatchItem, id_key
+from hpc_chat.batch.input import STDIO, BatchItem, id_key, key_hash
 from hpc_chat.driver.stats import RequestRecord, Summary, summarize
 from hpc_chat.errors import InputError
 from hpc_chat.openai import batch as oa
@@ -349,9 +348,8 @@ def _outcome_lines(output: Path, errors: Path):
                     key = _line_key(found) if found else None
                 except (ValueError, TypeError, RecursionError):
                     key = None
-                hashed = None if key is None else int.from_bytes(hashlib.blake2b(
-                    key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
-                yield index, seq, raw, hashed, found["finished_at"] if found else 0.0
+                yield index, seq, raw, None if key is None else key_hash(key), \
+                    found["finished_at"] if found else 0.0
 
 
 def ensure_line_start(path: Path, fh: TextIO) -> None:

@@ -20,7 +20,6 @@ from rich.text import Text
 from hpc_chat.driver.token_hub import RESTART, TokenHub
 from hpc_chat.errors import HpcChatError
 from hpc_chat.server.run import stream_addresses
-from hpc_chat.structured.compile import FORMAT_KEYS, output_format
 
 REFRESH_PER_S = 12
 
@@ -29,10 +28,8 @@ async def answer_live(workflow, question: str, console, **request) -> dict[str, 
     """``workflow.process_request(question, **request)``, with live panels on ``console``."""
     where = stream_addresses(workflow)
     try:
-        options = request.get("options") or {}  # a format: one answer, one panel
-        fmt = output_format(**{k: options.get(k) for k in FORMAT_KEYS})
-        routes = workflow.choose_agents(question, request.get("agents"),
-                                        one_answer=fmt is not None)
+        # (a format: one answer, one panel)
+        routes = workflow.choose_agents(question, request.get("agents"), request.get("options"))
     except HpcChatError:
         routes = None  # the request reports it
     if where is None or not routes:

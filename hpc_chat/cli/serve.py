@@ -106,10 +106,10 @@ def _serve(session, sock, key, source, max_queue, max_upload, login) -> None:
                     f"http://127.0.0.1:8000/v1 on your side", markup=False, highlight=False)
             # The link is a login: shown on a terminal, never into a job's log (often
             # readable by others) nor when the caller chose the token (Open OnDemand).
-            shown = sys.stderr.isatty() and not login.chosen
-            err_console.print(f"in a browser: {login.link() if shown else 'the link in'} "
-                              f"{'(once; the next one is in ' if shown else ''}{login_file()}"
-                              f"{')' if shown else ' (0600; good once)'}",
-                              markup=False, highlight=False)
+            if sys.stderr.isatty() and not login.chosen:
+                link = f"{login.link()} (once; the next one is in {login_file()})"
+            else:
+                link = f"the link in {login_file()} (0600; good once)"
+            err_console.print(f"in a browser: {link}", markup=False, highlight=False)
         s.run(run_server(s.workflow, sock=sock, key=key, max_queue=max_queue,
                          max_upload=max_upload, on_listening=listening, login=login))

@@ -194,11 +194,12 @@ class ParslChatWorkflow:
             raise HpcChatError("the workflow is not initialized; call 'await initialize()'")
         return self.loaded
 
-    def choose_agents(self, text: str, agents: list[str] | None = None, *,
-                      one_answer: bool = False) -> list[Route]:
+    def choose_agents(self, text: str, agents: list[str] | None = None,
+                      options: dict[str, Any] | None = None) -> list[Route]:
         """The routes for ``text``: the named agents, or the keyword router's choice; a reply
-        with a format (the request's, ``one_answer``, or a routed agent's) is one answer."""
+        with a format (in the request's ``options``, or a routed agent's) is one answer."""
         loaded = self._require()
+        one_answer = output_format(**{k: (options or {}).get(k) for k in FORMAT_KEYS}) is not None
         if agents:
             self.check_agents(agents)
             if one_answer and len(agents) > 1:
@@ -274,8 +275,7 @@ class ParslChatWorkflow:
             return self._finish(start, text, None, error="the prompt is empty",
                                 code=FailureCode.INVALID_REQUEST)
         try:  # a format that cannot be enforced is refused here, before any worker sees it
-            fmt = output_format(**{k: options.get(k) for k in FORMAT_KEYS})
-            routes = self.choose_agents(text, agent_names, one_answer=fmt is not None)
+            routes = self.choose_agents(text, agent_names, options)
         except FormatError as exc:
             return self._finish(start, text, None, error=str(exc), code=failure_code(exc))
         except ConfigError as exc:  # an agent this workflow does not have

@@ -17,16 +17,14 @@ from typing import Any
 
 from hpc_chat.driver.token_hub import Stream
 from hpc_chat.errors import HpcChatError
-from hpc_chat.structured.compile import FORMAT_KEYS, output_format
 
 AGENTS_HEADER = "x-hpc-chat-agents"
 
 
 def open_streams(state, req, opts: dict[str, Any]) -> dict[str, tuple[Stream, dict]] | None:
     """A stream per routed agent, or None when one agent answers (the usual stream then)."""
-    fmt = output_format(**{k: opts.get(k) for k in FORMAT_KEYS})
     try:
-        routes = state.workflow.choose_agents(req.prompt, req.agents, one_answer=fmt is not None)
+        routes = state.workflow.choose_agents(req.prompt, req.agents, opts)
     except HpcChatError:
         return None  # the request itself reports it
     if len(routes) < 2:

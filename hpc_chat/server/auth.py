@@ -14,6 +14,7 @@ import secrets
 
 from hpc_chat.client.files import ENV, key_file
 from hpc_chat.errors import ConfigError
+from hpc_chat.util.outputfiles import write_private
 
 
 def load_key(*, new: bool = False) -> tuple[str, str]:
@@ -34,12 +35,7 @@ def load_key(*, new: bool = False) -> tuple[str, str]:
             return key, str(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = "hpcchat-" + secrets.token_urlsafe(32)
-    tmp = path.with_name(f".api-key.{os.getpid()}")
-    tmp.unlink(missing_ok=True)  # a stale one would keep its mode
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
-    os.replace(tmp, path)
+    write_private(path, key + "\n")
     return key, str(path)
 
 

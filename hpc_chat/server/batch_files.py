@@ -8,24 +8,16 @@ custom_ids, not its lines.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import os
 from array import array
 from pathlib import Path
 from typing import Any
 
-from hpc_chat.batch.input import parse_openai_line
+from hpc_chat.batch.input import key_hash, parse_openai_line
 from hpc_chat.batch.output import json_lines
 
 MAX_ERRORS = 1000  # bad lines named in a failed batch's errors (the count says how many)
-
-
-def id_hash(custom_id: str) -> int:
-    """A custom_id as 64 bits: a million ids cost 8 MB, and two of them meet by chance about
-    once in 10**7 batches of that size."""
-    return int.from_bytes(hashlib.blake2b(custom_id.encode("utf-8", "surrogatepass"),
-                                          digest_size=8).digest(), "big")
 
 
 class IdSet:
@@ -35,7 +27,7 @@ class IdSet:
         self.hashes = array("Q", sorted(hashes))
 
     def __contains__(self, custom_id: str) -> bool:
-        h = id_hash(custom_id)
+        h = key_hash(custom_id)
         at = bisect.bisect_left(self.hashes, h)
         return at < len(self.hashes) and self.hashes[at] == h
 
@@ -101,7 +93,7 @@ def validate(path: Path, endpoint: str) -> tuple[int, list[dict[str, Any]], str 
                 refuse(number, f"line {number}: cannot be read as a request (nested too "
                                f"deep?)", None, "invalid_request")
             else:
-                hashes.append(id_hash(cid))
+                hashes.append(key_hash(cid))
             if method != "POST" or url != endpoint:
                 refuse(number, f"line {number}: the batch's endpoint is POST {endpoint}, this "
                                f"line asks for {method} {url}", "url", "invalid_url")
@@ -138,7 +130,7 @@ def _repeated(path: Path, hashes: array):
                 cid = json.loads(raw).get("custom_id")
             except (ValueError, RecursionError, AttributeError):
                 continue
-            if isinstance(cid, str) and cid and id_hash(cid) in twice:
+            if isinstance(cid, str) and cid and key_hash(cid) in twice:
                 if cid in first:
                     yield number, cid, first[cid]
                 else:
@@ -158,7 +150,7 @@ def written(work: Path) -> tuple[IdSet, tuple[int, int], dict[str, Any]]:
             cut_partial_line(path)
         for obj in json_lines(path):
             if isinstance(obj.get("custom_id"), str):
-                done.append(id_hash(obj["custom_id"]))
+                done.append(key_hash(obj["custom_id"]))
                 counts[index] += 1
                 if index == 0:
                     add_usage(usage, obj)

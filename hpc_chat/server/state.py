@@ -140,8 +140,7 @@ class ServerState:
         wf = self.workflow
         stats = await wf.get_parsl_stats()
         scheduler = run_scheduler(wf)
-        jobs = stats.get("block_jobs") or {str(i): str(j)
-                                            for i, j in enumerate(stats.get("job_ids") or [])}
+        jobs = stats.get("block_jobs") or {}  # block -> job (only Parsl's executor has them)
         connected = stats.get("by_block") or {}
         blocks = [{"job_id": job, "block": block, "scheduler": scheduler,
                    "state": await self._job_state(scheduler, job),

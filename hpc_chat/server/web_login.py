@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from hpc_chat.errors import ConfigError
+from hpc_chat.util.outputfiles import write_private
 from hpc_chat.util.paths import home_subdir
 
 log = logging.getLogger(__name__)
@@ -75,12 +76,7 @@ class WebLogin:
         if base_url is not None:
             self.base_url = base_url
         path = login_file()
-        tmp = path.with_name(f".login-url.{os.getpid()}")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.link() + "\n")
-        os.replace(tmp, path)
+        write_private(path, self.link() + "\n")
         return path
 
     def redeem(self, token: str) -> str | None:

@@ -79,6 +79,19 @@ def open_lock(path: Path) -> int:
     return fd
 
 
+def write_private(path: Path, text: str) -> None:
+    """``text`` as ``path``'s whole content, mode 0600 whatever was there (a secret: a key, a
+    login link): a fresh private temporary file beside it, renamed over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # made 0600
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def replace_whole(path: Path, data) -> None:
     """Write ``data`` (bytes, or an iterable of bytes: written as it comes) as ``path``'s new
     content: a fresh private temporary file beside it, given ``path``'s mode, then renamed

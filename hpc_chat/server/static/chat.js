@@ -71,11 +71,9 @@
 
   async function loadState() {
     try {
-      const status = await HPC.json("v1/status");
-      $("server-state").textContent = status.state;
-      $("server-state").className = `badge ${status.state}`;
+      HPC.showState((await HPC.json("v1/status")).state);
     } catch (e) {
-      $("server-state").textContent = "unreachable";
+      HPC.showState("unreachable");
     }
   }
 
@@ -286,10 +284,7 @@
       }
     });
     $("stop").addEventListener("click", () => { if (running) running.abort(); });
-    $("logout").addEventListener("click", async () => {
-      await HPC.api("logout", {method: "POST"});
-      location.replace(HPC.root + "login");
-    });
+    HPC.bindLogout();
     $("new-conversation").addEventListener("click", () => {
       if (running) running.abort();
       conversation = null;

@@ -62,6 +62,20 @@ const HPC = {
     return node;
   },
 
+  // What every page's header does: the server's stage as a badge, and the log-out button.
+  showState(stage) {
+    const badge = document.getElementById("server-state");
+    badge.textContent = stage;
+    badge.className = `badge ${stage}`;
+  },
+
+  bindLogout() {
+    document.getElementById("logout").addEventListener("click", async () => {
+      await HPC.api("logout", {method: "POST"});
+      location.replace(HPC.root + "login");
+    });
+  },
+
   loggedOut() {
     const banner = document.getElementById("login-needed");
     if (banner) banner.hidden = false;

@@ -84,11 +84,10 @@
     try {
       s = await HPC.json("v1/status");
     } catch (e) {
-      $("server-state").textContent = "unreachable";
+      HPC.showState("unreachable");
       return;
     }
-    $("server-state").textContent = s.state;
-    $("server-state").className = `badge ${s.state}`;
+    HPC.showState(s.state);
     summary(s);
     const now = Date.now() / 1000;
     rows($("blocks"), s.blocks, (b) => [b.job_id, b.block, phase(b.phase), b.state, b.managers,
@@ -105,10 +104,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
-    $("logout").addEventListener("click", async () => {
-      await HPC.api("logout", {method: "POST"});
-      location.replace(HPC.root + "login");
-    });
+    HPC.bindLogout();
     refresh();
     setInterval(refresh, 2000);
   });
