@@ -25,7 +25,7 @@ from hpc_chat.batch.input import BatchItem
 from hpc_chat.batch.output import OUTPUT_KEYS, OutputWriter, failed_result, unknown_model
 from hpc_chat.client import http as client
 from hpc_chat.errors import HpcChatError
-from hpc_chat.openai.batch import ROUTED_MODEL
+from hpc_chat.openai.batch import ROUTED_MODEL, body_fields
 from hpc_chat.openai.embeddings import EmbeddingLine
 from hpc_chat.protocol.failure import FailureCode
 from hpc_chat.structured.compile import line_over_run
@@ -132,12 +132,12 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
         # The line's own body, as the server would take it from any client (its ``user`` is
         # the end user's id, never a stored conversation); each line is a request of its
         # own, as with the batch's own workers: no stream.
-        body = {**line_over_run(options, item.request.body), "stream": False}
+        body = {**line_over_run(body_fields(options), item.request.body), "stream": False}
         body.pop("stream_options", None)
     else:
         model = agent or ROUTED_MODEL
         body = {"model": model, "messages": [{"role": "user", "content": item.prompt}],
-                **options}
+                **body_fields(options)}
     if model not in models:
         return unknown_model(model, models)
     done = _call(url, lambda: client.complete(url, body), status, stop, start)

@@ -38,6 +38,8 @@ REAL_TARGETS = {  # the real workload: name: (description, bound, higher_is_bett
 REAL_DESCS = {desc for desc, _, _ in REAL_TARGETS.values()}
 SCHEMA_TARGET = ("real workload with a json_schema: tokens/s after the start / without "
                  "one (same run)")
+COLLAB_TARGET = ("3-agent synthesize: hpc-chat batch after its start / llama-server -np 8 "
+                 "with each round's requests sent together")
 
 
 @dataclass
@@ -85,6 +87,8 @@ def _verdicts(r: BenchResults) -> list[Verdict]:
                for key, (desc, bound, higher) in REAL_TARGETS.items() if key in measured] + out
     if r.schema_ is not None:
         out.append(Verdict(SCHEMA_TARGET, r.schema_.kept, 0.85, True))
+    if r.collaboration is not None and r.collaboration.vs_concurrent is not None:
+        out.append(Verdict(COLLAB_TARGET, r.collaboration.vs_concurrent, 1.2, True))
     return out
 
 
@@ -130,6 +134,7 @@ def markdown(res: dict[str, Any] | BenchResults, plot_name: str) -> str:
     return _render("performance.md.j2", m=r.meta, o=r.overhead, t=r.throughput,
                    w=r.warm_start, s=r.slurm, s2=r.slurm_2n, lim=r.limit, plot_name=plot_name,
                    real=r.real, sch=r.schema_, emb=r.embeddings, scale=r.scale,
+                   col=r.collaboration,
                    verdicts=found, missed=missed,
                    profile=profile + "\n" if profile else "",
                    throughput_missed=any(v.desc == TARGETS["throughput_vs_direct"][0]

@@ -266,6 +266,44 @@ class ScaleWorkload(_Model):
     runs: list[ScaleRun]
 
 
+class CollabRate(Rate):
+    requests: int
+    start_s: float | None = None
+    steady_tok_s: float | None = None
+
+
+class Quality(_Model):
+    questions: int
+    route: float
+    review: float
+    route_tokens: int
+    review_tokens: int
+
+
+class CollaborationWorkload(_Model):
+    """A 3-agent ``synthesize`` over the real prompts (:mod:`hpc_chat.bench.collaboration`)."""
+
+    prompts: int
+    agents: list[str]
+    aggregator: str
+    date: str
+    machine: str
+    cores: int
+    repeats: int = 3
+    sequential_prompts: int
+    hpc_chat: CollabRate
+    concurrent: CollabRate | None = None
+    sequential: CollabRate | None = None
+    quality: Quality
+
+    @property
+    def vs_concurrent(self) -> float | None:
+        """hpc-chat's tokens/s after its start / the concurrent client's on a warm server."""
+        if self.concurrent is None:
+            return None
+        return (self.hpc_chat.steady_tok_s or self.hpc_chat.tok_s) / self.concurrent.tok_s
+
+
 class BenchResults(_Model):
     meta: Meta
     real: RealWorkload | None = None
@@ -279,3 +317,4 @@ class BenchResults(_Model):
     schema_: SchemaWorkload | None = Field(None, alias="schema")
     embeddings: EmbeddingWorkload | None = None
     scale: ScaleWorkload | None = None
+    collaboration: CollaborationWorkload | None = None

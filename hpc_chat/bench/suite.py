@@ -306,6 +306,10 @@ def run_suite(repeats: int = 3, requests: int = 32, overhead_requests: int = 16,
     from hpc_chat.bench.embeddings import EMBED_INPUTS, embedding_workload
 
     results["embeddings"] = embedding_workload(EMBED_INPUTS, repeats, log)
+    log("agents that collaborate: synthesize over the real workload")
+    from hpc_chat.bench.collaboration import collaboration_workload
+
+    results["collaboration"] = collaboration_workload(real_requests, repeats, log)
     log("corpus scale: hpc-chat batch with the echo model")
     from hpc_chat.bench.scale import scale_workload
 

@@ -171,6 +171,13 @@ request_options = [
                  help="Sampling seed (reproducible answers)."),
     click.option("--max-tokens", type=click.IntRange(1, 32768), default=None,
                  help="Cap on generated tokens per agent."),
+    click.option("--mode", "collab_mode", default=None,
+                 type=click.Choice(["route", "synthesize", "review"]),
+                 help="How the agents work together (default: the workflow's "
+                      "collaboration.mode, i.e. route): route: the routed agents answer, "
+                      "their answers joined; synthesize: then an aggregator writes one reply "
+                      "from them; review: they revise after reading each other's answers "
+                      "(docs/agents.md)."),
 ]
 model_option = click.option(
     "--model", default=None, metavar="NAME", envvar="HPC_CHAT_MODEL",
@@ -192,8 +199,9 @@ def with_common(fn):
     return fn
 
 
-def generation_options(seed, max_tokens, schema: str | None = None) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
+def generation_options(seed, max_tokens, schema: str | None = None,
+                       mode: str | None = None) -> dict[str, Any]:
+    opts: dict[str, Any] = {"mode": mode} if mode else {}
     if seed is not None:
         opts["seed"] = seed
     if max_tokens is not None:

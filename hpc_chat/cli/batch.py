@@ -66,7 +66,7 @@ from hpc_chat.util.outputfiles import GROUP_READABLE, PRIVATE
 @server_option
 def batch(input_path, output, resume, retry_failed, check_only, show, summary_json, fmt,
           output_format, group_readable, config, site, endpoint, allocation, agents, seed,
-          max_tokens, model, schema, server):
+          max_tokens, collab_mode, model, schema, server):
     """Answer every prompt in INPUT (JSONL, one prompt per line, or an OpenAI batch file; '-'
     is standard input) into OUTPUT. INPUT and OUTPUT may come from $HPC_CHAT_INPUT and
     $HPC_CHAT_OUTPUT (as in jobs/driver.sh). In an OpenAI file, each line's body.model names
@@ -82,7 +82,8 @@ def batch(input_path, output, resume, retry_failed, check_only, show, summary_js
         if not value]
     if missing:
         raise CliError("give " + " and ".join(missing))
-    names, options = agents_list(agents), generation_options(seed, max_tokens, schema)
+    names, options = agents_list(agents), generation_options(seed, max_tokens, schema,
+                                                             collab_mode)
     target = remote.server_to_use(server, names, config, site, endpoint, allocation, model)
     run = dict(fmt=fmt, output_format=output_format, resume=resume, retry_failed=retry_failed,
                show=show, summary_json=summary_json, endpoint=endpoint,

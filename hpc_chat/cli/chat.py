@@ -39,8 +39,8 @@ from hpc_chat.cli.repl import repl
               help="Only the answer on stdout; nothing on stderr but errors.")
 @schema_option
 @server_option
-def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, model,
-        conversation, as_json, raw, schema, server):
+def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, collab_mode,
+        model, conversation, as_json, raw, schema, server):
     """Ask one question; the routed agents answer in parallel, each in a live panel on a
     terminal. QUESTION '-' reads it from standard input (echo "What is MPI?" | hpc-chat ask -).
     A running 'hpc-chat serve' answers it from warm workers (see --server)."""
@@ -49,7 +49,7 @@ def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, 
     if not question.strip():
         raise CliError("the question is empty")
     names = agents_list(agents)
-    options = generation_options(seed, max_tokens, schema)
+    options = generation_options(seed, max_tokens, schema, collab_mode)
     target = remote.server_to_use(server, names, config, site, endpoint, allocation, model)
     if target is not None:
         body = remote.request_body(target.model, question, options)
@@ -81,8 +81,8 @@ def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, 
 @click.option("--conversation", default=None, metavar="NAME",
               help="Conversation to continue (default: a new one named by the time).")
 @server_option
-def chat(config, site, endpoint, allocation, agents, seed, max_tokens, model, conversation,
-         server):
+def chat(config, site, endpoint, allocation, agents, seed, max_tokens, collab_mode, model,
+         conversation, server):
     """Interactive chat. Commands: /stats /agents /history /quit. Ctrl-C while an answer is
     being generated cancels that answer; Ctrl-C or Ctrl-D at the prompt ends the session.
     A running 'hpc-chat serve' answers from warm workers and keeps the turns (see --server)."""
@@ -94,13 +94,14 @@ def chat(config, site, endpoint, allocation, agents, seed, max_tokens, model, co
     names = agents_list(agents)
     target = remote.server_to_use(server, names, config, site, endpoint, allocation, model)
     if target is not None:
-        remote.chat_loop(target.url, name, target.model, generation_options(seed, max_tokens),
+        remote.chat_loop(target.url, name, target.model,
+                         generation_options(seed, max_tokens, mode=collab_mode),
                          _show_history)
         return
     session = Session(config, site, allocation=allocation, endpoint=endpoint,
                       wait_for_workers=True, model=model, agents=names).check()
     request = {"conversation_id": name, "agents": names,
-               "options": generation_options(seed, max_tokens)}
+               "options": generation_options(seed, max_tokens, mode=collab_mode)}
     with session as s:
         console.print(Text.assemble(("hpc-chat", "bold"), " conversation ", (name, "cyan"),
                                     f" with {', '.join(s.workflow.agents)}. /quit to end."))

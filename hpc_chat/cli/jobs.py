@@ -154,7 +154,8 @@ def cleanup(dry_run):
 @click.option("--no-slurm", is_flag=True, help="Skip the local-Slurm case.")
 @click.option("--report-only", is_flag=True,
               help="Rewrite the report from RESULTS_DIR/results.json without measuring.")
-@click.option("--only", type=click.Choice(["schema", "embeddings", "scale"]), default=None,
+@click.option("--only", type=click.Choice(["schema", "embeddings", "scale", "collaboration"]),
+              default=None,
               help="Measure this section alone into RESULTS_DIR/results.json (the others kept "
                    "from the run that wrote it; the section says when and where it ran).")
 def bench(repeats, n_requests, real_requests, results_dir, update_docs, no_slurm,
@@ -193,6 +194,11 @@ def bench(repeats, n_requests, real_requests, results_dir, update_docs, no_slurm
             from hpc_chat.bench.scale import scale_workload
 
             res = {**json.loads(saved.read_text()), "scale": scale_workload(log)}
+        elif only == "collaboration":
+            from hpc_chat.bench.collaboration import collaboration_workload
+
+            res = {**json.loads(saved.read_text()),
+                   "collaboration": collaboration_workload(real_requests, repeats, log)}
     else:
         problem = plotting_problem()
         if problem:  # say so before minutes of measuring, not after

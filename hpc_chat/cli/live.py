@@ -2,9 +2,11 @@
 
 The driver opens a token hub (:mod:`hpc_chat.driver.token_hub`) and one stream per routed agent;
 the workers (through the node engine) send each answer's text as it grows, and the panels
-follow it. The result still comes back through Parsl and is printed as always once the
-request ends (the live panels are transient), so a pipe, ``--raw`` and ``--json`` get exactly
-what they got before. Globus Compute workers cannot reach the driver: no live panels there.
+follow it. Agents that collaborate (``synthesize``, ``review``) get one panel: the reply as it
+is written (the earlier rounds are in ``--json``). The result still comes back through Parsl
+and is printed as always once the request ends (the live panels are transient), so a pipe,
+``--raw`` and ``--json`` get exactly what they got before. Globus Compute workers cannot
+reach the driver: no live panels there.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
+from hpc_chat.driver.result_streams import stream_addresses
 from hpc_chat.driver.token_hub import RESTART, TokenHub
 from hpc_chat.errors import HpcChatError
-from hpc_chat.server.run import stream_addresses
 
 REFRESH_PER_S = 12
 
@@ -27,20 +29,24 @@ REFRESH_PER_S = 12
 async def answer_live(workflow, question: str, console, **request) -> dict[str, Any]:
     """``workflow.process_request(question, **request)``, with live panels on ``console``."""
     where = stream_addresses(workflow)
+    options = request.get("options") or {}
+    together = (options.get("mode") or workflow.loaded.settings.collaboration.mode) != "route"
     try:
-        # (a format: one answer, one panel)
-        routes = workflow.choose_agents(question, request.get("agents"), request.get("options"))
+        # (a format: one answer, one panel; collaborating agents: the reply's panel)
+        panels_of = [f"reply ({workflow.loaded.aggregator})"] if together else \
+            [r.agent for r in workflow.choose_agents(question, request.get("agents"), options)]
     except HpcChatError:
-        routes = None  # the request reports it
-    if where is None or not routes:
+        panels_of = None  # the request reports it
+    if where is None or not panels_of:
         return await workflow.process_request(question, **request)
     hub = TokenHub()
     await hub.start(*where)
     try:
-        opened = {r.agent: hub.open() for r in routes}
-        texts = {agent: "" for agent in opened}
-        task = workflow.submit_request(question, streams={a: spec for a, (_, spec)
-                                                          in opened.items()}, **request)
+        opened = {name: hub.open() for name in panels_of}
+        texts = {name: "" for name in opened}
+        task = workflow.submit_request(question, **request, **(
+            {"stream": opened[panels_of[0]][1]} if together else
+            {"streams": {a: spec for a, (_, spec) in opened.items()}}))
 
         def panels():
             return Group(*(Panel(Text(texts[a] or "…"), title=Text(a), title_align="left")

@@ -14,7 +14,12 @@ from hpc_chat.cli.app import cli, console
 def model_rows(site: str | None) -> list[dict]:
     from hpc_chat.errors import HpcChatError
     from hpc_chat.llm.echo import is_echo
-    from hpc_chat.llm.models import BUILTIN_ALIASES, available_models, model_location
+    from hpc_chat.llm.models import (
+        BUILTIN_ALIASES,
+        available_models,
+        model_location,
+        remote_model,
+    )
 
     aliases, where = {}, "built-in"
     if site:
@@ -30,6 +35,10 @@ def model_rows(site: str | None) -> list[dict]:
                (where if name in aliases else "$HPC_CHAT_HOME/models.yaml"),
                "path": None, "bytes": None, "present": False, "problem": None}
         try:
+            if remote_model(name) is not None:  # served elsewhere: nothing to find here
+                row["present"] = True
+                rows.append(row)
+                continue
             location = model_location(name, aliases)
         except HpcChatError as exc:
             row["problem"] = str(exc)
@@ -55,7 +64,9 @@ def models(site, as_json):
         return
     table = Table("name", "points at", "size", "present", "defined in")
     for r in rows:
-        size = f"{r['bytes'] / 1e6:.0f} MB" if r["bytes"] else ("no file" if r["present"] else "")
+        size = f"{r['bytes'] / 1e6:.0f} MB" if r["bytes"] else (
+            "remote" if r["points_at"].startswith("openai:") else
+            "no file" if r["present"] else "")
         table.add_row(Text(r["name"]), Text(r["path"] or r["points_at"]), size,
                       Text("yes", style="green") if r["present"] else
                       Text("missing", style="red"), Text(r["source"]))

@@ -34,10 +34,14 @@ def print_result(result: dict[str, Any], *, raw: bool = False) -> None:
     click.echo(result["response"])
     if raw:
         return
-    cut = [r["agent"] for r in result["responses"]
-           if not r.get("error") and r.get("finish_reason") == "length"]
+    cut = list(dict.fromkeys(r["agent"] for r in result["responses"]
+                             if not r.get("error") and r.get("finish_reason") == "length"))
     detail = ", ".join(f"{r['agent']}" + (" (cached)" if r.get("cached") else "")
                        for r in result["responses"] if not r.get("error"))
+    if result.get("rounds"):  # collaborating agents: who answered in each round, in order
+        detail = f"{result['mode']}: " + " → ".join(
+            ", ".join(a["agent"] for a in r["answers"] if not a.get("error"))
+            for r in result["rounds"])
     err_console.print(f"[dim]{detail} · {result['latency_s']:.2f} s · "
                       f"{result['completion_tokens']} tokens[/]", highlight=False)
     if cut:

@@ -30,6 +30,7 @@ from rich.text import Text
 
 from hpc_chat.cli.app import CliError, console, err_console, option_source
 from hpc_chat.client import http as client
+from hpc_chat.openai.batch import body_fields
 
 REFRESH_PER_S = 12
 
@@ -121,7 +122,8 @@ class Failed(CliError):
 
 
 def request_body(model: str, prompt: str, options: dict[str, Any]) -> dict[str, Any]:
-    return {"model": model, "messages": [{"role": "user", "content": prompt}], **options}
+    return {"model": model, "messages": [{"role": "user", "content": prompt}],
+            **body_fields(options)}
 
 
 def streamed_answer(url: str, body: dict[str, Any], conversation: str | None, *,

@@ -64,7 +64,8 @@ def bound_turns(messages: list[dict[str, Any]], max_turns: int,
     return out
 
 
-TURN_KEYS = ("role", "agent", "content", "prompt_tokens", "completion_tokens")
+# rounds: a synthesize or review reply's rounds (hpc_chat.driver.collaborate), beside it
+TURN_KEYS = ("role", "agent", "content", "prompt_tokens", "completion_tokens", "rounds")
 
 
 class MemoryHistory:
@@ -157,7 +158,8 @@ CREATE TABLE IF NOT EXISTS messages (
     content TEXT NOT NULL,
     prompt_tokens INTEGER,
     completion_tokens INTEGER,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    rounds TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
 CREATE TABLE IF NOT EXISTS responses (
@@ -190,6 +192,13 @@ class SQLiteHistory(MemoryHistory):
             os.chmod(self.path, 0o600)
             db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
             db.executescript(SCHEMA)
+            if "rounds" not in [row[1] for row in db.execute("PRAGMA table_info(messages)")]:
+                try:  # a database from before collaboration modes: its turns have none
+                    db.execute("ALTER TABLE messages ADD COLUMN rounds TEXT")
+                    db.commit()
+                except sqlite3.OperationalError as exc:  # another driver added it first
+                    if "duplicate column" not in str(exc):
+                        raise
         except sqlite3.DatabaseError as exc:
             raise HistoryError(self._explain(exc)) from None
         except OSError as exc:
@@ -252,9 +261,10 @@ class SQLiteHistory(MemoryHistory):
                          (conversation,)).fetchone()[0]
         db.executemany(
             "INSERT INTO messages (conversation_id, role, agent, content, prompt_tokens, "
-            "completion_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "completion_tokens, created_at, rounds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(cid, t["role"], t.get("agent"), t["content"], t.get("prompt_tokens"),
-              t.get("completion_tokens"), now) for t in turns])
+              t.get("completion_tokens"), now,
+              json.dumps(t["rounds"]) if t.get("rounds") else None) for t in turns])
         db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, cid))
         db.commit()
 
@@ -264,10 +274,10 @@ class SQLiteHistory(MemoryHistory):
         if cid is None:
             return []
         rows = self._run("SELECT role, agent, content, prompt_tokens, completion_tokens, "
-                         "created_at FROM messages WHERE conversation_id = ? ORDER BY id DESC "
-                         "LIMIT ?", (cid, -1 if last is None else last))[::-1]
+                         "created_at, rounds FROM messages WHERE conversation_id = ? ORDER BY "
+                         "id DESC LIMIT ?", (cid, -1 if last is None else last))[::-1]
         keys = ("role", "agent", "content", "prompt_tokens", "completion_tokens", "created_at")
-        return [dict(zip(keys, row)) for row in rows]
+        return [{**dict(zip(keys, row)), "rounds": _rounds(row[-1])} for row in rows]
 
     async def titled(self, limit: int, chars: int) -> list[dict[str, Any]]:
         """One query, off the event loop (a page asks for this after every answer)."""
@@ -330,3 +340,12 @@ def create_history(config: HistoryConfig) -> MemoryHistory:
     if config.data_type == "sqlite":
         return SQLiteHistory(config)
     return MemoryHistory(config)
+
+
+def _rounds(text: str | None) -> list[dict[str, Any]] | None:
+    """A stored turn's rounds; None for a turn without (or a value not written here)."""
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, list) else None

@@ -56,8 +56,10 @@ def request_result(start: float, text: Any, combined: dict | None, *, error: str
         "latency_s": round(end - start, 4),
         "completion_tokens": record.completion_tokens,
         "prompt_tokens": record.prompt_tokens,
-        # "length" when any agent's answer was cut at max_tokens
-        "finish_reason": (finish_reason(responses) if ok else None),
+        # "length" when any agent's answer was cut at max_tokens; in a collaboration mode,
+        # the reply's own
+        "finish_reason": ((combined.get("finish_reason") or finish_reason(responses))
+                          if ok else None),
         "error": error,
         "error_kind": None if ok else code.kind,
         "error_code": None if ok else code.value,
@@ -66,7 +68,10 @@ def request_result(start: float, text: Any, combined: dict | None, *, error: str
         "routes": [{"agent": r.agent, "score": round(r.score, 4), "matched": list(r.matched),
                     "fallback": r.fallback} for r in routes or []],
         "responses": responses,
-    }).model_dump(mode="json"), record
+        "mode": combined.get("mode") if combined else None,
+        "rounds": combined.get("rounds") if combined else None,
+    }).model_dump(mode="json", exclude=set() if combined and combined.get("rounds") else
+                  {"mode", "rounds"}), record
 
 
 def finish_reason(responses: list[dict[str, Any]]) -> str:

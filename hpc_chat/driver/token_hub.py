@@ -89,6 +89,37 @@ def on_result(spec: dict[str, Any] | None, callback: Callable[[dict[str, Any]], 
         stream.result_callbacks.append(callback)
 
 
+class LocalSender:
+    """A stream fed from this process (a remote model's answer, called by the driver itself),
+    with the worker's sender's meaning: :meth:`put` is False once the client went away."""
+
+    def __init__(self, stream: Stream, tokens: bool):
+        self.stream, self.tokens = stream, tokens
+
+    def put(self, piece: str) -> bool:
+        if self.stream.closed:
+            return False
+        self.stream.queue.put_nowait(piece)
+        return True
+
+    def finish(self) -> None:
+        if not self.stream.closed:
+            self.stream.queue.put_nowait(None)  # as a worker's connection ending
+
+
+def local_stream(spec: dict[str, Any] | None) -> LocalSender | None:
+    """The stream ``spec`` names (from :meth:`TokenHub.open` of this process), to be fed
+    here; None when it is not this process's."""
+    if not isinstance(spec, dict):
+        return None
+    hub = _HUBS.get(str(spec.get("hub")))
+    stream = hub._streams.get(str(spec.get("id"))) if hub is not None else None
+    if stream is None or not hmac.compare_digest(str(spec.get("secret")).encode(),
+                                                 stream.secret.encode()):
+        return None
+    return LocalSender(stream, bool(spec.get("tokens", True)))
+
+
 class TokenHub:
     def __init__(self) -> None:
         self.id = uuid.uuid4().hex  # names this hub in its streams' descriptions (not secret)

@@ -21,25 +21,30 @@ import time
 from typing import Any
 
 from hpc_chat.agents.aggregate import aggregate_responses
-from hpc_chat.agents.cache import ResponseCache, cache_key
+from hpc_chat.agents.cache import ResponseCache
 from hpc_chat.agents.collaborative import EnhancedCollaborativeAgent
+from hpc_chat.agents.modes import Mode, parse_mode
 from hpc_chat.agents.routing import Route, route
+from hpc_chat.driver.asking import ask_agent
+from hpc_chat.driver.collaborate import collaborate, first_round, without_format
 from hpc_chat.driver.executors.base import ChatExecutor
 from hpc_chat.driver.executors.factory import build_parsl_config, make_executor
 from hpc_chat.driver.executors.grouping import RequestBatcher
 from hpc_chat.driver.history import MemoryHistory, create_history
+from hpc_chat.driver.remote_agent import RemoteAgents
 from hpc_chat.driver.result import describe_error, request_result
+from hpc_chat.driver.result_streams import ResultStreams
 from hpc_chat.driver.stats import PerformanceStats
 from hpc_chat.driver.workflow_config import LoadedWorkflow, load_workflow
 from hpc_chat.errors import ConfigError, ExecutorError, FormatError, HistoryError, HpcChatError
-from hpc_chat.llm.models import model_location
+from hpc_chat.llm.models import RemoteModel, model_location, remote_model
 from hpc_chat.protocol.context import SiteModel, TaskContext
-from hpc_chat.protocol.failure import FailureCode, code_of, failure_code, failure_fields
+from hpc_chat.protocol.failure import FailureCode, failure_code
 from hpc_chat.protocol.stream import StreamSpec
 from hpc_chat.sites.build import site_model
 from hpc_chat.sites.registry import load_profile
 from hpc_chat.structured.compile import FORMAT_KEYS, output_format
-from hpc_chat.worker.chat import build_messages, decoded_messages, model_name, stored_turn
+from hpc_chat.worker.chat import model_name, stored_turn
 
 HISTORY_FAILED = "the conversation history cannot be used"  # how such an error begins
 
@@ -82,6 +87,9 @@ class ParslChatWorkflow:
         self._pending: set[asyncio.Task] = set()
         self.batcher = None
         self._checked: LoadedWorkflow | None = None
+        self.remote_models: dict[str, RemoteModel] = {}  # agent -> its model served elsewhere
+        self.remote = RemoteAgents()
+        self.result_streams = ResultStreams(self)
 
     # ----------------------------------------------------------------- lifecycle
     async def initialize(self, config_path: str | os.PathLike | None = None) -> None:
@@ -108,10 +116,13 @@ class ParslChatWorkflow:
             self._load_site(loaded)
         if self.model:
             self.site_model = self.site_model.model_copy(update={"override": self.model})
-        for agent in ([] if remote else loaded.agents):  # remote models resolve remotely
+        for agent in loaded.agents:
             try:
-                model_location(model_name(agent.config.model_dump(), self.site_model),
-                               self.site_model.aliases)
+                name = model_name(agent.config.model_dump(), self.site_model)
+                if (served := remote_model(name)) is not None:  # called by this driver
+                    self.remote_models[agent.name] = served
+                elif not remote:  # an endpoint's models resolve on the endpoint
+                    model_location(name, self.site_model.aliases)
             except ConfigError as exc:
                 if self.model:
                     where = self.model_label  # --model, or $HPC_CHAT_MODEL
@@ -179,6 +190,8 @@ class ParslChatWorkflow:
             await self.executor.shutdown()
         if self.history is not None:
             await self.history.close()
+        await self.remote.close()
+        await self.result_streams.stop()
         self.loaded = None
 
     async def __aenter__(self):
@@ -275,7 +288,12 @@ class ParslChatWorkflow:
             return self._finish(start, text, None, error="the prompt is empty",
                                 code=FailureCode.INVALID_REQUEST)
         try:  # a format that cannot be enforced is refused here, before any worker sees it
-            routes = self.choose_agents(text, agent_names, options)
+            mode = parse_mode(options.pop("mode", None) or settings.collaboration.mode)
+            if mode is Mode.ROUTE:
+                routes = self.choose_agents(text, agent_names, options)
+            else:
+                self.check_agents(agent_names)
+                routes = first_round(loaded, text, agent_names, options, mode)
         except FormatError as exc:
             return self._finish(start, text, None, error=str(exc), code=failure_code(exc))
         except ConfigError as exc:  # an agent this workflow does not have
@@ -303,51 +321,30 @@ class ParslChatWorkflow:
                 return context.model_copy(update={"stream": StreamSpec(**stream)})
             return context
 
-        async def ask(r: Route) -> dict[str, Any]:
-            sent = streamed(r.agent)
-            context = sent.model_dump()  # plain data: it crosses Parsl and Globus Compute
-            agent = self.agents[r.agent].config
-            perf = agent.config.performance
-            messages = build_messages(sent.system_prompt or agent.config.system_prompt, text,
-                                      history, options.get("tool_result"))
-            key = None
-            if perf.enable_caching:
-                key = cache_key(agent.to_dict(), messages,
-                                options.get("seed"), {"site": self.site_model.model_dump(),
-                                                      "options": options})
-                hit = self.cache.get(key, perf.cache_ttl)
-                if hit is not None:
-                    return {**hit, "cached": True, "routing_score": r.score}
-            # A tag names this agent's task of this request, so a Globus Compute batch can
-            # be reattached on --resume; Parsl executors ignore it.
-            tag = f"{request_key}\t{r.agent}" if request_key is not None else None
-            fn = self.executor.chat_function
+        async def in_round(agent: str, prompt: str, final: bool) -> dict[str, Any]:
+            """A round's question to one agent: the request's format and stream are the
+            reply's (the synthesis); each answer comes back on a result stream of its own."""
+            sent = context.model_copy(update={"options": without_format(options)}) \
+                if not final else context if stream is None else \
+                context.model_copy(update={"stream": StreamSpec(**stream)})
+            opened = await self.result_streams.open() if sent.stream is None else None
+            if opened is not None:
+                sent = sent.model_copy(update={"stream": StreamSpec(**opened[1])})
             try:
-                if self.batcher is not None:
-                    result = await self.batcher.submit(agent.to_dict(), text, context,
-                                                       perf.retry_attempts)
-                else:
-                    result = await self.executor.submit(
-                        fn, agent.to_dict(), text, context,
-                        time_limit=settings.performance.timeout_seconds,
-                        retry_attempts=perf.retry_attempts, tag=tag)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                return {"agent": r.agent, "error": describe_error(exc),
-                        **failure_fields(failure_code(exc))}
-            if result.get("error"):  # this item of a batch failed on its own
-                return {"agent": r.agent, "error": result["error"],
-                        **failure_fields(code_of(result))}
-            if isinstance(result.get("provenance"), dict):  # the worker sent no messages back
-                result = {**result, "provenance": {**result["provenance"], "messages":
-                          decoded_messages(messages, result.get("history_turns_used", 0))}}
-            if key is not None and result.get("finish_reason") != "cancelled":
-                self.cache.put(key, result)  # a stopped (partial) answer is never reused
-            return {**result, "routing_score": r.score, "matched": list(r.matched)}
+                return await ask_agent(self, agent, prompt, history, sent,
+                                       request_key=request_key if prompt is text else None)
+            finally:
+                if opened is not None:
+                    self.result_streams.close(opened[0])
 
-        responses = await asyncio.gather(*(ask(r) for r in routes))
-        combined = aggregate_responses(list(responses))
+        if mode is Mode.ROUTE:
+            combined = aggregate_responses(list(await asyncio.gather(*(
+                ask_agent(self, r.agent, text, history, streamed(r.agent),
+                          request_key=request_key, score=r.score, matched=r.matched)
+                for r in routes))))
+        else:
+            combined = await collaborate(settings.collaboration, mode, text,
+                                         [r.agent for r in routes], loaded.aggregator, in_round)
         stopped = any(r.get("finish_reason") == "cancelled" for r in combined["responses"])
         if combined["ok"] and conversation_id and not stopped:
             try:
@@ -356,12 +353,14 @@ class ParslChatWorkflow:
                     {"role": "assistant", "content": combined["content"],
                      "agent": ",".join(combined["agents"]),
                      "prompt_tokens": combined["usage"]["prompt_tokens"],
-                     "completion_tokens": combined["usage"]["completion_tokens"]}])
+                     "completion_tokens": combined["usage"]["completion_tokens"],
+                     "rounds": combined.get("rounds")}])
             except HistoryError as exc:  # a full quota, a lock held too long: say so
                 return self._finish(start, text, None, error=f"{HISTORY_FAILED}: the answer "
                                     f"was made but not stored: {exc}",
                                     code=FailureCode.HISTORY_UNAVAILABLE)
-        error = "; ".join(f"{e['agent']}: {e['error']}" for e in combined["errors"]) or None
+        error = "; ".join(f"{e['agent']}: {e['error']}" if e["agent"] else e["error"]
+                          for e in combined["errors"]) or None
         return self._finish(start, text, combined, error=None if combined["ok"] else error,
                             routes=routes)
 

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from hpc_chat.agents.config import AgentConfig
+from hpc_chat.agents.modes import CollaborationSettings
 from hpc_chat.driver.history import HistoryConfig
 from hpc_chat.errors import ConfigError
 from hpc_chat.util.configfile import (
@@ -94,6 +95,7 @@ class WorkflowSettings(StrictModel):
     parsl: ParslSection = Field(default_factory=ParslSection)
     performance: PerformanceSection = Field(default_factory=PerformanceSection)
     generation: GenerationSection = Field(default_factory=GenerationSection)
+    collaboration: CollaborationSettings = Field(default_factory=CollaborationSettings)
 
 
 class WorkflowConfig(StrictModel):
@@ -120,6 +122,11 @@ class LoadedWorkflow:
         if wanted:
             return wanted
         return "balanced_agent" if "balanced_agent" in names else names[0]
+
+    @property
+    def aggregator(self) -> str:
+        """The agent that writes a synthesized reply."""
+        return self.settings.collaboration.aggregator or self.default_agent
 
 
 def load_workflow(config_path: str | os.PathLike | None = None) -> LoadedWorkflow:
@@ -149,6 +156,13 @@ def load_workflow(config_path: str | os.PathLike | None = None) -> LoadedWorkflo
     if default and default not in names:
         raise ConfigError(f"{path}: config.routing.default_agent: {default!r} is not one of the "
                           f"workflow's agents ({', '.join(names)})")
+    collab = settings.collaboration
+    for key, named in (("aggregator", [collab.aggregator] if collab.aggregator else []),
+                       ("agents", collab.agents or [])):
+        unknown = [a for a in named if a not in names]
+        if unknown:
+            raise ConfigError(f"{path}: config.collaboration.{key}: {unknown[0]!r} is not one "
+                              f"of the workflow's agents ({', '.join(names)})")
     ref = settings.data_units.get("conversation_history", DataUnitRef())
     if ref.config_file:
         history = HistoryConfig.from_yaml(ref.config_file, base=path.parent)

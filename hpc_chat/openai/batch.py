@@ -43,6 +43,7 @@ from hpc_chat.openai.embeddings import (
 )
 from hpc_chat.openai.params import RequestError, ignored
 from hpc_chat.protocol.failure import failure_code
+from hpc_chat.protocol.request import Mode
 from hpc_chat.structured.compile import FORMAT_KEYS, output_format
 
 ROUTED_MODEL = "auto"
@@ -202,8 +203,23 @@ def _text(content: Any, where: str) -> str:
                        f"audio are not supported)", param=f"{where}.content")
 
 
+def body_fields(options: dict[str, Any]) -> dict[str, Any]:
+    """A run's options (``--mode``, ``--seed``...) as a request body carries them: the mode
+    as our ``hpc_chat_mode``."""
+    out = {k: v for k, v in options.items() if k != "mode"}
+    if options.get("mode") is not None:
+        out["hpc_chat_mode"] = options["mode"]
+    return out
+
+
 def _options(body: dict[str, Any]) -> dict[str, Any]:
     options: dict[str, Any] = {}
+    mode = body.get("hpc_chat_mode")
+    if mode is not None:
+        if mode not in [m.value for m in Mode]:
+            raise RequestError(f"body.hpc_chat_mode must be one of "
+                               f"{', '.join(m.value for m in Mode)}", param="body.hpc_chat_mode")
+        options["mode"] = mode
     n = body.get("n", 1)
     if n != 1:
         raise RequestError("body.n must be 1 (one answer per request)", param="body.n")

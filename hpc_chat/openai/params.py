@@ -27,7 +27,7 @@ class RequestError(ValueError):
 # Read and used by hpc_chat (openai.batch); top_k, repeat_penalty and grammar as llama-server.
 USED = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
         "seed", "stop", "n", "response_format", "grammar", "tools", "tool_choice", "top_k",
-        "repeat_penalty", "logprobs", "top_logprobs")
+        "repeat_penalty", "logprobs", "top_logprobs", "hpc_chat_mode")
 
 
 def _none_or(*values: Any):

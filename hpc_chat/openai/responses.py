@@ -22,7 +22,8 @@ ROLES = {"user": "user", "assistant": "assistant", "system": "system", "develope
 TEXT_PARTS = ("input_text", "output_text", "text")
 # Taken and used; echoed in the response object as OpenAI does.
 USED = ("model", "input", "instructions", "max_output_tokens", "temperature", "top_p",
-        "stream", "store", "previous_response_id", "text", "metadata", "user")
+        "stream", "store", "previous_response_id", "text", "metadata", "user",
+        "hpc_chat_mode")  # ours: how the agents answer (docs/agents.md), as on a chat
 # Taken and without effect here (their neutral value, or a client's bookkeeping).
 INERT = {"parallel_tool_calls": lambda v: isinstance(v, bool),
          "truncation": lambda v: v in (None, "disabled"),
@@ -65,7 +66,8 @@ def chat_body(body: dict[str, Any], earlier: list[dict[str, str]]
         list(earlier) + new
     chat: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     for ours, theirs in (("max_output_tokens", "max_tokens"), ("temperature", "temperature"),
-                         ("top_p", "top_p"), ("stream", "stream")):
+                         ("top_p", "top_p"), ("stream", "stream"),
+                         ("hpc_chat_mode", "hpc_chat_mode")):
         if body.get(ours) is not None:
             chat[theirs] = body[ours]
     fmt = text_format(body.get("text"))

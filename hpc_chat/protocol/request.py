@@ -10,6 +10,7 @@ prompt that does not fit the context window, wherever that is found.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from hpc_chat.errors import PromptTooLongError
 from hpc_chat.protocol.output_format import OutputFormat
 from hpc_chat.protocol.result import Usage
+
+
+class Mode(str, Enum):
+    """How a workflow's agents answer one message (:mod:`hpc_chat.agents.modes`): a request
+    chooses it (``--mode``, the body's ``hpc_chat_mode``) over the workflow's."""
+
+    ROUTE = "route"
+    SYNTHESIZE = "synthesize"
+    REVIEW = "review"
 
 
 class Sampling(BaseModel):

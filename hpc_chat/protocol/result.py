@@ -140,6 +140,10 @@ class RequestResult(BaseModel):
     site: str | None
     routes: list[RouteTaken]
     responses: list[dict[str, Any]]
+    # synthesize and review only (hpc_chat.agents.modes): the mode, and every round's
+    # answers in order ({round, step, answers: [{agent, content, model, usage, ...}]})
+    mode: str | None = None
+    rounds: list[dict[str, Any]] | None = None
 
 
 def provenance_of(result: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -153,5 +157,8 @@ def provenance_of(result: dict[str, Any] | None) -> dict[str, Any] | None:
                **(r.get("provenance") or {})}
               for r in result["responses"] if not r.get("error")]
     version = next((a.get("hpc_chat") for a in agents if a.get("hpc_chat")), None)
-    return {"hpc_chat": version, "site": result.get("site"),
+    made = {"hpc_chat": version, "site": result.get("site"),
             "driver_host": socket.gethostname(), "agents": agents}
+    if result.get("rounds"):  # synthesize, review: how the reply came about, round by round
+        made.update(mode=result.get("mode"), rounds=result["rounds"])
+    return made

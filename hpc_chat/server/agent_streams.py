@@ -22,7 +22,11 @@ AGENTS_HEADER = "x-hpc-chat-agents"
 
 
 def open_streams(state, req, opts: dict[str, Any]) -> dict[str, tuple[Stream, dict]] | None:
-    """A stream per routed agent, or None when one agent answers (the usual stream then)."""
+    """A stream per routed agent, or None when one agent answers (the usual stream then) or
+    the agents collaborate (the usual stream then carries the synthesis as it is written)."""
+    mode = opts.get("mode") or state.workflow.loaded.settings.collaboration.mode
+    if mode != "route":
+        return None
     try:
         routes = state.workflow.choose_agents(req.prompt, req.agents, opts)
     except HpcChatError:

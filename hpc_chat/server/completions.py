@@ -20,7 +20,7 @@ from hpc_chat.server.chat import Started, close, ending, pieces, start_chat
 from hpc_chat.server.errors import ApiError
 from hpc_chat.server.state import ServerState
 
-OPTIONS = {"text_completion": True}
+OPTIONS = {"text_completion": True, "mode": "route"}  # one model's text: no rounds
 
 
 async def create_completion(state: ServerState, body: dict[str, Any], fingerprint: str):

@@ -10,7 +10,6 @@ process is killed outright, the run ledger's watchdog does that). While it runs,
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 import uvicorn
 
 from hpc_chat.client.files import server_file
+from hpc_chat.driver.result_streams import is_loopback, stream_addresses  # noqa: F401
 from hpc_chat.driver.token_hub import TokenHub
 from hpc_chat.errors import ConfigError
 from hpc_chat.server.app import create_app
@@ -36,38 +36,6 @@ log = logging.getLogger(__name__)
 CONNECTIONS_OVER_QUEUE = 64  # connections beyond --max-queue: health checks, status, refusals
 KEEP_ALIVE_S = 5  # an idle connection is closed after this
 TUNNEL_PORT = 8000  # the local port of the SSH tunnel serve suggests for its Unix socket
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def stream_addresses(workflow) -> tuple[str, list[str]] | None:
-    """Where the token hub listens and which addresses workers try, in order: the
-    interchange's address when the profile sets one, else every address of this host (as
-    Parsl gives its workers); None for Globus Compute (its workers are reached through the
-    cloud, not directly)."""
-    if workflow.endpoint or workflow.loaded.settings.executor.is_globus:
-        return None
-    htex = workflow.executor.htex()
-    if htex is None:
-        return "127.0.0.1", ["127.0.0.1"]  # threads of this process
-    if getattr(htex, "address", None):
-        try:
-            bind = socket.gethostbyname(htex.address)
-        except OSError:
-            bind = "0.0.0.0"
-        return bind, [htex.address]
-    addresses = sorted(getattr(htex, "all_addresses", None) or [], key=lambda a: a != "127.0.0.1")
-    if workflow.executor.scheduler != "local" or workflow.allocation:
-        # Pilot jobs, or an allocation's other nodes: their loopback is not this one (and may
-        # be another user's listener: the pinned certificate would refuse it, but never offer
-        # it; each try there would cost the stream a handshake timeout).
-        addresses = [a for a in addresses if not is_loopback(a)]
-    return "0.0.0.0", [*addresses] or ["127.0.0.1"]
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -118,12 +118,19 @@ class ServerState:
                 self.metrics.ready.set(0)
 
     async def warm_up(self) -> None:
-        """One token from each agent's model: ready when one has answered."""
+        """One token from each agent's model: ready when one has answered. Remote models
+        are not warmed (their servers are up or not; a call costs there), and the warm-up is
+        one plain answer whatever the workflow's collaboration mode."""
         wf = self.workflow
-        agents = sorted(wf.agents)
+        agents = sorted(a for a in wf.agents if a not in wf.remote_models)
+        if not agents:  # every agent's model runs elsewhere: nothing here to load
+            self.ready, self.failed = True, None
+            self.metrics.ready.set(1)
+            return
         try:
             results = await asyncio.gather(*(
-                wf.submit_request("Hi.", agents=[name], options={"max_tokens": 1})
+                wf.submit_request("Hi.", agents=[name],
+                                  options={"max_tokens": 1, "mode": "route"})
                 for name in agents))
         except Exception as exc:  # noqa: BLE001 - the reason goes to /v1/status
             self.failed = f"{type(exc).__name__}: {exc}"

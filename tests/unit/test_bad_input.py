@@ -27,6 +27,10 @@ CASES = [
     ("hpc_without_site.yml", "hpc_without_site.yml: config.parsl: Value error, environment "
                              "'hpc' needs 'site: NAME'"),
     ("no_agents.yml", "no_agents.yml: config.agents: List should have at least 1 item"),
+    ("bad_aggregator.yml", "bad_aggregator.yml: config.collaboration.aggregator: "
+                           "'chief_agent' is not one of the workflow's agents (balanced_agent)"),
+    ("bad_template.yml", "bad_template.yml: config.collaboration.review_prompt: Value error, "
+                         "does not render: TemplateSyntaxError: unexpected '}'"),
 ]
 
 

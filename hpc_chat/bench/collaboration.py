@@ -1,0 +1,187 @@
+"""The collaboration rows: a 3-agent ``synthesize`` over the real workload's prompts.
+
+hpc_chat runs it as a user would (``hpc-chat batch`` with ``--mode synthesize``: each round
+of every prompt one continuous batch on the node's engine). The peers run the same pattern,
+the same prompts, personas, sampling, seeds and synthesis prompt, over HTTP against llama.cpp's
+own ``llama-server -np 8`` (same model file): a client that sends each round's requests
+concurrently, every prompt at once (the best a framework such as AutoGen or LangGraph can do),
+and one that sends them one at a time (what a group chat does). Answers differ in length from
+one engine to another (different samplers' random streams), so the figure compared is
+generated tokens/s over every round.
+
+A quality check runs beside it: a shipped set of short arithmetic and fact questions
+(``facts.jsonl``), each answered by ``route`` (the default agent alone) and by ``review`` (the
+three agents, their review rounds, then a synthesis), scored by whether the reply contains the
+expected answer. The embedded 135M model may gain nothing: the figure is what it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from hpc_chat.bench.measure import machine_description, median_of, prompts
+from hpc_chat.bench.peers import llama_server
+
+AGENTS = ("creative_agent", "analytical_agent", "balanced_agent")
+AGGREGATOR = "balanced_agent"
+SEQUENTIAL_PROMPTS = 16  # the one-at-a-time client's share: it takes 4 requests in a row each
+
+
+def _workflow_file(tmp: Path, mode: str, agents: tuple[str, ...]) -> Path:
+    """The packaged workflow with its collaboration section set."""
+    from hpc_chat.util.configfile import PACKAGED_CONFIG_DIR, load_yaml
+
+    data = load_yaml(PACKAGED_CONFIG_DIR / "ParslChatWorkflow.yml")
+    data["config"]["agents"] = [
+        {**a, "config_file": str(PACKAGED_CONFIG_DIR / Path(a["config_file"]).name)}
+        for a in data["config"]["agents"]]
+    data["config"]["collaboration"] = {"mode": mode, "agents": list(agents),
+                                       "aggregator": AGGREGATOR}
+    data["config"]["data_units"] = {"conversation_history": {"type": "memory"}}
+    path = tmp / f"{mode}.yml"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def hpc_chat_run(questions: list[str], mode: str, agents: tuple[str, ...]) -> dict[str, Any]:
+    """``hpc-chat batch`` in ``mode`` end to end (``route``: the first agent alone; else the
+    collaboration over ``agents``), each line seeded by its number: wall time,
+    the time from launch to the first request on a worker, tokens over every round, replies."""
+    with tempfile.TemporaryDirectory(prefix="hpc_chat_bench_") as tmp:
+        tmp = Path(tmp)
+        src, out = tmp / "in.jsonl", tmp / "out.jsonl"
+        src.write_text("".join(json.dumps({
+            "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": agents[0] if mode == "route" else "auto", "seed": i,
+                     "messages": [{"role": "user", "content": q}]}}) + "\n"
+            for i, q in enumerate(questions)))
+        launched = time.time()
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "hpc_chat", "batch", str(src), "-o", str(out), "--config",
+             str(_workflow_file(tmp, mode, agents))], capture_output=True, text=True,
+            timeout=7200, env={**os.environ, "HPC_CHAT_HOME": str(tmp / "home")})
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"hpc-chat batch failed ({done.returncode}): "
+                               f"{done.stderr[-600:]}")
+        lines = sorted((json.loads(x) for x in out.read_text().splitlines()),
+                       key=lambda x: int(x["custom_id"][1:]))
+    bodies = [x["response"]["body"] for x in lines]
+    made = [a for b in bodies for a in b["hpc_chat"]["agents"]]
+    tokens = sum(b["usage"]["completion_tokens"] for b in bodies)
+    first = min(a["start"] for a in made)
+    return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall,
+            "req_s": len(made) / wall, "requests": len(made), "start_s": first - launched,
+            "steady_tok_s": tokens / (wall - (first - launched)),
+            "replies": [b["choices"][0]["message"]["content"] for b in bodies]}
+
+
+def peer_run(url: str, questions: list[str], concurrent: bool) -> dict[str, Any]:
+    """The same synthesize pattern driven over HTTP: each prompt's three answers, then the
+    aggregator's synthesis of them; ``concurrent``: every prompt at once and each round's
+    requests together, else every request one after another."""
+    from hpc_chat.agents.config import AgentConfig
+    from hpc_chat.agents.modes import CollaborationSettings, synthesis_prompt
+    from hpc_chat.util.configfile import PACKAGED_CONFIG_DIR
+
+    personas = {a: AgentConfig.from_yaml(PACKAGED_CONFIG_DIR / f"EnhancedCollaborativeAgent_{i}"
+                                         f".yml").config for i, a in enumerate(AGENTS, 1)}
+    settings = CollaborationSettings(mode="synthesize")
+    counted = []
+
+    def complete(agent: str, content: str, seed: int) -> str:
+        persona = personas[agent]
+        body = {"messages": [{"role": "system", "content": persona.system_prompt},
+                             {"role": "user", "content": content}],
+                **persona.sampling(), "seed": seed}
+        request = urllib.request.Request(f"{url}/chat/completions",
+                                         data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as resp:
+            done = json.load(resp)
+        counted.append(done["usage"]["completion_tokens"])
+        return done["choices"][0]["message"]["content"] or ""
+
+    def one(i_question: tuple[int, str]) -> None:
+        i, question = i_question
+        if concurrent:
+            with ThreadPoolExecutor(len(AGENTS)) as pool:
+                texts = list(pool.map(lambda a: complete(a, question, i), AGENTS))
+        else:
+            texts = [complete(a, question, i) for a in AGENTS]
+        answers = [{"agent": a, "content": t} for a, t in zip(AGENTS, texts)]
+        complete(AGGREGATOR, synthesis_prompt(settings, question, answers), i)
+
+    start = time.perf_counter()
+    if concurrent:
+        with ThreadPoolExecutor(len(questions)) as pool:
+            list(pool.map(one, enumerate(questions)))
+    else:
+        for item in enumerate(questions):
+            one(item)
+    wall = time.perf_counter() - start
+    tokens = sum(counted)
+    return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall,
+            "req_s": len(counted) / wall, "requests": len(counted)}
+
+
+def facts() -> list[dict[str, str]]:
+    text = resources.files("hpc_chat.bench").joinpath("facts.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def correct(reply: str, answer: str) -> bool:
+    """The expected answer appears in the reply as a word (``12`` not inside ``112``)."""
+    return re.search(rf"(?<![\w.]){re.escape(answer.lower())}(?![\w])", reply.lower()) \
+        is not None
+
+
+def quality_check() -> dict[str, Any]:
+    """``route`` (the default agent alone) against ``review`` on the shipped fact set."""
+    items = facts()
+    questions = [f["question"] for f in items]
+    out: dict[str, Any] = {"questions": len(items)}
+    for mode, agents in (("route", (AGGREGATOR,)), ("review", AGENTS)):
+        run = hpc_chat_run(questions, mode, agents)
+        out[mode] = sum(correct(r, f["answer"]) for r, f in zip(run["replies"], items)) / \
+            len(items)
+        out[f"{mode}_tokens"] = run["tokens"]
+    return out
+
+
+def collaboration_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The rows of docs/performance.md's collaboration section."""
+    questions = prompts(n)
+    cores = len(os.sched_getaffinity(0))
+    out: dict[str, Any] = {"prompts": n, "agents": list(AGENTS), "aggregator": AGGREGATOR,
+                           "date": time.strftime("%Y-%m-%d %H:%M"),
+                           "machine": machine_description(), "cores": cores,
+                           "repeats": repeats, "sequential_prompts": SEQUENTIAL_PROMPTS}
+    log(f"   hpc-chat batch --mode synthesize, 3 agents, {n} prompts")
+    out["hpc_chat"] = median_of(repeats, lambda: {
+        k: v for k, v in hpc_chat_run(questions, "synthesize", AGENTS).items()
+        if k != "replies"})
+    server_bin = os.environ.get("HPC_CHAT_LLAMA_SERVER")
+    out["concurrent"] = out["sequential"] = None
+    if server_bin and Path(server_bin).is_file():
+        log("   llama-server -np 8, each round's requests sent together")
+        with llama_server(server_bin, cores, 8) as url:
+            out["concurrent"] = median_of(repeats, lambda: peer_run(url, questions, True))
+            log(f"   llama-server -np 8, one request at a time ({SEQUENTIAL_PROMPTS} prompts)")
+            out["sequential"] = median_of(repeats, lambda: peer_run(
+                url, questions[:SEQUENTIAL_PROMPTS], False))
+    log("   quality: route against review on the shipped fact set")
+    out["quality"] = quality_check()
+    return out
