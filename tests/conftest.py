@@ -35,6 +35,14 @@ def hpc_home() -> Path:
     return Path(_HOME)
 
 
+@pytest.fixture(scope="module")
+def loop():
+    """One event loop for a module whose workflow fixture outlives a test."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
 @pytest.fixture
 def run():
     """Run a coroutine on a fresh event loop (tests stay synchronous and simple)."""

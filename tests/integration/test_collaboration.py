@@ -21,13 +21,6 @@ LONG = {"max_tokens": 1000}  # the workflow's 24 would cut the echoed prompts
 
 
 @pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
 def echo_wf(loop, fixtures, tmp_path_factory):
     """The echo model answers with its whole prompt, so each answer shows what it was asked."""
     wf = ParslChatWorkflow(model="echo", history_path=str(

@@ -14,13 +14,6 @@ pytestmark = [pytest.mark.model, pytest.mark.parsl]
 
 
 @pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
 def fast_config(fixtures) -> str:
     return str(fixtures / "workflows" / "fast.yml")
 
