@@ -26,13 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from hpc_chat.batch.input import STDIO, BatchItem, id_key, read_batch
-from hpc_chat.batch.output import OUTPUT_KEYS, ensure_line_start, failed_result, read_output
+from hpc_chat.batch.output import OUTPUT_KEYS, failed_result, read_output
 from hpc_chat.driver.embeddings import SLICE, embed
 from hpc_chat.errors import InputError
 from hpc_chat.openai.embeddings import EmbeddingLine, embedding_list
 from hpc_chat.protocol.embedding import named_input
 from hpc_chat.protocol.failure import FailureCode, failure_code, failure_fields
-from hpc_chat.util.outputfiles import PRIVATE, open_append, own_link, replace_whole
+from hpc_chat.util.outputfiles import (
+    PRIVATE,
+    ensure_line_start,
+    open_append,
+    own_link,
+    replace_whole,
+)
 from hpc_chat.util.outputlock import OutputLock
 
 WINDOW = 16  # slices in flight

@@ -37,10 +37,19 @@ from hpc_chat.batch.input import STDIO, BatchItem, id_key, key_hash
 from hpc_chat.driver.stats import RequestRecord, Summary, summarize
 from hpc_chat.errors import InputError
 from hpc_chat.openai import batch as oa
+from hpc_chat.openai import batch_output as ob
+from hpc_chat.openai import completions
+from hpc_chat.openai.chat import logprobs_of
 from hpc_chat.openai.embeddings import EmbeddingLine
 from hpc_chat.protocol.failure import FailureCode, failure_fields, status_of
 from hpc_chat.protocol.result import provenance_of
-from hpc_chat.util.outputfiles import PRIVATE, open_append, own_link, replace_whole
+from hpc_chat.util.outputfiles import (
+    PRIVATE,
+    ensure_line_start,
+    open_append,
+    own_link,
+    replace_whole,
+)
 from hpc_chat.util.outputlock import OutputLock
 
 OUTPUT_KEYS = ("id", "prompt", "ok", "response", "agents", "latency_s", "completion_tokens",
@@ -83,10 +92,10 @@ def read_output(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     last: dict[str, dict[str, Any]] = {}
     found: list[tuple[float, int, dict[str, Any]]] = []
     lines = [*json_lines(path), *(o for o in json_lines(errors_path(path))
-                                   if oa.is_output_line(o))]
+                                   if ob.is_output_line(o))]
     for n, obj in enumerate(lines):
-        if oa.is_output_line(obj):
-            outcome = oa.outcome(obj)
+        if ob.is_output_line(obj):
+            outcome = ob.outcome(obj)
             if outcome is not None:
                 found.append((outcome["finished_at"], n, outcome))
         elif "id" in obj and "ok" in obj:
@@ -254,6 +263,8 @@ def native_line(item: BatchItem, result: dict[str, Any] | None,
     line["provenance"] = provenance_of(result)
     if result is not None and result.get("embedding") is not None:
         line["embedding"] = result["embedding"]  # OpenAI's list: /v1/embeddings lines
+    if result is not None and (logprobs := logprobs_of(result)) is not None:
+        line["logprobs"] = logprobs  # asked for (logprobs: true), one agent's tokens
     if line["provenance"] and item.request and item.request.ignored:
         line["provenance"]["ignored_params"] = item.request.ignored  # accepted, not used
     return _writable(line)
@@ -266,13 +277,15 @@ def openai_record(item: BatchItem, line: dict[str, Any]) -> tuple[dict[str, Any]
     model = item.request.model if item.request else \
         ",".join(line.get("agents") or []) or oa.ROUTED_MODEL
     if line["ok"] and line.get("embedding") is not None:
-        return oa.embedding_answer_line(item.id, line["embedding"], line=item.line,
+        return ob.embedding_answer_line(item.id, line["embedding"], line=item.line,
                                         request_fingerprint=item.fingerprint,
                                         finished_at=finished), False
     if line["ok"]:
-        record = oa.answer_line(item.id, model, line, line=item.line,
+        req = item.request  # a /v1/completions line's answer is a text_completion
+        text = (req.prompt, req.echo) if getattr(req, "url", None) == completions.URL else None
+        record = ob.answer_line(item.id, model, line, line=item.line,
                                 request_fingerprint=item.fingerprint, finished_at=finished,
-                                provenance=line["provenance"])
+                                provenance=line["provenance"], text_completion=text)
         record["hpc_chat"]["latency_s"] = line["latency_s"]
         return record, False
     problem = item.problem
@@ -281,7 +294,7 @@ def openai_record(item: BatchItem, line: dict[str, Any]) -> tuple[dict[str, Any]
     if isinstance(item.request, EmbeddingLine) and param == "body.messages":
         param = "body.input"  # an input too long for the context
     custom_id = item.id if isinstance(item.id, str) else None
-    return oa.error_line(custom_id, line["error"] or "failed", line=item.line,
+    return ob.error_line(custom_id, line["error"] or "failed", line=item.line,
                          kind=line["error_kind"] or "runtime",
                          request_fingerprint=item.fingerprint, finished_at=finished,
                          status=status, code=code, param=param,
@@ -343,22 +356,13 @@ def _outcome_lines(output: Path, errors: Path):
                 except (ValueError, RecursionError):
                     yield index, seq, raw, False, 0.0
                     continue
-                found = oa.outcome(obj) if oa.is_output_line(obj) else None
+                found = ob.outcome(obj) if ob.is_output_line(obj) else None
                 try:
                     key = _line_key(found) if found else None
                 except (ValueError, TypeError, RecursionError):
                     key = None
                 yield index, seq, raw, None if key is None else key_hash(key), \
                     found["finished_at"] if found else 0.0
-
-
-def ensure_line_start(path: Path, fh: TextIO) -> None:
-    """A run killed mid-write may leave a partial last line; start on a fresh line. (Read
-    through the open file, not the name: the name may have been swapped since.)"""
-    size = os.fstat(fh.fileno()).st_size
-    if size and os.pread(fh.fileno(), 1, size - 1) != b"\n":
-        fh.write("\n")
-        fh.flush()
 
 
 def records_from_lines(lines: Iterable[dict[str, Any]]) -> list[RequestRecord]:

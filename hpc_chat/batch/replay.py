@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_chat.errors import InputError
-from hpc_chat.openai.batch import is_output_line
+from hpc_chat.openai.batch_output import is_output_line
 
 
 def find_answer(output: str, ident: str) -> dict[str, Any]:

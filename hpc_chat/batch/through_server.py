@@ -25,6 +25,7 @@ from hpc_chat.batch.input import BatchItem
 from hpc_chat.batch.output import OUTPUT_KEYS, OutputWriter, failed_result, unknown_model
 from hpc_chat.client import http as client
 from hpc_chat.errors import HpcChatError
+from hpc_chat.openai import completions
 from hpc_chat.openai.batch import ROUTED_MODEL, body_fields
 from hpc_chat.openai.embeddings import EmbeddingLine
 from hpc_chat.protocol.failure import FailureCode
@@ -134,6 +135,8 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
         # own, as with the batch's own workers: no stream.
         body = {**line_over_run(body_fields(options), item.request.body), "stream": False}
         body.pop("stream_options", None)
+        if item.request.url == completions.URL:  # its own route; the answer is one model's
+            return _continue(url, item, body, models, status, stop, start)
     else:
         model = agent or ROUTED_MODEL
         body = {"model": model, "messages": [{"role": "user", "content": item.prompt}],
@@ -147,7 +150,7 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
         choice, usage = done["choices"][0], done.get("usage") or {}
         provenance = done.get("hpc_chat") or {}
         agents = [a.get("agent") for a in provenance.get("agents") or [] if a.get("agent")]
-        return {**dict.fromkeys(OUTPUT_KEYS), "ok": True,
+        return {**dict.fromkeys(OUTPUT_KEYS), "ok": True, "logprobs": choice.get("logprobs"),
                 "response": choice["message"]["content"], "agents": agents,
                 "latency_s": round(time.time() - start, 4),
                 "completion_tokens": int(usage.get("completion_tokens") or 0),
@@ -177,6 +180,36 @@ def _call(url: str, call: Callable[[], dict], status: Callable[[str], None],
                              round(time.time() - start, 4))
     status("")
     return done if isinstance(done, dict) else {}
+
+
+def _continue(url: str, item: BatchItem, body: dict[str, Any], models: list[str],
+              status: Callable[[str], None], stop: threading.Event,
+              start: float) -> dict[str, Any]:
+    """A ``/v1/completions`` line's result from the server's own route: the continuation
+    alone (the output adds the prompt back for ``echo``), the logprobs in the chat shape
+    the output line is made from."""
+    if body.get("model") not in models:
+        return unknown_model(body.get("model"), models)
+    body = {k: v for k, v in body.items() if k not in ("hpc_chat_mode", "echo")}
+    done = _call(url, lambda: client.text_completion(url, body), status, stop, start)
+    if done.get("ok") is False:
+        return done
+    try:
+        choice, usage = done["choices"][0], done.get("usage") or {}
+        provenance = (done.get("hpc_chat") or {}).get("prompts", [None])[0] or {}
+        return {**dict.fromkeys(OUTPUT_KEYS), "ok": True, "response": choice["text"],
+                "logprobs": completions.chat_logprobs(choice.get("logprobs")),
+                "agents": [a.get("agent") for a in provenance.get("agents") or []
+                           if a.get("agent")],
+                "latency_s": round(time.time() - start, 4),
+                "completion_tokens": int(usage.get("completion_tokens") or 0),
+                "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                "finish_reason": choice.get("finish_reason"), "cached": False,
+                "provenance": {**provenance, "server": url} if provenance else None}
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        return failed_result(f"the server's answer is not a text completion "
+                             f"({type(exc).__name__}: {exc})", FailureCode.GENERATION_FAILED,
+                             round(time.time() - start, 4))
 
 
 def _embed(url: str, req: EmbeddingLine, models: list[str], status: Callable[[str], None],

@@ -85,6 +85,13 @@ def complete(url: str, body: dict[str, Any], conversation: str | None = None) ->
         headers=_headers(conversation)))
 
 
+def text_completion(url: str, body: dict[str, Any]) -> dict:
+    """POST /completions; the ``text_completion``, or :class:`ServerError`."""
+    return _call(url, urllib.request.Request(
+        f"{url.rstrip('/')}/completions", data=json.dumps(body).encode(),
+        headers=_headers(None)))
+
+
 def embeddings(url: str, body: dict[str, Any]) -> dict:
     """POST /embeddings; OpenAI's embedding list, or :class:`ServerError`."""
     return _call(url, urllib.request.Request(

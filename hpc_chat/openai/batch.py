@@ -14,14 +14,21 @@ parameter is accepted only at a value that changes nothing, and is then listed i
 provenance (``ignored_params``); any other value, or an unknown key, is refused naming it
 (:mod:`hpc_chat.openai.params`).
 
-An answer is an output line in OpenAI's batch output shape, its body a ``chat.completion``; a
+A ``/v1/completions`` line (one ``prompt``, continued as it is by one agent's model) is
+checked as the server checks one and carried as the chat request of its prompt, with the
+``text_completion`` option; a ``/v1/embeddings`` line is an
+:class:`~hpc_chat.openai.embeddings.EmbeddingLine`.
+
+An answer is an output line in OpenAI's batch output shape, its body a ``chat.completion`` (a
+``text_completion``, an embedding list); a
 request that failed is a line of the same shape in the errors file beside the output
 (``OUT.errors.jsonl``), with its HTTP-like ``status_code`` and OpenAI's error body. A line that
 is not a request at all (bad JSON, no ``custom_id``) has ``response: null`` and an ``error``.
 Every line also carries an ``hpc_chat`` object: the input line number, the request's
 fingerprint, the outcome kind and time (what ``--resume`` reads), and the provenance.
 
-This module only turns dicts into dicts; reading files and running requests are
+This module reads request lines; the output lines are :mod:`hpc_chat.openai.batch_output`'s.
+It only turns dicts into dicts; reading files and running requests are
 :mod:`hpc_chat.batch.input`, :mod:`hpc_chat.batch.output` and :mod:`hpc_chat.batch.run`.
 """
 
@@ -29,12 +36,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from hpc_chat.errors import FormatError
-from hpc_chat.openai.chat import chat_completion
+from hpc_chat.openai import completions
 from hpc_chat.openai.embeddings import (
     EMBEDDINGS_URL,
     EmbeddingLine,
@@ -48,6 +54,7 @@ from hpc_chat.structured.compile import FORMAT_KEYS, output_format
 
 ROUTED_MODEL = "auto"
 CHAT_URL = "/v1/chat/completions"
+URLS = (CHAT_URL, completions.URL, EMBEDDINGS_URL)  # what a batch line may ask
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 64  # characters of one stop string (a stream holds back that much text)
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound
@@ -59,10 +66,6 @@ def is_request_line(obj: Any) -> bool:
     that lacks a key it needs (it is then reported as such)."""
     return isinstance(obj, dict) and "prompt" not in obj and \
         any(k in obj for k in ("custom_id", "body", "url", "method"))
-
-
-def is_output_line(obj: Any) -> bool:
-    return isinstance(obj, dict) and "custom_id" in obj and "response" in obj
 
 
 @dataclass
@@ -78,6 +81,8 @@ class ChatRequest:
     ignored: list[str] = field(default_factory=list)
     fingerprint: str = ""
     body: dict[str, Any] = field(default_factory=dict)  # as given: sent on to a server
+    url: str = "/v1/chat/completions"  # or /v1/completions: its prompt continued as it is
+    echo: bool = False  # a text completion's answer begins with its prompt
 
     @property
     def agents(self) -> list[str] | None:
@@ -98,13 +103,14 @@ def parse_request(obj: dict[str, Any]) -> ChatRequest | EmbeddingLine:
     if not isinstance(custom_id, str) or not custom_id:
         raise RequestError("\"custom_id\" must be a non-empty string", param="custom_id")
     method, url = obj.get("method", "POST"), obj.get("url")
-    if method != "POST" or url not in (CHAT_URL, EMBEDDINGS_URL):
-        raise RequestError(f"only POST {CHAT_URL} and POST {EMBEDDINGS_URL} are supported "
-                           f"here, not {method} {url}", param="url", status=404,
-                           code="unsupported_url")
+    if method != "POST" or url not in URLS:
+        raise RequestError(f"only POST {', '.join(URLS)} are supported here, not {method} "
+                           f"{url}", param="url", status=404, code="unsupported_url")
     body = obj.get("body")
     if not isinstance(body, dict):
         raise RequestError("\"body\" must be a JSON object", param="body")
+    if url == completions.URL:
+        return _completion(custom_id, body)
     if url == EMBEDDINGS_URL:
         try:
             return embedding_line(custom_id, body, fingerprint(body))
@@ -120,6 +126,34 @@ def parse_request(obj: dict[str, Any]) -> ChatRequest | EmbeddingLine:
         options["tool_result"] = answers
     return ChatRequest(custom_id, model, prompt, history, system, options,
                        ignored=unused, fingerprint=fingerprint(body), body=body)
+
+
+def _completion(custom_id: str, body: dict[str, Any]) -> ChatRequest:
+    """A ``/v1/completions`` line: checked as the server checks one, then as the chat request
+    that carries its prompt (:func:`hpc_chat.openai.completions.chat_bodies`). A line holds
+    one prompt (a line is one request, with one answer line); it continues one agent's model.
+    """
+    try:
+        bodies = completions.chat_bodies(body)
+    except RequestError as exc:
+        raise RequestError(f"body.{exc}" if exc.param and str(exc).startswith(exc.param)
+                           else str(exc), param=f"body.{exc.param}" if exc.param else "body",
+                           code=exc.code) from None
+    if len(bodies) > 1:
+        raise RequestError("a batch line of /v1/completions takes one prompt: write one line "
+                           "per prompt", param="body.prompt")
+    if body.get("stream") is True:
+        raise RequestError("a batch line is not streamed: leave out body.stream",
+                           param="body.stream")
+    if body.get("model") == ROUTED_MODEL or not isinstance(body.get("model"), str):
+        raise RequestError(f"body.model must name an agent: a text completion continues one "
+                           f"model's text (not {ROUTED_MODEL!r})", param="body.model")
+    chat = {k: v for k, v in bodies[0].items() if k != "stream"}
+    req = parse_request({"custom_id": custom_id, "url": CHAT_URL, "body": chat})
+    req.options.update(text_completion=True, mode=Mode.ROUTE.value)  # no chat template
+    req.url, req.echo, req.body = completions.URL, body.get("echo") is True, body
+    req.fingerprint = fingerprint(body)
+    return req
 
 
 def _messages(messages: Any) -> tuple[str | None, list[dict[str, Any]], str,
@@ -298,82 +332,3 @@ def _format(body: dict[str, Any]) -> dict[str, Any]:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-# ----------------------------------------------------------------------------- output lines
-
-def _ids() -> tuple[str, str]:
-    return f"batch_req_{uuid.uuid4().hex}", f"req_{uuid.uuid4().hex}"
-
-
-def answer_line(custom_id: str, model: str, result: dict[str, Any], *, line: int,
-                request_fingerprint: str, finished_at: float,
-                provenance: dict[str, Any] | None) -> dict[str, Any]:
-    line_id, request_id = _ids()
-    return {"id": line_id, "custom_id": custom_id,
-            "response": {"status_code": 200, "request_id": request_id,
-                         "body": chat_completion(model, result, finished_at, provenance)},
-            "error": None,
-            "hpc_chat": {"line": line, "request": request_fingerprint, "ok": True,
-                         "finished_at": finished_at}}
-
-
-def embedding_answer_line(custom_id: str, body: dict[str, Any], *, line: int,
-                          request_fingerprint: str, finished_at: float) -> dict[str, Any]:
-    """An answered ``/v1/embeddings`` line: OpenAI's embedding list as the body."""
-    line_id, request_id = _ids()
-    return {"id": line_id, "custom_id": custom_id,
-            "response": {"status_code": 200, "request_id": request_id, "body": body},
-            "error": None,
-            "hpc_chat": {"line": line, "request": request_fingerprint, "ok": True,
-                         "finished_at": finished_at}}
-
-
-def error_line(custom_id: str | None, message: str, *, line: int, kind: str,
-               request_fingerprint: str | None, finished_at: float, status: int | None = None,
-               code: str | None = None, param: str | None = None,
-               provenance: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A failed request (``status`` given: OpenAI's error body under that status), or a line
-    that is no request at all (``response: null``, ``error``)."""
-    line_id, request_id = _ids()
-    status = status or (400 if kind == "input" else 500)
-    error = {"message": message, "type": "invalid_request_error" if status < 500
-             else "server_error", "param": param,
-             "code": code or ("invalid_request" if kind == "input" else "generation_failed")}
-    record = {"id": line_id, "custom_id": custom_id, "response": None, "error": None,
-              "hpc_chat": {"line": line, "request": request_fingerprint, "ok": False,
-                           "error_kind": kind, "finished_at": finished_at,
-                           "provenance": provenance}}
-    if custom_id is None:
-        record["error"] = {"code": error["code"], "message": message}
-    else:
-        record["response"] = {"status_code": status, "request_id": request_id,
-                              "body": {"error": error}}
-    return record
-
-
-def outcome(line: dict[str, Any]) -> dict[str, Any] | None:
-    """What ``--resume`` and ``hpc-chat stats`` need of an output or error line, in the
-    native line's terms (``id``, ``ok``, ``request``, ``error_kind``, ``finished_at``,
-    ``latency_s``, tokens, agents); None for a line they cannot use."""
-    ext = line.get("hpc_chat")
-    if not isinstance(ext, dict):
-        return None
-    # A line that was no request has no custom_id: its line number stands for it.
-    ident = line.get("custom_id") if isinstance(line.get("custom_id"), str) else None
-    number = ext.get("line")
-    if ident is None and (not isinstance(number, int) or isinstance(number, bool)):
-        return None
-    finished = ext.get("finished_at")
-    body = line["response"].get("body") if isinstance(line.get("response"), dict) else None
-    body = body if isinstance(body, dict) else {}
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-    prov = body.get("hpc_chat") if isinstance(body.get("hpc_chat"), dict) else {}
-    listed = prov.get("agents") if isinstance(prov.get("agents"), list) else []
-    agents = [a.get("agent") for a in listed if isinstance(a, dict)]
-    return {"id": ident, "line": number, "ok": ext.get("ok") is True,
-            "request": ext.get("request"), "error_kind": ext.get("error_kind"),
-            "finished_at": finished if isinstance(finished, (int, float)) else 0.0,
-            "latency_s": ext.get("latency_s"), "agents": agents,
-            "prompt_tokens": usage.get("prompt_tokens"),
-            "completion_tokens": usage.get("completion_tokens")}

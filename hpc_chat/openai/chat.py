@@ -52,6 +52,8 @@ def logprobs_of(result: dict[str, Any]) -> dict[str, Any] | None:
     """``choices[].logprobs``: each token's, when the request asked for them and one agent
     answered (the routed answer of several agents is their texts joined: no one model's
     tokens)."""
+    if isinstance(result.get("logprobs"), dict):  # a batch output line keeps them here
+        return result["logprobs"]
     good = [r for r in result.get("responses") or [] if not r.get("error")]
     if len(good) == 1 and good[0].get("logprobs") is not None:
         return {"content": good[0]["logprobs"], "refusal": None}

@@ -94,6 +94,21 @@ def legacy_logprobs(chat: dict[str, Any] | None, start: int) -> dict[str, Any] |
             "text_offset": offsets}
 
 
+def chat_logprobs(legacy: dict[str, Any] | None) -> dict[str, Any] | None:
+    """:func:`legacy_logprobs` back in the chat shape (a batch output line is made from
+    that shape); each token's ``bytes`` are its text's UTF-8."""
+    if not legacy:
+        return None
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {"content": [{**entry(t, lp), "top_logprobs": [entry(k, v) for k, v in top.items()]}
+                        for t, lp, top in zip(legacy["tokens"], legacy["token_logprobs"],
+                                              legacy["top_logprobs"])],
+            "refusal": None}
+
+
 def completion_object(model: str, choices: list[dict[str, Any]], results: list[dict[str, Any]],
                       created: float, fingerprint: str,
                       provenance: list[dict[str, Any] | None]) -> dict[str, Any]:

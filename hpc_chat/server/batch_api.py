@@ -17,12 +17,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse
 
 from hpc_chat.openai.batch import CHAT_URL
+from hpc_chat.openai.completions import URL as COMPLETIONS_URL
 from hpc_chat.openai.embeddings import EMBEDDINGS_URL
 from hpc_chat.server.batch_store import new_id
 from hpc_chat.server.errors import ApiError
 from hpc_chat.server.uploads import receive
 
-ENDPOINTS = (CHAT_URL, EMBEDDINGS_URL)
+ENDPOINTS = (CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL)
 WINDOW_S = {"24h": 24 * 3600}
 BATCH_KEYS = {"input_file_id", "endpoint", "completion_window", "metadata",
               "output_expires_after"}  # accepted; output files are kept until deleted

@@ -14,6 +14,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import TextIO
 
 from hpc_chat.errors import InputError
 from hpc_chat.util.paths import user_name
@@ -113,3 +114,12 @@ def replace_whole(path: Path, data) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def ensure_line_start(path: Path, fh: TextIO) -> None:
+    """A run killed mid-write may leave a partial last line; start on a fresh line. (Read
+    through the open file, not the name: the name may have been swapped since.)"""
+    size = os.fstat(fh.fileno()).st_size
+    if size and os.pread(fh.fileno(), 1, size - 1) != b"\n":
+        fh.write("\n")
+        fh.flush()

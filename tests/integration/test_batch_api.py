@@ -1,7 +1,8 @@
 """OpenAI's Files and Batches API on a real ``hpc-chat serve``, driven by the real openai SDK:
 upload, create, poll to completed, output and error files, listing and paging, metadata,
 validation failures naming each line, the upload limit, cancel mid-run (answers kept), a
-server stopped with SIGTERM and started again mid-batch (each custom_id answered once), and
+server stopped with SIGTERM, or killed with SIGKILL, and started again mid-batch (each
+custom_id answered once; after a kill nothing of the dead server left running), and
 interactive requests served while a batch drains. The echo model gives answers of a known
 pace, so "mid-run" is made of work of known length, not of the machine's speed."""
 
@@ -18,6 +19,8 @@ from pathlib import Path
 import openai
 import pytest
 
+from tests.helpers.procs import processes_of_home, wait_until_none_of_home
+from tests.helpers.runs import LEFTOVER_LIMIT_S, wait_for_running_workers
 from tests.helpers.server import start_server, stop
 
 pytestmark = pytest.mark.parsl
@@ -205,11 +208,80 @@ def test_an_embeddings_batch_answers_every_input(server, tmp_path):
         assert len(vectors) == 2 and all(len(v["embedding"]) > 0 for v in vectors)
 
 
+COMPLETION_LINES = [
+    {"custom_id": "t1", "method": "POST", "url": "/v1/completions",
+     "body": {"model": "balanced_agent", "prompt": "alpha beta", "max_tokens": 5,
+              "logprobs": 1}},
+    {"custom_id": "t2", "method": "POST", "url": "/v1/completions",
+     "body": {"model": "balanced_agent", "prompt": ["one two"], "echo": True}},
+    {"custom_id": "t3", "method": "POST", "url": "/v1/completions",  # one prompt a line
+     "body": {"model": "balanced_agent", "prompt": ["a", "b"]}},
+    {"custom_id": "t4", "method": "POST", "url": "/v1/completions",  # one model's text
+     "body": {"model": "auto", "prompt": "a"}},
+]
+
+
+def check_completion_lines(output: list[dict], errors: list[dict]) -> None:
+    """The echo model continues a raw prompt (no chat template) with its own words."""
+    by_id = {x["custom_id"]: x["response"]["body"] for x in output}
+    assert set(by_id) == {"t1", "t2"}
+    first = by_id["t1"]
+    assert first["object"] == "text_completion" and first["choices"][0]["text"] == "alpha beta"
+    assert first["choices"][0]["logprobs"]["tokens"] == ["alpha", " beta"]
+    assert first["usage"]["completion_tokens"] > 0
+    assert first["hpc_chat"]["prompts"][0]["agents"][0]["messages"] == [
+        {"role": "user", "content": "alpha beta"}]
+    assert by_id["t2"]["choices"][0]["text"] == "one twoone two"  # echo: the prompt first
+    refused = {x["custom_id"]: x["response"]["body"]["error"] for x in errors}
+    assert refused["t3"]["param"] == "body.prompt" and "one prompt" in refused["t3"]["message"]
+    assert refused["t4"]["param"] == "body.model"
+
+
+def test_a_text_completions_batch_continues_each_prompt(server, tmp_path):
+    client = server.client()
+    batch = client.batches.create(
+        input_file_id=upload(client, write_lines(tmp_path / "t.jsonl", COMPLETION_LINES)).id,
+        endpoint="/v1/completions", completion_window="24h")
+    done = wait_for(client, batch.id, ended)
+    assert done.status == "completed", done
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 2)
+    check_completion_lines(jsonl(client, done.output_file_id),
+                           jsonl(client, done.error_file_id))
+
+
+@pytest.mark.parametrize("through", ["server", "workers"])
+def test_text_completion_lines_of_a_batch_file(server, tmp_path, fixtures, through):
+    """``hpc-chat batch`` answers them on its own workers, or through a running server."""
+    from tests.helpers.cli import hpc
+
+    src = write_lines(tmp_path / "t.jsonl", COMPLETION_LINES)
+    out = tmp_path / "out.jsonl"
+    if through == "server":
+        done = hpc(server.home, "batch", str(src), "-o", str(out), "--server", server.url,
+                   config=None, model=None, timeout=300)
+        assert "answering through the server" in done.stderr
+    else:
+        done = hpc(tmp_path / "home", "batch", str(src), "-o", str(out), "--server", "off",
+                   model=QUICK, timeout=300)
+    assert done.returncode == 1, done.stderr  # t3 and t4 failed
+    check_completion_lines([json.loads(x) for x in out.read_text().splitlines()],
+                           [json.loads(x) for x in
+                            (tmp_path / "out.errors.jsonl").read_text().splitlines()])
+
+
 @pytest.fixture
 def slow_server(tmp_path, fixtures):
     srv = start_server(tmp_path, fixtures / "workflows" / "batched.yml", model=SLOW)
     yield srv
     stop(srv)
+
+
+def whole_line(text: str) -> dict | None:
+    """A line of a work file, or None for one a kill cut short."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def custom_ids(client, batch) -> list[str]:
@@ -270,6 +342,46 @@ def test_a_server_stopped_mid_batch_finishes_it_when_started_again(tmp_path, fix
         # The first server's answers were kept, not made again.
         assert ids[:before] == [json.loads(x)["custom_id"] for x in
                                 work.read_text().splitlines()[:before]]
+    finally:
+        stop(again)
+
+
+def test_a_server_killed_mid_batch_leaves_nothing_running_and_finishes_it_again(tmp_path,
+                                                                               fixtures):
+    """SIGKILL (the OOM killer, a node's cleanup): no handler runs. Its watchdog stops the
+    interchange, the worker pools and the node engine; the next server on the home takes the
+    batch over (the dead server's claim is stale), drops a line cut by the kill, and answers
+    every custom_id once, keeping the lines the dead server wrote."""
+    config = fixtures / "workflows" / "batched.yml"
+    srv = start_server(tmp_path, config, model=SLOW)
+    total = 64
+    try:
+        client = srv.client()
+        path = write_lines(tmp_path / "in.jsonl",
+                           [request(f"k{i}", f"w{i}") for i in range(total)])
+        batch = client.batches.create(input_file_id=upload(client, path).id,
+                                      endpoint="/v1/chat/completions", completion_window="24h")
+        wait_for(client, batch.id, lambda b: b.request_counts.completed > 0)
+        interchange = (wait_for_running_workers(srv.home)["interchange_pid"],)
+        assert any("process_worker_pool" in c
+                   for c in processes_of_home(srv.home, interchange).values())
+    finally:
+        srv.proc.kill()
+        srv.proc.wait(30)
+    left = wait_until_none_of_home(srv.home, LEFTOVER_LIMIT_S, interchange)
+    assert left == {}, f"still running after the server was killed: {left}"
+    work = srv.home / "batches" / "work" / batch.id / "output.jsonl"
+    kept = [line["custom_id"] for line in map(whole_line, work.read_text().splitlines())
+            if line is not None]
+    assert 0 < len(kept) < total
+    again = start_server(tmp_path, config, model=SLOW)
+    try:
+        client = again.client()
+        done = wait_for(client, batch.id, ended, timeout=300)
+        assert done.status == "completed" and done.request_counts.completed == total
+        ids = custom_ids(client, done)
+        assert sorted(ids) == sorted(f"k{i}" for i in range(total))  # each once
+        assert set(kept) <= set(ids)
     finally:
         stop(again)
 

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hpc_chat.openai.batch import (
-    ROUTED_MODEL,
-    RequestError,
-    answer_line,
-    error_line,
-    fingerprint,
-    parse_request,
-)
+from hpc_chat.openai.batch import ROUTED_MODEL, RequestError, fingerprint, parse_request
+from hpc_chat.openai.batch_output import answer_line, error_line
 from tests.helpers.requests import line
 
 
@@ -134,3 +128,33 @@ def test_an_unseeded_request_gets_a_seed_recorded():
                            .read_text())
     drawn = prepare(agent, "hi", {"model": {"model": "echo"}}).request.seed
     assert isinstance(drawn, int) and 0 <= drawn < 2**31
+
+
+def completion(**body):
+    return {"custom_id": "t", "method": "POST", "url": "/v1/completions",
+            "body": {"model": "balanced_agent", "prompt": "Once upon", **body}}
+
+
+def test_a_text_completion_line_is_the_chat_request_of_its_prompt():
+    req = parse_request(completion(max_tokens=8, logprobs=2))
+    assert (req.url, req.prompt, req.echo, req.history, req.system) == \
+        ("/v1/completions", "Once upon", False, [], None)
+    assert req.options == {"max_tokens": 8, "logprobs": 2, "text_completion": True,
+                           "mode": "route"}
+    assert parse_request(completion()).options["max_tokens"] == 16  # OpenAI's default here
+    echoed = parse_request(completion(max_tokens=8, echo=True))
+    assert echoed.echo and echoed.fingerprint != req.fingerprint
+
+
+@pytest.mark.parametrize("body, param, says", [
+    ({"prompt": ["a", "b"]}, "body.prompt", "one prompt: write one line per prompt"),
+    ({"prompt": ""}, "body.prompt", "body.prompt must be a non-empty string"),
+    ({"model": "auto"}, "body.model", "continues one model's text"),
+    ({"stream": True}, "body.stream", "not streamed"),
+    ({"suffix": "end"}, "body.suffix", "fill in the middle"),
+    ({"hpc_chat_mode": "review"}, "body.hpc_chat_mode", "not supported"),
+])
+def test_a_text_completion_line_that_cannot_run_names_its_key(body, param, says):
+    with pytest.raises(RequestError) as info:
+        parse_request(completion(**body))
+    assert info.value.param == param and says in str(info.value)
