@@ -22,7 +22,7 @@ from collections import Counter
 from typing import Any, Literal
 
 from jinja2 import StrictUndefined
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from pydantic import Field, ValidationInfo, field_validator
 
 from hpc_chat.errors import HpcChatError
@@ -66,9 +66,30 @@ Another assistant's answer:
 Using the other answers as extra advice, check your answer and give an updated answer to \
 the question. Reply with the answer only."""
 
+MAX_TEMPLATE = 20_000  # characters of a prompt template
+MAX_MADE = 1_000_000  # characters (or items) a template's `*` may make, and `**`'s exponent
+
+
+class _Bounded(ImmutableSandboxedEnvironment):
+    """jinja2's sandbox with its arithmetic bounded: ``{{ 'x' * 10**12 }}`` in a shared
+    workflow file would otherwise take the driver's memory when the workflow loads."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+            raise SecurityError(f"an exponent of {right} is more than a prompt needs")
+        if operator == "*":
+            sized = [x for x in (left, right) if isinstance(x, (str, list, tuple))]
+            count = right if sized and sized[0] is left else left
+            if sized and isinstance(count, int) and count * len(sized[0]) > MAX_MADE:
+                raise SecurityError(f"a repetition of {count} is more than a prompt needs")
+        return super().call_binop(context, operator, left, right)
+
+
 # Immutable: no changing what it is given. StrictUndefined: a misspelt variable is an error
 # at load (the trial render below), not a silently empty prompt.
-_env = ImmutableSandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+_env = _Bounded(autoescape=False, undefined=StrictUndefined)
 
 # What each template is trial-rendered with when the workflow loads, so that a template that
 # cannot render fails there, naming its key, rather than on the first request.
@@ -92,8 +113,8 @@ class CollaborationSettings(StrictModel):
     rounds: int = Field(2, ge=1, le=10)  # review rounds after the first answers
     stop_when_unchanged: bool = True
     finish: Literal["synthesize", "vote"] = "synthesize"
-    synthesize_prompt: str = SYNTHESIZE_PROMPT
-    review_prompt: str = REVIEW_PROMPT
+    synthesize_prompt: str = Field(SYNTHESIZE_PROMPT, max_length=MAX_TEMPLATE)
+    review_prompt: str = Field(REVIEW_PROMPT, max_length=MAX_TEMPLATE)
 
     @field_validator("synthesize_prompt", "review_prompt")
     @classmethod

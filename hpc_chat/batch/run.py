@@ -26,13 +26,13 @@ from hpc_chat.batch.input import (
     iter_batch,
     rereadable,
 )
-from hpc_chat.batch.output import OutputWriter, read_output, unknown_model
+from hpc_chat.batch.output import OutputWriter, failed_result, read_output, unknown_model
 from hpc_chat.driver.startup import follow_workers, run_scheduler
 from hpc_chat.driver.stats import Summary
 from hpc_chat.errors import InputError
-from hpc_chat.openai.batch import ROUTED_MODEL
+from hpc_chat.openai.batch import ROUTED_MODEL, RequestError, line_options
 from hpc_chat.openai.embeddings import EmbeddingLine
-from hpc_chat.structured.compile import line_over_run
+from hpc_chat.protocol.failure import FailureCode
 from hpc_chat.util.outputfiles import PRIVATE
 
 # Requests of a batch in flight at once. Each costs the driver its task, its Parsl record and
@@ -249,9 +249,13 @@ async def answer_one(workflow, item: BatchItem, agents=None, options=None) -> di
         return await embedding_result(workflow, req)
     if req.agents and req.agents[0] not in workflow.agents:
         return unknown_model(req.model, [*sorted(workflow.agents), ROUTED_MODEL])
+    try:
+        asked = line_options(req, options or {})
+    except RequestError as exc:  # a run's format on a text completion
+        return failed_result(str(exc), FailureCode.INVALID_REQUEST)
     return await workflow.submit_request(
-        req.prompt, agents=req.agents, options=line_over_run(options or {}, req.options),
-        request_key=id_key(item.id), history=req.history, system_prompt=req.system)
+        req.prompt, agents=req.agents, options=asked, request_key=id_key(item.id),
+        history=req.history, system_prompt=req.system)
 
 
 async def _paired(workflow, item: BatchItem, agents, options) -> tuple[BatchItem, dict]:

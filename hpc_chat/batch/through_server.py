@@ -26,7 +26,7 @@ from hpc_chat.batch.output import OUTPUT_KEYS, OutputWriter, failed_result, unkn
 from hpc_chat.client import http as client
 from hpc_chat.errors import HpcChatError
 from hpc_chat.openai import completions
-from hpc_chat.openai.batch import ROUTED_MODEL, body_fields
+from hpc_chat.openai.batch import ROUTED_MODEL, RequestError, body_fields, line_options
 from hpc_chat.openai.embeddings import EmbeddingLine
 from hpc_chat.protocol.failure import FailureCode
 from hpc_chat.structured.compile import line_over_run
@@ -136,6 +136,10 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
         body = {**line_over_run(body_fields(options), item.request.body), "stream": False}
         body.pop("stream_options", None)
         if item.request.url == completions.URL:  # its own route; the answer is one model's
+            try:
+                line_options(item.request, options)  # refused here as on the workers
+            except RequestError as exc:
+                return failed_result(str(exc), FailureCode.INVALID_REQUEST)
             return _continue(url, item, body, models, status, stop, start)
     else:
         model = agent or ROUTED_MODEL

@@ -33,7 +33,7 @@ async def answer_live(workflow, question: str, console, **request) -> dict[str, 
     together = (options.get("mode") or workflow.loaded.settings.collaboration.mode) != "route"
     try:
         # (a format: one answer, one panel; collaborating agents: the reply's panel)
-        panels_of = [f"reply ({workflow.loaded.aggregator})"] if together else \
+        panels_of = ["reply"] if together else \
             [r.agent for r in workflow.choose_agents(question, request.get("agents"), options)]
     except HpcChatError:
         panels_of = None  # the request reports it

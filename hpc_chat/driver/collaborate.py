@@ -58,8 +58,9 @@ def first_round(loaded, text: str, agents: list[str] | None, options: dict[str, 
 
 
 def without_format(options: dict[str, Any]) -> dict[str, Any]:
-    """The options of a round before the reply: its answers are free text."""
-    return {k: v for k, v in options.items() if k not in FORMAT_KEYS}
+    """The options of a round before the reply: its answers are free text, without the
+    logprobs asked of the reply."""
+    return {k: v for k, v in options.items() if k not in (*FORMAT_KEYS, "logprobs")}
 
 
 async def collaborate(settings: CollaborationSettings, mode: Mode, question: str,

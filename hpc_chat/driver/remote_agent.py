@@ -32,11 +32,14 @@ from hpc_chat.worker.provenance import versions
 # What a remote model is sent: OpenAI's own sampling parameters. top_k, repeat_penalty and a
 # raw grammar are the local engine's (llama.cpp's sampler), not part of OpenAI's API.
 SENT = ("temperature", "top_p", "max_tokens", "seed", "stop", "response_format")
-LOCAL_ONLY = ("grammar", "tools", "tool_result")
+# What only hpc_chat's own engine does: refused for a remote model rather than dropped.
+LOCAL_ONLY = {"grammar": "a raw grammar (send response_format instead)", "tools": "tools",
+              "tool_result": "a tool's result", "logprobs": "logprobs",
+              "text_completion": "a text completion (a raw prompt, no chat template)"}
 
 
 class RemoteRequestError(HpcChatError, ValueError):
-    """The endpoint refused the request itself (400, 404, 422): asking again will not help."""
+    """The endpoint refused the request itself (400, 422): asking again will not help."""
 
 
 class RemoteAgents:
@@ -63,11 +66,11 @@ class RemoteAgents:
         if remote.api_key_env and not os.environ.get(remote.api_key_env):
             raise HpcChatError(f"the remote model {remote.label()} needs an API key in "
                                f"${remote.api_key_env}, which is not set")
-        unusable = [k for k in LOCAL_ONLY if options.get(k) or agent["config"].get(k)]
+        unusable = [what for k, what in LOCAL_ONLY.items()
+                    if _asked(options.get(k, agent["config"].get(k)))]
         if unusable:
-            raise RemoteRequestError(f"{unusable[0]} is enforced by hpc_chat's own engine; "
-                                     f"the remote model {remote.label()} takes "
-                                     f"response_format instead")
+            raise RemoteRequestError(f"{unusable[0]} needs hpc_chat's own engine: the remote "
+                                     f"model {remote.label()} is not asked it")
         settings = {**{k: agent["config"].get(k) for k in SENT}, **options}
         params = {k: _sent(k, settings[k]) for k in SENT if settings.get(k) not in (None, [])}
         client, slots = self._client(remote)
@@ -111,6 +114,11 @@ class RemoteAgents:
         for client, _ in self._clients.values():
             await client.close()
         self._clients.clear()
+
+
+def _asked(value: Any) -> bool:
+    """A request's option is set (``logprobs: 0`` is: no alternatives, but logprobs)."""
+    return value is not None and value is not False and value != [] and value != ""
 
 
 def _sent(key: str, value: Any) -> Any:
@@ -170,36 +178,38 @@ async def _streamed(client, remote: RemoteModel, messages, params, channel):
 
 def _failure(remote: RemoteModel, exc: Exception) -> HpcChatError:
     """One line naming the endpoint and what it said (never the key, never the prompt)."""
-    error = _described(remote, exc)
     key = os.environ.get(remote.api_key_env or "", "")
-    if len(key) >= 4 and key in str(error):  # a server that echoes the header back
-        error = type(error)(str(error).replace(key, f"${remote.api_key_env}"))
-    return error
+
+    def scrubbed(text: str) -> str:  # a server that echoes the header back: before any cut
+        return text.replace(key, f"${remote.api_key_env}") if len(key) >= 4 else text
+
+    return _described(remote, exc, scrubbed)
 
 
-def _described(remote: RemoteModel, exc: Exception) -> HpcChatError:
+def _described(remote: RemoteModel, exc: Exception, scrubbed) -> HpcChatError:
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
         what = f"answered HTTP {status}"
-        if status in (400, 404, 422):
+        if status in (400, 422):  # the request itself (404: the model or URL configured)
             return RemoteRequestError(f"the remote model {remote.label()} {what}: "
-                                      f"{_said(exc)}")
+                                      f"{_said(exc, scrubbed)}")
         retried = f" (after {remote.max_retries} retries)" if status in (408, 409, 429) or \
             status >= 500 else ""
-        return HpcChatError(f"the remote model {remote.label()} {what}{retried}: {_said(exc)}")
+        return HpcChatError(f"the remote model {remote.label()} {what}{retried}: "
+                            f"{_said(exc, scrubbed)}")
     name = type(exc).__name__
     if "Timeout" in name:
         return HpcChatError(f"the remote model {remote.label()} did not answer within "
                             f"timeout_s={remote.timeout_s:g} (after {remote.max_retries} "
                             f"retries)")
     return HpcChatError(f"the remote model {remote.label()} cannot be reached: {name}: "
-                        f"{str(exc)[:200]}")
+                        f"{scrubbed(str(exc))[:200]}")
 
 
-def _said(exc: Exception) -> str:
+def _said(exc: Exception, scrubbed) -> str:
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         error = body.get("error") if isinstance(body.get("error"), dict) else body
         if isinstance(error.get("message"), str):
-            return error["message"][:300]
-    return str(getattr(exc, "message", exc))[:300]
+            return scrubbed(error["message"])[:300]
+    return scrubbed(str(getattr(exc, "message", exc)))[:300]

@@ -50,7 +50,7 @@ from hpc_chat.openai.embeddings import (
 from hpc_chat.openai.params import RequestError, ignored
 from hpc_chat.protocol.failure import failure_code
 from hpc_chat.protocol.request import Mode
-from hpc_chat.structured.compile import FORMAT_KEYS, output_format
+from hpc_chat.structured.compile import FORMAT_KEYS, line_over_run, output_format
 
 ROUTED_MODEL = "auto"
 CHAT_URL = "/v1/chat/completions"
@@ -151,9 +151,24 @@ def _completion(custom_id: str, body: dict[str, Any]) -> ChatRequest:
     chat = {k: v for k, v in bodies[0].items() if k != "stream"}
     req = parse_request({"custom_id": custom_id, "url": CHAT_URL, "body": chat})
     req.options.update(text_completion=True, mode=Mode.ROUTE.value)  # no chat template
+    if "max_tokens" not in body:  # OpenAI's default, or the run's: line_options
+        del req.options["max_tokens"]
     req.url, req.echo, req.body = completions.URL, body.get("echo") is True, body
     req.fingerprint = fingerprint(body)
     return req
+
+
+def line_options(req: ChatRequest, run: dict[str, Any]) -> dict[str, Any]:
+    """A line's options over the run's (``batch --max-tokens``, ``--schema``). A text
+    completion that sets no max_tokens takes the run's, else OpenAI's 16 (as the server
+    does), and takes no format: its continuation is raw text, and the server refuses one."""
+    if req.url != completions.URL:
+        return line_over_run(run, req.options)
+    if any(run.get(k) is not None for k in FORMAT_KEYS):
+        raise RequestError("a text completion takes no response_format, grammar or tools "
+                           "(the run's --schema applies to chat lines)",
+                           param="body.response_format")
+    return {"max_tokens": completions.DEFAULT_MAX_TOKENS, **run, **req.options}
 
 
 def _messages(messages: Any) -> tuple[str | None, list[dict[str, Any]], str,

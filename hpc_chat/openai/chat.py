@@ -51,10 +51,13 @@ def chat_completion(model: str, result: dict[str, Any], created: float,
 def logprobs_of(result: dict[str, Any]) -> dict[str, Any] | None:
     """``choices[].logprobs``: each token's, when the request asked for them and one agent
     answered (the routed answer of several agents is their texts joined: no one model's
-    tokens)."""
+    tokens), or a collaboration's reply was decoded for it (a synthesis; a vote's answer was
+    decoded before it was chosen, without them)."""
     if isinstance(result.get("logprobs"), dict):  # a batch output line keeps them here
         return result["logprobs"]
     good = [r for r in result.get("responses") or [] if not r.get("error")]
+    if result.get("rounds"):  # a collaboration's reply: its own answer, the last that says it
+        good = [r for r in good if r.get("content") == result.get("response")][-1:]
     if len(good) == 1 and good[0].get("logprobs") is not None:
         return {"content": good[0]["logprobs"], "refusal": None}
     return None

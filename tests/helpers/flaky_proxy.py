@@ -1,16 +1,18 @@
 """A loopback HTTP proxy in front of a real OpenAI-compatible server that answers as a test
-scripts it: 429 (with ``Retry-After: 0``), a hang past the client's timeout, or the real
+scripts it: 429 (with ``Retry-After: 0``), a hang past the client's timeout, a 401 whose
+long message quotes the Authorization header it got (as careless servers do), or the real
 server's answer. It forces the rare failures of a remote model at the narrowest seam, the
 HTTP exchange itself; everything it forwards is the real server's."""
 
 from __future__ import annotations
 
+import json
 import threading
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FORWARD, TOO_MANY, HANG = "forward", "429", "hang"
+FORWARD, TOO_MANY, HANG, ECHO_KEY = "forward", "429", "hang", "401-echo"
 
 
 class FlakyProxy:
@@ -49,6 +51,12 @@ class FlakyProxy:
                     self._send(429, b'{"error": {"message": "slow down", "type": '
                                     b'"rate_limit_error", "code": "rate_limited"}}',
                                {"Retry-After": "0"})
+                elif step == ECHO_KEY:
+                    quoted = ("x" * 250 + " bad key: " + self.headers.get("Authorization", ""))
+                    self._send(401, json.dumps({"error": {"message": quoted,
+                                                          "type": "invalid_request_error",
+                                                          "code": "invalid_api_key"}}).encode(),
+                               {})
                 elif step == HANG:
                     proxy.released.wait(60)
                 else:

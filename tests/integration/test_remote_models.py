@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from hpc_chat.driver.workflow import ParslChatWorkflow
-from tests.helpers.flaky_proxy import HANG, TOO_MANY, FlakyProxy
+from tests.helpers.flaky_proxy import ECHO_KEY, HANG, TOO_MANY, FlakyProxy
 from tests.helpers.server import start_server, stop
 
 QUESTION = "Imagine a story and analyze the data"  # routed to creative and analytical
@@ -110,6 +110,45 @@ def test_a_remote_that_keeps_refusing_fails_that_answer_with_a_clear_error(
                                f"{proxy.url} answered HTTP 429 (after 1 retries): slow down")
     assert len(proxy.seen) == 2
     assert peer.key not in json.dumps(result)
+
+
+def test_a_key_the_remote_echoes_in_a_long_error_is_never_repeated(
+        peer, fixtures, tmp_path, monkeypatch):
+    """A 401 whose long message ends with the Authorization header (with the key in it the
+    message runs past the 300 characters kept, so a cut after the fact would leave a prefix
+    of the key): the key is replaced by its variable's name first, so no part of it shows."""
+    proxy = FlakyProxy(peer.url, [ECHO_KEY])
+    try:
+        (result,) = ask(fixtures, monkeypatch, tmp_path, {"gpt-4": remote(proxy.url)},
+                        peer.key, QUESTION)
+    finally:
+        proxy.close()
+    assert not result["ok"] and "answered HTTP 401" in result["error"]
+    assert proxy.seen[0]["authorization"] == f"Bearer {peer.key}"  # it was sent, and echoed
+    assert "bad key: Bearer $PEER_KEY" in result["error"]
+    assert peer.key[:8] not in json.dumps(result)
+
+
+def test_what_only_our_engine_does_is_refused_for_a_remote_model(
+        peer, fixtures, tmp_path, monkeypatch):
+    monkeypatch.setenv("HPC_CHAT_HOME", home_with(tmp_path, {"gpt-4": remote(peer.url)}))
+    monkeypatch.setenv("PEER_KEY", peer.key)
+
+    async def go():
+        wf = ParslChatWorkflow()
+        await wf.initialize(fixtures / "workflows" / "hybrid.yml")
+        try:
+            return [await wf.process_request("Once upon", agents=["creative_agent"],
+                                             options={"mode": "route", **extra})
+                    for extra in ({"text_completion": True}, {"logprobs": 0})]
+        finally:
+            await wf.shutdown()
+
+    raw, logprobs = asyncio.run(go())
+    assert raw["error_code"] == logprobs["error_code"] == "invalid_request"
+    assert raw["error"].startswith("creative_agent: a text completion (a raw prompt, no chat "
+                                   "template) needs hpc_chat's own engine")
+    assert "logprobs needs hpc_chat's own engine" in logprobs["error"]
 
 
 def test_a_remote_that_does_not_answer_times_out(peer, fixtures, tmp_path, monkeypatch):

@@ -55,6 +55,8 @@ def test_templates_run_sandboxed():
     ("{{ questoin }}", "UndefinedError: 'questoin' is undefined"),  # not an empty prompt
     ("{{ 1 / 0 }}", "ZeroDivisionError"),
     ("{{ question.__class__ }}", "SecurityError"),
+    ("{{ 'x' * 10**12 }}", "SecurityError: a repetition of 1000000000000"),  # not the memory
+    ("{{ 2 ** 100000000 }}", "SecurityError: an exponent of 100000000"),
 ])
 def test_a_template_that_cannot_render_is_refused_at_load(template, why):
     with pytest.raises(ValueError) as info:

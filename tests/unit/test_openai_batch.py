@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from hpc_chat.openai.batch import ROUTED_MODEL, RequestError, fingerprint, parse_request
+from hpc_chat.openai.batch import (
+    ROUTED_MODEL,
+    RequestError,
+    fingerprint,
+    line_options,
+    parse_request,
+)
 from hpc_chat.openai.batch_output import answer_line, error_line
 from tests.helpers.requests import line
 
@@ -141,7 +147,12 @@ def test_a_text_completion_line_is_the_chat_request_of_its_prompt():
         ("/v1/completions", "Once upon", False, [], None)
     assert req.options == {"max_tokens": 8, "logprobs": 2, "text_completion": True,
                            "mode": "route"}
-    assert parse_request(completion()).options["max_tokens"] == 16  # OpenAI's default here
+    # max_tokens: the line's, else the run's (batch --max-tokens), else OpenAI's 16 here
+    assert line_options(req, {"max_tokens": 200})["max_tokens"] == 8
+    assert line_options(parse_request(completion()), {"max_tokens": 200})["max_tokens"] == 200
+    assert line_options(parse_request(completion()), {})["max_tokens"] == 16
+    with pytest.raises(RequestError, match="takes no response_format"):  # batch --schema
+        line_options(req, {"response_format": {"type": "json_object"}})
     echoed = parse_request(completion(max_tokens=8, echo=True))
     assert echoed.echo and echoed.fingerprint != req.fingerprint
 
