@@ -254,6 +254,11 @@ def test_serve_takes_the_mode_in_the_body_and_streams_the_synthesis(fixtures, tm
         assert [r["step"] for r in made["rounds"]] == ["answer", "review", "review",
                                                        "synthesis"]  # unchanged: stopped
         assert whole.choices[0].message.content == made["rounds"][-1]["answers"][0]["content"]
+        scored = client.chat.completions.create(model="auto", messages=messages, logprobs=True,
+                                                extra_body={"hpc_chat_mode": "synthesize"})
+        tokens = "".join(t.token for t in scored.choices[0].logprobs.content)  # the reply's
+        assert tokens.strip() == scored.choices[0].message.content == \
+            "You have been given answers from"
         pieces = [c.choices[0].delta.content for c in client.chat.completions.create(
             model="auto", messages=messages, stream=True,
             extra_body={"hpc_chat_mode": "synthesize"}) if c.choices and
