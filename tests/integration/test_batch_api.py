@@ -304,17 +304,23 @@ def test_a_cancelled_batch_keeps_the_answers_it_made(slow_server, tmp_path):
     assert done.request_counts.total == total
 
 
+def started_batch(srv, tmp_path, prefix: str, total: int):
+    """A chat batch of ``total`` lines on ``srv``, once its first answer is written."""
+    client = srv.client()
+    path = write_lines(tmp_path / "in.jsonl",
+                       [request(f"{prefix}{i}", f"w{i}") for i in range(total)])
+    batch = client.batches.create(input_file_id=upload(client, path).id,
+                                  endpoint="/v1/chat/completions", completion_window="24h")
+    wait_for(client, batch.id, lambda b: b.request_counts.completed > 0)
+    return batch
+
+
 def test_a_server_stopped_mid_batch_finishes_it_when_started_again(tmp_path, fixtures):
     config = fixtures / "workflows" / "batched.yml"
     srv = start_server(tmp_path, config, model=SLOW)
     total = 64  # 8 rounds of the engine's 8 slots; the window holds two
     try:
-        client = srv.client()
-        path = write_lines(tmp_path / "in.jsonl",
-                           [request(f"r{i}", f"w{i}") for i in range(total)])
-        batch = client.batches.create(input_file_id=upload(client, path).id,
-                                      endpoint="/v1/chat/completions", completion_window="24h")
-        wait_for(client, batch.id, lambda b: b.request_counts.completed > 0)
+        batch = started_batch(srv, tmp_path, "r", total)
         # A second server on the same home does not run (and so double) its batches.
         second = start_server(tmp_path / "second", config, model=SLOW,
                               env={"HPC_CHAT_HOME": str(srv.home)})
@@ -356,12 +362,7 @@ def test_a_server_killed_mid_batch_leaves_nothing_running_and_finishes_it_again(
     srv = start_server(tmp_path, config, model=SLOW)
     total = 64
     try:
-        client = srv.client()
-        path = write_lines(tmp_path / "in.jsonl",
-                           [request(f"k{i}", f"w{i}") for i in range(total)])
-        batch = client.batches.create(input_file_id=upload(client, path).id,
-                                      endpoint="/v1/chat/completions", completion_window="24h")
-        wait_for(client, batch.id, lambda b: b.request_counts.completed > 0)
+        batch = started_batch(srv, tmp_path, "k", total)
         interchange = (wait_for_running_workers(srv.home)["interchange_pid"],)
         assert any("process_worker_pool" in c
                    for c in processes_of_home(srv.home, interchange).values())
