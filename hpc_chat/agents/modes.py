@@ -39,6 +39,13 @@ def parse_mode(value: Any) -> Mode:
                            f"{', '.join(m.value for m in Mode)}") from None
 
 
+def collaborating(settings: CollaborationSettings, asked: Any) -> bool:
+    """Whether a request's agents work together: the mode it asks for (``options["mode"]``),
+    else the workflow's ``collaboration.mode``, is not ``route``. (Its value is checked where
+    the request is answered: :func:`parse_mode`.)"""
+    return (asked or settings.mode) != Mode.ROUTE
+
+
 # question: the user's message; answers: [{agent, content}] of the last round, in the order
 # the agents were chosen (best-matching first).
 SYNTHESIZE_PROMPT = """\

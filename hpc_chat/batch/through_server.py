@@ -128,6 +128,7 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
     start = time.time()
     if isinstance(item.request, EmbeddingLine):
         return _embed(url, item.request, models, status, stop, start)
+    completion = item.request is not None and item.request.url == completions.URL
     if item.request is not None:
         model = item.request.model
         # The line's own body, as the server would take it from any client (its ``user`` is
@@ -135,38 +136,51 @@ def ask(url: str, item: BatchItem, models: list[str], agent: str | None,
         # own, as with the batch's own workers: no stream.
         body = {**line_over_run(body_fields(options), item.request.body), "stream": False}
         body.pop("stream_options", None)
-        if item.request.url == completions.URL:  # its own route; the answer is one model's
+        if completion:  # the server's own route; the output adds the prompt back for echo
             try:
                 line_options(item.request, options)  # refused here as on the workers
             except RequestError as exc:
                 return failed_result(str(exc), FailureCode.INVALID_REQUEST)
-            return _continue(url, item, body, models, status, stop, start)
+            body = {k: v for k, v in body.items() if k not in ("hpc_chat_mode", "echo")}
     else:
         model = agent or ROUTED_MODEL
         body = {"model": model, "messages": [{"role": "user", "content": item.prompt}],
                 **body_fields(options)}
     if model not in models:
         return unknown_model(model, models)
-    done = _call(url, lambda: client.complete(url, body), status, stop, start)
+    send = client.text_completion if completion else client.complete
+    done = _call(url, lambda: send(url, body), status, stop, start)
     if done.get("ok") is False:
         return done
+    return _result(url, done, start, completion)
+
+
+def _result(url: str, done: dict[str, Any], start: float, completion: bool) -> dict[str, Any]:
+    """The server's answer in the workflow's form: a chat completion's, or a text
+    completion's (its one prompt's provenance, its legacy logprobs in the chat shape the
+    output line is made from)."""
     try:
         choice, usage = done["choices"][0], done.get("usage") or {}
-        provenance = done.get("hpc_chat") or {}
-        agents = [a.get("agent") for a in provenance.get("agents") or [] if a.get("agent")]
-        return {**dict.fromkeys(OUTPUT_KEYS), "ok": True, "logprobs": choice.get("logprobs"),
-                "response": choice["message"]["content"], "agents": agents,
+        if completion:
+            text, logprobs = choice["text"], completions.chat_logprobs(choice.get("logprobs"))
+            provenance = (done.get("hpc_chat") or {}).get("prompts", [None])[0] or {}
+        else:
+            text, logprobs = choice["message"]["content"], choice.get("logprobs")
+            provenance = done.get("hpc_chat") or {}
+        listed = provenance.get("agents") or []
+        return {**dict.fromkeys(OUTPUT_KEYS), "ok": True, "response": text,
+                "logprobs": logprobs, "agents": [a.get("agent") for a in listed
+                                                 if a.get("agent")],
                 "latency_s": round(time.time() - start, 4),
                 "completion_tokens": int(usage.get("completion_tokens") or 0),
                 "prompt_tokens": int(usage.get("prompt_tokens") or 0),
                 "finish_reason": choice.get("finish_reason"),
-                "cached": any(a.get("cached") for a in provenance.get("agents") or []),
+                "cached": any(a.get("cached") for a in listed),
                 "provenance": {**provenance, "server": url} if provenance else None}
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-        return failed_result(f"the server's answer is not a chat completion "
-                             f"({type(exc).__name__}: {exc})", FailureCode.GENERATION_FAILED,
-                             round(time.time() - start, 4))
-
+        return failed_result(f"the server's answer is not a {'text' if completion else 'chat'}"
+                             f" completion ({type(exc).__name__}: {exc})",
+                             FailureCode.GENERATION_FAILED, round(time.time() - start, 4))
 
 
 def _call(url: str, call: Callable[[], dict], status: Callable[[str], None],
@@ -184,36 +198,6 @@ def _call(url: str, call: Callable[[], dict], status: Callable[[str], None],
                              round(time.time() - start, 4))
     status("")
     return done if isinstance(done, dict) else {}
-
-
-def _continue(url: str, item: BatchItem, body: dict[str, Any], models: list[str],
-              status: Callable[[str], None], stop: threading.Event,
-              start: float) -> dict[str, Any]:
-    """A ``/v1/completions`` line's result from the server's own route: the continuation
-    alone (the output adds the prompt back for ``echo``), the logprobs in the chat shape
-    the output line is made from."""
-    if body.get("model") not in models:
-        return unknown_model(body.get("model"), models)
-    body = {k: v for k, v in body.items() if k not in ("hpc_chat_mode", "echo")}
-    done = _call(url, lambda: client.text_completion(url, body), status, stop, start)
-    if done.get("ok") is False:
-        return done
-    try:
-        choice, usage = done["choices"][0], done.get("usage") or {}
-        provenance = (done.get("hpc_chat") or {}).get("prompts", [None])[0] or {}
-        return {**dict.fromkeys(OUTPUT_KEYS), "ok": True, "response": choice["text"],
-                "logprobs": completions.chat_logprobs(choice.get("logprobs")),
-                "agents": [a.get("agent") for a in provenance.get("agents") or []
-                           if a.get("agent")],
-                "latency_s": round(time.time() - start, 4),
-                "completion_tokens": int(usage.get("completion_tokens") or 0),
-                "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                "finish_reason": choice.get("finish_reason"), "cached": False,
-                "provenance": {**provenance, "server": url} if provenance else None}
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-        return failed_result(f"the server's answer is not a text completion "
-                             f"({type(exc).__name__}: {exc})", FailureCode.GENERATION_FAILED,
-                             round(time.time() - start, 4))
 
 
 def _embed(url: str, req: EmbeddingLine, models: list[str], status: Callable[[str], None],

@@ -228,21 +228,27 @@ class SchemaWorkload(_Model):
         return self.schema_.tok_s / self.plain.tok_s
 
 
+class _Measured(_Model):
+    """Where and when a workload section was measured (each section is run on its own, with
+    ``--only``, so each says so itself)."""
+
+    date: str
+    machine: str
+    cores: int
+
+
 class EmbedRate(Rate):
     inputs_s: float
     dimensions: int
 
 
-class EmbeddingWorkload(_Model):
+class EmbeddingWorkload(_Measured):
     """A corpus embedded through ``/v1/embeddings`` (:mod:`hpc_chat.bench.embeddings`)."""
 
     inputs: int
     per_request: int
     clients: int
     agent: str
-    date: str
-    machine: str
-    cores: int
     repeats: int = 3
     llama_server_slots: int
     hpc_chat: EmbedRate
@@ -256,13 +262,10 @@ class ScaleRun(_Model):
     peak_rss_mb: float
 
 
-class ScaleWorkload(_Model):
+class ScaleWorkload(_Measured):
     """``hpc-chat batch`` at corpus scale with the echo model (:mod:`hpc_chat.bench.scale`)."""
 
     model: str
-    date: str
-    machine: str
-    cores: int
     runs: list[ScaleRun]
 
 
@@ -280,15 +283,12 @@ class Quality(_Model):
     review_tokens: int
 
 
-class CollaborationWorkload(_Model):
+class CollaborationWorkload(_Measured):
     """A 3-agent ``synthesize`` over the real prompts (:mod:`hpc_chat.bench.collaboration`)."""
 
     prompts: int
     agents: list[str]
     aggregator: str
-    date: str
-    machine: str
-    cores: int
     repeats: int = 3
     sequential_prompts: int
     hpc_chat: CollabRate

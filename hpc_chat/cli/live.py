@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
+from hpc_chat.agents.modes import collaborating
 from hpc_chat.driver.result_streams import stream_addresses
 from hpc_chat.driver.token_hub import RESTART, TokenHub
 from hpc_chat.errors import HpcChatError
@@ -30,7 +31,7 @@ async def answer_live(workflow, question: str, console, **request) -> dict[str, 
     """``workflow.process_request(question, **request)``, with live panels on ``console``."""
     where = stream_addresses(workflow)
     options = request.get("options") or {}
-    together = (options.get("mode") or workflow.loaded.settings.collaboration.mode) != "route"
+    together = collaborating(workflow.loaded.settings.collaboration, options.get("mode"))
     try:
         # (a format: one answer, one panel; collaborating agents: the reply's panel)
         panels_of = ["reply"] if together else \

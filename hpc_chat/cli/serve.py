@@ -58,8 +58,9 @@ def serve(config, site, endpoint, allocation, model, host, port, max_queue, max_
     link serve prints (also in $HPC_CHAT_HOME/server/login-url). Stop with Ctrl-C or
     SIGTERM: workers and pilot jobs end with it."""
     from hpc_chat.server.auth import load_key
-    from hpc_chat.server.run import bind_socket, bind_unix, is_loopback
+    from hpc_chat.server.run import bind_socket, bind_unix
     from hpc_chat.server.web_login import WebLogin
+    from hpc_chat.util.hosts import is_loopback
 
     key, source = load_key(new=new_key)  # there is always a key: a file is made if needed
     login = WebLogin(root_path)  # a bad --root-path or $HPC_CHAT_LOGIN_TOKEN stops here

@@ -12,20 +12,13 @@ answers are done, not when the slowest prompt's in the same micro-batch are.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 
 from hpc_chat.driver.token_hub import Stream, TokenHub
+from hpc_chat.util.hosts import is_loopback
 
 log = logging.getLogger(__name__)
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def stream_addresses(workflow) -> tuple[str, list[str]] | None:

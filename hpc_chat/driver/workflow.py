@@ -324,9 +324,10 @@ class ParslChatWorkflow:
         async def in_round(agent: str, prompt: str, final: bool) -> dict[str, Any]:
             """A round's question to one agent: the request's format and stream are the
             reply's (the synthesis); each answer comes back on a result stream of its own."""
-            sent = context.model_copy(update={"options": without_format(options)}) \
-                if not final else context if stream is None else \
-                context.model_copy(update={"stream": StreamSpec(**stream)})
+            sent = context if final else \
+                context.model_copy(update={"options": without_format(options)})
+            if final and stream is not None:  # the reply is what the client streams
+                sent = context.model_copy(update={"stream": StreamSpec(**stream)})
             opened = await self.result_streams.open() if sent.stream is None else None
             if opened is not None:
                 sent = sent.model_copy(update={"stream": StreamSpec(**opened[1])})

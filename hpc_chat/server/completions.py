@@ -13,7 +13,6 @@ from fastapi.responses import StreamingResponse
 
 from hpc_chat.openai import chat as openai_chat
 from hpc_chat.openai import completions as shapes
-from hpc_chat.openai.batch import ROUTED_MODEL
 from hpc_chat.openai.params import RequestError
 from hpc_chat.protocol.result import FinishReason, Usage, provenance_of
 from hpc_chat.server.chat import Started, close, ending, pieces, start_chat
@@ -28,10 +27,6 @@ async def create_completion(state: ServerState, body: dict[str, Any], fingerprin
         bodies = shapes.chat_bodies(body)
     except RequestError as exc:
         raise ApiError(400, str(exc), code=exc.code, param=exc.param) from None
-    if body.get("model") == ROUTED_MODEL:
-        raise ApiError(400, f"a text completion continues one model's text: name an agent, "
-                            f"not {ROUTED_MODEL!r} (GET /v1/models lists them)",
-                       code="invalid_request", param="model")
     prompts = [b["messages"][0]["content"] for b in bodies]
     echo = body.get("echo") is True
     if body.get("stream") is True:

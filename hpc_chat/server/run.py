@@ -20,7 +20,7 @@ from pathlib import Path
 import uvicorn
 
 from hpc_chat.client.files import server_file
-from hpc_chat.driver.result_streams import is_loopback, stream_addresses  # noqa: F401
+from hpc_chat.driver.result_streams import stream_addresses
 from hpc_chat.driver.token_hub import TokenHub
 from hpc_chat.errors import ConfigError
 from hpc_chat.server.app import create_app

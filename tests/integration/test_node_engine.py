@@ -308,8 +308,8 @@ def test_an_answer_done_early_is_not_held_for_its_micro_batch(fixtures, tmp_path
     server and the live panels open), each short answer is delivered when the engine finishes
     it (~0.5 s), not when the long one ends (~3 s); the task's own result, later, changes
     nothing. Without a stream the short answers wait for their task."""
+    from hpc_chat.driver.result_streams import stream_addresses
     from hpc_chat.driver.token_hub import TokenHub
-    from hpc_chat.server.run import stream_addresses
 
     async def go():
         wf = ParslChatWorkflow(history_path=str(tmp_path / "h.db"),
