@@ -57,15 +57,17 @@ def noop(x):
     return x
 
 
-def direct_loop(n: int, threads: int, max_tokens: int | None = MAX_TOKENS) -> dict[str, Any]:
-    """A plain llama-cpp-python loop: what a user would write without hpc_chat."""
+def direct_loop(n: int, threads: int, max_tokens: int | None = MAX_TOKENS,
+                model_path: Path | None = None) -> dict[str, Any]:
+    """A plain llama-cpp-python loop: what a user would write without hpc_chat (on the
+    embedded model, or the file at ``model_path``)."""
     import llama_cpp
 
     from hpc_chat.agents.config import AgentConfig
     from hpc_chat.llm.models import resolve_model
 
     agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
-    llama = llama_cpp.Llama(model_path=str(resolve_model("default")), n_ctx=2048,
+    llama = llama_cpp.Llama(model_path=str(model_path or resolve_model("default")), n_ctx=2048,
                             n_threads=threads, n_threads_batch=threads, flash_attn=True,
                             verbose=False)
     start = time.perf_counter()

@@ -40,6 +40,8 @@ SCHEMA_TARGET = ("real workload with a json_schema: tokens/s after the start / w
                  "one (same run)")
 COLLAB_TARGET = ("3-agent synthesize: hpc-chat batch after its start / llama-server -np 8 "
                  "with each round's requests sent together")
+MULTITURN_TARGET = ("multi-turn: warm hpc-chat serve / the best llama-server (16 "
+                    "conversations x 4 turns, whole history each request)")
 
 
 @dataclass
@@ -89,6 +91,8 @@ def _verdicts(r: BenchResults) -> list[Verdict]:
         out.append(Verdict(SCHEMA_TARGET, r.schema_.kept, 0.85, True))
     if r.collaboration is not None and r.collaboration.vs_concurrent is not None:
         out.append(Verdict(COLLAB_TARGET, r.collaboration.vs_concurrent, 1.2, True))
+    if r.multiturn is not None and r.multiturn.vs_best_server is not None:
+        out.append(Verdict(MULTITURN_TARGET, r.multiturn.vs_best_server, 1.5, True))
     return out
 
 
@@ -134,7 +138,7 @@ def markdown(res: dict[str, Any] | BenchResults, plot_name: str) -> str:
     return _render("performance.md.j2", m=r.meta, o=r.overhead, t=r.throughput,
                    w=r.warm_start, s=r.slurm, s2=r.slurm_2n, lim=r.limit, plot_name=plot_name,
                    real=r.real, sch=r.schema_, emb=r.embeddings, scale=r.scale,
-                   col=r.collaboration,
+                   col=r.collaboration, mt=r.multiturn, fmts=r.formats,
                    verdicts=found, missed=missed,
                    profile=profile + "\n" if profile else "",
                    throughput_missed=any(v.desc == TARGETS["throughput_vs_direct"][0]

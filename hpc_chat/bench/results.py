@@ -117,6 +117,8 @@ class Decode(_Model):
     n_seq: int
     tok_s: float
     ms_per_token_by_batch: dict[int, float]
+    passes_per_step: float | None = None  # runs of consecutive sequence ids (older: absent)
+    moves: int | None = None  # sequences moved down to close a gap
 
     @property
     def other_s(self) -> float:
@@ -304,6 +306,51 @@ class CollaborationWorkload(_Measured):
         return (self.hpc_chat.steady_tok_s or self.hpc_chat.tok_s) / self.concurrent.tok_s
 
 
+class TurnsRate(Rate):
+    prompt_tokens: int
+    tok_s_min: float
+    tok_s_max: float
+
+
+class MultiTurnWorkload(_Measured):
+    """Conversations, each request with its whole history (:mod:`hpc_chat.bench.multiturn`)."""
+
+    conversations: int
+    turns: int
+    repeats: int
+    order: list[str]
+    system_info: str = ""  # llama_print_system_info(): the CPU features llama.cpp uses
+    hpc_chat: TurnsRate
+    llama_server: dict[int, TurnsRate] = Field(default_factory=dict)
+
+    @property
+    def vs_best_server(self) -> float | None:
+        """hpc-chat serve's tokens/s / the best llama-server configuration's."""
+        if not self.llama_server:
+            return None
+        return self.hpc_chat.tok_s / max(r.tok_s for r in self.llama_server.values())
+
+
+class FormatRate(_Model):
+    loop_tok_s: float
+    tok_s: float  # the batched engine's
+    perplexity: float
+    scored_tokens: int
+    bytes: int
+    same_answers: bool
+    runs: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class FormatsWorkload(_Measured):
+    """The embedded model in each weight format (:mod:`hpc_chat.bench.formats`)."""
+
+    repeats: int
+    order: list[str]
+    loop_requests: int
+    batch_requests: int
+    formats: dict[str, FormatRate]
+
+
 class BenchResults(_Model):
     meta: Meta
     real: RealWorkload | None = None
@@ -318,3 +365,5 @@ class BenchResults(_Model):
     embeddings: EmbeddingWorkload | None = None
     scale: ScaleWorkload | None = None
     collaboration: CollaborationWorkload | None = None
+    multiturn: MultiTurnWorkload | None = None
+    formats: FormatsWorkload | None = None

@@ -310,6 +310,14 @@ def run_suite(repeats: int = 3, requests: int = 32, overhead_requests: int = 16,
     from hpc_chat.bench.collaboration import collaboration_workload
 
     results["collaboration"] = collaboration_workload(real_requests, repeats, log)
+    log("multi-turn conversations through serve and llama-server")
+    from hpc_chat.bench.multiturn import multiturn_workload
+
+    results["multiturn"] = multiturn_workload(repeats, log)
+    log("weight formats: the embedded model as shipped, as Q4_0 and as IQ4_NL")
+    from hpc_chat.bench.formats import formats_workload
+
+    results["formats"] = formats_workload(repeats, log)
     log("corpus scale: hpc-chat batch with the echo model")
     from hpc_chat.bench.scale import scale_workload
 

@@ -154,7 +154,8 @@ def cleanup(dry_run):
 @click.option("--no-slurm", is_flag=True, help="Skip the local-Slurm case.")
 @click.option("--report-only", is_flag=True,
               help="Rewrite the report from RESULTS_DIR/results.json without measuring.")
-@click.option("--only", type=click.Choice(["schema", "embeddings", "scale", "collaboration"]),
+@click.option("--only", type=click.Choice(["schema", "embeddings", "scale", "collaboration",
+                                          "multiturn", "formats"]),
               default=None,
               help="Measure this section alone into RESULTS_DIR/results.json (the others kept "
                    "from the run that wrote it; the section says when and where it ran).")
@@ -199,6 +200,15 @@ def bench(repeats, n_requests, real_requests, results_dir, update_docs, no_slurm
 
             res = {**json.loads(saved.read_text()),
                    "collaboration": collaboration_workload(real_requests, repeats, log)}
+        elif only == "multiturn":
+            from hpc_chat.bench.multiturn import multiturn_workload
+
+            res = {**json.loads(saved.read_text()),
+                   "multiturn": multiturn_workload(repeats, log)}
+        elif only == "formats":
+            from hpc_chat.bench.formats import formats_workload
+
+            res = {**json.loads(saved.read_text()), "formats": formats_workload(repeats, log)}
     else:
         problem = plotting_problem()
         if problem:  # say so before minutes of measuring, not after

@@ -10,21 +10,23 @@ so the batch stays full until the queue runs dry. A request whose answer has a f
 (:mod:`hpc_chat.llm.grammar`), so constrained and free requests, and requests with different
 schemas, share one batch.
 
-Requests to one agent share their first prompt chunk (the system prompt, and the history when
-there is one): it is evaluated once, in a *holder* sequence, and its KV cache is copied into
-each new request's sequence (``llama_memory_seq_cp``), so only the final message is evaluated
-per request. For the packaged agents that removes about three quarters of each request's
-prompt work (docs/performance.md).
+A prompt is evaluated in chunks cut where its messages start (:mod:`hpc_chat.llm.chunks`):
+all but the last are kept in *holder* sequences (:mod:`hpc_chat.llm.prefix_cache`) and copied
+into each new request's sequence (``llama_memory_seq_cp``), so requests to one agent evaluate
+their system prompt once, and each turn of a conversation evaluates only its last exchange (the
+previous question, its answer) and the new message, not its whole history.
+
+When a request ends below the highest running sequence, the highest one moves into its place
+(cache copied, sampler following): llama.cpp puts sequences in one micro-batch only while their
+ids ascend by one, so a gap costs another pass over the weights at every step of the tail.
 
 The answers are the unbatched answers, token for token (tests/integration/test_batched.py):
-the model's own chat template (the same ``Jinja2ChatFormatter`` llama-cpp-python uses), the
-same two prompt chunks as :class:`~hpc_chat.llm.engine.ChatEngine`, the same sampler chain
-(repeat penalties, then greedy at temperature 0, or top-k, typical, top-p, min-p, temperature
-and a seeded draw), the same stop rules (end-of-generation tokens, stop strings,
-``max_tokens``), and the same numbers: each step is one micro-batch in sequence order, and flash
-attention adds up each sequence's own cache cells in the same order alone or batched. (A final
-message of 64 tokens or more takes another flash-attention path when batched, so there a
-near-tie may flip.)
+the model's own chat template (llama-cpp-python's ``Jinja2ChatFormatter``), the same prompt
+chunks as :class:`~hpc_chat.llm.engine.ChatEngine`, the same sampler chain and stop rules, and
+the same numbers: each step is one micro-batch in sequence order, and flash attention adds up
+each sequence's own cache cells in the same order alone or batched. (Not always: a final
+message of 64 tokens or more, and a sequence past 256 cells decoded beside others, take
+another flash-attention path than alone, so a near-tie may flip there.)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,10 +45,13 @@ from hpc_chat.errors import FormatError, PromptTooLongError
 from hpc_chat.llm import logprobs, sampling
 from hpc_chat.llm.engine import ChatEngine
 from hpc_chat.llm.feed import Feed, Job
+from hpc_chat.llm.prefix_cache import MIN_HOLDERS, KVSequences, PrefixCache, holders_within
 from hpc_chat.llm.profile import DecodeProfile
 from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
 
-PREFIX_HOLDERS = 3  # shared prompt chunks kept at once (e.g. one per agent)
+# The KV memory a worker's or node engine's holders may take: 22 holders for the embedded model
+# at 2048 cells, enough for 16 conversations in flight; the least, 3, for a 7B model at 4096.
+PREFIX_CACHE_BYTES = 1 << 30
 
 
 @dataclass
@@ -58,7 +63,8 @@ class _Seq:
     sampler: object
     admitted: float
     pos: int = 0
-    shared: int = 0  # prompt tokens copied from a holder instead of evaluated
+    shared: int = 0  # prompt tokens copied from a holder instead of evaluated in the batch
+    cached: int = 0  # of those, the ones found in a holder (evaluated for an earlier prompt)
     out: list[int] = field(default_factory=list)
     text: bytes = b""
     logit_row: int = -1
@@ -68,19 +74,24 @@ class _Seq:
 
 class BatchedEngine:
     """A second llama.cpp context on a loaded model, with ``n_seq`` sequences for requests and
-    ``holders`` more for shared prompt chunks."""
+    ``holders`` more for shared prompt chunks, or as many as ``prefix_cache_bytes`` of KV cache
+    holds (what the workers' and node engines' contexts get: :data:`PREFIX_CACHE_BYTES`)."""
 
-    def __init__(self, engine: ChatEngine, n_seq: int = 8, holders: int = PREFIX_HOLDERS):
+    def __init__(self, engine: ChatEngine, n_seq: int = 8, holders: int = MIN_HOLDERS, *,
+                 prefix_cache_bytes: int | None = None):
         import llama_cpp
 
         self.lc = llama_cpp
         self.engine = engine
         self.n_seq = n_seq
-        self.n_holders = holders
         llama = engine.llama
         self.model = llama._model.model
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_ctx_seq = engine.spec.n_ctx
+        if prefix_cache_bytes is not None:
+            holders = holders_within(prefix_cache_bytes, self.stream_bytes(),
+                                     llama_cpp.llama_max_parallel_sequences() - n_seq)
+        self.n_holders = holders
         # Start from the unbatched context's own parameters (flash attention, KV types, RoPE,
         # ...), so both paths compute the same numbers; change only what batching needs.
         params = llama_cpp.llama_context_params.from_buffer_copy(llama.context_params)
@@ -103,10 +114,10 @@ class BatchedEngine:
         if engine.template is None:
             raise RuntimeError("the model has no chat template; batched mode needs one")
         self.template_stops = engine.template.stops
-        self.holders: OrderedDict[tuple[int, ...], int] = OrderedDict()  # prefix -> seq id
         self.lock = threading.Lock()
-        self.prefix_evals = 0  # holder fills: how often a shared chunk was evaluated
         self.profile = DecodeProfile()
+        self.prefix = PrefixCache(n_seq, holders)
+        self.seqs = KVSequences(llama_cpp, self.ctx, self.n_batch, self.profile)
         self.grammars = engine.grammars  # parsed once per model, shared with the engine
         self.pool: ThreadPoolExecutor | None = None  # drawing constrained tokens, when needed
         self._vocab_index: sampling.VocabIndex | None = None
@@ -115,56 +126,35 @@ class BatchedEngine:
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None
+        self.seqs.close()
         if self.ctx:
             self.lc.llama_free(self.ctx)
             self.ctx = None
 
     # ----------------------------------------------------------------- pieces
-    def _prompt(self, req: GenRequest) -> tuple[list[int], int, list[str]]:
-        """The prompt's tokens, the length of its shareable first chunk, and the stop strings
-        (a text completion's: its own only, no chat template)."""
+    def stream_bytes(self) -> int:
+        """One sequence's KV cache in bytes (keys and values, 16 bits each, every layer)."""
+        lc, model = self.lc, self.model
+        per_head = lc.llama_model_n_embd(model) // max(1, lc.llama_model_n_head(model))
+        kv_width = per_head * lc.llama_model_n_head_kv(model)
+        return 2 * 2 * kv_width * lc.llama_model_n_layer(model) * self.n_ctx_seq
+
+    @property
+    def prefix_evals(self) -> int:
+        """How often prompt chunks were evaluated into a holder."""
+        return self.prefix.fills
+
+    def _prompt(self, req: GenRequest) -> tuple[list[int], tuple[int, ...], list[str]]:
+        """The prompt's tokens, where its chunks end (none for a text completion, or with no
+        holders), and the stop strings (a text completion's: its own only)."""
         if req.prompt is not None:
-            tokens, k = self.engine.text_tokens(req.prompt), 0
+            tokens, ends = self.engine.text_tokens(req.prompt), ()
         else:
-            tokens, k = self.engine.prompt_tokens(req.messages, req.tools, req.text_allowed)
+            tokens, ends = self.engine.prompt_chunks(req.messages, req.tools, req.text_allowed)
         if len(tokens) + req.max_tokens > self.n_ctx_seq:
             raise prompt_too_long(len(tokens), req.max_tokens, self.n_ctx_seq)
-        shared = k if self.n_holders and 0 < k < len(tokens) else 0
-        return tokens, shared, list(req.stop) + ([] if req.prompt is not None
-                                                 else self.template_stops)
-
-    def _holder(self, prefix: list[int], batch) -> int:
-        """The holder sequence whose KV cache holds ``prefix``, evaluating it when needed.
-
-        The chunk is decoded on its own, as the unbatched engine decodes it, so its cache has
-        the same numbers; the least recently used holder makes room for a new one.
-        """
-        key = tuple(prefix)
-        if key in self.holders:
-            self.holders.move_to_end(key)
-            return self.holders[key]
-        if len(self.holders) < self.n_holders:
-            seq_id = self.n_seq + len(self.holders)
-        else:
-            _, seq_id = self.holders.popitem(last=False)
-        lc = self.lc
-        lc.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
-        for i, tok in enumerate(prefix):
-            batch.token[i] = tok
-            batch.pos[i] = i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = seq_id
-            batch.logits[i] = i == len(prefix) - 1
-        batch.n_tokens = len(prefix)
-        start = time.perf_counter()
-        rc = lc.llama_decode(self.ctx, batch)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode failed with code {rc} (shared prompt chunk)")
-        self.profile.prefix_s += time.perf_counter() - start
-        self.profile.prefix_tokens += len(prefix)
-        self.holders[key] = seq_id
-        self.prefix_evals += 1
-        return seq_id
+        return tokens, ends if self.n_holders else (), list(req.stop) + (
+            [] if req.prompt is not None else self.template_stops)
 
     def _sampler(self, req: GenRequest, seed: int):
         """The request's own sampler (:func:`~hpc_chat.llm.sampling.sampler_for`); the
@@ -212,7 +202,6 @@ class BatchedEngine:
         lc = self.lc
         free = list(range(self.n_seq))
         batch = lc.llama_batch_init(self.n_batch, 0, 1)
-        prefix_batch = lc.llama_batch_init(self.n_batch, 0, 1)
         started = time.perf_counter()
         try:
             while True:
@@ -233,11 +222,12 @@ class BatchedEngine:
                     job = waiting[0]
                     req = job.req
                     try:
-                        tokens, k, stops = self._prompt(req)
+                        tokens, ends, stops = self._prompt(req)
                     except PromptTooLongError as exc:
                         waiting.popleft()
                         job.done(exc)
                         continue
+                    k = ends[-1] if ends else 0
                     if n + len(tokens) - k > self.n_batch:
                         break
                     waiting.popleft()
@@ -248,22 +238,27 @@ class BatchedEngine:
                         job.done(exc)
                         continue
                     seq_id = free.pop(0)  # the lowest free id keeps running ids contiguous
-                    if k:  # the shared chunk: copy its cache instead of evaluating it
+                    if k:  # the leading chunks: copy their cache instead of evaluating them
                         try:
-                            holder = self._holder(tokens[:k], prefix_batch)
-                        except BaseException:
+                            holder, cached = self.prefix.holder_for(tokens, ends, self.seqs)
+                        except BaseException as exc:
                             sampler.free()  # not active yet: nothing else would free it
+                            job.done(exc)  # neither waiting nor active: fail it here
                             raise
-                        lc.llama_memory_seq_cp(self.memory, holder, seq_id, -1, -1)
+                        self.seqs.copy(holder, seq_id)
+                        self.seqs.cut(seq_id, k)  # a holder may hold a longer conversation
                     else:
-                        lc.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+                        self.seqs.cut(seq_id, -1)
+                        cached = 0
                     active[seq_id] = _Seq(job, req, tokens, stops, sampler,
-                                          time.perf_counter(), pos=len(tokens), shared=k)
+                                          time.perf_counter(), pos=len(tokens), shared=k,
+                                          cached=cached)
                     step_tokens[seq_id] = [(tokens[i], i, i == len(tokens) - 1)
                                            for i in range(k, len(tokens))]
                     n += len(tokens) - k
                 if n == 0:
                     continue  # every waiting prompt was refused: take the next ones
+                self._close_gaps(active, step_tokens, free)
                 # With one KV stream per sequence, llama.cpp puts sequences in one micro-batch
                 # only while their ids ascend by one in batch order; in any other order each
                 # sequence gets a forward pass of its own and batching gains nothing.
@@ -283,7 +278,8 @@ class BatchedEngine:
                 if rc != 0:
                     raise RuntimeError(f"llama_decode failed with code {rc}")
                 decoded = time.perf_counter()
-                self.profile.decoded(generating, n - generating, decoded - step)
+                self.profile.decoded(generating, n - generating, decoded - step,
+                                     runs=_runs(step_tokens))
                 drawn = self._draw(active)
                 for seq_id in list(active):
                     s = active[seq_id]
@@ -307,8 +303,23 @@ class BatchedEngine:
             for s in active.values():
                 self._retire(s)
             lc.llama_batch_free(batch)
-            lc.llama_batch_free(prefix_batch)
             self.profile.wall_s += time.perf_counter() - started
+
+    def _close_gaps(self, active: dict[int, _Seq], step_tokens: dict[int, list],
+                    free: list[int]) -> None:
+        """Move the highest running sequences into the free ids below them, so the step's
+        sequences ascend by one (one micro-batch). The cache moves whole (same cells, same
+        positions) and the sampler with the request, so the answer does not change. New
+        requests take the lowest free ids, so only sequences admitted at an earlier step move.
+        """
+        while free and active and free[0] < max(active):
+            high, low = max(active), free.pop(0)
+            self.seqs.copy(high, low)
+            self.seqs.cut(high, -1)
+            active[low] = active.pop(high)
+            step_tokens[low] = step_tokens.pop(high)
+            bisect.insort(free, high)
+            self.profile.moves += 1
 
     def _draw(self, active: dict[int, _Seq]) -> dict[int, int | FormatError]:
         """Every active sequence's next token. Free requests draw in one C call each; requests
@@ -377,7 +388,13 @@ class BatchedEngine:
             completion_tokens=len(s.out), model_load_s=self.engine.load_s,
             model_loaded_now=False, generation_s=time.perf_counter() - s.admitted,
             extra={"batched": True, "batch_wall_s": time.perf_counter() - started,
-                   "shared_prompt_tokens": s.shared,
+                   "shared_prompt_tokens": s.shared, "cached_prompt_tokens": s.cached,
                    **({"logprobs": logprobs.within(s.logprobs, len(s.text))}
                       if s.req.logprobs is not None else {})})
 
+
+def _runs(step_tokens: dict[int, list]) -> int:
+    """How many runs of consecutive sequence ids a step has: llama.cpp's passes over the
+    weights for its generated tokens."""
+    ids = sorted(step_tokens)
+    return sum(1 for i, seq_id in enumerate(ids) if i == 0 or ids[i - 1] != seq_id - 1)

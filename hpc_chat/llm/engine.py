@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hpc_chat.errors import GenerationError, PromptTooLongError
+from hpc_chat.llm.chunks import chunk_ends, reusable
 from hpc_chat.llm.grammar import GrammarSamplers
 from hpc_chat.llm.models import ModelSpec
 from hpc_chat.llm.template import ChatTemplate
@@ -75,7 +76,9 @@ class ChatEngine:
         self.template: ChatTemplate | None = None  # a GGUF without one: llama-cpp-python's
         if self.llama.metadata.get("tokenizer.chat_template"):
             self.use_template(self.llama.metadata["tokenizer.chat_template"])
-        self._prefix: list[int] = []  # the tokens the KV cache holds, evaluated as one chunk
+        self._prefix: list[int] = []  # the tokens the KV cache holds, evaluated in chunks
+        self._prefix_ends: tuple[int, ...] = ()  # where those chunks end
+        self._piece_bytes = None
         log.debug("loaded %s in %.2fs with %d threads", spec.path, self.load_s, self.n_threads)
 
     def use_template(self, template: str) -> None:
@@ -86,29 +89,49 @@ class ChatEngine:
                                      eos_token=llama._model.token_get_text(llama.token_eos()),
                                      bos_token=llama._model.token_get_text(llama.token_bos()))
         llama.chat_handler = self.template.chat_handler()  # the same prompt, batched or not
-        self._prefix = []
+        self._prefix, self._prefix_ends = [], ()
+
+    def prompt_chunks(self, messages: list[dict[str, Any]],
+                      tools: list[dict[str, Any]] | None = None,
+                      optional: bool = False) -> tuple[list[int], tuple[int, ...]]:
+        """The prompt's tokens and where its chunks end (:mod:`hpc_chat.llm.chunks`): one
+        chunk up to each message's content, the last one from the final message's content.
+
+        Both this engine and the batched one evaluate each chunk but the last on its own, so
+        what a conversation's earlier turns or an agent's other requests share is evaluated
+        once and reused, with the same numbers.
+        """
+        if self.template is None:
+            raise GenerationError("the model has no chat template")
+        msgs, offered = self.template.messages_for(messages, tools, optional)
+        text = self.template.formatter(messages=msgs, tools=offered).prompt
+        tokens = self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        contents = [m.get("content") if isinstance(m.get("content"), str) else None
+                    for m in msgs[1:]]
+        return tokens, chunk_ends(text, contents, tokens, self.piece_bytes(), lambda part: (
+            self.llama.tokenize(part.encode("utf-8"), add_bos=False, special=True)))
 
     def prompt_tokens(self, messages: list[dict[str, Any]],
                       tools: list[dict[str, Any]] | None = None,
                       optional: bool = False) -> tuple[list[int], int]:
-        """The prompt's tokens, and how many come before the final message's content.
+        """The prompt's tokens, and where its last chunk starts (0: it is one chunk)."""
+        tokens, ends = self.prompt_chunks(messages, tools, optional)
+        return tokens, ends[-1] if ends else 0
 
-        That first part (system prompt and history) is what consecutive requests to one agent
-        share; both this engine and the batched one evaluate it as a chunk of its own.
-        """
-        if self.template is None:
-            raise GenerationError("the model has no chat template")
+    def piece_bytes(self):
+        """Each token's length in bytes as a prompt's text spells it (special tokens
+        rendered): made once, from llama.cpp's own pieces."""
+        if self._piece_bytes is None:
+            import llama_cpp
+            import numpy as np
 
-        def tokens(msgs):
-            prompt = self.template.prompt(msgs, tools, optional)
-            return self.llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+            from hpc_chat.llm.sampling import token_piece
 
-        full = tokens(messages)
-        probe = tokens(messages[:-1] + [{**messages[-1], "content": "\u00a7\u00a7"}])
-        k = 0
-        while k < min(len(full), len(probe)) and full[k] == probe[k]:
-            k += 1
-        return full, k
+            vocab = llama_cpp.llama_model_get_vocab(self.llama._model.model)
+            self._piece_bytes = np.array(
+                [len(token_piece(llama_cpp, vocab, t, special=True))
+                 for t in range(llama_cpp.llama_vocab_n_tokens(vocab))], dtype=np.int64)
+        return self._piece_bytes
 
     def text_tokens(self, text: str) -> list[int]:
         """A text completion's prompt: the text as it is, with the tokens the model puts
@@ -122,23 +145,27 @@ class ChatEngine:
         llama-cpp-python reuses the KV of whatever prefix the new prompt shares with the
         previous one; how much that is depends on history, and evaluating a prompt in other
         chunks changes the floating-point path, so a fixed seed would not give a fixed answer.
-        Here a prompt is always evaluated in the same two chunks: everything before the final
-        message's content (system prompt and history), then the rest. The first chunk stays
-        cached, so a run of requests with the same system prompt reads it only once.
+        Here a prompt is always evaluated in the same chunks (:meth:`prompt_chunks`), each but
+        the last on its own; the cache keeps them, and the next prompt starts from the chunks
+        it shares with them (the same system prompt, or the earlier turns of a conversation).
         """
         if self.template is None:
             self.llama.reset()  # no template to split by: evaluate from scratch
             return
-        full, k = self.prompt_tokens(messages, tools, optional)
-        prefix = full[:k]
-        if prefix and prefix == self._prefix and self.llama.n_tokens >= k:
-            self.llama.n_tokens = k  # drop everything after the shared chunk
-            self.llama._ctx.kv_cache_seq_rm(-1, k, -1)
+        full, ends = self.prompt_chunks(messages, tools, optional)
+        kept = reusable(self._prefix, self._prefix_ends, full, ends)
+        self._prefix, self._prefix_ends = [], ()  # until the chunks below are all in
+        if kept and self.llama.n_tokens >= kept:
+            self.llama.n_tokens = kept  # drop everything after the shared chunks
+            self.llama._ctx.kv_cache_seq_rm(-1, kept, -1)
         else:
+            kept = 0
             self.llama.reset()
-            if prefix:
-                self.llama.eval(prefix)
-            self._prefix = prefix
+        for end in ends:
+            if end > kept:
+                self.llama.eval(full[kept:end])
+                kept = end
+        self._prefix, self._prefix_ends = full[:kept], ends
 
     def _collect(self, chunks, on_text: Callable[[str], bool],
                  prompt_tokens: Callable[[], int]) -> dict[str, Any]:

@@ -22,12 +22,17 @@ class DecodeProfile:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     generation: dict[int, list[float]] = field(default_factory=dict)
+    steps: int = 0  # decode calls
+    runs: int = 0  # runs of consecutive sequence ids over those calls (llama.cpp's passes)
+    moves: int = 0  # running sequences moved down into a lower free id
     # how constrained draws were decided (sampling.STEP_KINDS)
     grammar_steps: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(sampling.STEP_KINDS, 0))
 
-    def decoded(self, generating: int, prompt: int, seconds: float) -> None:
+    def decoded(self, generating: int, prompt: int, seconds: float, runs: int = 1) -> None:
         self.decode_s += seconds
+        self.steps += 1
+        self.runs += runs
         self.prompt_tokens += prompt
         self.generated_tokens += generating
         if generating and not prompt:
@@ -40,6 +45,8 @@ class DecodeProfile:
                 "prefix_s": self.prefix_s, "prefix_tokens": self.prefix_tokens,
                 "prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens,
                 "grammar_steps": dict(self.grammar_steps),
+                "passes_per_step": self.runs / self.steps if self.steps else 0.0,
+                "moves": self.moves,
                 # string keys, as they read back from the results JSON
                 "ms_per_token_by_batch": {str(b): 1000 * s / (c * b) for b, (c, s)
                                           in sorted(self.generation.items())}}

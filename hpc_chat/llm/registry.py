@@ -42,10 +42,16 @@ def get_batched_engine(engine: Engine, n_seq: int) -> BatchEngine:
     with _lock:
         if key not in _batched:
             if engine.spec.is_echo:
-                from hpc_chat.llm.echo import EchoBatchedEngine as cls
+                from hpc_chat.llm.echo import EchoBatchedEngine
+
+                _batched[key] = EchoBatchedEngine(engine, n_seq)
             else:
-                from hpc_chat.llm.batched import BatchedEngine as cls
-            _batched[key] = cls(engine, n_seq)
+                from hpc_chat.llm.batched import PREFIX_CACHE_BYTES, BatchedEngine
+
+                # the bound for a decoding context; a one-sequence one (logprobs and text
+                # completions decoded in a worker) keeps the least
+                _batched[key] = BatchedEngine(engine, n_seq, prefix_cache_bytes=(
+                    PREFIX_CACHE_BYTES if n_seq > 1 else None))
         return _batched[key]
 
 

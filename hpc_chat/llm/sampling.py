@@ -1,7 +1,8 @@
 """One request's draw of its next token in the batched engine, with or without a grammar.
 
 A free request samples with its llama.cpp chain in one C call (``llama_sampler_sample``):
-penalties, then greedy or top-k, typical, top-p, min-p, temperature and a seeded draw.
+penalties, then greedy or top-k, top-p, min-p, temperature and a seeded draw (llama-cpp-python's
+chain also has ``typical(1.0)``, which changes nothing, so it is left out).
 
 A request with a format has llama.cpp's grammar sampler between the penalties and the rest, as
 llama-cpp-python orders them. Applied to every token of the vocabulary (49,152 for SmolLM2),
@@ -55,7 +56,7 @@ def sampler_for(lc, vocab, req, seed: int, grammars, index: VocabIndex | None):
         lc.llama_sampler_chain_add(rest, lc.llama_sampler_init_greedy())
     else:
         lc.llama_sampler_chain_add(rest, lc.llama_sampler_init_top_k(req.top_k))
-        lc.llama_sampler_chain_add(rest, lc.llama_sampler_init_typical(1.0, 1))
+        # llama-cpp-python's chain has typical(1.0) here, which returns at once: left out
         lc.llama_sampler_chain_add(rest, lc.llama_sampler_init_top_p(req.top_p, 1))
         lc.llama_sampler_chain_add(rest, lc.llama_sampler_init_min_p(MIN_P, 1))
         lc.llama_sampler_chain_add(rest, lc.llama_sampler_init_temp(req.temperature))

@@ -154,3 +154,62 @@ def test_workflow_sends_requests_to_one_agent_as_one_task(fixtures, tmp_path):
     assert tasks_sent == 2 and stats["completed_tasks"] == 2  # 8 requests in 1 task, + 1
     assert not bad["ok"] and "context window" in bad["error"]
 
+
+
+def test_each_turn_of_a_conversation_reuses_the_previous_turns_prompt(engine):
+    """Three conversations of three turns, each request with its whole history: a turn finds
+    every chunk of the previous turn's prompt but its last in a holder (evaluated only the
+    answer and the new message), and every answer is the unbatched one, whose engine cuts and
+    reuses the same chunks."""
+    questions = [["Name a planet.", "How big is it?", "Who found it?"],
+                 ["Name a fruit.", "What colour is it?", "Where does it grow?"],
+                 ["Name a river.", "How long is it?", "Which sea does it reach?"]]
+    conversations = [[SYSTEM] for _ in questions]
+    batched = BatchedEngine(engine, n_seq=2, holders=4)
+    last_ends = [0] * len(questions)
+    for turn in range(3):
+        reqs = []
+        for history, asked in zip(conversations, questions):
+            history.append({"role": "user", "content": asked[turn]})
+            reqs.append(GenRequest(messages=list(history), temperature=0.0, max_tokens=24))
+        evaluated = batched.profile.prefix_tokens
+        out = batched.generate(reqs)
+        assert [c.text for c in out] == [c.text for c in unbatched(engine, reqs)]
+        ends = [engine.prompt_chunks(r.messages)[1] for r in reqs]
+        assert [len(e) for e in ends] == [1 + 2 * turn] * 3  # a cut at each later message
+        assert [c.extra["cached_prompt_tokens"] for c in out] == \
+            ([last_ends[0]] + last_ends[1:] if turn else [0, ends[1][0], ends[2][0]])
+        if turn:  # only the previous question and its answer were evaluated again
+            fresh = sum(e[-1] - last for e, last in zip(ends, last_ends))
+            assert batched.profile.prefix_tokens - evaluated == fresh
+        last_ends = [e[-1] for e in ends]
+        for history, c in zip(conversations, out):
+            history.append({"role": "assistant", "content": c.text})
+
+
+def test_a_finished_sequence_below_running_ones_is_filled_by_the_highest(engine):
+    """Answers of 32, 4, 16 and 8 tokens: each time a sequence ends below running ones, the
+    highest running one moves down into its place, so every step stays one run of consecutive
+    ids (one pass over the weights) and the answers are still the unbatched ones."""
+    reqs = [r.model_copy(update={"max_tokens": m, "repeat_penalty": 1.0})
+            for r, m in zip(requests(4), (32, 4, 16, 8))]
+    batched = BatchedEngine(engine, n_seq=4)
+    out = batched.generate(reqs)
+    assert [c.completion_tokens for c in out] == [32, 4, 16, 8]
+    # the 4 ends at id 1: the 8 moves from 3 to 1; the 8 ends there: the 16 moves from 2 to 1
+    assert batched.profile.moves == 2
+    assert batched.profile.runs == batched.profile.steps  # no step split by a gap
+    assert [c.text for c in out] == [c.text for c in unbatched(engine, reqs)]
+
+
+def test_answers_past_256_tokens_are_the_unbatched_ones(engine):
+    """Past 256 cache cells flash attention may take its split-KV path for a lone sequence;
+    two long answers decoded together, one going on alone after the other ends, are still the
+    answers each gets alone."""
+    prompts = ["Write a long story about a dragon who learns to bake bread.",
+               "Explain in great detail how a steam engine works, step by step."]
+    reqs = [GenRequest(messages=[SYSTEM, {"role": "user", "content": p}], temperature=0.0,
+                       max_tokens=m, repeat_penalty=1.0) for p, m in zip(prompts, (260, 300))]
+    out = BatchedEngine(engine, n_seq=2).generate(reqs)
+    assert max(c.completion_tokens for c in out) > 256
+    assert [c.text for c in out] == [c.text for c in unbatched(engine, reqs)]

@@ -199,3 +199,50 @@ def test_a_median_of_an_even_number_of_runs_keeps_counts_whole():
     got = median_of(2, lambda: next(runs))
     assert got["tokens"] == 4138 and isinstance(got["tokens"], int)
     assert got["tok_s"] == 85.0 and len(got["runs"]) == 2
+
+
+def test_the_multiturn_section_compares_with_the_best_llama_server_and_gives_the_order():
+    res = results()
+    assert "Not measured in this run (`hpc-chat bench --only multiturn`)" in markdown(
+        res, "p.png")
+    rate = {"wall_s": 60.0, "tok_s": 90.0, "req_s": 1.07, "tokens": 5400,
+            "prompt_tokens": 17600, "tok_s_min": 88.0, "tok_s_max": 93.5}
+    res["multiturn"] = {
+        "date": "2026-12-04 20:30", "machine": "Intel Xeon (host vm)", "cores": 2,
+        "system_info": "CPU : AVX2 = 1 | FMA = 1 |", "conversations": 16, "turns": 4,
+        "repeats": 3, "order": ["hpc_chat", "llama_server_8", "llama_server_8", "hpc_chat"],
+        "hpc_chat": rate, "llama_server": {
+            "8": {**rate, "tok_s": 120.0, "tok_s_min": 115.0, "tok_s_max": 128.0},
+            "16": {**rate, "tok_s": 112.5}}}
+    text = markdown(res, "p.png")
+    assert "| warm `hpc-chat serve` | 1.07 | 17600 | 90.0 | 88.0-93.5 |" in text
+    assert "| `llama-server -np 8 -fa on` | 1.07 | 17600 | 120.0 | 115.0-128.0 |" in text
+    assert "ABBA order (hpc_chat, llama_server_8, llama_server_8, hpc_chat)" in text
+    assert "0.75x the best llama-server configuration" in text  # 90 / 120, not / 112.5
+    assert "`CPU : AVX2 = 1 | FMA = 1 |`" in text
+    missed = [v for v in verdicts(res) if v[0].startswith("multi-turn")]
+    assert missed == [(missed[0][0], 0.75, "≥ 1.5", False)]
+
+
+def test_the_formats_section_lists_speed_quality_and_fidelity_per_format():
+    res = results()
+    assert "Not measured in this run (`hpc-chat bench --only formats`)" in markdown(
+        res, "p.png")
+    row = {"loop_tok_s": 120.0, "tok_s": 180.0, "perplexity": 9.51, "scored_tokens": 1400,
+           "bytes": 98_000_000, "same_answers": True}
+    res["formats"] = {"date": "2026-12-04 20:40", "machine": "Intel Xeon (host vm)",
+                      "cores": 2, "repeats": 1, "order": ["q4_1", "q4_0"],
+                      "loop_requests": 16, "batch_requests": 32,
+                      "formats": {"q4_1": row, "q4_0": {**row, "loop_tok_s": 150.0,
+                                                        "perplexity": 9.9,
+                                                        "same_answers": False}}}
+    text = markdown(res, "p.png")
+    assert "| q4_1 | 98 | 120.0 | 180.0 | 9.51 | yes |" in text
+    assert "| q4_0 | 98 | 150.0 | 180.0 | 9.90 | no |" in text
+
+
+def test_runs_go_forward_then_backward():
+    from hpc_chat.bench.multiturn import abba
+
+    assert abba(["a", "b", "c"], 3) == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    assert abba(["a", "b"], 2) == ["a", "b", "b", "a"]

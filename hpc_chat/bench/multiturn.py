@@ -1,0 +1,137 @@
+"""The multi-turn row: conversations whose every request carries its whole history.
+
+This is how OpenAI clients talk to a server: 16 conversations of 4 turns, each conversation a
+client that sends its next message, with every earlier message and answer, once the previous
+answer is back. The first message of each is a prompt of the real workload, the later ones
+follow-ups; the packaged ``balanced_agent``'s system prompt and sampling, a seed per turn.
+
+The peers are warm ``hpc-chat serve`` (packaged defaults) and llama.cpp's own ``llama-server``
+on the same model file with 8 and 16 slots, which keeps each slot's prompt and reuses its
+common prefix. Every server is started first and warmed with one request; the runs then go in
+ABBA order (each peer's first run before every other's, then the reverse), so a machine that
+slows down or speeds up during the row weighs on every peer alike. Answers differ in length
+between engines (their samplers draw differently), so the figure compared is generated
+tokens/s; the prompt tokens each peer was sent are reported beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from typing import Any, Callable
+
+from hpc_chat.bench.measure import (
+    SYSTEM_AGENT,
+    bench_request,
+    machine_description,
+    median_of,
+    prompts,
+)
+from hpc_chat.bench.peers import llama_server, serving
+
+CONVERSATIONS = 16
+TURNS = 4
+FOLLOW_UPS = ("Tell me more about that.", "Give one example.", "Sum it up in one sentence.")
+SLOTS = (8, 16)
+
+
+def _post(url: str, headers: dict, body: dict) -> dict:
+    request = urllib.request.Request(f"{url}/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", **headers})
+    with urllib.request.urlopen(request, timeout=900) as resp:
+        return json.load(resp)
+
+
+def conversations_run(url: str, headers: dict, body: Callable[[Any], dict],
+                      conversations: int = CONVERSATIONS, turns: int = TURNS,
+                      seed_base: int = 0) -> dict:
+    """``conversations`` clients at once, each sending ``turns`` messages in a row with its
+    whole history: generated and prompt tokens, and the wall time of the whole. Each repeat
+    takes its own ``seed_base``: a repeated request would be answered from serve's response
+    cache."""
+    from hpc_chat.agents.config import AgentConfig
+
+    agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
+    first = prompts(conversations)
+
+    def talk(i: int) -> tuple[int, int]:
+        history: list[dict] = []
+        generated = sent = 0
+        for turn in range(turns):
+            asked = first[i] if turn == 0 else FOLLOW_UPS[(turn - 1) % len(FOLLOW_UPS)]
+            req = bench_request(agent, asked, seed_base + i * turns + turn, None)
+            messages = req.messages if turn == 0 else [*history, req.messages[-1]]
+            done = _post(url, headers, body(req.model_copy(update={"messages": messages})))
+            generated += done["usage"]["completion_tokens"]
+            sent += done["usage"]["prompt_tokens"]
+            history = [*messages, {"role": "assistant",
+                                   "content": done["choices"][0]["message"]["content"]}]
+        return generated, sent
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(conversations) as pool:
+        done = list(pool.map(talk, range(conversations)))
+    wall = time.perf_counter() - start
+    tokens = sum(g for g, _ in done)
+    return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall,
+            "req_s": conversations * turns / wall, "prompt_tokens": sum(s for _, s in done)}
+
+
+def _serve_body(req) -> dict:
+    return {"model": "balanced_agent", "messages": req.messages, "temperature": req.temperature,
+            "top_p": req.top_p, "seed": req.seed, "max_tokens": req.max_tokens}
+
+
+def _server_body(req) -> dict:
+    return {"messages": req.messages, **req.sampling()}
+
+
+def abba(peers: list[str], repeats: int) -> list[str]:
+    """The order of the runs: the peers forward, then backward, and so on, ``repeats`` runs
+    each (A B C, C B A, A B C for three)."""
+    order: list[str] = []
+    for r in range(repeats):
+        order += peers if r % 2 == 0 else peers[::-1]
+    return order
+
+
+def multiturn_workload(repeats: int, log: Callable[[str], None],
+                       conversations: int = CONVERSATIONS, turns: int = TURNS) -> dict[str, Any]:
+    """The multi-turn row: hpc-chat serve against llama-server at each of :data:`SLOTS`
+    (llama-server only when ``HPC_CHAT_LLAMA_SERVER`` names its binary)."""
+    binary = os.environ.get("HPC_CHAT_LLAMA_SERVER")
+    with ExitStack() as stack:
+        url, headers = stack.enter_context(serving())
+        peers: dict[str, tuple[str, dict, Callable]] = {"hpc_chat": (url, headers, _serve_body)}
+        if binary and os.path.isfile(binary):
+            for slots in SLOTS:
+                server = stack.enter_context(llama_server(binary, 2, slots, port=18300 + slots))
+                peers[f"llama_server_{slots}"] = (server, {}, _server_body)
+        for name, (base, hdrs, body) in peers.items():  # warm: the engine's load, first pages
+            conversations_run(base, hdrs, body, conversations=1, turns=1, seed_base=900_000)
+        runs: dict[str, list[dict]] = {name: [] for name in peers}
+        order = abba(list(peers), repeats)
+        for i, name in enumerate(order, 1):
+            log(f"   multi-turn run {i}/{len(order)}: {name}")
+            base, hdrs, body = peers[name]
+            runs[name].append(conversations_run(base, hdrs, body, conversations, turns,
+                                                seed_base=1000 * len(runs[name])))
+
+    def summary(done: list[dict]) -> dict[str, Any]:
+        rates = [r["tok_s"] for r in done]
+        return {**median_of(len(done), iter(done).__next__), "tok_s_min": min(rates),
+                "tok_s_max": max(rates)}
+
+    import llama_cpp
+
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(),
+            "system_info": llama_cpp.llama_print_system_info().decode().strip(),
+            "cores": len(os.sched_getaffinity(0)), "conversations": conversations,
+            "turns": turns, "repeats": repeats, "order": order,
+            "hpc_chat": summary(runs["hpc_chat"]),
+            "llama_server": {name.rsplit("_", 1)[1]: summary(done)
+                             for name, done in runs.items() if name != "hpc_chat"}}

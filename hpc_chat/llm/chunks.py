@@ -1,0 +1,85 @@
+"""Where a chat prompt is cut into chunks, and how much of one prompt's cache another may reuse.
+
+A prompt is evaluated in chunks that end where a message's content starts: the first chunk is
+the system prompt and the next message's header, each later chunk one message's content and the
+next header, and the last chunk the final message and the assistant's header. Both engines cut
+every prompt at the same places and evaluate each chunk but the last in a ``llama_decode`` of
+its own, so a chunk's cache holds the same numbers whether it was evaluated now, for an earlier
+turn of the conversation, or for another agent's request with the same system prompt; and a
+prompt may start from any cache that holds the same chunks, cut at the same places (llama.cpp's
+numbers for a token depend on the chunk it was evaluated in, so a cache evaluated in other
+chunks would change the answer).
+
+The next turn of a conversation is the previous prompt, the answer and a new message: all but
+the last two chunks are found in the cache, as llama-server finds them in a slot's. Where a cut
+falls is decided from the prompt alone (the rendered text and its tokens), so every turn of a
+conversation cuts its shared messages at the same places.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+def chunk_ends(text: str, contents: Sequence[str | None], tokens: Sequence[int],
+               piece_bytes: np.ndarray,
+               tokenize: Callable[[str], Sequence[int]] | None = None) -> tuple[int, ...]:
+    """The token indices where the prompt's chunks end (each a later chunk's start), in order.
+
+    ``contents`` are the rendered messages' contents after the first (``None`` where a message
+    has no text content: it starts no chunk); each is looked for in ``text`` after the previous
+    one, and the chunk ends at the first token that starts at or after it. ``piece_bytes``
+    gives each token's length in bytes as the text spells it. A tokenizer whose pieces do not
+    spell the text (SentencePiece adds a space after special tokens) is asked instead
+    (``tokenize``): the chunk ends where the text before the content, tokenized alone, stops
+    agreeing with the prompt's tokens. Without ``tokenize`` such a prompt is one chunk.
+    """
+    ids = np.asarray(tokens, dtype=np.int64)
+    if not len(ids):
+        return ()
+    starts = np.concatenate(([0], np.cumsum(piece_bytes[ids])))
+    spelled = starts[-1] == len(text.encode("utf-8"))
+    if not spelled and tokenize is None:
+        return ()
+    ends: list[int] = []
+    at = 0  # characters of text searched so far
+    for content in contents:
+        if not content:
+            continue
+        found = text.find(content, at)
+        if found < 0:
+            continue
+        at = found + len(content)
+        if spelled:
+            byte = len(text[:found].encode("utf-8"))
+            index = int(np.searchsorted(starts, byte, side="left"))
+        else:
+            index = _agreeing(tokenize(text[:found]), tokens)  # type: ignore[misc]
+        if 0 < index < len(ids) and (not ends or index > ends[-1]):
+            ends.append(index)
+    return tuple(ends)
+
+
+def _agreeing(prefix: Sequence[int], tokens: Sequence[int]) -> int:
+    n = 0
+    for mine, theirs in zip(prefix, tokens):
+        if mine != theirs:
+            break
+        n += 1
+    return n
+
+
+def reusable(cached: Sequence[int], cached_ends: Sequence[int], tokens: Sequence[int],
+             ends: Sequence[int]) -> int:
+    """How many of ``tokens`` a cache holding ``cached`` (cut at ``cached_ends``) already
+    holds: the longest run of whole chunks cut at the same places with the same tokens (0 when
+    the first chunk differs)."""
+    kept = 0
+    for mine, theirs in zip(ends, cached_ends):
+        if mine != theirs or mine > len(cached) or \
+                list(tokens[kept:mine]) != list(cached[kept:mine]):
+            break
+        kept = mine
+    return kept
