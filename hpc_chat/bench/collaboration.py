@@ -24,14 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
 from hpc_chat.bench.measure import machine_description, median_of, prompts
-from hpc_chat.bench.peers import llama_server
+from hpc_chat.bench.peers import llama_server, post_chat
 
 AGENTS = ("creative_agent", "analytical_agent", "balanced_agent")
 AGGREGATOR = "balanced_agent"
@@ -106,11 +105,7 @@ def peer_run(url: str, questions: list[str], concurrent: bool) -> dict[str, Any]
         body = {"messages": [{"role": "system", "content": persona.system_prompt},
                              {"role": "user", "content": content}],
                 **persona.sampling(), "seed": seed}
-        request = urllib.request.Request(f"{url}/chat/completions",
-                                         data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=600) as resp:
-            done = json.load(resp)
+        done = post_chat(url, {}, body)
         counted.append(done["usage"]["completion_tokens"])
         return done["choices"][0]["message"]["content"] or ""
 

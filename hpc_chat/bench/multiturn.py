@@ -16,10 +16,8 @@ tokens/s; the prompt tokens each peer was sent are reported beside it.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any, Callable
@@ -31,19 +29,12 @@ from hpc_chat.bench.measure import (
     median_of,
     prompts,
 )
-from hpc_chat.bench.peers import llama_server, serving
+from hpc_chat.bench.peers import llama_server, post_chat, serving
 
 CONVERSATIONS = 16
 TURNS = 4
 FOLLOW_UPS = ("Tell me more about that.", "Give one example.", "Sum it up in one sentence.")
 SLOTS = (8, 16)
-
-
-def _post(url: str, headers: dict, body: dict) -> dict:
-    request = urllib.request.Request(f"{url}/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json", **headers})
-    with urllib.request.urlopen(request, timeout=900) as resp:
-        return json.load(resp)
 
 
 def conversations_run(url: str, headers: dict, body: Callable[[Any], dict],
@@ -65,7 +56,8 @@ def conversations_run(url: str, headers: dict, body: Callable[[Any], dict],
             asked = first[i] if turn == 0 else FOLLOW_UPS[(turn - 1) % len(FOLLOW_UPS)]
             req = bench_request(agent, asked, seed_base + i * turns + turn, None)
             messages = req.messages if turn == 0 else [*history, req.messages[-1]]
-            done = _post(url, headers, body(req.model_copy(update={"messages": messages})))
+            done = post_chat(url, headers, body(req.model_copy(update={"messages": messages})),
+                             timeout=900)
             generated += done["usage"]["completion_tokens"]
             sent += done["usage"]["prompt_tokens"]
             history = [*messages, {"role": "assistant",

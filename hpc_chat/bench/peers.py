@@ -21,6 +21,14 @@ from typing import Any
 from hpc_chat.bench.measure import MAX_TOKENS, SYSTEM_AGENT, bench_request, prompts
 
 
+def post_chat(url: str, headers: dict, body: dict, timeout: float = 600) -> dict:
+    """One chat completion from an OpenAI-compatible ``url``: its JSON answer."""
+    request = urllib.request.Request(f"{url}/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", **headers})
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return json.load(resp)
+
+
 def _clients_run(url: str, headers: dict, n: int, clients: int, body, max_tokens) -> dict:
     """``n`` bench requests to an OpenAI-compatible ``url``, ``clients`` at a time (threads);
     ``body(request)`` is the JSON each server takes. The servers' own per-request ``timings``
@@ -31,13 +39,8 @@ def _clients_run(url: str, headers: dict, n: int, clients: int, body, max_tokens
 
     def ask(i_prompt):
         i, prompt = i_prompt
-        request = urllib.request.Request(
-            f"{url}/chat/completions",
-            data=json.dumps(body(bench_request(agent, prompt, i, max_tokens))).encode(),
-            headers={"Content-Type": "application/json", **headers})
-        with urllib.request.urlopen(request, timeout=600) as resp:
-            done = json.load(resp)
-            return done["usage"]["completion_tokens"], done.get("timings") or {}
+        done = post_chat(url, headers, body(bench_request(agent, prompt, i, max_tokens)))
+        return done["usage"]["completion_tokens"], done.get("timings") or {}
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:

@@ -61,9 +61,6 @@ class PrefixCache:
         self.fills = 0  # how often chunks were evaluated into a holder
         self.reused_tokens = 0  # prompt tokens found in a holder instead of evaluated
 
-    def __len__(self) -> int:
-        return len(self.unused) + len(self.held)
-
     def holder_for(self, tokens: list[int], ends: tuple[int, ...],
                    ops: SequenceOps) -> tuple[int, int]:
         """A holder whose cache holds ``tokens`` up to its last chunk (``ends[-1]``), cut at
