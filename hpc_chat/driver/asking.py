@@ -26,9 +26,10 @@ async def ask_agent(wf, name: str, text: str, history: list[dict[str, Any]],
     perf = agent.config.performance
     messages = build_messages(context.system_prompt or agent.config.system_prompt, text,
                               history, options.get("tool_result"))
+    agent_dict = agent.to_dict()  # once: a corpus-sized batch pays for each model_dump
     key = None
     if perf.enable_caching:
-        key = cache_key(agent.to_dict(), messages, options.get("seed"),
+        key = cache_key(agent_dict, messages, options.get("seed"),
                         {"site": wf.site_model.model_dump(), "options": options})
         hit = wf.cache.get(key, perf.cache_ttl)
         if hit is not None:
@@ -37,17 +38,17 @@ async def ask_agent(wf, name: str, text: str, history: list[dict[str, Any]],
     try:
         if remote is not None:
             result = await wf.remote.answer(
-                remote, agent.to_dict(), messages, options, len(history),
+                remote, agent_dict, messages, options, len(history),
                 context.stream.model_dump() if context.stream is not None else None)
         elif wf.batcher is not None:
-            result = await wf.batcher.submit(agent.to_dict(), text, context.model_dump(),
+            result = await wf.batcher.submit(agent_dict, text, context.model_dump(),
                                              perf.retry_attempts)
         else:
             # A tag names this agent's task of this request, so a Globus Compute batch can
             # be reattached on --resume; Parsl executors ignore it.
             tag = f"{request_key}\t{name}" if request_key is not None else None
             result = await wf.executor.submit(
-                wf.executor.chat_function, agent.to_dict(), text, context.model_dump(),
+                wf.executor.chat_function, agent_dict, text, context.model_dump(),
                 time_limit=wf.loaded.settings.performance.timeout_seconds,
                 retry_attempts=perf.retry_attempts, tag=tag)
     except asyncio.CancelledError:

@@ -51,6 +51,7 @@ WAIT_S = 0.2  # how often a task waiting for its answers looks at its time limit
 ENGINE_SPINCOUNT = 1000  # OpenMP's spins at a barrier before its threads sleep: see start()
 ENGINE_FILES = (".sock", ".lock", ".alive", ".log")
 DEFAULT_SLOTS = 8
+REQUEST_THREADS = 512  # a task's requests each hold one while the engine decodes them
 
 
 @dataclass
@@ -322,7 +323,7 @@ def decode(spec: ModelSpec, engine: dict, preps: list, finish: Callable) -> list
     slots = int(engine.get("slots") or DEFAULT_SLOTS)
     limit = time_limit.deadline()  # read here: the pool's threads do not share the context
     conns = _Connections()
-    pool = ThreadPoolExecutor(max_workers=len(preps))
+    pool = _request_threads()
     futures = [pool.submit(_one, spec, slots, prep, conns, finish, limit) for prep in preps]
     try:
         pending = set(futures)
@@ -334,11 +335,27 @@ def decode(spec: ModelSpec, engine: dict, preps: list, finish: Callable) -> list
             for future in done:
                 future.result()  # an EngineLost ends the wait for the others
     except BaseException:
-        conns.close_all()
-        pool.shutdown(wait=False, cancel_futures=True)
+        conns.close_all()  # the requests still running end at once (their reads see EOF)
+        for future in futures:
+            future.cancel()
         raise
-    pool.shutdown(wait=False)
     return [f.result() for f in futures]
+
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _request_threads() -> ThreadPoolExecutor:
+    """The worker's threads that each carry one request to the engine, kept between tasks
+    (a thread started per request cost a worker a tenth of its time on short answers).
+    More than a worker ever holds at once, so no request waits for a thread."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=REQUEST_THREADS,
+                                       thread_name_prefix="hpc_chat-request")
+        return _pool
 
 
 def embed(spec: ModelSpec, engine: dict, request: EmbedRequest) -> tuple[Embeddings, dict]:

@@ -48,11 +48,10 @@ def build_parsl_config(profile: SiteProfile, settings: WorkflowSettings, *,
     """
     from hpc_chat.sites.build import build_config
 
-    memoizer = None
-    if settings.parsl.checkpoint_mode:
-        from parsl.dataflow.memoization import BasicMemoizer
-
-        memoizer = BasicMemoizer(checkpoint_mode=settings.parsl.checkpoint_mode)
+    # parsl.checkpoint_mode (the design's YAML has task_exit) starts no checkpointer: Parsl
+    # checkpoints only apps made with cache=True, and hpc_chat's are not (its own resume and
+    # response cache keep answers), so a checkpointer saved nothing and logged a warning for
+    # every task: a tenth of the driver's time in a corpus-sized batch.
     monitoring = None
     if settings.parsl.monitoring:
         try:
@@ -70,7 +69,7 @@ def build_parsl_config(profile: SiteProfile, settings: WorkflowSettings, *,
     try:
         return build_config(profile, allocation=allocation,
                             max_workers=settings.executor.max_workers, retries=retries,
-                            retry_handler=retry_handler, memoizer=memoizer,
+                            retry_handler=retry_handler,
                             monitoring=monitoring, heartbeat=heartbeat)
     except Exception as exc:  # e.g. address_by_interface for a missing interface
         raise ConfigError(f"{profile.source}: cannot build the Parsl configuration: "

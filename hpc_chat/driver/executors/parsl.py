@@ -19,10 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 from hpc_chat.driver.executors.base import ExecutorConfig
-from hpc_chat.driver.executors.futures import pass_outcome
+from hpc_chat.driver.executors.packing import awaitable, packed
 from hpc_chat.driver.executors.run_ledger import RunLedger, open_ledger, scheduler_of
 from hpc_chat.errors import ExecutorError
-from hpc_chat.worker.tasks import chat_task
+from hpc_chat.worker.tasks import chat_task, packed_call
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,18 @@ class ParslExecutor:
         (``tag`` names the task for executors that can reattach to tasks; unused here.)"""
         if self.dfk is None:
             raise ExecutorError("the executor is not initialized; call 'await initialize()'")
+        call = packed(fn, args)
+        if call is not None:
+            return awaitable(self._app(packed_call)(call, **kwargs), unpack=True)
+        return awaitable(self._app(fn)(*args, **kwargs))
+
+    def _app(self, fn: Callable):
         from parsl.app.python import PythonApp
 
         app = self._apps.get(fn)
         if app is None:
             app = self._apps[fn] = PythonApp(fn, data_flow_kernel=self.dfk)
-        return _awaitable(app(*args, **kwargs))
+        return app
 
     @property
     def scheduler(self) -> str:
@@ -285,23 +291,6 @@ class _RecordingHandler:
         if inner is None:
             raise AttributeError(name)
         return getattr(inner, name)
-
-
-def _awaitable(fut) -> asyncio.Future:
-    """An asyncio future that follows a Parsl future. Cancelling it only stops the wait: a
-    Parsl task cannot be cancelled (``asyncio.wrap_future`` would try, and Parsl raises), so
-    it runs to its end and its result is dropped."""
-    loop = asyncio.get_running_loop()
-    out = loop.create_future()
-
-    def on_done(done) -> None:  # in Parsl's thread
-        try:
-            loop.call_soon_threadsafe(pass_outcome, done, out)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            pass
-
-    fut.add_done_callback(on_done)
-    return out
 
 
 def start_parsl(config) -> concurrent.futures.Future:
