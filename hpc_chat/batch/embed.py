@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from hpc_chat.batch.input import STDIO, BatchItem, id_key, read_batch
-from hpc_chat.batch.output import OUTPUT_KEYS, failed_result, read_output
+from hpc_chat.batch.outcomes import OutcomeIndex
+from hpc_chat.batch.output import OUTPUT_KEYS, failed_result
 from hpc_chat.driver.embeddings import SLICE, embed
 from hpc_chat.errors import InputError
 from hpc_chat.openai.embeddings import EmbeddingLine, embedding_list
@@ -66,16 +67,19 @@ class EmbedRun:
             if path.exists() and path.stat().st_size > 0 and not resume:
                 raise InputError(f"{output}: the output file exists; pass --resume to continue "
                                  f"it, or choose another path")
-            done = {k for k, v in read_output(path).items() if v.get("ok") is True} \
-                if resume else set()
+            if resume:
+                with OutcomeIndex(path) as previous:
+                    self.todo = [it for it in self.items
+                                 if not _answered(previous.get(id_key(it.id)))]
+            else:
+                self.todo = list(self.items)
             self._fh = os.fdopen(open_append(path, mode=mode), "a", encoding="utf-8")
             ensure_line_start(path, self._fh)  # after a line cut short by a kill
         except BaseException:
             self._lock.release()
             raise
         self.path = path
-        self.skipped = sum(1 for it in self.items if id_key(it.id) in done)
-        self.todo = [it for it in self.items if id_key(it.id) not in done]
+        self.skipped = len(self.items) - len(self.todo)
         self.written = self.failed = 0
 
     def close(self) -> None:
@@ -154,10 +158,11 @@ def write_npy(output: Path, target: Path) -> int:
     import numpy as np
 
     rows, ids = [], []
-    for line in read_output(output).values():  # the last line of each id, in file order
-        if line.get("ok") is True and isinstance(line.get("embedding"), list):
-            rows.append(line["embedding"])
-            ids.append(line["id"])
+    with OutcomeIndex(output) as last:
+        for line in last.lines():  # the last line of each id, in file order
+            if line.get("ok") is True and isinstance(line.get("embedding"), list):
+                rows.append(line["embedding"])
+                ids.append(line["id"])
     if not rows:
         raise InputError(f"{output}: no embedded line to write to {target}")
     data = io.BytesIO()
@@ -195,3 +200,7 @@ def embedding_answer(body: dict[str, Any], model: str, started: float) -> dict[s
     return {**dict.fromkeys(OUTPUT_KEYS), "ok": True, "embedding": body, "agents": [model],
             "latency_s": round(time.time() - started, 4), "completion_tokens": 0,
             "prompt_tokens": int(usage.get("prompt_tokens") or 0)}
+
+
+def _answered(last) -> bool:
+    return last is not None and last.ok

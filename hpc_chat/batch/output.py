@@ -33,7 +33,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
-from hpc_chat.batch.input import STDIO, BatchItem, id_key, key_hash
+from hpc_chat.batch.input import STDIO, BatchItem, key_hash
+from hpc_chat.batch.outcomes import OutcomeIndex, errors_path, line_key
 from hpc_chat.driver.stats import RequestRecord, Summary, summarize
 from hpc_chat.errors import InputError
 from hpc_chat.openai import batch as oa
@@ -54,21 +55,6 @@ from hpc_chat.util.outputlock import OutputLock
 
 OUTPUT_KEYS = ("id", "prompt", "ok", "response", "agents", "latency_s", "completion_tokens",
                "prompt_tokens", "finish_reason", "cached", "error", "error_kind", "error_code")
-def _line_key(obj: dict[str, Any]) -> str | None:
-    """:func:`item_key` of the input line an output line (or an OpenAI outcome) answers."""
-    if obj.get("id") is None:
-        return id_key({"line": obj["line"]}) if isinstance(obj.get("line"), int) else None
-    return id_key(obj["id"])
-
-
-def errors_path(output: str | os.PathLike) -> Path:
-    """Where an OpenAI-format run writes its failed requests: ``out.jsonl`` ->
-    ``out.errors.jsonl``."""
-    p = Path(output)
-    stem = p.name[:-len(p.suffix)] if p.suffix else p.name
-    return p.with_name(f"{stem}.errors{p.suffix or '.jsonl'}")
-
-
 def json_lines(path: Path):
     """The JSON objects of a file, skipping what cannot be read (a line cut short by a kill,
     huge numbers, deep nesting): that request simply runs again."""
@@ -82,36 +68,6 @@ def json_lines(path: Path):
                 continue
             if isinstance(obj, dict):
                 yield obj
-
-
-def read_output(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """The last outcome for each id: native lines in file order, OpenAI output and error
-    lines (both files) by their finish time. An OpenAI outcome is given in native terms
-    (``id``, ``ok``, ``error_kind``, ``request``: the request's fingerprint)."""
-    path = Path(path)
-    last: dict[str, dict[str, Any]] = {}
-    found: list[tuple[float, int, dict[str, Any]]] = []
-    lines = [*json_lines(path), *(o for o in json_lines(errors_path(path))
-                                   if ob.is_output_line(o))]
-    for n, obj in enumerate(lines):
-        if ob.is_output_line(obj):
-            outcome = ob.outcome(obj)
-            if outcome is not None:
-                found.append((outcome["finished_at"], n, outcome))
-        elif "id" in obj and "ok" in obj:
-            found.append((0.0, n, obj))  # native lines: file order
-    for _, _, obj in sorted(found, key=lambda t: (t[0], t[1])):
-        try:
-            key = _line_key(obj)
-        except (ValueError, TypeError, RecursionError):
-            continue
-        if key is not None:
-            last[key] = obj
-    return last
-
-
-def answered_ids(path: str | os.PathLike) -> set[str]:
-    return {k for k, v in read_output(path).items() if v.get("ok") is True}
 
 
 def failed_result(error: str | None, code: FailureCode,
@@ -285,7 +241,8 @@ def openai_record(item: BatchItem, line: dict[str, Any]) -> tuple[dict[str, Any]
         text = (req.prompt, req.echo) if getattr(req, "url", None) == completions.URL else None
         record = ob.answer_line(item.id, model, line, line=item.line,
                                 request_fingerprint=item.fingerprint, finished_at=finished,
-                                provenance=line["provenance"], text_completion=text)
+                                provenance=line["provenance"], text_completion=text,
+                                responses_body=getattr(req, "responses_body", None))
         record["hpc_chat"]["latency_s"] = line["latency_s"]
         return record, False
     problem = item.problem
@@ -358,7 +315,7 @@ def _outcome_lines(output: Path, errors: Path):
                     continue
                 found = ob.outcome(obj) if ob.is_output_line(obj) else None
                 try:
-                    key = _line_key(found) if found else None
+                    key = line_key(found) if found else None
                 except (ValueError, TypeError, RecursionError):
                     key = None
                 yield index, seq, raw, None if key is None else key_hash(key), \
@@ -389,10 +346,10 @@ def stats_from_output(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such batch output file")
-    last = read_output(path)
-    if not last:
-        raise InputError(f"{path}: no result lines found: every line of a batch output has "
-                         f"\"id\" and \"ok\" (is this the input file?)")
-    summary = summarize(records_from_lines(last.values()))
+    with OutcomeIndex(path) as last:
+        if not last.count():
+            raise InputError(f"{path}: no result lines found: every line of a batch output "
+                             f"has \"id\" and \"ok\" (is this the input file?)")
+        summary = summarize(records_from_lines(last.lines()))
     del summary["model_loads"]  # not recorded in output lines
     return summary

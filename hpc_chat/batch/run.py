@@ -26,7 +26,8 @@ from hpc_chat.batch.input import (
     iter_batch,
     rereadable,
 )
-from hpc_chat.batch.output import OutputWriter, failed_result, read_output, unknown_model
+from hpc_chat.batch.outcomes import Outcome, OutcomeIndex, digest
+from hpc_chat.batch.output import OutputWriter, failed_result, unknown_model
 from hpc_chat.driver.startup import follow_workers, run_scheduler
 from hpc_chat.driver.stats import Summary
 from hpc_chat.errors import InputError
@@ -80,42 +81,49 @@ class BatchRun:
             adjust = _as_custom_id
         self.writer = OutputWriter(output, resume=self.resume, style=style, mode=mode)  # locked
         try:
+            self.previous = None
             self._decide(output, retry_failed, again, adjust, again_readable, input_path, fmt)
         except BaseException:
-            self.writer.close()  # the lock is not held on by a run that did not start
+            self.close()  # the lock is not held on by a run that did not start
             raise
 
     def _decide(self, output, retry_failed, again, adjust, again_readable, input_path, fmt):
         """What runs, what is skipped, and why (see the class)."""
-        # Read under the lock: another run cannot be appending to it now.
-        previous = read_output(output) if self.resume and output != STDIO else {}
-        answered = {line["prompt"]: line for line in previous.values()
-                    if line.get("ok") is True and isinstance(line.get("prompt"), str)}
+        # Read under the lock: another run cannot be appending to it now. The index is on
+        # disk (batch.outcomes): a corpus's earlier answers are not held in memory.
+        self.previous = OutcomeIndex(output) if self.resume and output != STDIO else None
         self.total = 0
         self.skipped = {"answered": 0, "input": 0, "runtime": 0}
         self.changed: list[BatchItem] = []  # answered, but the prompt is not the same (5 kept)
         self.changed_count = 0
-        self.moved: list[tuple[BatchItem, dict]] = []  # answered before under another line
+        # Answered before under another line number: the line, and where its answer is.
+        moved_lines, self.moved_answers = array("I"), array("Q")
         self.bad: list[BatchItem] = []
         # What runs is kept as line numbers and read again when it is answered: a corpus is
         # not held in memory (standard input excepted).
-        lines, held_runnable = array("I"), []
+        lines, held_runnable, held_moved = array("I"), [], []
         for it in again():
             self.total += 1
             if adjust is not None:
                 adjust(it)
-            last = previous.get(item_key(it))
-            if (last is None or last.get("prompt") != it.prompt) and it.id == it.line and \
-                    isinstance(it.prompt, str) and it.prompt in answered:
-                # Its id is its line number, and lines were inserted or removed above it:
-                # the prompt was answered under its old line number.
-                self.moved.append((it, answered[it.prompt]))
-                continue
+            last = self.previous.get(item_key(it)) if self.previous is not None else None
+            if (last is None or last.prompt != digest(it.prompt)) and it.id == it.line and \
+                    isinstance(it.prompt, str):
+                where = self.previous.answered_at(it.prompt) if self.previous else None
+                if where is not None:
+                    # Its id is its line number, and lines were inserted or removed above it:
+                    # the prompt was answered under its old line number.
+                    self.moved_answers.append(where)
+                    if again_readable:
+                        moved_lines.append(it.line)
+                    else:
+                        held_moved.append(it)
+                    continue
             reason = _skip_reason(last, it, retry_failed) if last else None
             if reason:
                 self.skipped[reason] += 1
                 continue
-            if last and last.get("ok") is True:
+            if last and last.ok:
                 self.changed_count += 1
                 if len(self.changed) < 5:
                     self.changed.append(it)
@@ -127,6 +135,8 @@ class BatchRun:
                 lines.append(it.line)
         self.runnable = LinesOf(Path(input_path), fmt, lines, adjust) if again_readable \
             else held_runnable
+        self.moved = LinesOf(Path(input_path), fmt, moved_lines, adjust) if again_readable \
+            else held_moved
 
     def describe_skipped(self) -> str | None:
         s = self.skipped
@@ -152,10 +162,15 @@ class BatchRun:
         """Lines that need no worker: the answers of moved prompts under their new line
         numbers, and an error line for each input line that cannot run (malformed, empty,
         ...); returns the number of error lines."""
-        for it, line in self.moved:  # copies: not counted as this run's work
+        for it, where in zip(self.moved, self.moved_answers):  # copies: not this run's work
+            line = self.previous.read(where)
             finished = line.get("finished_at")
             self.writer.write(it, line, counted=False, finished_at=finished
                               if isinstance(finished, (int, float)) else time.time())
+        self.moved_answers = array("Q")
+        if self.previous is not None:
+            self.previous.close()  # what resume needed of the output is decided and copied
+            self.previous = None
         for it in self.bad:
             self.writer.write(it, None, finished_at=time.time())
         return len(self.bad)
@@ -171,6 +186,8 @@ class BatchRun:
         return str(state)
 
     def close(self) -> None:
+        if self.previous is not None:
+            self.previous.close()
         self.writer.close()
 
 
@@ -287,17 +304,17 @@ def job_banner(site: str | None, allocation: bool) -> str | None:
             f"site {site or 'local'}")
 
 
-def _skip_reason(last: dict, item: BatchItem, retry_failed: bool) -> str | None:
+def _skip_reason(last: Outcome, item: BatchItem, retry_failed: bool) -> str | None:
     """Why a resumed run skips ``item`` given its last output line, or None to run it.
     ``retry_failed`` reruns every failure of a line that can run, those that failed on their
     input too (an unknown model or a context too small may be fixed in the config since)."""
-    if last.get("request", last.get("prompt")) != item.fingerprint:
+    if last.request != digest(item.fingerprint):
         return None  # the input was edited since: this is another request
-    if last.get("ok") is True:
+    if last.ok:
         return "answered"
     if retry_failed and item.error is None:
         return None
-    return "input" if last.get("error_kind") == "input" else "runtime"
+    return "input" if last.error_kind == "input" else "runtime"
 
 
 def _ids_as_custom_ids(items, input_path: str) -> None:

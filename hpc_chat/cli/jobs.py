@@ -61,7 +61,7 @@ def status(job_id, as_json, server):
     """State of a job from 'hpc-chat submit' (default: the latest) and its progress; with
     --server, the state of a running server."""
     from hpc_chat.batch.input import iter_batch
-    from hpc_chat.batch.output import answered_ids
+    from hpc_chat.batch.outcomes import OutcomeIndex
     from hpc_chat.sites.submit import find_job, job_state
 
     if server is not None:
@@ -69,7 +69,10 @@ def status(job_id, as_json, server):
         return
     job = find_job(job_id)
     state = job_state(job)
-    done = len(answered_ids(job["output"])) if Path(job["output"]).exists() else 0
+    done = 0
+    if Path(job["output"]).exists():
+        with OutcomeIndex(job["output"]) as outcomes:
+            done = outcomes.count(ok=True)
     try:
         total = sum(1 for _ in iter_batch(job["input"])[1])  # counted, not held
     except HpcChatError:
