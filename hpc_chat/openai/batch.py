@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpc_chat.errors import FormatError
-from hpc_chat.openai import completions
+from hpc_chat.openai import completions, responses
 from hpc_chat.openai.embeddings import (
     EMBEDDINGS_URL,
     EmbeddingLine,
@@ -53,7 +53,7 @@ from hpc_chat.protocol.request import Mode
 from hpc_chat.structured.compile import FORMAT_KEYS, line_over_run, output_format
 
 CHAT_URL = "/v1/chat/completions"
-URLS = (CHAT_URL, completions.URL, EMBEDDINGS_URL)  # what a batch line may ask
+URLS = (CHAT_URL, completions.URL, responses.URL, EMBEDDINGS_URL)  # what a line may ask
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 64  # characters of one stop string (a stream holds back that much text)
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound
@@ -82,6 +82,7 @@ class ChatRequest:
     body: dict[str, Any] = field(default_factory=dict)  # as given: sent on to a server
     url: str = CHAT_URL  # or /v1/completions: its prompt continued as it is
     echo: bool = False  # a text completion's answer begins with its prompt
+    responses_body: dict[str, Any] | None = None  # a /v1/responses line's body, as given
 
     @property
     def agents(self) -> list[str] | None:
@@ -110,6 +111,8 @@ def parse_request(obj: dict[str, Any]) -> ChatRequest | EmbeddingLine:
         raise RequestError("\"body\" must be a JSON object", param="body")
     if url == completions.URL:
         return _completion(custom_id, body)
+    if url == responses.URL:
+        return _response(custom_id, body)
     if url == EMBEDDINGS_URL:
         try:
             return embedding_line(custom_id, body, fingerprint(body))
@@ -150,6 +153,28 @@ def _completion(custom_id: str, body: dict[str, Any]) -> ChatRequest:
     if "max_tokens" not in body:  # OpenAI's default, or the run's: line_options
         del req.options["max_tokens"]
     req.url, req.echo, req.body = completions.URL, body.get("echo") is True, body
+    req.fingerprint = fingerprint(body)
+    return req
+
+
+def _response(custom_id: str, body: dict[str, Any]) -> ChatRequest:
+    """A ``/v1/responses`` line: checked as the server checks one, then carried as the chat
+    request of its messages (:func:`hpc_chat.openai.responses.chat_body`); its answer is a
+    ``response`` object. A line stands alone: it cannot continue a stored response, and its
+    own response is not stored for another to continue."""
+    for key, why in (("previous_response_id", "a batch line stands alone: put the earlier "
+                      "turns in its input"), ("stream", "a batch line is not streamed")):
+        if body.get(key) not in (None, False):
+            raise RequestError(f"body.{key} is not supported in a batch ({why})",
+                               param=f"body.{key}", code="unsupported_parameter")
+    try:
+        chat, _ = responses.chat_body({k: v for k, v in body.items() if k != "stream"}, [])
+    except RequestError as exc:
+        raise RequestError(f"body.{exc}" if exc.param and str(exc).startswith(exc.param)
+                           else str(exc), param=f"body.{exc.param}" if exc.param else "body",
+                           code=exc.code) from None
+    req = parse_request({"custom_id": custom_id, "url": CHAT_URL, "body": chat})
+    req.url, req.responses_body = responses.URL, body  # req.body: the chat body, for a server
     req.fingerprint = fingerprint(body)
     return req
 

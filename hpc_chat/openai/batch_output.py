@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from hpc_chat.openai import completions
+from hpc_chat.openai import completions, responses
 from hpc_chat.openai.chat import chat_completion, logprobs_of, system_fingerprint
 
 
@@ -23,12 +23,17 @@ def _ids() -> tuple[str, str]:
 def answer_line(custom_id: str, model: str, result: dict[str, Any], *, line: int,
                 request_fingerprint: str, finished_at: float,
                 provenance: dict[str, Any] | None,
-                text_completion: tuple[str, bool] | None = None) -> dict[str, Any]:
-    """An answered request: a ``chat.completion``, or for a ``/v1/completions`` line
+                text_completion: tuple[str, bool] | None = None,
+                responses_body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An answered request: a ``chat.completion``; for a ``/v1/completions`` line
     (``text_completion``: its prompt, and whether to ``echo`` it) a ``text_completion``
-    with its one choice."""
+    with its one choice; for a ``/v1/responses`` line (``responses_body``: its body) a
+    ``response``."""
     line_id, request_id = _ids()
-    if text_completion is None:
+    if responses_body is not None:
+        body = responses.response_object(responses.new_id(), responses_body, finished_at,
+                                         result=result, provenance=provenance)
+    elif text_completion is None:
         body = chat_completion(model, result, finished_at, provenance)
     else:
         prompt, echo = text_completion
@@ -102,5 +107,5 @@ def outcome(line: dict[str, Any]) -> dict[str, Any] | None:
             "request": ext.get("request"), "error_kind": ext.get("error_kind"),
             "finished_at": finished if isinstance(finished, (int, float)) else 0.0,
             "latency_s": ext.get("latency_s"), "agents": agents,
-            "prompt_tokens": usage.get("prompt_tokens"),
-            "completion_tokens": usage.get("completion_tokens")}
+            "prompt_tokens": usage.get("prompt_tokens", usage.get("input_tokens")),
+            "completion_tokens": usage.get("completion_tokens", usage.get("output_tokens"))}

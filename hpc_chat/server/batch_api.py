@@ -19,11 +19,13 @@ from fastapi.responses import FileResponse
 from hpc_chat.openai.batch import CHAT_URL
 from hpc_chat.openai.completions import URL as COMPLETIONS_URL
 from hpc_chat.openai.embeddings import EMBEDDINGS_URL
+from hpc_chat.openai.responses import URL as RESPONSES_URL
+from hpc_chat.server.batch_pilots import requested
 from hpc_chat.server.batch_store import new_id
 from hpc_chat.server.errors import ApiError
 from hpc_chat.server.uploads import receive
 
-ENDPOINTS = (CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL)
+ENDPOINTS = (CHAT_URL, COMPLETIONS_URL, RESPONSES_URL, EMBEDDINGS_URL)
 WINDOW_S = {"24h": 24 * 3600}
 BATCH_KEYS = {"input_file_id", "endpoint", "completion_window", "metadata",
               "output_expires_after"}  # accepted; output files are kept until deleted
@@ -140,6 +142,7 @@ def new_batch(state, body: dict[str, Any]) -> dict[str, Any]:
                        code="invalid_request", param="completion_window")
     metadata = body.get("metadata")
     _check_metadata(metadata)
+    requested(metadata, state.workflow)  # pilot jobs of its own: checked now, not at the start
     file_id = body.get("input_file_id")
     if not isinstance(file_id, str):
         raise ApiError(400, "input_file_id must name an uploaded file", code="invalid_request",

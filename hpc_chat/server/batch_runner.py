@@ -43,6 +43,7 @@ from hpc_chat.batch.run import answer_one
 from hpc_chat.openai.params import RequestError
 from hpc_chat.protocol.failure import FailureCode
 from hpc_chat.server.batch_files import Appender, add_usage, requests, validate, written
+from hpc_chat.server.batch_pilots import requested, start
 from hpc_chat.server.batch_store import BatchStore, derived_id
 
 log = logging.getLogger(__name__)
@@ -56,21 +57,31 @@ EXPIRED = RequestError("the batch's 24h completion window ended before this requ
 
 class Gate:
     """How many batch requests may be in flight now: the workers' capacity less the
-    interactive requests being answered, and none while no model is loaded."""
+    interactive requests being answered, and none while no model is loaded. A batch on pilot
+    jobs of its own has a gate of its own: its workflow's workers, no interactive traffic, and
+    requests sent while its jobs wait in the scheduler's queue (Parsl holds them)."""
 
     POLL_S = 0.05
 
-    def __init__(self, state):
-        self.state, self.used = state, 0
+    def __init__(self, state, workflow=None):
+        self.state, self.used, self.own = state, 0, workflow
         self._wake = asyncio.Event()
         self._capacity, self._checked = 0, 0.0
+
+    @property
+    def workflow(self):
+        return self.own or self.state.workflow
+
+    @property
+    def ready(self) -> bool:
+        return self.own is not None or self.state.ready
 
     async def capacity(self) -> int:
         """What the workers decode at once (each node's engine slots, or each worker's own
         micro-batch when workers decode their own), and one micro-batch more, ready when a
         slot frees; asked of Parsl every few seconds, as pilot jobs come and go."""
         if time.monotonic() - self._checked > 5.0:
-            wf = self.state.workflow
+            wf = self.workflow
             settings = wf.loaded.settings
             stats = await wf.get_parsl_stats()
             per_task = settings.performance.batch_size
@@ -87,7 +98,8 @@ class Gate:
         while True:
             if stopping():
                 return False
-            if self.state.ready and self.used < await self.capacity() - self.state.in_flight:
+            busy = 0 if self.own is not None else self.state.in_flight
+            if self.ready and self.used < await self.capacity() - busy:
                 self.used += 1
                 return True
             self._wake.clear()
@@ -179,15 +191,29 @@ class BatchRunner:
                 record.update(status="in_progress", in_progress_at=int(time.time()))
             self.store.save_batch(record)
         if record["status"] in ("in_progress", "cancelling"):
-            await self._answer(record, path)
+            pilots = requested(record.get("metadata"), self.state.workflow)
+            if pilots is None or record["status"] == "cancelling":
+                await self._answer(record, path, self.gate)
+            else:
+                await self._answer_on_own_jobs(record, path, pilots)
         self._finalize(record)
+
+    async def _answer_on_own_jobs(self, record: dict[str, Any], path: Path, pilots) -> None:
+        """Answer on pilot jobs of the batch's own (:mod:`hpc_chat.server.batch_pilots`),
+        cancelled as soon as the batch's last line is written, or it stops."""
+        wf = await start(pilots, self.state.workflow, self.store.work_dir(record["id"]))
+        try:
+            await self._answer(record, path, Gate(self.state, wf), pilots)
+        finally:
+            await wf.shutdown()
 
     def _fail(self, record: dict[str, Any], errors: list[dict[str, Any]]) -> None:
         record.update(status="failed", failed_at=int(time.time()),
                       errors={"object": "list", "data": errors})
         self.store.save_batch(record)
 
-    async def _answer(self, record: dict[str, Any], path: Path) -> None:
+    async def _answer(self, record: dict[str, Any], path: Path, gate: Gate,
+                      pilots=None) -> None:
         """Answer every request not written yet; returns when each has an outcome in the
         output or error file, or the batch is cancelled; raises (the batch stays
         ``in_progress``, to go on at the next start) when a line cannot be written."""
@@ -195,7 +221,9 @@ class BatchRunner:
         done, counts, usage = await asyncio.to_thread(written, work)
         record["request_counts"].update(completed=counts[0], failed=counts[1])
         record["usage"] = usage
-        progress = self.progress[record["id"]] = Progress(record)
+        progress = self.progress[record["id"]] = Progress(record, pilots)
+        if gate.own is not None:
+            progress.jobs = lambda: _job_ids(gate.own)
 
         def cancelled() -> bool:
             return record["status"] == "cancelling"
@@ -214,14 +242,14 @@ class BatchRunner:
                     self.store.save_batch(record)
 
             async def one(item) -> None:
-                write(item, await self._answered(item, stopping))
+                write(item, await self._answered(item, stopping, gate))
 
             in_flight: set[asyncio.Task] = set()
             broken: list[BaseException] = []
 
             def finished(task: asyncio.Task) -> None:
                 in_flight.discard(task)
-                self.gate.release()  # here, not in the task: one cancelled unstarted too
+                gate.release()  # here, not in the task: one cancelled unstarted too
                 if not task.cancelled() and task.exception() is not None:
                     broken.append(task.exception())
 
@@ -238,7 +266,7 @@ class BatchRunner:
                             continue
                         if item.error or item.id is None:
                             write(item, None)
-                        elif await self.gate.acquire(stopping):
+                        elif await gate.acquire(stopping):
                             task = asyncio.ensure_future(one(item))
                             in_flight.add(task)
                             task.add_done_callback(finished)
@@ -259,11 +287,12 @@ class BatchRunner:
                     chunks.close()
                 self.store.save_batch(record)
 
-    async def _answered(self, item, stopping: Callable[[], bool]) -> dict[str, Any]:
+    async def _answered(self, item, stopping: Callable[[], bool], gate: Gate
+                        ) -> dict[str, Any]:
         """``item``'s result. One that failed because the workers went away under it (a pilot
         job ended) is asked again once a model is loaded, up to :data:`RETRIES` times, rather
         than written as failed; any other failure is the line's outcome."""
-        wf = self.state.workflow
+        wf = gate.workflow
         for attempt in range(RETRIES + 1):
             try:
                 result = await answer_one(wf, item)
@@ -276,7 +305,7 @@ class BatchRunner:
                     or stopping() or (await wf.get_parsl_stats()).get("active_workers"):
                 return result
             await asyncio.sleep(WORKERS_GONE_S)  # the server notices, and is not ready
-            while not self.state.ready and not stopping():
+            while not gate.ready and not stopping():
                 await asyncio.sleep(1.0)
         return result
 
@@ -310,8 +339,9 @@ class BatchRunner:
 class Progress:
     """A running batch's rate since this server started it, and when it will be done."""
 
-    def __init__(self, record: dict[str, Any]):
-        self.record, self.start = record, time.monotonic()
+    def __init__(self, record: dict[str, Any], pilots=None):
+        self.record, self.start, self.pilots = record, time.monotonic(), pilots
+        self.jobs: Callable[[], list[str]] = list  # the pilot jobs' ids, once submitted
         counts = record["request_counts"]
         self.done_at_start = counts["completed"] + counts["failed"]
         self.tokens_at_start = record["usage"]["output_tokens"]
@@ -335,4 +365,14 @@ class Progress:
                 "failed": counts["failed"], "requests_per_s": round(rate, 2),
                 "output_tokens_per_s": round((self.record["usage"]["output_tokens"] -
                                               self.tokens_at_start) / elapsed, 1),
-                "eta_s": round(left / rate, 1) if rate > 0 else None}
+                "eta_s": round(left / rate, 1) if rate > 0 else None,
+                "pilot_jobs": None if self.pilots is None else {
+                    "site": self.pilots.site, "blocks": self.pilots.blocks,
+                    "job_ids": self.jobs()}}
+
+
+def _job_ids(wf) -> list[str]:
+    """The scheduler's ids of a workflow's pilot jobs (read from Parsl, not asked of the
+    interchange: the Batch object is shown from the event loop)."""
+    htex = wf.executor.htex() if wf.executor is not None else None
+    return [] if htex is None else [str(j) for j in htex.blocks_to_job_id.values()]

@@ -338,6 +338,20 @@ class SiteProfile(StrictModel):
                 raise ValueError(f"driver.scheduler_options: {exc}") from None
         return self
 
+    def with_blocks(self, blocks: int) -> SiteProfile:
+        """This site with exactly ``blocks`` pilot jobs from start to end (a Batch API batch's
+        own), at most the profile's ``provider.max_blocks``: the site's admin sets that bound."""
+        from hpc_chat.errors import ProfileError
+
+        if not 1 <= blocks <= self.provider.max_blocks:
+            raise ProfileError(f"{self.source}: {blocks} blocks asked; this site allows 1 to "
+                               f"{self.provider.max_blocks} (provider.max_blocks)")
+        provider = self.provider.model_copy(update={"init_blocks": blocks,
+                                                    "min_blocks": blocks, "max_blocks": blocks})
+        narrowed = self.model_copy(update={"provider": provider})
+        narrowed._source = self._source
+        return narrowed
+
     def refuse_placeholders(self, doing: str) -> None:
         """Stop with the list of keys to edit before ``doing`` something real on this site."""
         from hpc_chat.errors import ProfileError

@@ -269,11 +269,147 @@ def test_text_completion_lines_of_a_batch_file(server, tmp_path, fixtures, throu
                             (tmp_path / "out.errors.jsonl").read_text().splitlines()])
 
 
+RESPONSE_LINES = [
+    {"custom_id": "r1", "method": "POST", "url": "/v1/responses",
+     "body": {"model": "balanced_agent", "input": "red green blue", "instructions": "Be brief.",
+              "metadata": {"run": "7"}}},
+    {"custom_id": "r2", "method": "POST", "url": "/v1/responses",  # cut: incomplete
+     "body": {"model": "balanced_agent", "max_output_tokens": 2,
+              "input": [{"role": "user", "content": [{"type": "input_text",
+                                                       "text": "one two three four"}]}]}},
+    {"custom_id": "r3", "method": "POST", "url": "/v1/responses",
+     "body": {"model": "balanced_agent", "input": "a number",
+              "text": {"format": {"type": "json_schema", "name": "n", "strict": True,
+                                  "schema": {"type": "object", "required": ["n"],
+                                             "additionalProperties": False,
+                                             "properties": {"n": {"type": "integer"}}}}}}},
+    {"custom_id": "r4", "method": "POST", "url": "/v1/responses",  # a line stands alone
+     "body": {"model": "balanced_agent", "input": "more", "previous_response_id": "resp_1"}},
+    {"custom_id": "r5", "method": "POST", "url": "/v1/responses",
+     "body": {"model": "balanced_agent", "input": "hi", "reasoning": {"effort": "low"}}},
+]
+
+
+def check_response_lines(output: list[dict], errors: list[dict]) -> None:
+    """Each answer is a ``response`` object (the echo model says the input back)."""
+    by_id = {x["custom_id"]: x["response"]["body"] for x in output}
+    assert set(by_id) == {"r1", "r2", "r3"}
+    first = by_id["r1"]
+    assert (first["object"], first["status"], first["metadata"]) == \
+        ("response", "completed", {"run": "7"})
+    assert first["output"][0]["content"][0]["text"] == "red green blue"
+    assert first["instructions"] == "Be brief." and first["usage"]["input_tokens"] > 0
+    assert first["hpc_chat"]["agents"][0]["messages"][0] == {"role": "system",
+                                                             "content": "Be brief."}
+    cut = by_id["r2"]
+    assert (cut["status"], cut["incomplete_details"]) == ("incomplete",
+                                                           {"reason": "max_output_tokens"})
+    assert cut["usage"]["output_tokens"] == 2
+    assert set(json.loads(by_id["r3"]["output"][0]["content"][0]["text"])) == {"n"}
+    refused = {x["custom_id"]: x["response"]["body"]["error"] for x in errors}
+    assert refused["r4"]["param"] == "body.previous_response_id"
+    assert refused["r5"]["param"] == "body.reasoning"
+
+
+def test_a_responses_batch_answers_each_line_with_a_response(server, tmp_path):
+    client = server.client()
+    batch = client.batches.create(
+        input_file_id=upload(client, write_lines(tmp_path / "r.jsonl", RESPONSE_LINES)).id,
+        endpoint="/v1/responses", completion_window="24h")
+    done = wait_for(client, batch.id, ended)
+    assert done.status == "completed", done
+    assert (done.request_counts.completed, done.request_counts.failed) == (3, 2)
+    check_response_lines(jsonl(client, done.output_file_id), jsonl(client, done.error_file_id))
+
+
+@pytest.mark.parametrize("through", ["server", "workers"])
+def test_responses_lines_of_a_batch_file(server, tmp_path, through):
+    """``hpc-chat batch`` answers them on its own workers, or through a running server."""
+    from tests.helpers.cli import hpc
+
+    src = write_lines(tmp_path / "r.jsonl", RESPONSE_LINES)
+    out = tmp_path / "out.jsonl"
+    if through == "server":
+        done = hpc(server.home, "batch", str(src), "-o", str(out), "--server", server.url,
+                   config=None, model=None, timeout=300)
+    else:
+        done = hpc(tmp_path / "home", "batch", str(src), "-o", str(out), "--server", "off",
+                   model=QUICK, timeout=300)
+    assert done.returncode == 1, done.stderr  # r4 and r5 failed
+    check_response_lines([json.loads(x) for x in out.read_text().splitlines()],
+                         [json.loads(x) for x in
+                          (tmp_path / "out.errors.jsonl").read_text().splitlines()])
+
+
 @pytest.fixture
 def slow_server(tmp_path, fixtures):
     srv = start_server(tmp_path, fixtures / "workflows" / "batched.yml", model=SLOW)
     yield srv
     stop(srv)
+
+
+def engine_pids(lines: list[dict]) -> set[int]:
+    return {a["engine"]["pid"] for x in lines for a in x["response"]["body"]["hpc_chat"]["agents"]}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_batch_on_pilot_jobs_of_its_own(slow_server, tmp_path):
+    """``metadata.hpc_chat_blocks``: a block of the batch's own (here a local one) answers it,
+    with its own engine, not the server's; the Batch object names the job while the batch
+    runs, and the job is gone once it ends. 24 answers of 2 s on 8 slots: 6 s of work."""
+    client = slow_server.client()
+    chat = client.chat.completions.create(model="balanced_agent",
+                                          messages=[{"role": "user", "content": "hi"}])
+    servers = {a["engine"]["pid"] for a in chat.model_extra["hpc_chat"]["agents"]}
+    src = write_lines(tmp_path / "q.jsonl", [request(f"q{i}", f"line {i}") for i in range(24)])
+    batch = client.batches.create(input_file_id=upload(client, src).id,
+                                  endpoint="/v1/chat/completions", completion_window="24h",
+                                  metadata={"hpc_chat_blocks": "1"})
+    running = wait_for(client, batch.id, lambda b: ended(b) or (
+        (b.model_extra.get("hpc_chat") or {}).get("pilot_jobs") or {}).get("job_ids"))
+    jobs = running.model_extra["hpc_chat"]["pilot_jobs"]
+    assert (jobs["site"], jobs["blocks"], running.status) == ("local", 1, "in_progress"), running
+    job = int(jobs["job_ids"][0])  # a local block's job id is its process id
+    assert alive(job)
+    done = wait_for(client, batch.id, ended)
+    assert done.status == "completed" and done.request_counts.completed == 24, done
+    assert done.metadata == {"hpc_chat_blocks": "1"}
+    own = engine_pids(jsonl(client, done.output_file_id))
+    assert len(own) == 1 and not own & servers, (own, servers)
+    deadline = time.monotonic() + 60
+    while (alive(job) or alive(next(iter(own)))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(job) and not alive(next(iter(own))), "the batch's block outlived it"
+    again = client.chat.completions.create(model="balanced_agent",
+                                           messages=[{"role": "user", "content": "hi"}])
+    assert {a["engine"]["pid"] for a in again.model_extra["hpc_chat"]["agents"]} == servers
+
+
+@pytest.mark.parametrize("metadata, param", [
+    ({"hpc_chat_blocks": "2"}, "metadata.hpc_chat_blocks"),  # the local site allows 1
+    ({"hpc_chat_blocks": "0"}, "metadata.hpc_chat_blocks"),
+    ({"hpc_chat_blocks": "many"}, "metadata.hpc_chat_blocks"),
+    ({"hpc_chat_site": "nowhere"}, "metadata.hpc_chat_site"),
+    ({"hpc_chat_site": "/tmp/profile.yaml"}, "metadata.hpc_chat_site"),  # names, not paths
+    ({"hpc_chat_site": "generic-slurm", "hpc_chat_blocks": "1"}, "metadata.hpc_chat_site"),
+])
+def test_pilot_jobs_a_batch_cannot_have_are_refused_naming_the_key(server, tmp_path,
+                                                                    metadata, param):
+    client = server.client()
+    src = write_lines(tmp_path / "q.jsonl", [request("q", "x")])
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.batches.create(input_file_id=upload(client, src).id,
+                              endpoint="/v1/chat/completions", completion_window="24h",
+                              metadata=metadata)
+    assert refused.value.body["param"] == param, refused.value.body
+    assert param in refused.value.body["message"]
 
 
 def whole_line(text: str) -> dict | None:

@@ -40,7 +40,8 @@ def test_the_routed_model_routes():
 @pytest.mark.parametrize("bad, param, status", [
     (line(custom_id=""), "custom_id", 400),
     (line(custom_id=5), "custom_id", 400),
-    (line(url="/v1/responses"), "url", 404),
+    (line(url="/v1/audio/speech"), "url", 404),
+    (line(url="/v1/responses"), "body.messages", 400),  # a chat body is no Responses body
     (line(method="GET"), "url", 404),
     (line(body=None) | {"body": "text"}, "body", 400),
     (line({"model": None}), "body.model", 400),

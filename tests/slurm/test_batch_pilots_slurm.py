@@ -1,0 +1,57 @@
+"""A Batch API batch on a Slurm pilot job of its own, from a server on the local site: the
+job is submitted when the batch starts, named in the Batch object, answers every line, and
+leaves the queue when the batch completes. The job is held (``#SBATCH --hold``) until the test
+releases it, so the batch is seen waiting for it whatever the machine's speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from tests.helpers.server import start_server, stop
+
+from .conftest import squeue_ids, wait_until
+
+
+def test_a_batch_runs_on_a_slurm_pilot_job_of_its_own(tmp_path, fixtures):
+    server = start_server(tmp_path, fixtures / "workflows" / "fast.yml",
+                          env={"HPC_CHAT_SITE_PATH": str(fixtures / "sites")})
+    job = None
+    try:
+        client = server.client()
+        src = tmp_path / "q.jsonl"
+        src.write_text("".join(json.dumps(
+            {"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": "balanced_agent",
+                      "messages": [{"role": "user", "content": f"line {i}"}]}}) + "\n"
+            for i in range(6)))
+        with src.open("rb") as fh:
+            uploaded = client.files.create(file=fh, purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"hpc_chat_site": "local-slurm-held", "hpc_chat_blocks": "1"})
+
+        def submitted():
+            b = client.batches.retrieve(batch.id)
+            pilots = (b.model_extra.get("hpc_chat") or {}).get("pilot_jobs") or {}
+            return b if pilots.get("job_ids") else None
+        waiting = wait_until(submitted, 120, "the batch's pilot job to be submitted")
+        pilots = waiting.model_extra["hpc_chat"]["pilot_jobs"]
+        job = pilots["job_ids"][0]
+        assert (pilots["site"], pilots["blocks"]) == ("local-slurm-held", 1)
+        assert job in squeue_ids() and waiting.status == "in_progress"
+        assert waiting.request_counts.completed == 0  # held: nothing can answer yet
+        subprocess.run(["scontrol", "release", job], check=True)
+        done = wait_until(lambda: (lambda b: b if b.status == "completed" else None)(
+            client.batches.retrieve(batch.id)), 300, "the batch to complete")
+        assert done.request_counts.completed == 6 and done.request_counts.failed == 0
+        answers = client.files.content(done.output_file_id).text.splitlines()
+        assert sorted(json.loads(x)["custom_id"] for x in answers) == [f"q{i}" for i in range(6)]
+        assert all(json.loads(x)["response"]["body"]["hpc_chat"]["agents"][0]["job_id"] == job
+                   for x in answers)  # answered inside the batch's own pilot job
+        wait_until(lambda: job not in squeue_ids(), 60, "the pilot job to end with the batch")
+    finally:
+        stop(server)
+        if job is not None:
+            subprocess.run(["scancel", job], check=False)
