@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import sqlite3
 import tempfile
@@ -86,6 +87,16 @@ def _json_key(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+def _finished(outcome: dict[str, Any]) -> float:
+    """An OpenAI outcome's finish time, 0.0 for one a hand edit made unusable (NaN, huge)."""
+    value = outcome.get("finished_at")
+    try:
+        value = float(value) if isinstance(value, (int, float)) else 0.0
+    except OverflowError:
+        return 0.0
+    return value if math.isfinite(value) else 0.0
+
+
 def outcome_of(obj: Any, file: int) -> dict[str, Any] | None:
     """A line of the output (``file`` 0) or errors file (1) in native terms, None when it is no
     request's outcome."""
@@ -101,6 +112,10 @@ class OutcomeIndex:
 
     def __init__(self, output: str | Path):
         self.paths = (Path(output), errors_path(output))
+        self._db = None
+        # Both files stay open while the index is used: a line is read back from the file
+        # that was indexed, even if the path is replaced meanwhile (compact_openai).
+        self._files = [path.open("rb") if path.exists() else None for path in self.paths]
         self._dir = tempfile.mkdtemp(prefix="hpc_chat-outcomes-")
         try:
             self._db = sqlite3.connect(Path(self._dir) / "index.sqlite")
@@ -110,6 +125,11 @@ class OutcomeIndex:
             with self._db:
                 self._fill()
             self._db.execute("CREATE INDEX answered_prompts ON last (prompt) WHERE answered")
+        except sqlite3.Error as exc:
+            self.close()
+            raise InputError(f"{output}: cannot index its answers in {self._dir} ({exc}); "
+                             f"set TMPDIR to a directory with room (the index takes about "
+                             f"150 bytes a line)") from None
         except BaseException:
             self.close()
             raise
@@ -123,17 +143,20 @@ class OutcomeIndex:
                 continue
             if key is None:
                 continue
-            finished = found.get("finished_at") if openai else 0.0  # native: file order
             native = "prompt" in found
             prompt = found.get("prompt")
             ok = found.get("ok") is True
+            try:
+                request = digest(found.get("request", prompt))
+                answered_prompt = digest(prompt) if native else None
+            except (ValueError, TypeError, RecursionError):
+                continue  # a hand-edited line JSON cannot write again: its request runs again
             rows.append({
-                "key": key, "fin": finished if isinstance(finished, (int, float)) else 0.0,
+                "key": key, "fin": _finished(found) if openai else 0.0,  # native: file order
                 "seq": seq, "file": file, "off": off, "ok": ok,
                 "kind": found.get("error_kind") if isinstance(found.get("error_kind"), str)
                 else None,
-                "request": digest(found.get("request", prompt)),
-                "prompt": digest(prompt) if native else None,
+                "request": request, "prompt": answered_prompt,
                 "answered": ok and isinstance(prompt, str)})
             if len(rows) >= CHUNK:
                 self._db.executemany(UPSERT, rows)
@@ -144,21 +167,20 @@ class OutcomeIndex:
         """``(file, offset, sequence, OpenAI?, outcome)`` of every outcome line of both
         files."""
         seq = 0
-        for file, path in enumerate(self.paths):
-            if not path.exists():
+        for file, fh in enumerate(self._files):
+            if fh is None:
                 continue
-            with path.open("rb") as fh:
-                off = 0
-                for raw in fh:
-                    at, off = off, off + len(raw)
-                    seq += 1
-                    try:
-                        obj = json.loads(raw)
-                    except (ValueError, RecursionError):
-                        continue  # cut short by a kill, or not JSON: that request runs again
-                    found = outcome_of(obj, file)
-                    if found is not None:
-                        yield file, at, seq, found is not obj, found
+            off = 0
+            for raw in fh:
+                at, off = off, off + len(raw)
+                seq += 1
+                try:
+                    obj = json.loads(raw)
+                except (ValueError, RecursionError):
+                    continue  # cut short by a kill, or not JSON: that request runs again
+                found = outcome_of(obj, file)
+                if found is not None:
+                    yield file, at, seq, found is not obj, found
 
     def get(self, key: str) -> Outcome | None:
         row = self._db.execute("SELECT ok, kind, request, prompt FROM last WHERE key = ?",
@@ -173,7 +195,7 @@ class OutcomeIndex:
         return None if row is None else row[1] * 2 + row[0]
 
     def read(self, position: int) -> dict[str, Any]:
-        """The outcome at ``position`` (from :meth:`answered_at`), read back from its file."""
+        """The outcome at ``position`` (from :meth:`answered_at`), read back."""
         found = self._read(position % 2, position // 2)
         if found is None:
             raise InputError(f"{self.paths[position % 2]}: changed while it was resumed; "
@@ -182,42 +204,34 @@ class OutcomeIndex:
 
     def lines(self) -> Iterator[dict[str, Any]]:
         """Each id's last outcome (read back), in the order the ids first appear."""
-        rows = self._db.execute("SELECT file, off FROM last ORDER BY first_fin, first_seq")
-        handles = [None, None]
-        try:
-            for file, off in rows:
-                if handles[file] is None:
-                    handles[file] = self.paths[file].open("rb")
-                handle = handles[file]
-                handle.seek(off)
-                try:
-                    found = outcome_of(json.loads(handle.readline()), file)
-                except (ValueError, RecursionError):
-                    found = None  # changed since it was indexed: not an outcome any more
-                if found is not None:
+        rows = self._db.execute("SELECT key, file, off FROM last ORDER BY first_fin, first_seq")
+        for key, file, off in rows:
+            found = self._read(file, off)
+            try:
+                if found is not None and line_key(found) == key:  # else: changed since
                     yield found
-        finally:
-            for handle in handles:
-                if handle is not None:
-                    handle.close()
+            except (ValueError, TypeError, RecursionError):
+                continue
 
     def _read(self, file: int, off: int) -> dict[str, Any] | None:
-        with self.paths[file].open("rb") as fh:
-            fh.seek(off)
-            try:
-                return outcome_of(json.loads(fh.readline()), file)
-            except (ValueError, RecursionError):
-                return None
+        fh = self._files[file]
+        fh.seek(off)
+        try:
+            return outcome_of(json.loads(fh.readline()), file)
+        except (ValueError, RecursionError):
+            return None
 
     def count(self, *, ok: bool | None = None) -> int:
         where = "" if ok is None else f" WHERE ok = {int(ok)}"
         return self._db.execute(f"SELECT count(*) FROM last{where}").fetchone()[0]
 
     def close(self) -> None:
-        db = getattr(self, "_db", None)
-        if db is not None:
-            db.close()
+        if self._db is not None:
+            self._db.close()
             self._db = None
+        for fh in self._files:
+            if fh is not None:
+                fh.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> OutcomeIndex:

@@ -262,6 +262,8 @@ class ScaleRun(_Model):
     wall_s: float
     lines_s: float
     peak_rss_mb: float
+    resume_s: float | None = None  # --resume over the finished output (none left to run)
+    resume_peak_rss_mb: float | None = None
 
 
 class ScaleWorkload(_Measured):

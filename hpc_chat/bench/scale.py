@@ -47,10 +47,30 @@ def scale_run(lines: int, work: Path) -> dict[str, Any]:
     with source.open("w") as fh:
         for i in range(lines):
             fh.write(json.dumps({"id": i, "prompt": f"prompt number {i}"}) + "\n")
+    argv = ["batch", str(source), "-o", str(output), "--model", MODEL, "--server", "off"]
+    wall, peak = _measured(argv, work, f"hpc-chat batch of {lines} lines")
+    with output.open("rb") as fh:
+        written = sum(1 for _ in fh)
+    if written != lines:
+        raise RuntimeError(f"hpc-chat batch wrote {written} lines for {lines}")
+    # --resume over the finished output: every line is skipped, and the driver's memory
+    # shows what its bookkeeping of the earlier answers costs (batch.outcomes).
+    resume_s, resume_peak = _measured([*argv, "--resume"], work,
+                                      f"hpc-chat batch --resume of {lines} lines")
+    with output.open("rb") as fh:
+        if sum(1 for _ in fh) != lines:
+            raise RuntimeError("hpc-chat batch --resume wrote lines for answered prompts")
+    source.unlink()
+    output.unlink()
+    return {"lines": lines, "wall_s": wall, "lines_s": lines / wall, "peak_rss_mb": peak,
+            "resume_s": resume_s, "resume_peak_rss_mb": resume_peak}
+
+
+def _measured(argv: list[str], work: Path, what: str) -> tuple[float, float]:
+    """Wall seconds and peak resident MiB of ``hpc-chat ARGV``."""
     env = {**os.environ, "HPC_CHAT_HOME": str(work / "home")}
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "hpc_chat", "batch", str(source), "-o",
-                             str(output), "--model", MODEL, "--server", "off"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "hpc_chat", *argv], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = 0.0
     while proc.poll() is None:
@@ -58,14 +78,8 @@ def scale_run(lines: int, work: Path) -> dict[str, Any]:
         time.sleep(POLL_S)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"hpc-chat batch of {lines} lines failed: {proc.stderr.read()[-2000:]}")
-    with output.open("rb") as fh:
-        written = sum(1 for _ in fh)
-    if written != lines:
-        raise RuntimeError(f"hpc-chat batch wrote {written} lines for {lines}")
-    source.unlink()
-    output.unlink()
-    return {"lines": lines, "wall_s": wall, "lines_s": lines / wall, "peak_rss_mb": peak}
+        raise RuntimeError(f"{what} failed: {proc.stderr.read()[-2000:]}")
+    return wall, peak
 
 
 def scale_workload(log: Callable[[str], None]) -> dict[str, Any]:

@@ -157,6 +157,11 @@ def _completion(custom_id: str, body: dict[str, Any]) -> ChatRequest:
     return req
 
 
+# A Responses body's keys, and the chat body's keys they become (responses.chat_body).
+RESPONSES_KEYS = {"max_output_tokens": "max_tokens", "input": "messages",
+                  "text.format": "response_format"}
+
+
 def _response(custom_id: str, body: dict[str, Any]) -> ChatRequest:
     """A ``/v1/responses`` line: checked as the server checks one, then carried as the chat
     request of its messages (:func:`hpc_chat.openai.responses.chat_body`); its answer is a
@@ -173,7 +178,13 @@ def _response(custom_id: str, body: dict[str, Any]) -> ChatRequest:
         raise RequestError(f"body.{exc}" if exc.param and str(exc).startswith(exc.param)
                            else str(exc), param=f"body.{exc.param}" if exc.param else "body",
                            code=exc.code) from None
-    req = parse_request({"custom_id": custom_id, "url": CHAT_URL, "body": chat})
+    try:
+        req = parse_request({"custom_id": custom_id, "url": CHAT_URL, "body": chat})
+    except RequestError as exc:  # named as the line wrote it, not as the chat body has it
+        theirs = next((f"body.{k}" for k, v in RESPONSES_KEYS.items()
+                       if (exc.param or "").startswith(f"body.{v}")), exc.param)
+        raise RequestError(str(exc).replace(exc.param or "\0", theirs or ""), param=theirs,
+                           code=exc.code) from None
     req.url, req.responses_body = responses.URL, body  # req.body: the chat body, for a server
     req.fingerprint = fingerprint(body)
     return req

@@ -31,8 +31,9 @@ def answer_line(custom_id: str, model: str, result: dict[str, Any], *, line: int
     ``response``."""
     line_id, request_id = _ids()
     if responses_body is not None:
-        body = responses.response_object(responses.new_id(), responses_body, finished_at,
-                                         result=result, provenance=provenance)
+        body = responses.response_object(  # not stored: no previous_response_id reaches it
+            responses.new_id(), {**responses_body, "store": False}, finished_at,
+            result=result, provenance=provenance)
     elif text_completion is None:
         body = chat_completion(model, result, finished_at, provenance)
     else:

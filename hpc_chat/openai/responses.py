@@ -88,7 +88,8 @@ def input_messages(value: Any) -> list[dict[str, str]]:
     for i, item in enumerate(value):
         where = f"input[{i}]"
         kind = item.get("type", "message") if isinstance(item, dict) else None
-        if kind != "message" or item.get("role") not in ROLES:
+        if kind != "message" or not isinstance(item.get("role"), str) or \
+                item["role"] not in ROLES:
             raise RequestError(f"{where} must be a message item with a role of "
                                f"{', '.join(ROLES)} (items of type {kind!r} are not supported "
                                f"here)", param=where)

@@ -184,8 +184,9 @@ def add_usage(usage: dict[str, Any], output_line: dict[str, Any]) -> None:
     body = (output_line.get("response") or {}).get("body") or {}
     got = body.get("usage") if isinstance(body, dict) else None
     if isinstance(got, dict):
-        prompt = int(got.get("prompt_tokens") or 0)
-        completion = int(got.get("completion_tokens") or 0)
+        # A chat or text completion's usage, or a response's (input_/output_tokens).
+        prompt = int(got.get("prompt_tokens", got.get("input_tokens")) or 0)
+        completion = int(got.get("completion_tokens", got.get("output_tokens")) or 0)
         usage["input_tokens"] += prompt
         usage["output_tokens"] += completion
         usage["total_tokens"] += prompt + completion

@@ -43,7 +43,7 @@ from hpc_chat.batch.run import answer_one
 from hpc_chat.openai.params import RequestError
 from hpc_chat.protocol.failure import FailureCode
 from hpc_chat.server.batch_files import Appender, add_usage, requests, validate, written
-from hpc_chat.server.batch_pilots import requested, start
+from hpc_chat.server.batch_pilots import job_ids, requested, start
 from hpc_chat.server.batch_store import BatchStore, derived_id
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ class BatchRunner:
         self.tasks: dict[str, asyncio.Task] = {}
         self.live: dict[str, dict[str, Any]] = {}  # the records of the batches running
         self.progress: dict[str, Progress] = {}
+        self.starting = asyncio.Lock()  # the batches' own pilot workflows, started in turn
 
     def start(self) -> None:
         for record in self.store.unfinished():
@@ -201,7 +202,8 @@ class BatchRunner:
     async def _answer_on_own_jobs(self, record: dict[str, Any], path: Path, pilots) -> None:
         """Answer on pilot jobs of the batch's own (:mod:`hpc_chat.server.batch_pilots`),
         cancelled as soon as the batch's last line is written, or it stops."""
-        wf = await start(pilots, self.state.workflow, self.store.work_dir(record["id"]))
+        async with self.starting:  # one Parsl start at a time: they share the run directory
+            wf = await start(pilots, self.state.workflow, self.store.work_dir(record["id"]))
         try:
             await self._answer(record, path, Gate(self.state, wf), pilots)
         finally:
@@ -223,7 +225,7 @@ class BatchRunner:
         record["usage"] = usage
         progress = self.progress[record["id"]] = Progress(record, pilots)
         if gate.own is not None:
-            progress.jobs = lambda: _job_ids(gate.own)
+            progress.jobs = lambda: job_ids(gate.own)
 
         def cancelled() -> bool:
             return record["status"] == "cancelling"
@@ -242,7 +244,14 @@ class BatchRunner:
                     self.store.save_batch(record)
 
             async def one(item) -> None:
-                write(item, await self._answered(item, stopping, gate))
+                try:
+                    result = await self._answered(item, stopping, gate)
+                except asyncio.CancelledError:
+                    if progress.expired and not cancelled():  # its jobs never came: expired
+                        item.problem = EXPIRED
+                        write(item, failed_result(str(EXPIRED), FailureCode.GENERATION_FAILED))
+                    raise
+                write(item, result)
 
             in_flight: set[asyncio.Task] = set()
             broken: list[BaseException] = []
@@ -274,8 +283,7 @@ class BatchRunner:
                             item.problem = EXPIRED
                             write(item, failed_result(str(EXPIRED),
                                                       FailureCode.GENERATION_FAILED))
-                if in_flight:
-                    await asyncio.wait(set(in_flight))
+                await _drain(in_flight, stopping, gate)
                 if broken:
                     raise broken[0]
             except BaseException:
@@ -367,12 +375,20 @@ class Progress:
                                               self.tokens_at_start) / elapsed, 1),
                 "eta_s": round(left / rate, 1) if rate > 0 else None,
                 "pilot_jobs": None if self.pilots is None else {
-                    "site": self.pilots.site, "blocks": self.pilots.blocks,
+                    "site": self.pilots.name, "blocks": self.pilots.blocks,
                     "job_ids": self.jobs()}}
 
 
-def _job_ids(wf) -> list[str]:
-    """The scheduler's ids of a workflow's pilot jobs (read from Parsl, not asked of the
-    interchange: the Batch object is shown from the event loop)."""
-    htex = wf.executor.htex() if wf.executor is not None else None
-    return [] if htex is None else [str(j) for j in htex.blocks_to_job_id.values()]
+async def _drain(in_flight: set[asyncio.Task], stopping: Callable[[], bool],
+                 gate: Gate) -> None:
+    """Wait for the requests in flight to be written. On pilot jobs of the batch's own that
+    have no worker (still queued, or never to run), a cancel or the end of the window does
+    not wait for them: they are stopped (an expired one written as such), and the jobs are
+    cancelled with the batch's workflow."""
+    while in_flight:
+        await asyncio.wait(set(in_flight), timeout=None if gate.own is None else 1.0)
+        if in_flight and gate.own is not None and stopping() and not (
+                await gate.own.get_parsl_stats()).get("active_workers"):
+            for task in in_flight:
+                task.cancel()
+            await asyncio.wait(set(in_flight))

@@ -323,7 +323,8 @@ def decode(spec: ModelSpec, engine: dict, preps: list, finish: Callable) -> list
     slots = int(engine.get("slots") or DEFAULT_SLOTS)
     limit = time_limit.deadline()  # read here: the pool's threads do not share the context
     conns = _Connections()
-    pool = _request_threads()
+    own = len(preps) > REQUEST_THREADS  # a micro-batch larger than the shared threads
+    pool = ThreadPoolExecutor(max_workers=len(preps)) if own else _request_threads()
     futures = [pool.submit(_one, spec, slots, prep, conns, finish, limit) for prep in preps]
     try:
         pending = set(futures)
@@ -339,6 +340,9 @@ def decode(spec: ModelSpec, engine: dict, preps: list, finish: Callable) -> list
         for future in futures:
             future.cancel()
         raise
+    finally:
+        if own:
+            pool.shutdown(wait=False)
     return [f.result() for f in futures]
 
 

@@ -237,36 +237,22 @@ def check_completion_lines(output: list[dict], errors: list[dict]) -> None:
     assert refused["t4"]["param"] == "body.model"
 
 
-def test_a_text_completions_batch_continues_each_prompt(server, tmp_path):
+def api_batch(server, tmp_path: Path, lines: list, endpoint: str, counts: tuple[int, int]):
+    """A Batch API batch of ``lines``, run to completed with ``counts`` (completed, failed):
+    the Batch object, its output lines and its error lines."""
     client = server.client()
     batch = client.batches.create(
-        input_file_id=upload(client, write_lines(tmp_path / "t.jsonl", COMPLETION_LINES)).id,
-        endpoint="/v1/completions", completion_window="24h")
+        input_file_id=upload(client, write_lines(tmp_path / "in.jsonl", lines)).id,
+        endpoint=endpoint, completion_window="24h")
     done = wait_for(client, batch.id, ended)
     assert done.status == "completed", done
-    assert (done.request_counts.completed, done.request_counts.failed) == (2, 2)
-    check_completion_lines(jsonl(client, done.output_file_id),
-                           jsonl(client, done.error_file_id))
+    assert (done.request_counts.completed, done.request_counts.failed) == counts
+    return done, jsonl(client, done.output_file_id), jsonl(client, done.error_file_id)
 
 
-@pytest.mark.parametrize("through", ["server", "workers"])
-def test_text_completion_lines_of_a_batch_file(server, tmp_path, fixtures, through):
-    """``hpc-chat batch`` answers them on its own workers, or through a running server."""
-    from tests.helpers.cli import hpc
-
-    src = write_lines(tmp_path / "t.jsonl", COMPLETION_LINES)
-    out = tmp_path / "out.jsonl"
-    if through == "server":
-        done = hpc(server.home, "batch", str(src), "-o", str(out), "--server", server.url,
-                   config=None, model=None, timeout=300)
-        assert "answering through the server" in done.stderr
-    else:
-        done = hpc(tmp_path / "home", "batch", str(src), "-o", str(out), "--server", "off",
-                   model=QUICK, timeout=300)
-    assert done.returncode == 1, done.stderr  # t3 and t4 failed
-    check_completion_lines([json.loads(x) for x in out.read_text().splitlines()],
-                           [json.loads(x) for x in
-                            (tmp_path / "out.errors.jsonl").read_text().splitlines()])
+def test_a_text_completions_batch_continues_each_prompt(server, tmp_path):
+    _, output, errors = api_batch(server, tmp_path, COMPLETION_LINES, "/v1/completions", (2, 2))
+    check_completion_lines(output, errors)
 
 
 RESPONSE_LINES = [
@@ -312,33 +298,35 @@ def check_response_lines(output: list[dict], errors: list[dict]) -> None:
 
 
 def test_a_responses_batch_answers_each_line_with_a_response(server, tmp_path):
-    client = server.client()
-    batch = client.batches.create(
-        input_file_id=upload(client, write_lines(tmp_path / "r.jsonl", RESPONSE_LINES)).id,
-        endpoint="/v1/responses", completion_window="24h")
-    done = wait_for(client, batch.id, ended)
-    assert done.status == "completed", done
-    assert (done.request_counts.completed, done.request_counts.failed) == (3, 2)
-    check_response_lines(jsonl(client, done.output_file_id), jsonl(client, done.error_file_id))
+    done, output, errors = api_batch(server, tmp_path, RESPONSE_LINES, "/v1/responses", (3, 2))
+    check_response_lines(output, errors)
+    assert done.usage.output_tokens == sum(x["response"]["body"]["usage"]["output_tokens"]
+                                           for x in output) > 0
+    assert not any(x["response"]["body"]["store"] for x in output)  # not kept for later
 
 
 @pytest.mark.parametrize("through", ["server", "workers"])
-def test_responses_lines_of_a_batch_file(server, tmp_path, through):
-    """``hpc-chat batch`` answers them on its own workers, or through a running server."""
+@pytest.mark.parametrize("lines, check", [(COMPLETION_LINES, check_completion_lines),
+                                          (RESPONSE_LINES, check_response_lines)],
+                         ids=["completions", "responses"])
+def test_completion_and_response_lines_of_a_batch_file(server, tmp_path, through, lines,
+                                                       check):
+    """``hpc-chat batch`` answers them on its own workers, or through a running server (two
+    lines of each fail: the check says which)."""
     from tests.helpers.cli import hpc
 
-    src = write_lines(tmp_path / "r.jsonl", RESPONSE_LINES)
+    src = write_lines(tmp_path / "in.jsonl", lines)
     out = tmp_path / "out.jsonl"
     if through == "server":
         done = hpc(server.home, "batch", str(src), "-o", str(out), "--server", server.url,
                    config=None, model=None, timeout=300)
+        assert "answering through the server" in done.stderr
     else:
         done = hpc(tmp_path / "home", "batch", str(src), "-o", str(out), "--server", "off",
                    model=QUICK, timeout=300)
-    assert done.returncode == 1, done.stderr  # r4 and r5 failed
-    check_response_lines([json.loads(x) for x in out.read_text().splitlines()],
-                         [json.loads(x) for x in
-                          (tmp_path / "out.errors.jsonl").read_text().splitlines()])
+    assert done.returncode == 1, done.stderr
+    check([json.loads(x) for x in out.read_text().splitlines()],
+          [json.loads(x) for x in (tmp_path / "out.errors.jsonl").read_text().splitlines()])
 
 
 @pytest.fixture
@@ -398,6 +386,8 @@ def test_a_batch_on_pilot_jobs_of_its_own(slow_server, tmp_path):
     ({"hpc_chat_blocks": "many"}, "metadata.hpc_chat_blocks"),
     ({"hpc_chat_site": "nowhere"}, "metadata.hpc_chat_site"),
     ({"hpc_chat_site": "/tmp/profile.yaml"}, "metadata.hpc_chat_site"),  # names, not paths
+    ({"hpc_chat_site": "local.yaml"}, "metadata.hpc_chat_site"),  # nor a file beside the server
+    ({"hpc_chat_blocks": "\u00b2"}, "metadata.hpc_chat_blocks"),  # a digit, but not 0-9
     ({"hpc_chat_site": "generic-slurm", "hpc_chat_blocks": "1"}, "metadata.hpc_chat_site"),
 ])
 def test_pilot_jobs_a_batch_cannot_have_are_refused_naming_the_key(server, tmp_path,
