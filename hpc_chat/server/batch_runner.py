@@ -193,7 +193,8 @@ class BatchRunner:
             self.store.save_batch(record)
         if record["status"] in ("in_progress", "cancelling"):
             pilots = requested(record.get("metadata"), self.state.workflow)
-            if pilots is None or record["status"] == "cancelling":
+            if pilots is None or record["status"] == "cancelling" or \
+                    time.time() > record["expires_at"]:  # nothing will be sent: no jobs
                 await self._answer(record, path, self.gate)
             else:
                 await self._answer_on_own_jobs(record, path, pilots)

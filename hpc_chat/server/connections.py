@@ -1,17 +1,18 @@
 """uvicorn's HTTP protocol with a bound on connections that have not sent a request yet.
 
 On TCP (``serve --host/--port``) every user of the node can connect. uvicorn bounds the
-connections it serves (``limit_concurrency``) but gives a connection that never sends a
-request no deadline: a few hundred idle connections would make it answer 503 to everyone, for
-good. Here a connection must send its first request's headers within
-:data:`FIRST_REQUEST_S`, and at most :data:`MAX_WAITING` connections may be waiting for theirs
-at once: a new one pushes out the one that has waited longest with nothing sent. A real client
-sends its request as soon as it connects, so it waits for milliseconds; an idle flood pushes out
-only itself. A connection whose request has arrived but not yet been read is never pushed out:
-when the server is busy, asyncio accepts every connection the kernel holds in one go before it
-reads from any, so a burst of real clients is all "waiting" at once, each with its request in
-the kernel's buffer (``FIONREAD``). (Behind the Unix socket, the default, only the user can
-connect at all.)
+connections it serves (``limit_concurrency``: ``--max-queue`` + 64) and answers 503 beyond it,
+but gives a connection that never sends a request no deadline: a few hundred idle connections
+would make it answer 503 to everyone, for good. Here a connection must send its first
+request's headers within :data:`FIRST_REQUEST_S`, and the connections never come within
+:data:`HEADROOM` of uvicorn's bound: when one more would, the one that has waited longest with
+nothing sent is pushed out. An idle flood therefore pushes out only itself, and a real client
+always finds room. A burst of real clients is served whole: it is pushed out of nothing while
+there is room (before, a fixed cap of 32 waiting connections closed a client of a 64-client
+burst that had connected and not yet written its request), and a connection whose request has
+arrived but not yet been read (``FIONREAD``: asyncio accepts every connection the kernel holds
+before it reads from any) is never pushed out. (Behind the Unix socket, the default, only the
+user can connect at all.)
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from collections import OrderedDict
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 FIRST_REQUEST_S = 10.0
-MAX_WAITING = 32  # fewer than run.CONNECTIONS_OVER_QUEUE: waiting ones never reach the limit
+HEADROOM = 32  # connections kept free below uvicorn's bound (fewer than run's 64 over the queue)
+MAX_WAITING = 32  # the cap on waiting connections when uvicorn is given no bound
 
 
 class BoundedH11Protocol(H11Protocol):
@@ -37,7 +39,9 @@ class BoundedH11Protocol(H11Protocol):
         super().connection_made(transport)
         self._deadline = self.loop.call_later(FIRST_REQUEST_S, self._push_out)
         self.waiting[self] = None
-        excess = len(self.waiting) - MAX_WAITING
+        limit = self.config.limit_concurrency
+        excess = len(self.server_state.connections) - (limit - HEADROOM) if limit else \
+            len(self.waiting) - MAX_WAITING
         if excess > 0:  # the longest waiting of those with nothing sent
             for conn in [c for c in self.waiting if not c._sent()][:excess]:
                 conn._push_out()

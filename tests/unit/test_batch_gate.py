@@ -79,7 +79,7 @@ def test_a_line_whose_workers_went_away_is_asked_again_once_they_are_back(monkey
     wf = Workflow([failed("runtime"), {"ok": True, "response": "hi"}], workers=0)
     runner = BatchRunner.__new__(BatchRunner)
     runner.state = state(wf)
-    got = asyncio.run(runner._answered(item(), lambda: False))
+    got = asyncio.run(runner._answered(item(), lambda: False, Gate(runner.state)))
     assert got["ok"] is True and wf.asked == 2
 
 
@@ -88,5 +88,5 @@ def test_a_failure_with_workers_present_or_of_the_line_itself_is_the_lines_outco
         wf = Workflow([failed(kind), {"ok": True}], workers=workers)
         runner = BatchRunner.__new__(BatchRunner)
         runner.state = state(wf)
-        got = asyncio.run(runner._answered(item(), lambda: False))
+        got = asyncio.run(runner._answered(item(), lambda: False, Gate(runner.state)))
         assert got["ok"] is False and wf.asked == 1
