@@ -244,13 +244,16 @@ class BatchRunner:
                 if progress.due():
                     self.store.save_batch(record)
 
+            def write_expired(item) -> None:
+                item.problem = EXPIRED
+                write(item, failed_result(str(EXPIRED), FailureCode.GENERATION_FAILED))
+
             async def one(item) -> None:
                 try:
                     result = await self._answered(item, stopping, gate)
                 except asyncio.CancelledError:
                     if progress.expired and not cancelled():  # its jobs never came: expired
-                        item.problem = EXPIRED
-                        write(item, failed_result(str(EXPIRED), FailureCode.GENERATION_FAILED))
+                        write_expired(item)
                     raise
                 write(item, result)
 
@@ -281,9 +284,7 @@ class BatchRunner:
                             in_flight.add(task)
                             task.add_done_callback(finished)
                         elif not cancelled():  # the 24 h window ended: written as expired
-                            item.problem = EXPIRED
-                            write(item, failed_result(str(EXPIRED),
-                                                      FailureCode.GENERATION_FAILED))
+                            write_expired(item)
                 await _drain(in_flight, stopping, gate)
                 if broken:
                     raise broken[0]
