@@ -1,14 +1,22 @@
 """A worker and its node's engine: the messages on the engine's Unix socket.
 
-One JSON object per message (``multiprocessing.connection`` frames them). A worker opens a
-connection per request and sends one :class:`Order`: ``status`` (answered with an
-:class:`EngineStatus`), ``decode`` (a :class:`~hpc_chat.protocol.request.GenRequest`) or
-``embed`` (an :class:`~hpc_chat.protocol.embedding.EmbedRequest`, answered with
-:class:`Embedded` or :class:`Failed`). The
-engine answers a decode with events, each tagged by ``event``: :class:`Stops` first when the
-text is streamed (what the engine stops on besides the request's own ``stop``), then
-:class:`Text` as the answer grows, and last :class:`Done` or :class:`Failed`. A ``cancel``
-order on the same connection, or the connection's end, stops the answer.
+One JSON object per message (``multiprocessing.connection`` frames them). A worker opens one
+connection per task and sends on it an :class:`Order` per request, each with its own ``rid``
+(request id, unique on that connection): ``status`` (answered with an :class:`EngineStatus`),
+``decode`` (a :class:`~hpc_chat.protocol.request.GenRequest`) or ``embed`` (an
+:class:`~hpc_chat.protocol.embedding.EmbedRequest`, answered with :class:`Embedded` or
+:class:`Failed`). The engine answers a decode with events carrying the order's ``rid``, each
+tagged by ``event``: :class:`Stops` first when the text is streamed (what the engine stops on
+besides the request's own ``stop``), then :class:`Text` as the answer grows, and last
+:class:`Done` or :class:`Failed`. Events of different requests interleave in the order their
+answers grow and end. A ``cancel`` order with a request's ``rid`` stops that answer; the
+connection's end stops every answer it still holds. An order the engine cannot read is answered
+with a :class:`Failed` of kind ``input`` (``rid`` 0: it cannot know the order's) and the
+connection is closed.
+
+One connection a task rather than one a request: at corpus scale (millions of short answers)
+a connection, a worker thread and an engine thread for each request cost the worker and the
+engine about half their time per line (docs/performance.md, "Corpus scale").
 
 Both halves import this module (:mod:`hpc_chat.worker.node_engine`,
 :mod:`hpc_chat.worker.engine_client`), and the engine is started by the worker from the same
@@ -39,6 +47,7 @@ class Order(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     op: Op
+    rid: int = 0  # the request's id on this connection: its events carry it back
     request: GenRequest | None = None  # for ``decode``
     embed: EmbedRequest | None = None  # for ``embed``
     exact: bool = False  # the caller's own messages: never shortened to fit the context
@@ -73,11 +82,13 @@ class FailKind(str, Enum):
 
 class Stops(BaseModel):
     event: Literal["stops"] = "stops"
+    rid: int = 0
     stops: list[str]
 
 
 class Text(BaseModel):
     event: Literal["text"] = "text"
+    rid: int = 0
     t: str  # what is new since the last Text
 
 
@@ -92,6 +103,7 @@ class EngineLoad(BaseModel):
 
 class Done(BaseModel):
     event: Literal["done"] = "done"
+    rid: int = 0
     completion: Completion
     request: GenRequest  # as decoded: its messages fitted to the context
     n_threads: int
@@ -101,12 +113,14 @@ class Done(BaseModel):
 
 class Embedded(BaseModel):
     event: Literal["embedded"] = "embedded"
+    rid: int = 0
     embeddings: Embeddings
     engine: EngineInfo
 
 
 class Failed(BaseModel):
     event: Literal["failed"] = "failed"
+    rid: int = 0
     error: str
     kind: FailKind
     param: str | None = None

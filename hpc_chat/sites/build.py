@@ -17,6 +17,7 @@ from typing import Any
 
 from hpc_chat.protocol.context import SiteModel
 from hpc_chat.sites import schema
+from hpc_chat.util.logs import quiet_routine_task_lines
 from hpc_chat.util.paths import hpc_chat_home
 
 PROVIDER_FIELDS_NOT_FOR_PARSL = {"type", "launcher", "status_polling_interval"}
@@ -167,7 +168,9 @@ def build_config(profile: schema.SiteProfile, *, allocation: bool = False,
     """The Parsl ``Config`` for a profile (one HighThroughputExecutor).
 
     Parsl's own log (``runinfo/NNN/parsl.log``) is kept at INFO: at DEBUG it copies every
-    task's arguments, prompts and history included. ``hpc-chat --debug`` restores DEBUG.
+    task's arguments, prompts and history included. Its routine lines for each task are left
+    out (:class:`~hpc_chat.util.logs.RoutineTaskLines`). ``hpc-chat --debug`` restores DEBUG
+    and every line.
 
     Parsl submits even the first (``init_blocks``) block on its scaling strategy's first tick,
     ``strategy_period`` after start (5 s by default): every command would wait that long for
@@ -177,6 +180,8 @@ def build_config(profile: schema.SiteProfile, *, allocation: bool = False,
     from parsl.config import Config
     from parsl.logconfigs.file import FileLogging
 
+    debug = bool(os.environ.get("HPC_CHAT_DEBUG"))
+    quiet_routine_task_lines(not debug)
     return Config(
         executors=[build_executor(profile, allocation=allocation, max_workers=max_workers,
                                   heartbeat=heartbeat)],
@@ -188,7 +193,7 @@ def build_config(profile: schema.SiteProfile, *, allocation: bool = False,
         usage_tracking=0,
         strategy_period=STRATEGY_PERIOD_S,
         initialize_logging=FileLogging(
-            level=logging.DEBUG if os.environ.get("HPC_CHAT_DEBUG") else logging.INFO),
+            level=logging.DEBUG if debug else logging.INFO),
     )
 
 

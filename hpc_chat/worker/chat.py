@@ -368,7 +368,15 @@ def process_chat_batch(agent_config: dict, items: list[dict],
 
 
 def worker_identity() -> dict[str, Any]:
-    """Where this ran: host, pid and Parsl's worker rank/block when inside a Parsl worker."""
-    return {"host": socket.gethostname(), "pid": os.getpid(),
-            "rank": os.environ.get("PARSL_WORKER_RANK"),
-            "block": os.environ.get("PARSL_WORKER_BLOCK_ID")}
+    """Where this ran: host, pid and Parsl's worker rank/block when inside a Parsl worker.
+    Asked once per process (keyed by pid: a forked child asks again), not once per answer."""
+    pid = os.getpid()
+    if _identity.get("pid") != pid:
+        _identity.clear()
+        _identity.update({"host": socket.gethostname(), "pid": pid,
+                          "rank": os.environ.get("PARSL_WORKER_RANK"),
+                          "block": os.environ.get("PARSL_WORKER_BLOCK_ID")})
+    return dict(_identity)
+
+
+_identity: dict[str, Any] = {}

@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection
@@ -51,7 +50,6 @@ WAIT_S = 0.2  # how often a task waiting for its answers looks at its time limit
 ENGINE_SPINCOUNT = 1000  # OpenMP's spins at a barrier before its threads sleep: see start()
 ENGINE_FILES = (".sock", ".lock", ".alive", ".log")
 DEFAULT_SLOTS = 8
-REQUEST_THREADS = 512  # a task's requests each hold one while the engine decodes them
 
 
 @dataclass
@@ -221,85 +219,98 @@ def _exception(failed: wire.Failed) -> Exception:
     return ValueError(failed.error)
 
 
-def _close(conn: Connection) -> None:
-    """End a connection another thread may be blocked reading: the reader sees its end, and
-    the engine cancels the request."""
+class _Answer:
+    """One request of a task as its events arrive: its text so far and its stream, if any."""
+
+    def __init__(self, prep):
+        self.prep, self.text, self.sender = prep, "", None
+        self.tokens = streams_tokens(prep.stream)
+
+    def end_stream(self) -> None:
+        if self.sender is not None:
+            self.sender.finish(None)
+
+
+def decode(spec: ModelSpec, engine: dict, preps: list, finish: Callable) -> list:
+    """Each request's result, ``finish(prep, Decoded)``, or its own exception, decoded by the
+    node's engine; a lost engine fails them all (:class:`EngineLost`, retried by Parsl). A
+    request with a stream sends its result on it as soon as it is done.
+
+    The task's requests go over one connection (:mod:`hpc_chat.protocol.engine`), all sent at
+    once, and their events are read here as the engine ends each answer. The whole task fails
+    with :class:`~hpc_chat.errors.TaskTimeout` when an answer has not been received by the
+    task's time limit (:mod:`hpc_chat.worker.time_limit`): checked every :data:`WAIT_S` and
+    when each answer arrives. Then, or on any other failure, the connection is closed and the
+    engine stops every answer of the task at its next step."""
+    slots = int(engine.get("slots") or DEFAULT_SLOTS)
+    limit = time_limit.deadline()
+    answers = [_Answer(prep) for prep in preps]
+    results: list = [None] * len(preps)
+    pending = len(preps)
     try:
-        dup = socket.socket(fileno=os.dup(conn.fileno()))
-    except OSError:
-        return
-    try:
-        dup.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        dup.close()
-
-
-class _Connections:
-    """A task's connections to its engine. Once :meth:`close_all` ran (the task failed or ran
-    out of time), one still being opened by its thread is closed as it is added: no answer
-    nobody waits for is decoded, and no stream of a retried request is taken over."""
-
-    def __init__(self):
-        self._lock, self._open, self.closed = threading.Lock(), [], False
-
-    def add(self, conn: Connection) -> None:
-        with self._lock:
-            if not self.closed:
-                self._open.append(conn)
-                return
-        conn.close()
-        raise EngineLost("the task ended before this request was sent")  # heard by no one
-
-    def close_all(self) -> None:
-        with self._lock:
-            self.closed, conns = True, list(self._open)
-        for conn in conns:
-            _close(conn)
-
-
-def _one(spec: ModelSpec, slots: int, prep, conns: _Connections, finish: Callable,
-         limit: time_limit.Limit):
-    sender = None
-    tokens = streams_tokens(prep.stream)
-    try:
-        conn = connect(spec, slots, limit)
-        conns.add(conn)
-        with conn:
-            conn.send_bytes(wire.encode(wire.Order(op=wire.Op.DECODE, request=prep.request,
-                                                   exact=prep.exact, stream=tokens)))
-            text = ""
-            while True:
+        with connect(spec, slots, limit) as conn:
+            for rid, answer in enumerate(answers):
+                conn.send_bytes(wire.encode(wire.Order(
+                    op=wire.Op.DECODE, rid=rid, request=answer.prep.request,
+                    exact=answer.prep.exact, stream=answer.tokens)))
+            while pending:
+                time_limit.check(limit)
+                left = time_limit.left(limit)
+                if not conn.poll(WAIT_S if left is None else min(WAIT_S, max(left, 0.0))):
+                    continue
                 event = wire.read_event(conn.recv_bytes())
-                if isinstance(event, wire.Stops) and prep.stream:
-                    sender = TokenSender(prep.stream, [*prep.request.stop, *event.stops],
-                                         strip=prep.request.prompt is None)
-                elif isinstance(event, wire.Text):
-                    text += event.t
-                    if sender is not None and not sender(text):  # its client went away
-                        conn.send_bytes(wire.encode(wire.Order(op=wire.Op.CANCEL)))
-                elif isinstance(event, wire.Done):
-                    if _late(limit, sender):  # e.g. its worker was stopped past the limit
-                        raise time_limit.timed_out(limit)
-                    completion = event.completion
-                    result = finish(prep, Decoded(
-                        completion, event.request, event.n_threads, event.engine.model_dump(),
-                        event.load.model_dump() if event.load else None))
-                    if sender is None and prep.stream:  # the result only (tokens=False)
-                        sender = TokenSender(prep.stream, [])
-                    if sender is not None:  # the driver has it now, not at the task's end
-                        sender.finish(completion.text, result)
-                    return result
-                elif isinstance(event, wire.Failed):
-                    if sender is not None:
-                        sender.finish(None)
-                    return _exception(event)
+                if not 0 <= event.rid < len(answers) or results[event.rid] is not None:
+                    raise EngineLost(f"the node engine for {spec.path} answered request "
+                                     f"{event.rid}, which it does not hold")
+                outcome = _event(conn, answers[event.rid], event, finish, limit)
+                if outcome is not None:
+                    results[event.rid], pending = outcome, pending - 1
     except (EOFError, OSError) as exc:
-        if sender is not None:
-            sender.finish(None)
-        raise EngineLost(f"the node engine for {spec.path} ended while it held this request "
-                         f"({type(exc).__name__}: {exc}); it is retried on a new engine") from None
+        _end_streams(answers, results)
+        raise EngineLost(f"the node engine for {spec.path} ended while it held this task's "
+                         f"requests ({type(exc).__name__}: {exc}); they are retried on a new "
+                         f"engine") from None
+    except BaseException:
+        _end_streams(answers, results)
+        raise
+    return [r[0] for r in results]
+
+
+def _event(conn: Connection, answer: _Answer, event, finish: Callable,
+           limit: time_limit.Limit) -> tuple | None:
+    """What one event means for its request: ``(result,)`` or ``(exception,)`` once it has
+    ended, None while it runs. An answer whose stream's client went away is cancelled."""
+    prep = answer.prep
+    if isinstance(event, wire.Stops) and prep.stream:
+        answer.sender = TokenSender(prep.stream, [*prep.request.stop, *event.stops],
+                                    strip=prep.request.prompt is None)
+    elif isinstance(event, wire.Text):
+        answer.text += event.t
+        if answer.sender is not None and not answer.sender(answer.text):  # client went away
+            conn.send_bytes(wire.encode(wire.Order(op=wire.Op.CANCEL, rid=event.rid)))
+    elif isinstance(event, wire.Done):
+        if _late(limit, answer.sender):  # e.g. its worker was stopped past the limit
+            raise time_limit.timed_out(limit)
+        completion = event.completion
+        result = finish(prep, Decoded(completion, event.request, event.n_threads,
+                                      event.engine.model_dump(),
+                                      event.load.model_dump() if event.load else None))
+        if answer.sender is None and prep.stream:  # the result only (tokens=False)
+            answer.sender = TokenSender(prep.stream, [])
+        if answer.sender is not None:  # the driver has it now, not at the task's end
+            answer.sender.finish(completion.text, result)
+        return (result,)
+    elif isinstance(event, wire.Failed):
+        answer.end_stream()
+        return (_exception(event),)
+    return None
+
+
+def _end_streams(answers: list[_Answer], results: list) -> None:
+    """The task failed: the streams of the answers it had not ended end without a result."""
+    for answer, result in zip(answers, results):
+        if result is None:
+            answer.end_stream()
 
 
 def _late(limit: time_limit.Limit, sender: TokenSender | None) -> bool:
@@ -308,58 +319,6 @@ def _late(limit: time_limit.Limit, sender: TokenSender | None) -> bool:
     if late and sender is not None:
         sender.finish(None)
     return late
-
-
-def decode(spec: ModelSpec, engine: dict, preps: list, finish: Callable) -> list:
-    """Each request's result, ``finish(prep, Decoded)``, or its own exception, decoded by the
-    node's engine; a lost engine fails them all (:class:`EngineLost`, retried by Parsl). A
-    request with a stream sends its result on it as soon as it is done.
-
-    The whole task fails with :class:`~hpc_chat.errors.TaskTimeout` when an answer has not been
-    received by the task's time limit (:mod:`hpc_chat.worker.time_limit`): checked here every
-    :data:`WAIT_S`, and when each answer arrives, so a worker stopped past its limit fails the
-    same way whichever of its threads wakes first. Then, or on any other failure, every
-    connection is closed and the engine stops those answers at its next step."""
-    slots = int(engine.get("slots") or DEFAULT_SLOTS)
-    limit = time_limit.deadline()  # read here: the pool's threads do not share the context
-    conns = _Connections()
-    own = len(preps) > REQUEST_THREADS  # a micro-batch larger than the shared threads
-    pool = ThreadPoolExecutor(max_workers=len(preps)) if own else _request_threads()
-    futures = [pool.submit(_one, spec, slots, prep, conns, finish, limit) for prep in preps]
-    try:
-        pending = set(futures)
-        while pending:
-            time_limit.check(limit)
-            left = time_limit.left(limit)
-            done, pending = wait(pending, timeout=WAIT_S if left is None else
-                                 min(WAIT_S, max(left, 0.0)), return_when=FIRST_EXCEPTION)
-            for future in done:
-                future.result()  # an EngineLost ends the wait for the others
-    except BaseException:
-        conns.close_all()  # the requests still running end at once (their reads see EOF)
-        for future in futures:
-            future.cancel()
-        raise
-    finally:
-        if own:
-            pool.shutdown(wait=False)
-    return [f.result() for f in futures]
-
-
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-
-
-def _request_threads() -> ThreadPoolExecutor:
-    """The worker's threads that each carry one request to the engine, kept between tasks
-    (a thread started per request cost a worker a tenth of its time on short answers).
-    More than a worker ever holds at once, so no request waits for a thread."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=REQUEST_THREADS,
-                                       thread_name_prefix="hpc_chat-request")
-        return _pool
 
 
 def embed(spec: ModelSpec, engine: dict, request: EmbedRequest) -> tuple[Embeddings, dict]:

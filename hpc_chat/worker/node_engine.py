@@ -7,9 +7,11 @@ life, so a slot freed by a finished answer takes the next waiting request at the
 whichever worker and whichever Parsl task sent it. Requests to different agents on the same
 model share it (each agent's system prompt has its own shared-prefix holder).
 
-One thread per connection: it reads one request, fits it to the context, puts it in the feed,
-streams its text back when asked, and sends the completion, or the error. A client that closes
-its connection (a killed worker) cancels its request, which frees its slot at the next step.
+One connection per worker task (:mod:`hpc_chat.protocol.engine`): its reader thread fits each
+request to the context and puts it in the feed; its writer thread sends each answer's text as it
+grows, when asked, and its completion or error. A ``cancel`` order stops one request; a client
+that closes its connection (a killed worker, a task that failed or timed out) cancels every
+request it still holds, which frees their slots at the next step.
 
 Lifetimes: the engine is in its worker's process group and its pilot job, so it ends with the
 block; it also ends within a second of the worker pool's manager (``--manager``), which ends
@@ -23,6 +25,7 @@ import argparse
 import fcntl
 import logging
 import os
+import queue
 import signal
 import socket
 import struct
@@ -42,7 +45,7 @@ from hpc_chat.worker.fitting import fit
 
 log = logging.getLogger("hpc_chat.node_engine")
 WATCH_S = 1.0  # how often the manager is checked
-WAKE_S = 0.2  # how often a waiting connection looks for a closed client
+WAKE_S = 0.2  # how long the connections get to send their errors when the loop fails
 BACKLOG = 128  # every worker of a node may connect at once
 
 
@@ -55,22 +58,60 @@ def process_start(pid: int) -> int | None:
     return None if fields[0] == "Z" else int(fields[19])
 
 
-class _Answer:
-    """What the decode loop tells one connection: the text so far, then the outcome."""
+class _Link:
+    """One worker's connection: the requests it holds here, and the thread that writes their
+    events. The decode loop only queues what it has to say (a token, an outcome); the writer
+    sends it, so a worker slow to read never stalls the loop, and one task's hundreds of
+    requests cost two threads, not one each."""
 
-    def __init__(self):
-        self.event = threading.Event()
-        self.text = ""
-        self.outcome = None
+    def __init__(self, conn: Connection):
+        self.conn, self.client = conn, _peer_pid(conn)
+        self.jobs: dict[int, Job] = {}  # rid -> its job, until its outcome is queued
+        self.lock = threading.Lock()
+        self.out: queue.SimpleQueue = queue.SimpleQueue()
+        self.sent: dict[int, str] = {}  # rid -> the streamed text sent so far
+        self.closed = False  # the worker went away: what ends now is heard by nobody
+        self.writer = threading.Thread(target=self._write_all, daemon=True)
+        self.writer.start()
 
-    def grew(self, text: str) -> bool:
-        self.text = text
-        self.event.set()
-        return True
+    def send(self, message) -> None:
+        self.out.put(message)
 
-    def finish(self, outcome) -> None:
-        self.outcome = outcome
-        self.event.set()
+    def grew(self, rid: int, text: str) -> None:
+        self.out.put((rid, text))
+
+    def cancel(self, rid: int) -> None:
+        with self.lock:
+            job = self.jobs.get(rid)
+        if job is not None:
+            job.cancelled.set()
+
+    def close(self) -> None:
+        """The worker went away (or the connection failed): every answer it still holds
+        stops at the next step; the writer ends once it has sent what was queued."""
+        with self.lock:
+            self.closed, jobs = True, list(self.jobs.values())
+        for job in jobs:
+            job.cancelled.set()
+        self.out.put(None)
+        self.writer.join()
+
+    def _write_all(self) -> None:
+        broken = False
+        while (item := self.out.get()) is not None:
+            if broken:
+                continue  # nobody reads: drop what is left
+            if isinstance(item, tuple):  # a streamed answer grew: what is new only
+                rid, text = item
+                sent = self.sent.get(rid, "")
+                if len(text) <= len(sent) or not text.startswith(sent):
+                    continue
+                self.sent[rid] = text
+                item = wire.Text(rid=rid, t=text[len(sent):])
+            try:
+                self.conn.send_bytes(wire.encode(item))
+            except (OSError, ValueError):
+                broken = True
 
 
 class NodeEngine:
@@ -97,8 +138,11 @@ class NodeEngine:
         self.batched.run(self.feed)
 
     def handle(self, conn: Connection) -> None:
-        with conn:
-            try:
+        """Read a worker's orders until it closes the connection (its task ended): each decode
+        joins the feed, its events go back through the link's writer."""
+        link = _Link(conn)
+        try:
+            while True:
                 raw = conn.recv_bytes()
                 try:
                     order = wire.read_order(raw)
@@ -108,66 +152,72 @@ class NodeEngine:
                         raise ValueError("an embed order without inputs")
                 except ValueError as exc:  # its first line only: no prompt text
                     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    return _reply(conn, wire.Failed(error="not a request the engine can decode: "
-                                               f"{first}", kind=wire.FailKind.INPUT))
+                    link.send(wire.Failed(error="not a request the engine can decode: "
+                                          f"{first}", kind=wire.FailKind.INPUT))
+                    return  # which request it was is unknown: the connection ends
                 if order.op is wire.Op.STATUS:
-                    _reply(conn, self.status())
+                    link.send(self.status())
                 elif order.op is wire.Op.DECODE:
-                    self._decode(conn, order)
+                    self._decode(link, order)
+                elif order.op is wire.Op.CANCEL:
+                    link.cancel(order.rid)
                 elif order.op is wire.Op.EMBED:
-                    _reply(conn, self._embed(order.embed))
-            except (EOFError, OSError, ValueError) as exc:  # its type only: no prompt text
+                    link.send(self._embed(order.embed).model_copy(update={"rid": order.rid}))
+        except (EOFError, OSError) as exc:  # its type only: no prompt text
+            if not isinstance(exc, EOFError):
                 log.info("connection dropped (%s)", type(exc).__name__)
+        finally:
+            link.close()
+            conn.close()
 
-    def _decode(self, conn: Connection, order: wire.Order) -> None:
+    def _decode(self, link: _Link, order: wire.Order) -> None:
+        rid = order.rid
         try:
             decoded = fit(self.engine.count_tokens, self.spec.n_ctx, order.request, order.exact)
         except PromptTooLongError as exc:
-            return _reply(conn, wire.Failed(error=str(exc), kind=wire.FailKind.TOO_LONG))
-        stream = order.stream
-        if stream:  # what the engine stops on besides the request's own stop strings
-            _reply(conn, wire.Stops(stops=self.batched.template_stops if
-                                    decoded.prompt is None else []))  # a text completion
-        answer = _Answer()
-        job = Job(decoded, answer.finish, answer.grew if stream else None)
+            return link.send(wire.Failed(rid=rid, error=str(exc), kind=wire.FailKind.TOO_LONG))
+        if order.stream:  # what the engine stops on besides the request's own stop strings
+            link.send(wire.Stops(rid=rid, stops=self.batched.template_stops if
+                                 decoded.prompt is None else []))  # a text completion
+        job = Job(decoded, lambda outcome: self._ended(link, rid, decoded, outcome),
+                  (lambda text: link.grew(rid, text) or True) if order.stream else None)
+        with link.lock:
+            link.jobs[rid] = job
+        with self.lock:
+            self.clients[link.client] = self.clients.get(link.client, 0) + 1
         try:
             self.feed.put(job)
         except RuntimeError:  # the decode loop has stopped: this engine is ending
-            return _reply(conn, wire.Failed(error=f"node engine {self.info.pid} has stopped",
-                                       kind=wire.FailKind.LOST))
-        client = _peer_pid(conn)
+            self._ended(link, rid, decoded, RuntimeError(f"node engine {self.info.pid} has "
+                                                         "stopped"))
+
+    def _ended(self, link: _Link, rid: int, decoded, outcome) -> None:
+        """A request's outcome (on the decode loop's thread): counted, and queued to its
+        worker as ``done`` or ``failed``."""
+        with link.lock:
+            link.jobs.pop(rid, None)
+            heard = not link.closed
+        waiting = self.feed.waiting()
         with self.lock:
-            self.clients[client] = self.clients.get(client, 0) + 1
-        try:
-            self._follow(conn, job, answer, stream)
-        except (EOFError, OSError):
-            job.cancelled.set()  # the worker went away: its slot is freed at the next step
-            while answer.outcome is None:
-                answer.event.wait(WAKE_S)
-            raise
-        finally:
-            with self.lock:
-                waiting = self.feed.waiting()
-                load = wire.EngineLoad(running=max(min(self.slots, sum(self.clients.values())
-                                                       - waiting), 1), waiting=waiting)
-                self.clients[client] -= 1
-                if not self.clients[client]:
-                    del self.clients[client]
-        outcome = answer.outcome
-        if isinstance(outcome, Completion):
-            with self.lock:
+            load = wire.EngineLoad(running=max(min(self.slots, sum(self.clients.values())
+                                                   - waiting), 1), waiting=waiting)
+            self.clients[link.client] -= 1
+            if not self.clients[link.client]:
+                del self.clients[link.client]
+            if isinstance(outcome, Completion) and heard:
                 self.served += 1
                 outcome.model_loaded_now, self.load_pending = self.load_pending, False
-            _reply(conn, wire.Done(completion=outcome, request=decoded,
-                              n_threads=self.engine.n_threads, engine=self.info,
-                              load=load))
+        if isinstance(outcome, Completion):
+            link.send(wire.Done(rid=rid, completion=outcome, request=decoded,
+                                n_threads=self.engine.n_threads, engine=self.info, load=load))
         elif isinstance(outcome, FormatError):  # refused before decoding: this request only
-            _reply(conn, wire.Failed(error=str(outcome), kind=wire.FailKind.FORMAT,
-                                     param=outcome.param))
+            link.send(wire.Failed(rid=rid, error=str(outcome), kind=wire.FailKind.FORMAT,
+                                  param=outcome.param))
         else:  # too long for the context, or the decode loop failed (the engine ends)
             kind = wire.FailKind.TOO_LONG if isinstance(outcome, PromptTooLongError) \
                 else wire.FailKind.LOST
-            _reply(conn, wire.Failed(error=f"node engine {self.info.pid}: {outcome}", kind=kind))
+            link.send(wire.Failed(rid=rid, error=f"node engine {self.info.pid}: {outcome}",
+                                  kind=kind))
 
     def _embed(self, request) -> wire.Embedded | wire.Failed:
         """Embed on this connection's thread, in the embedding context (its own lock), beside
@@ -185,27 +235,6 @@ class NodeEngine:
         with self.lock:
             self.served += 1
         return wire.Embedded(embeddings=out, engine=self.info)
-
-    @staticmethod
-    def _follow(conn: Connection, job: Job, answer: _Answer, stream: bool) -> None:
-        """Send the text as it grows until the outcome is there; a message from the client
-        (``cancel``) or its end cancels the request."""
-        sent = ""
-        while answer.outcome is None:
-            answer.event.wait(WAKE_S)
-            answer.event.clear()
-            text = answer.text
-            if stream and answer.outcome is None and len(text) > len(sent) and \
-                    text.startswith(sent):  # what is new only
-                _reply(conn, wire.Text(t=text[len(sent):]))
-                sent = text
-            if conn.poll(0):
-                conn.recv_bytes()  # EOFError when the client is gone
-                job.cancelled.set()
-
-
-def _reply(conn: Connection, message) -> None:
-    conn.send_bytes(wire.encode(message))
 
 
 def _serve(listener: Listener, node: NodeEngine) -> None:

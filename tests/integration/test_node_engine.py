@@ -24,6 +24,8 @@ from hpc_chat.protocol.engine import (
     FailKind,
     Op,
     Order,
+    Stops,
+    Text,
     encode,
     read_event,
 )
@@ -208,6 +210,64 @@ def test_a_client_that_goes_away_frees_its_slot(tmp_path):
         assert reply.engine.pid == proc.pid
         status = status_at(sock)
         assert status["in_flight"] == 0 and status["served"] == 1
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _order(rid: int, max_tokens: int, message: str, stream: bool = False) -> bytes:
+    return encode(Order(op=Op.DECODE, rid=rid, stream=stream, request=GenRequest(
+        messages=[{"role": "system", "content": "s"}, {"role": "user", "content": message}],
+        max_tokens=max_tokens)))
+
+
+def _events_until_ended(conn, rids: set[int], timeout: float = 120) -> dict[int, list]:
+    """Each request's events, read until every one of ``rids`` has its ``done``/``failed``."""
+    events: dict[int, list] = {}
+    open_ = set(rids)
+    while open_:
+        assert conn.poll(timeout), f"requests {sorted(open_)} never ended"
+        event = read_event(conn.recv_bytes())
+        events.setdefault(event.rid, []).append(event)
+        if isinstance(event, (Done, Failed)):
+            open_.discard(event.rid)
+    return events
+
+
+def test_one_connection_carries_a_tasks_requests_and_a_cancel_stops_only_its_own(tmp_path):
+    """A task's requests share one connection, each with its own rid; their events come back
+    tagged with it, streamed text included. Two slots: an endless answer (2000 tokens at
+    0.25 s) and a streamed short one run; the third waits for a slot. Cancelling the endless
+    one by its rid ends it alone, frees its slot for the third, and every other answer is
+    whole. Closing the connection then cancels what it still holds."""
+    proc, sock = _start_engine(tmp_path, os.getpid(), slots=2,
+                               model="echo?tokens=2000&token_s=0.25")
+    try:
+        with Client(str(sock), family="AF_UNIX") as conn:
+            conn.send_bytes(_order(7, 2000, "endless"))
+            conn.send_bytes(_order(8, 3, "one two three", stream=True))
+            conn.send_bytes(_order(9, 2, "four five"))
+            first = _events_until_ended(conn, {8})
+            assert isinstance(first[8][0], Stops)
+            streamed = "".join(e.t for e in first[8] if isinstance(e, Text))
+            assert first[8][-1].completion.text == "one two three"
+            assert streamed and "one two three".startswith(streamed), streamed
+            assert 7 not in first and status_at(sock)["in_flight"] == 2  # 7 and 9
+            conn.send_bytes(encode(Order(op=Op.CANCEL, rid=7)))
+            rest = _events_until_ended(conn, {7, 9})
+            assert rest[7][-1].completion.finish_reason == "cancelled"
+            assert rest[9][-1].completion.text == "four five"
+            assert all(isinstance(e, Done) for e in rest[9])  # not streamed: the outcome only
+            conn.send_bytes(_order(10, 2000, "endless again"))
+            deadline = time.monotonic() + 60
+            while status_at(sock)["in_flight"] != 1:
+                assert time.monotonic() < deadline, "the engine never took request 10"
+                time.sleep(0.05)
+        deadline = time.monotonic() + 60  # the connection closed: request 10 is cancelled
+        while (status := status_at(sock))["in_flight"] != 0:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+        assert status["served"] == 3  # 7 (cut), 8 and 9; 10 was heard by no one
     finally:
         proc.kill()
         proc.wait()

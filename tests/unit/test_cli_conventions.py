@@ -236,3 +236,52 @@ def test_ctrl_c_while_answering_cancels_that_answer_and_the_chat_goes_on(home):
     assert "(answer cancelled)" in err
     assert "temperature" in out  # the /agents table: the session went on after the cancel
     assert "bye" in out and "Traceback" not in err
+
+
+def test_parsl_log_keeps_a_line_per_task_not_nine(tmp_path):
+    """Parsl's DataFlowKernel logs nine INFO lines for every task; hpc_chat's filter keeps the
+    launch line, failures, retries and everything else Parsl says, and drops the routine
+    ones, unless --debug (HPC_CHAT_DEBUG) asks for all."""
+    import logging
+
+    from hpc_chat.util.logs import RoutineTaskLines, quiet_routine_task_lines
+
+    logger = logging.getLogger("parsl.dataflow.dflow")
+    installed = any(isinstance(f, RoutineTaskLines) for f in logger.filters)
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler, level = Keep(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        for enabled in (True, False):
+            quiet_routine_task_lines(enabled)
+            seen.clear()
+            logger.info("Task %s submitted for App %s, %s", 1, "packed_call", "not waiting")
+            logger.info("Task 1 initializing state to pending",
+                        extra={"parsl.task": 1, "parsl.task_state": "pending"})
+            logger.info("Task 1 changing state from pending to launched",
+                        extra={"parsl.task": 1, "parsl.task_state": "launched"})
+            logger.info("Parsl task 1 try 0 launched on executor htex", extra={"parsl.task": 1})
+            logger.info("Standard out for task 1 will not be redirected.")
+            logger.info("Task 1 changing state from launched to fail_retryable",
+                        extra={"parsl.task": 1, "parsl.task_state": "fail_retryable"})
+            logger.info("Task 1 changing state from launched to exec_done",
+                        extra={"parsl.task": 1, "parsl.task_state": "exec_done"})
+            logger.warning("Task 1 standard error for task 1 will not be redirected.")
+            logger.info("Parsl version: %s", "2025")
+            if enabled:
+                assert seen == ["Parsl task 1 try 0 launched on executor htex",
+                                "Task 1 changing state from launched to fail_retryable",
+                                "Task 1 standard error for task 1 will not be redirected.",
+                                "Parsl version: 2025"]
+            else:
+                assert len(seen) == 9
+    finally:
+        quiet_routine_task_lines(installed)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
