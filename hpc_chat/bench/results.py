@@ -259,6 +259,8 @@ class EmbeddingWorkload(_Measured):
 
 class ScaleRun(_Model):
     lines: int
+    task_size: int | None = None  # requests per task (older results: not recorded)
+    task_size_given: bool = False  # --task-size, not the workflow's batch_size
     wall_s: float
     lines_s: float
     peak_rss_mb: float

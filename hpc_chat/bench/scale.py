@@ -22,6 +22,7 @@ from hpc_chat.bench.measure import machine_description
 
 SIZES = (10_000, 100_000)
 MODEL = "echo?tokens=4&token_s=0"
+CORPUS_TASK_SIZE = 16  # the extra run's --task-size (docs/user-guide.md, corpus batches)
 POLL_S = 0.25
 
 
@@ -41,13 +42,15 @@ def peak_mb(pid: int) -> float | None:
     return None
 
 
-def scale_run(lines: int, work: Path) -> dict[str, Any]:
-    """One ``hpc-chat batch`` of ``lines`` distinct prompts on the local site's workers."""
+def scale_run(lines: int, work: Path, task_size: int | None = None) -> dict[str, Any]:
+    """One ``hpc-chat batch`` of ``lines`` distinct prompts on the local site's workers, in
+    tasks of the workflow's ``batch_size`` or of ``task_size`` requests."""
     source, output = work / f"in-{lines}.jsonl", work / f"out-{lines}.jsonl"
     with source.open("w") as fh:
         for i in range(lines):
             fh.write(json.dumps({"id": i, "prompt": f"prompt number {i}"}) + "\n")
-    argv = ["batch", str(source), "-o", str(output), "--model", MODEL, "--server", "off"]
+    argv = ["batch", str(source), "-o", str(output), "--model", MODEL, "--server", "off",
+            *(["--task-size", str(task_size)] if task_size else [])]
     wall, peak = _measured(argv, work, f"hpc-chat batch of {lines} lines")
     with output.open("rb") as fh:
         written = sum(1 for _ in fh)
@@ -62,8 +65,17 @@ def scale_run(lines: int, work: Path) -> dict[str, Any]:
             raise RuntimeError("hpc-chat batch --resume wrote lines for answered prompts")
     source.unlink()
     output.unlink()
-    return {"lines": lines, "wall_s": wall, "lines_s": lines / wall, "peak_rss_mb": peak,
-            "resume_s": resume_s, "resume_peak_rss_mb": resume_peak}
+    return {"lines": lines, "task_size": task_size or default_task_size(),
+            "task_size_given": task_size is not None, "wall_s": wall,
+            "lines_s": lines / wall, "peak_rss_mb": peak, "resume_s": resume_s,
+            "resume_peak_rss_mb": resume_peak}
+
+
+def default_task_size() -> int:
+    """The packaged workflow's ``performance.batch_size``: requests per task by default."""
+    from hpc_chat.driver.workflow_config import load_workflow
+
+    return load_workflow().settings.performance.batch_size
 
 
 def _measured(argv: list[str], work: Path, what: str) -> tuple[float, float]:
@@ -85,9 +97,14 @@ def _measured(argv: list[str], work: Path, what: str) -> tuple[float, float]:
 def scale_workload(log: Callable[[str], None]) -> dict[str, Any]:
     runs = []
     with tempfile.TemporaryDirectory(prefix="hpc_chat-scale-") as tmp:
-        for n in sizes():
-            log(f"   hpc-chat batch, {n} lines, {MODEL}")
-            runs.append(scale_run(n, Path(tmp)))
+        # Every size with the packaged task size, then the largest up to 100,000 lines
+        # again in the larger tasks a corpus of short answers would use.
+        corpus = max((n for n in sizes() if n <= 100_000), default=None)
+        for n, task_size in [*((n, None) for n in sizes()),
+                             *([(corpus, CORPUS_TASK_SIZE)] if corpus else [])]:
+            log(f"   hpc-chat batch, {n} lines, {MODEL}"
+                + (f", --task-size {task_size}" if task_size else ""))
+            runs.append(scale_run(n, Path(tmp), task_size))
             log(f"     {runs[-1]['lines_s']:.0f} lines/s, peak {runs[-1]['peak_rss_mb']:.0f} MiB")
     return {"model": MODEL, "date": time.strftime("%Y-%m-%d %H:%M"),
             "machine": machine_description(), "cores": len(os.sched_getaffinity(0)),

@@ -86,14 +86,16 @@ class Session:
     def __init__(self, config: str | None, site: str | None, *, quiet: bool = False,
                  allocation: bool = False, wait_for_workers: bool = False,
                  endpoint: str | None = None, globus_state: str | None = None,
-                 model: str | None = None, agents: list[str] | None = None):
+                 model: str | None = None, agents: list[str] | None = None,
+                 task_size: int | None = None):
         from hpc_chat.driver.workflow import ParslChatWorkflow
 
         self.config, self.quiet, self.wait, self.agents = config, quiet, wait_for_workers, agents
         self.loop = asyncio.new_event_loop()
         self.workflow = ParslChatWorkflow(site=site, allocation=allocation, endpoint=endpoint,
                                           globus_state=globus_state, model=model,
-                                          model_label=option_source("model", "--model"))
+                                          model_label=option_source("model", "--model"),
+                                          task_size=task_size)
 
     def run(self, coro):
         return self.loop.run_until_complete(coro)

@@ -63,14 +63,15 @@ class ParslChatWorkflow:
     run instead of Parsl workers; ``globus_state``: where a batch keeps its Globus Compute task
     group, for ``--resume``. ``model``: a model name, alias or ``.gguf`` path every agent uses
     instead of its own (``--model``; ``echo`` is the built-in test model), ``model_label``
-    naming where it came from in error messages.
-    """
+    naming where it came from in error messages. ``task_size``: requests per worker task
+    instead of ``performance.batch_size`` (``hpc-chat batch --task-size``)."""
 
     def __init__(self, *, site: str | None = None, executor=None,
                  history_path: str | None = None, allocation: bool = False,
                  endpoint: str | None = None, globus_state: str | None = None,
-                 model: str | None = None, model_label: str = "--model"):
-        self.site = site
+                 model: str | None = None, model_label: str = "--model",
+                 task_size: int | None = None):
+        self.site, self.task_size = site, task_size
         self.model, self.model_label = model, model_label
         self.endpoint = endpoint
         self.globus_state = globus_state
@@ -85,8 +86,7 @@ class ParslChatWorkflow:
         self.stats = PerformanceStats()
         self.cache = ResponseCache()
         self._pending: set[asyncio.Task] = set()
-        self.batcher = None
-        self._checked: LoadedWorkflow | None = None
+        self.batcher, self._checked = None, None
         self.remote_models: dict[str, RemoteModel] = {}  # agent -> its model served elsewhere
         self.remote = RemoteAgents()
         self.result_streams = ResultStreams(self)
@@ -167,8 +167,9 @@ class ParslChatWorkflow:
         self.loaded, self.history = loaded, history
         self.agents = {a.name: EnhancedCollaborativeAgent(a) for a in loaded.agents}
         perf = settings.performance
-        if perf.batch_size > 1 and self.executor.supports_batching:
-            self.batcher = RequestBatcher(self.executor, perf.batch_size, perf.timeout_seconds)
+        size = self.task_size or perf.batch_size
+        if size > 1 and self.executor.supports_batching:
+            self.batcher = RequestBatcher(self.executor, size, perf.timeout_seconds)
 
     def _load_site(self, loaded: LoadedWorkflow) -> None:
         """The site profile this workflow runs on (``local`` unless one is named)."""
@@ -381,9 +382,8 @@ class ParslChatWorkflow:
 
     async def wait_for_workers(self, minimum: int = 1, timeout: float | None = None) -> int:
         """Wait until workers are connected (default limit: ``executor.timeout``)."""
-        loaded = self._require()
-        return await self.executor.wait_for_workers(
-            minimum, timeout if timeout is not None else loaded.settings.executor.timeout)
+        limit = timeout if timeout is not None else self._require().settings.executor.timeout
+        return await self.executor.wait_for_workers(minimum, limit)
 
     async def get_parsl_stats(self) -> dict[str, Any]:
         """Workers, blocks and task counts from the executor."""

@@ -138,3 +138,21 @@ def test_prompt_longer_than_the_context_fails_its_line_only(fast, tmp_path):
     # hopeless, so never retried: 1 task done, 1 failed, 0 retries in the summary table
     assert re.search(r"tasks done / failed / retried\s*│\s*1 / 1 / 0", result.output), \
         result.output
+
+
+def test_task_size_sets_the_requests_each_parsl_task_carries(fast, tmp_path):
+    """The workflow sends each request alone (batch_size 1); --task-size 3 groups six prompts
+    that arrive together into two tasks, and each prompt is answered once. With a Globus
+    Compute endpoint (each request its own task) the option is refused, naming what to do."""
+    src, out, summary = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "s.json"
+    src.write_text("".join(json.dumps({"id": i, "prompt": f"prompt {i}"}) + "\n"
+                           for i in range(6)))
+    result = invoke("batch", str(src), "-o", str(out), "--config", fast, "--model", "echo",
+                    "--task-size", "3", "--server", "off", "--summary-json", str(summary))
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(x["id"] for x in lines if x["ok"]) == list(range(6))
+    assert json.loads(summary.read_text())["parsl"]["submitted_tasks"] == 2
+    refused = invoke("batch", str(src), "-o", str(tmp_path / "o2.jsonl"), "--task-size", "3",
+                     "--endpoint", "11111111-2222-3333-4444-555555555555")
+    assert refused.exit_code == 2 and "leave --task-size out" in refused.output

@@ -182,12 +182,16 @@ def test_the_scale_section_lists_lines_per_second_and_peak_memory_by_size():
     assert "Not measured in this run (`hpc-chat bench --only scale`)" in markdown(res, "p.png")
     res["scale"] = {"model": "echo?tokens=4&token_s=0", "date": "2026-12-03 22:00",
                     "machine": "AMD EPYC (host vm)", "cores": 2,
-                    "runs": [{"lines": 10000, "wall_s": 15.6, "lines_s": 641.0,
-                              "peak_rss_mb": 155.2},
-                             {"lines": 100000, "wall_s": 121.6, "lines_s": 822.4,
-                              "peak_rss_mb": 182.0}]}
+                    "runs": [{"lines": 10000, "task_size": 4, "task_size_given": False,
+                              "wall_s": 15.6, "lines_s": 641.0, "peak_rss_mb": 155.2},
+                             {"lines": 100000, "task_size": 4, "task_size_given": False,
+                              "wall_s": 121.6, "lines_s": 822.4, "peak_rss_mb": 182.0},
+                             {"lines": 100000, "task_size": 16, "task_size_given": True,
+                              "wall_s": 66.7, "lines_s": 1499.6, "peak_rss_mb": 170.0}]}
     text = markdown(res, "p.png")
-    assert "| 10000 | 15.6 | 641 | 155 |" in text and "| 100000 | 121.6 | 822 | 182 |" in text
+    assert "| 10000 | 4 (the workflow's batch_size) | 15.6 | 641 | 155 |" in text
+    assert "| 100000 | 4 (the workflow's batch_size) | 121.6 | 822 | 182 |" in text
+    assert "| 100000 | 16 (--task-size) | 66.7 | 1500 | 170 |" in text
     assert "`echo?tokens=4&token_s=0`" in text
 
 
