@@ -57,17 +57,17 @@ class Feed:
     def take(self, limit: int, *, block: bool) -> list[Job]:
         """Up to ``limit`` waiting jobs, skipping cancelled ones. With ``block`` wait until
         there is one, or the feed is closed (then ``[]``: the loop may end)."""
+        taken: list[Job] = []
+        dropped: list[Job] = []
         with self._cond:
             while block and not self._jobs and not self._closed:
                 self._cond.wait()
-            taken = []
             while self._jobs and len(taken) < limit:
                 job = self._jobs.popleft()
-                if job.cancelled.is_set():
-                    job.done(RuntimeError("cancelled before it started"))
-                    continue
-                taken.append(job)
-            return taken
+                (dropped if job.cancelled.is_set() else taken).append(job)
+        for job in dropped:  # told outside the lock: a listener may take locks of its own
+            job.done(RuntimeError("cancelled before it started"))
+        return taken
 
     def waiting(self) -> int:
         with self._cond:

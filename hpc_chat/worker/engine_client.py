@@ -47,6 +47,7 @@ GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MA
                  "HIP_VISIBLE_DEVICES")
 START_POLL_S = 0.05
 WAIT_S = 0.2  # how often a task waiting for its answers looks at its time limit
+INLINE_BYTES = 64 * 1024  # a task's orders this small never fill a fresh socket's buffer
 ENGINE_SPINCOUNT = 1000  # OpenMP's spins at a barrier before its threads sleep: see start()
 ENGINE_FILES = (".sock", ".lock", ".alive", ".log")
 DEFAULT_SLOTS = 8
@@ -247,24 +248,27 @@ def decode(spec: ModelSpec, engine: dict, preps: list, finish: Callable) -> list
     answers = [_Answer(prep) for prep in preps]
     results: list = [None] * len(preps)
     pending = len(preps)
+    orders = [wire.encode(wire.Order(op=wire.Op.DECODE, rid=rid, request=answer.prep.request,
+                                     exact=answer.prep.exact, stream=answer.tokens))
+              for rid, answer in enumerate(answers)]
     try:
         with connect(spec, slots, limit) as conn:
-            for rid, answer in enumerate(answers):
-                conn.send_bytes(wire.encode(wire.Order(
-                    op=wire.Op.DECODE, rid=rid, request=answer.prep.request,
-                    exact=answer.prep.exact, stream=answer.tokens)))
-            while pending:
-                time_limit.check(limit)
-                left = time_limit.left(limit)
-                if not conn.poll(WAIT_S if left is None else min(WAIT_S, max(left, 0.0))):
-                    continue
-                event = wire.read_event(conn.recv_bytes())
-                if not 0 <= event.rid < len(answers) or results[event.rid] is not None:
-                    raise EngineLost(f"the node engine for {spec.path} answered request "
-                                     f"{event.rid}, which it does not hold")
-                outcome = _event(conn, answers[event.rid], event, finish, limit)
-                if outcome is not None:
-                    results[event.rid], pending = outcome, pending - 1
+            channel = _Channel(conn, orders)
+            try:
+                while pending:
+                    time_limit.check(limit)
+                    left = time_limit.left(limit)
+                    if not conn.poll(WAIT_S if left is None else min(WAIT_S, max(left, 0.0))):
+                        continue
+                    event = wire.read_event(conn.recv_bytes())
+                    if not 0 <= event.rid < len(answers) or results[event.rid] is not None:
+                        raise EngineLost(f"the node engine for {spec.path} answered request "
+                                         f"{event.rid}, which it does not hold")
+                    outcome = _event(channel, answers[event.rid], event, finish, limit)
+                    if outcome is not None:
+                        results[event.rid], pending = outcome, pending - 1
+            finally:
+                channel.end()  # before the connection closes: a send blocked on it ends
     except (EOFError, OSError) as exc:
         _end_streams(answers, results)
         raise EngineLost(f"the node engine for {spec.path} ended while it held this task's "
@@ -276,7 +280,55 @@ def decode(spec: ModelSpec, engine: dict, preps: list, finish: Callable) -> list
     return [r[0] for r in results]
 
 
-def _event(conn: Connection, answer: _Answer, event, finish: Callable,
+class _Channel:
+    """A task's connection to its engine, for sending. Orders that fit a fresh Unix socket's
+    buffer (:data:`INLINE_BYTES`) are sent at once; more go out from a thread of their own,
+    so that an engine that stops reading (stopped, swapping) cannot hold the task past its
+    time limit: :meth:`end` cuts the connection under a send still blocked."""
+
+    def __init__(self, conn: Connection, orders: list[bytes]):
+        self.conn, self.lock, self.thread = conn, threading.Lock(), None
+        if sum(len(raw) for raw in orders) <= INLINE_BYTES:
+            for raw in orders:
+                conn.send_bytes(raw)
+            return
+        self.thread = threading.Thread(target=self._send_all, args=(orders,), daemon=True,
+                                       name="hpc_chat-orders")
+        self.thread.start()
+
+    def _send_all(self, orders: list[bytes]) -> None:
+        try:
+            for raw in orders:
+                with self.lock:
+                    self.conn.send_bytes(raw)
+        except (OSError, ValueError):
+            pass  # the connection ended: the reading thread sees it too
+
+    def cancel(self, rid: int) -> None:
+        """Stop one answer (its stream's client went away). Skipped while the orders are
+        still being sent: that answer then runs to its end, unheard."""
+        if self.lock.acquire(timeout=WAIT_S):
+            try:
+                self.conn.send_bytes(wire.encode(wire.Order(op=wire.Op.CANCEL, rid=rid)))
+            finally:
+                self.lock.release()
+
+    def end(self) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            _shut(self.conn)
+            self.thread.join()
+
+
+def _shut(conn: Connection) -> None:
+    """End a connection both ways while another thread may be blocked sending on it."""
+    try:
+        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _event(channel: _Channel, answer: _Answer, event, finish: Callable,
            limit: time_limit.Limit) -> tuple | None:
     """What one event means for its request: ``(result,)`` or ``(exception,)`` once it has
     ended, None while it runs. An answer whose stream's client went away is cancelled."""
@@ -287,7 +339,7 @@ def _event(conn: Connection, answer: _Answer, event, finish: Callable,
     elif isinstance(event, wire.Text):
         answer.text += event.t
         if answer.sender is not None and not answer.sender(answer.text):  # client went away
-            conn.send_bytes(wire.encode(wire.Order(op=wire.Op.CANCEL, rid=event.rid)))
+            channel.cancel(event.rid)
     elif isinstance(event, wire.Done):
         if _late(limit, answer.sender):  # e.g. its worker was stopped past the limit
             raise time_limit.timed_out(limit)

@@ -47,6 +47,7 @@ log = logging.getLogger("hpc_chat.node_engine")
 WATCH_S = 1.0  # how often the manager is checked
 WAKE_S = 0.2  # how long the connections get to send their errors when the loop fails
 BACKLOG = 128  # every worker of a node may connect at once
+CLOSE_S = 5.0  # how long a closing connection's writer may take to send what is queued
 
 
 def process_start(pid: int) -> int | None:
@@ -60,15 +61,16 @@ def process_start(pid: int) -> int | None:
 
 class _Link:
     """One worker's connection: the requests it holds here, and the thread that writes their
-    events. The decode loop only queues what it has to say (a token, an outcome); the writer
-    sends it, so a worker slow to read never stalls the loop, and one task's hundreds of
-    requests cost two threads, not one each."""
+    events. The decode loop only queues what it has to say (an outcome; for a streamed
+    answer, that its text grew); the writer sends it, so a worker slow to read never stalls
+    the loop, and a task's requests cost two threads, not one each."""
 
     def __init__(self, conn: Connection):
         self.conn, self.client = conn, _peer_pid(conn)
         self.jobs: dict[int, Job] = {}  # rid -> its job, until its outcome is queued
         self.lock = threading.Lock()
         self.out: queue.SimpleQueue = queue.SimpleQueue()
+        self.latest: dict[int, str] = {}  # rid -> its text, while a "grew" is queued
         self.sent: dict[int, str] = {}  # rid -> the streamed text sent so far
         self.closed = False  # the worker went away: what ends now is heard by nobody
         self.writer = threading.Thread(target=self._write_all, daemon=True)
@@ -77,8 +79,15 @@ class _Link:
     def send(self, message) -> None:
         self.out.put(message)
 
-    def grew(self, rid: int, text: str) -> None:
-        self.out.put((rid, text))
+    def grew(self, rid: int, text: str) -> bool:
+        """A streamed answer's text so far: only the latest waits for the writer (a worker
+        slow to read holds one text per answer, not one per token)."""
+        with self.lock:
+            queued = rid in self.latest
+            self.latest[rid] = text
+        if not queued:
+            self.out.put(rid)
+        return True
 
     def cancel(self, rid: int) -> None:
         with self.lock:
@@ -88,30 +97,51 @@ class _Link:
 
     def close(self) -> None:
         """The worker went away (or the connection failed): every answer it still holds
-        stops at the next step; the writer ends once it has sent what was queued."""
+        stops at the next step. The writer sends what was queued (an error for an order it
+        could not read) within :data:`CLOSE_S`; a worker that reads nothing then is cut off."""
         with self.lock:
             self.closed, jobs = True, list(self.jobs.values())
         for job in jobs:
             job.cancelled.set()
         self.out.put(None)
-        self.writer.join()
+        self.writer.join(CLOSE_S)
+        if self.writer.is_alive():
+            _shut(self.conn)
+            self.writer.join()
 
     def _write_all(self) -> None:
         broken = False
         while (item := self.out.get()) is not None:
             if broken:
                 continue  # nobody reads: drop what is left
-            if isinstance(item, tuple):  # a streamed answer grew: what is new only
-                rid, text = item
-                sent = self.sent.get(rid, "")
+            if isinstance(item, int):  # a streamed answer grew: what is new only
+                with self.lock:
+                    text = self.latest.pop(item, "")
+                sent = self.sent.get(item, "")
                 if len(text) <= len(sent) or not text.startswith(sent):
                     continue
-                self.sent[rid] = text
-                item = wire.Text(rid=rid, t=text[len(sent):])
+                self.sent[item] = text
+                item = wire.Text(rid=item, t=text[len(sent):])
             try:
                 self.conn.send_bytes(wire.encode(item))
-            except (OSError, ValueError):
+            except (OSError, ValueError) as exc:
+                # The worker is gone, or an event could not be written: end the connection,
+                # so its reader (and the worker, which sees it end) stop waiting for answers.
+                if not isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+                    log.error("cannot send to a worker (%s): closing its connection",
+                              type(exc).__name__)
                 broken = True
+                _shut(self.conn)
+
+
+def _shut(conn: Connection) -> None:
+    """End a connection both ways while other threads may be blocked on it: their reads and
+    writes fail at once."""
+    try:
+        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class NodeEngine:
@@ -127,11 +157,12 @@ class NodeEngine:
         self.info = wire.EngineInfo(pid=os.getpid(), host=socket.gethostname(), slots=slots)
 
     def status(self) -> wire.EngineStatus:
+        waiting = self.feed.waiting()  # its lock before ours, never inside: _ended takes both
         with self.lock:
             return wire.EngineStatus(**self.info.model_dump(), model=self.spec.path,
                                 in_flight=sum(self.clients.values()),
                                 clients={str(pid): n for pid, n in self.clients.items()},
-                                waiting=self.feed.waiting(), served=self.served,
+                                waiting=waiting, served=self.served,
                                 load_s=self.engine.load_s)
 
     def run(self) -> None:
@@ -176,11 +207,15 @@ class NodeEngine:
             decoded = fit(self.engine.count_tokens, self.spec.n_ctx, order.request, order.exact)
         except PromptTooLongError as exc:
             return link.send(wire.Failed(rid=rid, error=str(exc), kind=wire.FailKind.TOO_LONG))
+        except ValueError as exc:  # a request fit cannot measure: this one fails alone
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return link.send(wire.Failed(rid=rid, error=f"not a request the engine can decode: "
+                                         f"{first}", kind=wire.FailKind.INPUT))
         if order.stream:  # what the engine stops on besides the request's own stop strings
             link.send(wire.Stops(rid=rid, stops=self.batched.template_stops if
                                  decoded.prompt is None else []))  # a text completion
         job = Job(decoded, lambda outcome: self._ended(link, rid, decoded, outcome),
-                  (lambda text: link.grew(rid, text) or True) if order.stream else None)
+                  (lambda text: link.grew(rid, text)) if order.stream else None)
         with link.lock:
             link.jobs[rid] = job
         with self.lock:

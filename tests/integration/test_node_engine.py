@@ -234,19 +234,22 @@ def _events_until_ended(conn, rids: set[int], timeout: float = 120) -> dict[int,
     return events
 
 
+NINE = "a b c d e f g h i j k l"
+
+
 def test_one_connection_carries_a_tasks_requests_and_a_cancel_stops_only_its_own(tmp_path):
     """A task's requests share one connection, each with its own rid; their events come back
     tagged with it, streamed text included. Two slots: an endless answer (2000 tokens at
-    0.25 s) and a streamed short one run; the third waits for a slot. Cancelling the endless
-    one by its rid ends it alone, frees its slot for the third, and every other answer is
-    whole. Closing the connection then cancels what it still holds."""
+    0.25 s) and a streamed short one run; the third (12 tokens) waits for a slot. Cancelling
+    the endless one by its rid ends it alone, frees its slot for the third, and every other
+    answer is whole. Closing the connection then cancels what it still holds."""
     proc, sock = _start_engine(tmp_path, os.getpid(), slots=2,
                                model="echo?tokens=2000&token_s=0.25")
     try:
         with Client(str(sock), family="AF_UNIX") as conn:
             conn.send_bytes(_order(7, 2000, "endless"))
             conn.send_bytes(_order(8, 3, "one two three", stream=True))
-            conn.send_bytes(_order(9, 2, "four five"))
+            conn.send_bytes(_order(9, 12, NINE))  # 3 s: still running when 8 has ended
             first = _events_until_ended(conn, {8})
             assert isinstance(first[8][0], Stops)
             streamed = "".join(e.t for e in first[8] if isinstance(e, Text))
@@ -256,12 +259,12 @@ def test_one_connection_carries_a_tasks_requests_and_a_cancel_stops_only_its_own
             conn.send_bytes(encode(Order(op=Op.CANCEL, rid=7)))
             rest = _events_until_ended(conn, {7, 9})
             assert rest[7][-1].completion.finish_reason == "cancelled"
-            assert rest[9][-1].completion.text == "four five"
+            assert rest[9][-1].completion.text == NINE
             assert all(isinstance(e, Done) for e in rest[9])  # not streamed: the outcome only
             conn.send_bytes(_order(10, 2000, "endless again"))
             deadline = time.monotonic() + 60
             while status_at(sock)["in_flight"] != 1:
-                assert time.monotonic() < deadline, "the engine never took request 10"
+                assert time.monotonic() < deadline, "the engine never counted request 10"
                 time.sleep(0.05)
         deadline = time.monotonic() + 60  # the connection closed: request 10 is cancelled
         while (status := status_at(sock))["in_flight"] != 0:

@@ -59,3 +59,24 @@ def test_drain_fails_the_waiting_and_refuses_new_jobs():
     assert [str(o) for o in outcomes] == ["the loop failed"] * 2
     with pytest.raises(RuntimeError, match="stopped"):
         feed.put(job(outcomes))
+
+
+def test_a_cancelled_jobs_listener_is_told_outside_the_feeds_lock():
+    """A node engine's listener takes its own lock, which its status reader holds while it
+    asks the feed how many wait: told under the feed's lock, the two would wait for each
+    other for ever. Here the listener asks the feed from another thread, and gets its
+    answer at once."""
+    seen: list = []
+    feed = Feed()
+
+    def done(outcome):
+        asker = threading.Thread(target=lambda: seen.append(feed.waiting()))
+        asker.start()
+        asker.join(5)
+        seen.append(asker.is_alive())
+
+    cancelled = Job(GenRequest(messages=[{"role": "user", "content": "x"}]), done)
+    cancelled.cancelled.set()
+    feed.put(cancelled)
+    assert feed.take(4, block=False) == []
+    assert seen == [0, False]

@@ -94,3 +94,31 @@ def test_a_task_decoding_in_its_own_process_stops_at_its_limit(monkeypatch, n_se
     assert time.monotonic() - started < 15  # stopped, not decoded to the end (20 s)
     quick = {"model": {"engine": "worker", "override": "echo?tokens=3&token_s=0.01"}}
     assert chat_task(agent, "quick one", quick, time_limit=30)["content"]
+
+
+def test_orders_to_an_engine_that_stops_reading_cannot_hold_the_task(tmp_path):
+    """An engine that accepts a connection and reads nothing more (stopped, swapping): a
+    task whose orders overflow the socket's buffers (4 MiB) sends them from a thread of its
+    own, which blocks; ending the channel (the task ran out of time, or failed) cuts the
+    connection under that send at once. Orders that fit a fresh buffer go out inline."""
+    from multiprocessing.connection import Client, Listener
+
+    from hpc_chat.worker.engine_client import _Channel
+
+    listener = Listener(str(tmp_path / "engine.sock"), family="AF_UNIX")
+    accepted: list = []
+    acceptor = threading.Thread(target=lambda: accepted.extend(
+        listener.accept() for _ in range(2)), daemon=True)
+    acceptor.start()
+    small = Client(str(tmp_path / "engine.sock"), family="AF_UNIX")
+    assert _Channel(small, [b"y" * 100] * 4).thread is None
+    conn = Client(str(tmp_path / "engine.sock"), family="AF_UNIX")
+    channel = _Channel(conn, [b"x" * 65536] * 64)
+    time.sleep(0.5)
+    assert channel.thread is not None and channel.thread.is_alive()  # nobody reads
+    started = time.monotonic()
+    channel.end()
+    assert not channel.thread.is_alive() and time.monotonic() - started < 5
+    for c in (small, conn, *accepted):
+        c.close()
+    listener.close()
