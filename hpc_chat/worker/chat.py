@@ -370,12 +370,12 @@ def process_chat_batch(agent_config: dict, items: list[dict],
 def worker_identity() -> dict[str, Any]:
     """Where this ran: host, pid and Parsl's worker rank/block when inside a Parsl worker.
     Asked once per process (keyed by pid: a forked child asks again), not once per answer."""
+    global _identity
     pid = os.getpid()
-    if _identity.get("pid") != pid:
-        _identity.clear()
-        _identity.update({"host": socket.gethostname(), "pid": pid,
-                          "rank": os.environ.get("PARSL_WORKER_RANK"),
-                          "block": os.environ.get("PARSL_WORKER_BLOCK_ID")})
+    if _identity.get("pid") != pid:  # replaced whole: a thread never sees half of one
+        _identity = {"host": socket.gethostname(), "pid": pid,
+                     "rank": os.environ.get("PARSL_WORKER_RANK"),
+                     "block": os.environ.get("PARSL_WORKER_BLOCK_ID")}
     return dict(_identity)
 
 
