@@ -40,6 +40,7 @@ from hpc_chat.protocol.context import SiteModel
 from hpc_chat.protocol.embedding import Embeddings, EmbedRequest
 from hpc_chat.protocol.request import Completion, GenRequest
 from hpc_chat.util.rundir import runtime_dir
+from hpc_chat.util.sockets import shut_both_ways
 from hpc_chat.worker import time_limit
 from hpc_chat.worker.stream import TokenSender, streams_tokens
 
@@ -315,17 +316,8 @@ class _Channel:
 
     def end(self) -> None:
         if self.thread is not None and self.thread.is_alive():
-            _shut(self.conn)
+            shut_both_ways(self.conn)
             self.thread.join()
-
-
-def _shut(conn: Connection) -> None:
-    """End a connection both ways while another thread may be blocked sending on it."""
-    try:
-        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
-            sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def _event(channel: _Channel, answer: _Answer, event, finish: Callable,

@@ -41,6 +41,7 @@ from hpc_chat.llm.models import ModelSpec
 from hpc_chat.llm.registry import get_batched_engine, get_embedder, get_engine
 from hpc_chat.protocol import engine as wire
 from hpc_chat.protocol.request import Completion
+from hpc_chat.util.sockets import shut_both_ways
 from hpc_chat.worker.fitting import fit
 
 log = logging.getLogger("hpc_chat.node_engine")
@@ -106,7 +107,7 @@ class _Link:
         self.out.put(None)
         self.writer.join(CLOSE_S)
         if self.writer.is_alive():
-            _shut(self.conn)
+            shut_both_ways(self.conn)
             self.writer.join()
 
     def _write_all(self) -> None:
@@ -131,17 +132,7 @@ class _Link:
                     log.error("cannot send to a worker (%s): closing its connection",
                               type(exc).__name__)
                 broken = True
-                _shut(self.conn)
-
-
-def _shut(conn: Connection) -> None:
-    """End a connection both ways while other threads may be blocked on it: their reads and
-    writes fail at once."""
-    try:
-        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
-            sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
+                shut_both_ways(self.conn)
 
 
 class NodeEngine:
