@@ -28,7 +28,7 @@ from hpc_chat.agents.routing import Route, route
 from hpc_chat.driver.asking import ask_agent
 from hpc_chat.driver.collaborate import collaborate, first_round, without_format
 from hpc_chat.driver.executors.base import ChatExecutor
-from hpc_chat.driver.executors.factory import build_parsl_config, make_executor
+from hpc_chat.driver.executors.factory import build_parsl_config, make_executor, pool_start_plan
 from hpc_chat.driver.executors.grouping import RequestBatcher
 from hpc_chat.driver.history import MemoryHistory, create_history
 from hpc_chat.driver.remote_agent import RemoteAgents
@@ -152,9 +152,10 @@ class ParslChatWorkflow:
         history = create_history(history_cfg)
         await history.initialize()
         if self.executor is None:
-            self.executor = make_executor(loaded, self.profile, endpoint=self.endpoint,
-                                          allocation=self.allocation,
-                                          globus_state=self.globus_state)
+            self.executor = make_executor(
+                loaded, self.profile, endpoint=self.endpoint, allocation=self.allocation,
+                engines=pool_start_plan(loaded, self.site_model, self.remote_models),
+                globus_state=self.globus_state)
         try:
             await asyncio.wait_for(self.executor.initialize(), settings.executor.timeout)
         except asyncio.TimeoutError:
@@ -228,9 +229,8 @@ class ParslChatWorkflow:
 
     def submit_request(self, text: str, *, conversation_id: str | None = None,
                        agents: list[str] | None = None, options: dict[str, Any] | None = None,
-                       request_key: str | None = None,
+                       request_key: str | None = None, system_prompt: str | None = None,
                        history: list[dict[str, str]] | None = None,
-                       system_prompt: str | None = None,
                        stream: dict[str, Any] | None = None,
                        streams: dict[str, dict[str, Any]] | None = None) -> asyncio.Task:
         """Start one request; the task resolves to a result dict (never raises for a failed

@@ -49,10 +49,6 @@ from hpc_chat.llm.prefix_cache import MIN_HOLDERS, KVSequences, PrefixCache, hol
 from hpc_chat.llm.profile import DecodeProfile
 from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
 
-# The KV memory a worker's or node engine's holders may take: 22 holders for the embedded model
-# at 2048 cells, enough for 16 conversations in flight; the least, 3, for a 7B model at 4096.
-PREFIX_CACHE_BYTES = 1 << 30
-
 
 @dataclass
 class _Seq:
@@ -75,7 +71,8 @@ class _Seq:
 class BatchedEngine:
     """A second llama.cpp context on a loaded model, with ``n_seq`` sequences for requests and
     ``holders`` more for shared prompt chunks, or as many as ``prefix_cache_bytes`` of KV cache
-    holds (what the workers' and node engines' contexts get: :data:`PREFIX_CACHE_BYTES`)."""
+    holds (the site's ``model.prefix_cache_mb``, given by the registry's
+    :func:`~hpc_chat.llm.registry.get_batched_engine`)."""
 
     def __init__(self, engine: ChatEngine, n_seq: int = 8, holders: int = MIN_HOLDERS, *,
                  prefix_cache_bytes: int | None = None):

@@ -13,6 +13,12 @@ from typing import Any
 
 from hpc_chat.llm.interface import BatchEngine, Engine
 from hpc_chat.llm.models import ModelSpec
+from hpc_chat.protocol.context import ModelDefaults
+
+# The KV memory (MiB) a decoding context's prompt-cache holders may take unless the site's
+# ``model.prefix_cache_mb`` says otherwise: 22 holders for the embedded model at 2048 cells,
+# enough for 16 conversations in flight; the least, 3, for a 7B model at 4096.
+PREFIX_CACHE_MB = ModelDefaults.model_fields["prefix_cache_mb"].default
 
 _engines: dict[ModelSpec, Engine] = {}
 _batched: dict[tuple[ModelSpec, int], BatchEngine] = {}
@@ -36,9 +42,11 @@ def get_engine(spec: ModelSpec) -> tuple[Engine, bool]:
         return engine, True
 
 
-def get_batched_engine(engine: Engine, n_seq: int) -> BatchEngine:
-    """The batched context over a loaded engine's model with ``n_seq`` sequences."""
-    key = (engine.spec, n_seq)
+def get_batched_engine(engine: Engine, n_seq: int, cache_mb: int | None = None) -> BatchEngine:
+    """The batched context over a loaded engine's model with ``n_seq`` sequences, its prompt
+    cache within ``cache_mb`` MiB of KV (the site's ``model.prefix_cache_mb``; None: the
+    default, :data:`PREFIX_CACHE_MB`; 0: no prompt cache)."""
+    key = (engine.spec, n_seq, cache_mb)
     with _lock:
         if key not in _batched:
             if engine.spec.is_echo:
@@ -46,12 +54,13 @@ def get_batched_engine(engine: Engine, n_seq: int) -> BatchEngine:
 
                 _batched[key] = EchoBatchedEngine(engine, n_seq)
             else:
-                from hpc_chat.llm.batched import PREFIX_CACHE_BYTES, BatchedEngine
+                from hpc_chat.llm.batched import BatchedEngine
 
                 # the bound for a decoding context; a one-sequence one (logprobs and text
-                # completions decoded in a worker) keeps the least
+                # completions decoded in a worker) keeps the least, unless the cache is off
+                bound = (PREFIX_CACHE_MB if cache_mb is None else cache_mb) << 20
                 _batched[key] = BatchedEngine(engine, n_seq, prefix_cache_bytes=(
-                    PREFIX_CACHE_BYTES if n_seq > 1 else None))
+                    bound if n_seq > 1 or bound == 0 else None))
         return _batched[key]
 
 

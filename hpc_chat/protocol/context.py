@@ -33,6 +33,9 @@ class ModelDefaults(BaseModel):
     # continuous batch of engine_slots sequences; worker: each worker decodes its own tasks.
     engine: Literal["node", "worker"] = "node"
     engine_slots: int = Field(8, ge=1, le=256)
+    # The KV memory (MiB) an engine's prompt cache may keep (holder sequences of prompt chunks
+    # requests share: agents' system prompts, conversations' earlier turns); 0 turns it off
+    prefix_cache_mb: int = Field(1024, ge=0, le=1 << 20)
 
 
 class SiteModel(ModelDefaults):

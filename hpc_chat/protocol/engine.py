@@ -25,11 +25,13 @@ installation, so both always speak the same version.
 
 from __future__ import annotations
 
+import base64
 from enum import Enum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from hpc_chat.protocol.context import SiteModel
 from hpc_chat.protocol.embedding import Embeddings, EmbedRequest
 from hpc_chat.protocol.request import Completion, GenRequest
 
@@ -71,6 +73,7 @@ class EngineStatus(EngineInfo):
     waiting: int
     served: int
     load_s: float
+    holders: int = 0  # prompt-cache holder sequences (within the site's prefix_cache_mb)
 
 
 class FailKind(str, Enum):
@@ -141,3 +144,34 @@ def read_order(raw: bytes) -> Order:
 
 def read_event(raw: bytes) -> Stops | Text | Done | Embedded | Failed:
     return _EVENT.validate_json(raw)
+
+
+class AgentModel(BaseModel):
+    """An agent's settings that choose its model spec (``worker.chat.model_spec``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = "default"
+    n_ctx: int | None = Field(None, ge=128)
+    n_threads: int | None = Field(None, ge=1)
+    n_gpu_layers: int | None = Field(None, ge=-1)
+
+
+class PoolStart(BaseModel):
+    """What a worker pool's launch line hands :mod:`hpc_chat.worker.pool_start`: the site's
+    model defaults and each agent's model settings, so the node engines they need load while
+    the pool starts, not after its first task arrives. Sent as URL-safe base64 of its JSON, an
+    alphabet a shell and ``str.format`` (Parsl formats the launch line twice) leave alone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: SiteModel
+    agents: list[AgentModel] = Field(max_length=64)
+
+    def to_arg(self) -> str:
+        return base64.urlsafe_b64encode(self.model_dump_json().encode()).decode()
+
+    @classmethod
+    def from_arg(cls, arg: str) -> PoolStart:
+        """The message; a ValueError (binascii's or pydantic's) when it is not one."""
+        return cls.model_validate_json(base64.urlsafe_b64decode(arg.encode("ascii")))

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 from hpc_chat.protocol.context import SiteModel
+from hpc_chat.protocol.engine import PoolStart
 from hpc_chat.sites import schema
 from hpc_chat.util.logs import quiet_routine_task_lines
 from hpc_chat.util.paths import hpc_chat_home
@@ -156,6 +158,38 @@ def build_executor(profile: schema.SiteProfile, *, allocation: bool = False,
     return HighThroughputExecutor(label=f"{profile.name}_htex",
                                   provider=build_provider(profile, allocation=allocation),
                                   encrypted=True, **kwargs)
+
+
+POOL_LAUNCH = "process_worker_pool.py"  # how Parsl's own launch line starts
+POOL_START = "python3 -m hpc_chat.worker.pool_start"  # found on the same PATH as the pool
+
+
+def start_engines_with_pool(config, plan: PoolStart) -> bool:
+    """Make each worker pool of ``config`` load its node engines while it starts.
+
+    The HighThroughputExecutor's ``launch_cmd`` (a documented Parsl parameter, formatted by
+    Parsl and run by the launcher on every node) becomes ``python3 -m
+    hpc_chat.worker.pool_start PLAN & exec process_worker_pool.py ...``: the engines' model
+    load overlaps the pool's own start, and ``exec`` keeps the shell's pid, so the pool's
+    manager is the background process's parent (:mod:`hpc_chat.worker.pool_start`). The plan
+    is base64 (shell- and format-safe) and quoted besides.
+
+    Left alone: a launch line the user wrote, and pools whose workers get their own GPUs
+    (``available_accelerators``) or MPI ranks, since an engine belongs to the GPUs a worker
+    sees and the pool cannot know those before its workers start. Whether any pool changed.
+    """
+    changed = False
+    for executor in config.executors:
+        command = getattr(executor, "launch_cmd", None)
+        if not isinstance(command, str) or not command.startswith(POOL_LAUNCH):
+            continue
+        if getattr(executor, "available_accelerators", None) or \
+                getattr(executor, "enable_mpi_mode", False):
+            continue
+        executor.launch_cmd = (f"{POOL_START} {shlex.quote(plan.to_arg())} "
+                               f"</dev/null >/dev/null 2>&1 & exec {command}")
+        changed = True
+    return changed
 
 
 STRATEGY_PERIOD_S = 0.5

@@ -263,7 +263,8 @@ def decode_here(preps: list[Prepared], n_seq: int | None) -> list[Decoded | Exce
     if n_seq is None and any(p.request.logprobs is not None or p.request.prompt is not None
                              for p in preps):  # logprobs and text completions: the batched
         n_seq = 1  # engine's (its answers are the unbatched engine's)
-    batched = get_batched_engine(engine, n_seq) if n_seq is not None else None
+    batched = get_batched_engine(engine, n_seq, preps[0].engine.get("prefix_cache_mb")) \
+        if n_seq is not None else None
     stops = batched.template_stops if batched is not None else []  # the template's own
     senders = [TokenSender(prep.stream, [*decoded.stop, *(stops if decoded.prompt is None
                                                           else [])],

@@ -6,9 +6,9 @@ socket to one engine per model spec on the node (:mod:`hpc_chat.worker.node_engi
 decodes every worker's requests in one continuous batch. The socket lives in a directory only
 this user can open (``$TMPDIR/hpc_chat-UID``, or ``/tmp`` when that path is too long for a Unix
 socket; another user's directory of that name is passed over: :mod:`hpc_chat.util.rundir`) and
-is named after the host and the worker pool's manager (so each pilot job's pool has its own engine,
-which ends with it) and a hash of the model spec, the slots and the GPUs the worker may use
-(so each GPU of a node gets its own engine).
+is named after the host and the worker pool's manager (so each pilot job's pool has its own
+engine, which ends with it) and a hash of the model spec, the slots, the prompt-cache bound and
+the GPUs the worker may use (so each GPU of a node gets its own engine).
 
 The first worker that needs an engine starts it, holding a lock file so that only one does;
 the others wait on the lock and then connect. An engine that ends while it holds a request
@@ -51,7 +51,6 @@ WAIT_S = 0.2  # how often a task waiting for its answers looks at its time limit
 INLINE_BYTES = 64 * 1024  # a task's orders this small never fill a fresh socket's buffer
 ENGINE_SPINCOUNT = 1000  # OpenMP's spins at a barrier before its threads sleep: see start()
 ENGINE_FILES = (".sock", ".lock", ".alive", ".log")
-DEFAULT_SLOTS = 8
 
 
 @dataclass
@@ -71,9 +70,15 @@ class EngineLost(RuntimeError):
 
 
 def settings(site_model: SiteModel) -> dict:
-    """The site's engine settings from its ``model`` section: ``engine`` (``node`` or
-    ``worker``) and ``engine_slots``."""
-    return {"mode": site_model.engine, "slots": site_model.engine_slots}
+    """The engine settings of the site's ``model`` section (``engine``: node or worker)."""
+    return {"mode": site_model.engine, "slots": site_model.engine_slots,
+            "prefix_cache_mb": site_model.prefix_cache_mb}
+
+
+def _shape(engine: dict) -> tuple[int, int | None]:
+    """An engine's slots and prompt-cache bound (MiB; None: the engines' default)."""
+    slots = engine.get("slots") or SiteModel.model_fields["engine_slots"].default
+    return int(slots), engine.get("prefix_cache_mb")
 
 
 def wanted(engine: dict) -> bool:
@@ -83,11 +88,14 @@ def wanted(engine: dict) -> bool:
         os.getppid() != 1  # an orphaned worker has no manager to bound an engine's life
 
 
-def engine_path(spec: ModelSpec, slots: int) -> Path:
+def engine_path(spec: ModelSpec, engine: dict, manager: int | None = None) -> Path:
+    """The engine's socket for ``spec`` and the ``engine`` settings (:func:`settings`) under
+    the pool manager ``manager`` (this worker's parent unless given:
+    :mod:`hpc_chat.worker.pool_start` runs beside the manager)."""
     gpus = {name: os.environ.get(name) for name in GPU_VARIABLES}
-    key = hashlib.sha256(json.dumps([spec.model_dump(), slots, gpus],
+    key = hashlib.sha256(json.dumps([spec.model_dump(), *_shape(engine), gpus],
                                     sort_keys=True).encode()).hexdigest()[:12]
-    return runtime_dir() / f"engine-{_host()}-{os.getppid()}-{key}.sock"
+    return runtime_dir() / f"engine-{_host()}-{manager or os.getppid()}-{key}.sock"
 
 
 def _host() -> str:
@@ -127,17 +135,18 @@ def _try_connect(path: Path) -> Connection | None:
         return None
 
 
-def connect(spec: ModelSpec, slots: int, limit: time_limit.Limit = None) -> Connection:
+def connect(spec: ModelSpec, engine: dict, limit: time_limit.Limit = None, *,
+            manager: int | None = None) -> Connection:
     """A connection to this node's engine for ``spec``, starting the engine when needed (and
     waiting for its model to load at most until the task's ``limit``)."""
-    path = engine_path(spec, slots)
+    path = engine_path(spec, engine, manager)
     conn = _try_connect(path)
     if conn is not None:
         return conn
     with _locked(path.with_suffix(".lock"), limit):
         conn = _try_connect(path)  # another worker started it while we waited
         if conn is None:
-            start(path, spec, slots, limit=limit)
+            start(path, spec, engine, limit=limit, manager=manager)
             conn = _try_connect(path)
         if conn is None:
             raise EngineLost(f"the node engine at {path} ended as soon as it started")
@@ -168,14 +177,15 @@ def engine_alive(path: Path) -> bool:
         return False
 
 
-def start(path: Path, spec: ModelSpec, slots: int, *, again: bool = True,
-          limit: time_limit.Limit = None) -> None:
+def start(path: Path, spec: ModelSpec, engine: dict, *, again: bool = True,
+          limit: time_limit.Limit = None, manager: int | None = None) -> None:
     """Start an engine and wait until it listens (its model loaded), or say why it ended. When
     one is already loading (the worker that started it died, or its task timed out), wait for
     that one instead: never two models in memory for one spec. One that ends while waited for
     (a load that failed, or an engine whose socket was removed: it stops itself) is replaced
     once by a fresh one."""
     proc = None
+    slots, cache_mb = _shape(engine)
     if not engine_alive(path):
         path.unlink(missing_ok=True)  # a dead engine's socket
         remove_dead(path.parent)
@@ -192,7 +202,8 @@ def start(path: Path, spec: ModelSpec, slots: int, *, again: bool = True,
             proc = subprocess.Popen(
                 [sys.executable, "-m", "hpc_chat.worker.node_engine", "--socket", str(path),
                  "--spec", spec.model_dump_json(), "--slots", str(slots),
-                 "--manager", str(os.getppid())],
+                 *(["--prefix-cache-mb", str(cache_mb)] if cache_mb is not None else []),
+                 "--manager", str(manager or os.getppid())],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 close_fds=True)
     while not path.exists():  # the model load: as long as it takes, within the task's limit
@@ -205,7 +216,7 @@ def start(path: Path, spec: ModelSpec, slots: int, *, again: bool = True,
                              + " | ".join(tail))
         if proc is None and not engine_alive(path):
             if again:
-                return start(path, spec, slots, again=False, limit=limit)
+                return start(path, spec, engine, again=False, limit=limit, manager=manager)
             raise EngineLost(f"the node engine for {spec.path} ended while loading "
                              f"({path.with_suffix('.log')})")
         time.sleep(START_POLL_S)
@@ -244,7 +255,6 @@ def decode(spec: ModelSpec, engine: dict, preps: list, finish: Callable) -> list
     task's time limit (:mod:`hpc_chat.worker.time_limit`): checked every :data:`WAIT_S` and
     when each answer arrives. Then, or on any other failure, the connection is closed and the
     engine stops every answer of the task at its next step."""
-    slots = int(engine.get("slots") or DEFAULT_SLOTS)
     limit = time_limit.deadline()
     answers = [_Answer(prep) for prep in preps]
     results: list = [None] * len(preps)
@@ -253,7 +263,7 @@ def decode(spec: ModelSpec, engine: dict, preps: list, finish: Callable) -> list
                                      exact=answer.prep.exact, stream=answer.tokens))
               for rid, answer in enumerate(answers)]
     try:
-        with connect(spec, slots, limit) as conn:
+        with connect(spec, engine, limit) as conn:
             channel = _Channel(conn, orders)
             try:
                 while pending:
@@ -369,10 +379,9 @@ def embed(spec: ModelSpec, engine: dict, request: EmbedRequest) -> tuple[Embeddi
     """Embeddings from the node's engine for ``spec`` (started when needed), and which engine
     made them. An input it refuses raises :class:`PromptTooLongError` or ``ValueError``
     naming it; a lost engine :class:`EngineLost` (the task is retried)."""
-    slots = int(engine.get("slots") or DEFAULT_SLOTS)
     limit = time_limit.deadline()
     try:
-        with connect(spec, slots, limit) as conn:
+        with connect(spec, engine, limit) as conn:
             conn.send_bytes(wire.encode(wire.Order(op=wire.Op.EMBED, embed=request)))
             left = time_limit.left(limit)
             if left is not None and not conn.poll(max(left, 0.0)):

@@ -136,10 +136,10 @@ class _Link:
 
 
 class NodeEngine:
-    def __init__(self, spec: ModelSpec, slots: int):
+    def __init__(self, spec: ModelSpec, slots: int, cache_mb: int | None = None):
         self.spec, self.slots = spec, slots
         self.engine, _ = get_engine(spec)
-        self.batched = get_batched_engine(self.engine, slots)
+        self.batched = get_batched_engine(self.engine, slots, cache_mb)
         self.feed = Feed()
         self.lock = threading.Lock()
         self.clients: dict[int, int] = {}  # worker pid -> its requests in flight here
@@ -154,7 +154,8 @@ class NodeEngine:
                                 in_flight=sum(self.clients.values()),
                                 clients={str(pid): n for pid, n in self.clients.items()},
                                 waiting=waiting, served=self.served,
-                                load_s=self.engine.load_s)
+                                load_s=self.engine.load_s,
+                                holders=getattr(self.batched, "n_holders", 0))
 
     def run(self) -> None:
         self.batched.run(self.feed)
@@ -288,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True)
     parser.add_argument("--spec", required=True)
     parser.add_argument("--slots", type=int, required=True)
+    parser.add_argument("--prefix-cache-mb", type=int, default=None)
     parser.add_argument("--manager", type=int, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s node-engine %(message)s")
@@ -306,9 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: _end(path, 0))
     _adopt_affinity(args.manager)
     spec = ModelSpec.model_validate_json(args.spec)
-    node = NodeEngine(spec, args.slots)
-    log.info("pid %d: %s loaded in %.1f s, %d slots, %d threads; serving %s", os.getpid(),
-             spec.path, node.engine.load_s, args.slots, node.engine.n_threads, path)
+    node = NodeEngine(spec, args.slots, args.prefix_cache_mb)
+    log.info("pid %d: %s loaded in %.1f s, %d slots, %d prompt-cache holders, %d threads; "
+             "serving %s", os.getpid(), spec.path, node.engine.load_s, args.slots,
+             getattr(node.batched, "n_holders", 0), node.engine.n_threads, path)
     decoder = threading.Thread(target=node.run, daemon=True)
     decoder.start()
     binding = path.with_suffix(".new")

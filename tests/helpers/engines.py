@@ -46,3 +46,22 @@ def engine_holds(worker: int, requests: int, timeout: float = 60, home=None) -> 
     raise AssertionError(f"the engine never held {requests} requests at once")
 
 
+
+
+def listening_engines(home: str, count: int, timeout: float = 120) -> list[dict]:
+    """The statuses of the node engines of ``home`` that answer on their sockets, waited for
+    until ``count`` do (``timeout`` only bounds a failure)."""
+    deadline = time.monotonic() + timeout
+    found: list[dict] = []
+    while time.monotonic() < deadline:
+        found = []
+        for cmdline in processes_of_home(home).values():
+            if "hpc_chat.worker.node_engine" in cmdline:
+                try:
+                    found.append(status_at(cmdline.split("--socket ")[1].split()[0]))
+                except OSError:
+                    pass  # still loading
+        if len(found) >= count:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"{len(found)} node engines listened, not {count}")

@@ -30,7 +30,7 @@ from hpc_chat.protocol.engine import (
     read_event,
 )
 from hpc_chat.protocol.request import GenRequest
-from tests.helpers.engines import status_at
+from tests.helpers.engines import listening_engines, status_at
 from tests.helpers.procs import processes_of_home
 
 
@@ -276,6 +276,40 @@ def test_one_connection_carries_a_tasks_requests_and_a_cancel_stops_only_its_own
         proc.wait()
 
 
+@pytest.mark.model
+def test_the_sites_prompt_cache_bound_sizes_the_engines_holders(tmp_path, monkeypatch):
+    """``model.prefix_cache_mb`` reaches the engine a worker starts: 0 keeps no holder; 64 MiB
+    keeps the floor of 3 (one holder of the embedded model at 2048 cells takes about 45 MiB);
+    the default 1024 MiB keeps more. Each bound is an engine of its own."""
+    from hpc_chat.llm.models import resolve_model
+    from hpc_chat.protocol.context import SiteModel
+    from hpc_chat.worker import engine_client
+    from hpc_chat.worker.node_engine import process_start
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    manager = subprocess.Popen(["sleep", "600"])
+    spec = ModelSpec(path=str(resolve_model("default")), n_threads=2)
+    holders, paths, pids = {}, set(), []
+    try:
+        for mb in (0, 64, 1024):
+            engine = engine_client.settings(SiteModel(engine_slots=2, prefix_cache_mb=mb))
+            paths.add(engine_client.engine_path(spec, engine, manager.pid))
+            with engine_client.connect(spec, engine, manager=manager.pid) as conn:
+                conn.send_bytes(encode(Order(op=Op.STATUS)))
+                status = json.loads(conn.recv_bytes())
+            holders[mb], pids = status["holders"], [*pids, status["pid"]]
+    finally:
+        manager.kill()
+        manager.wait()
+    for pid in pids:  # each ends with its manager (a zombie of this process: ended)
+        deadline = time.monotonic() + 60
+        while process_start(pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_start(pid) is None
+    assert len(paths) == 3
+    assert holders[0] == 0 and holders[64] == 3 and holders[1024] > 3, holders
+
+
 def test_the_engine_ends_with_the_worker_pools_manager(tmp_path):
     """The engine outlives the worker that started it (workers come and go), not the manager."""
     manager = subprocess.Popen(["sleep", "600"])
@@ -428,7 +462,7 @@ def test_an_engine_whose_socket_is_removed_stops_and_the_next_client_starts_anot
         old = status_at(sock)["pid"]
         sock.unlink()
         monkeypatch.setattr(os, "getppid", os.getpid)  # the test is the new engine's manager
-        engine_client.start(sock, ModelSpec(path="echo?token_s=0.05"), 1)
+        engine_client.start(sock, ModelSpec(path="echo?token_s=0.05"), {"slots": 1})
         assert proc.wait(timeout=30) == 4  # it ended itself: its socket was gone
         status = status_at(sock)
         new = status["pid"]
@@ -440,3 +474,29 @@ def test_an_engine_whose_socket_is_removed_stops_and_the_next_client_starts_anot
             os.kill(new, signal.SIGTERM)
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parsl
+def test_the_pool_loads_its_node_engine_before_any_task(fixtures, tmp_path):
+    """The workers' launch line starts the agents' node engine with the pool
+    (:mod:`hpc_chat.worker.pool_start`): it listens while no task has been sent, it is the
+    engine the first answer comes from, and it is the only one."""
+    async def go():
+        wf = ParslChatWorkflow(history_path=str(tmp_path / "h.db"), model="echo?tokens=3")
+        await wf.initialize(str(fixtures / "workflows" / "batched.yml"))
+        try:
+            before = await asyncio.to_thread(listening_engines, os.environ["HPC_CHAT_HOME"], 1)
+            sent = wf.executor.dfk.task_count
+            result = await wf.process_request("hello", agents=["balanced_agent"])
+            after = await asyncio.to_thread(listening_engines, os.environ["HPC_CHAT_HOME"], 1)
+            return before, sent, result, after
+        finally:
+            await wf.shutdown()
+
+    before, sent, result, after = asyncio.run(asyncio.wait_for(go(), 300))
+    assert sent == 0
+    assert len(before) == 1 and before[0]["served"] == 0
+    answer = result["responses"][0]
+    assert answer["content"] == "hello hello hello"
+    assert answer["engine"]["pid"] == before[0]["pid"]
+    assert [e["pid"] for e in after] == [before[0]["pid"]] and after[0]["served"] == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from hpc_chat.driver.workflow import ParslChatWorkflow
+from tests.helpers.engines import listening_engines
 from tests.slurm.conftest import wait_until
 
 from .conftest import HOST, NODE2, PARTITION, kill_node2, node_state, restart_node2, signal_node2
@@ -109,14 +111,20 @@ def test_two_node_pilot_block_runs_one_pool_per_node(site, fast, tmp_path):
         await wf.initialize(fast)
         try:
             connected = await both_pools(wf)
+            # each pool loads its engine as it starts (hpc_chat.worker.pool_start), before
+            # any task reaches it
+            engines = await asyncio.to_thread(listening_engines, os.environ["HPC_CHAT_HOME"], 2)
+            sent = wf.executor.dfk.task_count
             results = await asyncio.gather(*ask(wf, 6))
             stats = await wf.get_parsl_stats()
             nodes = job_nodes(stats["job_ids"][0])
         finally:
             await wf.shutdown()
-        return connected, results, stats, nodes
+        return connected, results, stats, nodes, engines, sent
 
-    connected, results, stats, nodes = asyncio.run(go())
+    connected, results, stats, nodes, engines, sent = asyncio.run(go())
+    assert sent == 0 and len(engines) == 2 and {e["served"] for e in engines} == {0}
+    assert {r["responses"][0]["engine"]["pid"] for r in results} == {e["pid"] for e in engines}
     assert len(connected) == 2  # two managers (pools), one per host
     assert stats["managers"] == 2 and stats["active_workers"] == 2
     assert stats["connected_blocks"] == 1

@@ -35,6 +35,8 @@ def test_the_site_model_override_wins_over_the_agents_model():
 
 @pytest.mark.parametrize("context, key", [({"history": "not a list"}, "history"),
                                           ({"model": {"engine_slots": 0}}, "engine_slots"),
+                                          ({"model": {"prefix_cache_mb": -1}},
+                                           "prefix_cache_mb"),
                                           ({"exact": "perhaps"}, "exact")])
 def test_a_context_that_is_not_one_is_an_input_error_naming_its_key(context, key):
     with pytest.raises(ValueError, match=f"context.*{key}"):

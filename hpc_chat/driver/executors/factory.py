@@ -7,15 +7,23 @@ builds (:func:`hpc_chat.sites.build.build_config`, the only Parsl config builder
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from hpc_chat.driver.executors.base import ChatExecutor, ExecutorConfig
 from hpc_chat.driver.workflow_config import LoadedWorkflow, WorkflowSettings
 from hpc_chat.errors import ConfigError
+from hpc_chat.protocol.context import SiteModel
+from hpc_chat.protocol.engine import AgentModel, PoolStart
 from hpc_chat.sites.schema import SiteProfile
 
 
 def make_executor(loaded: LoadedWorkflow, profile: SiteProfile | None, *,
                   endpoint: str | None = None, allocation: bool = False,
-                  globus_state: str | None = None) -> ChatExecutor:
+                  globus_state: str | None = None,
+                  engines: PoolStart | None = None) -> ChatExecutor:
+    """The executor for the workflow. ``engines``: the models its agents run on this site's
+    workers, loaded by each pilot job's pool as it starts (:mod:`hpc_chat.worker.pool_start`);
+    None (or no local agent) loads each at its first task."""
     settings = loaded.settings
     if endpoint or settings.executor.is_globus:
         from hpc_chat.driver.executors.globus import GlobusComputeExecutor
@@ -36,7 +44,21 @@ def make_executor(loaded: LoadedWorkflow, profile: SiteProfile | None, *,
     config.parsl_config = build_parsl_config(
         profile, settings, allocation=allocation, retries=budget,
         retry_handler=make_retry_handler(budget) if budget else None)
+    if engines is not None and engines.agents:
+        from hpc_chat.sites.build import start_engines_with_pool
+
+        start_engines_with_pool(config.parsl_config, engines)
     return ParslExecutor(config)
+
+
+def pool_start_plan(loaded: LoadedWorkflow, site_model: SiteModel,
+                    remote: Collection[str] = ()) -> PoolStart:
+    """The models the workers' node engines will run: every agent's but those named in
+    ``remote`` (the driver calls their ``openai:...`` models itself), with the site's model
+    defaults and ``--model`` (``site_model.override``); each distinct setting once."""
+    agents = (AgentModel(**{key: getattr(a.config, key) for key in AgentModel.model_fields})
+              for a in loaded.agents if a.name not in remote)
+    return PoolStart(model=site_model, agents=list(dict.fromkeys(agents)))
 
 
 def build_parsl_config(profile: SiteProfile, settings: WorkflowSettings, *,
