@@ -5,7 +5,8 @@ spend every step on a single token. Here each ``llama_decode`` call carries the 
 every active request (and the prompts of newly admitted ones), each in its own sequence of the
 KV cache, and each request samples from its own row of logits with its own sampler chain.
 Requests join as soon as a sequence is free and leave when they finish (continuous batching),
-so the batch stays full until the queue runs dry. A request whose answer has a format
+so the batch stays full until the queue runs dry; it holds as many of the context's sequences
+as pay for themselves (:mod:`hpc_chat.llm.slots`). A request whose answer has a format
 (``response_format``, ``grammar``) carries llama.cpp's grammar sampler in its own chain
 (:mod:`hpc_chat.llm.grammar`), so constrained and free requests, and requests with different
 schemas, share one batch.
@@ -47,6 +48,7 @@ from hpc_chat.llm.engine import ChatEngine
 from hpc_chat.llm.feed import Feed, Job
 from hpc_chat.llm.prefix_cache import MIN_HOLDERS, KVSequences, PrefixCache, holders_within
 from hpc_chat.llm.profile import DecodeProfile
+from hpc_chat.llm.slots import SlotCap
 from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
 
 
@@ -78,9 +80,7 @@ class BatchedEngine:
                  prefix_cache_bytes: int | None = None):
         import llama_cpp
 
-        self.lc = llama_cpp
-        self.engine = engine
-        self.n_seq = n_seq
+        self.lc, self.engine, self.n_seq = llama_cpp, engine, n_seq
         llama = engine.llama
         self.model = llama._model.model
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
@@ -112,7 +112,7 @@ class BatchedEngine:
             raise RuntimeError("the model has no chat template; batched mode needs one")
         self.template_stops = engine.template.stops
         self.lock = threading.Lock()
-        self.profile = DecodeProfile()
+        self.profile, self.slots = DecodeProfile(), SlotCap(n_seq)
         self.prefix = PrefixCache(n_seq, holders)
         self.seqs = KVSequences(llama_cpp, self.ctx, self.n_batch, self.profile)
         self.grammars = engine.grammars  # parsed once per model, shared with the engine
@@ -203,8 +203,8 @@ class BatchedEngine:
         try:
             while True:
                 # New requests join at this step while slots are free; wait only when idle.
-                waiting.extend(feed.take(len(free) - len(waiting),
-                                         block=not active and not waiting))
+                room = self.slots.cap - len(active)  # the cap is at most n_seq: ids are free
+                waiting.extend(feed.take(room - len(waiting), block=not active and not waiting))
                 if not active and not waiting:
                     if feed.closed:
                         break
@@ -215,7 +215,7 @@ class BatchedEngine:
                     step_tokens[seq_id] = [(s.next_token, s.pos, True)]
                     s.pos += 1
                 generating = n = len(step_tokens)
-                while waiting and free:  # admit new requests while their prompts fit
+                while waiting and len(active) < self.slots.cap:  # admit while prompts fit
                     job = waiting[0]
                     req = job.req
                     try:
@@ -277,6 +277,8 @@ class BatchedEngine:
                 decoded = time.perf_counter()
                 self.profile.decoded(generating, n - generating, decoded - step,
                                      runs=_runs(step_tokens))
+                if n == generating:  # generated tokens alone: what a batch of that size costs
+                    self.slots.observe(n, decoded - step, len(waiting) + feed.waiting())
                 drawn = self._draw(active)
                 for seq_id in list(active):
                     s = active[seq_id]

@@ -213,3 +213,15 @@ def test_answers_past_256_tokens_are_the_unbatched_ones(engine):
     out = BatchedEngine(engine, n_seq=2).generate(reqs)
     assert max(c.completion_tokens for c in out) > 256
     assert [c.text for c in out] == [c.text for c in unbatched(engine, reqs)]
+
+
+def test_the_batch_never_holds_more_than_its_cap_and_answers_stay_the_same(engine):
+    """A context of 16 sequences whose cap (:mod:`hpc_chat.llm.slots`) is held at 3: ten
+    requests never decode more than 3 at a time, and each answer is the unbatched one."""
+    batched = BatchedEngine(engine, n_seq=16)
+    assert batched.slots.cap == 8  # a context of 16 starts at 8 and grows only if it pays
+    batched.slots.cap, batched.slots.settled = 3, True
+    reqs = requests(10, max_tokens=12)
+    out = batched.generate(reqs)
+    assert max(batched.profile.generation) == 3
+    assert [c.text for c in out] == [c.text for c in unbatched(engine, reqs)]
