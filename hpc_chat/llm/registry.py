@@ -21,7 +21,7 @@ from hpc_chat.protocol.context import ModelDefaults
 PREFIX_CACHE_MB = ModelDefaults.model_fields["prefix_cache_mb"].default
 
 _engines: dict[ModelSpec, Engine] = {}
-_batched: dict[tuple[ModelSpec, int], BatchEngine] = {}
+_batched: dict[tuple[ModelSpec, int, int], BatchEngine] = {}
 _lock = threading.Lock()
 _stats = {"hits": 0, "misses": 0}
 
@@ -46,6 +46,8 @@ def get_batched_engine(engine: Engine, n_seq: int, cache_mb: int | None = None) 
     """The batched context over a loaded engine's model with ``n_seq`` sequences, its prompt
     cache within ``cache_mb`` MiB of KV (the site's ``model.prefix_cache_mb``; None: the
     default, :data:`PREFIX_CACHE_MB`; 0: no prompt cache)."""
+    if cache_mb is None:
+        cache_mb = PREFIX_CACHE_MB
     key = (engine.spec, n_seq, cache_mb)
     with _lock:
         if key not in _batched:
@@ -58,7 +60,7 @@ def get_batched_engine(engine: Engine, n_seq: int, cache_mb: int | None = None) 
 
                 # the bound for a decoding context; a one-sequence one (logprobs and text
                 # completions decoded in a worker) keeps the least, unless the cache is off
-                bound = (PREFIX_CACHE_MB if cache_mb is None else cache_mb) << 20
+                bound = cache_mb << 20
                 _batched[key] = BatchedEngine(engine, n_seq, prefix_cache_bytes=(
                     bound if n_seq > 1 or bound == 0 else None))
         return _batched[key]

@@ -34,8 +34,12 @@ class ModelDefaults(BaseModel):
     engine: Literal["node", "worker"] = "node"
     engine_slots: int = Field(8, ge=1, le=256)
     # The KV memory (MiB) an engine's prompt cache may keep (holder sequences of prompt chunks
-    # requests share: agents' system prompts, conversations' earlier turns); 0 turns it off
+    # requests share: agents' system prompts, conversations' earlier turns), but at least 3
+    # holders, whatever they take; 0 turns it off
     prefix_cache_mb: int = Field(1024, ge=0, le=1 << 20)
+    # the node engines of the workflow's models load as each worker pool starts (false: when
+    # a worker first needs one)
+    preload: bool = True
 
 
 class SiteModel(ModelDefaults):

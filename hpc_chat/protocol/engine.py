@@ -157,6 +157,9 @@ class AgentModel(BaseModel):
     n_gpu_layers: int | None = Field(None, ge=-1)
 
 
+MAX_POOL_MODELS = 64  # distinct agent settings a pool loads ahead; the rest load when needed
+
+
 class PoolStart(BaseModel):
     """What a worker pool's launch line hands :mod:`hpc_chat.worker.pool_start`: the site's
     model defaults and each agent's model settings, so the node engines they need load while
@@ -166,7 +169,7 @@ class PoolStart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: SiteModel
-    agents: list[AgentModel] = Field(max_length=64)
+    agents: list[AgentModel] = Field(max_length=MAX_POOL_MODELS)
 
     def to_arg(self) -> str:
         return base64.urlsafe_b64encode(self.model_dump_json().encode()).decode()

@@ -161,23 +161,29 @@ def build_executor(profile: schema.SiteProfile, *, allocation: bool = False,
 
 
 POOL_LAUNCH = "process_worker_pool.py"  # how Parsl's own launch line starts
-POOL_START = "python3 -m hpc_chat.worker.pool_start"  # found on the same PATH as the pool
+POOL_START = "hpc-chat-pool-start"  # installed beside process_worker_pool.py, on its PATH
 
 
 def start_engines_with_pool(config, plan: PoolStart) -> bool:
     """Make each worker pool of ``config`` load its node engines while it starts.
 
     The HighThroughputExecutor's ``launch_cmd`` (a documented Parsl parameter, formatted by
-    Parsl and run by the launcher on every node) becomes ``python3 -m
-    hpc_chat.worker.pool_start PLAN & exec process_worker_pool.py ...``: the engines' model
-    load overlaps the pool's own start, and ``exec`` keeps the shell's pid, so the pool's
-    manager is the background process's parent (:mod:`hpc_chat.worker.pool_start`). The plan
-    is base64 (shell- and format-safe) and quoted besides.
+    Parsl and run by the launcher on every node) becomes ``hpc-chat-pool-start PLAN
+    --logdir=... & exec process_worker_pool.py ...``: the engines' model load overlaps the
+    pool's own start, and ``exec`` keeps the shell's pid, so the pool's manager is the
+    background process's parent (:mod:`hpc_chat.worker.pool_start`). The console script is
+    installed in the same ``bin/`` as ``process_worker_pool.py``, so the two run the same
+    installation. The plan is base64 (safe from the shell, from a launcher's here-document and
+    from ``str.format``: Parsl formats the line twice) and quoted besides.
 
-    Left alone: a launch line the user wrote, and pools whose workers get their own GPUs
-    (``available_accelerators``) or MPI ranks, since an engine belongs to the GPUs a worker
-    sees and the pool cannot know those before its workers start. Whether any pool changed.
+    Left alone: a launch line the user wrote, a site whose ``model.preload`` is off or whose
+    workers decode their own requests (``model.engine: worker``), and pools whose workers get
+    their own GPUs (``available_accelerators``) or MPI ranks, since an engine belongs to the
+    GPUs a worker sees and the pool cannot know those before its workers start. Whether any
+    pool changed.
     """
+    if not plan.agents or not plan.model.preload or plan.model.engine != "node":
+        return False
     changed = False
     for executor in config.executors:
         command = getattr(executor, "launch_cmd", None)
@@ -186,7 +192,7 @@ def start_engines_with_pool(config, plan: PoolStart) -> bool:
         if getattr(executor, "available_accelerators", None) or \
                 getattr(executor, "enable_mpi_mode", False):
             continue
-        executor.launch_cmd = (f"{POOL_START} {shlex.quote(plan.to_arg())} "
+        executor.launch_cmd = (f"{POOL_START} {shlex.quote(plan.to_arg())} --logdir={{logdir}} "
                                f"</dev/null >/dev/null 2>&1 & exec {command}")
         changed = True
     return changed

@@ -1,5 +1,4 @@
-"""A worker's side of its node's engine: find it (start it when there is none), send it
-requests, read their answers back.
+"""A worker's side of its node's engine: find it or start it, send it requests, read answers.
 
 In a Parsl worker, requests do not decode in the worker's own process: they go over a Unix
 socket to one engine per model spec on the node (:mod:`hpc_chat.worker.node_engine`), which
@@ -10,10 +9,10 @@ is named after the host and the worker pool's manager (so each pilot job's pool 
 engine, which ends with it) and a hash of the model spec, the slots, the prompt-cache bound and
 the GPUs the worker may use (so each GPU of a node gets its own engine).
 
-The first worker that needs an engine starts it, holding a lock file so that only one does;
-the others wait on the lock and then connect. An engine that ends while it holds a request
-raises :class:`EngineLost` here: the whole task fails and Parsl retries it, and the retry
-starts a fresh engine.
+The worker pool's start (:mod:`hpc_chat.worker.pool_start`), or else the first worker that
+needs an engine, starts it, holding a lock file so that only one does; the others wait on the
+lock and then connect. An engine that ends while it holds a request raises
+:class:`EngineLost` here: the whole task fails, Parsl retries it, the retry starts a fresh one.
 """
 
 from __future__ import annotations
@@ -75,10 +74,11 @@ def settings(site_model: SiteModel) -> dict:
             "prefix_cache_mb": site_model.prefix_cache_mb}
 
 
-def _shape(engine: dict) -> tuple[int, int | None]:
-    """An engine's slots and prompt-cache bound (MiB; None: the engines' default)."""
-    slots = engine.get("slots") or SiteModel.model_fields["engine_slots"].default
-    return int(slots), engine.get("prefix_cache_mb")
+def _shape(engine: dict) -> tuple[int, int]:
+    """An engine's slots and prompt-cache bound (MiB), the sites' defaults when not given."""
+    fields, cache = SiteModel.model_fields, engine.get("prefix_cache_mb")
+    return (int(engine.get("slots") or fields["engine_slots"].default),
+            fields["prefix_cache_mb"].default if cache is None else int(cache))
 
 
 def wanted(engine: dict) -> bool:
@@ -202,7 +202,7 @@ def start(path: Path, spec: ModelSpec, engine: dict, *, again: bool = True,
             proc = subprocess.Popen(
                 [sys.executable, "-m", "hpc_chat.worker.node_engine", "--socket", str(path),
                  "--spec", spec.model_dump_json(), "--slots", str(slots),
-                 *(["--prefix-cache-mb", str(cache_mb)] if cache_mb is not None else []),
+                 "--prefix-cache-mb", str(cache_mb),
                  "--manager", str(manager or os.getppid())],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 close_fds=True)

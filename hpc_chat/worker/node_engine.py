@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s node-engine %(message)s")
     path = Path(args.socket)
-    manager_start = process_start(args.manager)
+    manager_start = process_start(args.manager) if args.manager > 1 else None
     if manager_start is None:
         log.error("the worker pool's manager (pid %d) is not running: not starting",
                   args.manager)

@@ -13,7 +13,7 @@ from hpc_chat.driver.executors.base import ChatExecutor, ExecutorConfig
 from hpc_chat.driver.workflow_config import LoadedWorkflow, WorkflowSettings
 from hpc_chat.errors import ConfigError
 from hpc_chat.protocol.context import SiteModel
-from hpc_chat.protocol.engine import AgentModel, PoolStart
+from hpc_chat.protocol.engine import MAX_POOL_MODELS, AgentModel, PoolStart
 from hpc_chat.sites.schema import SiteProfile
 
 
@@ -44,7 +44,7 @@ def make_executor(loaded: LoadedWorkflow, profile: SiteProfile | None, *,
     config.parsl_config = build_parsl_config(
         profile, settings, allocation=allocation, retries=budget,
         retry_handler=make_retry_handler(budget) if budget else None)
-    if engines is not None and engines.agents:
+    if engines is not None:
         from hpc_chat.sites.build import start_engines_with_pool
 
         start_engines_with_pool(config.parsl_config, engines)
@@ -58,7 +58,7 @@ def pool_start_plan(loaded: LoadedWorkflow, site_model: SiteModel,
     defaults and ``--model`` (``site_model.override``); each distinct setting once."""
     agents = (AgentModel(**{key: getattr(a.config, key) for key in AgentModel.model_fields})
               for a in loaded.agents if a.name not in remote)
-    return PoolStart(model=site_model, agents=list(dict.fromkeys(agents)))
+    return PoolStart(model=site_model, agents=list(dict.fromkeys(agents))[:MAX_POOL_MODELS])
 
 
 def build_parsl_config(profile: SiteProfile, settings: WorkflowSettings, *,
