@@ -225,3 +225,14 @@ def test_the_batch_never_holds_more_than_its_cap_and_answers_stay_the_same(engin
     out = batched.generate(reqs)
     assert max(batched.profile.generation) == 3
     assert [c.text for c in out] == [c.text for c in unbatched(engine, reqs)]
+
+
+def test_a_strong_repeat_penalty_sampled_at_temperature_gives_the_unbatched_answers(engine):
+    """The batched engine applies the repeat penalty to the last 64 tokens itself
+    (:class:`~hpc_chat.llm.sampling.ChainSampler`), not with llama.cpp's sampler over the whole
+    vocabulary: the same draws, seeded and greedy, past 64 tokens (the window slides)."""
+    reqs = [r.model_copy(update={"seed": 11 + i, "temperature": 0.8 if i % 2 else 0.0})
+            for i, r in enumerate(requests(4, max_tokens=96, repeat_penalty=1.5))]
+    out = BatchedEngine(engine, n_seq=4).generate(reqs)
+    assert any(c.completion_tokens > 64 for c in out)
+    assert [c.text for c in out] == [c.text for c in unbatched(engine, reqs)]
