@@ -43,7 +43,7 @@ from hpc_chat.worker.node_engine import process_start
 
 log = logging.getLogger("hpc_chat.pool_start")
 POOL = b"process_worker_pool"  # what the manager runs once the shell has exec'd it
-POOL_WAIT_S = 120.0  # a shell that has not become the pool by then never will
+POOL_WAIT_S = 30.0  # the shell execs the pool right after starting this: by then it has
 POLL_S = 0.05
 
 
@@ -64,12 +64,13 @@ def specs(plan: PoolStart) -> list[ModelSpec]:
 
 
 def wait_for_pool(manager: int, timeout: float = POOL_WAIT_S) -> int | None:
-    """The manager's start time once ``manager`` runs the worker pool; None when it ends,
-    or has not become the pool within ``timeout`` (its ``exec`` failed)."""
+    """The manager's start time once ``manager`` runs the worker pool; None when it ends, when
+    this process is no longer its child (a subreaper took it: the shell's ``exec`` failed), or
+    when it has not become the pool within ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         started = process_start(manager)
-        if started is None:
+        if started is None or os.getppid() != manager:
             return None
         try:
             if POOL in Path(f"/proc/{manager}/cmdline").read_bytes():
