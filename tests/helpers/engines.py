@@ -48,15 +48,25 @@ def engine_holds(worker: int, requests: int, timeout: float = 60, home=None) -> 
 
 
 
-def listening_engines(home: str, count: int, timeout: float = 120) -> list[dict]:
-    """The statuses of the node engines of ``home`` that answer on their sockets, waited for
-    until ``count`` do (``timeout`` only bounds a failure)."""
+def listening_engines(home: str, count: int, timeout: float = 120,
+                      run_dir: str | None = None, manager: int | None = None) -> list[dict]:
+    """The statuses of the node engines of ``home`` that answer on their sockets (only those
+    of the worker pools of the Parsl run in ``run_dir``, or of the pool ``manager``, when
+    given: an earlier test's engine may not have ended yet), waited for until ``count`` do
+    (``timeout`` only bounds a failure)."""
     deadline = time.monotonic() + timeout
     found: list[dict] = []
     while time.monotonic() < deadline:
         found = []
-        for cmdline in processes_of_home(home).values():
-            if "hpc_chat.worker.node_engine" in cmdline:
+        running = processes_of_home(home)
+        pools = {pid for pid, cmd in running.items() if "process_worker_pool" in cmd
+                 and (run_dir is None or f"{run_dir.rstrip('/')}/" in cmd)}
+        if manager is not None:
+            pools = {manager}
+        for cmdline in running.values():
+            if "hpc_chat.worker.node_engine" in cmdline and (
+                    (run_dir is None and manager is None) or
+                    int(cmdline.rsplit(" ", 1)[-1]) in pools):
                 try:
                     found.append(status_at(cmdline.split("--socket ")[1].split()[0]))
                 except OSError:

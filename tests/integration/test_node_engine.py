@@ -485,10 +485,13 @@ def test_the_pool_loads_its_node_engine_before_any_task(fixtures, tmp_path):
         wf = ParslChatWorkflow(history_path=str(tmp_path / "h.db"), model="echo?tokens=3")
         await wf.initialize(str(fixtures / "workflows" / "batched.yml"))
         try:
-            before = await asyncio.to_thread(listening_engines, os.environ["HPC_CHAT_HOME"], 1)
+            run = wf.executor.dfk.run_dir  # this run's pools and engines, not a last test's
+            before = await asyncio.to_thread(listening_engines, os.environ["HPC_CHAT_HOME"], 1,
+                                             run_dir=run)
             sent = wf.executor.dfk.task_count
             result = await wf.process_request("hello", agents=["balanced_agent"])
-            after = await asyncio.to_thread(listening_engines, os.environ["HPC_CHAT_HOME"], 1)
+            after = await asyncio.to_thread(listening_engines, os.environ["HPC_CHAT_HOME"], 1,
+                                            run_dir=run)
             return before, sent, result, after
         finally:
             await wf.shutdown()

@@ -113,7 +113,8 @@ def test_two_node_pilot_block_runs_one_pool_per_node(site, fast, tmp_path):
             connected = await both_pools(wf)
             # each pool loads its engine as it starts (hpc_chat.worker.pool_start), before
             # any task reaches it
-            engines = await asyncio.to_thread(listening_engines, os.environ["HPC_CHAT_HOME"], 2)
+            engines = await asyncio.to_thread(listening_engines, os.environ["HPC_CHAT_HOME"], 2,
+                                              run_dir=wf.executor.dfk.run_dir)
             sent = wf.executor.dfk.task_count
             results = await asyncio.gather(*ask(wf, 6))
             stats = await wf.get_parsl_stats()
