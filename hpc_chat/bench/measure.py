@@ -99,7 +99,7 @@ def batched_profile(n: int, threads: int, n_seq: int = 8) -> dict[str, Any]:
         try:
             done = engine_b.generate(batch)
             prof = engine_b.profile.as_dict()
-            prof["n_seq"] = width
+            prof["n_seq"], prof["slots"] = width, engine_b.slots.as_dict()
             prof["tok_s"] = sum(c.completion_tokens for c in done) / prof["wall_s"]
             out[label] = prof
         finally:

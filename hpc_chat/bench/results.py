@@ -119,6 +119,7 @@ class Decode(_Model):
     ms_per_token_by_batch: dict[int, float]
     passes_per_step: float | None = None  # runs of consecutive sequence ids (older: absent)
     moves: int | None = None  # sequences moved down to close a gap
+    slots: dict | None = None  # the slot cap and tokens/s per batch size (older: absent)
 
     @property
     def other_s(self) -> float:

@@ -274,6 +274,7 @@ class BatchedEngine:
                 rc = lc.llama_decode(self.ctx, batch)
                 if rc != 0:
                     raise RuntimeError(f"llama_decode failed with code {rc}")
+                lc.llama_synchronize(self.ctx)  # a GPU's decode ends here, not at the call
                 decoded = time.perf_counter()
                 self.profile.decoded(generating, n - generating, decoded - step,
                                      runs=_runs(step_tokens))

@@ -48,6 +48,8 @@ def get_batched_engine(engine: Engine, n_seq: int, cache_mb: int | None = None) 
     default, :data:`PREFIX_CACHE_MB`; 0: no prompt cache)."""
     if cache_mb is None:
         cache_mb = PREFIX_CACHE_MB
+    if n_seq == 1:  # a one-sequence context keeps the fewest holders, or none: one context
+        cache_mb = min(cache_mb, 1)
     key = (engine.spec, n_seq, cache_mb)
     with _lock:
         if key not in _batched:
@@ -60,7 +62,7 @@ def get_batched_engine(engine: Engine, n_seq: int, cache_mb: int | None = None) 
 
                 # the bound for a decoding context; a one-sequence one (logprobs and text
                 # completions decoded in a worker) keeps the least, unless the cache is off
-                bound = cache_mb << 20
+                bound = cache_mb << 20 if n_seq > 1 else cache_mb
                 _batched[key] = BatchedEngine(engine, n_seq, prefix_cache_bytes=(
                     bound if n_seq > 1 or bound == 0 else None))
         return _batched[key]

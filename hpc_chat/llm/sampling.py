@@ -55,8 +55,9 @@ def sampler_for(lc, vocab, req, seed: int, grammars, index: VocabIndex | None):
     on a shortlist first."""
     grammar = grammars.new(req.output) if req.output is not None else None  # may refuse
     n_vocab = lc.llama_vocab_n_tokens(vocab)
-    penalties = lc.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, req.repeat_penalty,
-                                                0.0, 0.0)
+    own = grammar is None and req.logprobs is None  # the penalty applied by ChainSampler
+    penalties = None if own else lc.llama_sampler_init_penalties(
+        n_vocab, PENALTY_LAST_N, req.repeat_penalty, 0.0, 0.0)
     rest = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     if req.temperature == 0.0:
         lc.llama_sampler_chain_add(rest, lc.llama_sampler_init_greedy())
@@ -71,8 +72,7 @@ def sampler_for(lc, vocab, req, seed: int, grammars, index: VocabIndex | None):
         keep = 1 if req.temperature == 0.0 else req.top_k
         param = PARAM_OF.get(req.output.kind, "response_format")
         return ConstrainedSampler(lc, index, penalties, grammar, rest, keep, param)
-    if req.logprobs is None:  # the row of logits may be changed: see ChainSampler
-        lc.llama_sampler_free(penalties)
+    if own:  # the row of logits may be changed: see ChainSampler
         return ChainSampler(lc, rest, n_vocab, req.repeat_penalty)
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     lc.llama_sampler_chain_add(chain, penalties)
@@ -157,7 +157,8 @@ class ChainSampler:
                                            shape=(self.n_vocab,))
             ids = np.fromiter(self.counts, dtype=np.int64, count=len(self.counts))
             seen = logits[ids]
-            logits[ids] = np.where(seen <= 0, seen * self.penalty, seen / self.penalty)
+            with np.errstate(all="ignore"):  # both branches are computed; one is kept
+                logits[ids] = np.where(seen <= 0, seen * self.penalty, seen / self.penalty)
         token = self.lc.llama_sampler_sample(self.chain, ctx, row)
         if self.penalty is not None:
             self._accept(token)

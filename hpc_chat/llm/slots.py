@@ -27,9 +27,14 @@ measured later (with longer caches) is measured a little slow: the rule errs tow
 smaller batch.
 
 Only steps that carry generated tokens alone are measured (a prompt in the step would make it
-cost more for a reason that is not its size). The cap never changes an answer: which
-sequences share a step changes no sequence's numbers (docs/performance.md). Its one cost is
-the trial itself: ``SAMPLES`` steps at a size that may not pay.
+cost more for a reason that is not its size), each timed to its end on the device
+(``llama_synchronize``: a GPU's ``llama_decode`` returns before the work is done). The cap
+changes answers only where batching already may: which sequences share a step changes no
+sequence's numbers, except that a sequence past 256 cells decoded beside others takes another
+flash-attention path than alone, so a near-tie there may flip (docs/performance.md). The
+verdict is one comparison, kept for the engine's life: on a machine where the two sizes are
+about equal it may go either way, and either way costs little. Its one cost is the trial
+itself: ``SAMPLES`` steps at a size that may not pay.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ class SlotCap:
         return size * steps / seconds if seconds > 0 else float("inf")
 
     def as_dict(self) -> dict:
-        """What the benchmark report shows: the cap, and tokens/s at each size measured."""
+        """The cap, and tokens/s at each size measured (the bench's engine profile keeps it)."""
         return {"cap": self.cap, "most": self.most,
                 "tokens_per_s_by_batch": {str(b): self._rate(b) for b in sorted(self.steps)
                                           if self.steps[b][1] > 0}}
