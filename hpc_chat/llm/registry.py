@@ -62,9 +62,8 @@ def get_batched_engine(engine: Engine, n_seq: int, cache_mb: int | None = None) 
 
                 # the bound for a decoding context; a one-sequence one (logprobs and text
                 # completions decoded in a worker) keeps the least, unless the cache is off
-                bound = cache_mb << 20 if n_seq > 1 else cache_mb
                 _batched[key] = BatchedEngine(engine, n_seq, prefix_cache_bytes=(
-                    bound if n_seq > 1 or bound == 0 else None))
+                    cache_mb << 20 if n_seq > 1 or not cache_mb else None))
         return _batched[key]
 
 

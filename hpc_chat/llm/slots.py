@@ -22,9 +22,8 @@ requests wait, when throughput is what counts; and its gain end to end is larger
 per step. Measured here (Intel Xeon, 2 cores, the real workload's 64 prompts on the engine
 alone): a full step of 16 made 4-15% more tokens/s than one of 8, and the whole batch finished
 8% sooner (161-166 against 149-153 tokens/s), since its longest answers start sooner and the
-tail in which a few of them decode alone is shorter. Steps are timed as they come, so a size
-measured later (with longer caches) is measured a little slow: the rule errs toward the
-smaller batch.
+tail in which a few of them decode alone is shorter. Steps are timed as they come: the larger
+size is measured later, mostly with longer caches, which makes it look a little slower.
 
 Only steps that carry generated tokens alone are measured (a prompt in the step would make it
 cost more for a reason that is not its size), each timed to its end on the device
