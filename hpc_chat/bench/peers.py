@@ -53,16 +53,19 @@ def _clients_run(url: str, headers: dict, n: int, clients: int, body, max_tokens
 
 
 @contextmanager
-def serving() -> Iterator[tuple[str, dict[str, str]]]:
+def serving(homes: list[str] | None = None) -> Iterator[tuple[str, dict[str, str]]]:
     """``hpc-chat serve`` (packaged defaults, local site) in a home of its own, once its
     ``/health`` answers (a worker has started): its URL and the headers that carry its key;
-    stopped at the end. A caller that times it sends one request first (the engine's load)."""
+    stopped at the end. A caller that times it sends one request first (the engine's load).
+    Its home (every path of its run is under it) is appended to ``homes`` when given."""
     import sys
 
     with tempfile.TemporaryDirectory(prefix="hpc_chat_bench_") as home:
         env = {**os.environ, "HPC_CHAT_HOME": home}
         proc = subprocess.Popen([sys.executable, "-m", "hpc_chat", "serve", "--port", "0"],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if homes is not None:
+            homes.append(home)
         try:
             info = Path(home) / "server" / "server.json"
             deadline = time.monotonic() + 300

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from hpc_chat.bench.rates import Measured, Rate, ResultModel, TurnsRate
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, serialize_by_alias=True)
-
-
-class Meta(_Model):
+class Meta(ResultModel):
     date: str
     cores: int
     repeats: int
@@ -25,16 +23,6 @@ class Meta(_Model):
     max_tokens: int
     model_bytes: int
     machine: str = "an unrecorded machine"  # CPU model and host, as the suite saw them
-
-
-class Rate(_Model):
-    """One measured run shape (medians over the repeats)."""
-
-    wall_s: float
-    tok_s: float
-    req_s: float
-    tokens: int | None = None
-    runs: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class WorkflowRate(Rate):
@@ -57,13 +45,13 @@ class Config(WorkflowRate):
         return f"{self.workers} worker x {self.threads} thread, {mode}"
 
 
-class Stubbed(_Model):
+class Stubbed(ResultModel):
     p50_ms: float
     p95_ms: float
     tasks_s: float
 
 
-class Overhead(_Model):
+class Overhead(ResultModel):
     direct: Rate
     workflow: WorkflowRate
     ratio: float
@@ -71,13 +59,13 @@ class Overhead(_Model):
     stubbed: Stubbed
 
 
-class NativeWidth(_Model):
+class NativeWidth(ResultModel):
     tg_tok_s: float
     pp_tok_s: float
     tok_s: float
 
 
-class NativeBatched(_Model):
+class NativeBatched(ResultModel):
     """llama.cpp's ``llama-batched-bench``: figures by number of sequences."""
 
     prompt_tokens: int
@@ -92,7 +80,7 @@ class NativeBatched(_Model):
         return top, self.widths[top].tok_s / self.widths[1].tok_s
 
 
-class Throughput(_Model):
+class Throughput(ResultModel):
     direct: Rate
     configs: list[Config]
     llama_server: Rate | None = None
@@ -104,7 +92,7 @@ class Throughput(_Model):
         return max(self.configs, key=lambda c: c.tok_s)
 
 
-class Decode(_Model):
+class Decode(ResultModel):
     """The batched engine's own counters (:class:`hpc_chat.llm.profile.DecodeProfile`)."""
 
     wall_s: float
@@ -126,12 +114,12 @@ class Decode(_Model):
         return self.wall_s - self.decode_s - self.prefix_s - self.sample_s
 
 
-class Profile(_Model):
+class Profile(ResultModel):
     batched: Decode
     single: Decode
 
 
-class WarmStart(_Model):
+class WarmStart(ResultModel):
     first_latency_s: float
     steady_latency_s: float
     model_loads_per_worker: float
@@ -150,7 +138,7 @@ class TwoNodeRate(WorkflowRate):
     one_node: WorkflowRate  # the same per-node setup in a 1-node pilot job, same run
 
 
-class Limit(_Model):
+class Limit(ResultModel):
     copy_gb_s: float
     ceiling_tok_s: float
     single_stream_tok_s: float
@@ -177,7 +165,7 @@ class ServerRate(Rate):
     server_per_request_tok_s: float = 0.0
 
 
-class FirstToken(_Model):
+class FirstToken(ResultModel):
     first_token_s: float
     runs: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -186,7 +174,7 @@ class NativeAtLength(NativeBatched):
     generated_tokens: int
 
 
-class RealWorkload(_Model):
+class RealWorkload(ResultModel):
     """The headline case: the packaged agent's own settings and natural answer lengths."""
 
     requests: int
@@ -204,7 +192,7 @@ class RealWorkload(_Model):
         return self.hpc_chat.tok_s / self.direct.tok_s
 
 
-class SchemaWorkload(_Model):
+class SchemaWorkload(ResultModel):
     """The real workload with a ``json_schema`` (:mod:`hpc_chat.bench.schema`)."""
 
     requests: int
@@ -231,21 +219,12 @@ class SchemaWorkload(_Model):
         return self.schema_.tok_s / self.plain.tok_s
 
 
-class _Measured(_Model):
-    """Where and when a workload section was measured (each section is run on its own, with
-    ``--only``, so each says so itself)."""
-
-    date: str
-    machine: str
-    cores: int
-
-
 class EmbedRate(Rate):
     inputs_s: float
     dimensions: int
 
 
-class EmbeddingWorkload(_Measured):
+class EmbeddingWorkload(Measured):
     """A corpus embedded through ``/v1/embeddings`` (:mod:`hpc_chat.bench.embeddings`)."""
 
     inputs: int
@@ -258,7 +237,7 @@ class EmbeddingWorkload(_Measured):
     llama_server: EmbedRate | None = None
 
 
-class ScaleRun(_Model):
+class ScaleRun(ResultModel):
     lines: int
     task_size: int | None = None  # requests per task (older results: not recorded)
     task_size_given: bool = False  # --task-size, not the workflow's batch_size
@@ -269,7 +248,7 @@ class ScaleRun(_Model):
     resume_peak_rss_mb: float | None = None
 
 
-class ScaleWorkload(_Measured):
+class ScaleWorkload(Measured):
     """``hpc-chat batch`` at corpus scale with the echo model (:mod:`hpc_chat.bench.scale`)."""
 
     model: str
@@ -282,7 +261,7 @@ class CollabRate(Rate):
     steady_tok_s: float | None = None
 
 
-class Quality(_Model):
+class Quality(ResultModel):
     questions: int
     route: float
     review: float
@@ -290,7 +269,7 @@ class Quality(_Model):
     review_tokens: int
 
 
-class CollaborationWorkload(_Measured):
+class CollaborationWorkload(Measured):
     """A 3-agent ``synthesize`` over the real prompts (:mod:`hpc_chat.bench.collaboration`)."""
 
     prompts: int
@@ -311,13 +290,7 @@ class CollaborationWorkload(_Measured):
         return (self.hpc_chat.steady_tok_s or self.hpc_chat.tok_s) / self.concurrent.tok_s
 
 
-class TurnsRate(Rate):
-    prompt_tokens: int
-    tok_s_min: float
-    tok_s_max: float
-
-
-class MultiTurnWorkload(_Measured):
+class MultiTurnWorkload(Measured):
     """Conversations, each request with its whole history (:mod:`hpc_chat.bench.multiturn`)."""
 
     conversations: int
@@ -336,7 +309,31 @@ class MultiTurnWorkload(_Measured):
         return self.hpc_chat.tok_s / max(r.tok_s for r in self.llama_server.values())
 
 
-class FormatRate(_Model):
+class EqualWorkload(Measured):
+    """The real workload on warm servers, answers of equal length (:mod:`hpc_chat.bench.equal`):
+    ``peers[peer][way]``, ``way`` ``open`` (every request at once) or ``clients``."""
+
+    requests: int
+    repeats: int
+    clients: int
+    order: list[str]
+    system_info: str
+    lengths: list[int]
+    peers: dict[str, dict[str, TurnsRate]]
+
+    def vs_best_server(self, way: str) -> float | None:
+        """Warm serve's tokens/s / the best llama-server configuration's, sent ``way``."""
+        servers = [ways[way].tok_s for name, ways in self.peers.items() if name != "hpc_chat"]
+        return self.peers["hpc_chat"][way].tok_s / max(servers) if servers else None
+
+    @property
+    def prompts_agree(self) -> bool:
+        """Every peer counted the same prompt tokens and generated the same tokens."""
+        rates = [r for ways in self.peers.values() for r in ways.values()]
+        return len({(r.prompt_tokens, r.tokens) for r in rates}) == 1
+
+
+class FormatRate(ResultModel):
     loop_tok_s: float
     tok_s: float  # the batched engine's
     perplexity: float
@@ -346,7 +343,7 @@ class FormatRate(_Model):
     runs: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class FormatsWorkload(_Measured):
+class FormatsWorkload(Measured):
     """The embedded model in each weight format (:mod:`hpc_chat.bench.formats`)."""
 
     repeats: int
@@ -356,7 +353,7 @@ class FormatsWorkload(_Measured):
     formats: dict[str, FormatRate]
 
 
-class BenchResults(_Model):
+class BenchResults(ResultModel):
     meta: Meta
     real: RealWorkload | None = None
     overhead: Overhead
@@ -372,3 +369,4 @@ class BenchResults(_Model):
     collaboration: CollaborationWorkload | None = None
     multiturn: MultiTurnWorkload | None = None
     formats: FormatsWorkload | None = None
+    equal: EqualWorkload | None = None

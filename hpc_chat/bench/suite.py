@@ -298,6 +298,10 @@ def run_suite(repeats: int = 3, requests: int = 32, overhead_requests: int = 16,
         "machine": machine_description()}}
     log("the real workload")
     results["real"] = real_workload(real_requests, repeats, log)
+    log("the real workload on warm servers, answers of equal length")
+    from hpc_chat.bench.equal import equal_workload
+
+    results["equal"] = equal_workload(real_requests, repeats, log)
     log("the real workload with a json_schema")
     from hpc_chat.bench.schema import schema_workload  # it runs this module's batch runs
 

@@ -158,7 +158,7 @@ def cleanup(dry_run):
 @click.option("--report-only", is_flag=True,
               help="Rewrite the report from RESULTS_DIR/results.json without measuring.")
 @click.option("--only", type=click.Choice(["schema", "embeddings", "scale", "collaboration",
-                                          "multiturn", "formats"]),
+                                          "multiturn", "formats", "equal"]),
               default=None,
               help="Measure this section alone into RESULTS_DIR/results.json (the others kept "
                    "from the run that wrote it; the section says when and where it ran).")
@@ -212,6 +212,11 @@ def bench(repeats, n_requests, real_requests, results_dir, update_docs, no_slurm
             from hpc_chat.bench.formats import formats_workload
 
             res = {**json.loads(saved.read_text()), "formats": formats_workload(repeats, log)}
+        elif only == "equal":
+            from hpc_chat.bench.equal import equal_workload
+
+            res = {**json.loads(saved.read_text()),
+                   "equal": equal_workload(real_requests, repeats, log)}
     else:
         problem = plotting_problem()
         if problem:  # say so before minutes of measuring, not after

@@ -35,7 +35,8 @@ SENT = ("temperature", "top_p", "max_tokens", "seed", "stop", "response_format")
 # What only hpc_chat's own engine does: refused for a remote model rather than dropped.
 LOCAL_ONLY = {"grammar": "a raw grammar (send response_format instead)", "tools": "tools",
               "tool_result": "a tool's result", "logprobs": "logprobs",
-              "text_completion": "a text completion (a raw prompt, no chat template)"}
+              "text_completion": "a text completion (a raw prompt, no chat template)",
+              "ignore_eos": "ignore_eos"}
 
 
 class RemoteRequestError(HpcChatError, ValueError):

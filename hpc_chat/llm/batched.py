@@ -47,7 +47,7 @@ from hpc_chat.llm import logprobs, sampling
 from hpc_chat.llm.engine import ChatEngine
 from hpc_chat.llm.feed import Feed, Job
 from hpc_chat.llm.prefix_cache import MIN_HOLDERS, KVSequences, PrefixCache, holders_within
-from hpc_chat.llm.profile import DecodeProfile
+from hpc_chat.llm.profile import DecodeProfile, passes
 from hpc_chat.llm.slots import SlotCap
 from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
 
@@ -118,6 +118,7 @@ class BatchedEngine:
         self.grammars = engine.grammars  # parsed once per model, shared with the engine
         self.pool: ThreadPoolExecutor | None = None  # drawing constrained tokens, when needed
         self._vocab_index: sampling.VocabIndex | None = None
+        self._eog: np.ndarray | None = None  # end-of-generation tokens, once ignore_eos asks
 
     def close(self) -> None:
         if self.pool is not None:
@@ -155,12 +156,15 @@ class BatchedEngine:
 
     def _sampler(self, req: GenRequest, seed: int):
         """The request's own sampler (:func:`~hpc_chat.llm.sampling.sampler_for`); the
-        vocabulary index is built once, by the first request with a format."""
+        vocabulary index (and the end-of-generation tokens) are found once, by the first
+        request with a format (with ``ignore_eos``)."""
         if req.output is not None and self._vocab_index is None:
             self._vocab_index = sampling.VocabIndex(self.lc, self.vocab,
                                                     self.lc.llama_vocab_n_tokens(self.vocab))
+        if req.ignore_eos and self._eog is None:
+            self._eog = sampling.eog_tokens(self.lc, self.vocab)
         return sampling.sampler_for(self.lc, self.vocab, req, seed, self.grammars,
-                                    self._vocab_index)
+                                    self._vocab_index, self._eog)
 
     def _piece(self, token: int) -> bytes:
         return sampling.token_piece(self.lc, self.vocab, token, special=False)
@@ -277,7 +281,7 @@ class BatchedEngine:
                 lc.llama_synchronize(self.ctx)  # a GPU's decode ends here, not at the call
                 decoded = time.perf_counter()
                 self.profile.decoded(generating, n - generating, decoded - step,
-                                     runs=_runs(step_tokens))
+                                     runs=passes(step_tokens))
                 if n == generating:  # generated tokens alone: what a batch of that size costs
                     self.slots.observe(n, decoded - step, len(waiting) + feed.waiting())
                 drawn = self._draw(active)
@@ -391,10 +395,3 @@ class BatchedEngine:
                    "shared_prompt_tokens": s.shared, "cached_prompt_tokens": s.cached,
                    **({"logprobs": logprobs.within(s.logprobs, len(s.text))}
                       if s.req.logprobs is not None else {})})
-
-
-def _runs(step_tokens: dict[int, list]) -> int:
-    """How many runs of consecutive sequence ids a step has: llama.cpp's passes over the
-    weights for its generated tokens."""
-    ids = sorted(step_tokens)
-    return sum(1 for i, seq_id in enumerate(ids) if i == 0 or ids[i - 1] != seq_id - 1)

@@ -79,6 +79,7 @@ class ChatEngine:
         self._prefix: list[int] = []  # the tokens the KV cache holds, evaluated in chunks
         self._prefix_ends: tuple[int, ...] = ()  # where those chunks end
         self._piece_bytes = None
+        self._never: dict[int, float] | None = None  # logit_bias of ignore_eos, made once
         log.debug("loaded %s in %.2fs with %d threads", spec.path, self.load_s, self.n_threads)
 
     def use_template(self, template: str) -> None:
@@ -194,7 +195,8 @@ class ChatEngine:
                  until: Callable[[], bool] | None = None) -> Completion:
         """Answer one request (the batched engine takes a list of the same type)."""
         return self.chat(req.messages, loaded_now=loaded_now, on_text=on_text,
-                         output=req.output, tools=req.tools, until=until, **req.sampling())
+                         output=req.output, tools=req.tools, until=until,
+                         ignore_eos=req.ignore_eos, **req.sampling())
 
     def chat(self, messages: list[dict[str, Any]], *, loaded_now: bool = False,
              on_text: Callable[[str], bool] | None = None, output: OutputFormat | None = None,
@@ -230,6 +232,16 @@ class ChatEngine:
 
             self.grammars.check(output)  # a grammar llama.cpp cannot parse: refused here
             grammar = LlamaGrammar.from_string(output.gbnf, verbose=False)
+        never = None  # ignore_eos: the end-of-generation tokens ahead of the chain, as batched
+        if s.ignore_eos:
+            if self._never is None:
+                import llama_cpp
+
+                from hpc_chat.llm.sampling import eog_tokens
+
+                self._never = {int(t): float("-inf") for t in eog_tokens(
+                    llama_cpp, llama_cpp.llama_model_get_vocab(self.llama._model.model))}
+            never = self._never
         if until is not None:  # llama-cpp-python's chat call stops only a stream early
             on_text = _stopped_by(until, on_text)
         with self._lock:
@@ -240,7 +252,7 @@ class ChatEngine:
                     messages=msgs, tools=offered, temperature=temperature, max_tokens=max_tokens,
                     seed=seed, stop=stop or [], top_p=top_p, top_k=top_k,
                     repeat_penalty=repeat_penalty, stream=on_text is not None,
-                    grammar=grammar)
+                    grammar=grammar, logit_bias=never)
                 if on_text is not None:
                     out = self._collect(out, on_text, count_prompt)
             except ValueError as exc:

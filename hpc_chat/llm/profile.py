@@ -40,6 +40,10 @@ class DecodeProfile:
             calls[0] += 1
             calls[1] += seconds
 
+    def counters(self) -> dict[str, int]:
+        """What a node engine's status reports (:class:`~hpc_chat.protocol.engine.EngineStatus`)."""
+        return {"steps": self.steps, "passes": self.runs, "generated": self.generated_tokens}
+
     def as_dict(self) -> dict:
         return {"wall_s": self.wall_s, "decode_s": self.decode_s, "sample_s": self.sample_s,
                 "prefix_s": self.prefix_s, "prefix_tokens": self.prefix_tokens,
@@ -50,3 +54,10 @@ class DecodeProfile:
                 # string keys, as they read back from the results JSON
                 "ms_per_token_by_batch": {str(b): 1000 * s / (c * b) for b, (c, s)
                                           in sorted(self.generation.items())}}
+
+
+def passes(step_tokens: dict[int, list]) -> int:
+    """How many runs of consecutive sequence ids a step has: llama.cpp's passes over the
+    weights for its generated tokens."""
+    ids = sorted(step_tokens)
+    return sum(1 for i, seq_id in enumerate(ids) if i == 0 or ids[i - 1] != seq_id - 1)

@@ -47,12 +47,15 @@ SHORTLIST = 256  # candidates the grammar sees first: well above top_k's default
 TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")], align=True)
 
 
-def sampler_for(lc, vocab, req, seed: int, grammars, index: VocabIndex | None):
+def sampler_for(lc, vocab, req, seed: int, grammars, index: VocabIndex | None,
+                eog: np.ndarray | None = None):
     """A request's own sampler, in llama-cpp-python's order: penalties, the grammar (when the
     answer has a format, from ``grammars``, a :class:`~hpc_chat.llm.grammar.GrammarSamplers`),
     then greedy or the stochastic samplers. A request with a format gets the three as separate
     pieces (:class:`ConstrainedSampler`, which needs ``index``), so the grammar can be checked
-    on a shortlist first."""
+    on a shortlist first. ``eog`` (:func:`eog_tokens`) is needed by a request with
+    ``ignore_eos`` (never one with a format: :class:`~hpc_chat.protocol.request.GenRequest`
+    refuses the pair)."""
     grammar = grammars.new(req.output) if req.output is not None else None  # may refuse
     n_vocab = lc.llama_vocab_n_tokens(vocab)
     own = grammar is None and req.logprobs is None  # the penalty applied by ChainSampler
@@ -72,12 +75,21 @@ def sampler_for(lc, vocab, req, seed: int, grammars, index: VocabIndex | None):
         keep = 1 if req.temperature == 0.0 else req.top_k
         param = PARAM_OF.get(req.output.kind, "response_format")
         return ConstrainedSampler(lc, index, penalties, grammar, rest, keep, param)
+    banned = eog if req.ignore_eos else None
     if own:  # the row of logits may be changed: see ChainSampler
-        return ChainSampler(lc, rest, n_vocab, req.repeat_penalty)
+        return ChainSampler(lc, rest, n_vocab, req.repeat_penalty, banned)
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     lc.llama_sampler_chain_add(chain, penalties)
     lc.llama_sampler_chain_add(chain, rest)  # a chain owns and frees what it holds
-    return ChainSampler(lc, chain, n_vocab)
+    return ChainSampler(lc, chain, n_vocab, banned=banned)
+
+
+def eog_tokens(lc, vocab) -> np.ndarray:
+    """The vocabulary's end-of-generation tokens (end of text, of turn, ...): what
+    ``ignore_eos`` takes out of every draw, as llama.cpp's own ``ignore_eos`` does."""
+    n_vocab = lc.llama_vocab_n_tokens(vocab)
+    return np.array([t for t in range(n_vocab) if lc.llama_vocab_is_eog(vocab, t)],
+                    dtype=np.int64)
 
 
 class VocabIndex:
@@ -141,10 +153,13 @@ class ChainSampler:
     """A free request's sampler chain, drawn from in one C call. With ``repeat_penalty`` the
     chain has no penalties sampler: the penalty is applied here to the tokens of the last
     :data:`PENALTY_LAST_N` drawn, on the row of logits itself, exactly as llama.cpp's
-    ``llama_sampler_penalties`` would (no frequency or presence penalty: both 0 here)."""
+    ``llama_sampler_penalties`` would (no frequency or presence penalty: both 0 here). The
+    ``banned`` tokens (``ignore_eos``'s) get a logit of minus infinity first, as the unbatched
+    engine's ``logit_bias`` gives them ahead of its chain."""
 
-    def __init__(self, lc, chain, n_vocab: int, repeat_penalty: float | None = None):
-        self.lc, self.chain, self.n_vocab = lc, chain, n_vocab
+    def __init__(self, lc, chain, n_vocab: int, repeat_penalty: float | None = None,
+                 banned: np.ndarray | None = None):
+        self.lc, self.chain, self.n_vocab, self.banned = lc, chain, n_vocab, banned
         self.steps = dict.fromkeys(STEP_KINDS, 0)
         # as llama.cpp holds it (a C float); 1: no penalty, as llama.cpp skips it
         self.penalty = None if repeat_penalty in (None, 1.0) else np.float32(repeat_penalty)
@@ -152,6 +167,10 @@ class ChainSampler:
         self.counts: dict[int, int] = {}  # how often each of them occurs there
 
     def sample(self, ctx, row: int) -> int:
+        if self.banned is not None:
+            logits = np.ctypeslib.as_array(self.lc.llama_get_logits_ith(ctx, row),
+                                           shape=(self.n_vocab,))
+            logits[self.banned] = -np.inf
         if self.penalty is not None and self.counts:
             logits = np.ctypeslib.as_array(self.lc.llama_get_logits_ith(ctx, row),
                                            shape=(self.n_vocab,))

@@ -346,7 +346,24 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
         options[key] = kind(value)
     options.update(_format(body))
     options.update(_logprobs(body))
+    options.update(_ignore_eos(body, options))
     return options
+
+
+def _ignore_eos(body: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """llama-server's ``ignore_eos``: answers of exactly ``max_tokens`` (for benchmarks)."""
+    value = body.get("ignore_eos")
+    if value is None or value is False:
+        return {}
+    if value is not True:
+        raise RequestError("body.ignore_eos must be true or false", param="body.ignore_eos")
+    formatted = output_format(**{k: options.get(k) for k in FORMAT_KEYS}) is not None
+    if formatted or "logprobs" in options:
+        raise RequestError("body.ignore_eos cannot be combined with a format (response_format, "
+                           "grammar, tools) or logprobs: a format ends where its grammar "
+                           "ends, and logprobs would be read with the end-of-generation "
+                           "tokens taken out", param="body.ignore_eos")
+    return {"ignore_eos": True}
 
 
 def _logprobs(body: dict[str, Any]) -> dict[str, Any]:

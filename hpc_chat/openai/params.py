@@ -26,10 +26,11 @@ class RequestError(ValueError):
         self.param, self.status, self.code = param, status, code
 
 
-# Read and used by hpc_chat (openai.batch); top_k, repeat_penalty and grammar as llama-server.
+# Read and used by hpc_chat (openai.batch); top_k, repeat_penalty, grammar and ignore_eos as
+# llama-server.
 USED = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
         "seed", "stop", "n", "response_format", "grammar", "tools", "tool_choice", "top_k",
-        "repeat_penalty", "logprobs", "top_logprobs", "hpc_chat_mode")
+        "repeat_penalty", "logprobs", "top_logprobs", "hpc_chat_mode", "ignore_eos")
 
 
 def _none_or(*values: Any):

@@ -74,6 +74,11 @@ class EngineStatus(EngineInfo):
     served: int
     load_s: float
     holders: int = 0  # prompt-cache holder sequences (within the site's prefix_cache_mb)
+    # the batched engine's decode calls so far, its passes over the weights for them (runs of
+    # consecutive sequence ids) and the tokens it generated: what the benchmark reports
+    steps: int = 0
+    passes: int = 0
+    generated: int = 0
 
 
 class FailKind(str, Enum):

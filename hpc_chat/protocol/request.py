@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hpc_chat.errors import PromptTooLongError
 from hpc_chat.protocol.output_format import OutputFormat
@@ -68,6 +68,18 @@ class GenRequest(Sampling):
     # A text completion (/v1/completions): this text is continued as it is, without the chat
     # template; ``messages`` then hold it as the one user message, for the record.
     prompt: str | None = None
+    # llama.cpp's benchmarking option (llama-server's ``ignore_eos``): the end-of-generation
+    # tokens are never drawn, so the answer runs to ``max_tokens`` (or a stop string). It
+    # makes answer lengths equal across engines; a format's grammar needs its end, and a
+    # token's logprobs would be read from a row with those tokens taken out, so neither mixes.
+    ignore_eos: bool = False
+
+    @model_validator(mode="after")
+    def _ignore_eos_alone(self) -> GenRequest:
+        if self.ignore_eos and (self.output is not None or self.logprobs is not None):
+            raise ValueError("ignore_eos cannot be combined with a response_format, grammar, "
+                             "tools or logprobs")
+        return self
 
     @property
     def text_allowed(self) -> bool:

@@ -156,7 +156,8 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
                                             message, ctx.history, options.get("tool_result")),
                              output=fmt, tools=offered_tools(options.get("tools"),
                                                              options.get("tool_choice")),
-                             logprobs=options.get("logprobs"), prompt=raw, **sampling)
+                             logprobs=options.get("logprobs"), prompt=raw,
+                             ignore_eos=options.get("ignore_eos", False), **sampling)
     except ValidationError as exc:  # e.g. an option out of range: the request's own fault
         raise ValueError(format_validation_error("options", exc).replace("\n", "; ")) from None
     settings_dict = settings.model_dump()
@@ -165,7 +166,7 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
     key = cache_key(agent.to_dict(), request.messages, request.seed,
                     {**spec.model_dump(), **request.sampling(),  # every setting counts
                      "output": fmt.sha256 if fmt is not None else None,
-                     "logprobs": request.logprobs})
+                     "logprobs": request.logprobs, "ignore_eos": request.ignore_eos})
     if request.seed is None:  # drawn here and recorded, so that this answer can be replayed
         request = request.model_copy(update={"seed": random.getrandbits(31)})
     return Prepared(agent, request, spec, name, key, exact=ctx.exact, stream=ctx.stream,

@@ -155,7 +155,9 @@ class NodeEngine:
                                 clients={str(pid): n for pid, n in self.clients.items()},
                                 waiting=waiting, served=self.served,
                                 load_s=self.engine.load_s,
-                                holders=getattr(self.batched, "n_holders", 0))
+                                holders=getattr(self.batched, "n_holders", 0),
+                                **(self.batched.profile.counters()
+                                   if hasattr(self.batched, "profile") else {}))
 
     def run(self) -> None:
         self.batched.run(self.feed)

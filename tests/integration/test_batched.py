@@ -236,3 +236,31 @@ def test_a_strong_repeat_penalty_sampled_at_temperature_gives_the_unbatched_answ
     out = BatchedEngine(engine, n_seq=4).generate(reqs)
     assert any(c.completion_tokens > 64 for c in out)
     assert [c.text for c in out] == [c.text for c in unbatched(engine, reqs)]
+
+
+def test_ignore_eos_runs_every_answer_to_max_tokens_alone_and_batched(engine):
+    """llama-server's ``ignore_eos`` (the benchmark's equal lengths): the end-of-generation
+    tokens are never drawn, so greedy answers that stop early without it run to max_tokens,
+    batched as unbatched, token for token."""
+    free = requests(4, max_tokens=96)
+    natural = BatchedEngine(engine, n_seq=4).generate(free)
+    assert any(c.finish_reason == "stop" for c in natural)  # the option has work to do
+    reqs = requests(4, max_tokens=96, ignore_eos=True)
+    single = [engine.chat(r.messages, temperature=0.0, max_tokens=96, ignore_eos=True)
+              for r in reqs]
+    together = BatchedEngine(engine, n_seq=4).generate(reqs)
+    assert [c.completion_tokens for c in together] == [96] * 4
+    assert [c.finish_reason for c in together] == ["length"] * 4
+    assert [c.text for c in together] == [c.text for c in single]
+    assert [c.completion_tokens for c in single] == [96] * 4
+
+
+def test_ignore_eos_is_refused_with_a_format_or_logprobs():
+    from pydantic import ValidationError
+
+    from hpc_chat.structured.compile import output_format
+
+    fmt = output_format(response_format={"type": "json_object"})
+    for extra in ({"output": fmt}, {"logprobs": 0}):
+        with pytest.raises(ValidationError, match="ignore_eos cannot be combined"):
+            GenRequest(messages=[SYSTEM], ignore_eos=True, **extra)

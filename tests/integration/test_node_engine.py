@@ -277,6 +277,34 @@ def test_one_connection_carries_a_tasks_requests_and_a_cancel_stops_only_its_own
 
 
 @pytest.mark.model
+def test_the_status_counts_the_engines_decode_calls_passes_and_tokens(tmp_path):
+    """What the benchmark reads of a node engine: two requests with ``ignore_eos`` (sent over
+    the wire as any worker sends them) generate exactly max_tokens each, every token but the
+    last of each decoded in a call of the engine, in one pass over the weights per call."""
+    from hpc_chat.llm.models import resolve_model
+
+    proc, sock = _start_engine(tmp_path, os.getpid(), slots=2, model=str(resolve_model("default")))
+    try:
+        before = status_at(sock)
+        conns = []
+        for message in ("Name a colour.", "Name a fruit."):
+            conn = Client(str(sock), family="AF_UNIX")
+            conn.send_bytes(encode(Order(op=Op.DECODE, request=GenRequest(
+                messages=[{"role": "user", "content": message}], max_tokens=12,
+                temperature=0.0, ignore_eos=True))))
+            conns.append(conn)
+        answers = [_answer(conn).completion for conn in conns]
+        after = status_at(sock)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [a.completion_tokens for a in answers] == [12, 12]
+    assert before["steps"] == before["generated"] == 0
+    assert after["generated"] == 2 * 11  # the last token drawn is never decoded
+    assert 12 <= after["steps"] <= 24 and after["passes"] == after["steps"]  # one run of ids
+
+
+@pytest.mark.model
 def test_the_sites_prompt_cache_bound_sizes_the_engines_holders(tmp_path, monkeypatch):
     """``model.prefix_cache_mb`` reaches the engine a worker starts: 0 keeps no holder; 64 MiB
     keeps the floor of 3 (one holder of the embedded model at 2048 cells takes about 45 MiB);

@@ -140,12 +140,15 @@ def test_what_only_our_engine_does_is_refused_for_a_remote_model(
         try:
             return [await wf.process_request("Once upon", agents=["creative_agent"],
                                              options={"mode": "route", **extra})
-                    for extra in ({"text_completion": True}, {"logprobs": 0})]
+                    for extra in ({"text_completion": True}, {"logprobs": 0},
+                                  {"ignore_eos": True})]
         finally:
             await wf.shutdown()
 
-    raw, logprobs = asyncio.run(go())
-    assert raw["error_code"] == logprobs["error_code"] == "invalid_request"
+    raw, logprobs, endless = asyncio.run(go())
+    assert raw["error_code"] == logprobs["error_code"] == endless["error_code"] == \
+        "invalid_request"
+    assert "ignore_eos needs hpc_chat's own engine" in endless["error"]
     assert raw["error"].startswith("creative_agent: a text completion (a raw prompt, no chat "
                                    "template) needs hpc_chat's own engine")
     assert "logprobs needs hpc_chat's own engine" in logprobs["error"]

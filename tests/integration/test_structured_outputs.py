@@ -256,6 +256,23 @@ def test_a_raw_grammar_as_llama_server_takes_it(server):
     assert done.choices[0].message.content in ("yes", "no")
 
 
+def test_ignore_eos_as_llama_server_takes_it(server):
+    """A benchmark's equal lengths: the answer runs to max_tokens; with a format it is
+    refused, naming the key."""
+    import openai
+
+    client = server.client()
+    msgs = [{"role": "user", "content": "Is the sky blue? Answer yes or no."}]
+    done = client.chat.completions.create(model="balanced_agent", max_tokens=40, seed=3,
+                                          messages=msgs, extra_body={"ignore_eos": True})
+    assert done.usage.completion_tokens == 40 and done.choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="balanced_agent", messages=msgs,
+                                       response_format={"type": "json_object"},
+                                       extra_body={"ignore_eos": True})
+    assert err.value.param == "ignore_eos" and "response_format" in err.value.message
+
+
 # ----------------------------------------------------------------------------- batch files
 
 @pytest.mark.parsl

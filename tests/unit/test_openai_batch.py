@@ -33,6 +33,11 @@ def test_a_multi_turn_request_with_its_own_system_message():
     assert req.ignored == []  # a text response_format is used: it replaces an agent's own
 
 
+def test_ignore_eos_reaches_the_worker_as_an_option():
+    assert line_options(parse_request(line({"ignore_eos": True})), {})["ignore_eos"] is True
+    assert "ignore_eos" not in line_options(parse_request(line({"ignore_eos": False})), {})
+
+
 def test_the_routed_model_routes():
     assert parse_request(line({"model": ROUTED_MODEL})).agents is None
 
@@ -66,6 +71,10 @@ def test_the_routed_model_routes():
     (line({"seed": -1}), "body.seed", 400),
     (line({"stop": ["a", ""]}), "body.stop", 400),
     (line({"stop": ["a"] * 5}), "body.stop", 400),
+    (line({"ignore_eos": 1}), "body.ignore_eos", 400),
+    (line({"ignore_eos": True, "logprobs": True}), "body.ignore_eos", 400),
+    (line({"ignore_eos": True, "response_format": {"type": "json_object"}}),
+     "body.ignore_eos", 400),
 ])
 def test_a_bad_request_names_its_key(bad, param, status):
     with pytest.raises(RequestError) as caught:
@@ -121,7 +130,7 @@ def test_the_worker_cache_tells_requests_apart_by_every_sampling_setting():
         return prepare(agent, "alpha beta", {"options": {"seed": 1, **options},
                                              "model": site}).key
     assert len({key(), key(stop=["beta"]), key(top_p=0.5), key(top_k=5),
-                key(repeat_penalty=1.3)}) == 5
+                key(repeat_penalty=1.3), key(ignore_eos=True)}) == 6
     assert key(stop=["beta"]) == key(stop=["beta"])
 
 

@@ -1,0 +1,166 @@
+"""The real workload on warm servers with answers of equal length: a comparison that cannot
+flatter us.
+
+With answers of natural length, two engines draw different tokens and stop at different
+places, so one may simply have written less. Here every peer answers the real workload's
+prompts with ``ignore_eos`` and each request's ``max_tokens`` set to its natural length (the
+lengths of a first, natural pass through ``hpc-chat serve``, one per prompt): every peer
+generates the same number of tokens for the same prompts, and the prompt tokens each peer
+counted are reported beside it, so a difference in the prompts shows.
+
+The peers are warm ``hpc-chat serve`` (packaged defaults) and llama.cpp's own ``llama-server``
+on the same model file with 8 and 16 slots, and with 8 slots and a unified KV cache (``-kvu``).
+Each is sent the requests two ways: all at once (open loop, as a queue of work arrives) and by
+8 clients that each wait for their answer. The runs go in ABBA order over every (peer, way)
+pair, each repeat with its own seeds (serve would answer a repeated request from its cache).
+llama-server's ``/metrics`` give its busy slots per decode; the node engines' status gives ours
+(sequences generating per decode call) and llama.cpp's passes over the weights per call.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Callable
+
+from hpc_chat.bench.measure import SYSTEM_AGENT, bench_request, machine_description, prompts
+from hpc_chat.bench.multiturn import abba
+from hpc_chat.bench.peers import llama_server, post_chat, serving
+
+CLIENTS = 8
+SERVERS = {"llama_server_8": (8,), "llama_server_16": (16,), "llama_server_8_kvu": (8, "-kvu")}
+
+
+def _requests(n: int, seed_base: int, lengths: list[int] | None) -> list[Any]:
+    from hpc_chat.agents.config import AgentConfig
+
+    agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
+    return [bench_request(agent, p, seed_base + i, lengths[i] if lengths else None)
+            for i, p in enumerate(prompts(n))]
+
+
+def _serve_body(req, equal: bool) -> dict:
+    return {"model": "balanced_agent", "messages": req.messages, **req.sampling(),
+            **({"ignore_eos": True} if equal else {})}
+
+
+def _server_body(req, equal: bool) -> dict:
+    return {"messages": req.messages, **req.sampling(), **({"ignore_eos": True} if equal else {})}
+
+
+def send(url: str, headers: dict, bodies: list[dict], clients: int) -> dict[str, Any]:
+    """Every body to ``url``, ``clients`` at a time: wall time, tokens generated and the
+    prompt tokens the server counted, and each answer's length in request order."""
+    def ask(body: dict) -> tuple[int, int]:
+        usage = post_chat(url, headers, body, timeout=900)["usage"]
+        return usage["completion_tokens"], usage["prompt_tokens"]
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        done = list(pool.map(ask, bodies))
+    wall = time.perf_counter() - start
+    tokens = sum(c for c, _ in done)
+    return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall,
+            "req_s": len(bodies) / wall, "prompt_tokens": sum(p for _, p in done),
+            "lengths": [c for c, _ in done]}
+
+
+def engine_counters(home: str) -> tuple[int, int, int]:
+    """The decode calls, passes over the weights and generated tokens so far of the node
+    engines of the worker pools run from ``home`` (a socket is named after its pool)."""
+    from multiprocessing.connection import Client
+
+    from hpc_chat.protocol.engine import EngineStatus, Op, Order, encode
+    from hpc_chat.util.rundir import runtime_dir
+
+    pools = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue  # ended meanwhile
+        if any(b"process_worker_pool" in w for w in words) and \
+                any(w.startswith(f"--logdir={home}/".encode()) for w in words):
+            pools.append(cmdline.parent.name)
+    steps = passes = generated = 0
+    for pool in pools:
+        for sock in runtime_dir().glob(f"engine-*-{pool}-*.sock"):
+            with Client(str(sock), family="AF_UNIX") as conn:
+                conn.send_bytes(encode(Order(op=Op.STATUS)))
+                status = EngineStatus.model_validate_json(conn.recv_bytes())
+            steps, passes = steps + status.steps, passes + status.passes
+            generated += status.generated
+    return steps, passes, generated
+
+
+def busy_slots(base: str) -> tuple[float, float]:
+    """llama-server's decode calls so far and busy slots over them (``--metrics``)."""
+    with urllib.request.urlopen(base.removesuffix("/v1") + "/metrics", timeout=10) as resp:
+        values = dict(line.rsplit(" ", 1) for line in resp.read().decode().splitlines()
+                      if line.startswith("llamacpp:"))
+    decodes = float(values.get("llamacpp:n_decode_total", 0))
+    return decodes, decodes * float(values.get("llamacpp:n_busy_slots_per_decode", 0))
+
+
+def equal_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The section: hpc-chat serve against each llama-server configuration of
+    :data:`SERVERS` (when ``HPC_CHAT_LLAMA_SERVER`` names its binary), both ways."""
+    binary = os.environ.get("HPC_CHAT_LLAMA_SERVER")
+    cores = len(os.sched_getaffinity(0))
+    with ExitStack() as stack:
+        home: list[str] = []
+        url, headers = stack.enter_context(serving(home))
+        peers: dict[str, tuple[str, dict, Callable]] = {"hpc_chat": (url, headers, _serve_body)}
+        if binary and os.path.isfile(binary):
+            for i, (name, (slots, *extra)) in enumerate(SERVERS.items()):
+                base = stack.enter_context(llama_server(binary, cores, slots, "--metrics",
+                                                        *extra, port=18400 + i))
+                peers[name] = (base, {}, _server_body)
+        log("   natural answer lengths: one pass through hpc-chat serve")
+        natural = send(url, headers, [_serve_body(r, False) for r in _requests(n, 0, None)], n)
+        lengths = natural["lengths"]
+        for base, hdrs, body in peers.values():  # warm: first pages, slots, the engine's load
+            send(base, hdrs, [body(r, True) for r in _requests(2, 800_000, [8, 8])], 2)
+        ways = {"open": n, "clients": CLIENTS}
+        order = abba([f"{peer}/{way}" for peer in peers for way in ways], repeats)
+        runs: dict[str, list[dict]] = {key: [] for key in order}
+        sent = dict.fromkeys(peers, 0)  # a peer's k-th run has the k-th seeds, whichever way
+        for i, key in enumerate(order, 1):
+            log(f"   equal lengths run {i}/{len(order)}: {key}")
+            peer, way = key.split("/")
+            base, hdrs, body = peers[peer]
+            sent[peer] += 1
+            bodies = [body(r, True) for r in _requests(n, 1000 * sent[peer], lengths)]
+            ours = peer == "hpc_chat"
+            before = engine_counters(home[0]) if ours else busy_slots(base)
+            done = send(base, hdrs, bodies, ways[way])
+            after = engine_counters(home[0]) if ours else busy_slots(base)
+            steps = after[0] - before[0]
+            if ours:  # sequences generating per decode, and llama.cpp's passes per decode
+                done["busy_slots_per_decode"] = (after[2] - before[2]) / steps if steps else 0.0
+                done["passes_per_decode"] = (after[1] - before[1]) / steps if steps else 0.0
+            else:
+                done["busy_slots_per_decode"] = (after[1] - before[1]) / steps if steps else 0.0
+            del done["lengths"]
+            runs[key].append(done)
+
+    def summary(done: list[dict]) -> dict[str, Any]:
+        rates = sorted(r["tok_s"] for r in done)
+        middle = min(done, key=lambda r: abs(r["tok_s"] - statistics.median(rates)))
+        return {**middle, "tok_s": statistics.median(rates), "tok_s_min": rates[0],
+                "tok_s_max": rates[-1], "runs": done}
+
+    import llama_cpp
+
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(),
+            "system_info": llama_cpp.llama_print_system_info().decode().strip(),
+            "cores": cores, "requests": n, "repeats": repeats, "clients": CLIENTS,
+            "order": order, "lengths": lengths, "natural": {
+                k: natural[k] for k in ("wall_s", "tokens", "tok_s", "prompt_tokens")},
+            "peers": {peer: {way: summary(runs[f"{peer}/{way}"]) for way in ways}
+                      for peer in peers}}

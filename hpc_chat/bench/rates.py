@@ -1,0 +1,41 @@
+"""The shapes every section of ``results.json`` shares (:mod:`hpc_chat.bench.results`): a
+measured run, where a section was measured, and a run compared with peers over repeats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ResultModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, serialize_by_alias=True)
+
+
+class Rate(ResultModel):
+    """One measured run shape (medians over the repeats)."""
+
+    wall_s: float
+    tok_s: float
+    req_s: float
+    tokens: int | None = None
+    runs: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Measured(ResultModel):
+    """Where and when a workload section was measured (each section is run on its own, with
+    ``--only``, so each says so itself)."""
+
+    date: str
+    machine: str
+    cores: int
+
+
+class TurnsRate(Rate):
+    prompt_tokens: int
+    tok_s_min: float
+    tok_s_max: float
+    # llama-server's busy slots per decode (its /metrics), or the sequences generating per
+    # decode call of hpc_chat's node engines and llama.cpp's passes over the weights per call
+    busy_slots_per_decode: float | None = None
+    passes_per_decode: float | None = None
