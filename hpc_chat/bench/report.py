@@ -151,7 +151,8 @@ def markdown(res: dict[str, Any] | BenchResults, plot_name: str) -> str:
                    throughput_missed=any(v.desc == TARGETS["throughput_vs_direct"][0]
                                          for v in missed),
                    native_gain=native.gain() if native else None,
-                   real_missed=any(v.desc in REAL_DESCS for v in missed))
+                   real_missed=any(v.desc in REAL_DESCS for v in missed),
+                   equal_missed=any(v.desc in EQUAL_TARGETS.values() for v in missed))
 
 
 def readme_block(res: dict[str, Any] | BenchResults) -> str:

@@ -282,5 +282,8 @@ def test_the_equal_lengths_section_compares_each_way_with_the_best_llama_server(
     rows = {desc: (round(value, 3), ok) for desc, value, _, ok in verdicts(res)
             if desc.startswith("equal lengths")}
     assert list(rows.values()) == [(1.25, True), (1.2, False)]  # 200/160; 180/150
+    assert "Why the equal-length targets are missed" in text  # the 8 clients' is
+    assert "warm `hpc-chat serve` 7.5 sequences a call, 38 ms a call; `llama-server -np 8 " \
+        "-fa on` 6.5 sequences a call, 41 ms a call; `llama-server -np 16 -fa on` 12.0" in text
     res["equal"]["peers"]["llama_server_16"]["open"]["prompt_tokens"] = 3901
     assert "did not all count the same prompt tokens" in markdown(res, "p.png")
