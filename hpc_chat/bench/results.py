@@ -186,6 +186,7 @@ class RealWorkload(ResultModel):
     llama_server: dict[int, ServerRate] = Field(default_factory=dict)
     hpc_chat_serve: dict[int, ServerRate] = Field(default_factory=dict)  # by concurrent clients
     llama_batched_bench: NativeAtLength | None = None
+    order: list[str] = Field(default_factory=list)  # the runs' ABBA order (older: not recorded)
 
     @property
     def vs_direct(self) -> float:

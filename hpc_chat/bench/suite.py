@@ -207,43 +207,49 @@ def first_token_run(repeats: int = 5) -> dict[str, float]:
 
 def real_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
     """The headline: the packaged agent with its own settings and natural answer lengths,
-    ``n`` requests, against its peers in the same run on the same requests."""
+    ``n`` requests, against its peers in the same run on the same requests, in ABBA order
+    (:func:`~hpc_chat.bench.multiturn.abba`): a machine that drifts weighs on each alike."""
+    from functools import partial
+
     from hpc_chat.agents.config import AgentConfig
+    from hpc_chat.bench.multiturn import abba
 
     agent = AgentConfig.from_yaml(SYSTEM_AGENT)
     out: dict[str, Any] = {"requests": n, "agent": agent.name,
                            "max_tokens": agent.config.max_tokens}
-    log(f"   hpc-chat batch, packaged defaults, {n} requests")
-    out["hpc_chat"] = median_of(repeats, lambda: hpc_chat_batch_run(n, agent.name))
-    log("   plain llama-cpp-python loop (every core)")
     cores = len(os.sched_getaffinity(0))
-    out["direct"] = median_of(repeats, lambda: direct_loop(n, cores, max_tokens=None))
-    log("   first streamed token, warm workers")
-    out["first_token"] = median_of(repeats, first_token_run)
-    servers = {}
+    peers: dict[str, Callable[[], dict]] = {"hpc_chat": partial(hpc_chat_batch_run, n, agent.name),
+        "direct": partial(direct_loop, n, cores, max_tokens=None)}
     server_bin = os.environ.get("HPC_CHAT_LLAMA_SERVER")
     if server_bin and Path(server_bin).is_file():
         for slots in (8, 16):
-            log(f"   llama-server -np {slots}")
-            servers[str(slots)] = median_of(repeats, lambda: llama_server_run(
-                server_bin, n, cores, slots, max_tokens=None))
-    out["llama_server"] = servers
-    served = {}
-    for clients in (8, 16):
-        log(f"   hpc-chat serve, {clients} concurrent clients")
-        served[str(clients)] = median_of(repeats, lambda: serve_run(n, clients))
-    out["hpc_chat_serve"] = served
+            peers[f"llama_server/{slots}"] = partial(llama_server_run, server_bin, n, cores,
+                                                     slots, max_tokens=None)
+    for clients in (8, 16):  # warm serve, clients that each wait for their answer
+        peers[f"hpc_chat_serve/{clients}"] = partial(serve_run, n, clients)
+    runs: dict[str, list[dict]] = {name: [] for name in peers}
+    out["order"] = abba(list(peers), repeats)
+    for i, name in enumerate(out["order"], 1):
+        log(f"   real workload run {i}/{len(out['order'])}: {name}")
+        runs[name].append(peers[name]())
+    done = {name: median_of(len(r), iter(r).__next__) for name, r in runs.items()}
+    out["hpc_chat"], out["direct"] = done["hpc_chat"], done["direct"]
+    for kind in ("llama_server", "hpc_chat_serve"):
+        out[kind] = {name.split("/")[1]: r for name, r in done.items()
+                     if name.startswith(f"{kind}/")}
+    log("   first streamed token, warm workers")
+    out["first_token"] = median_of(repeats, first_token_run)
     batched_bin = os.environ.get("HPC_CHAT_LLAMA_BATCHED_BENCH")
     out["llama_batched_bench"] = None
     if batched_bin and Path(batched_bin).is_file():
         log("   llama-batched-bench at the workload's median answer length")
         gen = max(1, round(out["hpc_chat"]["median_answer_tokens"]))
-        runs = [llama_batched_bench_run(batched_bin, 24, cores, (1, 8, 16), generate=gen)
-                for _ in range(repeats)]
+        native = [llama_batched_bench_run(batched_bin, 24, cores, (1, 8, 16), generate=gen)
+                  for _ in range(repeats)]
         out["llama_batched_bench"] = {
-            "prompt_tokens": 24, "generated_tokens": gen, "runs": runs,
-            "widths": {w: {k: statistics.median(r[w][k] for r in runs) for k in runs[0][w]}
-                       for w in runs[0]}}
+            "prompt_tokens": 24, "generated_tokens": gen, "runs": native,
+            "widths": {w: {k: statistics.median(r[w][k] for r in native) for k in native[0][w]}
+                       for w in native[0]}}
     return out
 
 

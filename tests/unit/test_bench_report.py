@@ -287,3 +287,34 @@ def test_the_equal_lengths_section_compares_each_way_with_the_best_llama_server(
         "-fa on` 6.5 sequences a call, 41 ms a call; `llama-server -np 16 -fa on` 12.0" in text
     res["equal"]["peers"]["llama_server_16"]["open"]["prompt_tokens"] = 3901
     assert "did not all count the same prompt tokens" in markdown(res, "p.png")
+
+
+def test_the_real_workloads_peers_run_in_abba_order(monkeypatch, tmp_path):
+    """Each peer's first run before any peer's second, then the reverse: a machine that slows
+    down during the section weighs on every peer alike. The runs are stand-ins that record
+    when they ran (the order is what is tested, not the figures)."""
+    from hpc_chat.bench import suite
+
+    ran: list[str] = []
+
+    def run(name, *args, **kwargs):
+        ran.append(name)
+        return {"wall_s": 1.0, "tok_s": float(len(ran)), "req_s": 1.0, "tokens": 10,
+                "median_answer_tokens": 5}
+    server = tmp_path / "llama-server"
+    server.write_text("")
+    monkeypatch.setenv("HPC_CHAT_LLAMA_SERVER", str(server))
+    monkeypatch.delenv("HPC_CHAT_LLAMA_BATCHED_BENCH", raising=False)
+    monkeypatch.setattr(suite, "hpc_chat_batch_run", lambda *a: run("batch"))
+    monkeypatch.setattr(suite, "direct_loop", lambda *a, **k: run("loop"))
+    monkeypatch.setattr(suite, "llama_server_run",
+                        lambda binary, n, cores, slots, **k: run(f"server{slots}"))
+    monkeypatch.setattr(suite, "serve_run", lambda n, clients: run(f"serve{clients}"))
+    monkeypatch.setattr(suite, "first_token_run", lambda: {"first_token_s": 0.1})
+    out = suite.real_workload(8, 3, lambda text: None)
+    peers = ["batch", "loop", "server8", "server16", "serve8", "serve16"]
+    assert ran == peers + peers[::-1] + peers
+    assert out["order"][:2] == ["hpc_chat", "direct"] and len(out["order"]) == 18
+    assert [r["tok_s"] for r in out["hpc_chat"]["runs"]] == [1.0, 12.0, 13.0]
+    assert out["hpc_chat"]["tok_s"] == 12.0 and set(out["llama_server"]) == {"8", "16"}
+    assert out["hpc_chat_serve"]["16"]["tok_s"] == 7.0  # runs 6, 7 and 18
