@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -70,9 +71,10 @@ def send(url: str, headers: dict, bodies: list[dict], clients: int) -> dict[str,
             "lengths": [c for c, _ in done]}
 
 
-def engine_counters(home: str) -> tuple[int, int, int]:
+def engine_counters(home: str) -> tuple[int, int, int] | None:
     """The decode calls, passes over the weights and generated tokens so far of the node
-    engines of the worker pools run from ``home`` (a socket is named after its pool)."""
+    engines of the worker pools run from ``home`` (a socket is named after its pool); None
+    when no such engine answers (then nothing is reported, rather than zeros)."""
     from multiprocessing.connection import Client
 
     from hpc_chat.protocol.engine import EngineStatus, Op, Order, encode
@@ -87,24 +89,45 @@ def engine_counters(home: str) -> tuple[int, int, int]:
         if any(b"process_worker_pool" in w for w in words) and \
                 any(w.startswith(f"--logdir={home}/".encode()) for w in words):
             pools.append(cmdline.parent.name)
-    steps = passes = generated = 0
+    steps = passes = generated = engines = 0
     for pool in pools:
         for sock in runtime_dir().glob(f"engine-*-{pool}-*.sock"):
             with Client(str(sock), family="AF_UNIX") as conn:
                 conn.send_bytes(encode(Order(op=Op.STATUS)))
                 status = EngineStatus.model_validate_json(conn.recv_bytes())
             steps, passes = steps + status.steps, passes + status.passes
-            generated += status.generated
-    return steps, passes, generated
+            generated, engines = generated + status.generated, engines + 1
+    return (steps, passes, generated) if engines else None
 
 
-def busy_slots(base: str) -> tuple[float, float]:
-    """llama-server's decode calls so far and busy slots over them (``--metrics``)."""
+def busy_slots(base: str) -> tuple[float, float] | None:
+    """llama-server's decode calls so far and busy slots over them (``--metrics``); None when
+    its build reports neither."""
     with urllib.request.urlopen(base.removesuffix("/v1") + "/metrics", timeout=10) as resp:
-        values = dict(line.rsplit(" ", 1) for line in resp.read().decode().splitlines()
-                      if line.startswith("llamacpp:"))
-    decodes = float(values.get("llamacpp:n_decode_total", 0))
-    return decodes, decodes * float(values.get("llamacpp:n_busy_slots_per_decode", 0))
+        return parse_metrics(resp.read().decode())
+
+
+def parse_metrics(text: str) -> tuple[float, float] | None:
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                  if line.startswith("llamacpp:"))
+    if "llamacpp:n_decode_total" not in values or \
+            "llamacpp:n_busy_slots_per_decode" not in values:
+        return None
+    decodes = float(values["llamacpp:n_decode_total"])
+    return decodes, decodes * float(values["llamacpp:n_busy_slots_per_decode"])
+
+
+def per_decode(before: tuple | None, after: tuple | None, ours: bool) -> dict[str, float]:
+    """What a run adds to the counters, per decode call: for hpc_chat's engines
+    ``(steps, passes, generated)``, sequences generating and passes per call; for
+    llama-server's ``(decodes, busy slots)``, busy slots per call."""
+    if before is None or after is None or after[0] <= before[0]:
+        return {}
+    calls = after[0] - before[0]
+    if ours:
+        return {"busy_slots_per_decode": (after[2] - before[2]) / calls,
+                "passes_per_decode": (after[1] - before[1]) / calls}
+    return {"busy_slots_per_decode": (after[1] - before[1]) / calls}
 
 
 def equal_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
@@ -116,16 +139,19 @@ def equal_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str
         home: list[str] = []
         url, headers = stack.enter_context(serving(home))
         peers: dict[str, tuple[str, dict, Callable]] = {"hpc_chat": (url, headers, _serve_body)}
-        if binary and os.path.isfile(binary):
+        if not (binary and os.path.isfile(binary)):
+            log("   HPC_CHAT_LLAMA_SERVER names no llama-server binary: hpc-chat serve alone, "
+                "no comparison (make llama-tools builds one)")
+        else:
             for i, (name, (slots, *extra)) in enumerate(SERVERS.items()):
                 base = stack.enter_context(llama_server(binary, cores, slots, "--metrics",
                                                         *extra, port=18400 + i))
                 peers[name] = (base, {}, _server_body)
         log("   natural answer lengths: one pass through hpc-chat serve")
         natural = send(url, headers, [_serve_body(r, False) for r in _requests(n, 0, None)], n)
-        lengths = natural["lengths"]
-        for base, hdrs, body in peers.values():  # warm: first pages, slots, the engine's load
-            send(base, hdrs, [body(r, True) for r in _requests(2, 800_000, [8, 8])], 2)
+        lengths = [max(1, length) for length in natural["lengths"]]
+        for base, hdrs, body in peers.values():  # every peer warmed alike: each prompt once
+            send(base, hdrs, [body(r, True) for r in _requests(n, 800_000, [8] * n)], n)
         ways = {"open": n, "clients": CLIENTS}
         order = abba([f"{peer}/{way}" for peer in peers for way in ways], repeats)
         runs: dict[str, list[dict]] = {key: [] for key in order}
@@ -140,13 +166,8 @@ def equal_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str
             before = engine_counters(home[0]) if ours else busy_slots(base)
             done = send(base, hdrs, bodies, ways[way])
             after = engine_counters(home[0]) if ours else busy_slots(base)
-            steps = after[0] - before[0]
-            if ours:  # sequences generating per decode, and llama.cpp's passes per decode
-                done["busy_slots_per_decode"] = (after[2] - before[2]) / steps if steps else 0.0
-                done["passes_per_decode"] = (after[1] - before[1]) / steps if steps else 0.0
-            else:
-                done["busy_slots_per_decode"] = (after[1] - before[1]) / steps if steps else 0.0
-            del done["lengths"]
+            done.update(per_decode(before, after, ours))
+            done["lengths_match"] = done.pop("lengths") == lengths  # each answer, in order
             runs[key].append(done)
 
     def summary(done: list[dict]) -> dict[str, Any]:
@@ -159,8 +180,16 @@ def equal_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str
 
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(),
             "system_info": llama_cpp.llama_print_system_info().decode().strip(),
+            "server_version": server_version(binary) if "llama_server_8" in peers else "",
             "cores": cores, "requests": n, "repeats": repeats, "clients": CLIENTS,
             "order": order, "lengths": lengths, "natural": {
                 k: natural[k] for k in ("wall_s", "tokens", "tok_s", "prompt_tokens")},
             "peers": {peer: {way: summary(runs[f"{peer}/{way}"]) for way in ways}
                       for peer in peers}}
+
+
+def server_version(binary: str) -> str:
+    """``llama-server --version``: its build may differ from the llama.cpp that
+    llama-cpp-python vendors (whose system info the section records)."""
+    done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60)
+    return " ".join((done.stdout + done.stderr).split())[:200]

@@ -96,21 +96,30 @@ def llama_server(binary: str, threads: int, slots: int, *extra: str,
     engines), with ``slots`` parallel slots: its base URL once it answers; stopped at the end."""
     from hpc_chat.llm.models import resolve_model
 
-    proc = subprocess.Popen([binary, "-m", str(resolve_model("default")), "-c",
-                             str(2048 * slots), "-np", str(slots), "-t", str(threads),
-                             "-fa", "on", "--port", str(port), "--host", "127.0.0.1", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    command = [binary, "-m", str(resolve_model("default")), "-c", str(2048 * slots), "-np",
+               str(slots), "-t", str(threads), "-fa", "on", "--port", str(port), "--host",
+               "127.0.0.1", *extra]
+    with tempfile.TemporaryFile() as log:  # its own log: a pipe left unread would stall it
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        tail = log.read().decode(errors="replace").strip()[-600:]
+                        what = "did not answer on /health in 120 s" if proc.poll() is None \
+                            else f"exited with {proc.returncode}"
+                        raise RuntimeError(f"{' '.join(command[:1] + command[3:])} {what}: "
+                                           f"{tail or 'no output'}") from None
+                    time.sleep(0.5)
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def serve_run(n: int, clients: int, max_tokens: int | None = None) -> dict[str, float]:

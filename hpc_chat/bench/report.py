@@ -82,9 +82,8 @@ def _verdicts(r: BenchResults) -> list[Verdict]:
     if r.real is not None:
         measured = {"real_vs_direct": r.real.vs_direct,
                     "first_token_s": r.real.first_token.first_token_s}
-        if r.real.llama_server:
-            measured["real_vs_server"] = r.real.hpc_chat.tok_s / max(
-                s.tok_s for s in r.real.llama_server.values())
+        if r.real.best_server:
+            measured["real_vs_server"] = r.real.hpc_chat.tok_s / r.real.best_server[1].tok_s
         native = r.real.llama_batched_bench
         if native is not None and 1 in native.widths and 8 in native.widths:
             native_gain = native.widths[8].tok_s / native.widths[1].tok_s

@@ -189,6 +189,11 @@ class RealWorkload(ResultModel):
     order: list[str] = Field(default_factory=list)  # the runs' ABBA order (older: not recorded)
 
     @property
+    def best_server(self) -> tuple[int, ServerRate] | None:
+        """llama-server's best configuration here (its slots, its figures): the peer to beat."""
+        return max(self.llama_server.items(), key=lambda kv: kv[1].tok_s, default=None)
+
+    @property
     def vs_direct(self) -> float:
         return self.hpc_chat.tok_s / self.direct.tok_s
 
@@ -319,6 +324,7 @@ class EqualWorkload(Measured):
     clients: int
     order: list[str]
     system_info: str
+    server_version: str = ""  # llama-server --version (its build may differ from the library's)
     lengths: list[int]
     peers: dict[str, dict[str, TurnsRate]]
 
@@ -329,9 +335,12 @@ class EqualWorkload(Measured):
 
     @property
     def prompts_agree(self) -> bool:
-        """Every peer counted the same prompt tokens and generated the same tokens."""
-        rates = [r for ways in self.peers.values() for r in ways.values()]
-        return len({(r.prompt_tokens, r.tokens) for r in rates}) == 1
+        """In every run, every peer counted the same prompt tokens and gave each answer its
+        length (the same number of tokens; the tokens themselves differ between engines)."""
+        runs = [run for ways in self.peers.values() for r in ways.values()
+                for run in (r.runs or [r.model_dump()])]
+        return len({(run["prompt_tokens"], run["tokens"]) for run in runs}) == 1 and \
+            all(run.get("lengths_match", True) for run in runs)
 
 
 class FormatRate(ResultModel):

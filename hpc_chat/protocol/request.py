@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from hpc_chat.errors import PromptTooLongError
 from hpc_chat.protocol.output_format import OutputFormat
@@ -72,7 +72,7 @@ class GenRequest(Sampling):
     # tokens are never drawn, so the answer runs to ``max_tokens`` (or a stop string). It
     # makes answer lengths equal across engines; a format's grammar needs its end, and a
     # token's logprobs would be read from a row with those tokens taken out, so neither mixes.
-    ignore_eos: bool = False
+    ignore_eos: StrictBool = False
 
     @model_validator(mode="after")
     def _ignore_eos_alone(self) -> GenRequest:

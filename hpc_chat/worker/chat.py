@@ -149,6 +149,13 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
     sampling = {**settings.sampling(), **{k: v for k, v in options.items()
                                           if k in Sampling.model_fields}}
     fmt = request_format(settings, options)
+    if options.get("ignore_eos") and (fmt is not None or options.get("logprobs") is not None):
+        own = fmt is not None and not any(options.get(k) is not None for k in FORMAT_KEYS)
+        raise ValueError("ignore_eos cannot be combined with " + (
+            f"agent {agent.name}'s own format (the response_format or grammar of its YAML), "
+            f"which ends where its grammar ends: send response_format {{\"type\": \"text\"}} "
+            f"with ignore_eos, or leave ignore_eos out" if own else
+            "a format (response_format, grammar, tools) or logprobs: leave one of them out"))
     try:
         raw = message if options.get("text_completion") else None  # no chat template
         request = GenRequest(messages=[{"role": "user", "content": message}] if raw else
@@ -236,7 +243,8 @@ def provenance(prep: Prepared, decoded: GenRequest, result: dict) -> dict:
         "agent": prep.agent.name, "model": prep.model, **model_file(prep.spec.path),
         "model_spec": {k: v for k, v in prep.spec.model_dump().items() if k != "path"},
         **versions(),
-        "sampling": decoded.sampling(),
+        # ignore_eos with the settings: what replay must send again for the same answer
+        "sampling": {**decoded.sampling(), **({"ignore_eos": True} if decoded.ignore_eos else {})},
         "answer_sha256": hashlib.sha256(str(result["content"]).encode("utf-8",
                                                                      "replace")).hexdigest(),
         "job_id": job_id(), "host": result["worker"]["host"], "worker": result["worker"],

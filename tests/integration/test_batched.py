@@ -253,6 +253,12 @@ def test_ignore_eos_runs_every_answer_to_max_tokens_alone_and_batched(engine):
     assert [c.finish_reason for c in together] == ["length"] * 4
     assert [c.text for c in together] == [c.text for c in single]
     assert [c.completion_tokens for c in single] == [96] * 4
+    sampled = requests(4, max_tokens=64, ignore_eos=True, temperature=0.7, seed=11)
+    alone = [engine.chat(r.messages, temperature=0.7, seed=11, max_tokens=64, ignore_eos=True)
+             for r in sampled]
+    batched = BatchedEngine(engine, n_seq=4).generate(sampled)
+    assert [c.text for c in batched] == [c.text for c in alone]
+    assert [c.completion_tokens for c in batched] == [64] * 4
 
 
 def test_ignore_eos_is_refused_with_a_format_or_logprobs():

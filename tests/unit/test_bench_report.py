@@ -277,7 +277,7 @@ def test_the_equal_lengths_section_compares_each_way_with_the_best_llama_server(
     assert "| warm `hpc-chat serve` | 8 clients | 3900 | 5500 | 180.0 | 195.0-204.0 |  |" in text
     assert "| `llama-server -np 8 -fa on` | 8 clients | 3900 | 5500 | 150.0 | 195.0-204.0 | " \
         "7.10 |" in text
-    assert "Every peer counted the same prompt tokens" in text
+    assert "In every run every peer counted the same prompt tokens" in text
     assert "9 to 256 tokens, 351 in all" in text
     rows = {desc: (round(value, 3), ok) for desc, value, _, ok in verdicts(res)
             if desc.startswith("equal lengths")}
@@ -287,6 +287,10 @@ def test_the_equal_lengths_section_compares_each_way_with_the_best_llama_server(
         "-fa on` 6.5 sequences a call, 41 ms a call; `llama-server -np 16 -fa on` 12.0" in text
     res["equal"]["peers"]["llama_server_16"]["open"]["prompt_tokens"] = 3901
     assert "did not all count the same prompt tokens" in markdown(res, "p.png")
+    res["equal"]["peers"]["llama_server_16"]["open"]["prompt_tokens"] = 3900
+    res["equal"]["peers"]["llama_server_16"]["open"]["runs"] = [  # one answer cut short
+        {**rate, "lengths_match": True}, {**rate, "lengths_match": False}]
+    assert "give each answer its length: see `equal`" in markdown(res, "p.png")
 
 
 def test_the_real_workloads_peers_run_in_abba_order(monkeypatch, tmp_path):

@@ -179,3 +179,30 @@ def test_a_text_completion_line_that_cannot_run_names_its_key(body, param, says)
     with pytest.raises(RequestError) as info:
         parse_request(completion(**body))
     assert info.value.param == param and says in str(info.value)
+
+
+def test_ignore_eos_with_an_agents_own_format_names_the_agent_and_the_way_out():
+    """The request has no format, but its agent's YAML has one: the refusal says so, and how
+    to replace it; provenance keeps ignore_eos, so a replay sends it again."""
+    import yaml
+
+    from hpc_chat.util.configfile import PACKAGED_CONFIG_DIR
+    from hpc_chat.worker.chat import prepare, provenance
+
+    agent = yaml.safe_load((PACKAGED_CONFIG_DIR / "EnhancedCollaborativeAgent_3.yml")
+                           .read_text())
+    site = {"model": "echo"}
+    extractor = {**agent, "config": {**agent["config"],
+                                     "response_format": {"type": "json_object"}}}
+    with pytest.raises(ValueError, match="ignore_eos cannot be combined with agent "
+                                         "balanced_agent's own format") as caught:
+        prepare(extractor, "hi", {"options": {"ignore_eos": True}, "model": site})
+    assert 'send response_format {"type": "text"} with ignore_eos' in str(caught.value)
+    text = {"response_format": {"type": "text"}, "ignore_eos": True}
+    prep = prepare(extractor, "hi", {"options": text, "model": site})
+    assert prep.request.ignore_eos
+    ran = {"content": "x", "worker": {"host": "h"}, "engine": None, "batched": False,
+           "timings": {"start": 1.0, "end": 2.0}}
+    assert provenance(prep, prep.request, ran)["sampling"]["ignore_eos"] is True
+    with pytest.raises(ValueError, match="or logprobs: leave one of them out"):
+        prepare(agent, "hi", {"options": {"ignore_eos": True, "logprobs": 0}, "model": site})
