@@ -18,12 +18,11 @@ import json
 import os
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 from hpc_chat.bench.measure import machine_description, median_of, prompts
-from hpc_chat.bench.peers import llama_server, serving
+from hpc_chat.bench.peers import llama_server, serving, timed_map
 
 EMBED_INPUTS = 512
 PER_REQUEST = 32
@@ -52,10 +51,7 @@ def embed_run(url: str, headers: dict[str, str], inputs: list[str],
 
     ask(inputs[:1])  # the model is loaded and the engine warm before the clock starts
     chunks = [inputs[i:i + PER_REQUEST] for i in range(0, len(inputs), PER_REQUEST)]
-    start = time.perf_counter()
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        answers = list(pool.map(ask, chunks))
-    wall = time.perf_counter() - start
+    answers, wall = timed_map(ask, chunks, CLIENTS)
     tokens = sum(t for t, _ in answers)
     return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall,
             "req_s": len(chunks) / wall, "inputs_s": len(inputs) / wall,

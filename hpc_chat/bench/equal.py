@@ -24,14 +24,13 @@ import statistics
 import subprocess
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
 from hpc_chat.bench.measure import SYSTEM_AGENT, bench_request, machine_description, prompts
 from hpc_chat.bench.multiturn import abba
-from hpc_chat.bench.peers import llama_server, post_chat, serving
+from hpc_chat.bench.peers import llama_server, post_chat, serving, timed_map
 
 CLIENTS = 8
 SERVERS = {"llama_server_8": (8,), "llama_server_16": (16,), "llama_server_8_kvu": (8, "-kvu")}
@@ -61,10 +60,7 @@ def send(url: str, headers: dict, bodies: list[dict], clients: int) -> dict[str,
         usage = post_chat(url, headers, body, timeout=900)["usage"]
         return usage["completion_tokens"], usage["prompt_tokens"]
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        done = list(pool.map(ask, bodies))
-    wall = time.perf_counter() - start
+    done, wall = timed_map(ask, bodies, clients)
     tokens = sum(c for c, _ in done)
     return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall,
             "req_s": len(bodies) / wall, "prompt_tokens": sum(p for _, p in done),

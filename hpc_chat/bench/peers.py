@@ -29,6 +29,15 @@ def post_chat(url: str, headers: dict, body: dict, timeout: float = 600) -> dict
         return json.load(resp)
 
 
+def timed_map(fn, items: list, clients: int) -> tuple[list, float]:
+    """``fn`` over ``items``, ``clients`` at a time (threads): the results in order, and the
+    wall time of the whole."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        done = list(pool.map(fn, items))
+    return done, time.perf_counter() - start
+
+
 def _clients_run(url: str, headers: dict, n: int, clients: int, body, max_tokens) -> dict:
     """``n`` bench requests to an OpenAI-compatible ``url``, ``clients`` at a time (threads);
     ``body(request)`` is the JSON each server takes. The servers' own per-request ``timings``
@@ -42,10 +51,7 @@ def _clients_run(url: str, headers: dict, n: int, clients: int, body, max_tokens
         done = post_chat(url, headers, body(bench_request(agent, prompt, i, max_tokens)))
         return done["usage"]["completion_tokens"], done.get("timings") or {}
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        answers = list(pool.map(ask, enumerate(prompts(n))))
-    wall = time.perf_counter() - start
+    answers, wall = timed_map(ask, list(enumerate(prompts(n))), clients)
     tokens = sum(t for t, _ in answers)
     own = [t.get("predicted_per_second") for _, t in answers if t.get("predicted_per_second")]
     return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall, "req_s": n / wall,
