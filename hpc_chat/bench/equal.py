@@ -88,9 +88,12 @@ def engine_counters(home: str) -> tuple[int, int, int] | None:
     steps = passes = generated = engines = 0
     for pool in pools:
         for sock in runtime_dir().glob(f"engine-*-{pool}-*.sock"):
-            with Client(str(sock), family="AF_UNIX") as conn:
-                conn.send_bytes(encode(Order(op=Op.STATUS)))
-                status = EngineStatus.model_validate_json(conn.recv_bytes())
+            try:
+                with Client(str(sock), family="AF_UNIX") as conn:
+                    conn.send_bytes(encode(Order(op=Op.STATUS)))
+                    status = EngineStatus.model_validate_json(conn.recv_bytes())
+            except (OSError, EOFError):
+                continue  # an engine that ended: not counted
             steps, passes = steps + status.steps, passes + status.passes
             generated, engines = generated + status.generated, engines + 1
     return (steps, passes, generated) if engines else None
@@ -130,7 +133,7 @@ def equal_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str
     """The section: hpc-chat serve against each llama-server configuration of
     :data:`SERVERS` (when ``HPC_CHAT_LLAMA_SERVER`` names its binary), both ways."""
     binary = os.environ.get("HPC_CHAT_LLAMA_SERVER")
-    cores = len(os.sched_getaffinity(0))
+    cores, version = len(os.sched_getaffinity(0)), ""
     with ExitStack() as stack:
         home: list[str] = []
         url, headers = stack.enter_context(serving(home))
@@ -139,6 +142,7 @@ def equal_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str
             log("   HPC_CHAT_LLAMA_SERVER names no llama-server binary: hpc-chat serve alone, "
                 "no comparison (make llama-tools builds one)")
         else:
+            version = server_version(binary)  # before the runs: a failure here loses none
             for i, (name, (slots, *extra)) in enumerate(SERVERS.items()):
                 base = stack.enter_context(llama_server(binary, cores, slots, "--metrics",
                                                         *extra, port=18400 + i))
@@ -157,7 +161,8 @@ def equal_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str
             peer, way = key.split("/")
             base, hdrs, body = peers[peer]
             sent[peer] += 1
-            bodies = [body(r, True) for r in _requests(n, 1000 * sent[peer], lengths)]
+            seeds = sent[peer] * max(1000, n)  # no seed twice to one peer
+            bodies = [body(r, True) for r in _requests(n, seeds, lengths)]
             ours = peer == "hpc_chat"
             before = engine_counters(home[0]) if ours else busy_slots(base)
             done = send(base, hdrs, bodies, ways[way])
@@ -176,7 +181,7 @@ def equal_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str
 
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(),
             "system_info": llama_cpp.llama_print_system_info().decode().strip(),
-            "server_version": server_version(binary) if "llama_server_8" in peers else "",
+            "server_version": version,
             "cores": cores, "requests": n, "repeats": repeats, "clients": CLIENTS,
             "order": order, "lengths": lengths, "natural": {
                 k: natural[k] for k in ("wall_s", "tokens", "tok_s", "prompt_tokens")},

@@ -105,6 +105,11 @@ def llama_server(binary: str, threads: int, slots: int, *extra: str,
     command = [binary, "-m", str(resolve_model("default")), "-c", str(2048 * slots), "-np",
                str(slots), "-t", str(threads), "-fa", "on", "--port", str(port), "--host",
                "127.0.0.1", *extra]
+    try:  # a server left on the port would answer for this one
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+        raise RuntimeError(f"port {port} is taken by another server: stop it first")
+    except OSError:
+        pass
     with tempfile.TemporaryFile() as log:  # its own log: a pipe left unread would stall it
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
         try:
@@ -125,7 +130,11 @@ def llama_server(binary: str, threads: int, slots: int, *extra: str,
             yield f"http://127.0.0.1:{port}/v1"
         finally:
             proc.terminate()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def serve_run(n: int, clients: int, max_tokens: int | None = None) -> dict[str, float]:

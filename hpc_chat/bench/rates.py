@@ -39,3 +39,4 @@ class TurnsRate(Rate):
     # decode call of hpc_chat's node engines and llama.cpp's passes over the weights per call
     busy_slots_per_decode: float | None = None
     passes_per_decode: float | None = None
+    lengths_match: bool | None = None  # each answer as long as asked (None: not recorded)

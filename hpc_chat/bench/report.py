@@ -96,7 +96,7 @@ def _verdicts(r: BenchResults) -> list[Verdict]:
         out.append(Verdict(COLLAB_TARGET, r.collaboration.vs_concurrent, 1.2, True))
     if r.multiturn is not None and r.multiturn.vs_best_server is not None:
         out.append(Verdict(MULTITURN_TARGET, r.multiturn.vs_best_server, 1.5, True))
-    if r.equal is not None:
+    if r.equal is not None and r.equal.prompts_agree is not False:  # else not equal lengths
         out += [Verdict(desc, r.equal.vs_best_server(way), 1.25, True)
                 for way, desc in EQUAL_TARGETS.items() if r.equal.vs_best_server(way)]
     return out

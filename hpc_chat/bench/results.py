@@ -334,13 +334,17 @@ class EqualWorkload(Measured):
         return self.peers["hpc_chat"][way].tok_s / max(servers) if servers else None
 
     @property
-    def prompts_agree(self) -> bool:
+    def prompts_agree(self) -> bool | None:
         """In every run, every peer counted the same prompt tokens and gave each answer its
-        length (the same number of tokens; the tokens themselves differ between engines)."""
+        length (the same number of tokens; the tokens themselves differ between engines);
+        None when the totals agree but each answer's length was not recorded."""
         runs = [run for ways in self.peers.values() for r in ways.values()
                 for run in (r.runs or [r.model_dump()])]
-        return len({(run["prompt_tokens"], run["tokens"]) for run in runs}) == 1 and \
-            all(run.get("lengths_match", True) for run in runs)
+        matched = [run.get("lengths_match") for run in runs]
+        if len({(run["prompt_tokens"], run["tokens"]) for run in runs}) != 1 or \
+                False in matched:
+            return False
+        return None if None in matched else True
 
 
 class FormatRate(ResultModel):

@@ -257,7 +257,8 @@ def test_the_equal_lengths_section_compares_each_way_with_the_best_llama_server(
     res = results()
     assert "Not measured in this run (`hpc-chat bench --only equal`)" in markdown(res, "p.png")
     rate = {"wall_s": 30.0, "tok_s": 200.0, "req_s": 2.1, "tokens": 5500,
-            "prompt_tokens": 3900, "tok_s_min": 195.0, "tok_s_max": 204.0}
+            "prompt_tokens": 3900, "tok_s_min": 195.0, "tok_s_max": 204.0,
+            "lengths_match": True}
 
     def server(tok_s, busy):
         return {**rate, "tok_s": tok_s, "busy_slots_per_decode": busy}
@@ -283,14 +284,20 @@ def test_the_equal_lengths_section_compares_each_way_with_the_best_llama_server(
             if desc.startswith("equal lengths")}
     assert list(rows.values()) == [(1.25, True), (1.2, False)]  # 200/160; 180/150
     assert "Why the equal-length targets are missed" in text  # the 8 clients' is
-    assert "warm `hpc-chat serve` 7.5 sequences a call, 38 ms a call; `llama-server -np 8 " \
-        "-fa on` 6.5 sequences a call, 41 ms a call; `llama-server -np 16 -fa on` 12.0" in text
+    assert "sequences a call and tokens/s: warm `hpc-chat serve` 7.5, 200.0; `llama-server " \
+        "-np 8 -fa on` 6.5, 160.0; `llama-server -np 16 -fa on` 12.0, 100.0. A wider" in text
     res["equal"]["peers"]["llama_server_16"]["open"]["prompt_tokens"] = 3901
     assert "did not all count the same prompt tokens" in markdown(res, "p.png")
+    assert not [v for v in verdicts(res) if v[0].startswith("equal lengths")]  # not judged
     res["equal"]["peers"]["llama_server_16"]["open"]["prompt_tokens"] = 3900
     res["equal"]["peers"]["llama_server_16"]["open"]["runs"] = [  # one answer cut short
         {**rate, "lengths_match": True}, {**rate, "lengths_match": False}]
     assert "give each answer its length: see `equal`" in markdown(res, "p.png")
+    for ways in res["equal"]["peers"].values():  # an older file: lengths not recorded
+        for r in ways.values():
+            r.pop("lengths_match", None)
+            r.pop("runs", None)
+    assert "each answer's length was not recorded in this run" in markdown(res, "p.png")
 
 
 def test_the_real_workloads_peers_run_in_abba_order(monkeypatch, tmp_path):
