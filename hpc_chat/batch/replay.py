@@ -68,6 +68,7 @@ async def replay(workflow, recorded: dict[str, Any]) -> list[dict[str, Any]]:
         system = messages[0]["content"] if messages[0].get("role") == "system" else None
         turns = messages[1:-1] if system is not None else messages[:-1]
         options = {k: v for k, v in agent["sampling"].items() if v is not None}
+        options.update(agent.get("request_format") or {})  # the format the request asked
         options["mode"] = "route"  # this agent's answer alone, whatever the workflow's mode
         result = await workflow.submit_request(
             messages[-1]["content"], agents=[agent["agent"]], options=options,

@@ -124,6 +124,7 @@ class Prepared:
     exact: bool = False  # the caller's own messages: never shortened to fit
     stream: StreamSpec | None = None  # where to send the text as it grows (the token hub)
     engine: dict = field(default_factory=dict)  # the site's engine settings (engine_client)
+    formats: dict = field(default_factory=dict)  # the request's own format keys: for replay
     started: float = field(default_factory=time.time)
 
     @property
@@ -177,7 +178,8 @@ def prepare(agent_config: dict, message: str, context: dict) -> Prepared:
     if request.seed is None:  # drawn here and recorded, so that this answer can be replayed
         request = request.model_copy(update={"seed": random.getrandbits(31)})
     return Prepared(agent, request, spec, name, key, exact=ctx.exact, stream=ctx.stream,
-                    engine=engine_client.settings(site_model))
+                    engine=engine_client.settings(site_model),
+                    formats={k: options[k] for k in FORMAT_KEYS if k in options})
 
 
 def request_format(settings, options: dict[str, Any]) -> OutputFormat | None:
@@ -253,6 +255,9 @@ def provenance(prep: Prepared, decoded: GenRequest, result: dict) -> dict:
         "end": result["timings"]["end"],
         **({"output_format": result["output_format"]} if "output_format" in result else {}),
         **({"tools": decoded.tools} if decoded.tools else {}),  # offered: the template's
+        # the request's response_format, grammar, tools or tool_choice as sent (its text
+        # format over an agent's own included): replay sends them again
+        **({"request_format": prep.formats} if prep.formats else {}),
     }
 
 

@@ -48,17 +48,22 @@ def test_a_mixed_file_gives_answers_error_entries_and_replays(tmp_path, fixtures
                               {"role": "assistant", "content": "Blue."},
                               {"role": "user", "content": "Another?"}],
                 model="auto", max_completion_tokens=8, seed=3),
+        # a format of the request's own, which replay must send again to make the same answer
+        request("schema", "Name a colour.", max_tokens=64, seed=5, response_format={
+            "type": "json_schema", "json_schema": {"name": "colour", "schema": {
+                "type": "object", "properties": {"colour": {"type": "string", "maxLength": 12}},
+                "required": ["colour"], "additionalProperties": False}}}),
     ]
     batch = tmp_path / "batch.jsonl"
     batch.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"
     run = hpc(home, "batch", str(batch), "-o", str(out), config=fast, model=None, timeout=600)
     assert run.returncode == 1, run.stderr  # some requests failed
-    assert f"2 answers written to {out}, 5 failed requests to {tmp_path / 'out.errors.jsonl'}" \
+    assert f"3 answers written to {out}, 5 failed requests to {tmp_path / 'out.errors.jsonl'}" \
         in " ".join(run.stderr.split())
 
     answers = {x["custom_id"]: x for x in read(out)}
-    assert sorted(answers) == ["multiturn", "seeded"]
+    assert sorted(answers) == ["multiturn", "schema", "seeded"]
     for x in answers.values():
         assert x["id"].startswith("batch_req_") and x["error"] is None
         assert x["response"]["status_code"] == 200
@@ -104,15 +109,23 @@ def test_a_mixed_file_gives_answers_error_entries_and_replays(tmp_path, fixtures
     assert "balanced_agent: identical answer; same model file" in again.stderr
     content = answers["seeded"]["response"]["body"]["choices"][0]["message"]["content"]
     assert again.stdout == content + "\n"
+    shaped = answers["schema"]["response"]["body"]
+    assert shaped["hpc_chat"]["agents"][0]["request_format"]["response_format"]["type"] == \
+        "json_schema"
+    again = hpc(home, "replay", str(out), "schema", config=fast, model=None, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "balanced_agent: identical answer; same model file" in again.stderr
+    assert again.stdout == shaped["choices"][0]["message"]["content"] + "\n"
+    assert isinstance(json.loads(again.stdout)["colour"], str)
 
     stats = hpc(home, "stats", str(out), "--json", config=None, model=None)
-    assert json.loads(stats.stdout)["successful_requests"] == 2, stats.stdout
+    assert json.loads(stats.stdout)["successful_requests"] == 3, stats.stdout
 
     resumed = hpc(home, "batch", str(batch), "-o", str(out), "--resume", config=fast,
                   model=None, timeout=300)
-    assert "2 of 7 prompts already answered" in resumed.stderr, resumed.stderr
+    assert "3 of 8 prompts already answered" in resumed.stderr, resumed.stderr
     assert "5 unchanged lines that failed on their input" in resumed.stderr
-    assert len(read(out)) == 2 and len(read(tmp_path / "out.errors.jsonl")) == 5
+    assert len(read(out)) == 3 and len(read(tmp_path / "out.errors.jsonl")) == 5
 
 
 def test_a_repeated_custom_id_is_refused_before_anything_runs(tmp_path):
