@@ -9,7 +9,7 @@ generates the same number of tokens for the same prompts, and the prompt tokens 
 counted are reported beside it, so a difference in the prompts shows.
 
 The peers are warm ``hpc-chat serve`` (packaged defaults) and llama.cpp's own ``llama-server``
-on the same model file with 8 and 16 slots, and with 8 slots and a unified KV cache (``-kvu``).
+on the same model file with 8, 16 and 32 slots, and with 8 slots and a unified KV cache (``-kvu``).
 Each is sent the requests two ways: all at once (open loop, as a queue of work arrives) and by
 8 clients that each wait for their answer. The runs go in ABBA order over every (peer, way)
 pair, each repeat with its own seeds (serve would answer a repeated request from its cache).
@@ -33,7 +33,8 @@ from hpc_chat.bench.multiturn import abba
 from hpc_chat.bench.peers import llama_server, post_chat, serving, timed_map
 
 CLIENTS = 8
-SERVERS = {"llama_server_8": (8,), "llama_server_16": (16,), "llama_server_8_kvu": (8, "-kvu")}
+SERVERS = {"llama_server_8": (8,), "llama_server_16": (16,), "llama_server_32": (32,),
+           "llama_server_8_kvu": (8, "-kvu")}
 
 
 def _requests(n: int, seed_base: int, lengths: list[int] | None) -> list[Any]:

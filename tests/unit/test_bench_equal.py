@@ -32,7 +32,7 @@ def test_every_peer_gets_the_same_requests_each_run_with_new_seeds_in_abba_order
     def send(base, headers, bodies, clients):
         sent.append((base, clients, bodies))
         lengths = [b["max_tokens"] for b in bodies]
-        if len(sent) == 1 + 4 + 4:  # server8's first 8-client run: one answer cut short
+        if len(sent) == 1 + 5 + 4:  # server8's first 8-client run: one answer cut short
             lengths[0] -= 1
         return {"wall_s": 1.0, "tokens": sum(lengths), "tok_s": 100.0, "req_s": 1.0,
                 "prompt_tokens": 50, "lengths": [7, 0, 30][:len(bodies)] * (
@@ -56,10 +56,11 @@ def test_every_peer_gets_the_same_requests_each_run_with_new_seeds_in_abba_order
     monkeypatch.setattr(equal, "server_version", lambda binary: "version: test")
     out = equal.equal_workload(3, 2, lambda text: None)
     assert out["lengths"] == [7, 1, 30]  # natural lengths, at least 1 token
-    timed = sent[1 + 4:]  # after the natural pass and every peer's warm pass
+    timed = sent[1 + 5:]  # after the natural pass and every peer's warm pass
     order = [f"{base}/{'open' if clients == 3 else 'clients'}" for base, clients, _ in timed]
     forward = ["serve/open", "serve/clients", "server8/open", "server8/clients",
-               "server16/open", "server16/clients", "server8-kvu/open", "server8-kvu/clients"]
+               "server16/open", "server16/clients", "server32/open", "server32/clients",
+               "server8-kvu/open", "server8-kvu/clients"]
     assert order == forward + forward[::-1]
     for base, _, bodies in timed:
         assert [b["max_tokens"] for b in bodies] == [7, 1, 30]
