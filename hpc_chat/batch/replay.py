@@ -1,9 +1,11 @@
 """Make a recorded answer again from its provenance, and say whether it came out the same.
 
 Every batch output line records, per agent, the exact messages decoded, every sampler setting
-with the seed, and the model file's sha256 (:mod:`hpc_chat.worker.provenance`). A replay sends
-those messages and settings to the same agent and model, the way the workflow decodes them,
-and compares the sha256 of the new answer and of the model file with the recorded ones.
+with the seed, the request's own format (``request_format``: its ``response_format``,
+``grammar``, ``tools``, ``tool_choice`` as sent) and the model file's sha256
+(:mod:`hpc_chat.worker.provenance`). A replay sends those messages, settings and format to the
+same agent and model, the way the workflow decodes them, and compares the sha256 of the new
+answer and of the model file with the recorded ones.
 
 What keeps an answer identical: the same model file, llama-cpp-python version and seed (a
 request without one had one drawn and recorded). An answer decoded in a batch together with
@@ -20,6 +22,7 @@ from typing import Any
 
 from hpc_chat.errors import InputError
 from hpc_chat.openai.batch_output import is_output_line
+from hpc_chat.structured.compile import FORMAT_KEYS
 
 
 def find_answer(output: str, ident: str) -> dict[str, Any]:
@@ -49,6 +52,7 @@ def find_answer(output: str, ident: str) -> dict[str, Any]:
     answer, provenance = found
     agents = provenance.get("agents") if isinstance(provenance, dict) else None
     if not agents or not all(isinstance(a, dict) and a.get("messages") and a.get("sampling")
+                             and isinstance(a.get("request_format") or {}, dict)
                              for a in agents):
         raise InputError(f"{output}: the answer to {ident!r} has no provenance to replay "
                          f"(written by an older hpc_chat, or a cache hit without one)")
@@ -68,7 +72,8 @@ async def replay(workflow, recorded: dict[str, Any]) -> list[dict[str, Any]]:
         system = messages[0]["content"] if messages[0].get("role") == "system" else None
         turns = messages[1:-1] if system is not None else messages[:-1]
         options = {k: v for k, v in agent["sampling"].items() if v is not None}
-        options.update(agent.get("request_format") or {})  # the format the request asked
+        asked = agent.get("request_format") or {}  # the format the request itself asked for
+        options.update({k: v for k, v in asked.items() if k in FORMAT_KEYS})
         options["mode"] = "route"  # this agent's answer alone, whatever the workflow's mode
         result = await workflow.submit_request(
             messages[-1]["content"], agents=[agent["agent"]], options=options,

@@ -107,6 +107,7 @@ class EngineLoad(BaseModel):
 
     running: int  # sequences in the batch, this answer's included
     waiting: int  # requests waiting for a slot
+    cap: int = 0  # sequences it admits now (llm/slots.py: grows while that pays); 0: unsaid
 
 
 class Done(BaseModel):

@@ -77,18 +77,21 @@ class Gate:
         return self.own is not None or self.state.ready
 
     async def capacity(self) -> int:
-        """What the workers decode at once (each node's engine slots, or each worker's own
-        micro-batch when workers decode their own), and one micro-batch more, ready when a
-        slot frees; asked of Parsl every few seconds, as pilot jobs come and go."""
+        """What the workers decode at once (each node engine's slot cap as its answers say,
+        or each worker's own micro-batch when workers decode their own), and one micro-batch
+        more, ready when a slot frees; asked of Parsl every few seconds, as pilot jobs come
+        and go."""
         if time.monotonic() - self._checked > 5.0:
             wf = self.workflow
             settings = wf.loaded.settings
             stats = await wf.get_parsl_stats()
             per_task = settings.performance.batch_size
             decoding = (stats.get("active_workers") or settings.executor.max_workers) * per_task
-            if wf.site_model.engine == "node":
-                decoding = min(decoding, (stats.get("managers") or 1) *
-                               wf.site_model.engine_slots)
+            if wf.site_model.engine == "node":  # the slot cap the engines say they run at
+                slots = wf.site_model.engine_slots
+                if self.own is None:  # a batch's own engines answer to its gate alone
+                    slots = min(slots, self.state.board.cap() or slots)
+                decoding = min(decoding, (stats.get("managers") or 1) * slots)
             self._capacity = decoding + per_task
             self._checked = time.monotonic()
         return self._capacity

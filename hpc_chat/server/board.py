@@ -43,7 +43,8 @@ class EngineBoard:
                 "kind": "node" if engine else "worker",
                 "model": answer.get("model"), "block": worker.get("block"),
                 "slots": engine.get("slots"), "running": load.get("running"),
-                "waiting": load.get("waiting"), "last_answer": round(now, 1)})
+                "waiting": load.get("waiting"), "cap": load.get("cap"),
+                "last_answer": round(now, 1)})
             seen["answers"] += 1
             seen["tokens"] += (answer.get("usage") or {}).get("completion_tokens") or 0
         tokens = (result or {}).get("completion_tokens") or 0
@@ -51,6 +52,14 @@ class EngineBoard:
         if not self._buckets or self._buckets[-1][0] != start:
             self._buckets.append([start, 0])
         self._buckets[-1][1] += tokens
+
+    def cap(self) -> int | None:
+        """The fewest sequences a node engine said it admits now (its slot cap, which grows
+        from 8 towards the site's ``engine_slots`` only while requests wait and that pays), or
+        None before any said: the Batch API's window follows it, so that an interactive
+        request waits behind at most one micro-batch whatever the engine settled on."""
+        caps = [e["cap"] for e in self.engines() if e["kind"] == "node" and e.get("cap")]
+        return min(caps) if caps else None
 
     def engines(self) -> list[dict[str, Any]]:
         now = time.time()

@@ -229,7 +229,9 @@ class NodeEngine:
         waiting = self.feed.waiting()
         with self.lock:
             load = wire.EngineLoad(running=max(min(self.slots, sum(self.clients.values())
-                                                   - waiting), 1), waiting=waiting)
+                                                   - waiting), 1), waiting=waiting,
+                                   cap=getattr(getattr(self.batched, "slots", None), "cap",
+                                               self.slots))
             self.clients[link.client] -= 1
             if not self.clients[link.client]:
                 del self.clients[link.client]

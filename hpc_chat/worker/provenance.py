@@ -3,7 +3,8 @@
 Each result carries the model file (name, size, sha256), the versions of hpc_chat and
 llama-cpp-python, the exact messages decoded (after fitting to the context) and every sampler
 setting, the seed included: a request without a seed gets one drawn here and recorded, so even
-an unseeded answer can be replayed (``hpc-chat replay``). Where it ran: the scheduler's job id,
+an unseeded answer can be replayed (``hpc-chat replay``), and the request's own format as sent
+(``request_format``), which replay sends again. Where it ran: the scheduler's job id,
 the host, the Parsl worker, batched or not, start and end.
 
 A model's sha256 is computed once per file on a host and kept by path, size and modification

@@ -351,7 +351,7 @@ def alive(pid: int) -> bool:
 def test_a_batch_on_pilot_jobs_of_its_own(slow_server, tmp_path):
     """``metadata.hpc_chat_blocks``: a block of the batch's own (here a local one) answers it,
     with its own engine, not the server's; the Batch object names the job while the batch
-    runs, and the job is gone once it ends. 24 answers of 2 s on 8 slots: 6 s of work."""
+    runs, and the job is gone once it ends. 24 answers of 2 s on 16 slots: 4 s of work."""
     client = slow_server.client()
     chat = client.chat.completions.create(model="balanced_agent",
                                           messages=[{"role": "user", "content": "hi"}])
@@ -444,7 +444,7 @@ def started_batch(srv, tmp_path, prefix: str, total: int):
 def test_a_server_stopped_mid_batch_finishes_it_when_started_again(tmp_path, fixtures):
     config = fixtures / "workflows" / "batched.yml"
     srv = start_server(tmp_path, config, model=SLOW)
-    total = 64  # 8 rounds of the engine's 8 slots; the window holds two
+    total = 128  # 8 rounds of the local engine's 16 slots (16 s); the window holds 24
     try:
         batch = started_batch(srv, tmp_path, "r", total)
         # A second server on the same home does not run (and so double) its batches.
@@ -486,7 +486,7 @@ def test_a_server_killed_mid_batch_leaves_nothing_running_and_finishes_it_again(
     every custom_id once, keeping the lines the dead server wrote."""
     config = fixtures / "workflows" / "batched.yml"
     srv = start_server(tmp_path, config, model=SLOW)
-    total = 64
+    total = 128  # 8 rounds of the local engine's 16 slots: the kill lands mid-batch
     try:
         batch = started_batch(srv, tmp_path, "k", total)
         interchange = (wait_for_running_workers(srv.home)["interchange_pid"],)

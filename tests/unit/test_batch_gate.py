@@ -52,6 +52,27 @@ def test_the_window_is_the_engine_slots_and_a_micro_batch_less_interactive_reque
     assert asyncio.run(fill()) == 12 - 3  # three interactive requests keep their places
 
 
+def test_the_window_follows_the_slot_cap_the_engines_say_they_run_at():
+    """An engine of 16 slots that runs 8 (its cap has not grown, or a wider batch did not pay)
+    gets 8 and one micro-batch more, not 16 and one more: an interactive request would
+    otherwise wait behind a round and a half of batch lines."""
+    wf = Workflow([], workers=8)  # 8 workers x 4: 32 requests the workers could hold
+    wf.site_model.engine_slots = 16
+    st = state(wf)
+    gate = Gate(st)
+    assert asyncio.run(gate.capacity()) == 16 + 4  # no engine has answered yet
+
+    def answered(cap):
+        st.board.saw({"responses": [{"engine": {"host": "n1", "pid": 7, "slots": 16},
+                                     "engine_load": {"running": 8, "waiting": 4, "cap": cap},
+                                     "worker": {"host": "n1", "pid": 3}}]})
+        gate._checked = 0.0  # asked again at once, not after its 5 s
+        return asyncio.run(gate.capacity())
+    assert answered(8) == 8 + 4
+    assert answered(16) == 16 + 4  # the cap grew: so does the window
+    assert answered(0) == 16 + 4  # an engine too old to say: the site's slots
+
+
 def test_nothing_is_sent_while_no_model_is_loaded_and_a_cancel_ends_the_wait():
     st = state(Workflow([]), ready=False)
     gate = Gate(st)
