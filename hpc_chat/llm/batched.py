@@ -11,11 +11,10 @@ as pay for themselves (:mod:`hpc_chat.llm.slots`). A request whose answer has a 
 (:mod:`hpc_chat.llm.grammar`), so constrained and free requests, and requests with different
 schemas, share one batch.
 
-A prompt is evaluated in chunks cut where its messages start (:mod:`hpc_chat.llm.chunks`):
-all but the last are kept in *holder* sequences (:mod:`hpc_chat.llm.prefix_cache`) and copied
-into each new request's sequence (``llama_memory_seq_cp``), so requests to one agent evaluate
-their system prompt once, and each turn of a conversation evaluates only its last exchange (the
-previous question, its answer) and the new message, not its whole history.
+A prompt is evaluated in chunks cut where its messages start (:mod:`hpc_chat.llm.chunks`),
+all but the last kept in *holder* sequences (:mod:`hpc_chat.llm.prefix_cache`) and copied into
+each new request's sequence (``llama_memory_seq_cp``): an agent's system prompt is evaluated
+once, and a conversation's next turn starts from the cache its previous answer left.
 
 When a request ends below the highest running sequence, the highest one moves into its place
 (cache copied, sampler following): llama.cpp puts sequences in one micro-batch only while their
@@ -63,6 +62,8 @@ class _Seq:
     pos: int = 0
     shared: int = 0  # prompt tokens copied from a holder instead of evaluated in the batch
     cached: int = 0  # of those, the ones found in a holder (evaluated for an earlier prompt)
+    ends: tuple[int, ...] = ()  # where the prompt's chunks end
+    holder: int | None = None  # the holder its leading chunks were copied from
     out: list[int] = field(default_factory=list)
     text: bytes = b""
     logit_row: int = -1
@@ -97,11 +98,10 @@ class BatchedEngine:
         params.n_ubatch = min(512, params.n_batch)
         params.n_seq_max = n_seq + holders
         params.n_threads = params.n_threads_batch = engine.n_threads
-        # One KV stream per sequence: a request's cells sit at the same places as in the
-        # unbatched context, so attention sums in the same order (with a unified buffer, and
-        # without flash attention, 3 of 8 greedy answers changed). Copying a holder's prefix
-        # into a stream copies the whole stream (about 47 MB for 2048 cells): a few
-        # milliseconds, against hundreds for evaluating a system prompt.
+        # One KV stream per sequence: a request's cells sit where the unbatched context puts
+        # them, so attention sums in the same order (a unified buffer without flash attention
+        # changed 3 of 8 greedy answers). A copy (a holder's chunks, a kept answer) copies a
+        # whole stream, 47 MB for 2048 cells: milliseconds, where evaluating takes hundreds.
         params.kv_unified = False
         self.n_batch = params.n_batch
         self.ctx = llama_cpp.llama_init_from_model(self.model, params)
@@ -238,7 +238,7 @@ class BatchedEngine:
                     except FormatError as exc:  # a grammar llama.cpp cannot parse
                         job.done(exc)
                         continue
-                    seq_id = free.pop(0)  # the lowest free id keeps running ids contiguous
+                    seq_id, holder = free.pop(0), None  # the lowest free id: ids stay contiguous
                     if k:  # the leading chunks: copy their cache instead of evaluating them
                         try:
                             holder, cached = self.prefix.holder_for(tokens, ends, self.seqs)
@@ -253,7 +253,7 @@ class BatchedEngine:
                         cached = 0
                     active[seq_id] = _Seq(job, req, tokens, stops, sampler,
                                           time.perf_counter(), pos=len(tokens), shared=k,
-                                          cached=cached)
+                                          cached=cached, ends=ends, holder=holder)
                     step_tokens[seq_id] = [(tokens[i], i, i == len(tokens) - 1)
                                            for i in range(k, len(tokens))]
                     n += len(tokens) - k
@@ -298,6 +298,9 @@ class BatchedEngine:
                     elif self._finished(s, token):
                         del active[seq_id]
                         self._retire(s)
+                        if s.ends:  # its cache, the answer's decoded tokens too, for a next turn
+                            done = s.out[:s.pos - len(s.prompt)]
+                            self.prefix.keep(seq_id, s.prompt, s.ends, done, self.seqs, s.holder)
                         bisect.insort(free, seq_id)
                         s.job.done(self._completion(s, started))
                     else:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hpc_chat.errors import GenerationError, PromptTooLongError
-from hpc_chat.llm.chunks import chunk_ends, reusable
+from hpc_chat.llm.chunks import chunk_ends, reusable, with_answer
 from hpc_chat.llm.grammar import GrammarSamplers
 from hpc_chat.llm.models import ModelSpec
 from hpc_chat.llm.template import ChatTemplate
@@ -96,7 +96,8 @@ class ChatEngine:
                       tools: list[dict[str, Any]] | None = None,
                       optional: bool = False) -> tuple[list[int], tuple[int, ...]]:
         """The prompt's tokens and where its chunks end (:mod:`hpc_chat.llm.chunks`): one
-        chunk up to each message's content, the last one from the final message's content.
+        chunk up to each message's content, each token of an earlier answer a chunk of its own,
+        the last chunk from the final message's content.
 
         Both this engine and the batched one evaluate each chunk but the last on its own, so
         what a conversation's earlier turns or an agent's other requests share is evaluated
@@ -109,8 +110,9 @@ class ChatEngine:
         tokens = self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         contents = [m.get("content") if isinstance(m.get("content"), str) else None
                     for m in msgs[1:]]
+        answers = [m.get("role") == "assistant" for m in msgs[1:-1]]  # earlier answers
         return tokens, chunk_ends(text, contents, tokens, self.piece_bytes(), lambda part: (
-            self.llama.tokenize(part.encode("utf-8"), add_bos=False, special=True)))
+            self.llama.tokenize(part.encode("utf-8"), add_bos=False, special=True)), answers)
 
     def prompt_tokens(self, messages: list[dict[str, Any]],
                       tools: list[dict[str, Any]] | None = None,
@@ -140,7 +142,7 @@ class ChatEngine:
         return self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
     def _prepare_cache(self, messages: list[dict[str, Any]],
-                       tools: list[dict[str, Any]] | None, optional: bool) -> None:
+                       tools: list[dict[str, Any]] | None, optional: bool) -> list[int]:
         """Make every prompt's numbers independent of what this engine answered before.
 
         llama-cpp-python reuses the KV of whatever prefix the new prompt shares with the
@@ -149,10 +151,11 @@ class ChatEngine:
         Here a prompt is always evaluated in the same chunks (:meth:`prompt_chunks`), each but
         the last on its own; the cache keeps them, and the next prompt starts from the chunks
         it shares with them (the same system prompt, or the earlier turns of a conversation).
+        Returns the prompt's tokens (none without a template).
         """
         if self.template is None:
             self.llama.reset()  # no template to split by: evaluate from scratch
-            return
+            return []
         full, ends = self.prompt_chunks(messages, tools, optional)
         kept = reusable(self._prefix, self._prefix_ends, full, ends)
         self._prefix, self._prefix_ends = [], ()  # until the chunks below are all in
@@ -167,6 +170,17 @@ class ChatEngine:
                 self.llama.eval(full[kept:end])
                 kept = end
         self._prefix, self._prefix_ends = full[:kept], ends
+        return full
+
+    def _keep_answer(self, prompt: list[int]) -> None:
+        """After an answer, the cache holds the prompt and the answer's tokens, each decoded
+        alone: the next turn of the conversation starts from them, as the batched engine's does
+        (:meth:`~hpc_chat.llm.prefix_cache.PrefixCache.keep`)."""
+        held = self.llama.input_ids.tolist()
+        if prompt and held[:len(prompt)] == prompt and self._prefix == prompt[:len(self._prefix)]:
+            self._prefix_ends = with_answer(self._prefix_ends, len(prompt),
+                                            len(held) - len(prompt))
+            self._prefix = held
 
     def _collect(self, chunks, on_text: Callable[[str], bool],
                  prompt_tokens: Callable[[], int]) -> dict[str, Any]:
@@ -246,7 +260,7 @@ class ChatEngine:
             on_text = _stopped_by(until, on_text)
         with self._lock:
             start = time.perf_counter()
-            self._prepare_cache(messages, tools, optional)
+            prompt = self._prepare_cache(messages, tools, optional)
             try:
                 out = self.llama.create_chat_completion(
                     messages=msgs, tools=offered, temperature=temperature, max_tokens=max_tokens,
@@ -261,6 +275,7 @@ class ChatEngine:
                                           self.spec.n_ctx) from None
                 raise GenerationError(f"llama.cpp failed: {exc}") from exc
             elapsed = time.perf_counter() - start
+            self._keep_answer(prompt)
             self.calls += 1
         choice = out["choices"][0]
         usage = out.get("usage", {})

@@ -4,7 +4,9 @@ Each holder is a sequence of the batched context (a KV stream of its own) that h
 leading chunks of some prompt (:mod:`hpc_chat.llm.chunks`): an agent's system prompt, or a
 conversation up to its latest message. A new request copies the holder with the most of its
 chunks into its own sequence (``llama_memory_seq_cp``), evaluates only the chunks no holder has,
-and decodes its final chunk in the batch. A holder whose chunks are all a new prompt's first
+and decodes its final chunk in the batch. When it ends, its cache (the prompt and the answer)
+becomes a holder too (:meth:`PrefixCache.keep`), which the conversation's next turn extends by
+its new message only. A holder whose chunks are all a new prompt's first
 ones is extended in place; one that holds more than a prompt shares is copied to another holder
 first and cut there, so the longer prompt stays cached for its own conversation. The least
 recently used holder makes room when none is free.
@@ -20,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
-from hpc_chat.llm.chunks import reusable
+from hpc_chat.llm.chunks import reusable, with_answer
 
 MIN_HOLDERS = 3  # one per agent of the packaged workflow, whatever the bound
 MAX_HOLDERS = 64
@@ -50,6 +52,7 @@ class SequenceOps(Protocol):
 class _Held:
     tokens: list[int]
     ends: tuple[int, ...]
+    answer: bool = False  # a finished answer's conversation: only its next turn wants it
 
 
 class PrefixCache:
@@ -60,6 +63,7 @@ class PrefixCache:
         self.held: OrderedDict[int, _Held] = OrderedDict()  # least recently used first
         self.fills = 0  # how often chunks were evaluated into a holder
         self.reused_tokens = 0  # prompt tokens found in a holder instead of evaluated
+        self.answers = 0  # how often a finished answer's cache was kept
 
     def holder_for(self, tokens: list[int], ends: tuple[int, ...],
                    ops: SequenceOps) -> tuple[int, int]:
@@ -82,7 +86,7 @@ class PrefixCache:
                 ops.copy(best, target)
             ops.cut(target, kept)
         if kept < need:
-            self.held.pop(target, None)  # holds something else until the chunks are in
+            was = self.held.pop(target, None)  # holds something else until the chunks are in
             try:
                 start = kept
                 for end in ends:
@@ -94,9 +98,37 @@ class PrefixCache:
                 self.unused.append(target)
                 raise
             self.fills += 1
-            self.held[target] = _Held(list(tokens[:need]), tuple(ends))
+            self.held[target] = _Held(list(tokens[:need]), tuple(ends),
+                                      answer=was is not None and was.answer and target == best)
         self.held.move_to_end(target)
         return target, kept
+
+    def keep(self, seq_id: int, prompt: list[int], ends: tuple[int, ...], answer: list[int],
+             ops: SequenceOps, source: int | None = None) -> None:
+        """Make a finished sequence's cache a holder, so the conversation's next turn starts
+        from it: its ``prompt`` cut at ``ends``, and the ``answer``'s tokens it decoded, one
+        chunk each (:func:`~hpc_chat.llm.chunks.with_answer`).
+        It replaces ``source``, the holder the sequence was copied from, when that holder is
+        an earlier turn of the same conversation (nothing else wants it now); otherwise it
+        takes a free holder or the least recently used one holding an answer. It never
+        evicts chunks requests share (a system prompt), so a burst of answers cannot push an
+        agent's prompt out; with no such room the answer is not kept."""
+        tokens, ends = prompt + answer, with_answer(ends, len(prompt), len(answer))
+        old = self.held.get(source) if source is not None else None
+        if old is not None and old.answer and \
+                reusable(tokens, ends, old.tokens, old.ends) == len(old.tokens):
+            target = source
+        elif self.unused:
+            target = self.unused.pop(0)
+        else:
+            target = next((h for h, held in self.held.items() if held.answer), None)
+            if target is None:
+                return
+            del self.held[target]
+        ops.copy(seq_id, target)
+        self.held[target] = _Held(list(tokens), tuple(ends), answer=True)
+        self.held.move_to_end(target)
+        self.answers += 1
 
     def _take(self, avoid: int | None) -> int:
         """An unused holder, or the least recently used one other than ``avoid`` (``avoid``

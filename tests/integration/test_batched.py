@@ -156,33 +156,35 @@ def test_workflow_sends_requests_to_one_agent_as_one_task(fixtures, tmp_path):
 
 
 
-def test_each_turn_of_a_conversation_reuses_the_previous_turns_prompt(engine):
-    """Three conversations of three turns, each request with its whole history: a turn finds
-    every chunk of the previous turn's prompt but its last in a holder (evaluated only the
-    answer and the new message), and every answer is the unbatched one, whose engine cuts and
-    reuses the same chunks."""
-    questions = [["Name a planet.", "How big is it?", "Who found it?"],
-                 ["Name a fruit.", "What colour is it?", "Where does it grow?"],
-                 ["Name a river.", "How long is it?", "Which sea does it reach?"]]
+def test_each_turn_of_a_conversation_starts_from_the_previous_answers_cache(engine):
+    """Three conversations of four turns, each request with its whole history: a turn finds
+    the previous prompt and its answer in a holder (kept when the answer ended) and evaluates
+    only the header between that answer and the new message. Every answer is the unbatched
+    one, whose engine, answering the conversations in turn, evaluates each history from
+    scratch, its earlier answers one token per call as they were generated."""
+    questions = [["Name a planet.", "How big is it?", "Who found it?", "Tell me more."],
+                 ["Name a fruit.", "What colour is it?", "Where does it grow?", "And?"],
+                 ["Name a river.", "How long is it?", "Which sea does it reach?", "Why?"]]
     conversations = [[SYSTEM] for _ in questions]
     batched = BatchedEngine(engine, n_seq=2, holders=4)
-    last_ends = [0] * len(questions)
-    for turn in range(3):
+    before: list = []
+    for turn in range(4):
         reqs = []
         for history, asked in zip(conversations, questions):
             history.append({"role": "user", "content": asked[turn]})
-            reqs.append(GenRequest(messages=list(history), temperature=0.0, max_tokens=24))
+            reqs.append(GenRequest(messages=list(history), temperature=0.7, seed=turn,
+                                   max_tokens=48))
         evaluated = batched.profile.prefix_tokens
         out = batched.generate(reqs)
         assert [c.text for c in out] == [c.text for c in unbatched(engine, reqs)]
-        ends = [engine.prompt_chunks(r.messages)[1] for r in reqs]
-        assert [len(e) for e in ends] == [1 + 2 * turn] * 3  # a cut at each later message
-        assert [c.extra["cached_prompt_tokens"] for c in out] == \
-            ([last_ends[0]] + last_ends[1:] if turn else [0, ends[1][0], ends[2][0]])
-        if turn:  # only the previous question and its answer were evaluated again
-            fresh = sum(e[-1] - last for e, last in zip(ends, last_ends))
-            assert batched.profile.prefix_tokens - evaluated == fresh
-        last_ends = [e[-1] for e in ends]
+        assert batched.prefix.answers == 3 * (turn + 1)
+        if turn:  # the previous prompt and (nearly) all its answer found, not evaluated
+            for c, earlier in zip(out, before):
+                assert c.extra["cached_prompt_tokens"] > earlier.prompt_tokens
+            assert batched.profile.prefix_tokens - evaluated <= 3 * 8  # headers, a token more
+            answered = sum(c.completion_tokens for c in before)
+            assert answered > 3 * 8
+        before = out
         for history, c in zip(conversations, out):
             history.append({"role": "assistant", "content": c.text})
 

@@ -27,6 +27,20 @@ def test_a_prompt_is_cut_where_each_later_message_starts():
     assert ends2[0] == ends[0]  # the shared message is cut at the same place in both turns
 
 
+def test_an_earlier_answer_is_cut_after_each_of_its_tokens():
+    """An answer in the history is evaluated one token per call, as it was generated: cut
+    after each token up to where the next text starts; the last message is never so cut."""
+    text = "<s>user\nHi</s><s>assistant\nYo!</s><s>user\nAnd?</s><s>assistant\n"
+    contents = ["Hi", "Yo!", "And?"]
+    start, end = text.index("Yo!"), text.index("Yo!") + 3
+    ends = chunk_ends(text, contents, chars(text), ONE_BYTE, stepwise=[False, True])
+    assert ends == (text.index("Hi"), start, start + 1, start + 2, end, text.index("And?"))
+    assert chunk_ends(text, contents, chars(text), ONE_BYTE, stepwise=[False, False]) == (
+        text.index("Hi"), start, text.index("And?"))
+    last = chunk_ends(text, contents[:2], chars(text), ONE_BYTE, stepwise=[False])
+    assert last == (text.index("Hi"), start)
+
+
 def test_a_cut_falls_on_the_first_token_at_or_after_the_content():
     text = "ab|cd|ef"
     tokens = [0, 1, 2]  # "ab|", "cd|", "ef"
@@ -128,3 +142,41 @@ def test_the_bound_gives_the_holder_count():
     assert holders_within(1024 * mb, 512 * mb) == 3  # never fewer than one per packaged agent
     assert holders_within(0, 45 * mb) == 0
     assert holders_within(1 << 40, 1) == 64
+
+
+def test_a_finished_answer_becomes_the_holder_its_next_turn_starts_from():
+    """A finished sequence's prompt and answer are kept as a holder; the next turn finds all
+    of it and evaluates only what follows; the turn after replaces that holder rather than
+    taking another, while a holder other requests share (a system prompt) is never replaced."""
+    cache, ops = PrefixCache(first_id=8, count=3), Ops()
+    system = [1, 1, 1]
+    turn1 = system + [2, 2]
+    holder, _ = cache.holder_for(turn1, (3,), ops)  # the system prompt's holder
+    ops.kv[0] = turn1 + [7, 8]  # sequence 0 answered 7, 8
+    cache.keep(0, turn1, (3,), [7, 8], ops, source=holder)
+    assert ("copy", 0, 9) in ops.calls and ops.kv[9] == turn1 + [7, 8]
+    assert ops.kv[8] == system and cache.answers == 1  # the shared holder stays as it was
+    turn2 = turn1 + [7, 8, 0, 3, 3]  # a header after the answer, then the next message
+    holder, cached = cache.holder_for(turn2, (3, 5, 6, 7, 8), ops)
+    assert (holder, cached) == (9, 7) and ops.kv[9] == turn2[:8]  # only the header evaluated
+    ops.kv[1] = turn2 + [9]
+    cache.keep(1, turn2, (3, 5, 6, 7, 8), [9], ops, source=holder)
+    assert ("copy", 1, 9) in ops.calls and ops.kv[9] == turn2 + [9]  # replaced in place
+    assert cache.holder_for(system + [4, 4], (3,), ops) == (8, 3)
+    off = PrefixCache(first_id=8, count=0)
+    off.keep(0, turn1, (3,), [], ops)
+    assert not off.held and off.answers == 0
+
+
+def test_answers_take_free_holders_or_older_answers_never_a_shared_prompt():
+    cache, ops = PrefixCache(first_id=4, count=2), Ops()
+    cache.holder_for([1, 1, 2], (2,), ops)  # holder 4: a system prompt
+    for seq_id, answer in enumerate(([1, 1, 2, 7], [1, 1, 3, 8], [1, 1, 4, 9])):
+        ops.kv[seq_id] = answer
+        cache.keep(seq_id, answer[:3], (2,), answer[3:], ops)
+    assert list(cache.held) == [4, 5] and ops.kv[5] == [1, 1, 4, 9]  # the newest answer
+    assert cache.holder_for([1, 1, 5], (2,), ops) == (4, 2) and cache.fills == 1
+    full = PrefixCache(first_id=4, count=1)
+    full.holder_for([1, 1, 2], (2,), ops)
+    full.keep(0, [1, 1, 2], (2,), [7], ops)
+    assert full.answers == 0 and list(full.held) == [4]  # no room but the shared prompt's
