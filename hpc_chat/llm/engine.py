@@ -110,7 +110,8 @@ class ChatEngine:
         tokens = self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         contents = [m.get("content") if isinstance(m.get("content"), str) else None
                     for m in msgs[1:]]
-        answers = [m.get("role") == "assistant" for m in msgs[1:-1]]  # earlier answers
+        answers = [m.get("role") == "assistant" and not m.get("agent")  # answers sent back,
+                   for m in msgs[1:-1]]  # not the workflow's stored ones
         return tokens, chunk_ends(text, contents, tokens, self.piece_bytes(), lambda part: (
             self.llama.tokenize(part.encode("utf-8"), add_bos=False, special=True)), answers)
 

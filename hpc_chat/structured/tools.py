@@ -202,8 +202,9 @@ def as_text_turns(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | 
             call_id = msg.get("tool_call_id")
             out.append({"role": "user", "content": result_text(
                 msg.get("name") or names.get(call_id or ""), call_id, content)})
-        else:
-            out.append({"role": role, "content": content})
+        else:  # a stored answer keeps its agents' names (hpc_chat.llm.chunks)
+            out.append({"role": role, "content": content, **(
+                {"agent": msg["agent"]} if role == "assistant" and msg.get("agent") else {})})
     if tools:
         offered = tools_prompt(tools, optional)
         if out and out[0]["role"] == "system":

@@ -54,7 +54,9 @@ def build_messages(system_prompt: str, message: str, history: list[dict[str, Any
         elif role == "tool":
             msgs.append(_tool_turn(str(turn.get("content") or ""), turn))
         elif role in ("user", "assistant") and turn.get("content"):
-            msgs.append({"role": role, "content": str(turn["content"])})
+            named = role == "assistant" and turn.get("agent")  # stored: one chunk (llm.chunks)
+            msgs.append({"role": role, "content": str(turn["content"]),
+                         **({"agent": str(turn["agent"])} if named else {})})
     msgs.append(_tool_turn(message, tool_result) if tool_result
                 else {"role": "user", "content": message})
     return msgs

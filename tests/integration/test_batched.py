@@ -189,6 +189,29 @@ def test_each_turn_of_a_conversation_starts_from_the_previous_answers_cache(engi
             history.append({"role": "assistant", "content": c.text})
 
 
+def test_an_answer_sent_back_is_cut_per_token_and_a_stored_one_is_one_chunk(engine):
+    """An OpenAI client's earlier answer is cut after each token (the cache its answer left
+    holds it so); the workflow's stored answer names its agents and stays one chunk (it may
+    join several answers, and the window of turns moves), through the worker's messages."""
+    from hpc_chat.structured.tools import as_text_turns
+    from hpc_chat.worker.chat import build_messages
+
+    answer = "Mars is the fourth planet from the Sun."
+    sent = build_messages("Be brief.", "How big is it?", [
+        {"role": "user", "content": "Name a planet."}, {"role": "assistant", "content": answer}])
+    stored = build_messages("Be brief.", "How big is it?", [
+        {"role": "user", "content": "Name a planet."},
+        {"role": "assistant", "content": answer, "agent": "a,b", "completion_tokens": 9}])
+    assert stored[2] == {"role": "assistant", "content": answer, "agent": "a,b"}
+    assert as_text_turns(stored, None, False)[2]["agent"] == "a,b"
+    tokens, per_token = engine.prompt_chunks(sent)
+    same, whole = engine.prompt_chunks(stored)
+    assert same == tokens  # the name is not rendered: the same prompt
+    answered = len(engine.llama.tokenize(answer.encode(), add_bos=False))
+    assert len(whole) == 3 and len(per_token) == 3 + answered
+    assert set(whole) < set(per_token)
+
+
 def test_a_finished_sequence_below_running_ones_is_filled_by_the_highest(engine):
     """Answers of 32, 4, 16 and 8 tokens: each time a sequence ends below running ones, the
     highest running one moves down into its place, so every step stays one run of consecutive
