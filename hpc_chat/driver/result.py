@@ -56,6 +56,7 @@ def request_result(start: float, text: Any, combined: dict | None, *, error: str
         "latency_s": round(end - start, 4),
         "completion_tokens": record.completion_tokens,
         "prompt_tokens": record.prompt_tokens,
+        "cached_tokens": usage.cached_tokens,
         # "length" when any agent's answer was cut at max_tokens; in a collaboration mode,
         # the reply's own
         "finish_reason": ((combined.get("finish_reason") or finish_reason(responses))

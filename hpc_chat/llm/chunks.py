@@ -20,7 +20,9 @@ its tokens), so every turn of a conversation cuts its shared messages at the sam
 
 An answer the workflow stored in its history (it names its agents: ``"agent"``) is one chunk:
 it may join several agents' answers, and the workflow sends a moving window of recent turns,
-so no cache holds it as it was decoded, and one chunk is evaluated 2.5 times as fast.
+so no cache holds it as it was decoded, and one chunk is evaluated 2.5 times as fast. On a GPU
+every answer is one chunk: a chunk there costs about what one token does, so evaluating an
+answer token by token would cost far more than the cache saves (``ChatEngine.answers_stepwise``).
 """
 
 from __future__ import annotations

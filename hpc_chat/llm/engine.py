@@ -76,6 +76,10 @@ class ChatEngine:
         self.template: ChatTemplate | None = None  # a GGUF without one: llama-cpp-python's
         if self.llama.metadata.get("tokenizer.chat_template"):
             self.use_template(self.llama.metadata["tokenizer.chat_template"])
+        # An earlier answer is evaluated a token per call, as it was decoded, so the cache an
+        # answer leaves serves the next turn (llm.chunks); on a GPU a prompt chunk costs about
+        # what one token does, so there the answer stays one chunk and only its prompt is reused.
+        self.answers_stepwise = spec.n_gpu_layers == 0
         self._prefix: list[int] = []  # the tokens the KV cache holds, evaluated in chunks
         self._prefix_ends: tuple[int, ...] = ()  # where those chunks end
         self._piece_bytes = None
@@ -110,8 +114,8 @@ class ChatEngine:
         tokens = self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         contents = [m.get("content") if isinstance(m.get("content"), str) else None
                     for m in msgs[1:]]
-        answers = [m.get("role") == "assistant" and not m.get("agent")  # answers sent back,
-                   for m in msgs[1:-1]]  # not the workflow's stored ones
+        answers = [self.answers_stepwise and m.get("role") == "assistant" and
+                   not m.get("agent") for m in msgs[1:-1]]  # not the workflow's stored ones
         return tokens, chunk_ends(text, contents, tokens, self.piece_bytes(), lambda part: (
             self.llama.tokenize(part.encode("utf-8"), add_bos=False, special=True)), answers)
 
@@ -177,7 +181,7 @@ class ChatEngine:
         """After an answer, the cache holds the prompt and the answer's tokens, each decoded
         alone: the next turn of the conversation starts from them, as the batched engine's does
         (:meth:`~hpc_chat.llm.prefix_cache.PrefixCache.keep`)."""
-        held = self.llama.input_ids.tolist()
+        held = self.llama.input_ids[:self.llama.n_tokens].tolist()  # the array is n_ctx long
         if prompt and held[:len(prompt)] == prompt and self._prefix == prompt[:len(self._prefix)]:
             self._prefix_ends = with_answer(self._prefix_ends, len(prompt),
                                             len(held) - len(prompt))

@@ -98,8 +98,9 @@ class PrefixCache:
                 self.unused.append(target)
                 raise
             self.fills += 1
-            self.held[target] = _Held(list(tokens[:need]), tuple(ends),
-                                      answer=was is not None and was.answer and target == best)
+            origin = was if target == best else self.held.get(best)  # what it was made from
+            self.held[target] = _Held(list(tokens[:need]), tuple(ends),  # from an answer: a
+                                      answer=origin is not None and origin.answer)  # history
         self.held.move_to_end(target)
         return target, kept
 

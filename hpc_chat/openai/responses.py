@@ -159,7 +159,7 @@ def response_object(ident: str, body: dict[str, Any], created: float, *,
         "truncation": "disabled",
         "usage": None if usage is None else {
             "input_tokens": usage.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": usage.cached_tokens},
             "output_tokens": usage.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": usage.prompt_tokens + usage.completion_tokens},

@@ -114,8 +114,8 @@ class Completion:
         return self.completion_tokens / self.generation_s if self.generation_s > 0 else 0.0
 
     def usage(self) -> dict[str, int]:
-        return Usage(prompt_tokens=self.prompt_tokens,
-                     completion_tokens=self.completion_tokens).model_dump()
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                     cached_tokens=self.extra.get("cached_prompt_tokens", 0)).model_dump()
 
     def timings(self) -> dict[str, Any]:
         return {"model_load_s": self.model_load_s, "model_loaded_now": self.model_loaded_now,

@@ -27,25 +27,31 @@ class FinishReason(str, Enum):
 
 
 class Usage(BaseModel):
-    """Tokens of a request: what the prompt took and what the answer generated."""
+    """Tokens of a request: what the prompt took and what the answer generated, and how many
+    of the prompt's tokens the engine found in its cache, evaluated for an earlier request (a
+    shared system prompt, a conversation's earlier turns: OpenAI's ``cached_tokens``)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
 
     @classmethod
     def of(cls, record: dict[str, Any]) -> Usage:
         """The usage a result (or an output line) records; a missing count is 0."""
         return cls(prompt_tokens=record.get("prompt_tokens") or 0,
-                   completion_tokens=record.get("completion_tokens") or 0)
+                   completion_tokens=record.get("completion_tokens") or 0,
+                   cached_tokens=record.get("cached_tokens") or 0)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-                     completion_tokens=self.completion_tokens + other.completion_tokens)
+                     completion_tokens=self.completion_tokens + other.completion_tokens,
+                     cached_tokens=self.cached_tokens + other.cached_tokens)
 
-    def openai(self) -> dict[str, int]:
+    def openai(self) -> dict[str, Any]:
         """OpenAI's ``usage`` object."""
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
 
 
 class WorkerIdentity(BaseModel):
@@ -132,6 +138,7 @@ class RequestResult(BaseModel):
     latency_s: float
     completion_tokens: int
     prompt_tokens: int
+    cached_tokens: int = 0  # of the prompt tokens, those the engines found in their caches
     finish_reason: FinishReason | None  # None when it failed
     error: str | None
     error_kind: str | None

@@ -187,7 +187,10 @@ def add_usage(usage: dict[str, Any], output_line: dict[str, Any]) -> None:
         # A chat or text completion's usage, or a response's (input_/output_tokens).
         prompt = int(got.get("prompt_tokens", got.get("input_tokens")) or 0)
         completion = int(got.get("completion_tokens", got.get("output_tokens")) or 0)
+        details = got.get("prompt_tokens_details", got.get("input_tokens_details"))
+        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
         usage["input_tokens"] += prompt
+        usage.setdefault("input_tokens_details", {"cached_tokens": 0})["cached_tokens"] += cached
         usage["output_tokens"] += completion
         usage["total_tokens"] += prompt + completion
 

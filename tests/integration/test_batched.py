@@ -210,6 +210,11 @@ def test_an_answer_sent_back_is_cut_per_token_and_a_stored_one_is_one_chunk(engi
     answered = len(engine.llama.tokenize(answer.encode(), add_bos=False))
     assert len(whole) == 3 and len(per_token) == 3 + answered
     assert set(whole) < set(per_token)
+    engine.answers_stepwise = False  # a model on a GPU: an answer is one chunk there
+    try:
+        assert engine.prompt_chunks(sent)[1] == whole
+    finally:
+        engine.answers_stepwise = True
 
 
 def test_a_finished_sequence_below_running_ones_is_filled_by_the_highest(engine):

@@ -326,6 +326,20 @@ def test_the_real_model_streams_its_tokens(tmp_path, fixtures):
         pieces = [p for p in pieces if p]
         assert len(pieces) >= 5 and "".join(pieces).strip()
         assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+        # The next turn, sent with its history as OpenAI clients send it, starts from the cache
+        # its previous answer left: the whole previous prompt, at least, was not evaluated again.
+        client = openai.OpenAI(base_url=server.url, api_key=server.key)
+        history = [{"role": "user", "content": "Name a planet."}]
+        first = client.chat.completions.create(model="analytical_agent", messages=history,
+                                               max_tokens=24, seed=4)
+        history.append({"role": "assistant", "content": first.choices[0].message.content})
+        history.append({"role": "user", "content": "How big is it?"})
+        second = client.chat.completions.create(model="analytical_agent", messages=history,
+                                                max_tokens=24, seed=5)
+        cached = second.usage.prompt_tokens_details.cached_tokens
+        assert first.usage.prompt_tokens + first.usage.completion_tokens // 2 <= cached
+        assert cached < second.usage.prompt_tokens  # the new message was evaluated
+        assert first.usage.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens
     finally:
         stop(server)
 

@@ -18,7 +18,7 @@ def test_several_answers_joined_in_given_order_with_headers():
     out = aggregate_responses([resp("b", "two", 3), resp("a", "one", 4)])
     assert out["content"] == "[b]\ntwo\n\n[a]\none"
     assert out["agents"] == ["b", "a"]
-    assert out["usage"] == {"prompt_tokens": 20, "completion_tokens": 7}
+    assert out["usage"] == {"prompt_tokens": 20, "completion_tokens": 7, "cached_tokens": 0}
     assert [r["agent"] for r in out["responses"]] == ["b", "a"]
     assert out == aggregate_responses([resp("b", "two", 3), resp("a", "one", 4)])
 

@@ -124,7 +124,7 @@ def test_batched_echo_refuses_a_prompt_over_the_context_alone():
 def test_worker_logic_answers_with_echo_like_a_real_model():
     result = process_chat_message(AGENT, "Hello there", {"options": {"max_tokens": 8}})
     assert result["content"] == "Hello there" and result["model"] == "echo"
-    assert result["usage"] == {"prompt_tokens": 5, "completion_tokens": 2}
+    assert result["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "cached_tokens": 0}
     assert result["finish_reason"] == "stop"
     items = [{"message": f"m {i}", "context": {}} for i in range(3)] + \
             [{"message": "  ", "context": {}}]

@@ -101,7 +101,8 @@ def test_output_and_error_lines_have_openais_shape():
     assert out["response"]["status_code"] == 200 and body["object"] == "chat.completion"
     assert body["choices"][0]["message"]["content"] == "Blue."
     assert body["choices"][0]["finish_reason"] == "length"
-    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
     assert body["system_fingerprint"] == "hpc_chat-0.1.0-" + "ab" * 6
     failed = error_line("q2", "unknown model", line=4, kind="input", request_fingerprint=None,
                         finished_at=1.0, status=404, code="model_not_found",

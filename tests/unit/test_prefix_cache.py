@@ -176,6 +176,12 @@ def test_answers_take_free_holders_or_older_answers_never_a_shared_prompt():
         cache.keep(seq_id, answer[:3], (2,), answer[3:], ops)
     assert list(cache.held) == [4, 5] and ops.kv[5] == [1, 1, 4, 9]  # the newest answer
     assert cache.holder_for([1, 1, 5], (2,), ops) == (4, 2) and cache.fills == 1
+    ops.kv[0] = [1, 1, 2, 7, 6]
+    cache.keep(0, [1, 1, 2, 7], (2, 3, 4), [6], ops)  # replaces the older answer, 5
+    assert cache.held[5].answer and not cache.held[4].answer
+    branch, kept = cache.holder_for([1, 1, 2, 7, 9, 9, 3], (2, 3, 4, 6), ops)  # a part of it
+    assert (branch, kept) == (4, 4) and ops.kv[4] == [1, 1, 2, 7, 9, 9]  # least recently used
+    assert cache.held[4].answer  # made from a kept answer: a conversation's, keep may take it
     full = PrefixCache(first_id=4, count=1)
     full.holder_for([1, 1, 2], (2,), ops)
     full.keep(0, [1, 1, 2], (2,), [7], ops)
