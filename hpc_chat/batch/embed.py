@@ -199,7 +199,7 @@ def embedding_answer(body: dict[str, Any], model: str, started: float) -> dict[s
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
     return {**dict.fromkeys(OUTPUT_KEYS), "ok": True, "embedding": body, "agents": [model],
             "latency_s": round(time.time() - started, 4), "completion_tokens": 0,
-            "prompt_tokens": int(usage.get("prompt_tokens") or 0)}
+            "prompt_tokens": int(usage.get("prompt_tokens") or 0), "cached_tokens": 0}
 
 
 def _answered(last) -> bool:

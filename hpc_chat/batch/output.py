@@ -54,7 +54,8 @@ from hpc_chat.util.outputfiles import (
 from hpc_chat.util.outputlock import OutputLock
 
 OUTPUT_KEYS = ("id", "prompt", "ok", "response", "agents", "latency_s", "completion_tokens",
-               "prompt_tokens", "finish_reason", "cached", "error", "error_kind", "error_code")
+               "prompt_tokens", "cached_tokens", "finish_reason", "cached", "error",
+               "error_kind", "error_code")
 def json_lines(path: Path):
     """The JSON objects of a file, skipping what cannot be read (a line cut short by a kill,
     huge numbers, deep nesting): that request simply runs again."""
@@ -75,7 +76,8 @@ def failed_result(error: str | None, code: FailureCode,
     """A request's result when it failed before any agent answered, in the workflow's form
     (its kind, ``input`` or ``runtime``, follows from the code: see the module's docstring)."""
     return {**dict.fromkeys(OUTPUT_KEYS), "ok": False, "agents": [], "latency_s": latency_s,
-            "completion_tokens": 0, "prompt_tokens": 0, "cached": False, "error": error,
+            "completion_tokens": 0, "prompt_tokens": 0, "cached_tokens": 0, "cached": False,
+            "error": error,
             **failure_fields(code)}
 
 

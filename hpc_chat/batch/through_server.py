@@ -174,6 +174,8 @@ def _result(url: str, done: dict[str, Any], start: float, completion: bool) -> d
                 "latency_s": round(time.time() - start, 4),
                 "completion_tokens": int(usage.get("completion_tokens") or 0),
                 "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                "cached_tokens": int((usage.get("prompt_tokens_details") or {})
+                                     .get("cached_tokens") or 0),
                 "finish_reason": choice.get("finish_reason"),
                 "cached": any(a.get("cached") for a in listed),
                 "provenance": {**provenance, "server": url} if provenance else None}

@@ -56,9 +56,12 @@ class HistoryConfig(BaseModel):
 def bound_turns(messages: list[dict[str, Any]], max_turns: int,
                 max_tokens: int) -> list[dict[str, str]]:
     """The most recent messages: at most ``max_turns`` user/assistant pairs and about
-    ``max_tokens`` tokens, dropping the oldest first."""
+    ``max_tokens`` tokens, dropping the oldest first. An answer keeps the names of the agents
+    that made it (the engine then evaluates it as one chunk: :mod:`hpc_chat.llm.chunks`)."""
     recent = messages[-2 * max_turns:] if max_turns else []
-    out = [{"role": m["role"], "content": m["content"]} for m in recent]
+    out = [{"role": m["role"], "content": m["content"], **(
+        {"agent": m["agent"]} if m["role"] == "assistant" and m.get("agent") else {})}
+        for m in recent]
     while out and sum(len(m["content"]) for m in out) / CHARS_PER_TOKEN > max_tokens:
         out.pop(0)
     return out

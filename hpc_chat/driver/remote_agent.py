@@ -145,10 +145,16 @@ async def _whole(client, remote: RemoteModel, messages, params):
     if not reply.choices:
         raise HpcChatError(f"the remote model {remote.label()} sent no answer")
     choice = reply.choices[0]
-    usage = Usage(prompt_tokens=getattr(reply.usage, "prompt_tokens", 0) or 0,
-                  completion_tokens=getattr(reply.usage, "completion_tokens", 0) or 0)
-    return (choice.message.content or "", _finish(choice.finish_reason), usage,
+    return (choice.message.content or "", _finish(choice.finish_reason), _usage(reply.usage),
             reply.model or remote.model, reply.id)
+
+
+def _usage(reported) -> Usage:
+    """The endpoint's usage, with the prompt tokens it found cached when it says."""
+    details = getattr(reported, "prompt_tokens_details", None)
+    return Usage(prompt_tokens=getattr(reported, "prompt_tokens", 0) or 0,
+                 completion_tokens=getattr(reported, "completion_tokens", 0) or 0,
+                 cached_tokens=getattr(details, "cached_tokens", 0) or 0)
 
 
 async def _streamed(client, remote: RemoteModel, messages, params, channel):
@@ -162,8 +168,7 @@ async def _streamed(client, remote: RemoteModel, messages, params, channel):
         async for event in events:
             reported, ident = event.model or reported, event.id or ident
             if event.usage is not None:
-                usage = Usage(prompt_tokens=event.usage.prompt_tokens or 0,
-                              completion_tokens=event.usage.completion_tokens or 0)
+                usage = _usage(event.usage)
             for choice in event.choices:
                 piece = choice.delta.content or ""
                 if piece:

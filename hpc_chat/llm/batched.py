@@ -298,8 +298,8 @@ class BatchedEngine:
                     elif self._finished(s, token):
                         del active[seq_id]
                         self._retire(s)
-                        if s.ends:  # its cache, the answer's decoded tokens too, for a next turn
-                            done = s.out[:s.pos - len(s.prompt)]
+                        if s.ends and self.engine.answers_stepwise:  # kept for a next turn
+                            done = s.out[:s.pos - len(s.prompt)]  # the answer tokens decoded
                             self.prefix.keep(seq_id, s.prompt, s.ends, done, self.seqs, s.holder)
                         bisect.insort(free, seq_id)
                         s.job.done(self._completion(s, started))

@@ -79,7 +79,8 @@ class ChatEngine:
         # An earlier answer is evaluated a token per call, as it was decoded, so the cache an
         # answer leaves serves the next turn (llm.chunks); on a GPU a prompt chunk costs about
         # what one token does, so there the answer stays one chunk and only its prompt is reused.
-        self.answers_stepwise = spec.n_gpu_layers == 0
+        self.answers_stepwise = spec.n_gpu_layers == 0 or \
+            not llama_cpp.llama_supports_gpu_offload()
         self._prefix: list[int] = []  # the tokens the KV cache holds, evaluated in chunks
         self._prefix_ends: tuple[int, ...] = ()  # where those chunks end
         self._piece_bytes = None
@@ -147,7 +148,8 @@ class ChatEngine:
         return self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
     def _prepare_cache(self, messages: list[dict[str, Any]],
-                       tools: list[dict[str, Any]] | None, optional: bool) -> list[int]:
+                       tools: list[dict[str, Any]] | None, optional: bool
+                       ) -> tuple[list[int], int]:
         """Make every prompt's numbers independent of what this engine answered before.
 
         llama-cpp-python reuses the KV of whatever prefix the new prompt shares with the
@@ -156,11 +158,11 @@ class ChatEngine:
         Here a prompt is always evaluated in the same chunks (:meth:`prompt_chunks`), each but
         the last on its own; the cache keeps them, and the next prompt starts from the chunks
         it shares with them (the same system prompt, or the earlier turns of a conversation).
-        Returns the prompt's tokens (none without a template).
+        Returns the prompt's tokens (none without a template) and how many were found cached.
         """
         if self.template is None:
             self.llama.reset()  # no template to split by: evaluate from scratch
-            return []
+            return [], 0
         full, ends = self.prompt_chunks(messages, tools, optional)
         kept = reusable(self._prefix, self._prefix_ends, full, ends)
         self._prefix, self._prefix_ends = [], ()  # until the chunks below are all in
@@ -170,12 +172,13 @@ class ChatEngine:
         else:
             kept = 0
             self.llama.reset()
+        found = kept
         for end in ends:
             if end > kept:
                 self.llama.eval(full[kept:end])
                 kept = end
         self._prefix, self._prefix_ends = full[:kept], ends
-        return full
+        return full, found
 
     def _keep_answer(self, prompt: list[int]) -> None:
         """After an answer, the cache holds the prompt and the answer's tokens, each decoded
@@ -265,7 +268,7 @@ class ChatEngine:
             on_text = _stopped_by(until, on_text)
         with self._lock:
             start = time.perf_counter()
-            prompt = self._prepare_cache(messages, tools, optional)
+            prompt, found = self._prepare_cache(messages, tools, optional)
             try:
                 out = self.llama.create_chat_completion(
                     messages=msgs, tools=offered, temperature=temperature, max_tokens=max_tokens,
@@ -292,6 +295,7 @@ class ChatEngine:
             model_load_s=self.load_s,
             model_loaded_now=loaded_now,
             generation_s=elapsed,
+            extra={"cached_prompt_tokens": found},
         )
 
 

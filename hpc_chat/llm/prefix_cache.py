@@ -78,6 +78,7 @@ class PrefixCache:
             if k > kept or (k == kept and k and fits and not exact):
                 best, kept, exact = seq_id, k, fits
         self.reused_tokens += kept
+        origin = self.held.get(best) if best is not None else None  # what it is made from
         if best is not None and (kept == need or exact):
             target = best  # holds all that is needed, or holds no more than it shares
         else:
@@ -86,7 +87,7 @@ class PrefixCache:
                 ops.copy(best, target)
             ops.cut(target, kept)
         if kept < need:
-            was = self.held.pop(target, None)  # holds something else until the chunks are in
+            self.held.pop(target, None)  # holds something else until the chunks are in
             try:
                 start = kept
                 for end in ends:
@@ -98,7 +99,6 @@ class PrefixCache:
                 self.unused.append(target)
                 raise
             self.fills += 1
-            origin = was if target == best else self.held.get(best)  # what it was made from
             self.held[target] = _Held(list(tokens[:need]), tuple(ends),  # from an answer: a
                                       answer=origin is not None and origin.answer)  # history
         self.held.move_to_end(target)

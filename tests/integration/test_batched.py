@@ -210,6 +210,10 @@ def test_an_answer_sent_back_is_cut_per_token_and_a_stored_one_is_one_chunk(engi
     answered = len(engine.llama.tokenize(answer.encode(), add_bos=False))
     assert len(whole) == 3 and len(per_token) == 3 + answered
     assert set(whole) < set(per_token)
+    first = engine.chat(sent[:2], temperature=0.0, max_tokens=8)  # the unbatched engine
+    again = engine.chat(sent[:2] + [{"role": "assistant", "content": first.text},
+                                    {"role": "user", "content": "Why?"}], max_tokens=4)
+    assert again.extra["cached_prompt_tokens"] > first.prompt_tokens  # and some of the answer
     engine.answers_stepwise = False  # a model on a GPU: an answer is one chunk there
     try:
         assert engine.prompt_chunks(sent)[1] == whole

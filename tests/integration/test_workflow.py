@@ -149,11 +149,13 @@ def test_conversation_history_reaches_agents(loop, workflow):
     result = loop.run_until_complete(go())
     answer = result["responses"][0]
     assert answer["history_turns_used"] == 2
-    first = loop.run_until_complete(workflow.history.messages("t-hist"))[1]["content"]
+    stored = loop.run_until_complete(workflow.history.messages("t-hist"))[1]
     system = workflow.agents[answer["agent"]].config.config.system_prompt
-    assert answer["provenance"]["messages"] == [  # put back by the driver, not sent back
+    # put back by the driver, not sent back; the stored answer names its agents (one chunk)
+    assert answer["provenance"]["messages"] == [
         {"role": "system", "content": system}, {"role": "user", "content": "My name is Ada."},
-        {"role": "assistant", "content": first}, {"role": "user", "content": "What is my name?"}]
+        {"role": "assistant", "content": stored["content"], "agent": stored["agent"]},
+        {"role": "user", "content": "What is my name?"}]
     msgs = loop.run_until_complete(workflow.history.messages("t-hist"))
     assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
 

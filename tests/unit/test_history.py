@@ -24,6 +24,9 @@ def test_memory_unit_round_trip(run):
     run(unit.append("c", "assistant", "hi", agent="a"))
     run(unit.append("c", "user", "again"))
     assert [m["content"] for m in run(unit.recent("c"))] == ["hi", "again"]
+    # a stored answer keeps its agents' names: the engine evaluates it as one chunk
+    assert run(unit.recent("c")) == [{"role": "assistant", "content": "hi", "agent": "a"},
+                                     {"role": "user", "content": "again"}]
     assert run(unit.conversations())[0]["messages"] == 3
 
 
