@@ -7,7 +7,8 @@ own ``llama-server -np 8`` (same model file): a client that sends each round's r
 concurrently, every prompt at once (the best a framework such as AutoGen or LangGraph can do),
 and one that sends them one at a time (what a group chat does). Answers differ in length from
 one engine to another (different samplers' random streams), so the figure compared is
-generated tokens/s over every round.
+generated tokens/s over every round. The runs go in ABBA order (hpc_chat, then each client, then
+back), so a machine that drifts during the section weighs on every peer alike.
 
 A quality check runs beside it: a shipped set of short arithmetic and fact questions
 (``facts.jsonl``), each answered by ``route`` (the default agent alone) and by ``review`` (the
@@ -25,11 +26,12 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from hpc_chat.bench.measure import machine_description, median_of, prompts
+from hpc_chat.bench.measure import abba, machine_description, middle_run, prompts
 from hpc_chat.bench.peers import llama_server, post_chat
 
 AGENTS = ("creative_agent", "analytical_agent", "balanced_agent")
@@ -56,7 +58,8 @@ def _workflow_file(tmp: Path, mode: str, agents: tuple[str, ...]) -> Path:
 def hpc_chat_run(questions: list[str], mode: str, agents: tuple[str, ...]) -> dict[str, Any]:
     """``hpc-chat batch`` in ``mode`` end to end (``route``: the first agent alone; else the
     collaboration over ``agents``), each line seeded by its number: wall time,
-    the time from launch to the first request on a worker, tokens over every round, replies."""
+    the time from launch to the first request on a worker, tokens generated and prompt tokens
+    evaluated over every round, replies."""
     with tempfile.TemporaryDirectory(prefix="hpc_chat_bench_") as tmp:
         tmp = Path(tmp)
         src, out = tmp / "in.jsonl", tmp / "out.jsonl"
@@ -82,6 +85,7 @@ def hpc_chat_run(questions: list[str], mode: str, agents: tuple[str, ...]) -> di
     tokens = sum(b["usage"]["completion_tokens"] for b in bodies)
     first = min(a["start"] for a in made)
     return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall,
+            "prompt_tokens": sum(b["usage"]["prompt_tokens"] for b in bodies),
             "req_s": len(made) / wall, "requests": len(made), "start_s": first - launched,
             "steady_tok_s": tokens / (wall - (first - launched)),
             "replies": [b["choices"][0]["message"]["content"] for b in bodies]}
@@ -98,7 +102,7 @@ def peer_run(url: str, questions: list[str], concurrent: bool) -> dict[str, Any]
     personas = {a: AgentConfig.from_yaml(PACKAGED_CONFIG_DIR / f"EnhancedCollaborativeAgent_{i}"
                                          f".yml").config for i, a in enumerate(AGENTS, 1)}
     settings = CollaborationSettings(mode="synthesize")
-    counted = []
+    counted, prompted = [], []
 
     def complete(agent: str, content: str, seed: int) -> str:
         persona = personas[agent]
@@ -107,6 +111,7 @@ def peer_run(url: str, questions: list[str], concurrent: bool) -> dict[str, Any]
                 **persona.sampling(), "seed": seed}
         done = post_chat(url, {}, body)
         counted.append(done["usage"]["completion_tokens"])
+        prompted.append(done["usage"]["prompt_tokens"])
         return done["choices"][0]["message"]["content"] or ""
 
     def one(i_question: tuple[int, str]) -> None:
@@ -129,7 +134,8 @@ def peer_run(url: str, questions: list[str], concurrent: bool) -> dict[str, Any]
     wall = time.perf_counter() - start
     tokens = sum(counted)
     return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall,
-            "req_s": len(counted) / wall, "requests": len(counted)}
+            "prompt_tokens": sum(prompted), "req_s": len(counted) / wall,
+            "requests": len(counted)}
 
 
 def facts() -> list[dict[str, str]]:
@@ -157,26 +163,32 @@ def quality_check() -> dict[str, Any]:
 
 
 def collaboration_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """The rows of docs/performance.md's collaboration section."""
+    """The rows of docs/performance.md's collaboration section: hpc_chat and the two clients
+    of a warm llama-server (when ``HPC_CHAT_LLAMA_SERVER`` names its binary), ``repeats`` runs
+    each in ABBA order, each peer summed up by its median run with the range."""
     questions = prompts(n)
     cores = len(os.sched_getaffinity(0))
     out: dict[str, Any] = {"prompts": n, "agents": list(AGENTS), "aggregator": AGGREGATOR,
                            "date": time.strftime("%Y-%m-%d %H:%M"),
                            "machine": machine_description(), "cores": cores,
                            "repeats": repeats, "sequential_prompts": SEQUENTIAL_PROMPTS}
-    log(f"   hpc-chat batch --mode synthesize, 3 agents, {n} prompts")
-    out["hpc_chat"] = median_of(repeats, lambda: {
+    peers: dict[str, Callable[[], dict[str, Any]]] = {"hpc_chat": lambda: {
         k: v for k, v in hpc_chat_run(questions, "synthesize", AGENTS).items()
-        if k != "replies"})
+        if k != "replies"}}
     server_bin = os.environ.get("HPC_CHAT_LLAMA_SERVER")
-    out["concurrent"] = out["sequential"] = None
-    if server_bin and Path(server_bin).is_file():
-        log("   llama-server -np 8, each round's requests sent together")
-        with llama_server(server_bin, cores, 8) as url:
-            out["concurrent"] = median_of(repeats, lambda: peer_run(url, questions, True))
-            log(f"   llama-server -np 8, one request at a time ({SEQUENTIAL_PROMPTS} prompts)")
-            out["sequential"] = median_of(repeats, lambda: peer_run(
-                url, questions[:SEQUENTIAL_PROMPTS], False))
+    with ExitStack() as stack:
+        if server_bin and Path(server_bin).is_file():
+            url = stack.enter_context(llama_server(server_bin, cores, 8))
+            peers["concurrent"] = lambda: peer_run(url, questions, True)
+            peers["sequential"] = lambda: peer_run(url, questions[:SEQUENTIAL_PROMPTS], False)
+        runs: dict[str, list[dict]] = {name: [] for name in peers}
+        out["order"] = abba(list(peers), repeats)
+        for i, name in enumerate(out["order"], 1):
+            log(f"   synthesize run {i}/{len(out['order'])}: {name}")
+            runs[name].append(peers[name]())
+    out["hpc_chat"] = middle_run(runs["hpc_chat"], "steady_tok_s")  # the figure compared
+    for name in ("concurrent", "sequential"):
+        out[name] = middle_run(runs[name]) if name in runs else None
     log("   quality: route against review on the shipped fact set")
     out["quality"] = quality_check()
     return out

@@ -20,7 +20,6 @@ llama-server's ``/metrics`` give its busy slots per decode; the node engines' st
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import time
 import urllib.request
@@ -28,8 +27,14 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
-from hpc_chat.bench.measure import SYSTEM_AGENT, bench_request, machine_description, prompts
-from hpc_chat.bench.multiturn import abba
+from hpc_chat.bench.measure import (
+    SYSTEM_AGENT,
+    abba,
+    bench_request,
+    machine_description,
+    middle_run,
+    prompts,
+)
 from hpc_chat.bench.peers import llama_server, post_chat, serving, timed_map
 
 CLIENTS = 8
@@ -172,12 +177,6 @@ def equal_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str
             done["lengths_match"] = done.pop("lengths") == lengths  # each answer, in order
             runs[key].append(done)
 
-    def summary(done: list[dict]) -> dict[str, Any]:
-        rates = sorted(r["tok_s"] for r in done)
-        middle = min(done, key=lambda r: abs(r["tok_s"] - statistics.median(rates)))
-        return {**middle, "tok_s": statistics.median(rates), "tok_s_min": rates[0],
-                "tok_s_max": rates[-1], "runs": done}
-
     import llama_cpp
 
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(),
@@ -186,7 +185,7 @@ def equal_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str
             "cores": cores, "requests": n, "repeats": repeats, "clients": CLIENTS,
             "order": order, "lengths": lengths, "natural": {
                 k: natural[k] for k in ("wall_s", "tokens", "tok_s", "prompt_tokens")},
-            "peers": {peer: {way: summary(runs[f"{peer}/{way}"]) for way in ways}
+            "peers": {peer: {way: middle_run(runs[f"{peer}/{way}"]) for way in ways}
                       for peer in peers}}
 
 

@@ -23,13 +23,13 @@ from typing import Any, Callable
 
 from hpc_chat.bench.measure import (
     SYSTEM_AGENT,
+    abba,
     bench_request,
     direct_loop,
     machine_description,
     median_of,
     prompts,
 )
-from hpc_chat.bench.multiturn import abba
 
 FORMATS = ("q4_1", "q4_0", "iq4_nl")  # the first is the embedded file as shipped
 WINDOW = 512

@@ -35,6 +35,25 @@ def median_of(repeats: int, fn: Callable[[], dict[str, float]]) -> dict[str, Any
     return {**{k: middle([r[k] for r in runs]) for k in runs[0]}, "runs": runs}
 
 
+def abba(peers: list[str], repeats: int) -> list[str]:
+    """The order of the runs: the peers forward, then backward, and so on, ``repeats`` runs
+    each (A B C, C B A, A B C for three): a machine that drifts during a section weighs on
+    every peer alike."""
+    order: list[str] = []
+    for r in range(repeats):
+        order += peers if r % 2 == 0 else peers[::-1]
+    return order
+
+
+def middle_run(done: list[dict], key: str = "tok_s") -> dict[str, Any]:
+    """A peer's runs summed up by the one whose ``key`` is nearest their median (so its other
+    figures belong together), with the median of ``key``, its range and every run."""
+    rates = sorted(r[key] for r in done)
+    middle = min(done, key=lambda r: abs(r[key] - statistics.median(rates)))
+    return {**middle, key: statistics.median(rates), f"{key}_min": rates[0],
+            f"{key}_max": rates[-1], "runs": done}
+
+
 def chat_messages(agent, prompt: str) -> list[dict[str, str]]:
     """The one request every case sends: the agent's system prompt, then the prompt."""
     return [{"role": "system", "content": agent.system_prompt},

@@ -24,9 +24,10 @@ from typing import Any, Callable
 
 from hpc_chat.bench.measure import (
     SYSTEM_AGENT,
+    abba,
     bench_request,
     machine_description,
-    median_of,
+    middle_run,
     prompts,
 )
 from hpc_chat.bench.peers import llama_server, post_chat, serving
@@ -82,15 +83,6 @@ def _server_body(req) -> dict:
     return {"messages": req.messages, **req.sampling()}
 
 
-def abba(peers: list[str], repeats: int) -> list[str]:
-    """The order of the runs: the peers forward, then backward, and so on, ``repeats`` runs
-    each (A B C, C B A, A B C for three)."""
-    order: list[str] = []
-    for r in range(repeats):
-        order += peers if r % 2 == 0 else peers[::-1]
-    return order
-
-
 def multiturn_workload(repeats: int, log: Callable[[str], None],
                        conversations: int = CONVERSATIONS, turns: int = TURNS) -> dict[str, Any]:
     """The multi-turn row: hpc-chat serve against llama-server at each of :data:`SLOTS`
@@ -113,17 +105,12 @@ def multiturn_workload(repeats: int, log: Callable[[str], None],
             runs[name].append(conversations_run(base, hdrs, body, conversations, turns,
                                                 seed_base=1000 * len(runs[name])))
 
-    def summary(done: list[dict]) -> dict[str, Any]:
-        rates = [r["tok_s"] for r in done]
-        return {**median_of(len(done), iter(done).__next__), "tok_s_min": min(rates),
-                "tok_s_max": max(rates)}
-
     import llama_cpp
 
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(),
             "system_info": llama_cpp.llama_print_system_info().decode().strip(),
             "cores": len(os.sched_getaffinity(0)), "conversations": conversations,
             "turns": turns, "repeats": repeats, "order": order,
-            "hpc_chat": summary(runs["hpc_chat"]),
-            "llama_server": {name.rsplit("_", 1)[1]: summary(done)
+            "hpc_chat": middle_run(runs["hpc_chat"]),
+            "llama_server": {name.rsplit("_", 1)[1]: middle_run(done)
                              for name, done in runs.items() if name != "hpc_chat"}}

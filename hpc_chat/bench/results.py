@@ -265,6 +265,19 @@ class CollabRate(Rate):
     requests: int
     start_s: float | None = None
     steady_tok_s: float | None = None
+    prompt_tokens: int | None = None  # over every round; None: an older file, as below
+    tok_s_min: float | None = None  # the range of the figure compared: tokens/s for the peers,
+    tok_s_max: float | None = None  # tokens/s after the start (steady_) for hpc_chat
+    steady_tok_s_min: float | None = None
+    steady_tok_s_max: float | None = None
+
+    @property
+    def compared_range(self) -> tuple[float, float] | None:
+        if self.steady_tok_s_min is not None:
+            return self.steady_tok_s_min, self.steady_tok_s_max
+        if self.tok_s_min is not None:
+            return self.tok_s_min, self.tok_s_max
+        return None
 
 
 class Quality(ResultModel):
@@ -282,6 +295,7 @@ class CollaborationWorkload(Measured):
     agents: list[str]
     aggregator: str
     repeats: int = 3
+    order: list[str] = Field(default_factory=list)  # the runs' ABBA order (older: not kept)
     sequential_prompts: int
     hpc_chat: CollabRate
     concurrent: CollabRate | None = None

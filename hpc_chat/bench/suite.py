@@ -208,11 +208,11 @@ def first_token_run(repeats: int = 5) -> dict[str, float]:
 def real_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
     """The headline: the packaged agent with its own settings and natural answer lengths,
     ``n`` requests, against its peers in the same run on the same requests, in ABBA order
-    (:func:`~hpc_chat.bench.multiturn.abba`): a machine that drifts weighs on each alike."""
+    (:func:`~hpc_chat.bench.measure.abba`): a machine that drifts weighs on each alike."""
     from functools import partial
 
     from hpc_chat.agents.config import AgentConfig
-    from hpc_chat.bench.multiturn import abba
+    from hpc_chat.bench.measure import abba
 
     agent = AgentConfig.from_yaml(SYSTEM_AGENT)
     out: dict[str, Any] = {"requests": n, "agent": agent.name,

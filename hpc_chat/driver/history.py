@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hpc_chat.errors import ConfigError, HistoryError
+from hpc_chat.protocol.request import stored_answer_mark
 from hpc_chat.util.configfile import load_yaml, resolve_config_path, validate
 from hpc_chat.util.paths import hpc_chat_home
 
@@ -59,9 +60,8 @@ def bound_turns(messages: list[dict[str, Any]], max_turns: int,
     ``max_tokens`` tokens, dropping the oldest first. An answer keeps the names of the agents
     that made it (the engine then evaluates it as one chunk: :mod:`hpc_chat.llm.chunks`)."""
     recent = messages[-2 * max_turns:] if max_turns else []
-    out = [{"role": m["role"], "content": m["content"], **(
-        {"agent": m["agent"]} if m["role"] == "assistant" and m.get("agent") else {})}
-        for m in recent]
+    out = [{"role": m["role"], "content": m["content"], **stored_answer_mark(m)}
+           for m in recent]
     while out and sum(len(m["content"]) for m in out) / CHARS_PER_TOKEN > max_tokens:
         out.pop(0)
     return out

@@ -138,9 +138,9 @@ class BatchedEngine:
         return 2 * 2 * kv_width * lc.llama_model_n_layer(model) * self.n_ctx_seq
 
     @property
-    def prefix_evals(self) -> int:
-        """How often prompt chunks were evaluated into a holder."""
-        return self.prefix.fills
+    def cap(self) -> int:
+        """How many sequences it runs now, at most ``n_seq`` (:mod:`hpc_chat.llm.slots`)."""
+        return self.slots.cap
 
     def _prompt(self, req: GenRequest) -> tuple[list[int], tuple[int, ...], list[str]]:
         """The prompt's tokens, where its chunks end (none for a text completion, or with no

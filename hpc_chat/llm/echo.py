@@ -216,6 +216,8 @@ class EchoBatchedEngine:
         self.n_ctx_seq = engine.spec.n_ctx
         self.template_stops: list[str] = []  # no chat template, so nothing to stop on
         self.lock = threading.Lock()
+        self.n_holders = 0  # no prompt cache
+        self.cap = n_seq  # it always runs every slot
 
     def close(self) -> None:
         """Nothing to free (the real engine frees its llama.cpp context)."""

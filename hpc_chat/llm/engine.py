@@ -21,7 +21,12 @@ from hpc_chat.llm.grammar import GrammarSamplers
 from hpc_chat.llm.models import ModelSpec
 from hpc_chat.llm.template import ChatTemplate
 from hpc_chat.protocol.output_format import OutputFormat
-from hpc_chat.protocol.request import Completion, GenRequest, prompt_too_long
+from hpc_chat.protocol.request import (
+    Completion,
+    GenRequest,
+    prompt_too_long,
+    stored_answer_mark,
+)
 from hpc_chat.structured.tools import as_text_turns
 
 log = logging.getLogger(__name__)
@@ -116,7 +121,7 @@ class ChatEngine:
         contents = [m.get("content") if isinstance(m.get("content"), str) else None
                     for m in msgs[1:]]
         answers = [self.answers_stepwise and m.get("role") == "assistant" and
-                   not m.get("agent") for m in msgs[1:-1]]  # not the workflow's stored ones
+                   not stored_answer_mark(m) for m in msgs[1:-1]]
         return tokens, chunk_ends(text, contents, tokens, self.piece_bytes(), lambda part: (
             self.llama.tokenize(part.encode("utf-8"), add_bos=False, special=True)), answers)
 
@@ -185,7 +190,7 @@ class ChatEngine:
         alone: the next turn of the conversation starts from them, as the batched engine's does
         (:meth:`~hpc_chat.llm.prefix_cache.PrefixCache.keep`)."""
         held = self.llama.input_ids[:self.llama.n_tokens].tolist()  # the array is n_ctx long
-        if prompt and held[:len(prompt)] == prompt and self._prefix == prompt[:len(self._prefix)]:
+        if prompt and held[:len(prompt)] == prompt:  # _prefix: the prompt's leading chunks
             self._prefix_ends = with_answer(self._prefix_ends, len(prompt),
                                             len(held) - len(prompt))
             self._prefix = held

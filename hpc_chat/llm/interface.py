@@ -32,7 +32,9 @@ class BatchEngine(Protocol):
     :class:`~hpc_chat.llm.echo.EchoBatchedEngine`)."""
 
     engine: Engine
-    n_seq: int
+    n_seq: int  # the most sequences it holds
+    cap: int  # how many of them it runs now (it may grow while requests wait)
+    n_holders: int  # sequences that hold cached prompt chunks beside them
     n_ctx_seq: int
     template_stops: list[str]  # what the chat template stops on besides a request's own
     lock: threading.Lock

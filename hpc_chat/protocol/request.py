@@ -87,6 +87,15 @@ class GenRequest(Sampling):
         return self.output is not None and self.output.text_allowed
 
 
+def stored_answer_mark(message: dict[str, Any]) -> dict[str, str]:
+    """``{"agent": NAMES}`` when ``message`` is an answer the workflow stored in its history (it
+    names the agents that made it), else ``{}``. Every copy of a message carries this mark, so
+    the engines can tell such an answer, which they evaluate as one chunk, from one an OpenAI
+    client sends back, which they evaluate token by token (:mod:`hpc_chat.llm.chunks`)."""
+    agent = message.get("agent")
+    return {"agent": str(agent)} if message.get("role") == "assistant" and agent else {}
+
+
 def prompt_too_long(prompt_tokens: int, max_tokens: int, n_ctx: int, *,
                     estimate: bool = False) -> PromptTooLongError:
     about = "about " if estimate else ""

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hpc_chat.errors import FormatError
 from hpc_chat.protocol.output_format import FormatKind, OutputFormat
+from hpc_chat.protocol.request import stored_answer_mark
 from hpc_chat.structured.converter import converter
 from hpc_chat.structured.definitions import renamed_definitions
 from hpc_chat.structured.keywords import SchemaRefused, unenforced
@@ -202,9 +203,8 @@ def as_text_turns(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | 
             call_id = msg.get("tool_call_id")
             out.append({"role": "user", "content": result_text(
                 msg.get("name") or names.get(call_id or ""), call_id, content)})
-        else:  # a stored answer keeps its agents' names (hpc_chat.llm.chunks)
-            out.append({"role": role, "content": content, **(
-                {"agent": msg["agent"]} if role == "assistant" and msg.get("agent") else {})})
+        else:
+            out.append({"role": role, "content": content, **stored_answer_mark(msg)})
     if tools:
         offered = tools_prompt(tools, optional)
         if out and out[0]["role"] == "system":

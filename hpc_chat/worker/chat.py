@@ -25,7 +25,7 @@ from hpc_chat.llm.registry import get_batched_engine, get_engine
 from hpc_chat.protocol.context import SiteModel, TaskContext
 from hpc_chat.protocol.failure import failure_code, failure_fields
 from hpc_chat.protocol.output_format import OutputFormat
-from hpc_chat.protocol.request import Completion, GenRequest, Sampling
+from hpc_chat.protocol.request import Completion, GenRequest, Sampling, stored_answer_mark
 from hpc_chat.protocol.result import AgentAnswer
 from hpc_chat.protocol.stream import StreamSpec
 from hpc_chat.structured.compile import FORMAT_KEYS, output_format
@@ -54,9 +54,8 @@ def build_messages(system_prompt: str, message: str, history: list[dict[str, Any
         elif role == "tool":
             msgs.append(_tool_turn(str(turn.get("content") or ""), turn))
         elif role in ("user", "assistant") and turn.get("content"):
-            named = role == "assistant" and turn.get("agent")  # stored: one chunk (llm.chunks)
             msgs.append({"role": role, "content": str(turn["content"]),
-                         **({"agent": str(turn["agent"])} if named else {})})
+                         **stored_answer_mark(turn)})
     msgs.append(_tool_turn(message, tool_result) if tool_result
                 else {"role": "user", "content": message})
     return msgs

@@ -155,7 +155,7 @@ class NodeEngine:
                                 clients={str(pid): n for pid, n in self.clients.items()},
                                 waiting=waiting, served=self.served,
                                 load_s=self.engine.load_s,
-                                holders=getattr(self.batched, "n_holders", 0),
+                                holders=self.batched.n_holders,
                                 **(self.batched.profile.counters()
                                    if hasattr(self.batched, "profile") else {}))
 
@@ -230,8 +230,7 @@ class NodeEngine:
         with self.lock:
             load = wire.EngineLoad(running=max(min(self.slots, sum(self.clients.values())
                                                    - waiting), 1), waiting=waiting,
-                                   cap=getattr(getattr(self.batched, "slots", None), "cap",
-                                               self.slots))
+                                   cap=self.batched.cap)
             self.clients[link.client] -= 1
             if not self.clients[link.client]:
                 del self.clients[link.client]
@@ -315,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     node = NodeEngine(spec, args.slots, args.prefix_cache_mb)
     log.info("pid %d: %s loaded in %.1f s, %d slots, %d prompt-cache holders, %d threads; "
              "serving %s", os.getpid(), spec.path, node.engine.load_s, args.slots,
-             getattr(node.batched, "n_holders", 0), node.engine.n_threads, path)
+             node.batched.n_holders, node.engine.n_threads, path)
     decoder = threading.Thread(target=node.run, daemon=True)
     decoder.start()
     binding = path.with_suffix(".new")

@@ -97,7 +97,7 @@ def test_a_shared_system_prompt_is_evaluated_once_per_worker(engine):
     batched = BatchedEngine(engine, n_seq=4)
     first = batched.generate(requests(6, max_tokens=8))
     again = batched.generate(requests(2, max_tokens=8))
-    assert batched.prefix_evals == 1
+    assert batched.prefix.fills == 1
     assert all(c.extra["shared_prompt_tokens"] > 5 for c in first + again)
     assert [c.text for c in again] == [c.text for c in first[:2]]
 
@@ -112,7 +112,7 @@ def test_more_system_prompts_than_holders_give_the_unbatched_answers(engine):
                        temperature=0.0, max_tokens=16) for i in range(8)]
     batched = BatchedEngine(engine, n_seq=2, holders=3)
     out = batched.generate(reqs)
-    assert batched.prefix_evals >= 5  # 4 prompts, and at least one came back after eviction
+    assert batched.prefix.fills >= 5  # 4 prompts, and at least one came back after eviction
     assert [c.text for c in out] == [c.text for c in unbatched(engine, reqs)]
 
 

@@ -247,7 +247,7 @@ def test_the_formats_section_lists_speed_quality_and_fidelity_per_format():
 
 
 def test_runs_go_forward_then_backward():
-    from hpc_chat.bench.multiturn import abba
+    from hpc_chat.bench.measure import abba
 
     assert abba(["a", "b", "c"], 3) == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
     assert abba(["a", "b"], 2) == ["a", "b", "b", "a"]

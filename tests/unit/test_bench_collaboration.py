@@ -1,0 +1,82 @@
+"""The collaboration section of ``make bench``: its runs go in ABBA order, each peer is summed
+up by its median run with the range, and the report says what was compared."""
+
+from contextlib import contextmanager
+
+from hpc_chat.bench import collaboration
+from hpc_chat.bench.report import markdown, verdicts
+from tests.unit.test_bench_report import results
+
+
+def test_the_peers_run_in_abba_order_and_the_median_run_stands_for_each(monkeypatch, tmp_path):
+    """Each peer's first run before any peer's second, then the reverse. The runs are
+    stand-ins that record when they ran (the order is what is tested, not the figures)."""
+    ran: list[str] = []
+
+    def run(name: str) -> dict:
+        ran.append(name)
+        return {"wall_s": 10.0, "tok_s": float(len(ran)), "req_s": 1.0, "tokens": 100,
+                "prompt_tokens": 10 * len(ran), "requests": 256}
+
+    @contextmanager
+    def server(binary, threads, slots):
+        assert slots == 8
+        yield "http://127.0.0.1:1/v1"
+
+    binary = tmp_path / "llama-server"
+    binary.write_text("")
+    monkeypatch.setenv("HPC_CHAT_LLAMA_SERVER", str(binary))
+    monkeypatch.setattr(collaboration, "hpc_chat_run", lambda questions, mode, agents: {
+        **run("hpc_chat"), "steady_tok_s": 100.0 - len(ran), "start_s": 2.0,
+        "replies": ["r"]})
+    monkeypatch.setattr(collaboration, "peer_run", lambda url, questions, concurrent: run(
+        "concurrent" if concurrent else f"sequential{len(questions)}"))
+    monkeypatch.setattr(collaboration, "llama_server", server)
+    monkeypatch.setattr(collaboration, "quality_check", lambda: {
+        "questions": 2, "route": 0.5, "review": 0.5, "route_tokens": 10, "review_tokens": 40})
+    out = collaboration.collaboration_workload(8, 3, lambda text: None)
+    peers = ["hpc_chat", "concurrent", "sequential8"]
+    assert ran == peers + peers[::-1] + peers
+    assert out["order"] == ["hpc_chat", "concurrent", "sequential",
+                            "sequential", "concurrent", "hpc_chat",
+                            "hpc_chat", "concurrent", "sequential"]
+    # hpc_chat is judged by its tokens/s after the start: runs 1, 6 and 7 gave 99, 94, 93
+    assert out["hpc_chat"]["steady_tok_s"] == 94.0
+    assert (out["hpc_chat"]["steady_tok_s_min"], out["hpc_chat"]["steady_tok_s_max"]) == \
+        (93.0, 99.0)
+    assert out["hpc_chat"]["prompt_tokens"] == 60 and "replies" not in out["hpc_chat"]
+    assert out["concurrent"]["tok_s"] == 5.0 and out["concurrent"]["prompt_tokens"] == 50
+    assert len(out["sequential"]["runs"]) == 3
+
+    res = results()
+    res["collaboration"] = out
+    text = markdown(res, "p.png")
+    assert "in ABBA order: hpc_chat, concurrent, sequential, sequential, concurrent" in text
+    assert "| `hpc-chat batch --mode synthesize` | 256 | 60 | 10.0 | 6.0 | 94.0 | " \
+        "93.0-99.0 |" in text
+    assert "| llama-server, each round's requests together | 256 | 50 | 10.0 | 5.0 | | " \
+        "2.0-8.0 |" in text
+    judged = [v for v in verdicts(res) if v[0].startswith("3-agent synthesize")]
+    assert [(round(v[1], 2), v[3]) for v in judged] == [(18.8, True)]  # 94 / 5
+    assert "Why the target is missed" not in text
+    res["collaboration"]["hpc_chat"]["steady_tok_s"] = 5.5  # 1.1x: missed, and said why
+    assert "Why the target is missed: a round's requests already reach llama-server " \
+        "together" in markdown(res, "p.png")
+    assert "(0.60 and 0.50 prompt tokens per generated token)" in markdown(res, "p.png")
+
+
+def test_an_older_results_file_without_ranges_still_reports(monkeypatch):
+    res = results()
+    rate = {"wall_s": 300.0, "tok_s": 110.0, "req_s": 0.9, "tokens": 30000, "requests": 256}
+    res["collaboration"] = {
+        "date": "2026-12-05 12:00", "machine": "Intel Xeon (host vm)", "cores": 2,
+        "prompts": 64, "agents": list(collaboration.AGENTS), "aggregator": "balanced_agent",
+        "repeats": 1, "sequential_prompts": 16,
+        "hpc_chat": {**rate, "steady_tok_s": 111.0, "start_s": 4.0},
+        "concurrent": {**rate, "tok_s": 112.0},
+        "sequential": {**rate, "tok_s": 75.0, "requests": 64},
+        "quality": {"questions": 24, "route": 0.5, "review": 0.4, "route_tokens": 400,
+                    "review_tokens": 12000}}
+    text = markdown(res, "p.png")
+    assert "| `hpc-chat batch --mode synthesize` | 256 |  | 300.0 | 110.0 | 111.0 |  |" in text
+    assert "ABBA" not in text.split("## Agents that collaborate")[1].split("##")[0]
