@@ -40,3 +40,28 @@ class TurnsRate(Rate):
     busy_slots_per_decode: float | None = None
     passes_per_decode: float | None = None
     lengths_match: bool | None = None  # each answer as long as asked (None: not recorded)
+
+
+class NativeWidth(ResultModel):
+    tg_tok_s: float
+    pp_tok_s: float
+    tok_s: float
+
+
+class NativeBatched(ResultModel):
+    """llama.cpp's ``llama-batched-bench``: figures by number of sequences."""
+
+    prompt_tokens: int
+    widths: dict[int, NativeWidth]
+    runs: list[dict[str, Any]] = Field(default_factory=list)
+
+    def gain(self) -> tuple[int, float] | None:
+        """The best width and its end-to-end gain over one sequence."""
+        if 1 not in self.widths or len(self.widths) < 2:
+            return None
+        top = max(self.widths, key=lambda k: self.widths[k].tok_s)
+        return top, self.widths[top].tok_s / self.widths[1].tok_s
+
+
+class NativeAtLength(NativeBatched):
+    generated_tokens: int

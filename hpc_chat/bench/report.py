@@ -45,6 +45,8 @@ EQUAL_TARGETS = {  # way: description; bound 1.25
     "clients": "equal lengths: warm hpc-chat serve / the best llama-server, 8 clients"}
 MULTITURN_TARGET = ("multi-turn: warm hpc-chat serve / the best llama-server (16 "
                     "conversations x 4 turns, whole history each request)")
+FANOUT_TARGET = ("the demo's fan-out: hpc-chat batch after its start / llama.cpp's own time "
+                 "for the same schedule (llama-batched-bench)")
 
 
 @dataclass
@@ -94,6 +96,8 @@ def _verdicts(r: BenchResults) -> list[Verdict]:
         out.append(Verdict(SCHEMA_TARGET, r.schema_.kept, 0.85, True))
     if r.collaboration is not None and r.collaboration.vs_concurrent is not None:
         out.append(Verdict(COLLAB_TARGET, r.collaboration.vs_concurrent, 1.2, True))
+    if r.fanout is not None and r.fanout.vs_schedule is not None:
+        out.append(Verdict(FANOUT_TARGET, r.fanout.vs_schedule, 0.85, True))
     if r.multiturn is not None and r.multiturn.vs_best_server is not None:
         out.append(Verdict(MULTITURN_TARGET, r.multiturn.vs_best_server, 1.5, True))
     if r.equal is not None and r.equal.prompts_agree is not False:  # else not equal lengths
@@ -145,6 +149,7 @@ def markdown(res: dict[str, Any] | BenchResults, plot_name: str) -> str:
                    w=r.warm_start, s=r.slurm, s2=r.slurm_2n, lim=r.limit, plot_name=plot_name,
                    real=r.real, sch=r.schema_, emb=r.embeddings, scale=r.scale,
                    col=r.collaboration, mt=r.multiturn, fmts=r.formats, eq=r.equal,
+                   fan=r.fanout,
                    verdicts=found, missed=missed,
                    profile=profile + "\n" if profile else "",
                    throughput_missed=any(v.desc == TARGETS["throughput_vs_direct"][0]

@@ -11,7 +11,16 @@ from typing import Any
 
 from pydantic import Field
 
-from hpc_chat.bench.rates import Measured, Rate, ResultModel, TurnsRate
+from hpc_chat.bench.rates import NativeAtLength, NativeBatched, Rate, ResultModel
+from hpc_chat.bench.workloads import (
+    CollaborationWorkload,
+    EmbeddingWorkload,
+    EqualWorkload,
+    FanoutWorkload,
+    FormatsWorkload,
+    MultiTurnWorkload,
+    ScaleWorkload,
+)
 
 
 class Meta(ResultModel):
@@ -57,27 +66,6 @@ class Overhead(ResultModel):
     ratio: float
     per_request_ms: float
     stubbed: Stubbed
-
-
-class NativeWidth(ResultModel):
-    tg_tok_s: float
-    pp_tok_s: float
-    tok_s: float
-
-
-class NativeBatched(ResultModel):
-    """llama.cpp's ``llama-batched-bench``: figures by number of sequences."""
-
-    prompt_tokens: int
-    widths: dict[int, NativeWidth]
-    runs: list[dict[str, Any]] = Field(default_factory=list)
-
-    def gain(self) -> tuple[int, float] | None:
-        """The best width and its end-to-end gain over one sequence."""
-        if 1 not in self.widths or len(self.widths) < 2:
-            return None
-        top = max(self.widths, key=lambda k: self.widths[k].tok_s)
-        return top, self.widths[top].tok_s / self.widths[1].tok_s
 
 
 class Throughput(ResultModel):
@@ -170,10 +158,6 @@ class FirstToken(ResultModel):
     runs: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class NativeAtLength(NativeBatched):
-    generated_tokens: int
-
-
 class RealWorkload(ResultModel):
     """The headline case: the packaged agent's own settings and natural answer lengths."""
 
@@ -225,162 +209,6 @@ class SchemaWorkload(ResultModel):
         return self.schema_.tok_s / self.plain.tok_s
 
 
-class EmbedRate(Rate):
-    inputs_s: float
-    dimensions: int
-
-
-class EmbeddingWorkload(Measured):
-    """A corpus embedded through ``/v1/embeddings`` (:mod:`hpc_chat.bench.embeddings`)."""
-
-    inputs: int
-    per_request: int
-    clients: int
-    agent: str
-    repeats: int = 3
-    llama_server_slots: int
-    hpc_chat: EmbedRate
-    llama_server: EmbedRate | None = None
-
-
-class ScaleRun(ResultModel):
-    lines: int
-    task_size: int | None = None  # requests per task (older results: not recorded)
-    task_size_given: bool = False  # --task-size, not the workflow's batch_size
-    wall_s: float
-    lines_s: float
-    peak_rss_mb: float
-    resume_s: float | None = None  # --resume over the finished output (none left to run)
-    resume_peak_rss_mb: float | None = None
-
-
-class ScaleWorkload(Measured):
-    """``hpc-chat batch`` at corpus scale with the echo model (:mod:`hpc_chat.bench.scale`)."""
-
-    model: str
-    runs: list[ScaleRun]
-
-
-class CollabRate(Rate):
-    requests: int
-    start_s: float | None = None
-    steady_tok_s: float | None = None
-    prompt_tokens: int | None = None  # over every round; None: an older file, as below
-    tok_s_min: float | None = None  # the range of the figure compared: tokens/s for the peers,
-    tok_s_max: float | None = None  # tokens/s after the start (steady_) for hpc_chat
-    steady_tok_s_min: float | None = None
-    steady_tok_s_max: float | None = None
-
-    @property
-    def compared_range(self) -> tuple[float, float] | None:
-        if self.steady_tok_s_min is not None:
-            return self.steady_tok_s_min, self.steady_tok_s_max
-        if self.tok_s_min is not None:
-            return self.tok_s_min, self.tok_s_max
-        return None
-
-
-class Quality(ResultModel):
-    questions: int
-    route: float
-    review: float
-    route_tokens: int
-    review_tokens: int
-
-
-class CollaborationWorkload(Measured):
-    """A 3-agent ``synthesize`` over the real prompts (:mod:`hpc_chat.bench.collaboration`)."""
-
-    prompts: int
-    agents: list[str]
-    aggregator: str
-    repeats: int = 3
-    order: list[str] = Field(default_factory=list)  # the runs' ABBA order (older: not kept)
-    sequential_prompts: int
-    hpc_chat: CollabRate
-    concurrent: CollabRate | None = None
-    sequential: CollabRate | None = None
-    quality: Quality
-
-    @property
-    def vs_concurrent(self) -> float | None:
-        """hpc-chat's tokens/s after its start / the concurrent client's on a warm server."""
-        if self.concurrent is None:
-            return None
-        return (self.hpc_chat.steady_tok_s or self.hpc_chat.tok_s) / self.concurrent.tok_s
-
-
-class MultiTurnWorkload(Measured):
-    """Conversations, each request with its whole history (:mod:`hpc_chat.bench.multiturn`)."""
-
-    conversations: int
-    turns: int
-    repeats: int
-    order: list[str]
-    system_info: str = ""  # llama_print_system_info(): the CPU features llama.cpp uses
-    hpc_chat: TurnsRate
-    llama_server: dict[int, TurnsRate] = Field(default_factory=dict)
-
-    @property
-    def vs_best_server(self) -> float | None:
-        """hpc-chat serve's tokens/s / the best llama-server configuration's."""
-        if not self.llama_server:
-            return None
-        return self.hpc_chat.tok_s / max(r.tok_s for r in self.llama_server.values())
-
-
-class EqualWorkload(Measured):
-    """The real workload on warm servers, answers of equal length (:mod:`hpc_chat.bench.equal`):
-    ``peers[peer][way]``, ``way`` ``open`` (every request at once) or ``clients``."""
-
-    requests: int
-    repeats: int
-    clients: int
-    order: list[str]
-    system_info: str
-    server_version: str = ""  # llama-server --version (its build may differ from the library's)
-    lengths: list[int]
-    peers: dict[str, dict[str, TurnsRate]]
-
-    def vs_best_server(self, way: str) -> float | None:
-        """Warm serve's tokens/s / the best llama-server configuration's, sent ``way``."""
-        servers = [ways[way].tok_s for name, ways in self.peers.items() if name != "hpc_chat"]
-        return self.peers["hpc_chat"][way].tok_s / max(servers) if servers else None
-
-    @property
-    def prompts_agree(self) -> bool | None:
-        """In every run, every peer counted the same prompt tokens and gave each answer its
-        length (the same number of tokens; the tokens themselves differ between engines);
-        None when the totals agree but each answer's length was not recorded."""
-        runs = [run for ways in self.peers.values() for r in ways.values()
-                for run in (r.runs or [r.model_dump()])]
-        matched = [run.get("lengths_match") for run in runs]
-        if len({(run["prompt_tokens"], run["tokens"]) for run in runs}) != 1 or \
-                False in matched:
-            return False
-        return None if None in matched else True
-
-
-class FormatRate(ResultModel):
-    loop_tok_s: float
-    tok_s: float  # the batched engine's
-    perplexity: float
-    scored_tokens: int
-    bytes: int
-    same_answers: bool
-    runs: list[dict[str, Any]] = Field(default_factory=list)
-
-
-class FormatsWorkload(Measured):
-    """The embedded model in each weight format (:mod:`hpc_chat.bench.formats`)."""
-
-    repeats: int
-    order: list[str]
-    loop_requests: int
-    batch_requests: int
-    formats: dict[str, FormatRate]
-
-
 class BenchResults(ResultModel):
     meta: Meta
     real: RealWorkload | None = None
@@ -398,3 +226,4 @@ class BenchResults(ResultModel):
     multiturn: MultiTurnWorkload | None = None
     formats: FormatsWorkload | None = None
     equal: EqualWorkload | None = None
+    fanout: FanoutWorkload | None = None

@@ -304,34 +304,11 @@ def run_suite(repeats: int = 3, requests: int = 32, overhead_requests: int = 16,
         "machine": machine_description()}}
     log("the real workload")
     results["real"] = real_workload(real_requests, repeats, log)
-    log("the real workload on warm servers, answers of equal length")
-    from hpc_chat.bench.equal import equal_workload
+    from hpc_chat.bench.sections import SECTIONS
 
-    results["equal"] = equal_workload(real_requests, repeats, log)
-    log("the real workload with a json_schema")
-    from hpc_chat.bench.schema import schema_workload  # it runs this module's batch runs
-
-    results["schema"] = schema_workload(real_requests, repeats, log)
-    log("a corpus embedded through /v1/embeddings")
-    from hpc_chat.bench.embeddings import EMBED_INPUTS, embedding_workload
-
-    results["embeddings"] = embedding_workload(EMBED_INPUTS, repeats, log)
-    log("agents that collaborate: synthesize over the real workload")
-    from hpc_chat.bench.collaboration import collaboration_workload
-
-    results["collaboration"] = collaboration_workload(real_requests, repeats, log)
-    log("multi-turn conversations through serve and llama-server")
-    from hpc_chat.bench.multiturn import multiturn_workload
-
-    results["multiturn"] = multiturn_workload(repeats, log)
-    log("weight formats: the embedded model as shipped, as Q4_0 and as IQ4_NL")
-    from hpc_chat.bench.formats import formats_workload
-
-    results["formats"] = formats_workload(repeats, log)
-    log("corpus scale: hpc-chat batch with the echo model")
-    from hpc_chat.bench.scale import scale_workload
-
-    results["scale"] = scale_workload(log)
+    for name, section in SECTIONS.items():
+        log(section.says)
+        results[name] = section.run(repeats, real_requests, log)
     log("1. orchestration overhead")
     direct16 = median_of(repeats, lambda: direct_loop(overhead_requests, 2))
     wf16 = median_of(repeats, lambda: workflow_run(overhead_requests, 1, 2, 1))

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from hpc_chat.bench.sections import SECTIONS
 from hpc_chat.cli.app import CliError, cli, console, err_console
 from hpc_chat.errors import HpcChatError
 
@@ -157,9 +158,7 @@ def cleanup(dry_run):
 @click.option("--no-slurm", is_flag=True, help="Skip the local-Slurm case.")
 @click.option("--report-only", is_flag=True,
               help="Rewrite the report from RESULTS_DIR/results.json without measuring.")
-@click.option("--only", type=click.Choice(["schema", "embeddings", "scale", "collaboration",
-                                          "multiturn", "formats", "equal"]),
-              default=None,
+@click.option("--only", type=click.Choice(list(SECTIONS)), default=None,
               help="Measure this section alone into RESULTS_DIR/results.json (the others kept "
                    "from the run that wrote it; the section says when and where it ran).")
 def bench(repeats, n_requests, real_requests, results_dir, update_docs, no_slurm,
@@ -184,39 +183,9 @@ def bench(repeats, n_requests, real_requests, results_dir, update_docs, no_slurm
             raise CliError(f"{saved}: not a results file of this version: "
                            f"{str(exc).splitlines()[0]}") from None
         log = lambda text: err_console.print(text, highlight=False)  # noqa: E731
-        if only == "schema":
-            from hpc_chat.bench.schema import schema_workload
-
+        if only:
             res = {**json.loads(saved.read_text()),
-                   "schema": schema_workload(real_requests, repeats, log)}
-        elif only == "embeddings":
-            from hpc_chat.bench.embeddings import EMBED_INPUTS, embedding_workload
-
-            res = {**json.loads(saved.read_text()),
-                   "embeddings": embedding_workload(EMBED_INPUTS, repeats, log)}
-        elif only == "scale":
-            from hpc_chat.bench.scale import scale_workload
-
-            res = {**json.loads(saved.read_text()), "scale": scale_workload(log)}
-        elif only == "collaboration":
-            from hpc_chat.bench.collaboration import collaboration_workload
-
-            res = {**json.loads(saved.read_text()),
-                   "collaboration": collaboration_workload(real_requests, repeats, log)}
-        elif only == "multiturn":
-            from hpc_chat.bench.multiturn import multiturn_workload
-
-            res = {**json.loads(saved.read_text()),
-                   "multiturn": multiturn_workload(repeats, log)}
-        elif only == "formats":
-            from hpc_chat.bench.formats import formats_workload
-
-            res = {**json.loads(saved.read_text()), "formats": formats_workload(repeats, log)}
-        elif only == "equal":
-            from hpc_chat.bench.equal import equal_workload
-
-            res = {**json.loads(saved.read_text()),
-                   "equal": equal_workload(real_requests, repeats, log)}
+                   only: SECTIONS[only].run(repeats, real_requests, log)}
     else:
         problem = plotting_problem()
         if problem:  # say so before minutes of measuring, not after

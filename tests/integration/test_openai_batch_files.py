@@ -82,6 +82,9 @@ def test_a_mixed_file_gives_answers_error_entries_and_replays(tmp_path, fixtures
     assert len(agent["model_sha256"]) == 64 and agent["llama_cpp_python"]
     assert agent["messages"][-1] == {"role": "user", "content": "Name three colours."}
     assert agent["host"] and agent["worker"]["pid"] and agent["end"] >= agent["start"]
+    usage = answers["seeded"]["response"]["body"]["usage"]  # one agent: its tokens are the line's
+    assert (agent["usage"]["prompt_tokens"], agent["usage"]["completion_tokens"]) == \
+        (usage["prompt_tokens"], usage["completion_tokens"])
     multi = answers["multiturn"]["response"]["body"]["hpc_chat"]["agents"][0]
     assert multi["messages"] == [{"role": "system", "content": "Answer in one word."},
                                  {"role": "user", "content": "Name a colour."},
