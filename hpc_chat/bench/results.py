@@ -171,6 +171,12 @@ class RealWorkload(ResultModel):
     hpc_chat_serve: dict[int, ServerRate] = Field(default_factory=dict)  # by concurrent clients
     llama_batched_bench: NativeAtLength | None = None
     order: list[str] = Field(default_factory=list)  # the runs' ABBA order (older: not recorded)
+    # measured on its own (--only real) or with the suite: when, where, how often (older
+    # results: the suite's, in meta)
+    date: str | None = None
+    machine: str | None = None
+    cores: int | None = None
+    repeats: int | None = None
 
     @property
     def best_server(self) -> tuple[int, ServerRate] | None:

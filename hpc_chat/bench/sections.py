@@ -1,7 +1,8 @@
 """The sections ``hpc-chat bench --only NAME`` measures on their own, in the order ``make
-bench`` runs them after the real workload: the one table both read, so a section added here is
-in the suite, in ``--only``'s choices and in ``results.json`` under its name. Each module is
-imported when its section runs (the CLI reads the names without loading the benchmarks)."""
+bench`` runs them (the numbered sections of the report come after them). The suite and the CLI
+both read this one table, so a section added here is in the suite, in ``--only``'s choices and
+in ``results.json`` under its name. Each module is imported when its section runs (the CLI
+reads the names without loading the benchmarks)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ Log = Callable[[str], None]
 class Section:
     says: str  # what the log says as it starts
     run: Callable[[int, int, Log], dict[str, Any] | None]  # (repeats, real requests, log)
+
+
+def _real(repeats: int, requests: int, log: Log) -> dict[str, Any]:
+    from hpc_chat.bench.suite import real_workload
+
+    return real_workload(requests, repeats, log)
 
 
 def _equal(repeats: int, requests: int, log: Log) -> dict[str, Any]:
@@ -67,6 +74,7 @@ def _scale(repeats: int, requests: int, log: Log) -> dict[str, Any]:
 
 
 SECTIONS: dict[str, Section] = {
+    "real": Section("the real workload", _real),
     "equal": Section("the real workload on warm servers, answers of equal length", _equal),
     "fanout": Section("the demo's fan-out against llama-batched-bench", _fanout),
     "schema": Section("the real workload with a json_schema", _schema),

@@ -215,9 +215,11 @@ def real_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str,
     from hpc_chat.bench.measure import abba
 
     agent = AgentConfig.from_yaml(SYSTEM_AGENT)
-    out: dict[str, Any] = {"requests": n, "agent": agent.name,
-                           "max_tokens": agent.config.max_tokens}
     cores = len(os.sched_getaffinity(0))
+    out: dict[str, Any] = {"requests": n, "agent": agent.name, "repeats": repeats,
+                           "max_tokens": agent.config.max_tokens, "cores": cores,
+                           "date": time.strftime("%Y-%m-%d %H:%M"),
+                           "machine": machine_description()}
     peers: dict[str, Callable[[], dict]] = {"hpc_chat": partial(hpc_chat_batch_run, n, agent.name),
         "direct": partial(direct_loop, n, cores, max_tokens=None)}
     server_bin = os.environ.get("HPC_CHAT_LLAMA_SERVER")
@@ -302,8 +304,6 @@ def run_suite(repeats: int = 3, requests: int = 32, overhead_requests: int = 16,
         "max_tokens": MAX_TOKENS,
         "model_bytes": resolve_model("default").stat().st_size,
         "machine": machine_description()}}
-    log("the real workload")
-    results["real"] = real_workload(real_requests, repeats, log)
     from hpc_chat.bench.sections import SECTIONS
 
     for name, section in SECTIONS.items():

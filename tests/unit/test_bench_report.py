@@ -116,6 +116,12 @@ def test_the_real_workload_is_the_headline_with_its_own_targets():
     text = markdown(res, "performance.png")
     assert "| `llama-server -np 16 -fa on`" in text and "answers have their natural lengths" in text
     assert "8 concurrent clients through its OpenAI API | 40.00 | 160.0 | 1.14 (0.94x" in text
+    assert "`hpc-chat bench --only real`" not in text  # measured with the suite: meta says
+    res["real"].update(date="2026-12-05 23:00", machine="Intel Xeon (host vm)", cores=2,
+                       repeats=3)  # measured on its own: the section says when and where
+    assert "Measured on 2026-12-05 23:00, on Intel Xeon (host vm) (2 cores; `hpc-chat bench " \
+        "--only real` or `make bench`, median of 3 runs): 64 prompts from the shipped set" \
+        in markdown(res, "performance.png")
 
 
 def test_the_two_node_row_and_the_scaling_model():
