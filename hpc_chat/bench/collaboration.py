@@ -59,7 +59,7 @@ def hpc_chat_run(questions: list[str], mode: str, agents: tuple[str, ...]) -> di
     """``hpc-chat batch`` in ``mode`` end to end (``route``: the first agent alone; else the
     collaboration over ``agents``), each line seeded by its number: wall time,
     the time from launch to the first request on a worker, tokens generated and prompt tokens
-    evaluated over every round, replies."""
+    counted over every round, replies."""
     with tempfile.TemporaryDirectory(prefix="hpc_chat_bench_") as tmp:
         tmp = Path(tmp)
         src, out = tmp / "in.jsonl", tmp / "out.jsonl"

@@ -10,11 +10,13 @@ The peer is llama.cpp's ``llama-batched-bench`` (no Python, no scheduling) at 1 
 sequences, where N is the demo's number of answers, with the demo's median prompt length and
 its longest answer. The demo's answers end at different lengths: N sequences run until the
 shortest ends, then N - 1, and so on. At each width, llama.cpp's own generation speed gives the
-time those tokens take there, and its prompt speed at N sequences gives the time for the
-prompts. The sum is llama.cpp's time for the demo's exact schedule, with the same number of
-sequences at every step; that is the figure compared. Beside it is llama-batched-bench's plain
-figure at N sequences, with every answer as long as the longest: what a fan-out whose answers
-end together reaches. The runs go in ABBA order.
+time those tokens take there. Its prompt speed at N sequences gives the time for the prompt
+tokens hpc_chat evaluated; neither side is charged for those it found cached (a system prompt
+that another answer of the same agent had evaluated). The sum is llama.cpp's time for the
+demo's exact schedule, with the same number of sequences at every step; that is the figure
+compared. Beside it is llama-batched-bench's plain figure at N sequences, with every answer as
+long as the longest: what a fan-out whose answers end together reaches. The runs go in ABBA
+order.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ def demo_file() -> Path | None:
 def demo_run(path: Path) -> dict[str, Any]:
     """``hpc-chat batch`` on the demo's prompts, as ``make demo`` runs it: its wall time, the
     time from launch to the first request on a worker, every answer's tokens (each agent's
-    own, from the line's provenance) and the tokens/s from then to the last answer's end."""
+    own, from the line's provenance), the prompt tokens it counted and those of them its
+    engine found cached (an agent's system prompt evaluated for another of its answers), and
+    the tokens/s from the first request on a worker to the last answer's end. A failed line
+    fails the run (``hpc-chat batch`` exits 1)."""
     with tempfile.TemporaryDirectory(prefix="hpc_chat_bench_") as tmp:
         out = Path(tmp) / "answers.jsonl"
         launched = time.time()
@@ -67,6 +72,7 @@ def demo_run(path: Path) -> dict[str, Any]:
     return {"wall_s": wall, "tokens": sum(answers), "tok_s": sum(answers) / wall,
             "req_s": len(made) / wall, "answers": answers,
             "prompt_tokens": sum(a["usage"]["prompt_tokens"] for a in made),
+            "cached_tokens": sum(a["usage"]["cached_tokens"] for a in made),
             "median_prompt_tokens": round(statistics.median(
                 a["usage"]["prompt_tokens"] for a in made)),
             "start_s": first - launched, "steady_tok_s": sum(answers) / (last - first)}
@@ -75,8 +81,10 @@ def demo_run(path: Path) -> dict[str, Any]:
 def fanout_workload(repeats: int, log: Callable[[str], None]) -> dict[str, Any] | None:
     """The section: the demo against ``llama-batched-bench`` (when
     ``HPC_CHAT_LLAMA_BATCHED_BENCH`` names it), ``repeats`` runs each in ABBA order. The
-    first demo run sets the widths and lengths the native runs use. None without the demo's
-    prompts (a package installed without its checkout)."""
+    first demo run sets the widths and lengths the native runs use; every demo run must give
+    as many answers (routing is fixed by the prompts). The native figures are each width's
+    median of each number, as the real workload's are. None without the demo's prompts (a
+    package installed without its checkout)."""
     path = demo_file()
     if path is None:
         log("   the demo's prompts are not here (examples/ of a checkout): skipped")
@@ -97,6 +105,9 @@ def fanout_workload(repeats: int, log: Callable[[str], None]) -> dict[str, Any] 
                                          len(os.sched_getaffinity(0)),
                                          tuple(range(1, width + 1)), max(first["answers"]))
         runs[name].append({str(w): native[str(w)] for w in range(1, width + 1)})
+    if len({len(r["answers"]) for r in runs["hpc_chat"]}) != 1:
+        raise RuntimeError("the demo's runs gave different numbers of answers: "
+                           f"{[r['answers'] for r in runs['hpc_chat']]}")
     out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"),
                            "machine": machine_description(),
                            "cores": len(os.sched_getaffinity(0)), "repeats": repeats,

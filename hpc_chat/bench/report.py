@@ -156,7 +156,8 @@ def markdown(res: dict[str, Any] | BenchResults, plot_name: str) -> str:
                                          for v in missed),
                    native_gain=native.gain() if native else None,
                    real_missed=any(v.desc in REAL_DESCS for v in missed),
-                   equal_missed=any(v.desc in EQUAL_TARGETS.values() for v in missed))
+                   equal_missed=any(v.desc in EQUAL_TARGETS.values() for v in missed),
+                   fanout_missed=any(v.desc == FANOUT_TARGET for v in missed))
 
 
 def readme_block(res: dict[str, Any] | BenchResults) -> str:

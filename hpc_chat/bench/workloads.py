@@ -1,6 +1,7 @@
-"""The typed results of the sections ``hpc-chat bench --only`` measures on their own
-(:mod:`hpc_chat.bench.results` holds them beside the suite's other figures): each says when and
-where it was measured, and keeps every repeat's raw numbers."""
+"""The typed results of most sections ``hpc-chat bench --only`` measures on their own (the
+real workload's and the schema's share the suite's batch-run shapes and stay in
+:mod:`hpc_chat.bench.results`, which holds these beside the suite's other figures): each says
+when and where it was measured, and keeps every repeat's raw numbers."""
 
 from __future__ import annotations
 
@@ -182,7 +183,8 @@ def schedule_s(answers: list[int], prompt_tokens: int, widths: dict[Any, dict]) 
 
 class FanoutRun(Rate):
     answers: list[int]  # each answer's tokens, shortest first
-    prompt_tokens: int
+    prompt_tokens: int  # counted; cached_tokens of them found in the engine's prompt cache
+    cached_tokens: int = 0
     median_prompt_tokens: int
     start_s: float
     steady_tok_s: float
@@ -207,8 +209,8 @@ class FanoutWorkload(Measured):
         if native is None or len(native.widths) < len(self.hpc_chat.answers):
             return None
         widths = {w: r.model_dump() for w, r in native.widths.items()}
-        return self.hpc_chat.tokens / schedule_s(self.hpc_chat.answers,
-                                                 self.hpc_chat.prompt_tokens, widths)
+        evaluated = self.hpc_chat.prompt_tokens - self.hpc_chat.cached_tokens
+        return self.hpc_chat.tokens / schedule_s(self.hpc_chat.answers, evaluated, widths)
 
     @property
     def vs_schedule(self) -> float | None:

@@ -184,8 +184,10 @@ def bench(repeats, n_requests, real_requests, results_dir, update_docs, no_slurm
                            f"{str(exc).splitlines()[0]}") from None
         log = lambda text: err_console.print(text, highlight=False)  # noqa: E731
         if only:
-            res = {**json.loads(saved.read_text()),
-                   only: SECTIONS[only].run(repeats, real_requests, log)}
+            measured = SECTIONS[only].run(repeats, real_requests, log)
+            if measured is None:  # what it could not measure it said above; keep the old one
+                raise CliError(f"--only {only}: nothing measured, {saved} left as it was")
+            res = {**json.loads(saved.read_text()), only: measured}
     else:
         problem = plotting_problem()
         if problem:  # say so before minutes of measuring, not after

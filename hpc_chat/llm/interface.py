@@ -33,11 +33,16 @@ class BatchEngine(Protocol):
 
     engine: Engine
     n_seq: int  # the most sequences it holds
-    cap: int  # how many of them it runs now (it may grow while requests wait)
     n_holders: int  # sequences that hold cached prompt chunks beside them
     n_ctx_seq: int
     template_stops: list[str]  # what the chat template stops on besides a request's own
     lock: threading.Lock
+
+    @property
+    def cap(self) -> int:
+        """How many of its sequences it runs now (a trial may widen it while requests wait,
+        and settle back: :mod:`hpc_chat.llm.slots`)."""
+        ...
 
     def generate(self, requests: list[GenRequest],
                  on_text: list | None = None) -> list[Completion | Exception]: ...

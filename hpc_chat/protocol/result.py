@@ -161,8 +161,8 @@ def provenance_of(result: dict[str, Any] | None) -> dict[str, Any] | None:
     if not result or not result.get("responses"):
         return None
     agents = [{"agent": r.get("agent"), "cached": bool(r.get("cached")),
-               **(r.get("provenance") or {}),  # each answer's own tokens (the line sums them)
-               **({"usage": r["usage"]} if r.get("usage") else {})}
+               **(r.get("provenance") or {}),
+               **({"usage": r["usage"]} if r.get("usage") else {})}  # its own: a line sums them
               for r in result["responses"] if not r.get("error")]
     version = next((a.get("hpc_chat") for a in agents if a.get("hpc_chat")), None)
     made = {"hpc_chat": version, "site": result.get("site"),

@@ -65,7 +65,7 @@ def test_the_peers_run_in_abba_order_and_the_median_run_stands_for_each(monkeypa
     assert "(0.60 and 0.50 prompt tokens per generated token)" in markdown(res, "p.png")
 
 
-def test_an_older_results_file_without_ranges_still_reports(monkeypatch):
+def test_an_older_results_file_without_ranges_still_reports():
     res = results()
     rate = {"wall_s": 300.0, "tok_s": 110.0, "req_s": 0.9, "tokens": 30000, "requests": 256}
     res["collaboration"] = {

@@ -25,8 +25,8 @@ def test_the_runs_go_in_abba_order_and_the_native_runs_take_the_demos_shape(monk
                                                                            tmp_path):
     ran: list[str] = []
     demo = {"wall_s": 12.0, "tokens": 100, "tok_s": 8.0, "req_s": 0.4,
-            "answers": [10, 30, 60], "prompt_tokens": 270, "median_prompt_tokens": 90,
-            "start_s": 4.0}
+            "answers": [10, 30, 60], "prompt_tokens": 300, "cached_tokens": 30,
+            "median_prompt_tokens": 90, "start_s": 4.0}
 
     def demo_run(path):
         ran.append("demo")
@@ -53,11 +53,14 @@ def test_the_runs_go_in_abba_order_and_the_native_runs_take_the_demos_shape(monk
     res = results()
     res["fanout"] = out
     text = markdown(res, "p.png")
-    # llama.cpp: 30/30 + 40/20 + 30/30 s of generating and 270/100 s of prompts: 6.7 s
+    # llama.cpp: 30/30 + 40/20 + 30/30 s of generating and 270/100 s for the prompt tokens
+    # hpc_chat evaluated (300 counted, 30 of them found cached): 6.7 s
     ceiling = 100 / (1.0 + 2.0 + 1.0 + 2.7)
     assert "| llama.cpp, the same schedule (from `llama-batched-bench` at each width) | 100 | " \
         f"{ceiling:.1f} | |" in text
     assert "routed to 3 answers of 10, 30, 60 tokens decoded together" in text
+    assert "plus the 270 prompt tokens hpc_chat evaluated at its prompt speed (of 300 " \
+        "counted: the other 30 were system prompts" in text
     judged = {desc: (value, ok) for desc, value, _, ok in verdicts(res)}
     value, ok = judged[next(d for d in judged if d.startswith("the demo's fan-out"))]
     assert round(value, 3) == round(14.0 / ceiling, 3) and ok
@@ -67,10 +70,23 @@ def test_without_the_native_peer_nothing_is_judged(monkeypatch):
     monkeypatch.delenv("HPC_CHAT_LLAMA_BATCHED_BENCH", raising=False)
     monkeypatch.setattr(fanout, "demo_run", lambda path: {
         "wall_s": 12.0, "tokens": 100, "tok_s": 8.0, "req_s": 0.4, "answers": [100],
-        "prompt_tokens": 90, "median_prompt_tokens": 90, "start_s": 4.0,
+        "prompt_tokens": 90, "cached_tokens": 0, "median_prompt_tokens": 90, "start_s": 4.0,
         "steady_tok_s": 12.5})
     out = fanout.fanout_workload(1, lambda text: None)
     res = results()
     res["fanout"] = out
     assert "llama-batched-bench: not measured" in markdown(res, "p.png")
     assert not [v for v in verdicts(res) if v[0].startswith("the demo's fan-out")]
+
+
+def test_demo_runs_that_disagree_on_their_answers_are_refused(monkeypatch):
+    import pytest
+
+    monkeypatch.delenv("HPC_CHAT_LLAMA_BATCHED_BENCH", raising=False)
+    answers = iter([[10, 20], [10, 20, 30]])
+    monkeypatch.setattr(fanout, "demo_run", lambda path: {
+        "wall_s": 1.0, "tokens": 30, "tok_s": 30.0, "req_s": 2.0, "answers": next(answers),
+        "prompt_tokens": 90, "cached_tokens": 0, "median_prompt_tokens": 45, "start_s": 1.0,
+        "steady_tok_s": 40.0})
+    with pytest.raises(RuntimeError, match="different numbers of answers"):
+        fanout.fanout_workload(2, lambda text: None)

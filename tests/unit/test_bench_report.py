@@ -335,3 +335,26 @@ def test_the_real_workloads_peers_run_in_abba_order(monkeypatch, tmp_path):
     assert [r["tok_s"] for r in out["hpc_chat"]["runs"]] == [1.0, 12.0, 13.0]
     assert out["hpc_chat"]["tok_s"] == 12.0 and set(out["llama_server"]) == {"8", "16"}
     assert out["hpc_chat_serve"]["16"]["tok_s"] == 7.0  # runs 6, 7 and 18
+
+
+def test_every_section_of_the_table_has_its_place_in_the_results_file():
+    """A section the suite measures but the results model lacks would be dropped silently
+    (the models ignore unknown keys)."""
+    from hpc_chat.bench.results import BenchResults
+    from hpc_chat.bench.sections import SECTIONS
+
+    fields = {f.alias or name for name, f in BenchResults.model_fields.items()}
+    assert set(SECTIONS) <= fields and list(SECTIONS)[0] == "real"
+
+
+def test_a_peer_is_summed_up_by_its_middle_run():
+    from hpc_chat.bench.measure import middle_run
+
+    runs = [{"tok_s": 10.0, "prompt_tokens": 1}, {"tok_s": 30.0, "prompt_tokens": 3},
+            {"tok_s": 20.0, "prompt_tokens": 2}]
+    got = middle_run(runs)
+    assert (got["tok_s"], got["prompt_tokens"], got["tok_s_min"], got["tok_s_max"]) == \
+        (20.0, 2, 10.0, 30.0)  # the other figures are the middle run's own
+    assert got["runs"] == runs
+    two = middle_run(runs[:2], "tok_s")  # even: the median between, the nearer run's figures
+    assert (two["tok_s"], two["prompt_tokens"]) == (20.0, 1)
