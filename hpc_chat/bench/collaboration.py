@@ -31,7 +31,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from hpc_chat.bench.measure import abba, machine_description, middle_run, prompts
+from hpc_chat.bench.measure import (
+    machine_description,
+    middle_run,
+    prompts,
+    runs_in_abba_order,
+)
 from hpc_chat.bench.peers import llama_server, post_chat
 
 AGENTS = ("creative_agent", "analytical_agent", "balanced_agent")
@@ -181,11 +186,7 @@ def collaboration_workload(n: int, repeats: int, log: Callable[[str], None]) -> 
             url = stack.enter_context(llama_server(server_bin, cores, 8))
             peers["concurrent"] = lambda: peer_run(url, questions, True)
             peers["sequential"] = lambda: peer_run(url, questions[:SEQUENTIAL_PROMPTS], False)
-        runs: dict[str, list[dict]] = {name: [] for name in peers}
-        out["order"] = abba(list(peers), repeats)
-        for i, name in enumerate(out["order"], 1):
-            log(f"   synthesize run {i}/{len(out['order'])}: {name}")
-            runs[name].append(peers[name]())
+        out["order"], runs = runs_in_abba_order(peers, repeats, log, "synthesize")
     out["hpc_chat"] = middle_run(runs["hpc_chat"], "steady_tok_s")  # the figure compared
     for name in ("concurrent", "sequential"):
         out[name] = middle_run(runs[name]) if name in runs else None

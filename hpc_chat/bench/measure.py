@@ -45,6 +45,19 @@ def abba(peers: list[str], repeats: int) -> list[str]:
     return order
 
 
+def runs_in_abba_order(peers: dict[str, Callable[[], dict[str, Any]]], repeats: int,
+                       log: Callable[[str], None], what: str
+                       ) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
+    """Each peer's run (a call with no arguments) ``repeats`` times in :func:`abba` order,
+    each logged as ``what`` run i of n: the order, and every peer's runs in the order made."""
+    order = abba(list(peers), repeats)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in peers}
+    for i, name in enumerate(order, 1):
+        log(f"   {what} run {i}/{len(order)}: {name}")
+        runs[name].append(peers[name]())
+    return order, runs
+
+
 def middle_run(done: list[dict], key: str = "tok_s") -> dict[str, Any]:
     """A peer's runs summed up by the one whose ``key`` is nearest their median (so its other
     figures belong together), with the median of ``key``, its range and every run."""

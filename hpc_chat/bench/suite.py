@@ -212,7 +212,7 @@ def real_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str,
     from functools import partial
 
     from hpc_chat.agents.config import AgentConfig
-    from hpc_chat.bench.measure import abba
+    from hpc_chat.bench.measure import runs_in_abba_order
 
     agent = AgentConfig.from_yaml(SYSTEM_AGENT)
     cores = len(os.sched_getaffinity(0))
@@ -229,11 +229,7 @@ def real_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str,
                                                      slots, max_tokens=None)
     for clients in (8, 16):  # warm serve, clients that each wait for their answer
         peers[f"hpc_chat_serve/{clients}"] = partial(serve_run, n, clients)
-    runs: dict[str, list[dict]] = {name: [] for name in peers}
-    out["order"] = abba(list(peers), repeats)
-    for i, name in enumerate(out["order"], 1):
-        log(f"   real workload run {i}/{len(out['order'])}: {name}")
-        runs[name].append(peers[name]())
+    out["order"], runs = runs_in_abba_order(peers, repeats, log, "real workload")
     done = {name: median_of(len(r), iter(r).__next__) for name, r in runs.items()}
     out["hpc_chat"], out["direct"] = done["hpc_chat"], done["direct"]
     for kind in ("llama_server", "hpc_chat_serve"):
