@@ -28,6 +28,8 @@ from hpc_chat.batch.input import (
 )
 from hpc_chat.batch.outcomes import Outcome, OutcomeIndex, digest
 from hpc_chat.batch.output import OutputWriter, failed_result, unknown_model
+from hpc_chat.driver.embeddings import SLICE
+from hpc_chat.driver.pool_size import answers_at_once, workers_to_start
 from hpc_chat.driver.startup import follow_workers, run_scheduler
 from hpc_chat.driver.stats import Summary
 from hpc_chat.errors import InputError
@@ -189,6 +191,19 @@ class BatchRun:
         if self.previous is not None:
             self.previous.close()
         self.writer.close()
+
+
+def workers_to_use(loaded, items: list[BatchItem], agents=None) -> int:
+    """The most workers a node's pool can keep busy with ``items`` (asked of ``agents``, or
+    each line's own), counted as :mod:`hpc_chat.driver.pool_size` says."""
+    def answers(item: BatchItem) -> int:
+        req = item.request
+        if isinstance(req, EmbeddingLine):
+            return -(-len(req.inputs) // SLICE)  # a task per slice
+        if req is None:
+            return answers_at_once(loaded, str(item.prompt), agents)
+        return answers_at_once(loaded, req.prompt, req.agents)
+    return workers_to_start(map(answers, items))
 
 
 async def answer_with_workflow(workflow, items: list[BatchItem], writer: OutputWriter, *,

@@ -131,10 +131,12 @@ def _report_check(items, input_path) -> None:
 
 def _on_workers(session, agents, options):
     """Answer a run's prompts with this command's own workers; (perf, Parsl statistics)."""
-    from hpc_chat.batch.run import answer_with_workflow
+    from hpc_chat.batch.run import answer_with_workflow, workers_to_use
 
     def answer_run(run, show):
         session.workflow.globus_state = run.globus_state()
+        session.workflow.most_workers = workers_to_use(session.workflow.check(), run.runnable,
+                                                       agents)
         with session as s, _progress(run, show) as (progress, on_result):
             try:
                 s.run(answer_with_workflow(s.workflow, run.runnable, run.writer,

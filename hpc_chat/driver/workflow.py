@@ -73,8 +73,8 @@ class ParslChatWorkflow:
                  task_size: int | None = None):
         self.site, self.task_size = site, task_size
         self.model, self.model_label = model, model_label
-        self.endpoint = endpoint
-        self.globus_state = globus_state
+        self.endpoint, self.globus_state = endpoint, globus_state
+        self.most_workers: int | None = None  # a node's workers at most (driver.pool_size)
         self.allocation = allocation
         self.profile = None
         self.executor: ChatExecutor | None = executor
@@ -155,7 +155,7 @@ class ParslChatWorkflow:
             self.executor = make_executor(
                 loaded, self.profile, endpoint=self.endpoint, allocation=self.allocation,
                 engines=pool_start_plan(loaded, self.site_model, self.remote_models),
-                globus_state=self.globus_state)
+                globus_state=self.globus_state, most_workers=self.most_workers)
         try:
             await asyncio.wait_for(self.executor.initialize(), settings.executor.timeout)
         except asyncio.TimeoutError:

@@ -136,13 +136,20 @@ def executor_kwargs(profile: schema.SiteProfile, allocation: bool = False) -> di
 
 
 def build_executor(profile: schema.SiteProfile, *, allocation: bool = False,
-                   max_workers: int | None = None, heartbeat: tuple[int, int] | None = None):
+                   max_workers: int | None = None, heartbeat: tuple[int, int] | None = None,
+                   most_workers: int | None = None):
+    """The profile's HighThroughputExecutor. ``max_workers``: the workers a node when the
+    profile does not say; ``most_workers``: at most this many whatever either says (a run
+    that can keep no more busy: :mod:`hpc_chat.driver.pool_size`)."""
     from parsl.addresses import address_by_interface
     from parsl.executors import HighThroughputExecutor
 
     kwargs = executor_kwargs(profile, allocation)
     if max_workers and "max_workers_per_node" not in kwargs:
         kwargs["max_workers_per_node"] = max_workers
+    if most_workers:
+        kwargs["max_workers_per_node"] = min(kwargs.get("max_workers_per_node") or most_workers,
+                                             most_workers)
     if heartbeat:
         kwargs["heartbeat_period"], kwargs["heartbeat_threshold"] = heartbeat
     ex = profile.executor
@@ -204,7 +211,7 @@ STRATEGY_PERIOD_S = 0.5
 def build_config(profile: schema.SiteProfile, *, allocation: bool = False,
                  max_workers: int | None = None, retries: int = 0, retry_handler=None,
                  memoizer=None, monitoring=None, heartbeat: tuple[int, int] | None = None,
-                 run_dir: str | None = None):
+                 run_dir: str | None = None, most_workers: int | None = None):
     """The Parsl ``Config`` for a profile (one HighThroughputExecutor).
 
     Parsl's own log (``runinfo/NNN/parsl.log``) is kept at INFO: at DEBUG it copies every
@@ -224,7 +231,7 @@ def build_config(profile: schema.SiteProfile, *, allocation: bool = False,
     quiet_routine_task_lines(not debug)
     return Config(
         executors=[build_executor(profile, allocation=allocation, max_workers=max_workers,
-                                  heartbeat=heartbeat)],
+                                  heartbeat=heartbeat, most_workers=most_workers)],
         run_dir=run_dir or default_run_dir(),
         retries=retries,
         retry_handler=retry_handler,

@@ -140,6 +140,18 @@ def test_prompt_longer_than_the_context_fails_its_line_only(fast, tmp_path):
         result.output
 
 
+def test_a_small_batch_starts_only_the_workers_it_can_use(fast, tmp_path):
+    """The workflow allows two workers; a one-line batch asked of one agent can keep only one
+    busy, so its pool starts one (hpc_chat.driver.pool_size), and the line is answered."""
+    src, out, summary = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "s.json"
+    src.write_text(json.dumps({"id": "one", "prompt": "Say hi."}) + "\n")
+    result = invoke("batch", str(src), "-o", str(out), "--config", fast, "--model", "echo",
+                    "--server", "off", "--summary-json", str(summary))
+    assert result.exit_code == 0, result.output
+    assert [json.loads(x)["ok"] for x in out.read_text().splitlines()] == [True]
+    assert json.loads(summary.read_text())["parsl"]["active_workers"] == 1
+
+
 def test_task_size_sets_the_requests_each_parsl_task_carries(fast, tmp_path):
     """The workflow sends each request alone (batch_size 1); --task-size 3 groups six prompts
     that arrive together into two tasks, and each prompt is answered once. With a Globus

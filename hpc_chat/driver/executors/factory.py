@@ -20,10 +20,13 @@ from hpc_chat.sites.schema import SiteProfile
 def make_executor(loaded: LoadedWorkflow, profile: SiteProfile | None, *,
                   endpoint: str | None = None, allocation: bool = False,
                   globus_state: str | None = None,
-                  engines: PoolStart | None = None) -> ChatExecutor:
+                  engines: PoolStart | None = None,
+                  most_workers: int | None = None) -> ChatExecutor:
     """The executor for the workflow. ``engines``: the models its agents run on this site's
     workers, loaded by each pilot job's pool as it starts (:mod:`hpc_chat.worker.pool_start`);
-    None (or no local agent) loads each at its first task."""
+    None (or no local agent) loads each at its first task. ``most_workers``: the workers a
+    node's pool starts at most, when the run knows it can use no more
+    (:mod:`hpc_chat.driver.pool_size`)."""
     settings = loaded.settings
     if endpoint or settings.executor.is_globus:
         from hpc_chat.driver.executors.globus import GlobusComputeExecutor
@@ -43,7 +46,7 @@ def make_executor(loaded: LoadedWorkflow, profile: SiteProfile | None, *,
     budget = max((a.config.performance.retry_attempts for a in loaded.agents), default=0)
     config.parsl_config = build_parsl_config(
         profile, settings, allocation=allocation, retries=budget,
-        retry_handler=make_retry_handler(budget) if budget else None)
+        retry_handler=make_retry_handler(budget) if budget else None, most_workers=most_workers)
     if engines is not None:
         from hpc_chat.sites.build import start_engines_with_pool
 
@@ -62,11 +65,13 @@ def pool_start_plan(loaded: LoadedWorkflow, site_model: SiteModel,
 
 
 def build_parsl_config(profile: SiteProfile, settings: WorkflowSettings, *,
-                       allocation: bool = False, retries: int = 0, retry_handler=None):
+                       allocation: bool = False, retries: int = 0, retry_handler=None,
+                       most_workers: int | None = None):
     """The Parsl ``Config`` for a site profile and the workflow's ``parsl`` section.
 
     The workflow's ``executor.max_workers`` applies when the profile leaves
-    ``max_workers_per_node`` unset; its ``parsl.heartbeat_*`` override the profile's when set.
+    ``max_workers_per_node`` unset; its ``parsl.heartbeat_*`` override the profile's when set;
+    ``most_workers`` caps either.
     """
     from hpc_chat.sites.build import build_config
 
@@ -91,7 +96,7 @@ def build_parsl_config(profile: SiteProfile, settings: WorkflowSettings, *,
     try:
         return build_config(profile, allocation=allocation,
                             max_workers=settings.executor.max_workers, retries=retries,
-                            retry_handler=retry_handler,
+                            retry_handler=retry_handler, most_workers=most_workers,
                             monitoring=monitoring, heartbeat=heartbeat)
     except Exception as exc:  # e.g. address_by_interface for a missing interface
         raise ConfigError(f"{profile.source}: cannot build the Parsl configuration: "
