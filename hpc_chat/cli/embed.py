@@ -83,6 +83,9 @@ def _embed_on_workers(run, config, site, endpoint, allocation, model, agent) -> 
     session = Session(config, site, allocation=allocation, endpoint=endpoint, model=model,
                       agents=[agent] if agent else None).check()
     total, done = len(run.todo), 0
+    from hpc_chat.driver.embeddings import SLICE
+
+    session.workflow.most_workers = -(-total // SLICE)  # a task a slice (driver.pool_size)
 
     def advance(n: int, _ok: int) -> None:
         nonlocal done

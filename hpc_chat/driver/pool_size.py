@@ -7,7 +7,7 @@ half a CPU-second each, spent while the node's engine loads its model on the sam
 ``make demo`` (four prompts, five answers) can use five of those eight; starting five took its
 run from 13.6 s to 12.7 s on two cores (medians of three).
 
-So ``hpc-chat batch`` and ``hpc-chat ask`` count, before anything starts, the most answers
+So ``hpc-chat batch``, ``ask`` and ``embed`` count, before anything starts, the most answers
 their messages can have in flight together, and the pool starts at most that many workers a
 node (never more than the site profile says). The count is an upper bound, so no request
 waits for a worker it would have had:
@@ -18,7 +18,7 @@ waits for a worker it would have had:
   same agents again, or one aggregator, only after this round's answers are in);
 * an embeddings line: one task per slice of its inputs.
 
-Counting stops at :data:`MOST_COUNTED`, more workers than a node's pool starts, so a
+Counting stops at :data:`MOST_COUNTED`, more workers than a node's pool runs in practice, so a
 million-line batch is not routed twice. ``hpc-chat serve``, ``chat`` and the Python API do not
 know their messages in advance and start the profile's workers.
 """
