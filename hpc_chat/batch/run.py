@@ -193,16 +193,19 @@ class BatchRun:
         self.writer.close()
 
 
-def workers_to_use(loaded, items: list[BatchItem], agents=None) -> int:
+def workers_to_use(workflow, items: list[BatchItem], agents=None) -> int:
     """The most workers a node's pool can keep busy with ``items`` (asked of ``agents``, or
-    each line's own), counted as :mod:`hpc_chat.driver.pool_size` says."""
+    each line's own), counted as :mod:`hpc_chat.driver.pool_size` says, before ``workflow``
+    starts."""
+    loaded, remote = workflow.check(), workflow.remote_models
+
     def answers(item: BatchItem) -> int:
         req = item.request
         if isinstance(req, EmbeddingLine):
             return -(-len(req.inputs) // SLICE)  # a task per slice
         if req is None:
-            return answers_at_once(loaded, str(item.prompt), agents)
-        return answers_at_once(loaded, req.prompt, req.agents)
+            return answers_at_once(loaded, str(item.prompt), agents, remote)
+        return answers_at_once(loaded, req.prompt, req.agents, remote)
     return workers_to_start(map(answers, items))
 
 

@@ -135,8 +135,7 @@ def _on_workers(session, agents, options):
 
     def answer_run(run, show):
         session.workflow.globus_state = run.globus_state()
-        session.workflow.most_workers = workers_to_use(session.workflow.check(), run.runnable,
-                                                       agents)
+        session.workflow.most_workers = workers_to_use(session.workflow, run.runnable, agents)
         with session as s, _progress(run, show) as (progress, on_result):
             try:
                 s.run(answer_with_workflow(s.workflow, run.runnable, run.writer,

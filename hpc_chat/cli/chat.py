@@ -63,10 +63,12 @@ def ask(question, config, site, endpoint, allocation, agents, seed, max_tokens, 
     session = Session(config, site, quiet=as_json or raw, allocation=allocation,
                       endpoint=endpoint, wait_for_workers=True, model=model,
                       agents=names).check()
-    from hpc_chat.driver.pool_size import answers_at_once
+    from hpc_chat.driver.pool_size import answers_at_once, workers_to_start
 
     # one message: its pool starts only the workers its answers can use (driver.pool_size)
-    session.workflow.most_workers = answers_at_once(session.workflow.check(), question, names)
+    wf = session.workflow
+    wf.most_workers = workers_to_start([answers_at_once(wf.check(), question, names,
+                                                        wf.remote_models)])
     request = {"conversation_id": conversation, "agents": names, "options": options}
     with session as s:
         if as_json or raw or not console.is_terminal:  # a pipe gets the answer once, whole

@@ -83,9 +83,11 @@ def _embed_on_workers(run, config, site, endpoint, allocation, model, agent) -> 
     session = Session(config, site, allocation=allocation, endpoint=endpoint, model=model,
                       agents=[agent] if agent else None).check()
     total, done = len(run.todo), 0
+    from hpc_chat.batch.embed import WINDOW
     from hpc_chat.driver.embeddings import SLICE
 
-    session.workflow.most_workers = -(-total // SLICE)  # a task a slice (driver.pool_size)
+    # a task a slice, WINDOW slices in flight (driver.pool_size)
+    session.workflow.most_workers = min(-(-total // SLICE), WINDOW)
 
     def advance(n: int, _ok: int) -> None:
         nonlocal done

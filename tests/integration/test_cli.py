@@ -152,6 +152,30 @@ def test_a_small_batch_starts_only_the_workers_it_can_use(fast, tmp_path):
     assert json.loads(summary.read_text())["parsl"]["active_workers"] == 1
 
 
+def test_ask_and_embed_size_their_pools_to_what_they_ask(fast, tmp_path, monkeypatch):
+    """A question asked of one agent, or two; a corpus of 3 texts (one slice): the executor is
+    built with as many workers at most (the batch test above shows the pool honouring it)."""
+    import hpc_chat.driver.workflow as workflow_module
+
+    built, real = [], workflow_module.make_executor
+
+    def recording(*args, **kwargs):
+        built.append(kwargs["most_workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workflow_module, "make_executor", recording)
+    for agents in ("balanced_agent", "creative_agent,balanced_agent"):
+        result = invoke("ask", "Say hi.", "--config", fast, "--model", "echo", "--json",
+                        "--server", "off", "--agents", agents)
+        assert result.exit_code == 0 and json.loads(result.output)["ok"], result.output
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("one\ntwo\nthree\n")
+    result = invoke("embed", str(corpus), "-o", str(tmp_path / "v.jsonl"), "--config", fast,
+                    "--agent", "balanced_agent")
+    assert result.exit_code == 0, result.output
+    assert built == [1, 2, 1]
+
+
 def test_task_size_sets_the_requests_each_parsl_task_carries(fast, tmp_path):
     """The workflow sends each request alone (batch_size 1); --task-size 3 groups six prompts
     that arrive together into two tasks, and each prompt is answered once. With a Globus
