@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,19 +61,21 @@ def _workflow_file(tmp: Path, mode: str, agents: tuple[str, ...]) -> Path:
     return path
 
 
-def hpc_chat_run(questions: list[str], mode: str, agents: tuple[str, ...]) -> dict[str, Any]:
+def hpc_chat_run(questions: list[str], mode: str, agents: tuple[str, ...],
+                 lengths: list[int] | None = None) -> dict[str, Any]:
     """``hpc-chat batch`` in ``mode`` end to end (``route``: the first agent alone; else the
     collaboration over ``agents``), each line seeded by its number: wall time,
     the time from launch to the first request on a worker, tokens generated and prompt tokens
-    counted over every round, replies."""
+    counted over every round, replies, and each line's mean answer length over its rounds.
+    ``lengths``: every answer of line i is ``lengths[i]`` tokens long (``ignore_eos``)."""
     with tempfile.TemporaryDirectory(prefix="hpc_chat_bench_") as tmp:
         tmp = Path(tmp)
         src, out = tmp / "in.jsonl", tmp / "out.jsonl"
         src.write_text("".join(json.dumps({
             "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
             "body": {"model": agents[0] if mode == "route" else "auto", "seed": i,
-                     "messages": [{"role": "user", "content": q}]}}) + "\n"
-            for i, q in enumerate(questions)))
+                     "messages": [{"role": "user", "content": q}], **fixed_length(lengths, i)}})
+            + "\n" for i, q in enumerate(questions)))
         launched = time.time()
         start = time.perf_counter()
         done = subprocess.run(
@@ -93,13 +96,24 @@ def hpc_chat_run(questions: list[str], mode: str, agents: tuple[str, ...]) -> di
             "prompt_tokens": sum(b["usage"]["prompt_tokens"] for b in bodies),
             "req_s": len(made) / wall, "requests": len(made), "start_s": first - launched,
             "steady_tok_s": tokens / (wall - (first - launched)),
-            "replies": [b["choices"][0]["message"]["content"] for b in bodies]}
+            "replies": [b["choices"][0]["message"]["content"] for b in bodies],
+            "lengths": [max(1, round(statistics.mean(a["usage"]["completion_tokens"]
+                                                     for a in b["hpc_chat"]["agents"])))
+                        for b in bodies]}
 
 
-def peer_run(url: str, questions: list[str], concurrent: bool) -> dict[str, Any]:
+def fixed_length(lengths: list[int] | None, i: int) -> dict[str, Any]:
+    """What a request of line ``i`` adds to be ``lengths[i]`` tokens long, as llama-server's
+    own benchmarking option does it (nothing without ``lengths``)."""
+    return {} if lengths is None else {"max_tokens": lengths[i], "ignore_eos": True}
+
+
+def peer_run(url: str, questions: list[str], concurrent: bool,
+             lengths: list[int] | None = None) -> dict[str, Any]:
     """The same synthesize pattern driven over HTTP: each prompt's three answers, then the
     aggregator's synthesis of them; ``concurrent``: every prompt at once and each round's
-    requests together, else every request one after another."""
+    requests together, else every request one after another. ``lengths``: as
+    :func:`hpc_chat_run`'s."""
     from hpc_chat.agents.config import AgentConfig
     from hpc_chat.agents.modes import CollaborationSettings, synthesis_prompt
     from hpc_chat.util.configfile import PACKAGED_CONFIG_DIR
@@ -109,11 +123,11 @@ def peer_run(url: str, questions: list[str], concurrent: bool) -> dict[str, Any]
     settings = CollaborationSettings(mode="synthesize")
     counted, prompted = [], []
 
-    def complete(agent: str, content: str, seed: int) -> str:
+    def complete(agent: str, content: str, i: int) -> str:  # prompt i: its seed and length
         persona = personas[agent]
         body = {"messages": [{"role": "system", "content": persona.system_prompt},
                              {"role": "user", "content": content}],
-                **persona.sampling(), "seed": seed}
+                **persona.sampling(), "seed": i, **fixed_length(lengths, i)}
         done = post_chat(url, {}, body)
         counted.append(done["usage"]["completion_tokens"])
         prompted.append(done["usage"]["prompt_tokens"])

@@ -40,6 +40,9 @@ SCHEMA_TARGET = ("real workload with a json_schema: tokens/s after the start / w
                  "one (same run)")
 COLLAB_TARGET = ("3-agent synthesize: hpc-chat batch after its start / llama-server -np 8 "
                  "with each round's requests sent together")
+COLLAB_EQUAL_TARGET = ("3-agent synthesize, every answer of a prompt one length on both: "
+                       "hpc-chat batch after its start / llama-server -np 8, each round's "
+                       "requests together")
 EQUAL_TARGETS = {  # way: description; bound 1.25
     "open": "equal lengths: warm hpc-chat serve / the best llama-server, every request at once",
     "clients": "equal lengths: warm hpc-chat serve / the best llama-server, 8 clients"}
@@ -96,6 +99,8 @@ def _verdicts(r: BenchResults) -> list[Verdict]:
         out.append(Verdict(SCHEMA_TARGET, r.schema_.kept, 0.85, True))
     if r.collaboration is not None and r.collaboration.vs_concurrent is not None:
         out.append(Verdict(COLLAB_TARGET, r.collaboration.vs_concurrent, 1.2, True))
+    if r.collaboration_equal is not None:
+        out.append(Verdict(COLLAB_EQUAL_TARGET, r.collaboration_equal.vs_concurrent, 1.2, True))
     if r.fanout is not None and r.fanout.vs_schedule is not None:
         out.append(Verdict(FANOUT_TARGET, r.fanout.vs_schedule, 0.85, True))
     if r.multiturn is not None and r.multiturn.vs_best_server is not None:
@@ -148,8 +153,8 @@ def markdown(res: dict[str, Any] | BenchResults, plot_name: str) -> str:
     return _render("performance.md.j2", m=r.meta, o=r.overhead, t=r.throughput,
                    w=r.warm_start, s=r.slurm, s2=r.slurm_2n, lim=r.limit, plot_name=plot_name,
                    real=r.real, sch=r.schema_, emb=r.embeddings, scale=r.scale,
-                   col=r.collaboration, mt=r.multiturn, fmts=r.formats, eq=r.equal,
-                   fan=r.fanout,
+                   col=r.collaboration, ceq=r.collaboration_equal, mt=r.multiturn,
+                   fmts=r.formats, eq=r.equal, fan=r.fanout,
                    verdicts=found, missed=missed,
                    profile=profile + "\n" if profile else "",
                    throughput_missed=any(v.desc == TARGETS["throughput_vs_direct"][0]

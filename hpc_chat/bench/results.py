@@ -13,6 +13,7 @@ from pydantic import Field
 
 from hpc_chat.bench.rates import NativeAtLength, NativeBatched, Rate, ResultModel
 from hpc_chat.bench.workloads import (
+    CollabEqualWorkload,
     CollaborationWorkload,
     EmbeddingWorkload,
     EqualWorkload,
@@ -229,6 +230,7 @@ class BenchResults(ResultModel):
     embeddings: EmbeddingWorkload | None = None
     scale: ScaleWorkload | None = None
     collaboration: CollaborationWorkload | None = None
+    collaboration_equal: CollabEqualWorkload | None = None
     multiturn: MultiTurnWorkload | None = None
     formats: FormatsWorkload | None = None
     equal: EqualWorkload | None = None

@@ -55,6 +55,12 @@ def _collaboration(repeats: int, requests: int, log: Log) -> dict[str, Any]:
     return collaboration_workload(requests, repeats, log)
 
 
+def _collaboration_equal(repeats: int, requests: int, log: Log) -> dict[str, Any] | None:
+    from hpc_chat.bench.collab_equal import collab_equal_workload
+
+    return collab_equal_workload(requests, repeats, log)
+
+
 def _multiturn(repeats: int, requests: int, log: Log) -> dict[str, Any]:
     from hpc_chat.bench.multiturn import multiturn_workload
 
@@ -81,6 +87,8 @@ SECTIONS: dict[str, Section] = {
     "embeddings": Section("a corpus embedded through /v1/embeddings", _embeddings),
     "collaboration": Section("agents that collaborate: synthesize over the real workload",
                              _collaboration),
+    "collaboration_equal": Section("agents that collaborate, answers of equal length",
+                                   _collaboration_equal),
     "multiturn": Section("multi-turn conversations through serve and llama-server", _multiturn),
     "formats": Section("weight formats: the embedded model as shipped, as Q4_0 and as IQ4_NL",
                        _formats),

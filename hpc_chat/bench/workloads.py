@@ -97,6 +97,27 @@ class CollaborationWorkload(Measured):
         return (self.hpc_chat.steady_tok_s or self.hpc_chat.tok_s) / self.concurrent.tok_s
 
 
+class CollabEqualWorkload(Measured):
+    """The ``synthesize`` pattern with every answer of a prompt one length on both peers
+    (:mod:`hpc_chat.bench.collab_equal`)."""
+
+    prompts: int
+    agents: list[str]
+    aggregator: str
+    repeats: int
+    order: list[str]
+    lengths: list[int]  # every answer of prompt i: from a natural hpc-chat run
+    natural_tokens: int  # what that run generated
+    expected_tokens: int  # what every answer at its length makes
+    hpc_chat: CollabRate
+    concurrent: CollabRate
+
+    @property
+    def vs_concurrent(self) -> float:
+        """hpc-chat's tokens/s after its start / the concurrent client's on a warm server."""
+        return (self.hpc_chat.steady_tok_s or self.hpc_chat.tok_s) / self.concurrent.tok_s
+
+
 class MultiTurnWorkload(Measured):
     """Conversations, each request with its whole history (:mod:`hpc_chat.bench.multiturn`)."""
 

@@ -80,3 +80,51 @@ def test_an_older_results_file_without_ranges_still_reports():
     text = markdown(res, "p.png")
     assert "| `hpc-chat batch --mode synthesize` | 256 |  | 300.0 | 110.0 | 111.0 |  |" in text
     assert "ABBA" not in text.split("## Agents that collaborate")[1].split("##")[0]
+
+
+def test_equal_lengths_give_both_peers_the_natural_runs_lengths(monkeypatch, tmp_path):
+    """A first, natural hpc-chat run gives each prompt's length; every later run, ours and
+    llama-server's, is asked for exactly those lengths, in ABBA order; the report shows both
+    peers' tokens and judges the ratio against the target."""
+    from hpc_chat.bench import collab_equal
+
+    asked: list[tuple[str, object]] = []
+
+    def ours(questions, mode, agents, lengths=None):
+        asked.append(("hpc_chat", lengths))
+        return {"wall_s": 10.0, "tok_s": 90.0, "req_s": 1.0, "tokens": 4 * 18,
+                "prompt_tokens": 300, "requests": 12, "start_s": 1.0,
+                "steady_tok_s": 100.0 if lengths else 50.0, "replies": ["r"] * 3,
+                "lengths": [7, 5, 6] if lengths is None else [9, 9, 9]}
+
+    def peer(url, questions, concurrent, lengths=None):
+        asked.append(("concurrent", lengths))
+        assert concurrent and len(questions) == 3
+        return {"wall_s": 9.0, "tok_s": 125.0, "req_s": 1.3, "tokens": 4 * 18,
+                "prompt_tokens": 310, "requests": 12}
+
+    @contextmanager
+    def server(binary, threads, slots):
+        yield "http://127.0.0.1:1/v1"
+
+    binary = tmp_path / "llama-server"
+    binary.write_text("")
+    monkeypatch.setenv("HPC_CHAT_LLAMA_SERVER", str(binary))
+    monkeypatch.setattr(collab_equal, "hpc_chat_run", ours)
+    monkeypatch.setattr(collab_equal, "peer_run", peer)
+    monkeypatch.setattr(collab_equal, "llama_server", server)
+    out = collab_equal.collab_equal_workload(3, 1, lambda text: None)
+    assert asked == [("hpc_chat", None), ("hpc_chat", [7, 5, 6]), ("concurrent", [7, 5, 6])]
+    assert out["lengths"] == [7, 5, 6] and out["expected_tokens"] == 4 * 18
+    assert "replies" not in out["hpc_chat"] and "lengths" not in out["hpc_chat"]
+
+    res = results()
+    res["collaboration_equal"] = out
+    text = markdown(res, "p.png")
+    assert "| `hpc-chat batch --mode synthesize` | 12 | 300 | 72 | 90.0 | 100.0 | " in text
+    assert "| llama-server, each round's requests together | 12 | 310 | 72 | 125.0 | |" in text
+    assert "runs the pattern at 0.80x the concurrent client's tokens/s" in text
+    judged = [v for v in verdicts(res) if "one length on both" in v[0]]
+    assert [(round(v[1], 2), v[3]) for v in judged] == [(0.8, False)]
+    monkeypatch.delenv("HPC_CHAT_LLAMA_SERVER")
+    assert collab_equal.collab_equal_workload(3, 1, lambda text: None) is None
