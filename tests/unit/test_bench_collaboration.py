@@ -124,6 +124,9 @@ def test_equal_lengths_give_both_peers_the_natural_runs_lengths(monkeypatch, tmp
     assert "| `hpc-chat batch --mode synthesize` | 12 | 300 | 72 | 90.0 | 100.0 | " in text
     assert "| llama-server, each round's requests together | 12 | 310 | 72 | 125.0 | |" in text
     assert "runs the pattern at 0.80x the concurrent client's tokens/s" in text
+    assert "hpc_chat's runs (each a fresh `hpc-chat batch`, its engine started anew) made " \
+        "100.0 tokens/s after the start, and the concurrent client's, all on one " \
+        "llama-server started before the first, 125.0:" in text
     judged = [v for v in verdicts(res) if "one length on both" in v[0]]
     assert [(round(v[1], 2), v[3]) for v in judged] == [(0.8, False)]
     monkeypatch.delenv("HPC_CHAT_LLAMA_SERVER")
