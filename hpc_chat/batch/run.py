@@ -28,7 +28,7 @@ from hpc_chat.batch.input import (
 )
 from hpc_chat.batch.outcomes import Outcome, OutcomeIndex, digest
 from hpc_chat.batch.output import OutputWriter, failed_result, unknown_model
-from hpc_chat.driver.embeddings import SLICE
+from hpc_chat.driver.embeddings import slices
 from hpc_chat.driver.pool_size import answers_at_once, workers_to_start
 from hpc_chat.driver.startup import follow_workers, run_scheduler
 from hpc_chat.driver.stats import Summary
@@ -202,7 +202,7 @@ def workers_to_use(workflow, items: list[BatchItem], agents=None) -> int:
     def answers(item: BatchItem) -> int:
         req = item.request
         if isinstance(req, EmbeddingLine):
-            return -(-len(req.inputs) // SLICE)  # a task per slice
+            return slices(len(req.inputs))
         if req is None:
             return answers_at_once(loaded, str(item.prompt), agents, remote)
         return answers_at_once(loaded, req.prompt, req.agents, remote)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from hpc_chat.bench.collaboration import AGENTS, AGGREGATOR, hpc_chat_run, peer_run
+from hpc_chat.bench.collaboration import AGENTS, AGGREGATOR, figures, hpc_chat_run, peer_run
 from hpc_chat.bench.measure import machine_description, middle_run, prompts, runs_in_abba_order
 from hpc_chat.bench.peers import llama_server
 
@@ -39,12 +39,10 @@ def collab_equal_workload(n: int, repeats: int, log: Callable[[str], None]
     natural = hpc_chat_run(questions, "synthesize", AGENTS)
     lengths = natural["lengths"]
 
-    def ours() -> dict[str, Any]:
-        done = hpc_chat_run(questions, "synthesize", AGENTS, lengths)
-        return {k: v for k, v in done.items() if k not in ("replies", "lengths")}
-
     with llama_server(server_bin, cores, 8) as url:
-        peers = {"hpc_chat": ours, "concurrent": lambda: peer_run(url, questions, True, lengths)}
+        peers = {"hpc_chat": lambda: figures(hpc_chat_run(questions, "synthesize", AGENTS,
+                                                          lengths)),
+                 "concurrent": lambda: peer_run(url, questions, True, lengths)}
         order, runs = runs_in_abba_order(peers, repeats, log, "equal-length synthesize")
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(),
             "cores": cores, "prompts": n, "agents": list(AGENTS), "aggregator": AGGREGATOR,

@@ -102,6 +102,12 @@ def hpc_chat_run(questions: list[str], mode: str, agents: tuple[str, ...],
                         for b in bodies]}
 
 
+def figures(run: dict[str, Any]) -> dict[str, Any]:
+    """A :func:`hpc_chat_run` as the results file keeps it: its figures, without the replies
+    and lengths of each line (which the quality check and the equal-length section read)."""
+    return {k: v for k, v in run.items() if k not in ("replies", "lengths")}
+
+
 def fixed_length(lengths: list[int] | None, i: int) -> dict[str, Any]:
     """What a request of line ``i`` adds to be ``lengths[i]`` tokens long, as llama-server's
     own benchmarking option does it (nothing without ``lengths``)."""
@@ -191,9 +197,8 @@ def collaboration_workload(n: int, repeats: int, log: Callable[[str], None]) -> 
                            "date": time.strftime("%Y-%m-%d %H:%M"),
                            "machine": machine_description(), "cores": cores,
                            "repeats": repeats, "sequential_prompts": SEQUENTIAL_PROMPTS}
-    peers: dict[str, Callable[[], dict[str, Any]]] = {"hpc_chat": lambda: {
-        k: v for k, v in hpc_chat_run(questions, "synthesize", AGENTS).items()
-        if k != "replies"}}
+    peers: dict[str, Callable[[], dict[str, Any]]] = {
+        "hpc_chat": lambda: figures(hpc_chat_run(questions, "synthesize", AGENTS))}
     server_bin = os.environ.get("HPC_CHAT_LLAMA_SERVER")
     with ExitStack() as stack:
         if server_bin and Path(server_bin).is_file():

@@ -84,10 +84,10 @@ def _embed_on_workers(run, config, site, endpoint, allocation, model, agent) -> 
                       agents=[agent] if agent else None).check()
     total, done = len(run.todo), 0
     from hpc_chat.batch.embed import WINDOW
-    from hpc_chat.driver.embeddings import SLICE
+    from hpc_chat.driver.embeddings import slices
 
     # a task a slice, WINDOW slices in flight (driver.pool_size)
-    session.workflow.most_workers = min(-(-total // SLICE), WINDOW)
+    session.workflow.most_workers = min(slices(total), WINDOW)
 
     def advance(n: int, _ok: int) -> None:
         nonlocal done

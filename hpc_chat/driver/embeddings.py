@@ -20,6 +20,11 @@ from hpc_chat.worker.tasks import embed_task
 SLICE = 64  # inputs per task: enough to fill a decode, few enough to spread a long list
 
 
+def slices(inputs: int) -> int:
+    """How many tasks (slices of :data:`SLICE`) ``inputs`` inputs make."""
+    return -(-inputs // SLICE)
+
+
 @dataclass
 class EmbeddingResult:
     """The vectors of every input, in order, and what made them."""
