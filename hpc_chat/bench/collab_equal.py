@@ -10,7 +10,9 @@ llama-server's own benchmarking option, which hpc_chat's engine takes too. ``len
 the mean length of prompt i's four answers in a first, natural ``hpc-chat batch --mode
 synthesize``. So both generate the same tokens, and their synthesis prompts carry answers of
 the same lengths; the prompt tokens each counted are reported beside it. The runs go in ABBA
-order; hpc_chat's figure is from the first request on a worker, as in the natural section.
+order, each of llama-server's on a server of its own
+(:func:`~hpc_chat.bench.peers.on_fresh_llama_server`); hpc_chat's figure is from the first
+request on a worker, as in the natural section.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Callable
 
 from hpc_chat.bench.collaboration import AGENTS, AGGREGATOR, figures, hpc_chat_run, peer_run
 from hpc_chat.bench.measure import machine_description, middle_run, prompts, runs_in_abba_order
-from hpc_chat.bench.peers import llama_server
+from hpc_chat.bench.peers import on_fresh_llama_server
 
 
 def collab_equal_workload(n: int, repeats: int, log: Callable[[str], None]
@@ -39,14 +41,14 @@ def collab_equal_workload(n: int, repeats: int, log: Callable[[str], None]
     natural = hpc_chat_run(questions, "synthesize", AGENTS)
     lengths = natural["lengths"]
 
-    with llama_server(server_bin, cores, 8) as url:
-        peers = {"hpc_chat": lambda: figures(hpc_chat_run(questions, "synthesize", AGENTS,
-                                                          lengths)),
-                 "concurrent": lambda: peer_run(url, questions, True, lengths)}
-        order, runs = runs_in_abba_order(peers, repeats, log, "equal-length synthesize")
+    peers = {"hpc_chat": lambda: figures(hpc_chat_run(questions, "synthesize", AGENTS,
+                                                      lengths)),
+             "concurrent": lambda: on_fresh_llama_server(  # each run cold, as hpc_chat's
+                 server_bin, cores, 8, lambda url: peer_run(url, questions, True, lengths))}
+    order, runs = runs_in_abba_order(peers, repeats, log, "equal-length synthesize")
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(),
             "cores": cores, "prompts": n, "agents": list(AGENTS), "aggregator": AGGREGATOR,
-            "repeats": repeats, "order": order, "lengths": lengths,
+            "repeats": repeats, "order": order, "lengths": lengths, "fresh_servers": True,
             "natural_tokens": natural["tokens"],
             "expected_tokens": (len(AGENTS) + 1) * sum(lengths),  # every answer as asked
             "hpc_chat": middle_run(runs["hpc_chat"], "steady_tok_s"),

@@ -27,7 +27,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -38,7 +37,7 @@ from hpc_chat.bench.measure import (
     prompts,
     runs_in_abba_order,
 )
-from hpc_chat.bench.peers import llama_server, post_chat
+from hpc_chat.bench.peers import on_fresh_llama_server, post_chat
 
 AGENTS = ("creative_agent", "analytical_agent", "balanced_agent")
 AGGREGATOR = "balanced_agent"
@@ -196,16 +195,18 @@ def collaboration_workload(n: int, repeats: int, log: Callable[[str], None]) -> 
     out: dict[str, Any] = {"prompts": n, "agents": list(AGENTS), "aggregator": AGGREGATOR,
                            "date": time.strftime("%Y-%m-%d %H:%M"),
                            "machine": machine_description(), "cores": cores,
-                           "repeats": repeats, "sequential_prompts": SEQUENTIAL_PROMPTS}
+                           "repeats": repeats, "sequential_prompts": SEQUENTIAL_PROMPTS,
+                           "fresh_servers": True}
     peers: dict[str, Callable[[], dict[str, Any]]] = {
         "hpc_chat": lambda: figures(hpc_chat_run(questions, "synthesize", AGENTS))}
     server_bin = os.environ.get("HPC_CHAT_LLAMA_SERVER")
-    with ExitStack() as stack:
-        if server_bin and Path(server_bin).is_file():
-            url = stack.enter_context(llama_server(server_bin, cores, 8))
-            peers["concurrent"] = lambda: peer_run(url, questions, True)
-            peers["sequential"] = lambda: peer_run(url, questions[:SEQUENTIAL_PROMPTS], False)
-        out["order"], runs = runs_in_abba_order(peers, repeats, log, "synthesize")
+    if server_bin and Path(server_bin).is_file():  # each run on a fresh server (why: there)
+        peers["concurrent"] = lambda: on_fresh_llama_server(
+            server_bin, cores, 8, lambda url: peer_run(url, questions, True))
+        peers["sequential"] = lambda: on_fresh_llama_server(
+            server_bin, cores, 8,
+            lambda url: peer_run(url, questions[:SEQUENTIAL_PROMPTS], False))
+    out["order"], runs = runs_in_abba_order(peers, repeats, log, "synthesize")
     out["hpc_chat"] = middle_run(runs["hpc_chat"], "steady_tok_s")  # the figure compared
     for name in ("concurrent", "sequential"):
         out[name] = middle_run(runs[name]) if name in runs else None

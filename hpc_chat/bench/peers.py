@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from hpc_chat.bench.measure import MAX_TOKENS, SYSTEM_AGENT, bench_request, prompts
 
@@ -135,6 +135,22 @@ def llama_server(binary: str, threads: int, slots: int, *extra: str,
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+T = TypeVar("T")
+
+
+def on_fresh_llama_server(binary: str, threads: int, slots: int,
+                          run: Callable[[str], T]) -> T:
+    """``run(url)`` on a llama-server started for it and stopped after it, its start not
+    timed: for sections whose repeats send the same prompts (the same seeds too), as each
+    ``hpc-chat batch`` run starts a fresh engine. One server kept across repeats keeps every
+    earlier prompt in its prompt cache (``--cache-ram``, 8 GiB by default) and evaluates it
+    no more: 16 prompts' ``synthesize`` pattern sent twice to one server evaluated 9,259
+    prompt tokens the first time and 4,321 the second (of about 14,000 counted each time),
+    and ran 21% faster (Intel Xeon, 2 cores, 2026-12-06)."""
+    with llama_server(binary, threads, slots) as url:
+        return run(url)
 
 
 def serve_run(n: int, clients: int, max_tokens: int | None = None) -> dict[str, float]:

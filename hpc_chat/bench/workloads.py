@@ -84,6 +84,7 @@ class CollaborationWorkload(Measured):
     repeats: int = 3
     order: list[str] = Field(default_factory=list)  # the runs' ABBA order (older: not kept)
     sequential_prompts: int
+    fresh_servers: bool = False  # each llama-server run on its own server (older: one kept)
     hpc_chat: CollabRate
     concurrent: CollabRate | None = None
     sequential: CollabRate | None = None
@@ -91,7 +92,8 @@ class CollaborationWorkload(Measured):
 
     @property
     def vs_concurrent(self) -> float | None:
-        """hpc-chat's tokens/s after its start / the concurrent client's on a warm server."""
+        """hpc-chat's tokens/s after its start / the concurrent client's (its server
+        started before the timer)."""
         if self.concurrent is None:
             return None
         return (self.hpc_chat.steady_tok_s or self.hpc_chat.tok_s) / self.concurrent.tok_s
@@ -109,12 +111,14 @@ class CollabEqualWorkload(Measured):
     lengths: list[int]  # every answer of prompt i: from a natural hpc-chat run
     natural_tokens: int  # what that run generated
     expected_tokens: int  # what every answer at its length makes
+    fresh_servers: bool = False  # each llama-server run on its own server (older: one kept)
     hpc_chat: CollabRate
     concurrent: CollabRate
 
     @property
     def vs_concurrent(self) -> float:
-        """hpc-chat's tokens/s after its start / the concurrent client's on a warm server."""
+        """hpc-chat's tokens/s after its start / the concurrent client's (its server
+        started before the timer)."""
         return (self.hpc_chat.steady_tok_s or self.hpc_chat.tok_s) / self.concurrent.tok_s
 
 

@@ -3,7 +3,7 @@ up by its median run with the range, and the report says what was compared."""
 
 from contextlib import contextmanager
 
-from hpc_chat.bench import collaboration
+from hpc_chat.bench import collaboration, peers
 from hpc_chat.bench.report import markdown, verdicts
 from tests.unit.test_bench_report import results
 
@@ -18,10 +18,18 @@ def test_the_peers_run_in_abba_order_and_the_median_run_stands_for_each(monkeypa
         return {"wall_s": 10.0, "tok_s": float(len(ran)), "req_s": 1.0, "tokens": 100,
                 "prompt_tokens": 10 * len(ran), "requests": 256}
 
+    started: list[str] = []  # each llama-server started, by the URL it answered on
+    urls: list[str] = []  # the server each of llama-server's runs was sent to
+
     @contextmanager
     def server(binary, threads, slots):
         assert slots == 8
-        yield "http://127.0.0.1:1/v1"
+        started.append(f"http://127.0.0.1:{len(started) + 1}/v1")
+        yield started[-1]
+
+    def peer(url, questions, concurrent):
+        urls.append(url)
+        return run("concurrent" if concurrent else f"sequential{len(questions)}")
 
     binary = tmp_path / "llama-server"
     binary.write_text("")
@@ -29,14 +37,16 @@ def test_the_peers_run_in_abba_order_and_the_median_run_stands_for_each(monkeypa
     monkeypatch.setattr(collaboration, "hpc_chat_run", lambda questions, mode, agents: {
         **run("hpc_chat"), "steady_tok_s": 100.0 - len(ran), "start_s": 2.0,
         "replies": ["r"]})
-    monkeypatch.setattr(collaboration, "peer_run", lambda url, questions, concurrent: run(
-        "concurrent" if concurrent else f"sequential{len(questions)}"))
-    monkeypatch.setattr(collaboration, "llama_server", server)
+    monkeypatch.setattr(collaboration, "peer_run", peer)
+    monkeypatch.setattr(peers, "llama_server", server)
     monkeypatch.setattr(collaboration, "quality_check", lambda: {
         "questions": 2, "route": 0.5, "review": 0.5, "route_tokens": 10, "review_tokens": 40})
     out = collaboration.collaboration_workload(8, 3, lambda text: None)
-    peers = ["hpc_chat", "concurrent", "sequential8"]
-    assert ran == peers + peers[::-1] + peers
+    names = ["hpc_chat", "concurrent", "sequential8"]
+    assert ran == names + names[::-1] + names
+    # every run of llama-server's on a server of its own: no run finds an earlier one's
+    # prompts in its cache, as no hpc-chat batch run does
+    assert urls == started and len(set(urls)) == 6
     assert out["order"] == ["hpc_chat", "concurrent", "sequential",
                             "sequential", "concurrent", "hpc_chat",
                             "hpc_chat", "concurrent", "sequential"]
@@ -52,6 +62,7 @@ def test_the_peers_run_in_abba_order_and_the_median_run_stands_for_each(monkeypa
     res["collaboration"] = out
     text = markdown(res, "p.png")
     assert "in ABBA order: hpc_chat, concurrent, sequential, sequential, concurrent" in text
+    assert "a server started afresh for each run (its start not timed)" in text
     assert "| `hpc-chat batch --mode synthesize` | 256 | 60 | 10.0 | 6.0 | 94.0 | " \
         "93.0-99.0 |" in text
     assert "| llama-server, each round's requests together | 256 | 50 | 10.0 | 5.0 | | " \
@@ -99,22 +110,27 @@ def test_equal_lengths_give_both_peers_the_natural_runs_lengths(monkeypatch, tmp
 
     def peer(url, questions, concurrent, lengths=None):
         asked.append(("concurrent", lengths))
+        assert url == started[-1]  # a server started for this run
         assert concurrent and len(questions) == 3
         return {"wall_s": 9.0, "tok_s": 125.0, "req_s": 1.3, "tokens": 4 * 18,
                 "prompt_tokens": 310, "requests": 12}
 
+    started: list[str] = []
+
     @contextmanager
     def server(binary, threads, slots):
-        yield "http://127.0.0.1:1/v1"
+        started.append(f"http://127.0.0.1:{len(started) + 1}/v1")
+        yield started[-1]
 
     binary = tmp_path / "llama-server"
     binary.write_text("")
     monkeypatch.setenv("HPC_CHAT_LLAMA_SERVER", str(binary))
     monkeypatch.setattr(collab_equal, "hpc_chat_run", ours)
     monkeypatch.setattr(collab_equal, "peer_run", peer)
-    monkeypatch.setattr(collab_equal, "llama_server", server)
+    monkeypatch.setattr(peers, "llama_server", server)
     out = collab_equal.collab_equal_workload(3, 1, lambda text: None)
     assert asked == [("hpc_chat", None), ("hpc_chat", [7, 5, 6]), ("concurrent", [7, 5, 6])]
+    assert len(started) == 1 and out["fresh_servers"]
     assert out["lengths"] == [7, 5, 6] and out["expected_tokens"] == 4 * 18
     assert "replies" not in out["hpc_chat"] and "lengths" not in out["hpc_chat"]
 
@@ -125,8 +141,11 @@ def test_equal_lengths_give_both_peers_the_natural_runs_lengths(monkeypatch, tmp
     assert "| llama-server, each round's requests together | 12 | 310 | 72 | 125.0 | |" in text
     assert "runs the pattern at 0.80x the concurrent client's tokens/s" in text
     assert "hpc_chat's runs (each a fresh `hpc-chat batch`, its engine started anew) made " \
-        "100.0 tokens/s after the start, and the concurrent client's, all on one " \
-        "llama-server started before the first, 125.0:" in text
+        "100.0 tokens/s after the start, and the concurrent client's, each on a " \
+        "llama-server started for it, 125.0." in text
+    out.pop("fresh_servers")  # an older results file: one server for every run, and said so
+    assert "all on one llama-server started before the first (a later run found the " \
+        "earlier runs' prompts in its cache), 125.0." in markdown(res, "p.png")
     judged = [v for v in verdicts(res) if "one length on both" in v[0]]
     assert [(round(v[1], 2), v[3]) for v in judged] == [(0.8, False)]
     monkeypatch.delenv("HPC_CHAT_LLAMA_SERVER")
