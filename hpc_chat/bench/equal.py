@@ -13,6 +13,12 @@ on the same model file with 8, 16 and 32 slots, and with 8 slots and a unified K
 Each is sent the requests two ways: all at once (open loop, as a queue of work arrives) and by
 8 clients that each wait for their answer. The runs go in ABBA order over every (peer, way)
 pair, each repeat with its own seeds (serve would answer a repeated request from its cache).
+Each run has a peer of its own, started for it and warmed with requests whose prompts are
+not in the set (:func:`warm_requests`), its start not timed: the repeats send the same
+prompts, and a server kept across them would find them in its prompt cache (llama-server's
+``--cache-ram`` keeps every prompt it has seen, 8 GiB by default); so would one warmed with
+the set's own prompts. What a peer reuses within a run (the prompt set repeats after 36
+lines) is its own.
 llama-server's ``/metrics`` give its busy slots per decode; the node engines' status gives ours
 (sequences generating per decode call) and llama.cpp's passes over the weights per call.
 """
@@ -23,7 +29,9 @@ import os
 import subprocess
 import time
 import urllib.request
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,6 +56,25 @@ def _requests(n: int, seed_base: int, lengths: list[int] | None) -> list[Any]:
     agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
     return [bench_request(agent, p, seed_base + i, lengths[i] if lengths else None)
             for i, p in enumerate(prompts(n))]
+
+
+def warm_requests(n: int) -> list[Any]:
+    """``n`` requests of 8 tokens with the agent's system prompt and messages outside the
+    prompt set: a started peer has its model loaded, its slots used once and its agent's
+    system prompt seen, as on a server that has been serving, and none of the set's prompts
+    in a cache."""
+    from hpc_chat.agents.config import AgentConfig
+
+    agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
+    return [bench_request(agent, f"Warm-up {i}: name a colour.", 800_000 + i, 8)
+            for i in range(n)]
+
+
+@contextmanager
+def _llama_server_peer(binary: str, cores: int, slots: int, extra: tuple[str, ...],
+                       port: int) -> Iterator[tuple[str, dict]]:
+    with llama_server(binary, cores, slots, "--metrics", *extra, port=port) as base:
+        yield base, {}
 
 
 def _serve_body(req, equal: bool) -> dict:
@@ -137,45 +164,47 @@ def per_decode(before: tuple | None, after: tuple | None, ours: bool) -> dict[st
 
 def equal_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
     """The section: hpc-chat serve against each llama-server configuration of
-    :data:`SERVERS` (when ``HPC_CHAT_LLAMA_SERVER`` names its binary), both ways."""
+    :data:`SERVERS` (when ``HPC_CHAT_LLAMA_SERVER`` names its binary), both ways, each run on
+    a peer started for it."""
     binary = os.environ.get("HPC_CHAT_LLAMA_SERVER")
     cores, version = len(os.sched_getaffinity(0)), ""
-    with ExitStack() as stack:
-        home: list[str] = []
-        url, headers = stack.enter_context(serving(home))
-        peers: dict[str, tuple[str, dict, Callable]] = {"hpc_chat": (url, headers, _serve_body)}
-        if not (binary and os.path.isfile(binary)):
-            log("   HPC_CHAT_LLAMA_SERVER names no llama-server binary: hpc-chat serve alone, "
-                "no comparison (make llama-tools builds one)")
-        else:
-            version = server_version(binary)  # before the runs: a failure here loses none
-            for i, (name, (slots, *extra)) in enumerate(SERVERS.items()):
-                base = stack.enter_context(llama_server(binary, cores, slots, "--metrics",
-                                                        *extra, port=18400 + i))
-                peers[name] = (base, {}, _server_body)
-        log("   natural answer lengths: one pass through hpc-chat serve")
+    homes: list[str] = []  # each hpc-chat serve's home, the latest last
+    starts: dict[str, Callable[[], AbstractContextManager[tuple[str, dict]]]] = {
+        "hpc_chat": partial(serving, homes)}
+    bodies: dict[str, Callable] = {"hpc_chat": _serve_body}
+    if not (binary and os.path.isfile(binary)):
+        log("   HPC_CHAT_LLAMA_SERVER names no llama-server binary: hpc-chat serve alone, "
+            "no comparison (make llama-tools builds one)")
+    else:
+        version = server_version(binary)  # before the runs: a failure here loses none
+        for i, (name, (slots, *extra)) in enumerate(SERVERS.items()):
+            starts[name] = partial(_llama_server_peer, binary, cores, slots, tuple(extra),
+                                   18400 + i)
+            bodies[name] = _server_body
+    log("   natural answer lengths: one pass through hpc-chat serve")
+    with serving(homes) as (url, headers):
         natural = send(url, headers, [_serve_body(r, False) for r in _requests(n, 0, None)], n)
-        lengths = [max(1, length) for length in natural["lengths"]]
-        for base, hdrs, body in peers.values():  # every peer warmed alike: each prompt once
-            send(base, hdrs, [body(r, True) for r in _requests(n, 800_000, [8] * n)], n)
-        ways = {"open": n, "clients": CLIENTS}
-        order = abba([f"{peer}/{way}" for peer in peers for way in ways], repeats)
-        runs: dict[str, list[dict]] = {key: [] for key in order}
-        sent = dict.fromkeys(peers, 0)  # a peer's k-th run has the k-th seeds, whichever way
-        for i, key in enumerate(order, 1):
-            log(f"   equal lengths run {i}/{len(order)}: {key}")
-            peer, way = key.split("/")
-            base, hdrs, body = peers[peer]
-            sent[peer] += 1
-            seeds = sent[peer] * max(1000, n)  # no seed twice to one peer
-            bodies = [body(r, True) for r in _requests(n, seeds, lengths)]
-            ours = peer == "hpc_chat"
-            before = engine_counters(home[0]) if ours else busy_slots(base)
-            done = send(base, hdrs, bodies, ways[way])
-            after = engine_counters(home[0]) if ours else busy_slots(base)
-            done.update(per_decode(before, after, ours))
-            done["lengths_match"] = done.pop("lengths") == lengths  # each answer, in order
-            runs[key].append(done)
+    lengths = [max(1, length) for length in natural["lengths"]]
+    ways = {"open": n, "clients": CLIENTS}
+    order = abba([f"{peer}/{way}" for peer in starts for way in ways], repeats)
+    runs: dict[str, list[dict]] = {key: [] for key in order}
+    sent = dict.fromkeys(starts, 0)  # a peer's k-th run has the k-th seeds, whichever way
+    for i, key in enumerate(order, 1):
+        log(f"   equal lengths run {i}/{len(order)}: {key}")
+        peer, way = key.split("/")
+        body = bodies[peer]
+        sent[peer] += 1
+        seeds = sent[peer] * max(1000, n)  # no seed twice to one peer
+        timed = [body(r, True) for r in _requests(n, seeds, lengths)]
+        ours = peer == "hpc_chat"
+        with starts[peer]() as (base, hdrs):
+            send(base, hdrs, [body(r, True) for r in warm_requests(n)], n)
+            before = engine_counters(homes[-1]) if ours else busy_slots(base)
+            done = send(base, hdrs, timed, ways[way])
+            after = engine_counters(homes[-1]) if ours else busy_slots(base)
+        done.update(per_decode(before, after, ours))
+        done["lengths_match"] = done.pop("lengths") == lengths  # each answer, in order
+        runs[key].append(done)
 
     import llama_cpp
 
@@ -183,10 +212,10 @@ def equal_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str
             "system_info": llama_cpp.llama_print_system_info().decode().strip(),
             "server_version": version,
             "cores": cores, "requests": n, "repeats": repeats, "clients": CLIENTS,
-            "order": order, "lengths": lengths, "natural": {
+            "order": order, "lengths": lengths, "fresh_peers": True, "natural": {
                 k: natural[k] for k in ("wall_s", "tokens", "tok_s", "prompt_tokens")},
             "peers": {peer: {way: middle_run(runs[f"{peer}/{way}"]) for way in ways}
-                      for peer in peers}}
+                      for peer in starts}}
 
 
 def server_version(binary: str) -> str:

@@ -7,9 +7,12 @@ follow-ups; the packaged ``balanced_agent``'s system prompt and sampling, a seed
 
 The peers are warm ``hpc-chat serve`` (packaged defaults) and llama.cpp's own ``llama-server``
 on the same model file with 8 and 16 slots, which keeps each slot's prompt and reuses its
-common prefix. Every server is started first and warmed with one request; the runs then go in
-ABBA order (each peer's first run before every other's, then the reverse), so a machine that
-slows down or speeds up during the row weighs on every peer alike. Answers differ in length
+common prefix. The runs go in ABBA order (each peer's first run before every other's, then the
+reverse), so a machine that slows down or speeds up during the row weighs on every peer alike.
+Each run has a server of its own, started for it and warmed with one request whose prompt is
+not in the set, its start not timed: every run's conversations open with the same prompts, and
+a server kept across the runs would find them in its prompt cache (llama-server's
+``--cache-ram`` keeps every prompt it has seen). Answers differ in length
 between engines (their samplers draw differently), so the figure compared is generated
 tokens/s; the prompt tokens each peer was sent are reported beside it.
 """
@@ -18,8 +21,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from typing import Any, Callable
 
 from hpc_chat.bench.measure import (
@@ -36,19 +41,20 @@ CONVERSATIONS = 16
 TURNS = 4
 FOLLOW_UPS = ("Tell me more about that.", "Give one example.", "Sum it up in one sentence.")
 SLOTS = (8, 16)
+WARM_UP = "Name a colour."  # not in the prompt set: no run's opening found in a cache
 
 
 def conversations_run(url: str, headers: dict, body: Callable[[Any], dict],
                       conversations: int = CONVERSATIONS, turns: int = TURNS,
-                      seed_base: int = 0) -> dict:
+                      seed_base: int = 0, first: list[str] | None = None) -> dict:
     """``conversations`` clients at once, each sending ``turns`` messages in a row with its
     whole history: generated and prompt tokens, and the wall time of the whole. Each repeat
     takes its own ``seed_base``: a repeated request would be answered from serve's response
-    cache."""
+    cache. ``first``: the conversations' opening messages (the prompt set's unless given)."""
     from hpc_chat.agents.config import AgentConfig
 
     agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
-    first = prompts(conversations)
+    first = first or prompts(conversations)
 
     def talk(i: int) -> tuple[int, int]:
         history: list[dict] = []
@@ -74,6 +80,12 @@ def conversations_run(url: str, headers: dict, body: Callable[[Any], dict],
             "req_s": conversations * turns / wall, "prompt_tokens": sum(s for _, s in done)}
 
 
+@contextmanager
+def _llama_server_peer(binary: str, slots: int) -> Iterator[tuple[str, dict]]:
+    with llama_server(binary, 2, slots, port=18300 + slots) as base:
+        yield base, {}
+
+
 def _serve_body(req) -> dict:
     return {"model": "balanced_agent", "messages": req.messages, "temperature": req.temperature,
             "top_p": req.top_p, "seed": req.seed, "max_tokens": req.max_tokens}
@@ -86,31 +98,32 @@ def _server_body(req) -> dict:
 def multiturn_workload(repeats: int, log: Callable[[str], None],
                        conversations: int = CONVERSATIONS, turns: int = TURNS) -> dict[str, Any]:
     """The multi-turn row: hpc-chat serve against llama-server at each of :data:`SLOTS`
-    (llama-server only when ``HPC_CHAT_LLAMA_SERVER`` names its binary)."""
+    (llama-server only when ``HPC_CHAT_LLAMA_SERVER`` names its binary), each run on a
+    server started for it."""
     binary = os.environ.get("HPC_CHAT_LLAMA_SERVER")
-    with ExitStack() as stack:
-        url, headers = stack.enter_context(serving())
-        peers: dict[str, tuple[str, dict, Callable]] = {"hpc_chat": (url, headers, _serve_body)}
-        if binary and os.path.isfile(binary):
-            for slots in SLOTS:
-                server = stack.enter_context(llama_server(binary, 2, slots, port=18300 + slots))
-                peers[f"llama_server_{slots}"] = (server, {}, _server_body)
-        for name, (base, hdrs, body) in peers.items():  # warm: the engine's load, first pages
-            conversations_run(base, hdrs, body, conversations=1, turns=1, seed_base=900_000)
-        runs: dict[str, list[dict]] = {name: [] for name in peers}
-        order = abba(list(peers), repeats)
-        for i, name in enumerate(order, 1):
-            log(f"   multi-turn run {i}/{len(order)}: {name}")
-            base, hdrs, body = peers[name]
-            runs[name].append(conversations_run(base, hdrs, body, conversations, turns,
-                                                seed_base=1000 * len(runs[name])))
+    starts: dict[str, Callable[[], AbstractContextManager[tuple[str, dict]]]] = {
+        "hpc_chat": serving}
+    bodies: dict[str, Callable] = {"hpc_chat": _serve_body}
+    if binary and os.path.isfile(binary):
+        for slots in SLOTS:
+            starts[f"llama_server_{slots}"] = partial(_llama_server_peer, binary, slots)
+            bodies[f"llama_server_{slots}"] = _server_body
+    runs: dict[str, list[dict]] = {name: [] for name in starts}
+    order = abba(list(starts), repeats)
+    for i, name in enumerate(order, 1):
+        log(f"   multi-turn run {i}/{len(order)}: {name}")
+        with starts[name]() as (base, hdrs):  # warm: the engine's load, first pages
+            conversations_run(base, hdrs, bodies[name], conversations=1, turns=1,
+                              seed_base=900_000, first=[WARM_UP])
+            runs[name].append(conversations_run(base, hdrs, bodies[name], conversations,
+                                                turns, seed_base=1000 * len(runs[name])))
 
     import llama_cpp
 
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(),
             "system_info": llama_cpp.llama_print_system_info().decode().strip(),
             "cores": len(os.sched_getaffinity(0)), "conversations": conversations,
-            "turns": turns, "repeats": repeats, "order": order,
+            "turns": turns, "repeats": repeats, "order": order, "fresh_peers": True,
             "hpc_chat": middle_run(runs["hpc_chat"]),
             "llama_server": {name.rsplit("_", 1)[1]: middle_run(done)
                              for name, done in runs.items() if name != "hpc_chat"}}

@@ -130,6 +130,7 @@ class MultiTurnWorkload(Measured):
     repeats: int
     order: list[str]
     system_info: str = ""  # llama_print_system_info(): the CPU features llama.cpp uses
+    fresh_peers: bool = False  # each run on a server started for it (older: servers kept)
     hpc_chat: TurnsRate
     llama_server: dict[int, TurnsRate] = Field(default_factory=dict)
 
@@ -152,6 +153,7 @@ class EqualWorkload(Measured):
     system_info: str
     server_version: str = ""  # llama-server --version (its build may differ from the library's)
     lengths: list[int]
+    fresh_peers: bool = False  # each run on a server started for it (older: servers kept)
     peers: dict[str, dict[str, TurnsRate]]
 
     def vs_best_server(self, way: str) -> float | None:

@@ -27,12 +27,20 @@ def test_llama_servers_metrics_and_the_counters_per_decode_call():
 
 
 def test_every_peer_gets_the_same_requests_each_run_with_new_seeds_in_abba_order(monkeypatch):
+    """Each run on a server started for it and warmed with prompts outside the set, so no
+    run finds the set's prompts in a cache an earlier run (or the warm-up) left."""
     sent: list[tuple[str, int, list]] = []
+    started: list[str] = []  # each server started, by the name it answers to
+
+    def warm(bodies) -> bool:
+        return all("Warm-up" in b["messages"][-1]["content"] for b in bodies)
 
     def send(base, headers, bodies, clients):
+        assert base == started[-1]  # sent to the server started last, while it runs
         sent.append((base, clients, bodies))
         lengths = [b["max_tokens"] for b in bodies]
-        if len(sent) == 1 + 5 + 4:  # server8's first 8-client run: one answer cut short
+        timed = [x for x in sent[1:] if not warm(x[2])]
+        if not warm(bodies) and len(timed) == 4:  # server8's first 8-client run: one cut short
             lengths[0] -= 1
         return {"wall_s": 1.0, "tokens": sum(lengths), "tok_s": 100.0, "req_s": 1.0,
                 "prompt_tokens": 50, "lengths": [7, 0, 30][:len(bodies)] * (
@@ -41,11 +49,13 @@ def test_every_peer_gets_the_same_requests_each_run_with_new_seeds_in_abba_order
     @contextmanager
     def serving(homes):
         homes.append("/nowhere")
+        started.append("serve")
         yield "serve", {"Authorization": "Bearer k"}
 
     @contextmanager
     def server(binary, threads, slots, *extra, port):
-        yield f"server{slots}{''.join(extra[1:])}"
+        started.append(f"server{slots}{''.join(extra[1:])}")
+        yield started[-1]
 
     monkeypatch.setenv("HPC_CHAT_LLAMA_SERVER", __file__)  # any file: the servers are stand-ins
     monkeypatch.setattr(equal, "send", send)
@@ -56,7 +66,12 @@ def test_every_peer_gets_the_same_requests_each_run_with_new_seeds_in_abba_order
     monkeypatch.setattr(equal, "server_version", lambda binary: "version: test")
     out = equal.equal_workload(3, 2, lambda text: None)
     assert out["lengths"] == [7, 1, 30]  # natural lengths, at least 1 token
-    timed = sent[1 + 5:]  # after the natural pass and every peer's warm pass
+    # after the natural pass: every run warms a server of its own, then times it
+    assert [warm(bodies) for _, _, bodies in sent[1:]] == [True, False] * 20
+    assert len(started) == 1 + 20 and started[1:] == [base for base, _, _ in sent[1::2]]
+    warmed = {str(b["messages"]) for _, _, bodies in sent[1::2] for b in bodies}
+    timed = sent[2::2]
+    assert not warmed & {str(b["messages"]) for _, _, bodies in timed for b in bodies}
     order = [f"{base}/{'open' if clients == 3 else 'clients'}" for base, clients, _ in timed]
     forward = ["serve/open", "serve/clients", "server8/open", "server8/clients",
                "server16/open", "server16/clients", "server32/open", "server32/clients",
@@ -77,4 +92,5 @@ def test_every_peer_gets_the_same_requests_each_run_with_new_seeds_in_abba_order
     assert out["peers"]["hpc_chat"]["open"]["lengths_match"] is True
     cut = out["peers"]["llama_server_8"]["clients"]["runs"]
     assert [run["lengths_match"] for run in cut] == [False, True]
+    assert out["fresh_peers"] is True
     assert out["server_version"] == "version: test"
