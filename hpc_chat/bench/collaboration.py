@@ -8,7 +8,9 @@ concurrently, every prompt at once (the best a framework such as AutoGen or Lang
 and one that sends them one at a time (what a group chat does). Answers differ in length from
 one engine to another (different samplers' random streams), so the figure compared is
 generated tokens/s over every round. The runs go in ABBA order (hpc_chat, then each client, then
-back), so a machine that drifts during the section weighs on every peer alike.
+back), so a machine that drifts during the section weighs on every peer alike. Each of
+llama-server's runs has a server started for it (:func:`~hpc_chat.bench.peers.on_fresh_llama_server`
+says why), as each ``hpc-chat batch`` run starts its engine anew.
 
 A quality check runs beside it: a shipped set of short arithmetic and fact questions
 (``facts.jsonl``), each answered by ``route`` (the default agent alone) and by ``review`` (the
@@ -188,19 +190,20 @@ def quality_check() -> dict[str, Any]:
 
 def collaboration_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
     """The rows of docs/performance.md's collaboration section: hpc_chat and the two clients
-    of a warm llama-server (when ``HPC_CHAT_LLAMA_SERVER`` names its binary), ``repeats`` runs
-    each in ABBA order, each peer summed up by its median run with the range."""
+    of llama-server (when ``HPC_CHAT_LLAMA_SERVER`` names its binary; a server started for
+    each run), ``repeats`` runs each in ABBA order, each peer summed up by its median run
+    with the range."""
     questions = prompts(n)
     cores = len(os.sched_getaffinity(0))
     out: dict[str, Any] = {"prompts": n, "agents": list(AGENTS), "aggregator": AGGREGATOR,
                            "date": time.strftime("%Y-%m-%d %H:%M"),
                            "machine": machine_description(), "cores": cores,
-                           "repeats": repeats, "sequential_prompts": SEQUENTIAL_PROMPTS,
-                           "fresh_servers": True}
+                           "repeats": repeats, "sequential_prompts": SEQUENTIAL_PROMPTS}
     peers: dict[str, Callable[[], dict[str, Any]]] = {
         "hpc_chat": lambda: figures(hpc_chat_run(questions, "synthesize", AGENTS))}
     server_bin = os.environ.get("HPC_CHAT_LLAMA_SERVER")
-    if server_bin and Path(server_bin).is_file():  # each run on a fresh server (why: there)
+    if server_bin and Path(server_bin).is_file():  # why fresh: on_fresh_llama_server
+        out["fresh_servers"] = True
         peers["concurrent"] = lambda: on_fresh_llama_server(
             server_bin, cores, 8, lambda url: peer_run(url, questions, True))
         peers["sequential"] = lambda: on_fresh_llama_server(

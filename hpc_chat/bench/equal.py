@@ -29,8 +29,7 @@ import os
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -43,7 +42,7 @@ from hpc_chat.bench.measure import (
     middle_run,
     prompts,
 )
-from hpc_chat.bench.peers import llama_server, post_chat, serving, timed_map
+from hpc_chat.bench.peers import llama_server_peer, post_chat, serving, timed_map
 
 CLIENTS = 8
 SERVERS = {"llama_server_8": (8,), "llama_server_16": (16,), "llama_server_32": (32,),
@@ -68,13 +67,6 @@ def warm_requests(n: int) -> list[Any]:
     agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
     return [bench_request(agent, f"Warm-up {i}: name a colour.", 800_000 + i, 8)
             for i in range(n)]
-
-
-@contextmanager
-def _llama_server_peer(binary: str, cores: int, slots: int, extra: tuple[str, ...],
-                       port: int) -> Iterator[tuple[str, dict]]:
-    with llama_server(binary, cores, slots, "--metrics", *extra, port=port) as base:
-        yield base, {}
 
 
 def _serve_body(req, equal: bool) -> dict:
@@ -178,8 +170,8 @@ def equal_workload(n: int, repeats: int, log: Callable[[str], None]) -> dict[str
     else:
         version = server_version(binary)  # before the runs: a failure here loses none
         for i, (name, (slots, *extra)) in enumerate(SERVERS.items()):
-            starts[name] = partial(_llama_server_peer, binary, cores, slots, tuple(extra),
-                                   18400 + i)
+            starts[name] = partial(llama_server_peer, binary, cores, slots, "--metrics",
+                                   *extra, port=18400 + i)
             bodies[name] = _server_body
     log("   natural answer lengths: one pass through hpc-chat serve")
     with serving(homes) as (url, headers):

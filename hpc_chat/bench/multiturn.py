@@ -9,21 +9,20 @@ The peers are warm ``hpc-chat serve`` (packaged defaults) and llama.cpp's own ``
 on the same model file with 8 and 16 slots, which keeps each slot's prompt and reuses its
 common prefix. The runs go in ABBA order (each peer's first run before every other's, then the
 reverse), so a machine that slows down or speeds up during the row weighs on every peer alike.
-Each run has a server of its own, started for it and warmed with one request whose prompt is
-not in the set, its start not timed: every run's conversations open with the same prompts, and
-a server kept across the runs would find them in its prompt cache (llama-server's
-``--cache-ram`` keeps every prompt it has seen). Answers differ in length
-between engines (their samplers draw differently), so the figure compared is generated
-tokens/s; the prompt tokens each peer was sent are reported beside it.
+Each run has a server of its own, started for it and warmed with one opening per
+conversation, none of them in the set (:func:`warm_up`), its start not timed: every run's
+conversations open with the same prompts, and a server kept across the runs would find them
+in its prompt cache (llama-server's ``--cache-ram`` keeps every prompt it has seen).
+Answers differ in length between engines (their samplers draw differently), so the figure
+compared is generated tokens/s; the prompt tokens each peer was sent are reported beside it.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any, Callable
 
@@ -35,13 +34,18 @@ from hpc_chat.bench.measure import (
     middle_run,
     prompts,
 )
-from hpc_chat.bench.peers import llama_server, post_chat, serving
+from hpc_chat.bench.peers import llama_server_peer, post_chat, serving
 
 CONVERSATIONS = 16
 TURNS = 4
 FOLLOW_UPS = ("Tell me more about that.", "Give one example.", "Sum it up in one sentence.")
 SLOTS = (8, 16)
-WARM_UP = "Name a colour."  # not in the prompt set: no run's opening found in a cache
+
+
+def warm_up(conversations: int) -> list[str]:
+    """Openings outside the prompt set, one per conversation: a started server warmed with
+    them finds no timed run's opening in a cache."""
+    return [f"Warm-up {i}: name a colour." for i in range(conversations)]
 
 
 def conversations_run(url: str, headers: dict, body: Callable[[Any], dict],
@@ -80,12 +84,6 @@ def conversations_run(url: str, headers: dict, body: Callable[[Any], dict],
             "req_s": conversations * turns / wall, "prompt_tokens": sum(s for _, s in done)}
 
 
-@contextmanager
-def _llama_server_peer(binary: str, slots: int) -> Iterator[tuple[str, dict]]:
-    with llama_server(binary, 2, slots, port=18300 + slots) as base:
-        yield base, {}
-
-
 def _serve_body(req) -> dict:
     return {"model": "balanced_agent", "messages": req.messages, "temperature": req.temperature,
             "top_p": req.top_p, "seed": req.seed, "max_tokens": req.max_tokens}
@@ -101,20 +99,22 @@ def multiturn_workload(repeats: int, log: Callable[[str], None],
     (llama-server only when ``HPC_CHAT_LLAMA_SERVER`` names its binary), each run on a
     server started for it."""
     binary = os.environ.get("HPC_CHAT_LLAMA_SERVER")
+    cores = len(os.sched_getaffinity(0))
     starts: dict[str, Callable[[], AbstractContextManager[tuple[str, dict]]]] = {
         "hpc_chat": serving}
     bodies: dict[str, Callable] = {"hpc_chat": _serve_body}
     if binary and os.path.isfile(binary):
         for slots in SLOTS:
-            starts[f"llama_server_{slots}"] = partial(_llama_server_peer, binary, slots)
+            starts[f"llama_server_{slots}"] = partial(llama_server_peer, binary, cores, slots,
+                                                      port=18300 + slots)
             bodies[f"llama_server_{slots}"] = _server_body
     runs: dict[str, list[dict]] = {name: [] for name in starts}
     order = abba(list(starts), repeats)
     for i, name in enumerate(order, 1):
         log(f"   multi-turn run {i}/{len(order)}: {name}")
-        with starts[name]() as (base, hdrs):  # warm: the engine's load, first pages
-            conversations_run(base, hdrs, bodies[name], conversations=1, turns=1,
-                              seed_base=900_000, first=[WARM_UP])
+        with starts[name]() as (base, hdrs):  # warm: the engine's load, every worker
+            conversations_run(base, hdrs, bodies[name], conversations, turns=1,
+                              seed_base=900_000, first=warm_up(conversations))
             runs[name].append(conversations_run(base, hdrs, bodies[name], conversations,
                                                 turns, seed_base=1000 * len(runs[name])))
 
@@ -122,7 +122,7 @@ def multiturn_workload(repeats: int, log: Callable[[str], None],
 
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(),
             "system_info": llama_cpp.llama_print_system_info().decode().strip(),
-            "cores": len(os.sched_getaffinity(0)), "conversations": conversations,
+            "cores": cores, "conversations": conversations,
             "turns": turns, "repeats": repeats, "order": order, "fresh_peers": True,
             "hpc_chat": middle_run(runs["hpc_chat"]),
             "llama_server": {name.rsplit("_", 1)[1]: middle_run(done)

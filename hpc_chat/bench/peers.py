@@ -153,6 +153,15 @@ def on_fresh_llama_server(binary: str, threads: int, slots: int,
         return run(url)
 
 
+@contextmanager
+def llama_server_peer(binary: str, threads: int, slots: int, *extra: str,
+                      port: int) -> Iterator[tuple[str, dict]]:
+    """:func:`llama_server` as a peer, in the shape :func:`serving` has: its base URL and
+    the (no) headers its requests carry."""
+    with llama_server(binary, threads, slots, *extra, port=port) as base:
+        yield base, {}
+
+
 def serve_run(n: int, clients: int, max_tokens: int | None = None) -> dict[str, float]:
     """``hpc-chat serve`` answering ``n`` requests from ``clients`` concurrent clients, timed
     from the first request (the server is up and warm, as llama-server is in its row): the

@@ -90,6 +90,7 @@ def test_an_older_results_file_without_ranges_still_reports():
                     "review_tokens": 12000}}
     text = markdown(res, "p.png")
     assert "| `hpc-chat batch --mode synthesize` | 256 |  | 300.0 | 110.0 | 111.0 |  |" in text
+    assert "one server started beforehand and kept across the runs" in text  # no flag: older
     assert "ABBA" not in text.split("## Agents that collaborate")[1].split("##")[0]
 
 
@@ -128,9 +129,11 @@ def test_equal_lengths_give_both_peers_the_natural_runs_lengths(monkeypatch, tmp
     monkeypatch.setattr(collab_equal, "hpc_chat_run", ours)
     monkeypatch.setattr(collab_equal, "peer_run", peer)
     monkeypatch.setattr(peers, "llama_server", server)
-    out = collab_equal.collab_equal_workload(3, 1, lambda text: None)
-    assert asked == [("hpc_chat", None), ("hpc_chat", [7, 5, 6]), ("concurrent", [7, 5, 6])]
-    assert len(started) == 1 and out["fresh_servers"]
+    out = collab_equal.collab_equal_workload(3, 2, lambda text: None)
+    assert asked == [("hpc_chat", None), ("hpc_chat", [7, 5, 6]), ("concurrent", [7, 5, 6]),
+                     ("concurrent", [7, 5, 6]), ("hpc_chat", [7, 5, 6])]
+    assert len(started) == 2 and len(set(started)) == 2  # a server for each run of its own
+    assert out["fresh_servers"] is True
     assert out["lengths"] == [7, 5, 6] and out["expected_tokens"] == 4 * 18
     assert "replies" not in out["hpc_chat"] and "lengths" not in out["hpc_chat"]
 
@@ -141,11 +144,11 @@ def test_equal_lengths_give_both_peers_the_natural_runs_lengths(monkeypatch, tmp
     assert "| llama-server, each round's requests together | 12 | 310 | 72 | 125.0 | |" in text
     assert "runs the pattern at 0.80x the concurrent client's tokens/s" in text
     assert "hpc_chat's runs (each a fresh `hpc-chat batch`, its engine started anew) made " \
-        "100.0 tokens/s after the start, and the concurrent client's, each on a " \
-        "llama-server started for it, 125.0." in text
+        "100.0, 100.0 tokens/s after the start, and the concurrent client's, each on a " \
+        "llama-server started for it, 125.0, 125.0." in text
     out.pop("fresh_servers")  # an older results file: one server for every run, and said so
-    assert "all on one llama-server started before the first (a later run found the " \
-        "earlier runs' prompts in its cache), 125.0." in markdown(res, "p.png")
+    assert "all on one llama-server started before the first (a later run could find the " \
+        "earlier runs' prompts in its prompt cache), 125.0, 125.0." in markdown(res, "p.png")
     judged = [v for v in verdicts(res) if "one length on both" in v[0]]
     assert [(round(v[1], 2), v[3]) for v in judged] == [(0.8, False)]
     monkeypatch.delenv("HPC_CHAT_LLAMA_SERVER")

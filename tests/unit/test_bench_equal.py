@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from hpc_chat.bench import equal
+from hpc_chat.bench import equal, peers
+from hpc_chat.bench.measure import prompts
 
 METRICS = """# HELP llamacpp:n_decode_total Total number of llama_decode() calls
 llamacpp:prompt_tokens_total 31
@@ -60,7 +61,7 @@ def test_every_peer_gets_the_same_requests_each_run_with_new_seeds_in_abba_order
     monkeypatch.setenv("HPC_CHAT_LLAMA_SERVER", __file__)  # any file: the servers are stand-ins
     monkeypatch.setattr(equal, "send", send)
     monkeypatch.setattr(equal, "serving", serving)
-    monkeypatch.setattr(equal, "llama_server", server)
+    monkeypatch.setattr(peers, "llama_server", server)
     monkeypatch.setattr(equal, "engine_counters", lambda home: None)
     monkeypatch.setattr(equal, "busy_slots", lambda base: None)
     monkeypatch.setattr(equal, "server_version", lambda binary: "version: test")
@@ -72,6 +73,8 @@ def test_every_peer_gets_the_same_requests_each_run_with_new_seeds_in_abba_order
     warmed = {str(b["messages"]) for _, _, bodies in sent[1::2] for b in bodies}
     timed = sent[2::2]
     assert not warmed & {str(b["messages"]) for _, _, bodies in timed for b in bodies}
+    assert not {m["content"] for r in equal.warm_requests(64) for m in r.messages} & \
+        set(prompts(1000))  # nor any line of the whole set
     order = [f"{base}/{'open' if clients == 3 else 'clients'}" for base, clients, _ in timed]
     forward = ["serve/open", "serve/clients", "server8/open", "server8/clients",
                "server16/open", "server16/clients", "server32/open", "server32/clients",

@@ -1,12 +1,12 @@
 """The multi-turn section (:mod:`hpc_chat.bench.multiturn`): each run on a server started for
-it, warmed with a prompt outside the set, in ABBA order. The servers and conversations are
+it, warmed with openings outside the set, in ABBA order. The servers and conversations are
 stand-ins that record what happened (the real ones run in `make bench`)."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 
-from hpc_chat.bench import multiturn
+from hpc_chat.bench import multiturn, peers
 from hpc_chat.bench.measure import prompts
 
 
@@ -33,7 +33,7 @@ def test_each_run_has_a_server_of_its_own_warmed_outside_the_prompt_set(monkeypa
 
     monkeypatch.setenv("HPC_CHAT_LLAMA_SERVER", __file__)  # any file: the servers are stand-ins
     monkeypatch.setattr(multiturn, "serving", serving)
-    monkeypatch.setattr(multiturn, "llama_server", server)
+    monkeypatch.setattr(peers, "llama_server", server)
     monkeypatch.setattr(multiturn, "conversations_run", conversations_run)
     out = multiturn.multiturn_workload(2, lambda text: None)
     assert out["order"] == ["hpc_chat", "llama_server_8", "llama_server_16",
@@ -41,8 +41,9 @@ def test_each_run_has_a_server_of_its_own_warmed_outside_the_prompt_set(monkeypa
     assert len(started) == 6 and len(talked) == 12
     warm, timed = talked[0::2], talked[1::2]
     assert [base for base, *_ in warm] == started == [base for base, *_ in timed]
-    assert all(n == 1 and first == [multiturn.WARM_UP] for _, n, first, _ in warm)
-    assert multiturn.WARM_UP not in prompts(multiturn.CONVERSATIONS)
+    openings = multiturn.warm_up(multiturn.CONVERSATIONS)
+    assert all(n == multiturn.CONVERSATIONS and first == openings for _, n, first, _ in warm)
+    assert not set(openings) & set(prompts(1000))  # the whole set, cycled: none of them
     assert all(n == multiturn.CONVERSATIONS and first is None for _, n, first, _ in timed)
     assert [seed for *_, seed in timed] == [0, 0, 0, 1000, 1000, 1000]  # a peer's k-th run
     assert out["fresh_peers"] is True and set(out["llama_server"]) == {"8", "16"}

@@ -231,8 +231,8 @@ def test_the_multiturn_section_compares_with_the_best_llama_server_and_gives_the
     assert "ABBA order (hpc_chat, llama_server_8, llama_server_8, hpc_chat)" in text
     assert "Every server is started and warmed first and kept across the runs" in text
     res["multiturn"]["fresh_peers"] = True
-    assert "Each run has a server of its own, started for it and warmed with one request " \
-        "whose prompt is not in the set" in markdown(res, "p.png")
+    assert "Each run has a server of its own, started for it and warmed with one opening " \
+        "per conversation, none in the set" in markdown(res, "p.png")
     assert "0.75x the best llama-server configuration" in text  # 90 / 120, not / 112.5
     assert "`CPU : AVX2 = 1 | FMA = 1 |`" in text
     missed = [v for v in verdicts(res) if v[0].startswith("multi-turn")]
@@ -292,8 +292,10 @@ def test_the_equal_lengths_section_compares_each_way_with_the_best_llama_server(
     assert "9 to 256 tokens, 351 in all" in text
     assert "Every server is started and warmed first (with each prompt of the set once" in text
     res["equal"]["fresh_peers"] = True  # a newer file: each run on a server of its own
+    newer = markdown(res, "p.png")
     assert "Each run has a server of its own, started for it and warmed with 64 requests " \
-        "of 8 tokens whose prompts are not in the set" in markdown(res, "p.png")
+        "of 8 tokens whose prompts are not in the set" in newer
+    assert "each run sends the requests either all at once" in newer
     rows = {desc: (round(value, 3), ok) for desc, value, _, ok in verdicts(res)
             if desc.startswith("equal lengths")}
     assert list(rows.values()) == [(1.25, True), (1.2, False)]  # 200/160; 180/150
