@@ -41,6 +41,7 @@ from hpc_chat.bench.measure import (
     machine_description,
     middle_run,
     prompts,
+    warm_up_prompts,
 )
 from hpc_chat.bench.peers import llama_server_peer, post_chat, serving, timed_map
 
@@ -65,8 +66,8 @@ def warm_requests(n: int) -> list[Any]:
     from hpc_chat.agents.config import AgentConfig
 
     agent = AgentConfig.from_yaml(SYSTEM_AGENT).config
-    return [bench_request(agent, f"Warm-up {i}: name a colour.", 800_000 + i, 8)
-            for i in range(n)]
+    return [bench_request(agent, prompt, 800_000 + i, 8)
+            for i, prompt in enumerate(warm_up_prompts(n))]
 
 
 def _serve_body(req, equal: bool) -> dict:

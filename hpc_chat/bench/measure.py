@@ -23,6 +23,12 @@ def prompts(n: int) -> list[str]:
     return [lines[i % len(lines)] for i in range(n)]
 
 
+def warm_up_prompts(n: int) -> list[str]:
+    """``n`` prompts outside :func:`prompts`' set: a server warmed with them has served, and
+    finds none of a timed run's prompts in a cache."""
+    return [f"Warm-up {i}: name a colour." for i in range(n)]
+
+
 def median_of(repeats: int, fn: Callable[[], dict[str, float]]) -> dict[str, Any]:
     """Run ``fn`` ``repeats`` times; the median of each number, and every run kept. A count
     (an int) takes the lower middle run's, so it stays a count with an even number of runs."""

@@ -10,7 +10,8 @@ on the same model file with 8 and 16 slots, which keeps each slot's prompt and r
 common prefix. The runs go in ABBA order (each peer's first run before every other's, then the
 reverse), so a machine that slows down or speeds up during the row weighs on every peer alike.
 Each run has a server of its own, started for it and warmed with one opening per
-conversation, none of them in the set (:func:`warm_up`), its start not timed: every run's
+conversation, none of them in the set
+(:func:`~hpc_chat.bench.measure.warm_up_prompts`), its start not timed: every run's
 conversations open with the same prompts, and a server kept across the runs would find them
 in its prompt cache (llama-server's ``--cache-ram`` keeps every prompt it has seen).
 Answers differ in length between engines (their samplers draw differently), so the figure
@@ -33,6 +34,7 @@ from hpc_chat.bench.measure import (
     machine_description,
     middle_run,
     prompts,
+    warm_up_prompts,
 )
 from hpc_chat.bench.peers import llama_server_peer, post_chat, serving
 
@@ -40,12 +42,6 @@ CONVERSATIONS = 16
 TURNS = 4
 FOLLOW_UPS = ("Tell me more about that.", "Give one example.", "Sum it up in one sentence.")
 SLOTS = (8, 16)
-
-
-def warm_up(conversations: int) -> list[str]:
-    """Openings outside the prompt set, one per conversation: a started server warmed with
-    them finds no timed run's opening in a cache."""
-    return [f"Warm-up {i}: name a colour." for i in range(conversations)]
 
 
 def conversations_run(url: str, headers: dict, body: Callable[[Any], dict],
@@ -114,7 +110,7 @@ def multiturn_workload(repeats: int, log: Callable[[str], None],
         log(f"   multi-turn run {i}/{len(order)}: {name}")
         with starts[name]() as (base, hdrs):  # warm: the engine's load, every worker
             conversations_run(base, hdrs, bodies[name], conversations, turns=1,
-                              seed_base=900_000, first=warm_up(conversations))
+                              seed_base=900_000, first=warm_up_prompts(conversations))
             runs[name].append(conversations_run(base, hdrs, bodies[name], conversations,
                                                 turns, seed_base=1000 * len(runs[name])))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from hpc_chat.bench import multiturn, peers
-from hpc_chat.bench.measure import prompts
+from hpc_chat.bench.measure import prompts, warm_up_prompts
 
 
 def test_each_run_has_a_server_of_its_own_warmed_outside_the_prompt_set(monkeypatch):
@@ -41,7 +41,7 @@ def test_each_run_has_a_server_of_its_own_warmed_outside_the_prompt_set(monkeypa
     assert len(started) == 6 and len(talked) == 12
     warm, timed = talked[0::2], talked[1::2]
     assert [base for base, *_ in warm] == started == [base for base, *_ in timed]
-    openings = multiturn.warm_up(multiturn.CONVERSATIONS)
+    openings = warm_up_prompts(multiturn.CONVERSATIONS)
     assert all(n == multiturn.CONVERSATIONS and first == openings for _, n, first, _ in warm)
     assert not set(openings) & set(prompts(1000))  # the whole set, cycled: none of them
     assert all(n == multiturn.CONVERSATIONS and first is None for _, n, first, _ in timed)
